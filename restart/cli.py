@@ -1,0 +1,114 @@
+"""The command line: wires the stages together; no logic of its own beyond that."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from restart import __version__, packages, plan, policy, processes, report, units
+from restart.roots import Roots
+
+EXIT_OK, EXIT_STALE, EXIT_ERROR = 0, 1, 2
+
+
+@dataclass
+class Findings:
+    scan: processes.ScanResult
+    affected: list[units.Affected]
+    groups: list[plan.UnitGroup]
+
+
+def never_packaged(data: Path) -> tuple[str, ...]:
+    """Path prefixes that are never package files (vendor classification data)."""
+    with open(data / "classify.toml", "rb") as f:
+        doc = tomllib.load(f)
+    prefixes = doc.get("never_packaged", {}).get("prefixes", [])
+    if not all(isinstance(p, str) and p.startswith("/") for p in prefixes):
+        raise ValueError(f"{data / 'classify.toml'}: never_packaged.prefixes must be absolute paths")
+    return tuple(prefixes)
+
+
+def find(roots: Roots, *, only_packages: list[str] | None, everything: bool,
+         check_fds: bool = True) -> Findings:
+    """Stages 1-3: what changed, which processes use it, and what manages them."""
+    db = packages.DpkgDatabase(roots.admindir, roots.root)
+    in_scope = None
+    if only_packages is not None:
+        names = sorted({n for found in db.resolve_names(only_packages).values() for n in found})
+        in_scope = db.files_of(names)
+    selection = processes.Selection(
+        aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
+        skip_prefixes=never_packaged(roots.data), everything=everything)
+    scan = processes.scan(roots.proc, selection, check_fds=check_fds)
+    try:
+        init_d = set(os.listdir(roots.etc / "init.d"))
+    except OSError:
+        init_d = set()
+    affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d)
+    return Findings(scan, affected, plan.group(affected))
+
+
+def vendor_policy(roots: Roots) -> policy.Policy:
+    return policy.load([roots.data / "policy.toml"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print the restartctl/1 JSON document")
+    common.add_argument("--all", action="store_true",
+                        help="also list replaced files no package (in scope) owns; never acted on")
+    common.add_argument("--packages", nargs="+", metavar="PKG",
+                        help="only files of these packages (name or name:arch)")
+    roots = common.add_argument_group("alternative roots (for tests and chroots)")
+    roots.add_argument("--proc", type=Path, default=Path("/proc"), help="procfs (default /proc)")
+    roots.add_argument("--root", type=Path, default=Path("/"), help="host root (default /)")
+    roots.add_argument("--admindir", type=Path, default=Path("/var/lib/dpkg"),
+                       help="dpkg database (default /var/lib/dpkg)")
+    roots.add_argument("--run", type=Path, default=Path("/run"), help="runtime directory (default /run)")
+    roots.add_argument("--etc", type=Path, default=Path("/etc"), help="configuration directory (default /etc)")
+    roots.add_argument("--data", type=Path, default=None,
+                       help="vendor data directory (default /usr/share/restartctl)")
+
+    parser = argparse.ArgumentParser(
+        prog="restartctl",
+        description="Find processes that still use files replaced by a package upgrade, "
+                    "and what to restart to fix them.")
+    parser.add_argument("--version", action="version", version=f"restartctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("scan", parents=[common], help="list processes using replaced files, by unit",
+                   description="List processes that use replaced package files, grouped by unit.")
+    sub.add_parser("plan", parents=[common], help="show what would be restarted (dry run)",
+                   description="Show, per unit, the command that would fix it (dry run).")
+    return parser
+
+
+def _roots(args: argparse.Namespace) -> Roots:
+    extra = {"data": args.data} if args.data is not None else {}
+    return Roots(proc=args.proc, root=args.root, admindir=args.admindir, run=args.run, etc=args.etc, **extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        roots = _roots(args)
+        findings = find(roots, only_packages=args.packages, everything=args.all)
+        actions = (plan.make_plan(findings.groups, vendor_policy(roots))
+                   if args.command == "plan" else None)
+    except (OSError, ValueError, policy.PolicyError) as e:
+        print(f"restartctl: {report.printable(str(e))}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        out = report.to_json(findings.affected, findings.groups, findings.scan, actions=actions,
+                             show_unowned=args.all, packages=args.packages)
+    elif actions is not None:
+        out = report.plan_text(findings.affected, actions, findings.scan, show_unowned=args.all)
+    else:
+        out = report.scan_text(findings.affected, findings.groups, findings.scan, show_unowned=args.all)
+    sys.stdout.write(out)
+    if actions is not None:
+        return EXIT_STALE if any(a.action != "ignore" for a in actions) else EXIT_OK
+    return EXIT_STALE if findings.groups else EXIT_OK

@@ -1,0 +1,155 @@
+"""Stage 5, plan: from stale processes and the policy to one action per unit.
+
+Pure: no I/O.  The commands are argv lists with a program name from a fixed set
+(``systemctl``, ``invoke-rc.d``); the executor maps them to fixed paths.  A unit
+name reaches an argv only after it passed the unit-name grammar, and always
+after ``--``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from restart.policy import Policy, Rule, scope_of
+from restart.units import (
+    CONTAINER,
+    INIT,
+    NONE,
+    SESSION,
+    SYSTEM,
+    USER,
+    USER_MANAGER,
+    Affected,
+    unit_type,
+    valid_init_script,
+    valid_unit_name,
+)
+
+# The order units are listed and acted on: services first, PID 1 and user managers last.
+KIND_ORDER = (SYSTEM, USER, USER_MANAGER, INIT, SESSION, CONTAINER, NONE)
+_RESTARTS = ("restart", "try-restart", "reload-or-restart")
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """Everything stale under one manager: a unit, a session, a container, or a lone process."""
+
+    kind: str
+    name: str | None
+    uid: int | None
+    guessed: bool
+    valid: bool
+    pids: tuple[int, ...]
+    packages: tuple[str, ...]
+    members: tuple[Affected, ...]
+
+    @property
+    def key(self) -> tuple[int, str, str, int]:
+        return (KIND_ORDER.index(self.kind), self.name or "", str(self.uid), self.pids[0])
+
+
+@dataclass(frozen=True)
+class Action:
+    group: UnitGroup
+    action: str                      # restart | try-restart | ... | notify | defer | ignore
+    argv: tuple[str, ...] | None     # what restartctl would run; None if it runs nothing
+    reason: str
+    suggested: tuple[str, ...] | None = None  # a command for a person, when restartctl runs nothing
+    rule: str | None = None          # the policy rule that decided, if any
+
+
+def group(affected: list[Affected]) -> list[UnitGroup]:
+    """Group stale processes by what manages them; processes with no package file are left out."""
+    buckets: dict[tuple[str, str | None, int | None, int | None], list[Affected]] = {}
+    for a in affected:
+        if not a.files:
+            continue
+        lone = a.process.pid if a.unit.kind == NONE else None
+        buckets.setdefault((a.unit.kind, a.unit.name, a.unit.uid, lone), []).append(a)
+    groups = []
+    for (kind, name, uid, _), members in buckets.items():
+        first = members[0].unit
+        groups.append(UnitGroup(
+            kind, name, uid, first.guessed, all(m.unit.valid for m in members),
+            tuple(sorted(m.process.pid for m in members)),
+            tuple(sorted({f.package for m in members for f in m.files})), tuple(members)))
+    return sorted(groups, key=lambda g: g.key)
+
+
+def _restart_argv(group: UnitGroup, verb: str) -> tuple[str, ...]:
+    name = group.name or ""
+    if group.guessed:
+        return ("invoke-rc.d", name, "restart")
+    if group.kind == USER:
+        return ("systemctl", "--user", "-M", f"{group.uid}@", verb, "--", name)
+    return ("systemctl", verb, "--", name)
+
+
+def _can_restart(group: UnitGroup) -> bool:
+    if group.name is None or not group.valid:
+        return False
+    if group.guessed:
+        return valid_init_script(group.name)
+    return valid_unit_name(group.name) and unit_type(group.name) == "service"
+
+
+def decide(group: UnitGroup, policy: Policy) -> Action:
+    """One action for one group: the built-in default, unless a policy rule says otherwise."""
+    default = _default(group)
+    if group.kind not in (SYSTEM, USER, USER_MANAGER, INIT) or group.name is None or not group.valid:
+        return default
+    rule = policy.decide(group.name, scope_of(group.kind), group.packages)
+    if rule is None or rule.action == default.action:
+        return default if rule is None else _with_rule(default, rule)
+    return _apply_rule(group, rule, default)
+
+
+def _with_rule(action: Action, rule: Rule) -> Action:
+    return Action(action.group, action.action, action.argv, rule.reason or action.reason,
+                  action.suggested, rule.source)
+
+
+def _apply_rule(group: UnitGroup, rule: Rule, default: Action) -> Action:
+    if rule.action in _RESTARTS:
+        if group.kind in (SYSTEM, USER) and _can_restart(group):
+            return Action(group, rule.action, _restart_argv(group, rule.action),
+                          rule.reason or "policy", rule=rule.source)
+        return _with_rule(default, rule)
+    if rule.action == "reexec":
+        if group.kind in (INIT, USER_MANAGER):
+            return _with_rule(default, rule)
+        return Action(group, "notify", None, f"policy asks to re-execute, which only PID 1 and user "
+                      f"managers can do ({rule.source})", default.suggested or default.argv, rule.source)
+    suggested = default.suggested or default.argv
+    return Action(group, rule.action, None, rule.reason or f"policy: {rule.action}", suggested, rule.source)
+
+
+def _default(group: UnitGroup) -> Action:
+    name, uid = group.name, group.uid
+    if group.kind == SYSTEM:
+        if not group.valid or name is None:
+            return Action(group, "notify", None, "not a valid unit name: reported, never acted on")
+        if _can_restart(group):
+            reason = "guessed from the package's init script" if group.guessed else "service uses replaced files"
+            return Action(group, "restart", _restart_argv(group, "restart"), reason)
+        return Action(group, "notify", None,
+                      f"a {unit_type(name)} unit cannot be restarted; restart what started these processes")
+    if group.kind == INIT:
+        return Action(group, "reexec", ("systemctl", "daemon-reexec"), "PID 1 uses replaced files")
+    if group.kind == USER_MANAGER:
+        return Action(group, "reexec", ("systemctl", "--user", "-M", f"{uid}@", "daemon-reexec"),
+                      f"the service manager of user {uid} uses replaced files")
+    if group.kind == USER:
+        if name is not None and group.valid and _can_restart(group):
+            return Action(group, "notify", None, f"a unit of user {uid}: left to its owner",
+                          _restart_argv(group, "restart"))
+        return Action(group, "notify", None, f"processes of user {uid}'s service manager: left to its owner")
+    if group.kind == SESSION:
+        return Action(group, "notify", None, f"login session of user {uid}: log out and in again")
+    if group.kind == CONTAINER:
+        return Action(group, "notify", None, f"in container {name}: restart the affected services inside it")
+    return Action(group, "notify", None, "not managed by any service manager: restart it by hand")
+
+
+def make_plan(groups: list[UnitGroup], policy: Policy) -> list[Action]:
+    return [decide(g, policy) for g in groups]

@@ -1,0 +1,375 @@
+"""Stage 2, processes: which running processes still use replaced files, decided by inode.
+
+For each process we open ``/proc/PID`` once and read everything else relative to
+that directory descriptor, so a PID that is reused mid-scan can never mix two
+processes' facts.  Each fact is read once.  A mapping is stale when the file now
+at its path, seen from the process's own root, is missing or is another inode;
+the kernel's `` (deleted)`` text is only a hint for which path to look at.
+
+Only processes with a stale file get their status, cgroup and exe read, so a scan
+costs little more than reading every ``maps`` file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from restart.packages import canonical, fs_decode
+
+EXE, CODE, DATA, FD = "exe", "code", "data", "fd"
+CERTAIN, LIKELY = "certain", "likely"
+_DELETED = b" (deleted)"
+_STRENGTH = {EXE: 3, CODE: 2, DATA: 1, FD: 0}
+_GONE = (errno.ENOENT, errno.ESRCH)
+_MISSING = (errno.ENOENT, errno.ENOTDIR)
+
+
+class ProcessGone(Exception):
+    """The process exited (or was never there) while we read it."""
+
+
+@dataclass(frozen=True)
+class StaleFile:
+    kind: str        # exe | code | data | fd
+    path: str        # the path as the process sees it, without the " (deleted)" hint
+    confidence: str  # certain: proven by inode; likely: only the kernel's hint
+    evidence: str    # missing | replaced | unlinked | deleted-hint
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    uid: int
+    comm: str
+    exe: str | None
+    cgroup: str               # raw /proc/PID/cgroup text, parsed by the units stage
+    pid_namespace: str | None  # set when the process lives in a child PID namespace
+    stale: tuple[StaleFile, ...]
+
+
+@dataclass
+class ScanResult:
+    processes: list[ProcessInfo] = field(default_factory=list)
+    scanned: int = 0
+    vanished: int = 0
+    denied: int = 0
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which paths are worth a stat: a scan only looks at what it could report."""
+
+    aliases: frozenset[str] = frozenset()
+    only: frozenset[str] | None = None  # canonical paths in scope; None: every path
+    skip_prefixes: tuple[str, ...] = ()  # never package files (memfd, /tmp, ...)
+    everything: bool = False             # --all: look at every path regardless
+
+    def wants(self, path: str) -> bool:
+        if self.everything:
+            return True
+        if self.only is not None:
+            return canonical(path, self.aliases) in self.only
+        return not path.startswith(self.skip_prefixes)
+
+
+def _read(dfd: int, name: str) -> bytes:
+    """Read one /proc file relative to the process directory, mapping errors once."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError as e:
+        raise _translate(e) from e
+    try:
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 1 << 17)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError as e:
+        raise _translate(e) from e
+    finally:
+        os.close(fd)
+
+
+def _readlink(dfd: int, name: str) -> str:
+    try:
+        return os.readlink(name, dir_fd=dfd)
+    except OSError as e:
+        raise _translate(e) from e
+
+
+def _translate(e: OSError) -> Exception:
+    if e.errno in _GONE:
+        return ProcessGone()
+    return e
+
+
+def parse_maps(data: bytes) -> dict[tuple[bytes, int], bool]:
+    """File-backed mappings of one ``maps`` file: (raw path, inode) -> any of them executable.
+
+    The sixth field (the path) keeps its spaces; the kernel escapes a newline in
+    a path as ``\\012``, which is undone later when the path is decoded.
+    """
+    files: dict[tuple[bytes, int], bool] = {}
+    for line in data.split(b"\n"):
+        parts = line.split(None, 5)
+        if len(parts) < 6 or parts[5][:1] != b"/":
+            continue
+        try:
+            inode = int(parts[4])
+        except ValueError:
+            continue
+        if inode == 0:
+            continue
+        key = (parts[5], inode)
+        files[key] = files.get(key, False) or b"x" in parts[1]
+    return files
+
+
+def decode_path(raw: bytes) -> str:
+    return fs_decode(raw.replace(b"\\012", b"\n"))
+
+
+def parse_status(data: bytes) -> tuple[str, int, int, int]:
+    """(name, ppid, real uid, PID-namespace depth) from ``/proc/PID/status``."""
+    name, ppid, uid, depth = "", 0, -1, 1
+    for line in data.split(b"\n"):
+        key, _, value = line.partition(b":")
+        if key == b"Name":
+            name = fs_decode(value.strip(b"\t "))
+        elif key == b"PPid":
+            ppid = int(value)
+        elif key == b"Uid":
+            uid = int(value.split()[0])
+        elif key == b"NSpid":
+            depth = max(1, len(value.split()))
+    return name, ppid, uid, depth
+
+
+# A stat result we keep: (inode, link count), or the errno when stat failed.
+_Stat = tuple[int, int] | int
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A mapped or open path worth checking, decoded once per distinct raw text."""
+
+    path: str            # without the " (deleted)" hint
+    literal: str | None  # the full text, when it carried the hint (a file may be named so)
+
+
+@dataclass
+class _View:
+    """How one group of processes (same mount namespace and root) sees files, with a cache."""
+
+    direct: bool              # our own mount namespace and root: plain stat() from here
+    chroot_prefix: str | None  # a chroot in our namespace: its paths are visible from here
+    cache: dict[str, _Stat] = field(default_factory=dict)
+
+
+class _Scanner:
+    """Scan state shared across processes: our own identity, decoded paths, stat caches."""
+
+    def __init__(self, proc: Path, selection: Selection, check_fds: bool) -> None:
+        self.proc = proc
+        self.selection = selection
+        self.check_fds = check_fds
+        self.self_pid, self.self_key, self.self_depth = self._identity()
+        self.views: dict[tuple[str, str], _View] = {}
+        self.candidates: dict[bytes, _Candidate | None] = {}
+
+    def _identity(self) -> tuple[int, tuple[str, str], int]:
+        try:
+            pid = int(os.readlink(self.proc / "self"))
+        except (OSError, ValueError):
+            pid = -1
+        try:
+            key = (os.readlink(self.proc / "self" / "ns" / "mnt"), os.readlink(self.proc / "self" / "root"))
+        except OSError:
+            key = ("", "/")
+        try:
+            depth = parse_status((self.proc / "self" / "status").read_bytes())[3]
+        except (OSError, ValueError):
+            depth = 1
+        return pid, key, depth
+
+    def candidate(self, raw: bytes) -> _Candidate | None:
+        """The path behind a maps or fd text, if the selection wants it looked at."""
+        if raw in self.candidates:
+            return self.candidates[raw]
+        hinted = raw.endswith(_DELETED)
+        path = decode_path(raw[: -len(_DELETED)] if hinted else raw)
+        literal = decode_path(raw) if hinted else None
+        wanted = self.selection.wants(path) or (literal is not None and self.selection.wants(literal))
+        found = self.candidates[raw] = _Candidate(path, literal) if wanted else None
+        return found
+
+    def view(self, dfd: int) -> _View:
+        key = (_readlink(dfd, "ns/mnt"), _readlink(dfd, "root"))
+        view = self.views.get(key)
+        if view is None:
+            same_mnt = key[0] == self.self_key[0]
+            chroot = key[1].rstrip("/") + "/" if same_mnt and key[1] != self.self_key[1] else None
+            view = self.views[key] = _View(direct=key == self.self_key, chroot_prefix=chroot)
+        return view
+
+    def stat_path(self, dfd: int, view: _View, path: str) -> _Stat:
+        """Stat ``path`` as the process sees it (inside its root), cached per view."""
+        hit = view.cache.get(path)
+        if hit is not None:
+            return hit
+        direct = view.direct or (view.chroot_prefix is not None and path.startswith(view.chroot_prefix))
+        try:
+            st = os.stat(path) if direct else os.stat("root" + path, dir_fd=dfd)
+            result: _Stat = (st.st_ino, st.st_nlink)
+        except OSError as e:
+            if e.errno in _MISSING and not direct:
+                # A missing file, or a process that just died?  Only the former may be cached.
+                try:
+                    os.stat("root", dir_fd=dfd)
+                except OSError as gone:
+                    raise ProcessGone() from gone
+            result = e.errno or errno.EIO
+        view.cache[path] = result
+        return result
+
+    def judge(self, dfd: int, view: _View, cand: _Candidate, inode: int,
+              link_count: int | None = None) -> tuple[str, str, str] | None:
+        """Is the inode behind ``cand`` stale?  (path, confidence, evidence), or None."""
+        now = self.stat_path(dfd, view, cand.path)
+        if isinstance(now, tuple) and now[0] == inode:
+            return None
+        if cand.literal is not None:
+            literal = self.stat_path(dfd, view, cand.literal)
+            if isinstance(literal, tuple) and literal[0] == inode:
+                return None  # a file really named "... (deleted)", still in place
+        if link_count == 0:
+            return cand.path, CERTAIN, "unlinked"
+        if isinstance(now, tuple):
+            return cand.path, CERTAIN, "replaced"
+        if now in _MISSING:
+            return cand.path, CERTAIN, "missing"
+        # We could not look (EACCES, ELOOP, ...): fall back to the kernel's word.
+        return (cand.path, LIKELY, "deleted-hint") if cand.literal is not None else None
+
+    def scan_process(self, pid: int, dfd: int) -> ProcessInfo | None:
+        maps = _read(dfd, "maps")
+        if not maps:
+            return None  # kernel thread or zombie
+        found: dict[str, StaleFile] = {}
+        view: _View | None = None
+        for (raw, inode), executable in parse_maps(maps).items():
+            cand = self.candidate(raw)
+            if cand is None:
+                continue
+            view = view or self.view(dfd)
+            verdict = self.judge(dfd, view, cand, inode)
+            if verdict:
+                _add(found, StaleFile(CODE if executable else DATA, *verdict))
+        if self.check_fds:
+            self._stale_fds(dfd, found, view)
+        if not found:
+            return None
+        name, ppid, uid, depth = parse_status(_read(dfd, "status"))
+        cgroup = fs_decode(_read(dfd, "cgroup"))
+        exe = _exe(dfd)
+        if exe is not None and exe in found and found[exe].kind in (CODE, DATA):
+            old = found[exe]
+            found[exe] = StaleFile(EXE, old.path, old.confidence, old.evidence)
+        pidns = _readlink(dfd, "ns/pid") if depth > self.self_depth else None
+        stale = tuple(sorted(found.values(), key=lambda s: (-_STRENGTH[s.kind], s.path)))
+        return ProcessInfo(pid, ppid, uid, name, exe, cgroup, pidns, stale)
+
+    def _stale_fds(self, dfd: int, found: dict[str, StaleFile], view: _View | None) -> None:
+        """Regular files held open whose inode is no longer the one at their path."""
+        try:
+            fdd = os.open("fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError as e:
+            raise _translate(e) from e
+        try:
+            for name in os.listdir(fdd):
+                try:
+                    target = os.fsencode(os.readlink(name, dir_fd=fdd))
+                except OSError:
+                    continue  # closed meanwhile
+                if target[:1] != b"/":
+                    continue  # socket:, pipe:, anon_inode:
+                cand = self.candidate(target)
+                if cand is None:
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=fdd)
+                except OSError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                view = view or self.view(dfd)
+                verdict = self.judge(dfd, view, cand, st.st_ino, st.st_nlink)
+                if verdict:
+                    _add(found, StaleFile(FD, *verdict))
+        finally:
+            os.close(fdd)
+
+
+def _exe(dfd: int) -> str | None:
+    try:
+        link = os.fsencode(_readlink(dfd, "exe"))
+    except PermissionError:
+        return None
+    return decode_path(link.removesuffix(_DELETED))
+
+
+def _add(found: dict[str, StaleFile], item: StaleFile) -> None:
+    """Keep one finding per path: the strongest kind, the surest confidence."""
+    old = found.get(item.path)
+    if old is None or (_STRENGTH[item.kind], item.confidence == CERTAIN) > (
+            _STRENGTH[old.kind], old.confidence == CERTAIN):
+        found[item.path] = item
+
+
+def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
+         pids: Iterable[int] | None = None,
+         on_error: Callable[[int, OSError], None] | None = None) -> ScanResult:
+    """Scan every process under ``proc`` (or just ``pids``) for stale files."""
+    scanner = _Scanner(proc, selection, check_fds)
+    result = ScanResult()
+    procfd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        candidates = sorted(pids) if pids is not None else sorted(
+            int(n) for n in os.listdir(procfd) if n.isdigit())
+        for pid in candidates:
+            if pid == scanner.self_pid:
+                continue
+            result.scanned += 1
+            try:
+                dfd = os.open(str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=procfd)
+            except OSError:
+                result.vanished += 1
+                continue
+            try:
+                info = scanner.scan_process(pid, dfd)
+            except ProcessGone:
+                result.vanished += 1
+                continue
+            except PermissionError:
+                result.denied += 1
+                continue
+            except (OSError, ValueError) as e:
+                # Anything else odd about one process must not stop the scan of the rest.
+                if on_error is not None and isinstance(e, OSError):
+                    on_error(pid, e)
+                result.vanished += 1
+                continue
+            finally:
+                os.close(dfd)
+            if info is not None:
+                result.processes.append(info)
+    finally:
+        os.close(procfd)
+    return result

@@ -1,0 +1,202 @@
+"""Stage 3, units: what manages each process, from its cgroup path.
+
+The path is parsed anchored at the root of the hierarchy.  Only root can create
+cgroups outside ``user@UID.service``, so the top levels are trustworthy; anything
+below a user's manager belongs to that user whatever it is called (a user may
+name a cgroup ``sshd.service`` or ``init.scope`` there).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from restart.packages import DpkgDatabase
+from restart.processes import ProcessInfo, ScanResult, StaleFile
+
+SYSTEM, USER, SESSION, INIT, USER_MANAGER, CONTAINER, NONE = (
+    "system", "user", "session", "init", "user-manager", "container", "none")
+
+UNIT_TYPES = ("service", "socket", "target", "device", "mount", "automount", "swap",
+              "timer", "path", "slice", "scope")
+UNIT_NAME_MAX = 255
+_PREFIX = r"[A-Za-z0-9:_.\\-]+"
+_UNIT_RE = re.compile(
+    rf"(?P<prefix>{_PREFIX})(?:@(?P<instance>[A-Za-z0-9:_.\\@-]*))?\.(?P<type>{'|'.join(UNIT_TYPES)})")
+_USER_SLICE_RE = re.compile(r"user-(\d+)\.slice")
+_USER_MANAGER_RE = re.compile(r"user@(\d+)\.service")
+_SESSION_RE = re.compile(r"session-[A-Za-z0-9]+\.scope")
+_MACHINE_SCOPE_RE = re.compile(r"machine-(.+)\.scope")
+_NSPAWN_RE = re.compile(r"systemd-nspawn@(.+)\.service")
+
+
+def valid_unit_name(name: str, *, allow_template: bool = False) -> bool:
+    """systemd's unit_name_is_valid(): plain ``foo.service`` or instance ``foo@bar.service``."""
+    if not name or len(name) > UNIT_NAME_MAX:
+        return False
+    m = _UNIT_RE.fullmatch(name)
+    if m is None:
+        return False
+    return allow_template or m["instance"] != ""
+
+
+def unit_type(name: str) -> str:
+    return name.rpartition(".")[2]
+
+
+def unescape_unit(text: str) -> str:
+    r"""Undo systemd's ``\xNN`` name escaping (machine names carry ``\x2d`` for '-')."""
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m[1], 16)), text)
+
+
+@dataclass(frozen=True)
+class Unit:
+    kind: str                 # system | user | session | init | user-manager | container | none
+    name: str | None          # unit name (or container/machine name); None when nothing manages it
+    uid: int | None = None    # the owning user for user units, user managers and sessions
+    guessed: bool = False     # derived from package contents, not from the cgroup
+    valid: bool = True        # name passed the unit-name grammar; invalid names are never acted on
+    cgroup: str = ""          # the cgroup path it was derived from (for reports)
+
+
+def cgroup_path(text: str) -> str | None:
+    """The systemd cgroup path of a ``/proc/PID/cgroup`` text.
+
+    The unified (``0::``) line when it says anything, else the v1 ``name=systemd`` one.
+    """
+    unified = named = None
+    for line in text.splitlines():
+        hid, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hid == "0" and controllers == "":
+            unified = path
+        elif controllers == "name=systemd":
+            named = path
+    if unified not in (None, "", "/"):
+        return unified
+    return named if named is not None else unified
+
+
+def resolve(cgroup: str | None, *, pid_namespace: str | None = None) -> Unit:
+    """Map one process's cgroup path (and PID namespace) to what manages it."""
+    path = cgroup or ""
+    parts = [p for p in path.split("/") if p]
+    if pid_namespace is not None:
+        return Unit(CONTAINER, _machine_name(parts) or pid_namespace, cgroup=path)
+    if not parts:
+        return Unit(NONE, None, cgroup=path)
+    if parts == ["init.scope"]:
+        return Unit(INIT, "init.scope", cgroup=path)
+    slices = []
+    i = 0
+    while i < len(parts) and parts[i].endswith(".slice"):
+        slices.append(parts[i])
+        i += 1
+    if i == len(parts):
+        return Unit(NONE, None, cgroup=path)  # a process directly in a slice: nothing to restart
+    unit = parts[i]
+    below = parts[i + 1:]
+    if slices[:1] == ["machine.slice"]:
+        return Unit(CONTAINER, _machine_name(parts) or unit, cgroup=path)
+    user_slice = _USER_SLICE_RE.fullmatch(slices[1]) if slices[:1] == ["user.slice"] and len(slices) == 2 else None
+    if user_slice:
+        uid = int(user_slice[1])
+        manager = _USER_MANAGER_RE.fullmatch(unit)
+        if manager and int(manager[1]) == uid:
+            return _user_unit(uid, below, path)
+        if _SESSION_RE.fullmatch(unit):
+            return Unit(SESSION, unit, uid, cgroup=path)
+    return Unit(SYSTEM, unit, valid=valid_unit_name(unit), cgroup=path)
+
+
+def _user_unit(uid: int, below: list[str], path: str) -> Unit:
+    """Inside ``user@UID.service``: the manager itself, or one of the user's own units."""
+    if not below or below == ["init.scope"]:
+        return Unit(USER_MANAGER, f"user@{uid}.service", uid, cgroup=path)
+    i = 0
+    while i < len(below) and below[i].endswith(".slice"):
+        i += 1
+    if i == len(below):
+        return Unit(USER, None, uid, valid=False, cgroup=path)
+    unit = below[i]
+    return Unit(USER, unit, uid, valid=valid_unit_name(unit), cgroup=path)
+
+
+def _machine_name(parts: list[str]) -> str | None:
+    for part in parts:
+        m = _MACHINE_SCOPE_RE.fullmatch(part) or _NSPAWN_RE.fullmatch(part)
+        if m:
+            return unescape_unit(m[1])
+    return None
+
+
+_INIT_SCRIPT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def valid_init_script(name: str) -> bool:
+    return len(name) <= UNIT_NAME_MAX and _INIT_SCRIPT_RE.fullmatch(name) is not None
+
+
+def guess_init_script(exe: str | None, package_scripts: list[str], existing: set[str]) -> str | None:
+    """checkrestart's fallback where systemd is not running: which init script runs ``exe``.
+
+    ``package_scripts`` are the ``/etc/init.d`` scripts the executable's package ships;
+    ``existing`` those present in ``/etc/init.d``.  Prefer the script named like the
+    executable, else the package's only script.
+    """
+    base = (exe or "").rpartition("/")[2]
+    scripts = [s for s in package_scripts if s in existing and valid_init_script(s)]
+    if base in scripts:
+        return base
+    if len(scripts) == 1:
+        return scripts[0]
+    if not scripts and base in existing and valid_init_script(base):
+        return base
+    return None
+
+
+@dataclass(frozen=True)
+class OwnedFile:
+    stale: StaleFile
+    package: str
+
+
+@dataclass(frozen=True)
+class Affected:
+    """One stale process, what manages it, and which package files it still uses."""
+
+    process: ProcessInfo
+    unit: Unit
+    files: tuple[OwnedFile, ...]     # package files: these can cause an action
+    unowned: tuple[StaleFile, ...]   # no package (or none in scope) owns these: listed only
+
+
+def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | None,
+              systemd: bool, init_d: set[str]) -> list[Affected]:
+    """Attach owning packages and managing units to every stale process.
+
+    ``in_scope`` maps canonical paths to packages when the run is restricted to some
+    packages (a transaction); otherwise owners are looked up for the stale paths only.
+    Without systemd, a process's unit is guessed from its executable's package.
+    """
+    paths = {db.canonical(f.path) for p in scan.processes for f in p.stale}
+    owners = {p: in_scope[p] for p in paths if p in in_scope} if in_scope is not None else db.owners(paths)
+    guesses: dict[str | None, str | None] = {}
+    result = []
+    for proc in scan.processes:
+        owned = tuple(OwnedFile(f, owners[c]) for f in proc.stale if (c := db.canonical(f.path)) in owners)
+        unowned = tuple(f for f in proc.stale if db.canonical(f.path) not in owners)
+        unit = resolve(cgroup_path(proc.cgroup), pid_namespace=proc.pid_namespace)
+        if unit.kind == NONE and not systemd and owned:
+            if proc.exe not in guesses:
+                guesses[proc.exe] = _guess(db, proc.exe, init_d)
+            script = guesses[proc.exe]
+            if script is not None:
+                unit = Unit(SYSTEM, script, guessed=True, cgroup=unit.cgroup)
+        result.append(Affected(proc, unit, owned, unowned))
+    return result
+
+
+def _guess(db: DpkgDatabase, exe: str | None, init_d: set[str]) -> str | None:
+    package = db.owners([db.canonical(exe)]).get(db.canonical(exe)) if exe else None
+    return guess_init_script(exe, db.init_scripts(package) if package else [], init_d)

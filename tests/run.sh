@@ -1,0 +1,33 @@
+#!/bin/bash
+# Set up everything the test suite needs on a fresh Debian 12+ machine, then run all of it:
+# lint (ruff), types (mypy) and every test, the real dpkg/apt/systemd ones included.
+# Usage (as root, from anywhere):  tests/run.sh [pytest arguments...]
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export DEBIAN_FRONTEND=noninteractive
+[ "$(id -u)" = 0 ] || { echo "tests/run.sh: the suite needs root (it builds containers and installs .debs inside them)" >&2; exit 2; }
+
+# Debian packages: the runtime dependencies plus the tools the real tests drive.
+debs=(python3 python3-apt python3-xdg python3-venv gcc libc6-dev dpkg-dev apt-utils fakeroot
+      systemd systemd-container dbus util-linux procps)
+missing=()
+for p in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "tests/run.sh: installing ${missing[*]}"
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Test-only Python tools in a venv that still sees Debian's apt_pkg.
+if ! cmp -s tests/requirements.txt .venv/requirements.installed; then
+    /usr/bin/python3 -m venv --system-site-packages .venv
+    .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+    cp tests/requirements.txt .venv/requirements.installed
+fi
+
+.venv/bin/ruff check restart tests bench
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"

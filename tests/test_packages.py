@@ -1,0 +1,145 @@
+"""The dpkg database: merged-/usr aliases, diversions, pkg:arch names, owner lookup."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from restart.packages import DpkgDatabase, canonical, package_matches, parse_diversions, spellings
+
+MERGED = frozenset({"bin", "sbin", "lib", "lib64"})
+
+
+@pytest.fixture
+def merged_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "usr").mkdir(parents=True)
+    for name in ("bin", "sbin", "lib", "lib64"):
+        (root / "usr" / name).mkdir()
+        (root / name).symlink_to(f"usr/{name}")
+    (root / "lib32").mkdir()  # a real directory: not an alias
+    return root
+
+
+def write_db(admin: Path, lists: dict[str, list[str]], diversions: list[tuple[str, str, str]] = (),
+             ages: dict[str, int] | None = None) -> Path:
+    info = admin / "info"
+    info.mkdir(parents=True)
+    for i, (name, files) in enumerate(lists.items()):
+        path = info / f"{name}.list"
+        path.write_text("".join(f + "\n" for f in ["/."] + files))
+        age = (ages or {}).get(name, i)
+        os.utime(path, (1_700_000_000 + age, 1_700_000_000 + age))
+    (admin / "diversions").write_text("".join(f"{a}\n{b}\n{c}\n" for a, b, c in diversions))
+    return admin
+
+
+def test_usr_aliases_detected(merged_root: Path, tmp_path: Path) -> None:
+    db = DpkgDatabase(tmp_path / "admin", merged_root)
+    assert db.aliases == MERGED
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+    ("/bin/sh", "/usr/bin/sh"), ("/sbin", "/usr/sbin"), ("/usr/lib/x", "/usr/lib/x"),
+    ("/lib32/x", "/lib32/x"), ("/library/x", "/library/x"), ("/etc/init.d/ssh", "/etc/init.d/ssh"),
+])
+def test_canonical(path: str, expected: str) -> None:
+    assert canonical(path, MERGED) == expected
+
+
+def test_spellings_include_the_unmerged_form() -> None:
+    assert spellings("/usr/lib/x/libc.so.6", MERGED) == ("/usr/lib/x/libc.so.6", "/lib/x/libc.so.6")
+    assert spellings("/usr/share/doc/x", MERGED) == ("/usr/share/doc/x",)
+
+
+def test_package_name_matching() -> None:
+    assert package_matches("libc6:amd64", "libc6")
+    assert package_matches("libc6:amd64", "libc6:amd64")
+    assert not package_matches("libc6:i386", "libc6:amd64")
+    assert not package_matches("libc6-dev:amd64", "libc6")
+    assert package_matches("nginx", "nginx")
+
+
+def test_owner_found_under_the_lib_alias(merged_root: Path, tmp_path: Path) -> None:
+    admin = write_db(tmp_path / "admin", {
+        "libc6:amd64": ["/lib", "/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu/libc.so.6"],
+        "libssl3:amd64": ["/usr/lib/x86_64-linux-gnu/libssl.so.3"],
+        "coreutils": ["/bin/cat"],
+    })
+    db = DpkgDatabase(admin, merged_root)
+    owners = db.owners(["/usr/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+                        "/usr/bin/cat", "/opt/unowned.so"])
+    assert owners == {"/usr/lib/x86_64-linux-gnu/libc.so.6": "libc6:amd64",
+                      "/usr/lib/x86_64-linux-gnu/libssl.so.3": "libssl3:amd64",
+                      "/usr/bin/cat": "coreutils"}
+
+
+def test_owner_is_not_fooled_by_a_prefix(merged_root: Path, tmp_path: Path) -> None:
+    admin = write_db(tmp_path / "admin", {"a": ["/usr/lib/libfoo.so.1.2"], "b": ["/usr/lib/libfoo.so.1"]})
+    db = DpkgDatabase(admin, merged_root)
+    assert db.owners(["/usr/lib/libfoo.so.1"]) == {"/usr/lib/libfoo.so.1": "b"}
+
+
+def test_files_of_canonicalises_and_matches_arch_qualified_names(merged_root: Path, tmp_path: Path) -> None:
+    admin = write_db(tmp_path / "admin", {
+        "libc6:amd64": ["/lib/x86_64-linux-gnu/libc.so.6"],
+        "libc6:i386": ["/lib/i386-linux-gnu/libc.so.6"],
+        "other": ["/usr/bin/other"],
+    })
+    db = DpkgDatabase(admin, merged_root)
+    assert db.files_of(["libc6"]) == {"/usr/lib/x86_64-linux-gnu/libc.so.6": "libc6:amd64",
+                                      "/usr/lib/i386-linux-gnu/libc.so.6": "libc6:i386"}
+    assert set(db.files_of(["libc6:i386"])) == {"/usr/lib/i386-linux-gnu/libc.so.6"}
+    assert db.resolve_names(["libc6", "nope"]) == {"libc6": ["libc6:amd64", "libc6:i386"], "nope": []}
+
+
+def test_diversions(merged_root: Path, tmp_path: Path) -> None:
+    # "tool" ships /usr/bin/foo; "wrapper" diverts it to /usr/bin/foo.real and ships its own /usr/bin/foo.
+    admin = write_db(tmp_path / "admin", {
+        "tool": ["/usr/bin/foo"], "wrapper": ["/usr/bin/foo"], "x": ["/bin/ls"]},
+        diversions=[("/usr/bin/foo", "/usr/bin/foo.real", "wrapper"), ("/bin/ls", "/bin/ls.local", ":")])
+    db = DpkgDatabase(admin, merged_root)
+    assert db.owners(["/usr/bin/foo", "/usr/bin/foo.real"]) == {
+        "/usr/bin/foo": "wrapper", "/usr/bin/foo.real": "tool"}
+    assert db.files_of(["tool"]) == {"/usr/bin/foo.real": "tool"}
+    assert db.files_of(["wrapper"]) == {"/usr/bin/foo": "wrapper"}
+    # A local diversion: the file at the path is the admin's, no package's.
+    assert db.owners(["/usr/bin/ls"]) == {}
+    assert db.owners(["/usr/bin/ls.local"]) == {"/usr/bin/ls.local": "x"}
+
+
+def test_parse_diversions_tolerates_truncation() -> None:
+    text = b"/a\n/b\npkg\n/c\n/d"
+    assert [(d.path, d.moved_to, d.by) for d in parse_diversions(text, frozenset())] == [("/a", "/b", "pkg")]
+
+
+def test_owner_lookup_reads_newest_lists_first_and_stops(merged_root: Path, tmp_path: Path) -> None:
+    lists = {f"pkg{i}": [f"/usr/lib/lib{i}.so"] for i in range(50)}
+    admin = write_db(tmp_path / "admin", lists, ages={f"pkg{i}": i for i in range(50)})
+    db = DpkgDatabase(admin, merged_root)
+    assert db.owners(["/usr/lib/lib49.so"]) == {"/usr/lib/lib49.so": "pkg49"}
+    assert len(db._list_cache) == 1  # the newest list answered; no other was read
+
+
+def test_non_utf8_paths_survive(merged_root: Path, tmp_path: Path) -> None:
+    admin = tmp_path / "admin"
+    (admin / "info").mkdir(parents=True)
+    (admin / "info" / "weird.list").write_bytes(b"/usr/lib/caf\xe9.so\n")
+    db = DpkgDatabase(admin, merged_root)
+    path = b"/usr/lib/caf\xe9.so".decode("utf-8", "surrogateescape")
+    assert db.owners([path]) == {path: "weird"}
+
+
+def test_init_scripts(merged_root: Path, tmp_path: Path) -> None:
+    admin = write_db(tmp_path / "admin", {"nginx": ["/etc/init.d", "/etc/init.d/nginx", "/usr/sbin/nginx"]})
+    assert DpkgDatabase(admin, merged_root).init_scripts("nginx") == ["nginx"]
+
+
+def test_missing_database_is_empty(tmp_path: Path) -> None:
+    db = DpkgDatabase(tmp_path / "nothing", tmp_path)
+    assert db.owners(["/usr/bin/x"]) == {}
+    assert db.files_of(["x"]) == {}
+    assert db.diversions == []

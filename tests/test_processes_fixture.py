@@ -1,0 +1,148 @@
+"""The process scan over fixture /proc trees: hostile and rare inputs a kernel won't make on demand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from restart.processes import CODE, DATA, EXE, Selection, parse_maps, parse_status, scan
+from tests.fakeproc import FakeProcess, build, ino, map_line, rootfs
+
+LIB = "/usr/lib/x86_64-linux-gnu/libdemo.so.1"
+EVERYTHING = Selection(everything=True)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return rootfs(tmp_path / "rootfs", {LIB: b"v2", "/usr/sbin/daemon": b"bin",
+                                        "/usr/share/x/data.bin": b"d", "/opt/a b/lib x.so": b"s",
+                                        "/opt/odd (deleted)": b"literal"})
+
+
+def test_fresh_mapping_is_not_stale(tmp_path: Path, root: Path) -> None:
+    proc = build(tmp_path / "proc", [FakeProcess(10, map_line(LIB, ino(root, LIB)), root=root)])
+    assert scan(proc, EVERYTHING).processes == []
+
+
+def test_replaced_inode_is_stale_whatever_the_text_says(tmp_path: Path, root: Path) -> None:
+    # No " (deleted)" text at all: only the inode tells.
+    proc = build(tmp_path / "proc", [FakeProcess(10, map_line(LIB, ino(root, LIB) + 1), root=root)])
+    [p] = scan(proc, EVERYTHING).processes
+    assert [(s.kind, s.path, s.confidence, s.evidence) for s in p.stale] == [(CODE, LIB, "certain", "replaced")]
+
+
+def test_deleted_suffix_with_missing_file(tmp_path: Path, root: Path) -> None:
+    maps = map_line("/usr/lib/gone.so (deleted)", 77) + map_line("/usr/share/x/data.bin", 5, "r--p")
+    proc = build(tmp_path / "proc", [FakeProcess(10, maps, root=root)])
+    [p] = scan(proc, EVERYTHING).processes
+    assert {(s.kind, s.path, s.evidence) for s in p.stale} == {
+        (CODE, "/usr/lib/gone.so", "missing"), (DATA, "/usr/share/x/data.bin", "replaced")}
+
+
+def test_file_literally_named_deleted_is_not_stale(tmp_path: Path, root: Path) -> None:
+    maps = map_line("/opt/odd (deleted)", ino(root, "/opt/odd (deleted)"))
+    proc = build(tmp_path / "proc", [FakeProcess(10, maps, root=root)])
+    assert scan(proc, EVERYTHING).processes == []
+
+
+def test_deleted_suffix_but_same_inode_in_place_is_fresh(tmp_path: Path, root: Path) -> None:
+    # The kernel's hint is only a hint: the inode at the path is the mapped one.
+    maps = map_line(LIB + " (deleted)", ino(root, LIB))
+    proc = build(tmp_path / "proc", [FakeProcess(10, maps, root=root)])
+    assert scan(proc, EVERYTHING).processes == []
+
+
+def test_spaces_and_escaped_newlines_in_paths(tmp_path: Path, root: Path) -> None:
+    (root / "opt" / "new\nline.so").write_bytes(b"n")
+    maps = (map_line("/opt/a b/lib x.so", ino(root, "/opt/a b/lib x.so") + 9)
+            + map_line(b"/opt/new\\012line.so", ino(root, "/opt/new\nline.so") + 9))
+    proc = build(tmp_path / "proc", [FakeProcess(10, maps, root=root)])
+    [p] = scan(proc, EVERYTHING).processes
+    assert sorted(s.path for s in p.stale) == ["/opt/a b/lib x.so", "/opt/new\nline.so"]
+
+
+def test_non_utf8_path(tmp_path: Path, root: Path) -> None:
+    (root / "opt").mkdir(exist_ok=True)
+    (root / "opt" / "caf\xe9.so".encode("latin-1").decode("utf-8", "surrogateescape")).write_bytes(b"x")
+    maps = map_line(b"/opt/caf\xe9.so", 1)
+    proc = build(tmp_path / "proc", [FakeProcess(10, maps, root=root)])
+    [p] = scan(proc, EVERYTHING).processes
+    assert p.stale[0].path.encode("utf-8", "surrogateescape") == b"/opt/caf\xe9.so"
+
+
+def test_exe_kind_from_the_exe_link(tmp_path: Path, root: Path) -> None:
+    maps = map_line("/usr/sbin/daemon (deleted)", 999)
+    proc = build(tmp_path / "proc", [FakeProcess(10, maps, root=root, exe="/usr/sbin/daemon (deleted)")])
+    [p] = scan(proc, EVERYTHING).processes
+    assert (p.exe, p.stale[0].kind) == ("/usr/sbin/daemon", EXE)
+
+
+def test_selection_limits_what_is_even_looked_at(tmp_path: Path, root: Path) -> None:
+    maps = map_line(LIB, 1) + map_line("/memfd:jit (deleted)", 2) + map_line("/tmp/x.so (deleted)", 3)
+    proc = build(tmp_path / "proc", [FakeProcess(10, maps, root=root)])
+    only = Selection(only=frozenset({"/usr/lib/other.so"}))
+    assert scan(proc, only).processes == []
+    skip = Selection(skip_prefixes=("/memfd:", "/tmp/"))
+    [p] = scan(proc, skip).processes
+    assert [s.path for s in p.stale] == [LIB]
+    [p] = scan(proc, EVERYTHING).processes
+    assert len(p.stale) == 3
+
+
+def test_vanished_processes_are_skipped_quietly(tmp_path: Path, root: Path) -> None:
+    bad = map_line(LIB, 1)
+    proc = build(tmp_path / "proc", [
+        FakeProcess(10, bad, root=root, missing=("maps",)),
+        FakeProcess(11, bad, root=root, missing=("status",)),
+        FakeProcess(12, bad, root=root, missing=("root",)),
+        FakeProcess(13, bad, root=root),
+    ])
+    result = scan(proc, EVERYTHING)
+    assert [p.pid for p in result.processes] == [13]
+    assert result.vanished == 3
+
+
+def test_kernel_threads_and_zombies_have_empty_maps(tmp_path: Path, root: Path) -> None:
+    proc = build(tmp_path / "proc", [FakeProcess(2, b"", root=root, exe=None)])
+    result = scan(proc, EVERYTHING)
+    assert result.processes == [] and result.scanned == 1
+
+
+def test_container_process_by_pid_namespace_depth(tmp_path: Path, root: Path) -> None:
+    proc = build(tmp_path / "proc", [
+        FakeProcess(10, map_line(LIB, 1), root=root, nspid=(10, 1), pidns="pid:[4026532999]"),
+        FakeProcess(11, map_line(LIB, 1), root=root),
+    ])
+    by_pid = {p.pid: p for p in scan(proc, EVERYTHING).processes}
+    assert by_pid[10].pid_namespace == "pid:[4026532999]"
+    assert by_pid[11].pid_namespace is None
+
+
+def test_hostile_maps_lines_do_not_crash() -> None:
+    junk = (b"\x00\xff garbage\n" b"7f-80 r-xp 0 fe:01 notanumber /x\n" b"7f-80 r-xp 0 fe:01 0 /zero-inode\n"
+            b"7f-80 r-xp 0 fe:01 12\n" b"7f-80 rw-p 0 00:00 0 [heap]\n" b"\n\n" b"7f-80 r-xp 0 fe:01 5 /ok\n"
+            b"7f-80 rw-p 0 fe:01 5 /ok\n")
+    assert parse_maps(junk) == {(b"/ok", 5): True}
+
+
+def test_huge_maps(tmp_path: Path, root: Path) -> None:
+    maps = b"".join(map_line(f"/usr/lib/l{i % 500}.so", 1000 + i % 500, start=0x10000 * i)
+                    for i in range(100_000))
+    assert len(parse_maps(maps)) == 500
+    proc = build(tmp_path / "proc", [FakeProcess(10, maps, root=root)])
+    [p] = scan(proc, EVERYTHING).processes
+    assert len(p.stale) == 500
+
+
+def test_parse_status() -> None:
+    text = b"Name:\tevil\\nname\nUmask:\t0022\nPPid:\t77\nUid:\t1000\t0\t0\t0\nNSpid:\t500\t3\t1\n"
+    assert parse_status(text) == ("evil\\nname", 77, 1000, 3)
+    assert parse_status(b"") == ("", 0, -1, 1)
+
+
+def test_many_processes(tmp_path: Path, root: Path) -> None:
+    fresh = map_line(LIB, ino(root, LIB))
+    procs = [FakeProcess(100 + i, fresh if i % 10 else map_line(LIB, 1), root=root) for i in range(2000)]
+    result = scan(build(tmp_path / "proc", procs), Selection())
+    assert result.scanned == 2000 and len(result.processes) == 200
