@@ -1,0 +1,152 @@
+"""The command line end to end over a fixture host: /proc, dpkg database, /run, /etc."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from restart.cli import main
+from tests.fakeproc import FakeProcess, build, ino, map_line, rootfs
+
+REPO = Path(__file__).resolve().parent.parent
+LIB = "/usr/lib/x86_64-linux-gnu/libdemo.so.1"
+EXE = "/usr/sbin/demod"
+
+
+class Host:
+    """A fixture host: merged-/usr root, a dpkg database and a /proc with stale processes."""
+
+    def __init__(self, base: Path, *, systemd: bool) -> None:
+        self.base = base
+        self.root = rootfs(base / "root", {LIB: b"v2", EXE: b"bin", "/etc/init.d/demod": b"#!/bin/sh\n"})
+        for name in ("bin", "sbin", "lib"):
+            (self.root / "usr" / name).mkdir(parents=True, exist_ok=True)
+            (self.root / name).symlink_to(f"usr/{name}")
+        info = base / "admin" / "info"
+        info.mkdir(parents=True)
+        (info / "libdemo1:amd64.list").write_text("/.\n/lib\n/lib/x86_64-linux-gnu\n/lib/x86_64-linux-gnu/libdemo.so.1\n")
+        (info / "demod.list").write_text(f"/.\n{EXE}\n/etc/init.d/demod\n")
+        (base / "run").mkdir()
+        if systemd:
+            (base / "run" / "systemd" / "system").mkdir(parents=True)
+        self.processes: list[FakeProcess] = []
+
+    def add(self, pid: int, **kw: object) -> None:
+        maps = map_line(EXE, ino(self.root, EXE)) + map_line(LIB, ino(self.root, LIB) + 1)
+        self.processes.append(FakeProcess(pid, kw.pop("maps", maps), root=self.root, exe=EXE, **kw))  # type: ignore[arg-type]
+
+    def argv(self, *args: str) -> list[str]:
+        proc = self.base / "proc"
+        if not proc.exists():
+            build(proc, self.processes)
+        return [*args, "--proc", str(proc), "--root", str(self.root), "--admindir", str(self.base / "admin"),
+                "--run", str(self.base / "run"), "--etc", str(self.root / "etc")]
+
+    def run(self, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+        code = main(self.argv(*args))
+        return code, capsys.readouterr().out
+
+
+def test_plan_json_for_a_stale_service(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = Host(tmp_path, systemd=True)
+    host.add(100, cgroup="0::/system.slice/demod.service\n", name="demod")
+    host.add(101, cgroup="0::/system.slice/demod.service\n", name="demod")
+    code, out = host.run(capsys, "plan", "--json")
+    doc = json.loads(out)
+    assert code == 1
+    assert doc["schema"] == "restartctl/1"
+    [p, _] = doc["processes"]
+    assert {k: p[k] for k in ("pid", "ppid", "uid", "comm", "exe")} == {
+        "pid": 100, "ppid": 1, "uid": 0, "comm": "demod", "exe": EXE}
+    assert p["unit"] == {"kind": "system", "name": "demod.service", "uid": None, "guessed": False,
+                         "valid": True, "cgroup": "/system.slice/demod.service"}
+    assert p["stale"] == [{"kind": "code", "path": LIB, "package": "libdemo1:amd64", "confidence": "certain",
+                           "evidence": "replaced"}]
+    assert doc["units"] == [{"kind": "system", "name": "demod.service", "uid": None, "guessed": False,
+                             "valid": True, "pids": [100, 101], "packages": ["libdemo1:amd64"]}]
+    [a] = doc["actions"]
+    assert (a["action"], a["argv"], a["unit"], a["kind"]) == (
+        "restart", ["systemctl", "restart", "--", "demod.service"], "demod.service", "system")
+
+
+def test_without_systemd_the_init_script_is_guessed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = Host(tmp_path, systemd=False)
+    host.add(100, cgroup="0::/\n")
+    code, out = host.run(capsys, "plan", "--json")
+    [a] = json.loads(out)["actions"]
+    assert code == 1
+    assert (a["argv"], a["kind"]) == (["invoke-rc.d", "demod", "restart"], "system")
+    assert json.loads(out)["units"][0]["guessed"] is True
+
+
+def test_packages_restricts_and_all_lists_the_rest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = Host(tmp_path, systemd=True)
+    host.add(100, maps=map_line(LIB, 1) + map_line("/memfd:jit (deleted)", 2, "rwxp"))
+    code, out = host.run(capsys, "scan", "--json", "--packages", "demod")
+    assert code == 0 and json.loads(out)["processes"] == []
+    code, out = host.run(capsys, "scan", "--json", "--packages", "libdemo1")
+    assert code == 1 and json.loads(out)["processes"][0]["stale"][0]["package"] == "libdemo1:amd64"
+    assert "unowned" not in json.loads(out)
+    code, out = host.run(capsys, "scan", "--json", "--all")
+    doc = json.loads(out)
+    assert [s["path"] for s in doc["unowned"][0]["stale"]] == ["/memfd:jit"]
+    assert [s["path"] for s in doc["processes"][0]["stale"]] == [LIB]
+
+
+def test_nothing_stale_exits_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = Host(tmp_path, systemd=True)
+    host.add(100, maps=map_line(LIB, ino(host.root, LIB)))
+    assert host.run(capsys, "plan") == (0, "No process uses replaced package files: nothing to do.\n")
+
+
+def test_text_output_is_grouped_quoted_and_stripped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = Host(tmp_path, systemd=True)
+    host.add(100, cgroup="0::/system.slice/demod.service\n", name="evil\x1b]0;pwned\x07\x1b[2J")
+    host.add(200, cgroup="0::/system.slice/dbus.service\n")
+    host.add(300, cgroup="0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.service\n", uid=1000)
+    code, out = host.run(capsys, "plan")
+    assert code == 1
+    assert "\x1b" not in out and "\x07" not in out
+    assert "evil\\x1b]0;pwned\\x07\\x1b[2J" in out
+    assert "restart: systemctl restart -- demod.service" in out
+    assert "defer: restarting the system bus" in out
+    assert "suggested: systemctl --user -M 1000@ restart -- x.service" in out
+    assert out.rstrip().splitlines()[-1].startswith("Plan: 1 defer, 1 notify, 1 restart")
+
+
+def test_scan_text_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = Host(tmp_path, systemd=True)
+    host.add(100, cgroup="0::/system.slice/demod.service\n")
+    host.add(101, cgroup="0::/user.slice/user-1000.slice/session-4.scope\n", uid=1000)
+    code, out = host.run(capsys, "scan")
+    assert code == 1
+    assert "demod.service  [libdemo1:amd64]" in out
+    assert "session-4.scope (login session of user 1000)" in out
+    assert out.splitlines()[-1] == ("2 processes in 2 units (1 system, 1 session) use replaced files of "
+                                    "1 package: libdemo1:amd64.")
+
+
+def test_runtime_error_exits_two(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = Host(tmp_path, systemd=True)
+    code = main(host.argv("scan", "--data", str(tmp_path / "nowhere")))
+    assert code == 2
+    assert capsys.readouterr().err.startswith("restartctl: ")
+
+
+def test_usage_error_exits_two() -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2
+
+
+def test_python_dash_m_entry_point_runs_from_a_checkout() -> None:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO)}
+    out = subprocess.run(["/usr/bin/python3", "-m", "restart", "--version"], env=env, cwd="/",
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("restartctl ")
+    assert sys.version_info >= (3, 11) and os.path.exists("/usr/bin/python3")

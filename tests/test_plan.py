@@ -1,0 +1,119 @@
+"""Plan decisions: pure functions from stale units and policy to actions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from restart.plan import UnitGroup, decide, group, make_plan
+from restart.policy import Policy, PolicyError, load, parse_rules
+from restart.processes import ProcessInfo, StaleFile
+from restart.units import (CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, USER_MANAGER, Affected, OwnedFile,
+                           Unit)
+
+VENDOR = load([Path(__file__).resolve().parent.parent / "data" / "policy.toml"])
+
+
+def affected(pid: int, unit: Unit, package: str = "libc6:amd64") -> Affected:
+    proc = ProcessInfo(pid, 1, 0, "x", "/usr/sbin/x", "", None, ())
+    stale = StaleFile("code", "/usr/lib/x86_64-linux-gnu/libc.so.6", "certain", "replaced")
+    return Affected(proc, unit, (OwnedFile(stale, package),), ())
+
+
+def one(unit: Unit, policy: Policy = VENDOR) -> tuple[str, tuple[str, ...] | None, tuple[str, ...] | None]:
+    [g] = group([affected(10, unit)])
+    a = decide(g, policy)
+    return a.action, a.argv, a.suggested
+
+
+def test_system_service_is_restarted() -> None:
+    assert one(Unit(SYSTEM, "nginx.service")) == ("restart", ("systemctl", "restart", "--", "nginx.service"), None)
+
+
+def test_guessed_init_script() -> None:
+    assert one(Unit(SYSTEM, "nginx", guessed=True)) == ("restart", ("invoke-rc.d", "nginx", "restart"), None)
+
+
+def test_pid1_is_reexecuted() -> None:
+    assert one(Unit(INIT, "init.scope")) == ("reexec", ("systemctl", "daemon-reexec"), None)
+
+
+def test_user_manager_is_reexecuted_through_its_own_manager() -> None:
+    action, argv, _ = one(Unit(USER_MANAGER, "user@1000.service", 1000))
+    assert (action, argv) == ("reexec", ("systemctl", "--user", "-M", "1000@", "daemon-reexec"))
+
+
+def test_user_unit_is_left_to_its_owner_with_a_suggestion() -> None:
+    assert one(Unit(USER, "foo.service", 1000)) == (
+        "notify", None, ("systemctl", "--user", "-M", "1000@", "restart", "--", "foo.service"))
+
+
+@pytest.mark.parametrize("unit", [
+    Unit(SESSION, "session-3.scope", 1000), Unit(CONTAINER, "web"), Unit(NONE, None),
+    Unit(SYSTEM, "run-r1234.scope"), Unit(USER, None, 1000, valid=False),
+])
+def test_things_restartctl_cannot_restart_are_notices(unit: Unit) -> None:
+    action, argv, _ = one(unit)
+    assert action == "notify" and argv is None
+
+
+def test_invalid_unit_name_never_reaches_an_argv() -> None:
+    # Even a policy that says "restart everything" cannot put it on a command line.
+    everything = Policy(tuple(parse_rules('[[rule]]\nunit="*"\naction="restart"\n', "t")))
+    for name in ("$(reboot).service", "a;b.service", "foo@.service", "x" * 300 + ".service"):
+        action, argv, suggested = one(Unit(SYSTEM, name, valid=False), everything)
+        assert argv is None and suggested is None and action == "notify"
+
+
+@pytest.mark.parametrize("name", ["dbus.service", "systemd-logind.service", "gdm3.service", "getty@tty1.service",
+                                  "NetworkManager.service", "docker.service", "apt-daily-upgrade.service",
+                                  "unattended-upgrades.service", "serial-getty@ttyS0.service"])
+def test_vendor_policy_defers_what_must_not_be_restarted_casually(name: str) -> None:
+    action, argv, suggested = one(Unit(SYSTEM, name))
+    assert action == "defer" and argv is None
+    assert suggested == ("systemctl", "restart", "--", name)
+
+
+def test_policy_rule_can_opt_a_user_unit_into_restart() -> None:
+    policy = Policy(tuple(parse_rules('[[rule]]\nscope="user"\nunit="*.service"\naction="restart"\n', "t")))
+    assert one(Unit(USER, "foo.service", 1000), policy)[1] == (
+        "systemctl", "--user", "-M", "1000@", "restart", "--", "foo.service")
+
+
+def test_policy_matches_on_package() -> None:
+    policy = Policy(tuple(parse_rules('[[rule]]\npackage="libc6"\naction="reboot"\nreason="glibc"\n', "t")))
+    [g] = group([affected(1, Unit(SYSTEM, "a.service"))])
+    a = decide(g, policy)
+    assert (a.action, a.reason, a.rule) == ("reboot", "glibc", "t#1")
+
+
+def test_grouping_and_order() -> None:
+    items = [affected(30, Unit(NONE, None)), affected(31, Unit(NONE, None)),
+             affected(20, Unit(INIT, "init.scope")), affected(11, Unit(SYSTEM, "b.service")),
+             affected(10, Unit(SYSTEM, "a.service")), affected(12, Unit(SYSTEM, "a.service"), "libssl3:amd64"),
+             Affected(ProcessInfo(40, 1, 0, "x", None, "", None, ()), Unit(SYSTEM, "c.service"), (), ())]
+    groups = group(items)
+    assert [(g.kind, g.name, g.pids) for g in groups] == [
+        (SYSTEM, "a.service", (10, 12)), (SYSTEM, "b.service", (11,)), (INIT, "init.scope", (20,)),
+        (NONE, None, (30,)), (NONE, None, (31,))]
+    assert groups[0].packages == ("libc6:amd64", "libssl3:amd64")
+    assert [a.action for a in make_plan(groups, VENDOR)] == ["restart", "restart", "reexec", "notify", "notify"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[[rule]]\naction="explode"\n', "key 'action' must be one of"),
+    ('[[rule]]\naction="restart"\nscope="galaxy"\n', "key 'scope'"),
+    ('[[rule]]\naction="restart"\nunit=3\n', "key 'unit'"),
+    ('[[rule]]\naction="restart"\nfrobnicate=1\n', "unknown key 'frobnicate'"),
+    ("rule = 1\n", "array of tables"),
+    ("[[rule]\n", "t.toml"),
+])
+def test_bad_policy_is_a_clear_error(text: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        parse_rules(text, "t.toml")
+
+
+def test_unit_group_key_is_total() -> None:
+    g = UnitGroup(NONE, None, None, False, True, (1,), ("p",), ())
+    assert g.key == (6, "", "None", 1)
