@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +23,12 @@ class Findings:
 
 def never_packaged(data: Path) -> tuple[str, ...]:
     """Path prefixes that are never package files (vendor classification data)."""
-    with open(data / "classify.toml", "rb") as f:
-        doc = tomllib.load(f)
-    prefixes = doc.get("never_packaged", {}).get("prefixes", [])
-    if not all(isinstance(p, str) and p.startswith("/") for p in prefixes):
-        raise ValueError(f"{data / 'classify.toml'}: never_packaged.prefixes must be absolute paths")
-    return tuple(prefixes)
+    path = data / "never-packaged"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    prefixes = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    if not all(p.startswith("/") for p in prefixes):
+        raise ValueError(f"{path}: every prefix must be an absolute path")
+    return prefixes
 
 
 def find(roots: Roots, *, only_packages: list[str] | None, everything: bool,

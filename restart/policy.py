@@ -7,7 +7,6 @@ the scope (system or user) and the packages that left the unit stale.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -67,9 +66,10 @@ def _globs(value: object, where: str) -> tuple[str, ...]:
 
 def parse_rules(text: str, source: str) -> list[Rule]:
     """The ``[[rule]]`` tables of one policy file."""
+    import tomllib  # kept off the scan path: only plans read policy
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:  # tomllib.TOMLDecodeError
         raise PolicyError(f"{source}: {e}") from e
     raw_rules = doc.get("rule", [])
     if not isinstance(raw_rules, list):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -110,25 +111,22 @@ def _translate(e: OSError) -> Exception:
     return e
 
 
+# One file-backed line of /proc/PID/maps: perms, inode and the path (which keeps its spaces).
+_MAPS_LINE = re.compile(rb"^[0-9a-f]+-[0-9a-f]+ (\S+) \S+ \S+ ([0-9]+) +(/[^\n]*)$", re.MULTILINE)
+
+
 def parse_maps(data: bytes) -> dict[tuple[bytes, int], bool]:
     """File-backed mappings of one ``maps`` file: (raw path, inode) -> any of them executable.
 
-    The sixth field (the path) keeps its spaces; the kernel escapes a newline in
-    a path as ``\\012``, which is undone later when the path is decoded.
+    One regular-expression pass in C instead of a Python loop over every line: anonymous
+    mappings, the heap and the stack never reach Python.  The kernel escapes a newline
+    in a path as ``\\012``; that is undone when the path is decoded.
     """
     files: dict[tuple[bytes, int], bool] = {}
-    for line in data.split(b"\n"):
-        parts = line.split(None, 5)
-        if len(parts) < 6 or parts[5][:1] != b"/":
-            continue
-        try:
-            inode = int(parts[4])
-        except ValueError:
-            continue
-        if inode == 0:
-            continue
-        key = (parts[5], inode)
-        files[key] = files.get(key, False) or b"x" in parts[1]
+    for perms, inode, path in _MAPS_LINE.findall(data):
+        key = (path, int(inode))
+        if key[1] and not files.get(key):
+            files[key] = b"x" in perms
     return files
 
 

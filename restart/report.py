@@ -7,7 +7,6 @@ reaches a terminal: a process name can carry terminal escape sequences.
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections import Counter
 from collections.abc import Iterable
@@ -75,6 +74,7 @@ def _action_json(a: Action) -> dict[str, Any]:
 
 def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult, *,
             actions: list[Action] | None, show_unowned: bool, packages: list[str] | None) -> str:
+    import json  # only JSON runs pay for the import
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "scope": {"packages": packages},

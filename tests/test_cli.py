@@ -29,7 +29,8 @@ class Host:
             (self.root / name).symlink_to(f"usr/{name}")
         info = base / "admin" / "info"
         info.mkdir(parents=True)
-        (info / "libdemo1:amd64.list").write_text("/.\n/lib\n/lib/x86_64-linux-gnu\n/lib/x86_64-linux-gnu/libdemo.so.1\n")
+        lib_list = "/.\n/lib\n/lib/x86_64-linux-gnu\n/lib/x86_64-linux-gnu/libdemo.so.1\n"
+        (info / "libdemo1:amd64.list").write_text(lib_list)
         (info / "demod.list").write_text(f"/.\n{EXE}\n/etc/init.d/demod\n")
         (base / "run").mkdir()
         if systemd:

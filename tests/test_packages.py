@@ -29,7 +29,7 @@ def write_db(admin: Path, lists: dict[str, list[str]], diversions: list[tuple[st
     info.mkdir(parents=True)
     for i, (name, files) in enumerate(lists.items()):
         path = info / f"{name}.list"
-        path.write_text("".join(f + "\n" for f in ["/."] + files))
+        path.write_text("".join(f + "\n" for f in ["/.", *files]))
         age = (ages or {}).get(name, i)
         os.utime(path, (1_700_000_000 + age, 1_700_000_000 + age))
     (admin / "diversions").write_text("".join(f"{a}\n{b}\n{c}\n" for a, b, c in diversions))

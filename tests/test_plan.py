@@ -9,8 +9,7 @@ import pytest
 from restart.plan import UnitGroup, decide, group, make_plan
 from restart.policy import Policy, PolicyError, load, parse_rules
 from restart.processes import ProcessInfo, StaleFile
-from restart.units import (CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, USER_MANAGER, Affected, OwnedFile,
-                           Unit)
+from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, USER_MANAGER, Affected, OwnedFile, Unit
 
 VENDOR = load([Path(__file__).resolve().parent.parent / "data" / "policy.toml"])
 

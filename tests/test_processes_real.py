@@ -6,6 +6,7 @@ Each test starts its own processes, replaces their files the way dpkg does
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -76,10 +77,8 @@ def start(procs: list[subprocess.Popen[bytes]], argv: list[str], wait_for: str, 
 def _fds(pid: int) -> bytes:
     out = b""
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
+        with contextlib.suppress(OSError):
             out += os.fsencode(os.readlink(f"/proc/{pid}/fd/{fd}")) + b"\n"
-        except OSError:
-            pass
     return out
 
 

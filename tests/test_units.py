@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from restart.units import (CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, USER_MANAGER, cgroup_path,
-                           guess_init_script, resolve, valid_unit_name)
+from restart.units import (
+    CONTAINER,
+    INIT,
+    NONE,
+    SESSION,
+    SYSTEM,
+    USER,
+    USER_MANAGER,
+    cgroup_path,
+    guess_init_script,
+    resolve,
+    valid_unit_name,
+)
 
 
 @pytest.mark.parametrize(("path", "kind", "name", "uid"), [
