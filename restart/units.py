@@ -96,6 +96,8 @@ def resolve(cgroup: str | None, *, pid_namespace: str | None = None) -> Unit:
         return Unit(NONE, None, cgroup=path)  # a process directly in a slice: nothing to restart
     unit = parts[i]
     below = parts[i + 1:]
+    if unit_type(unit) not in UNIT_TYPES:
+        return Unit(NONE, None, cgroup=path)  # a cgroup some other tool made: not a systemd unit
     if slices[:1] == ["machine.slice"]:
         return Unit(CONTAINER, _machine_name(parts) or unit, cgroup=path)
     user_slice = _USER_SLICE_RE.fullmatch(slices[1]) if slices[:1] == ["user.slice"] and len(slices) == 2 else None

@@ -35,6 +35,10 @@ from restart.units import (
     ("/machine.slice/machine-web\\x2d1.scope/payload", CONTAINER, "web-1", None),
     ("/machine.slice/systemd-nspawn@db.service/payload/system.slice/x.service", CONTAINER, "db", None),
     ("/", NONE, None, None),
+    ("/rctl-harness/spawn-2", NONE, None, None),
+    ("/docker/0123abcd", NONE, None, None),
+    ("/system.slice/not-a-unit", NONE, None, None),
+    ("/top.service", SYSTEM, "top.service", None),
     ("/system.slice", NONE, None, None),
 ])
 def test_resolve(path: str, kind: str, name: str | None, uid: int | None) -> None:
