@@ -1,3 +1,3 @@
 """Shared fixtures: the real-container machinery lives in tests/support."""
 
-pytest_plugins = ["tests.support.fixtures"]
+from tests.support.fixtures import *  # noqa: F403

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def merged_root(tmp_path: Path) -> Path:
     return root
 
 
-def write_db(admin: Path, lists: dict[str, list[str]], diversions: list[tuple[str, str, str]] = (),
+def write_db(admin: Path, lists: dict[str, list[str]], diversions: Sequence[tuple[str, str, str]] = (),
              ages: dict[str, int] | None = None) -> Path:
     info = admin / "info"
     info.mkdir(parents=True)

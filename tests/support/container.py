@@ -26,6 +26,7 @@ How (one mechanism for both flavours):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import itertools
 import os
@@ -52,6 +53,7 @@ DPKG_SCANPACKAGES = "/usr/bin/dpkg-scanpackages"
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRATCH = "/srv/rctl"  # writable scratch directory inside every container (host: Container.scratch)
+_SCRATCH_MODE = 0o755  # readable by a test's unprivileged users inside, writable by root only
 HARNESS_CGROUP = "rctl-harness"
 CLEAN_ENV: dict[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
@@ -86,7 +88,7 @@ exec "$@"
 # and $! is the PID of the final program.
 _SPAWN_SCRIPT = r"""
 log=$1; shift
-setsid "$@" </dev/null >>"$log" 2>&1 &
+setsid -- "$@" </dev/null >>"$log" 2>&1 &
 echo $!
 """
 
@@ -96,6 +98,9 @@ cat > "$1.rctl-tmp"
 chmod "$2" "$1.rctl-tmp"
 mv -f -- "$1.rctl-tmp" "$1"
 """
+
+# A bind mount: "SRC[:DST]" (read-write), (src, dst) or (src, dst, read_only).
+Bind = str | tuple[str | Path, str] | tuple[str | Path, str, bool]
 
 _live: weakref.WeakSet[Container] = weakref.WeakSet()
 _counter = itertools.count(1)
@@ -134,6 +139,12 @@ def _cgroup_mounts() -> tuple[Path, Path | None]:
     return v2, v1
 
 
+def cgroup_roots() -> list[Path]:
+    """The cgroup hierarchies the harness creates its directories in (cgroup2 first)."""
+    v2, v1 = _cgroup_mounts()
+    return [v2] if v1 is None else [v2, v1]
+
+
 def _has_kill_support(v2: Path) -> bool:
     """cgroup.kill exists in non-root cgroup2 directories only; probe the kernel version instead."""
     major, minor = (int(x) for x in re.findall(r"\d+", os.uname().release)[:2])
@@ -162,9 +173,7 @@ def _nspids(pid: int) -> list[int]:
 
 
 def _children(ppid: int) -> list[int]:
-    return [
-        int(d) for d in os.listdir("/proc") if d.isdigit() and _ppid(int(d)) == ppid
-    ]
+    return [int(d) for d in os.listdir("/proc") if d.isdigit() and _ppid(int(d)) == ppid]
 
 
 def _rmdir_tree(top: Path) -> list[str]:
@@ -208,7 +217,7 @@ class Container:
         name: str,
         *,
         boot: bool,
-        binds: Sequence[str | tuple[str | Path, str] | tuple[str | Path, str, bool]] = (),
+        binds: Sequence[Bind] = (),
         lower: Path = Path("/"),
         repo: Path | None = REPO_ROOT,
         init_args: Sequence[str] = ("--unit=basic.target",),
@@ -223,6 +232,8 @@ class Container:
         """
         if not _NAME_RE.match(name):
             raise ValueError(f"container name must match {_NAME_RE.pattern}: {name!r}")
+        if not lower.is_absolute() or any(ch in str(lower) for ch in ",:\\\n"):
+            raise ValueError(f"overlay lower directory must be absolute, without , : \\ or newline: {lower}")
         self.name = name
         self.boot = boot
         self.lower = lower
@@ -245,13 +256,13 @@ class Container:
 
     # ------------------------------------------------------------------ lifecycle
     @staticmethod
-    def _bind_arg(bind: str | tuple[str | Path, str] | tuple[str | Path, str, bool]) -> str:
+    def _bind_arg(bind: Bind) -> str:
         if isinstance(bind, str):
             src, dst, ro = bind, "", False
-        elif len(bind) == 2:
-            src, dst, ro = str(bind[0]), bind[1], False
+        elif len(bind) == 3:
+            src, dst, ro = str(bind[0]), bind[1], bool(bind[2])
         else:
-            src, dst, ro = str(bind[0]), bind[1], bool(bind[2])  # type: ignore[misc]
+            src, dst, ro = str(bind[0]), bind[1], False
         if not src.startswith("/") or (dst and not dst.startswith("/")):
             raise ValueError(f"bind paths must be absolute: {bind!r}")
         spec = f"{src}:{dst}" if dst else src
@@ -305,11 +316,13 @@ class Container:
         _live.add(self)
         try:
             self._start()
-        except BaseException:
+        except BaseException as e:
             log = self.console_log()
-            self.stop()
-            if log:
-                print(f"--- console of container {self.name} ---\n{log}")
+            try:
+                self.stop()
+            finally:
+                if log and log not in str(e):
+                    e.add_note(f"--- console of container {self.name} ---\n{log}")
             raise
         self.timings["start"] = time.monotonic() - t0
         return self
@@ -324,8 +337,8 @@ class Container:
             self._cg_tops.append(top)
         self._hostdir = Path(tempfile.mkdtemp(prefix=f"rctl-{self.name}-"))
         self.scratch = self._hostdir / "scratch"
-        self.scratch.mkdir(mode=0o755)
-        os.chmod(self.scratch, 0o755)
+        self.scratch.mkdir()
+        os.chmod(self.scratch, _SCRATCH_MODE)
         self._console = self._hostdir / "console.log"
 
         argv = [
@@ -369,7 +382,7 @@ class Container:
             self._wait_exec(deadline)
 
     def _wait_leader(self, deadline: float) -> int:
-        """The container's PID 1 is nspawn's child whose innermost PID is 1."""
+        """The container's PID 1 is nspawn's child whose innermost PID is 1 ..."""
         assert self._proc is not None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -379,10 +392,22 @@ class Container:
                 )
             for child in _children(self._proc.pid):
                 ns = _nspids(child)
-                if len(ns) >= 2 and ns[-1] == 1:
+                # ... and nspawn has moved it into payload/ (it does so after forking it).
+                if len(ns) >= 2 and ns[-1] == 1 and self._in_payload(child):
                     return child
             time.sleep(0.02)
         raise TimeoutError(f"container {self.name}: no PID 1 after {self.start_timeout}s")
+
+    def _in_payload(self, pid: int) -> bool:
+        want = f"/{self.cgroup_name}/payload"
+        try:
+            with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return False
+        paths = [line.split(":", 2)[2] for line in lines if line.startswith("0::") or ":name=systemd:" in line]
+        # systemd as PID 1 soon moves itself on to payload/init.scope
+        return len(paths) == len(self._cg_tops) and all(p == want or p.startswith(want + "/") for p in paths)
 
     def _wait_running(self, deadline: float) -> None:
         state = ""
@@ -459,10 +484,8 @@ class Container:
                 return []
             # Anything only in the v1 tree is still ours (it is in our cgroup): kill it by PID.
             for pid in left:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             time.sleep(0.02)
         return [f"processes left in our cgroups: {sorted(left)}"]
 
@@ -530,9 +553,7 @@ class Container:
         Environment: only PATH=/usr/sbin:/usr/bin:/sbin:/bin and LANG=C.UTF-8, plus ``env``.
         On timeout the command's cgroup is killed and subprocess.TimeoutExpired is raised.
         """
-        r = self._run(
-            argv, input=input.encode() if input is not None else None, timeout=timeout, env=env
-        )
+        r = self._run(argv, input=input.encode() if input is not None else None, timeout=timeout, env=env)
         res = subprocess.CompletedProcess(
             r.args,
             r.returncode,
@@ -543,13 +564,19 @@ class Container:
             raise subprocess.CalledProcessError(res.returncode, res.args, res.stdout, res.stderr)
         return res
 
-    def check(self, argv: Sequence[str], **kw: object) -> str:
-        """:meth:`exec` with check=True and a readable error; return stdout."""
-        r = self.exec(argv, **kw)  # type: ignore[arg-type]
+    def check(
+        self,
+        argv: Sequence[str],
+        *,
+        input: str | None = None,
+        timeout: float = 120,
+        env: Mapping[str, str] | None = None,
+    ) -> str:
+        """Like :meth:`exec`, but fail with the command's output if it exits non-zero; return stdout."""
+        r = self.exec(argv, input=input, timeout=timeout, env=env)
         if r.returncode != 0:
             raise AssertionError(
-                f"in container {self.name}: {argv} exited {r.returncode}\n"
-                f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+                f"in container {self.name}: {argv} exited {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
             )
         return r.stdout
 
@@ -571,20 +598,22 @@ class Container:
         if r.returncode != 0:
             raise RuntimeError(f"spawn {argv} failed: {r.stderr.decode(errors='replace')}")
         pid = int(r.stdout.decode().strip())
-        # Wait (bounded) until the PID runs the requested program, not setsid or sh any more.
+        # Wait (bounded) until the PID has exec'd the program: its argv is no longer the forked sh's
+        # or setsid's (a program may rewrite its own argv, so "equal to argv" is not required).
         deadline = time.monotonic() + 5
-        want = "\0".join(argv) + "\0"
+        cmdline = ""
         while time.monotonic() < deadline:
             hp = self.host_pid(pid)
             if hp is not None:
                 try:
                     with open(f"/proc/{hp}/cmdline", encoding="utf-8", errors="replace") as f:
-                        if f.read() == want:
-                            return pid
+                        cmdline = f.read()
                 except OSError:
-                    pass
+                    cmdline = ""
+                if cmdline and not cmdline.startswith((f"{SH}\0-c\0{_SPAWN_SCRIPT}", "setsid\0")):
+                    return pid
             time.sleep(0.01)
-        raise RuntimeError(f"spawned {argv} as PID {pid} inside, but it is not running it")
+        raise RuntimeError(f"spawned {argv} as PID {pid} inside, but it does not run it (argv {cmdline!r})")
 
     def host_pid(self, pid_inside: int) -> int | None:
         """Map a PID inside the container to the host's PID (None if it is not running)."""
@@ -665,9 +694,7 @@ class Container:
         if not self.boot:
             raise RuntimeError(f"container {self.name} has no systemd (boot=False)")
 
-    def systemctl(
-        self, *args: str, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
+    def systemctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run ``systemctl ARGS`` inside; raise on failure if ``check``."""
         self._need_boot()
         r = self.exec(["systemctl", *args], timeout=timeout)
@@ -741,14 +768,10 @@ class Container:
         prefix, env = self._user_env(user)
         r = self.exec([*prefix, "systemctl", "--user", *args], env=env, timeout=timeout)
         if check and r.returncode != 0:
-            raise AssertionError(
-                f"systemctl --user {' '.join(args)} as {user} failed ({r.returncode}):\n{r.stderr}"
-            )
+            raise AssertionError(f"systemctl --user {' '.join(args)} as {user} failed ({r.returncode}):\n{r.stderr}")
         return r
 
-    def run_user_unit(
-        self, user: str, argv: Sequence[str], *, unit: str | None = None, timeout: float = 20
-    ) -> str:
+    def run_user_unit(self, user: str, argv: Sequence[str], *, unit: str | None = None, timeout: float = 20) -> str:
         """Start ``argv`` as a transient service of ``user``'s systemd manager; return the unit name.
 
         Uses ``runuser -u USER -- systemd-run --user`` (``-M USER@`` needs systemd-machined, which
@@ -759,9 +782,7 @@ class Container:
         if not _UNIT_RE.match(unit):
             raise ValueError(f"bad unit name {unit!r}")
         prefix, env = self._user_env(user)
-        self.check(
-            [*prefix, "systemd-run", "--user", "--quiet", f"--unit={unit}", "--", *argv], env=env
-        )
+        self.check([*prefix, "systemd-run", "--user", "--quiet", f"--unit={unit}", "--", *argv], env=env)
         self.wait_active(unit, timeout=timeout, user=user)
         return unit
 
@@ -780,19 +801,31 @@ def make_local_repo(repo_dir: Path, debs: Iterable[Path]) -> Path:
     if os.access(APT_FTPARCHIVE, os.X_OK):
         packages = subprocess.run(
             [APT_FTPARCHIVE, "packages", "."],
-            cwd=repo_dir, env=env, capture_output=True, check=True, timeout=60,
+            cwd=repo_dir,
+            env=env,
+            capture_output=True,
+            check=True,
+            timeout=60,
         ).stdout
     else:
         require_program(DPKG_SCANPACKAGES)
         packages = subprocess.run(
             [DPKG_SCANPACKAGES, "--multiversion", ".", "/dev/null"],
-            cwd=repo_dir, env=env, capture_output=True, check=True, timeout=60,
+            cwd=repo_dir,
+            env=env,
+            capture_output=True,
+            check=True,
+            timeout=60,
         ).stdout
     (repo_dir / "Packages").write_bytes(packages)
     if os.access(APT_FTPARCHIVE, os.X_OK):
         release = subprocess.run(
             [APT_FTPARCHIVE, "release", "."],
-            cwd=repo_dir, env=env, capture_output=True, check=True, timeout=60,
+            cwd=repo_dir,
+            env=env,
+            capture_output=True,
+            check=True,
+            timeout=60,
         ).stdout
         (repo_dir / "Release").write_bytes(release)
     return repo_dir
@@ -830,10 +863,12 @@ def apt_config(repo_dir: Path, *, seen_at: str | None = None) -> str:
 
 __all__ = [
     "CLEAN_ENV",
-    "Container",
     "HARNESS_CGROUP",
     "REPO_ROOT",
     "SCRATCH",
+    "Bind",
+    "Container",
     "apt_config",
+    "cgroup_roots",
     "make_local_repo",
 ]

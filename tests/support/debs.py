@@ -28,6 +28,7 @@ DPKG_ARCHITECTURE = "/usr/bin/dpkg-architecture"
 # across demo versions, so systemd does not report NeedDaemonReload after an upgrade.
 FIXED_MTIME = 1_700_000_000
 
+_DIR_MODE = 0o755  # every directory in a package, as Debian policy wants
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _VERSION_RE = re.compile(r"^[0-9][A-Za-z0-9.+~-]*$")  # no epoch: it would end up in file names
 _CONTROL_SCRIPTS = frozenset({"preinst", "postinst", "prerm", "postrm", "config"})
@@ -38,13 +39,9 @@ _CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LC_AL
 def _run(argv: Sequence[str], *, cwd: Path | None = None) -> str:
     """Run a build tool; raise with its stderr on failure (why: build errors must be readable)."""
     require_program(argv[0])
-    proc = subprocess.run(
-        list(argv), cwd=cwd, env=_CLEAN_ENV, capture_output=True, text=True, timeout=60, check=False
-    )
+    proc = subprocess.run(list(argv), cwd=cwd, env=_CLEAN_ENV, capture_output=True, text=True, timeout=60, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv)} failed with {proc.returncode}:\n{proc.stdout}{proc.stderr}"
-        )
+        raise RuntimeError(f"{' '.join(argv)} failed with {proc.returncode}:\n{proc.stdout}{proc.stderr}")
     return proc.stdout
 
 
@@ -148,9 +145,9 @@ def build_deb(
     *,
     depends: str = "",
     arch: str | None = None,
-    maintscripts: Mapping[str, str] = {},  # noqa: B006 - read-only default, never mutated
-    extra_control: Mapping[str, str] = {},  # noqa: B006
-    modes: Mapping[str, int] = {},  # noqa: B006
+    maintscripts: Mapping[str, str] = {},  # read-only default, never mutated
+    extra_control: Mapping[str, str] = {},
+    modes: Mapping[str, int] = {},
 ) -> Path:
     """Build ``outdir/NAME_VERSION_ARCH.deb`` holding ``files`` (absolute install path -> content).
 
@@ -211,7 +208,7 @@ def build_deb(
             member.write_text(text, encoding="utf-8")
             os.chmod(member, 0o755 if script in _CONTROL_SCRIPTS else 0o644)
         for dirpath, dirnames, filenames in os.walk(root):
-            os.chmod(dirpath, 0o755)
+            os.chmod(dirpath, _DIR_MODE)
             for entry in dirnames + filenames:
                 os.utime(os.path.join(dirpath, entry), (FIXED_MTIME, FIXED_MTIME))
         os.utime(root, (FIXED_MTIME, FIXED_MTIME))
@@ -375,9 +372,7 @@ def demo_packages(outdir: Path, version: str) -> dict[str, Path]:
                 shared=True,
                 soname="librctlold.so.1",
             )
-            f_sleeper = pool.submit(
-                compile_c, _loop_source("rctl-sleeper", version, None), build / "rctl-sleeper"
-            )
+            f_sleeper = pool.submit(compile_c, _loop_source("rctl-sleeper", version, None), build / "rctl-sleeper")
             libdemo = f_libdemo.result()
             oldlib = f_oldlib.result()
             f_demod = pool.submit(
@@ -460,8 +455,8 @@ def clear_cache() -> None:
 
 
 __all__ = [
-    "FIXED_MTIME",
     "DEMO_NAMES",
+    "FIXED_MTIME",
     "build_deb",
     "clear_cache",
     "compile_c",

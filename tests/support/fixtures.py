@@ -1,0 +1,110 @@
+"""pytest fixtures for the real (container) tests; import with ``from tests.support.fixtures import *``.
+
+Why fixtures: containers and demo .debs cost a few hundred milliseconds each, so they are shared per
+module (containers) or per session (.debs); tests that need pristine state use ``container_factory``.
+Missing prerequisites make the requesting test FAIL with the reason, never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from . import PrerequisiteError
+from .container import Bind, Container
+from .debs import demo_packages
+
+DEMO_VERSIONS = ("1.0", "2.0")
+
+# Measured durations (seconds) of the support machinery, for reports and benchmarks.
+TIMINGS: dict[str, float] = {}
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail(
+            "the real tests need root (they build containers and install .debs inside them)",
+            pytrace=False,
+        )
+
+
+def _start(container: Container) -> Container:
+    """Start it; a missing prerequisite fails the test with its message (never a skip)."""
+    _require_root()
+    try:
+        return container.start()
+    except PrerequisiteError as e:
+        missing = str(e)
+    pytest.fail(missing, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def demo_debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    """version ("1.0", "2.0") -> package name -> .deb path; see debs.demo_packages."""
+    outdir = tmp_path_factory.mktemp("rctl-debs")
+    t0 = time.monotonic()
+    try:
+        result = {v: demo_packages(outdir, v) for v in DEMO_VERSIONS}
+    except PrerequisiteError as e:
+        missing = str(e)
+    else:
+        TIMINGS["demo_debs_build"] = time.monotonic() - t0
+        return result
+    pytest.fail(missing, pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def systemd_container() -> Iterator[Container]:
+    """A container with systemd 252 as PID 1 (basic.target), shared by the tests of one module."""
+    c = _start(Container("rctl-sd", boot=True))
+    TIMINGS["systemd_container_start"] = c.timings["start"]
+    try:
+        yield c
+    finally:
+        c.stop()
+        TIMINGS["systemd_container_stop"] = c.timings["stop"]
+
+
+@pytest.fixture(scope="module")
+def plain_container() -> Iterator[Container]:
+    """A container whose PID 1 is not systemd (no /run/systemd/system), shared per module."""
+    c = _start(Container("rctl-plain", boot=False))
+    TIMINGS["plain_container_start"] = c.timings["start"]
+    try:
+        yield c
+    finally:
+        c.stop()
+        TIMINGS["plain_container_stop"] = c.timings["stop"]
+
+
+@pytest.fixture
+def container_factory() -> Iterator[Callable[..., Container]]:
+    """Start fresh containers for one test: ``container_factory("name", boot=True, binds=...)``.
+
+    Every container it started is stopped when the test ends, even on failure.
+    """
+    started: list[Container] = []
+
+    def make(name: str, *, boot: bool, binds: Sequence[Bind] = (), lower: Path = Path("/")) -> Container:
+        c = Container(name, boot=boot, binds=binds, lower=lower)
+        started.append(c)
+        return _start(c)
+
+    try:
+        yield make
+    finally:
+        errors: list[str] = []
+        for c in reversed(started):
+            try:
+                c.stop()
+            except RuntimeError as e:
+                errors.append(str(e))
+        if errors:
+            raise RuntimeError("; ".join(errors))
+
+
+__all__ = ["TIMINGS", "container_factory", "demo_debs", "plain_container", "systemd_container"]
