@@ -17,7 +17,6 @@ import pytest
 from tests.support.container import HARNESS_CGROUP, Container, cgroup_roots
 from tests.support.debs import host_arch, multiarch
 
-pytest_plugins = ["tests.support.fixtures"]
 pytestmark = pytest.mark.real
 
 DEMOD = "rctl-demod.service"
