@@ -380,6 +380,9 @@ def _setup(fleet: Fleet, args: argparse.Namespace) -> None:
         if not slice_dir.exists():
             slice_dir.mkdir()
             fleet.created_cgroups.append(str(slice_dir))
+            log(f"created {slice_dir} (removed again at teardown)")
+        else:
+            log(f"{slice_dir} already exists: not ours, left alone")
         for name in names:
             d = slice_dir / name
             if d.exists():
