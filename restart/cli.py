@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from restart import __version__, packages, plan, policy, processes, report, units
 from restart.roots import Roots
@@ -14,8 +14,7 @@ from restart.roots import Roots
 EXIT_OK, EXIT_STALE, EXIT_ERROR = 0, 1, 2
 
 
-@dataclass
-class Findings:
+class Findings(NamedTuple):
     scan: processes.ScanResult
     affected: list[units.Affected]
     groups: list[plan.UnitGroup]

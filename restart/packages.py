@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 # Top-level directories that a merged-/usr system turns into symlinks into /usr.
 _USR_ALIAS_CANDIDATES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libo32")
@@ -68,8 +68,7 @@ def package_matches(installed: str, wanted: str) -> bool:
     return installed == wanted or (":" not in wanted and installed.partition(":")[0] == wanted)
 
 
-@dataclass(frozen=True)
-class Diversion:
+class Diversion(NamedTuple):
     path: str       # what packages ship
     moved_to: str   # where the diverted package's copy really lives
     by: str         # the diverting package, or ":" for a local diversion
@@ -86,13 +85,13 @@ def parse_diversions(text: bytes, aliases: frozenset[str]) -> list[Diversion]:
     return out
 
 
-@dataclass
 class DpkgDatabase:
     """Read-only view of one dpkg admin directory (``/var/lib/dpkg``) for one root."""
 
-    admindir: Path
-    root: Path = Path("/")
-    _list_cache: dict[str, bytes] = field(default_factory=dict, repr=False)
+    def __init__(self, admindir: Path, root: Path = Path("/")) -> None:
+        self.admindir = admindir
+        self.root = root
+        self._list_cache: dict[str, bytes] = {}
 
     @cached_property
     def aliases(self) -> frozenset[str]:
@@ -118,31 +117,30 @@ class DpkgDatabase:
         return {d.moved_to: d for d in self.diversions}
 
     @cached_property
-    def _lists(self) -> list[tuple[str, Path, float]]:
-        """Every installed package's ``.list`` with its mtime; vanished entries are skipped."""
-        out = []
+    def _lists(self) -> list[tuple[str, str]]:
+        """Every installed package's name and ``.list`` file."""
         try:
-            entries = os.scandir(self.admindir / "info")
+            with os.scandir(self.admindir / "info") as entries:
+                return [(e.name[:-5], e.path) for e in entries if e.name.endswith(".list")]
         except OSError:
             return []
-        with entries:
-            for entry in entries:
-                if not entry.name.endswith(".list"):
-                    continue
-                try:
-                    mtime = entry.stat().st_mtime
-                except OSError:
-                    continue
-                out.append((entry.name[:-5], Path(entry.path), mtime))
-        return out
+
+    def _newest_first(self) -> list[tuple[str, str]]:
+        def mtime(item: tuple[str, str]) -> float:
+            try:
+                return os.stat(item[1]).st_mtime
+            except OSError:
+                return 0.0
+        return sorted(self._lists, key=mtime, reverse=True)
 
     def installed_packages(self) -> list[str]:
-        return sorted(name for name, _, _ in self._lists)
+        return sorted(name for name, _ in self._lists)
 
-    def _read_list(self, name: str, path: Path) -> bytes:
+    def _read_list(self, name: str, path: str) -> bytes:
         if name not in self._list_cache:
             try:
-                self._list_cache[name] = b"\n" + path.read_bytes()
+                with open(path, "rb") as f:
+                    self._list_cache[name] = b"\n" + f.read()
             except OSError:
                 self._list_cache[name] = b"\n"
         return self._list_cache[name]
@@ -156,7 +154,7 @@ class DpkgDatabase:
         """Canonical path -> package for the named installed packages, diversions applied."""
         wanted = list(packages)
         result: dict[str, str] = {}
-        for name, path, _ in self._lists:
+        for name, path in self._lists:
             if not any(package_matches(name, w) for w in wanted):
                 continue
             for raw in self._read_list(name, path).split(b"\n"):
@@ -192,7 +190,7 @@ class DpkgDatabase:
             queries[path] = (needles, skip)
         if not queries:
             return found
-        for name, list_path, _ in sorted(self._lists, key=lambda x: -x[2]):
+        for name, list_path in self._newest_first():
             data = self._read_list(name, list_path) + b"\n"
             base = name.partition(":")[0]
             for path, (needles, skip) in list(queries.items()):

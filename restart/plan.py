@@ -8,7 +8,7 @@ after ``--``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from restart.policy import Policy, Rule, scope_of
 from restart.units import (
@@ -30,8 +30,7 @@ KIND_ORDER = (SYSTEM, USER, USER_MANAGER, INIT, SESSION, CONTAINER, NONE)
 _RESTARTS = ("restart", "try-restart", "reload-or-restart")
 
 
-@dataclass(frozen=True)
-class UnitGroup:
+class UnitGroup(NamedTuple):
     """Everything stale under one manager: a unit, a session, a container, or a lone process."""
 
     kind: str
@@ -48,8 +47,7 @@ class UnitGroup:
         return (KIND_ORDER.index(self.kind), self.name or "", str(self.uid), self.pids[0])
 
 
-@dataclass(frozen=True)
-class Action:
+class Action(NamedTuple):
     group: UnitGroup
     action: str                      # restart | try-restart | ... | notify | defer | ignore
     argv: tuple[str, ...] | None     # what restartctl would run; None if it runs nothing

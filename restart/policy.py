@@ -8,9 +8,9 @@ the scope (system or user) and the packages that left the unit stale.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import NamedTuple
 
 from restart.units import SYSTEM, USER
 
@@ -22,8 +22,7 @@ class PolicyError(Exception):
     """A policy file that cannot be used; the message names the file and the key."""
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     units: tuple[str, ...]     # globs over unit names; empty matches every unit
     scope: str                 # system | user | any
     packages: tuple[str, ...]  # globs over package names; empty matches any package
@@ -42,8 +41,7 @@ class Rule:
         return True
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     rules: tuple[Rule, ...] = ()
 
     def decide(self, unit: str, scope: str, packages: Iterable[str]) -> Rule | None:

@@ -17,8 +17,8 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from restart.packages import canonical, fs_decode
 
@@ -34,16 +34,14 @@ class ProcessGone(Exception):
     """The process exited (or was never there) while we read it."""
 
 
-@dataclass(frozen=True)
-class StaleFile:
+class StaleFile(NamedTuple):
     kind: str        # exe | code | data | fd
     path: str        # the path as the process sees it, without the " (deleted)" hint
     confidence: str  # certain: proven by inode; likely: only the kernel's hint
     evidence: str    # missing | replaced | unlinked | deleted-hint
 
 
-@dataclass(frozen=True)
-class ProcessInfo:
+class ProcessInfo(NamedTuple):
     pid: int
     ppid: int
     uid: int
@@ -54,16 +52,14 @@ class ProcessInfo:
     stale: tuple[StaleFile, ...]
 
 
-@dataclass
-class ScanResult:
-    processes: list[ProcessInfo] = field(default_factory=list)
-    scanned: int = 0
-    vanished: int = 0
-    denied: int = 0
+class ScanResult(NamedTuple):
+    processes: list[ProcessInfo]
+    scanned: int      # processes looked at
+    vanished: int     # exited (or otherwise unreadable) while we looked
+    denied: int       # not readable by us (another user's process, as non-root)
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(NamedTuple):
     """Which paths are worth a stat: a scan only looks at what it could report."""
 
     aliases: frozenset[str] = frozenset()
@@ -79,6 +75,10 @@ class Selection:
         return not path.startswith(self.skip_prefixes)
 
 
+_CHUNK = 1 << 18
+_LAST_RECORD = 1 << 16  # a seq_file read stops short only at EOF or before one record (< 17 KiB)
+
+
 def _read(dfd: int, name: str) -> bytes:
     """Read one /proc file relative to the process directory, mapping errors once."""
     try:
@@ -86,12 +86,14 @@ def _read(dfd: int, name: str) -> bytes:
     except OSError as e:
         raise _translate(e) from e
     try:
-        chunks: list[bytes] = []
-        while True:
-            chunk = os.read(fd, 1 << 17)
-            if not chunk:
-                return b"".join(chunks)
+        chunk = os.read(fd, _CHUNK)
+        if len(chunk) < _CHUNK - _LAST_RECORD:
+            return chunk  # one read() is the whole file: saves a syscall per process
+        chunks = [chunk]
+        while chunk:
+            chunk = os.read(fd, _CHUNK)
             chunks.append(chunk)
+        return b"".join(chunks)
     except OSError as e:
         raise _translate(e) from e
     finally:
@@ -154,21 +156,27 @@ def parse_status(data: bytes) -> tuple[str, int, int, int]:
 _Stat = tuple[int, int] | int
 
 
-@dataclass(frozen=True)
-class _Candidate:
+class _Candidate(NamedTuple):
     """A mapped or open path worth checking, decoded once per distinct raw text."""
 
     path: str            # without the " (deleted)" hint
     literal: str | None  # the full text, when it carried the hint (a file may be named so)
 
 
-@dataclass
 class _View:
-    """How one group of processes (same mount namespace and root) sees files, with a cache."""
+    """How the processes of one mount namespace see files, with a stat cache.
 
-    direct: bool              # our own mount namespace and root: plain stat() from here
-    chroot_prefix: str | None  # a chroot in our namespace: its paths are visible from here
-    cache: dict[str, _Stat] = field(default_factory=dict)
+    The kernel writes the paths in ``maps`` and ``fd`` relative to the *reader's*
+    root.  So for a process in our own mount namespace, chrooted or not, a plain
+    stat() from here looks at the right file; for one in another mount namespace
+    (a container, a service with PrivateTmp=) we look through ``/proc/PID/root``.
+    """
+
+    __slots__ = ("cache", "direct")
+
+    def __init__(self, direct: bool) -> None:
+        self.direct = direct
+        self.cache: dict[str, _Stat] = {}
 
 
 class _Scanner:
@@ -178,24 +186,24 @@ class _Scanner:
         self.proc = proc
         self.selection = selection
         self.check_fds = check_fds
-        self.self_pid, self.self_key, self.self_depth = self._identity()
-        self.views: dict[tuple[str, str], _View] = {}
+        self.self_pid, self.self_mnt, self.self_depth = self._identity()
+        self.views: dict[str, _View] = {}
         self.candidates: dict[bytes, _Candidate | None] = {}
 
-    def _identity(self) -> tuple[int, tuple[str, str], int]:
+    def _identity(self) -> tuple[int, str, int]:
         try:
             pid = int(os.readlink(self.proc / "self"))
         except (OSError, ValueError):
             pid = -1
         try:
-            key = (os.readlink(self.proc / "self" / "ns" / "mnt"), os.readlink(self.proc / "self" / "root"))
+            mnt = os.readlink(self.proc / "self" / "ns" / "mnt")
         except OSError:
-            key = ("", "/")
+            mnt = ""
         try:
             depth = parse_status((self.proc / "self" / "status").read_bytes())[3]
         except (OSError, ValueError):
             depth = 1
-        return pid, key, depth
+        return pid, mnt, depth
 
     def candidate(self, raw: bytes) -> _Candidate | None:
         """The path behind a maps or fd text, if the selection wants it looked at."""
@@ -209,12 +217,10 @@ class _Scanner:
         return found
 
     def view(self, dfd: int) -> _View:
-        key = (_readlink(dfd, "ns/mnt"), _readlink(dfd, "root"))
-        view = self.views.get(key)
+        mnt = _readlink(dfd, "ns/mnt")
+        view = self.views.get(mnt)
         if view is None:
-            same_mnt = key[0] == self.self_key[0]
-            chroot = key[1].rstrip("/") + "/" if same_mnt and key[1] != self.self_key[1] else None
-            view = self.views[key] = _View(direct=key == self.self_key, chroot_prefix=chroot)
+            view = self.views[mnt] = _View(direct=mnt == self.self_mnt)
         return view
 
     def stat_path(self, dfd: int, view: _View, path: str) -> _Stat:
@@ -222,7 +228,7 @@ class _Scanner:
         hit = view.cache.get(path)
         if hit is not None:
             return hit
-        direct = view.direct or (view.chroot_prefix is not None and path.startswith(view.chroot_prefix))
+        direct = view.direct
         try:
             st = os.stat(path) if direct else os.stat("root" + path, dir_fd=dfd)
             result: _Stat = (st.st_ino, st.st_nlink)
@@ -336,7 +342,8 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
          on_error: Callable[[int, OSError], None] | None = None) -> ScanResult:
     """Scan every process under ``proc`` (or just ``pids``) for stale files."""
     scanner = _Scanner(proc, selection, check_fds)
-    result = ScanResult()
+    found: list[ProcessInfo] = []
+    scanned = vanished = denied = 0
     procfd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         candidates = sorted(pids) if pids is not None else sorted(
@@ -344,30 +351,30 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
         for pid in candidates:
             if pid == scanner.self_pid:
                 continue
-            result.scanned += 1
+            scanned += 1
             try:
                 dfd = os.open(str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=procfd)
             except OSError:
-                result.vanished += 1
+                vanished += 1
                 continue
             try:
                 info = scanner.scan_process(pid, dfd)
             except ProcessGone:
-                result.vanished += 1
+                vanished += 1
                 continue
             except PermissionError:
-                result.denied += 1
+                denied += 1
                 continue
             except (OSError, ValueError) as e:
                 # Anything else odd about one process must not stop the scan of the rest.
                 if on_error is not None and isinstance(e, OSError):
                     on_error(pid, e)
-                result.vanished += 1
+                vanished += 1
                 continue
             finally:
                 os.close(dfd)
             if info is not None:
-                result.processes.append(info)
+                found.append(info)
     finally:
         os.close(procfd)
-    return result
+    return ScanResult(found, scanned, vanished, denied)

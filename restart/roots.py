@@ -7,8 +7,8 @@ defaults.  Nothing else in the package hard-codes ``/proc``, ``/var/lib/dpkg``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 _CHECKOUT_DATA = Path(__file__).resolve().parent.parent / "data"
 _INSTALLED_DATA = Path("/usr/share/restartctl")
@@ -21,8 +21,7 @@ def default_data_dir() -> Path:
     return _INSTALLED_DATA
 
 
-@dataclass(frozen=True)
-class Roots:
+class Roots(NamedTuple):
     """Where to find the host's facts.  ``root`` is the host's ``/`` (merged-/usr, init.d)."""
 
     proc: Path = Path("/proc")
@@ -31,7 +30,7 @@ class Roots:
     run: Path = Path("/run")
     etc: Path = Path("/etc")
     state: Path = Path("/var/lib/restartctl")
-    data: Path = field(default_factory=default_data_dir)
+    data: Path = default_data_dir()
 
     def systemd_booted(self) -> bool:
         """sd_booted(): systemd is PID 1 exactly when it has created /run/systemd/system."""

@@ -9,7 +9,7 @@ name a cgroup ``sshd.service`` or ``init.scope`` there).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from restart.packages import DpkgDatabase
 from restart.processes import ProcessInfo, ScanResult, StaleFile
@@ -49,8 +49,7 @@ def unescape_unit(text: str) -> str:
     return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m[1], 16)), text)
 
 
-@dataclass(frozen=True)
-class Unit:
+class Unit(NamedTuple):
     kind: str                 # system | user | session | init | user-manager | container | none
     name: str | None          # unit name (or container/machine name); None when nothing manages it
     uid: int | None = None    # the owning user for user units, user managers and sessions
@@ -157,14 +156,12 @@ def guess_init_script(exe: str | None, package_scripts: list[str], existing: set
     return None
 
 
-@dataclass(frozen=True)
-class OwnedFile:
+class OwnedFile(NamedTuple):
     stale: StaleFile
     package: str
 
 
-@dataclass(frozen=True)
-class Affected:
+class Affected(NamedTuple):
     """One stale process, what manages it, and which package files it still uses."""
 
     process: ProcessInfo

@@ -95,7 +95,7 @@ def test_vanished_processes_are_skipped_quietly(tmp_path: Path, root: Path) -> N
     proc = build(tmp_path / "proc", [
         FakeProcess(10, bad, root=root, missing=("maps",)),
         FakeProcess(11, bad, root=root, missing=("status",)),
-        FakeProcess(12, bad, root=root, missing=("root",)),
+        FakeProcess(12, bad, root=root, missing=("root",), mnt="mnt:[4026532001]"),
         FakeProcess(13, bad, root=root),
     ])
     result = scan(proc, EVERYTHING)

@@ -157,6 +157,24 @@ def test_newline_and_non_utf8_in_executable_name(work: Path, spawn: list[subproc
     assert kinds(scan_pid(pid)) == {(EXE, str(target), "replaced")}
 
 
+def test_chrooted_process_is_judged_by_the_paths_the_kernel_shows_us(
+        work: Path, spawn: list[subprocess.Popen[bytes]]) -> None:
+    # Libraries mapped before chroot() keep their host paths; files mapped after it show the
+    # chroot prefix (paths are relative to the reader's root).  Neither may be misjudged.
+    jail = work / "jail"
+    (jail / "data").mkdir(parents=True)
+    inside = jail / "data" / "table.dat"
+    inside.write_bytes(b"x" * 4096)
+    code = ("import mmap,os,time\n"
+            f"os.chroot({str(jail)!r}); os.chdir('/')\n"
+            "f=open('/data/table.dat','rb'); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ); f.close()\n"
+            "time.sleep(60)\n")
+    pid = start(spawn, [PYTHON, "-I", "-c", code], str(inside))
+    assert scan_pid(pid).processes == []  # libc & co. are not "missing" inside the jail
+    replace(inside, b"y" * 4096)
+    assert kinds(scan_pid(pid)) == {(DATA, str(inside), "replaced")}
+
+
 def test_private_mount_namespace_is_a_host_process(work: Path, spawn: list[subprocess.Popen[bytes]]) -> None:
     exe = gcc(SLEEPER_C, work / "sleeper")
     pid = start(spawn, ["/usr/bin/unshare", "--mount", "--propagation", "private", str(exe)], str(exe))
@@ -190,16 +208,17 @@ def fake_unit_cgroup() -> Iterator[str]:
     name = f"rctl-test-{os.getpid()}.service"
     roots = [r for r in CGROUP_ROOTS if (r / "cgroup.procs").exists()]
     assert roots, "no writable cgroup hierarchy on this host"
-    made = []
+    made = []  # every directory this fixture created, removed deepest first
     for r in roots:
-        d = r / "system.slice" / name
-        d.mkdir(parents=True, exist_ok=True)
-        made.append(d)
+        for d in (r / "system.slice", r / "system.slice" / name):
+            if not d.exists():
+                d.mkdir()
+                made.append(d)
     yield name
-    for d in made:
+    for d in reversed(made):
+        top = next(r for r in roots if d.is_relative_to(r))
         for pid in (d / "cgroup.procs").read_text().split():
-            with open(d.parent.parent / "cgroup.procs", "w") as f:
-                f.write(pid)
+            (top / "cgroup.procs").write_text(pid)
         d.rmdir()
 
 
