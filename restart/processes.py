@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -113,22 +112,25 @@ def _translate(e: OSError) -> Exception:
     return e
 
 
-# One file-backed line of /proc/PID/maps: perms, inode and the path (which keeps its spaces).
-_MAPS_LINE = re.compile(rb"^[0-9a-f]+-[0-9a-f]+ (\S+) \S+ \S+ ([0-9]+) +(/[^\n]*)$", re.MULTILINE)
+def parse_maps(data: bytes) -> dict[tuple[bytes, bytes, bytes], bool]:
+    """File-backed mappings of one ``maps`` file: (raw path, inode, device) -> any executable.
 
-
-def parse_maps(data: bytes) -> dict[tuple[bytes, int], bool]:
-    """File-backed mappings of one ``maps`` file: (raw path, inode) -> any of them executable.
-
-    One regular-expression pass in C instead of a Python loop over every line: anonymous
-    mappings, the heap and the stack never reach Python.  The kernel escapes a newline
-    in a path as ``\\012``; that is undone when the path is decoded.
+    A line is ``start-end perms offset dev inode   path``; the path (the rest of the
+    line, spaces and all) begins at the first " /", since no earlier field holds a
+    slash.  The kernel escapes a newline in a path as ``\\012``; that is undone when
+    the path is decoded.  Numbers stay bytes until a mapping turns out to matter.
     """
-    files: dict[tuple[bytes, int], bool] = {}
-    for perms, inode, path in _MAPS_LINE.findall(data):
-        key = (path, int(inode))
-        if key[1] and not files.get(key):
-            files[key] = b"x" in perms
+    files: dict[tuple[bytes, bytes, bytes], bool] = {}
+    for line in data.split(b"\n"):
+        i = line.find(b" /")
+        if i < 0:
+            continue
+        head = line[:i].split()
+        if len(head) != 5 or not head[4].isdigit() or head[4] == b"0":
+            continue
+        key = (line[i + 1:], head[4], head[3])
+        if not files.get(key):
+            files[key] = b"x" in head[1]
     return files
 
 
@@ -152,8 +154,8 @@ def parse_status(data: bytes) -> tuple[str, int, int, int]:
     return name, ppid, uid, depth
 
 
-# A stat result we keep: (inode, link count), or the errno when stat failed.
-_Stat = tuple[int, int] | int
+# A stat result we keep: (inode, link count, device), or the errno when stat failed.
+_Stat = tuple[int, int, int] | int
 
 
 class _Candidate(NamedTuple):
@@ -188,6 +190,8 @@ class _Scanner:
         self.check_fds = check_fds
         self.self_pid, self.self_mnt, self.self_depth = self._identity()
         self.views: dict[str, _View] = {}
+        self.ours = self.views[self.self_mnt] = _View(direct=True)
+        self.devices: dict[bytes, int] = {}
         self.candidates: dict[bytes, _Candidate | None] = {}
 
     def _identity(self) -> tuple[int, str, int]:
@@ -216,6 +220,28 @@ class _Scanner:
         found = self.candidates[raw] = _Candidate(path, literal) if wanted else None
         return found
 
+    def device(self, text: bytes) -> int:
+        """``maps`` writes devices as hex ``major:minor``."""
+        dev = self.devices.get(text)
+        if dev is None:
+            major, _, minor = text.partition(b":")
+            try:
+                dev = os.makedev(int(major, 16), int(minor, 16))
+            except ValueError:
+                dev = -1
+            self.devices[text] = dev
+        return dev
+
+    def unchanged_here(self, path: str, inode: int, device: int) -> bool:
+        """The fast path: the very inode (device and number) still sits at the path we see.
+
+        Then it is fresh for the process too, whatever its mount namespace, and we need
+        not even look up which namespace that is.  Anything else (including stacked
+        filesystems whose maps device differs from stat's) takes the careful path.
+        """
+        now = self.stat_path(-1, self.ours, path)
+        return isinstance(now, tuple) and now[0] == inode and now[2] == device
+
     def view(self, dfd: int) -> _View:
         mnt = _readlink(dfd, "ns/mnt")
         view = self.views.get(mnt)
@@ -231,7 +257,7 @@ class _Scanner:
         direct = view.direct
         try:
             st = os.stat(path) if direct else os.stat("root" + path, dir_fd=dfd)
-            result: _Stat = (st.st_ino, st.st_nlink)
+            result: _Stat = (st.st_ino, st.st_nlink, st.st_dev)
         except OSError as e:
             if e.errno in _MISSING and not direct:
                 # A missing file, or a process that just died?  Only the former may be cached.
@@ -268,9 +294,12 @@ class _Scanner:
             return None  # kernel thread or zombie
         found: dict[str, StaleFile] = {}
         view: _View | None = None
-        for (raw, inode), executable in parse_maps(maps).items():
+        for (raw, inode_text, dev_text), executable in parse_maps(maps).items():
             cand = self.candidate(raw)
             if cand is None:
+                continue
+            inode = int(inode_text)
+            if self.unchanged_here(cand.path, inode, self.device(dev_text)):
                 continue
             view = view or self.view(dfd)
             verdict = self.judge(dfd, view, cand, inode)
@@ -311,7 +340,7 @@ class _Scanner:
                     st = os.stat(name, dir_fd=fdd)
                 except OSError:
                     continue
-                if not stat.S_ISREG(st.st_mode):
+                if not stat.S_ISREG(st.st_mode) or self.unchanged_here(cand.path, st.st_ino, st.st_dev):
                     continue
                 view = view or self.view(dfd)
                 verdict = self.judge(dfd, view, cand, st.st_ino, st.st_nlink)

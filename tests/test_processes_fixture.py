@@ -123,7 +123,7 @@ def test_hostile_maps_lines_do_not_crash() -> None:
     junk = (b"\x00\xff garbage\n" b"7f-80 r-xp 0 fe:01 notanumber /x\n" b"7f-80 r-xp 0 fe:01 0 /zero-inode\n"
             b"7f-80 r-xp 0 fe:01 12\n" b"7f-80 rw-p 0 00:00 0 [heap]\n" b"\n\n" b"7f-80 r-xp 0 fe:01 5 /ok\n"
             b"7f-80 rw-p 0 fe:01 5 /ok\n")
-    assert parse_maps(junk) == {(b"/ok", 5): True}
+    assert parse_maps(junk) == {(b"/ok", b"5", b"fe:01"): True}
 
 
 def test_huge_maps(tmp_path: Path, root: Path) -> None:
