@@ -3,51 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
-from restart import __version__, packages, plan, policy, processes, report, units
+from restart import __version__, plan, policy, report
 from restart.roots import Roots
+from restart.scan import find
 
 EXIT_OK, EXIT_STALE, EXIT_ERROR = 0, 1, 2
-
-
-class Findings(NamedTuple):
-    scan: processes.ScanResult
-    affected: list[units.Affected]
-    groups: list[plan.UnitGroup]
-
-
-def never_packaged(data: Path) -> tuple[str, ...]:
-    """Path prefixes that are never package files (vendor classification data)."""
-    path = data / "never-packaged"
-    lines = path.read_text(encoding="utf-8").splitlines()
-    prefixes = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
-    if not all(p.startswith("/") for p in prefixes):
-        raise ValueError(f"{path}: every prefix must be an absolute path")
-    return prefixes
-
-
-def find(roots: Roots, *, only_packages: list[str] | None, everything: bool,
-         check_fds: bool = True) -> Findings:
-    """Stages 1-3: what changed, which processes use it, and what manages them."""
-    db = packages.DpkgDatabase(roots.admindir, roots.root)
-    in_scope = None
-    if only_packages is not None:
-        names = sorted({n for found in db.resolve_names(only_packages).values() for n in found})
-        in_scope = db.files_of(names)
-    selection = processes.Selection(
-        aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
-        skip_prefixes=never_packaged(roots.data), everything=everything)
-    scan = processes.scan(roots.proc, selection, check_fds=check_fds)
-    try:
-        init_d = set(os.listdir(roots.etc / "init.d"))
-    except OSError:
-        init_d = set()
-    affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d)
-    return Findings(scan, affected, plan.group(affected))
 
 
 def vendor_policy(roots: Roots) -> policy.Policy:

@@ -14,37 +14,17 @@ from restart.policy import Policy, Rule, scope_of
 from restart.units import (
     CONTAINER,
     INIT,
-    NONE,
     SESSION,
     SYSTEM,
     USER,
     USER_MANAGER,
-    Affected,
+    UnitGroup,
     unit_type,
     valid_init_script,
     valid_unit_name,
 )
 
-# The order units are listed and acted on: services first, PID 1 and user managers last.
-KIND_ORDER = (SYSTEM, USER, USER_MANAGER, INIT, SESSION, CONTAINER, NONE)
 _RESTARTS = ("restart", "try-restart", "reload-or-restart")
-
-
-class UnitGroup(NamedTuple):
-    """Everything stale under one manager: a unit, a session, a container, or a lone process."""
-
-    kind: str
-    name: str | None
-    uid: int | None
-    guessed: bool
-    valid: bool
-    pids: tuple[int, ...]
-    packages: tuple[str, ...]
-    members: tuple[Affected, ...]
-
-    @property
-    def key(self) -> tuple[int, str, str, int]:
-        return (KIND_ORDER.index(self.kind), self.name or "", str(self.uid), self.pids[0])
 
 
 class Action(NamedTuple):
@@ -54,24 +34,6 @@ class Action(NamedTuple):
     reason: str
     suggested: tuple[str, ...] | None = None  # a command for a person, when restartctl runs nothing
     rule: str | None = None          # the policy rule that decided, if any
-
-
-def group(affected: list[Affected]) -> list[UnitGroup]:
-    """Group stale processes by what manages them; processes with no package file are left out."""
-    buckets: dict[tuple[str, str | None, int | None, int | None], list[Affected]] = {}
-    for a in affected:
-        if not a.files:
-            continue
-        lone = a.process.pid if a.unit.kind == NONE else None
-        buckets.setdefault((a.unit.kind, a.unit.name, a.unit.uid, lone), []).append(a)
-    groups = []
-    for (kind, name, uid, _), members in buckets.items():
-        first = members[0].unit
-        groups.append(UnitGroup(
-            kind, name, uid, first.guessed, all(m.unit.valid for m in members),
-            tuple(sorted(m.process.pid for m in members)),
-            tuple(sorted({f.package for m in members for f in m.files})), tuple(members)))
-    return sorted(groups, key=lambda g: g.key)
 
 
 def _restart_argv(group: UnitGroup, verb: str) -> tuple[str, ...]:

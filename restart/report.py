@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from restart.plan import Action, UnitGroup
+from restart.plan import Action
 from restart.processes import ScanResult
-from restart.units import CONTAINER, INIT, NONE, SESSION, USER, USER_MANAGER, Affected
+from restart.units import CONTAINER, INIT, NONE, SESSION, USER, USER_MANAGER, Affected, UnitGroup
 
 SCHEMA = "restartctl/1"
 

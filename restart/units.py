@@ -170,6 +170,45 @@ class Affected(NamedTuple):
     unowned: tuple[StaleFile, ...]   # no package (or none in scope) owns these: listed only
 
 
+# The order units are listed and acted on: services first, PID 1 and user managers last.
+KIND_ORDER = (SYSTEM, USER, USER_MANAGER, INIT, SESSION, CONTAINER, NONE)
+
+
+class UnitGroup(NamedTuple):
+    """Everything stale under one manager: a unit, a session, a container, or a lone process."""
+
+    kind: str
+    name: str | None
+    uid: int | None
+    guessed: bool
+    valid: bool
+    pids: tuple[int, ...]
+    packages: tuple[str, ...]
+    members: tuple[Affected, ...]
+
+    @property
+    def key(self) -> tuple[int, str, str, int]:
+        return (KIND_ORDER.index(self.kind), self.name or "", str(self.uid), self.pids[0])
+
+
+def group(affected: list[Affected]) -> list[UnitGroup]:
+    """Group stale processes by what manages them; processes with no package file are left out."""
+    buckets: dict[tuple[str, str | None, int | None, int | None], list[Affected]] = {}
+    for a in affected:
+        if not a.files:
+            continue
+        lone = a.process.pid if a.unit.kind == NONE else None
+        buckets.setdefault((a.unit.kind, a.unit.name, a.unit.uid, lone), []).append(a)
+    groups = []
+    for (kind, name, uid, _), members in buckets.items():
+        first = members[0].unit
+        groups.append(UnitGroup(
+            kind, name, uid, first.guessed, all(m.unit.valid for m in members),
+            tuple(sorted(m.process.pid for m in members)),
+            tuple(sorted({f.package for m in members for f in m.files})), tuple(members)))
+    return sorted(groups, key=lambda g: g.key)
+
+
 def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | None,
               systemd: bool, init_d: set[str]) -> list[Affected]:
     """Attach owning packages and managing units to every stale process.

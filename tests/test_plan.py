@@ -6,10 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from restart.plan import UnitGroup, decide, group, make_plan
+from restart.plan import decide, make_plan
 from restart.policy import Policy, PolicyError, load, parse_rules
 from restart.processes import ProcessInfo, StaleFile
-from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, USER_MANAGER, Affected, OwnedFile, Unit
+from restart.units import (
+    CONTAINER,
+    INIT,
+    NONE,
+    SESSION,
+    SYSTEM,
+    USER,
+    USER_MANAGER,
+    Affected,
+    OwnedFile,
+    Unit,
+    UnitGroup,
+    group,
+)
 
 VENDOR = load([Path(__file__).resolve().parent.parent / "data" / "policy.toml"])
 

@@ -1,0 +1,56 @@
+"""Stages 1-3 composed: what changed, which processes still use it, what manages them.
+
+The one place that reads the host to produce findings; ``cli`` and ``hook`` both
+call :func:`find` and only differ in what they do with the result.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+from restart import packages, processes, units
+from restart.roots import Roots
+
+
+class Findings(NamedTuple):
+    scan: processes.ScanResult
+    affected: list[units.Affected]
+    groups: list[units.UnitGroup]
+
+
+def never_packaged(data: Path) -> tuple[str, ...]:
+    """Path prefixes that are never package files (vendor classification data)."""
+    path = data / "never-packaged"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    prefixes = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    if not all(p.startswith("/") for p in prefixes):
+        raise ValueError(f"{path}: every prefix must be an absolute path")
+    return prefixes
+
+
+def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool = False,
+         old_files: Mapping[str, str] | None = None, check_fds: bool = True) -> Findings:
+    """Find stale processes, restricted to ``only_packages`` when given.
+
+    ``old_files`` (canonical path -> package) adds files the packages had before
+    this transaction (removed packages, files a new version dropped), which the
+    dpkg database no longer lists.
+    """
+    db = packages.DpkgDatabase(roots.admindir, roots.root)
+    in_scope = None
+    if only_packages is not None:
+        names = sorted({n for found in db.resolve_names(only_packages).values() for n in found})
+        in_scope = {**(old_files or {}), **db.files_of(names)}
+    selection = processes.Selection(
+        aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
+        skip_prefixes=never_packaged(roots.data), everything=everything)
+    scan = processes.scan(roots.proc, selection, check_fds=check_fds)
+    try:
+        init_d = set(os.listdir(roots.etc / "init.d"))
+    except OSError:
+        init_d = set()
+    affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d)
+    return Findings(scan, affected, units.group(affected))
