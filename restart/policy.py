@@ -109,6 +109,11 @@ def load(files: Sequence[Path]) -> Policy:
     return Policy(tuple(rules))
 
 
+def vendor(data: Path) -> Policy:
+    """The vendor defaults shipped in ``data/policy.toml``."""
+    return load([data / "policy.toml"])
+
+
 def scope_of(kind: str) -> str:
     """The policy scope of a unit kind: user units are the user's, everything else the system's."""
     return USER if kind == USER else SYSTEM

@@ -64,7 +64,7 @@ def _group_json(g: UnitGroup) -> dict[str, Any]:
             "guessed": g.guessed, "valid": g.valid, "pids": list(g.pids), "packages": list(g.packages)}
 
 
-def _action_json(a: Action) -> dict[str, Any]:
+def action_json(a: Action) -> dict[str, Any]:
     g = a.group
     return {"unit": None if g.name is None else clean(g.name), "kind": g.kind, "uid": g.uid,
             "pids": list(g.pids), "packages": list(g.packages), "action": a.action,
@@ -85,7 +85,7 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
     if show_unowned:
         doc["unowned"] = [_process_json(a, unowned=True) for a in affected if a.unowned]
     if actions is not None:
-        doc["actions"] = [_action_json(a) for a in actions]
+        doc["actions"] = [action_json(a) for a in actions]
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
 
 
@@ -167,6 +167,22 @@ def plan_text(affected: list[Affected], actions: list[Action], scan: ScanResult,
         out.append("No process uses replaced package files: nothing to do.")
     out.extend(_stats_text(scan))
     return "\n".join(out) + "\n"
+
+
+def hook_lines(actions: list[Action], *, failed: list[str]) -> list[str]:
+    """What a package transaction's hook shows: a summary, then one line per unit; or nothing."""
+    lines = [f"dpkg reported errors for: {', '.join(failed)}"] if failed else []
+    if not actions:
+        return lines
+    packages = sorted({p for a in actions for p in a.group.packages})
+    n = len(actions)
+    lines.append(f"{n} unit{'s' if n != 1 else ''} still use{'s' if n == 1 else ''} replaced files of "
+                 f"{', '.join(packages)}:")
+    for a in actions:
+        what = command(a.argv) if a.argv is not None else printable(a.reason)
+        lines.append(f"  {_title(a.group)}: {a.action}: {what}")
+    lines.append("nothing was restarted (list mode); 'restartctl plan' shows the details")
+    return lines
 
 
 def _unowned_text(affected: list[Affected], show: bool) -> list[str]:

@@ -1,0 +1,250 @@
+"""``restartctl hook``: the run after each package transaction (apt, dpkg, unattended-upgrades).
+
+An edge like the CLI.  Its promises to the package manager: it always exits 0,
+every wait is bounded (a watchdog ends the run after ``budget`` seconds), it never
+prompts, and what goes wrong is one line on stderr and in the system log, never a
+traceback on the apt terminal.  It reports once per transaction: events the
+dpkg-level hooks recorded are consumed exactly once (see ``transaction``), and an
+unattended-upgrades run, which invokes apt's hooks once per minimal step, is
+answered by a single run after unattended-upgrades has exited.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import syslog
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple, TextIO
+
+from restart import packages, plan, policy, report, state, transaction
+from restart.roots import Roots
+from restart.scan import find
+
+AFTER_UU_MAX_WAIT = 6 * 3600.0
+DEFERRED_UNIT = "restartctl-after-unattended-upgrades.service"
+UU_SCRIPT = "/usr/bin/unattended-upgrade"
+SYSTEMCTL = "/usr/bin/systemctl"
+SYSTEMD_RUN = "/usr/bin/systemd-run"
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+class Timeout(Exception):
+    """The run's budget is spent."""
+
+
+class Process(NamedTuple):
+    pid: int
+    start: int  # start time in clock ticks since boot: with the PID, names one process for good
+
+
+class Log:
+    """One line per message to the terminal (when asked) and always to the system log."""
+
+    def __init__(self, out: TextIO, err: TextIO, *, quiet: bool) -> None:
+        self.out, self.err, self.quiet = out, err, quiet
+        syslog.openlog("restartctl", syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def info(self, line: str, *, show: bool = True) -> None:
+        syslog.syslog(syslog.LOG_INFO, report.printable(line))
+        if show and not self.quiet:
+            print(f"restartctl: {report.printable(line)}", file=self.out, flush=True)
+
+    def error(self, line: str) -> None:
+        syslog.syslog(syslog.LOG_ERR, report.printable(line))
+        print(f"restartctl: error: {report.printable(line)}", file=self.err, flush=True)
+
+
+def process_start(proc: Path, pid: int) -> int | None:
+    """Field 22 of ``/proc/PID/stat`` (after the parenthesised name, which may hold anything)."""
+    try:
+        data = (proc / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _parent(proc: Path, pid: int) -> int | None:
+    try:
+        data = (proc / str(pid) / "stat").read_bytes()
+        return int(data[data.rfind(b")") + 2:].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int) -> Process | None:
+    """The unattended-upgrade process this run descends from, if any.
+
+    Recognised by its command line (``python3 /usr/bin/unattended-upgrade``) or by its
+    pid file; only compared, never used for anything else.
+    """
+    try:
+        pidfile = int((run / "unattended-upgrades.pid").read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        pidfile = None
+    current: int | None = pid
+    for _ in range(64):
+        if current is None or current <= 1:
+            return None
+        try:
+            argv = (proc / str(current) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            argv = []
+        if current == pidfile or UU_SCRIPT.encode() in argv[:2]:
+            start = process_start(proc, current)
+            return Process(current, start) if start is not None else None
+        current = _parent(proc, current)
+    return None
+
+
+def wait_for_exit(proc: Path, target: Process, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and process_start(proc, target.pid) == target.start:
+        time.sleep(0.5)
+
+
+@contextmanager
+def locked(path: Path, timeout: float) -> Iterator[bool]:
+    """An exclusive lock on ``path``, waited for at most ``timeout`` seconds; yields whether we got it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _run_quietly(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def shutting_down(roots: Roots) -> bool:
+    if not roots.systemd_booted():
+        return False
+    try:
+        state_now = _run_quietly([SYSTEMCTL, "is-system-running"], 5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return state_now == "stopping"
+
+
+def _self_argv(uu: Process) -> tuple[list[str], str]:
+    """How to start this same restartctl again (from the package or a checkout), and where."""
+    here = Path(__file__).resolve().parent.parent
+    return ([sys.executable, "-s", "-m", "restart", "hook", "--trigger", "unattended-upgrades",
+             "--after", f"{uu.pid}:{uu.start}"], str(here))
+
+
+def defer_until_exit(roots: Roots, uu: Process, log: Log) -> None:
+    """Arrange exactly one run after unattended-upgrades has exited.
+
+    With systemd: a transient service with a fixed name; while one waits, starting
+    another fails, which is what makes the run unique.  Without: a detached child.
+    """
+    argv, cwd = _self_argv(uu)
+    if roots.systemd_booted():
+        result = _run_quietly([SYSTEMD_RUN, f"--unit={DEFERRED_UNIT}", "--collect", "--no-block", "--quiet",
+                               f"--working-directory={cwd}",
+                               "--description=restartctl: report once unattended-upgrades has finished",
+                               "--", *argv], 15)
+        if result.returncode == 0:
+            log.info(f"unattended-upgrades (pid {uu.pid}) is running: one report follows when it is done",
+                     show=False)
+        elif "already" in result.stderr:
+            log.info("unattended-upgrades: a run after it is already waiting", show=False)
+        else:
+            log.error(f"could not schedule the run after unattended-upgrades: {result.stderr.strip()}")
+        return
+    if os.fork() == 0:  # pragma: no cover - the detached child never returns here
+        try:
+            os.setsid()
+            if os.fork() == 0:
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                os.chdir(cwd)
+                os.execve(argv[0], argv, CLEAN_ENV)  # noqa: S606 - our own interpreter, fixed argv
+        finally:
+            os._exit(0)
+    log.info(f"unattended-upgrades (pid {uu.pid}) is running: one report follows when it is done", show=False)
+
+
+def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: float = transaction.HOOK_BUDGET,
+        out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """The whole hook run; always returns 0."""
+    log = Log(out, err, quiet=False)
+    if after is not None:
+        wait_for_exit(roots.proc, after, AFTER_UU_MAX_WAIT)
+
+    def expire(signum: int, frame: object) -> None:
+        raise Timeout()
+
+    previous: Callable[..., object] | int | None = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, budget)
+    try:
+        _run(roots, trigger, log, budget)
+    except Timeout:
+        log.error(f"gave up after {budget:.0f} s; the findings stay pending for the next run")
+    except Exception as e:
+        log.error(f"{type(e).__name__}: {e}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return 0
+
+
+def _run(roots: Roots, trigger: str, log: Log, budget: float) -> None:
+    rundir = roots.run / "restartctl"
+    if os.environ.get("RESTARTCTL_SUSPEND") == "1":
+        log.info("suspended by RESTARTCTL_SUSPEND=1; the transaction stays pending", show=False)
+        return
+    if trigger != "unattended-upgrades":
+        uu = unattended_upgrades_ancestor(roots.proc, roots.run, os.getpid())
+        if uu is not None:
+            defer_until_exit(roots, uu, log)
+            return
+    if shutting_down(roots):
+        log.info("the system is shutting down: nothing to do", show=False)
+        return
+    rundir.mkdir(mode=0o755, exist_ok=True)
+    with locked(rundir / "lock", budget / 2) as got:
+        if not got:
+            log.error("another restartctl run holds the lock; this transaction stays pending for the next run")
+            return
+        _report(roots, rundir, trigger, log)
+
+
+def _report(roots: Roots, rundir: Path, trigger: str, log: Log) -> None:
+    txn = transaction.read(rundir)
+    boot = state.boot_id(roots.proc)
+    scope = txn.packages | state.pending_packages(roots.state, boot)
+    if scope:
+        old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
+        findings = find(roots, only_packages=sorted(scope), old_files=old)
+        actions = plan.make_plan(findings.groups, policy.vendor(roots.data))
+        for line in report.hook_lines(actions, failed=sorted(txn.failed)):
+            log.info(line)
+        still = frozenset(p for g in findings.groups for p in g.packages)
+        state.save_pending(roots.state, boot, trigger=trigger, packages=still,
+                           units=[report.action_json(a) for a in actions])
+    transaction.consume(rundir, txn)
