@@ -17,9 +17,20 @@ for p in "${debs[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}"
-    apt-get update -q
+    apt-get update -q; updated=1
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# Packages the tests install only inside throw-away containers (never on this host, where
+# unattended-upgrades would start upgrading the machine): downloaded, not installed.
+container_debs=(unattended-upgrades python3-distro-info python3-dbus)
+mkdir -p tests/.cache/debs
+for p in "${container_debs[@]}"; do
+    if ! ls tests/.cache/debs/"${p}"_*.deb >/dev/null 2>&1; then
+        [ -n "${updated:-}" ] || { apt-get update -q; updated=1; }
+        (cd tests/.cache/debs && apt-get download -q "$p")
+    fi
+done
 
 # Test-only Python tools in a venv that still sees Debian's apt_pkg.
 if ! cmp -s tests/requirements.txt .venv/requirements.installed; then

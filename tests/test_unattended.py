@@ -1,0 +1,99 @@
+"""unattended-upgrades, for real, in a systemd container: with MinimalSteps it runs apt's hooks
+once per step; restartctl must answer the whole run with one report, after it has finished."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.container import Container, make_local_repo
+from tests.test_hooks import install_hooks
+
+pytestmark = pytest.mark.real
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / "tests" / ".cache" / "debs"
+UU_DEBS = ("unattended-upgrades", "python3-distro-info", "python3-dbus")
+DEFERRED = "restartctl-after-unattended-upgrades.service"
+UU_CONF = """\
+#clear Unattended-Upgrade::Origins-Pattern;
+Unattended-Upgrade::Origins-Pattern { "origin=rctl-test"; };
+Unattended-Upgrade::MinimalSteps "true";
+Unattended-Upgrade::Skip-Updates-On-Metered-Connections "false";
+Unattended-Upgrade::OnlyOnACPower "false";
+Unattended-Upgrade::Verbose "true";
+"""
+
+
+def cached_debs() -> list[Path]:
+    found = [sorted(CACHE.glob(f"{name}_*.deb")) for name in UU_DEBS]
+    missing = [n for n, f in zip(UU_DEBS, found, strict=True) if not f]
+    if missing:
+        pytest.fail(f"{missing} not downloaded to {CACHE}: run tests/run.sh (it fetches them)", pytrace=False)
+    return [f[-1] for f in found]
+
+
+def journal(c: Container, *args: str) -> str:
+    return c.exec(["journalctl", "--no-pager", "-o", "cat", *args]).stdout
+
+
+def test_one_report_after_a_minimal_steps_run(container_factory: Callable[..., Container],
+                                              demo_debs: dict[str, dict[str, Path]]) -> None:
+    c = container_factory("rctl-uu", boot=True)
+    install_hooks(c)
+    names = ("rctl-libdemo1", "rctl-demod", "rctl-sleeper")
+    repo = c.scratch / "uurepo"
+    make_local_repo(repo, [demo_debs[v][n] for v in ("1.0", "2.0") for n in names])
+    # unattended-upgrades picks packages by the origin in the repository's Release file.
+    release = (repo / "Release").read_text()
+    (repo / "Release").write_text("Origin: rctl-test\nLabel: rctl-test\nSuite: stable\n"
+                                  "Codename: rctl\n" + release)
+    # Only our repository: the container has no network, and the host's lists must not count.
+    c.check(["sh", "-c", "rm -rf /etc/apt/sources.list.d/* /var/lib/apt/lists/* /etc/apt/sources.list"])
+    c.write_file("/etc/apt/sources.list.d/rctl.list", "deb [trusted=yes] file:/srv/rctl/uurepo ./\n")
+    c.write_file("/etc/apt/apt.conf.d/51rctl-test", UU_CONF)
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    c.check(["apt-get", "-q", "update"], env=env)
+    c.check(["apt-get", "-q", "install", "-y", "rctl-demod=1.0", "rctl-libdemo1=1.0", "rctl-sleeper=1.0"], env=env)
+    c.install_debs(cached_debs())
+    c.systemctl("start", "rctl-demod.service")
+    c.check(["systemd-run", "--quiet", "--unit=rctl-sleep.service", "--", "/usr/bin/rctl-sleeper"])
+    c.wait_active("rctl-demod.service")
+    c.wait_active("rctl-sleep.service")
+    since = c.check(["date", "+%Y-%m-%d %H:%M:%S"]).strip()
+
+    uu = c.exec(["unattended-upgrade", "-v"], env=env, timeout=300)
+    log = c.read_file("/var/log/unattended-upgrades/unattended-upgrades.log").decode()
+    assert uu.returncode == 0, uu.stdout + uu.stderr + log
+    assert c.check(["dpkg-query", "-W", "-f=${Version}", "rctl-sleeper"]) == "2.0", log
+    assert c.check(["dpkg-query", "-W", "-f=${Version}", "rctl-demod"]) == "2.0", log
+    dpkg_log = c.read_file("/var/log/unattended-upgrades/unattended-upgrades-dpkg.log").decode()
+    # MinimalSteps really did run apt (and so our Post-Invoke) more than once.
+    assert dpkg_log.count("Log started") >= 2, dpkg_log
+    assert "still use" not in dpkg_log  # no report inside the run
+
+    # Exactly one deferred run, after unattended-upgrade exited; wait for it to finish.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = c.exec(["systemctl", "show", "-P", "ActiveState", DEFERRED]).stdout.strip()
+        if state in ("inactive", "failed") and "still use" in journal(c, "-t", "restartctl", "--since", since):
+            break
+        time.sleep(0.2)
+    reports = [line for line in journal(c, "-t", "restartctl", "--since", since).splitlines()
+               if "still use" in line]
+    assert len(reports) == 1, journal(c, "-t", "restartctl", "--since", since)
+    text = journal(c, "-t", "restartctl", "--since", since)
+    assert "rctl-demod.service: restart" in text and "rctl-sleep.service: restart" in text
+    assert "one report follows when it is done" in text
+    runs = journal(c, "-u", DEFERRED, "--since", since)
+    assert "still use" in runs  # the report came from the deferred unit, not from a step
+
+
+def test_cached_debs_are_not_installed_on_the_host() -> None:
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "unattended-upgrades"], capture_output=True,
+                       text=True, check=False)
+    assert "install ok installed" not in r.stdout
