@@ -138,14 +138,16 @@ def _run_quietly(argv: list[str], timeout: float) -> subprocess.CompletedProcess
                           timeout=timeout, check=False)
 
 
-def shutting_down(roots: Roots) -> bool:
-    if not roots.systemd_booted():
-        return False
+def system_state() -> str:
+    """systemd's own word (``systemctl is-system-running``), or "" when it cannot say in time."""
     try:
-        state_now = _run_quietly([SYSTEMCTL, "is-system-running"], 5).stdout.strip()
+        return _run_quietly([SYSTEMCTL, "is-system-running"], 5).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return state_now == "stopping"
+        return ""
+
+
+def shutting_down(roots: Roots) -> bool:
+    return roots.systemd_booted() and system_state() == "stopping"
 
 
 def _self_argv(uu: Process) -> tuple[list[str], str]:
@@ -190,9 +192,9 @@ def defer_until_exit(roots: Roots, uu: Process, log: Log) -> None:
 
 
 def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: float = transaction.HOOK_BUDGET,
-        out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+        out: TextIO | None = None, err: TextIO | None = None) -> int:
     """The whole hook run; always returns 0."""
-    log = Log(out, err, quiet=False)
+    log = Log(out or sys.stdout, err or sys.stderr, quiet=False)
     if after is not None:
         wait_for_exit(roots.proc, after, AFTER_UU_MAX_WAIT)
 
@@ -204,7 +206,7 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
     try:
         _run(roots, trigger, log, budget)
     except Timeout:
-        log.error(f"gave up after {budget:.0f} s; the findings stay pending for the next run")
+        log.error(f"gave up after {budget:g} s; the findings stay pending for the next run")
     except Exception as e:
         log.error(f"{type(e).__name__}: {e}")
     finally:
@@ -244,6 +246,8 @@ def _report(roots: Roots, rundir: Path, trigger: str, log: Log) -> None:
         actions = plan.make_plan(findings.groups, policy.vendor(roots.data))
         for line in report.hook_lines(actions, failed=sorted(txn.failed)):
             log.info(line)
+        for line in report.detail_lines(findings.groups):
+            log.info(line, show=False)
         still = frozenset(p for g in findings.groups for p in g.packages)
         state.save_pending(roots.state, boot, trigger=trigger, packages=still,
                            units=[report.action_json(a) for a in actions])

@@ -185,6 +185,17 @@ def hook_lines(actions: list[Action], *, failed: list[str]) -> list[str]:
     return lines
 
 
+def detail_lines(groups: list[UnitGroup], *, limit: int = 20) -> list[str]:
+    """For the system log: each stale process of each unit and the files it still uses."""
+    lines = []
+    for g in groups:
+        for a in g.members:
+            files = ", ".join(f"{o.stale.kind} {o.stale.path} ({o.package})" for o in a.files[:limit])
+            more = f" and {len(a.files) - limit} more" if len(a.files) > limit else ""
+            lines.append(f"{_title(g)}: pid {a.process.pid} {a.process.comm} (uid {a.process.uid}): {files}{more}")
+    return lines
+
+
 def _unowned_text(affected: list[Affected], show: bool) -> list[str]:
     members = [a for a in affected if a.unowned]
     if not show or not members:
