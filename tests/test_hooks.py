@@ -11,22 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.checkout import install_hooks
 from tests.support.container import Container
 
 pytestmark = pytest.mark.real
 
 REPO = Path(__file__).resolve().parent.parent
 ALL = ("rctl-libdemo1", "rctl-demod", "rctl-sleeper", "rctl-oldlib1", "rctl-olduser", "rctl-failpost")
-WRAPPER = f"#!/bin/sh\nPYTHONPATH={REPO} exec /usr/bin/python3 -m restart \"$@\"\n"
 REPORT = re.compile(r"^restartctl: \d+ units? still uses? replaced files of", re.MULTILINE)
-
-
-def install_hooks(c: Container) -> None:
-    """Put restartctl in place the way the package does, but running from the checkout."""
-    c.write_file("/usr/sbin/restartctl", WRAPPER, mode=0o755)
-    c.write_file("/usr/lib/restartctl/dpkg-hook", (REPO / "hook" / "dpkg-hook").read_bytes(), mode=0o755)
-    c.write_file("/etc/apt/apt.conf.d/20restartctl", (REPO / "hook/apt.conf.d/20restartctl").read_bytes())
-    c.write_file("/etc/dpkg/dpkg.cfg.d/restartctl", (REPO / "hook/dpkg.cfg.d/restartctl").read_bytes())
 
 
 def apt(c: Container, cfg: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.checkout import install_hooks
 from tests.support.container import Container, make_local_repo
-from tests.test_hooks import install_hooks
 
 pytestmark = pytest.mark.real
 
