@@ -35,7 +35,7 @@ def test_cursor_consumes_each_event_once(tmp_path: Path) -> None:
     with open(run / "journal", "ab") as f:
         f.write(b"3 dpkg upgrade c\n4 dpkg error c\n")
     second = transaction.read(run)
-    assert (second.packages, second.failed) == ({"c"}, {"c"})
+    assert second.packages == {"c"} and second.failed == {"c"}
 
 
 def test_world_writable_run_directory_is_not_trusted(tmp_path: Path) -> None:
