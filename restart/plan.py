@@ -8,9 +8,10 @@ after ``--``.
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import NamedTuple
 
-from restart.policy import Policy, Rule, scope_of
+from restart.policy import Policy, Rule, Settings, scope_of
 from restart.units import (
     CONTAINER,
     INIT,
@@ -75,6 +76,11 @@ def _apply_rule(group: UnitGroup, rule: Rule, default: Action) -> Action:
             return Action(group, rule.action, _restart_argv(group, rule.action),
                           rule.reason or "policy", rule=rule.source)
         return _with_rule(default, rule)
+    if rule.action == "exec":
+        if group.kind in (SYSTEM, USER) and _can_restart(group):
+            argv = tuple(a.replace("{unit}", group.name or "") for a in rule.argv)
+            return Action(group, "exec", argv, rule.reason or "the administrator's command", rule=rule.source)
+        return _with_rule(default, rule)
     if rule.action == "reexec":
         if group.kind in (INIT, USER_MANAGER):
             return _with_rule(default, rule)
@@ -111,5 +117,29 @@ def _default(group: UnitGroup) -> Action:
     return Action(group, "notify", None, "not managed by any service manager: restart it by hand")
 
 
+_ACTS = (*_RESTARTS, "reexec", "exec")
+
+
+def _listed_only(action: Action, kinds: tuple[str, ...]) -> Action:
+    """A unit whose only stale files are of kinds the policy does not restart for (data, fd)."""
+    found = {o.stale.kind for m in action.group.members for o in m.files}
+    if action.argv is None or action.action not in _ACTS or found & set(kinds):
+        return action
+    return Action(action.group, "notify", None,
+                  f"only {'/'.join(sorted(found))} files are stale; the policy restarts for "
+                  f"{'/'.join(kinds)}", action.argv, action.rule)
+
+
+def _position(action: Action, settings: Settings) -> tuple[int, int]:
+    """Run order: the policy's first globs, PID 1, system services, user managers and units, its last globs."""
+    name = action.group.name or ""
+    band = (0 if any(fnmatchcase(name, g) for g in settings.restart_first) else
+            2 if any(fnmatchcase(name, g) for g in settings.restart_last) else 1)
+    kind = {INIT: 0, SYSTEM: 1, USER_MANAGER: 2, USER: 3}.get(action.group.kind, 4)
+    return band, kind
+
+
 def make_plan(groups: list[UnitGroup], policy: Policy) -> list[Action]:
-    return [decide(g, policy) for g in groups]
+    """One action per group, in the order they would be carried out (stable within a band)."""
+    actions = [_listed_only(decide(g, policy), policy.settings.restart_on) for g in groups]
+    return sorted(actions, key=lambda a: _position(a, policy.settings))

@@ -1,25 +1,55 @@
-"""Stage 4, policy: declarative rules (TOML, never code) that say what to do with a unit.
+"""Stage 4, policy: declarative rules and settings (TOML, never code).
 
-The first matching rule wins; rules are read in order from the files given
-(administrator's before the vendor's).  Rules match on the unit name (globs),
-the scope (system or user) and the packages that left the unit stale.
+Files, in the order they are consulted for rules (the first matching rule wins):
+the administrator's ``/etc/restartctl/policy.toml``, then its drop-ins
+``/etc/restartctl/policy.d/*.toml`` (in name order), then the vendor defaults
+``/usr/share/restartctl/policy.toml``.  Settings (``[settings]``) are taken from
+the most specific file that sets them: a drop-in over ``policy.toml`` over the
+vendor file.  A policy file that a user other than root could have written (not
+root-owned, group- or world-writable, or a symlink) is refused: it decides what
+root restarts.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from restart.units import SYSTEM, USER
 
-ACTIONS = ("restart", "try-restart", "reload-or-restart", "defer", "ignore", "notify", "reexec", "reboot")
+ACTIONS = ("restart", "try-restart", "reload-or-restart", "defer", "ignore", "notify", "reexec", "reboot",
+           "exec")
 SCOPES = ("system", "user", "any")
+MODES = ("auto", "ask", "list")
+KINDS = ("exe", "code", "data", "fd", "script", "module")
+RULE_KEYS = {"unit", "scope", "package", "action", "exec", "reason"}
 
 
 class PolicyError(Exception):
-    """A policy file that cannot be used; the message names the file and the key."""
+    """A policy file that cannot be used; the message names the file, the line and the key."""
+
+
+class Settings(NamedTuple):
+    """Global behaviour; every field has a vendor default and may be set by the administrator."""
+
+    mode: str = "auto"              # interactive runs (a terminal): auto | ask | list
+    unattended_mode: str = "auto"   # no terminal, DEBIAN_FRONTEND=noninteractive, unattended-upgrades
+    timeout: float = 30.0           # seconds one restart (and its verification) may take
+    verify: bool = True             # re-check each restarted unit: active again, nothing stale left
+    max_failures: int = 3           # circuit breaker: stop after this many failed restarts in one run
+    restart_on: tuple[str, ...] = ("exe", "code", "script", "module")  # other kinds are listed only
+    restart_first: tuple[str, ...] = ()  # unit globs restarted before all others
+    restart_last: tuple[str, ...] = ()   # unit globs restarted after all others
+
+
+_SETTING_TYPES: dict[str, type] = {"mode": str, "unattended_mode": str, "timeout": float, "verify": bool,
+                                   "max_failures": int, "restart_on": tuple, "restart_first": tuple,
+                                   "restart_last": tuple}
 
 
 class Rule(NamedTuple):
@@ -28,7 +58,8 @@ class Rule(NamedTuple):
     packages: tuple[str, ...]  # globs over package names; empty matches any package
     action: str
     reason: str
-    source: str                # "file#N": where the rule came from, for explain
+    source: str                # "file:LINE": where the rule is, for explain and reports
+    argv: tuple[str, ...] = ()  # the administrator's command, for action "exec"
 
     def matches(self, unit: str, scope: str, packages: Iterable[str]) -> bool:
         if self.scope != "any" and self.scope != scope:
@@ -43,6 +74,8 @@ class Rule(NamedTuple):
 
 class Policy(NamedTuple):
     rules: tuple[Rule, ...] = ()
+    settings: Settings = Settings()
+    sources: tuple[tuple[str, str], ...] = ()  # (setting, file) for every setting a file set
 
     def decide(self, unit: str, scope: str, packages: Iterable[str]) -> Rule | None:
         pkgs = list(packages)
@@ -52,66 +85,191 @@ class Policy(NamedTuple):
         return None
 
 
-def _globs(value: object, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
+def _line_of(text: str, table_index: int | None, key: str | None) -> int:
+    """Line number of the ``table_index``-th ``[[rule]]`` (or of ``[settings]``) and its ``key``."""
+    lines = text.splitlines()
+    header = re.compile(r"\s*\[\[\s*rule\s*\]\]" if table_index is not None else r"\s*\[\s*settings\s*\]")
+    seen, start = 0, 0
+    for n, line in enumerate(lines):
+        if header.match(line):
+            seen += 1
+            if table_index is None or seen == table_index:
+                start = n
+                break
+    if key is not None:
+        keyline = re.compile(rf"\s*{re.escape(key)}\s*=")
+        for n in range(start + 1, len(lines)):
+            if lines[n].lstrip().startswith("["):
+                break
+            if keyline.match(lines[n]):
+                return n + 1
+    return start + 1
+
+
+def _globs(value: object) -> tuple[str, ...] | None:
     if isinstance(value, str):
         return (value,)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise PolicyError(f"{where}: expected a string or a list of strings")
+    return None
+
+
+def parse(text: str, source: str) -> tuple[list[Rule], dict[str, Any]]:
+    """The rules and the settings of one policy file."""
+    import tomllib  # kept off the scan path: only plans read policy
+
+    try:
+        doc = tomllib.loads(text)
+    except ValueError as e:  # tomllib.TOMLDecodeError says "(at line N, column M)"
+        raise PolicyError(f"{source}: {e}") from e
+    except RecursionError as e:  # absurdly nested arrays or tables
+        raise PolicyError(f"{source}: nested too deeply") from e
+    unknown = set(doc) - {"rule", "settings"}
+    if unknown:
+        key = sorted(unknown)[0]
+        line = next((n for n, t in enumerate(text.splitlines(), 1)
+                     if re.match(rf"\s*(\[+\s*)?{re.escape(key)}\b", t)), 1)
+        raise PolicyError(f"{source}:{line}: unknown table or key {key!r} (expected [settings] and [[rule]])")
+    return _rules(doc.get("rule", []), text, source), _settings(doc.get("settings", {}), text, source)
 
 
 def parse_rules(text: str, source: str) -> list[Rule]:
-    """The ``[[rule]]`` tables of one policy file."""
-    import tomllib  # kept off the scan path: only plans read policy
-    try:
-        doc = tomllib.loads(text)
-    except ValueError as e:  # tomllib.TOMLDecodeError
-        raise PolicyError(f"{source}: {e}") from e
-    raw_rules = doc.get("rule", [])
+    """Only the rules of one policy file."""
+    return parse(text, source)[0]
+
+
+def _rules(raw_rules: object, text: str, source: str) -> list[Rule]:
     if not isinstance(raw_rules, list):
         raise PolicyError(f"{source}: 'rule' must be an array of tables ([[rule]])")
     rules = []
     for n, raw in enumerate(raw_rules, 1):
-        where = f"{source}: rule #{n}"
+        def fail(key: str | None, message: str, n: int = n) -> PolicyError:
+            return PolicyError(f"{source}:{_line_of(text, n, key)}: rule #{n}: {message}")
         if not isinstance(raw, dict):
-            raise PolicyError(f"{where}: not a table")
-        unknown = set(raw) - {"unit", "scope", "package", "action", "reason"}
+            raise fail(None, "not a table")
+        unknown = set(raw) - RULE_KEYS
         if unknown:
-            raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-        action = raw.get("action")
-        if action not in ACTIONS:
-            raise PolicyError(f"{where}: key 'action' must be one of {', '.join(ACTIONS)}")
+            key = sorted(unknown)[0]
+            raise fail(key, f"unknown key {key!r}")
+        argv: tuple[str, ...] = ()
+        if "exec" in raw:
+            exec_argv = _globs(raw["exec"])
+            if not isinstance(raw["exec"], list) or not exec_argv or not exec_argv[0].startswith("/"):
+                raise fail("exec", "key 'exec' must be a list of strings starting with an absolute program path")
+            if raw.get("action", "exec") != "exec":
+                raise fail("action", "a rule with 'exec' has action \"exec\" (or none)")
+            argv, action = exec_argv, "exec"
+        else:
+            action = str(raw.get("action"))
+            if action not in ACTIONS or action == "exec":
+                raise fail("action", f"key 'action' must be one of {', '.join(a for a in ACTIONS if a != 'exec')}"
+                                     " (or give 'exec')")
         scope = raw.get("scope", "any")
         if scope not in SCOPES:
-            raise PolicyError(f"{where}: key 'scope' must be one of {', '.join(SCOPES)}")
+            raise fail("scope", f"key 'scope' must be one of {', '.join(SCOPES)}")
         reason = raw.get("reason", "")
         if not isinstance(reason, str):
-            raise PolicyError(f"{where}: key 'reason' must be a string")
-        rules.append(Rule(_globs(raw.get("unit"), f"{where}: key 'unit'"), scope,
-                          _globs(raw.get("package"), f"{where}: key 'package'"), action, reason,
-                          f"{source}#{n}"))
+            raise fail("reason", "key 'reason' must be a string")
+        globs = {}
+        for key in ("unit", "package"):
+            value = _globs(raw[key]) if key in raw else ()
+            if value is None:
+                raise fail(key, f"key {key!r} must be a string or a list of strings")
+            globs[key] = value
+        rules.append(Rule(globs["unit"], scope, globs["package"], action, reason,
+                          f"{source}:{_line_of(text, n, None)}", argv))
     return rules
 
 
-def load(files: Sequence[Path]) -> Policy:
-    """Rules from ``files`` in order; a file that does not exist is skipped."""
+def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
+    def fail(key: str, message: str) -> PolicyError:
+        return PolicyError(f"{source}:{_line_of(text, None, key)}: settings: {message}")
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{source}: 'settings' must be a table ([settings])")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        kind = _SETTING_TYPES.get(key)
+        if kind is None:
+            raise fail(key, f"unknown key {key!r}")
+        if kind is tuple:
+            items = _globs(value)
+            if items is None:
+                raise fail(key, f"key {key!r} must be a string or a list of strings")
+            if key == "restart_on" and not set(items) <= set(KINDS):
+                raise fail(key, f"key 'restart_on' takes kinds among {', '.join(KINDS)}")
+            out[key] = items
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise fail(key, f"key {key!r} must be a positive number of seconds")
+            out[key] = float(value)
+        elif kind is int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise fail(key, f"key {key!r} must be a positive whole number")
+            out[key] = value
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise fail(key, f"key {key!r} must be true or false")
+            out[key] = value
+        else:
+            allowed = ("auto", "list") if key == "unattended_mode" else MODES
+            if value not in allowed:
+                raise fail(key, f"key {key!r} must be one of {', '.join(allowed)}")
+            out[key] = value
+    return out
+
+
+def check_file(path: Path) -> None:
+    """Refuse a policy file that anyone but root could have written."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise PolicyError(f"{path}: is a symlink; policy files must be regular files")
+    if not stat.S_ISREG(st.st_mode):
+        raise PolicyError(f"{path}: not a regular file")
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        raise PolicyError(f"{path}: must be owned by root and writable only by root "
+                          f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
+
+
+def files(etc: Path, data: Path) -> list[Path]:
+    """The policy files, administrator's first; missing ones are simply absent."""
+    admin = etc / "restartctl"
+    dropins = sorted(p for p in (admin / "policy.d").glob("*.toml")) if (admin / "policy.d").is_dir() else []
+    return [p for p in (admin / "policy.toml", *dropins) if os.path.lexists(p)] + [data / "policy.toml"]
+
+
+def load(paths: Sequence[Path]) -> Policy:
+    """Rules from ``paths`` in order (first match wins).  Settings: the last file is the base
+    (the vendor's) and the others override it in their order (main file, then drop-ins)."""
     rules: list[Rule] = []
-    for path in files:
+    layers: list[tuple[str, dict[str, Any]]] = []
+    for path in paths:
+        if not os.path.lexists(path):
+            continue
+        check_file(path)
         try:
             text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            continue
         except (OSError, UnicodeDecodeError) as e:
             raise PolicyError(f"{path}: {e}") from e
-        rules.extend(parse_rules(text, str(path)))
-    return Policy(tuple(rules))
+        file_rules, file_settings = parse(text, str(path))
+        rules.extend(file_rules)
+        layers.append((str(path), file_settings))
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for source, layer in layers[-1:] + layers[:-1]:
+        for key, value in layer.items():
+            merged[key] = value
+            sources[key] = source
+    return Policy(tuple(rules), Settings(**merged), tuple(sorted(sources.items())))
 
 
 def vendor(data: Path) -> Policy:
     """The vendor defaults shipped in ``data/policy.toml``."""
     return load([data / "policy.toml"])
+
+
+def for_host(etc: Path, data: Path) -> Policy:
+    """The administrator's policy over the vendor's."""
+    return load(files(etc, data))
 
 
 def scope_of(kind: str) -> str:

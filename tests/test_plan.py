@@ -97,7 +97,7 @@ def test_policy_matches_on_package() -> None:
     policy = Policy(tuple(parse_rules('[[rule]]\npackage="libc6"\naction="reboot"\nreason="glibc"\n', "t")))
     [g] = group([affected(1, Unit(SYSTEM, "a.service"))])
     a = decide(g, policy)
-    assert (a.action, a.reason, a.rule) == ("reboot", "glibc", "t#1")
+    assert (a.action, a.reason, a.rule) == ("reboot", "glibc", "t:1")
 
 
 def test_grouping_and_order() -> None:
@@ -110,7 +110,7 @@ def test_grouping_and_order() -> None:
         (SYSTEM, "a.service", (10, 12)), (SYSTEM, "b.service", (11,)), (INIT, "init.scope", (20,)),
         (NONE, None, (30,)), (NONE, None, (31,))]
     assert groups[0].packages == ("libc6:amd64", "libssl3:amd64")
-    assert [a.action for a in make_plan(groups, VENDOR)] == ["restart", "restart", "reexec", "notify", "notify"]
+    assert [a.action for a in make_plan(groups, VENDOR)] == ["reexec", "restart", "restart", "notify", "notify"]
 
 
 @pytest.mark.parametrize(("text", "message"), [
