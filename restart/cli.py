@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from restart import __version__, plan, policy, report, transaction
+from restart import __version__, plan, policy, report, state, transaction
 from restart.roots import Roots
 from restart.scan import find
 
@@ -44,6 +45,34 @@ def _parser() -> argparse.ArgumentParser:
                    description="List processes that use replaced package files, grouped by unit.")
     sub.add_parser("plan", parents=[common], help="show what would be restarted (dry run)",
                    description="Show, per unit, the command that would fix it (dry run).")
+    apply_parser = sub.add_parser(
+        "apply", parents=[common], help="restart what the policy allows, verified",
+        description="Restart, one unit at a time and verified, what uses replaced files, as the policy "
+                    "says; tell logged-in users about what only they can restart.")
+    how = apply_parser.add_mutually_exclusive_group()
+    how.add_argument("--yes", action="store_true", help="restart without asking (mode auto)")
+    how.add_argument("--dry-run", action="store_true", help="only show what would be done (mode list)")
+    how.add_argument("--mode", choices=policy.MODES, help="override the policy's mode")
+    apply_parser.add_argument("--budget", type=float, default=600.0, metavar="SECONDS",
+                              help="stop starting restarts after this long (default 600)")
+    status_parser = sub.add_parser(
+        "status", parents=[common_roots], help="what the last run found and what is still pending (no scan)",
+        description="Show the last run's findings and what is still pending, from the state directory; "
+                    "instant, no scan.")
+    status_parser.add_argument("--json", action="store_true", help="print the state record as JSON")
+    policy_parser = sub.add_parser("policy", parents=[common_roots], help="check, show or explain the policy",
+                                   description="Check, show or explain the restart policy.")
+    policy_sub = policy_parser.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    policy_sub.add_parser("check", help="load every policy file and report errors (exit 2) or OK",
+                          parents=[common_roots])
+    policy_sub.add_parser("show", help="effective settings and rules, with the file each came from",
+                          parents=[common_roots])
+    explain = policy_sub.add_parser("explain", help="which rule decides for a unit, and why",
+                                    parents=[common_roots])
+    explain.add_argument("unit", help="unit name, e.g. nginx.service")
+    explain.add_argument("--user", action="store_true", help="a user unit (scope user) rather than a system one")
+    explain.add_argument("--package", action="append", default=[], metavar="PKG",
+                         help="the package that left it stale (repeatable)")
     hook_parser = sub.add_parser(
         "hook", parents=[common_roots], help="run after a package transaction (called by the apt/dpkg hooks)",
         description="Report what the package transactions recorded since the last run left stale. "
@@ -72,18 +101,28 @@ def _roots(args: argparse.Namespace) -> Roots:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    roots = _roots(args)
     if args.command == "hook":
         from restart import hook  # the scan commands need none of its imports
         after = hook.Process(*args.after) if args.after else None
-        return hook.run(_roots(args), args.trigger, after=after, budget=args.budget)
+        return hook.run(roots, args.trigger, after=after, budget=args.budget)
     try:
-        roots = _roots(args)
-        findings = find(roots, only_packages=args.packages, everything=args.all)
-        actions = (plan.make_plan(findings.groups, policy.vendor(roots.data))
-                   if args.command == "plan" else None)
+        if args.command == "apply":
+            return _apply(roots, args)
+        if args.command == "status":
+            return _status(roots, args)
+        if args.command == "policy":
+            return _policy(roots, args)
+        return _scan_or_plan(roots, args)
     except (OSError, ValueError, policy.PolicyError) as e:
         print(f"restartctl: {report.printable(str(e))}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
+    findings = find(roots, only_packages=args.packages, everything=args.all)
+    actions = (plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
+               if args.command == "plan" else None)
     if args.json:
         out = report.to_json(findings.affected, findings.groups, findings.scan, actions=actions,
                              show_unowned=args.all, packages=args.packages)
@@ -95,3 +134,47 @@ def main(argv: list[str] | None = None) -> int:
     if actions is not None:
         return EXIT_STALE if any(a.action != "ignore" for a in actions) else EXIT_OK
     return EXIT_STALE if findings.groups else EXIT_OK
+
+
+def _apply(roots: Roots, args: argparse.Namespace) -> int:
+    """Exit 0 when every restart it tried succeeded (or there was nothing to do), 1 when one failed."""
+    import time
+
+    from restart import hook
+
+    mode = "auto" if args.yes else "list" if args.dry_run else args.mode
+    log = hook.Log(sys.stdout, sys.stderr, quiet=args.json)
+    code = hook.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
+                    deadline=time.monotonic() + args.budget)
+    if args.json:
+        record = state.read_json(roots.state, state.PENDING) or {}
+        sys.stdout.write(json.dumps({"schema": report.SCHEMA, "applied": record.get("units", []),
+                                     "pending": record.get("packages", [])}, indent=2) + "\n")
+    return code
+
+
+def _status(roots: Roots, args: argparse.Namespace) -> int:
+    """Exit 0 when nothing is pending, 1 when something is."""
+    record = state.read_json(roots.state, state.PENDING)
+    current = record is not None and record.get("boot_id") == state.boot_id(roots.proc)
+    if args.json:
+        sys.stdout.write(json.dumps({"schema": state.STATE_SCHEMA, "current_boot": current,
+                                     "last_run": record}, indent=2) + "\n")
+    else:
+        sys.stdout.write(report.status_text(record, current_boot=current))
+    pending = current and record is not None and any(u.get("status") != "done" for u in record.get("units", []))
+    return EXIT_STALE if pending else EXIT_OK
+
+
+def _policy(roots: Roots, args: argparse.Namespace) -> int:
+    paths = policy.files(roots.etc, roots.data)
+    loaded = policy.load(paths)
+    if args.policy_command == "check":
+        present = [str(p) for p in paths if p.exists()]
+        print(f"policy OK: {len(loaded.rules)} rules from {', '.join(present)}")
+    elif args.policy_command == "show":
+        sys.stdout.write(report.policy_text(loaded))
+    else:
+        scope = "user" if args.user else "system"
+        sys.stdout.write(report.explain_text(loaded, args.unit, scope, args.package))
+    return EXIT_OK

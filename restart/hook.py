@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from restart import packages, plan, policy, report, state, transaction
+from restart import execute, packages, plan, policy, report, state, transaction, units
 from restart.roots import Roots
 from restart.scan import find
 
@@ -233,22 +233,98 @@ def _run(roots: Roots, trigger: str, log: Log, budget: float) -> None:
         if not got:
             log.error("another restartctl run holds the lock; this transaction stays pending for the next run")
             return
-        _report(roots, rundir, trigger, log)
+        _report(roots, rundir, trigger, log, time.monotonic() + budget - 1)
 
 
-def _report(roots: Roots, rundir: Path, trigger: str, log: Log) -> None:
+def choose_mode(settings: policy.Settings, trigger: str, *, interactive: bool) -> str:
+    """The policy's ``mode`` on a terminal, ``unattended_mode`` everywhere else; never ask without a terminal."""
+    if trigger == "unattended-upgrades" or not interactive:
+        return settings.unattended_mode
+    return settings.mode
+
+
+def interactive() -> bool:
+    return (sys.stdin.isatty() and sys.stdout.isatty()
+            and os.environ.get("DEBIAN_FRONTEND") != "noninteractive")
+
+
+def asker(answers: TextIO, prompts: TextIO) -> Callable[[plan.Action], bool]:
+    """The ``ask`` mode prompt: yes / no / all / quit, the policy's default preselected."""
+    remembered: list[bool] = []
+
+    def confirm(action: plan.Action) -> bool:
+        if remembered:
+            return remembered[0]
+        while True:
+            prompts.write(f"restartctl: {report.printable(action.group.name or '?')}: "
+                          f"{report.command(action.argv or ())}? [Y/n/a/q] ")
+            prompts.flush()
+            raw = answers.readline()
+            if not raw:  # end of input: nobody is there to say yes
+                remembered.append(False)
+                return False
+            answer = raw.strip().lower()
+            if answer in ("", "y", "yes"):
+                return True
+            if answer in ("n", "no"):
+                return False
+            if answer in ("a", "all"):
+                remembered.append(True)
+                return True
+            if answer in ("q", "quit"):
+                remembered.append(False)
+                return False
+    return confirm
+
+
+def host_policy(roots: Roots, log: Log) -> tuple[policy.Policy, bool]:
+    """The administrator's policy; on an error, the vendor defaults in list mode (and say so)."""
+    try:
+        return policy.for_host(roots.etc, roots.data), True
+    except (OSError, policy.PolicyError) as e:
+        log.error(f"{e}; using the vendor defaults and restarting nothing")
+        return policy.vendor(roots.data), False
+
+
+def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_files: dict[str, str] | None,
+        failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None) -> int:
+    """Find, plan and, as the mode says, restart; record what is still pending.  1 if a restart failed."""
+    pol, usable = host_policy(roots, log)
+    mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
+    if not usable or (mode == "ask" and not interactive()):
+        mode = "list"
+    findings = find(roots, only_packages=scope, old_files=old_files)
+    actions = plan.make_plan(findings.groups, pol)
+    outcomes: list[execute.Outcome] = []
+    if mode == "list" or not actions:
+        lines = report.hook_lines(actions, failed=failed)
+    else:
+        def still_stale(group: units.UnitGroup) -> list[units.Affected]:
+            again = find(roots, only_packages=list(group.packages))
+            return [m for g in again.groups if (g.kind, g.name, g.uid) == (group.kind, group.name, group.uid)
+                    for m in g.members]
+        confirm = asker(answers or sys.stdin, sys.stdout) if mode == "ask" else None
+        applied = execute.apply(actions, pol.settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
+                                still_stale=still_stale, confirm=confirm, report=lambda o: None,
+                                log=lambda line: log.info(line, show=False))
+        outcomes = applied.outcomes
+        lines = report.applied_lines(actions, outcomes, failed=failed)
+    for line in lines:
+        log.info(line)
+    for line in report.detail_lines(findings.groups):
+        log.info(line, show=False)
+    done = {id(o.action) for o in outcomes if o.status == execute.DONE}
+    still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
+    state.save_pending(roots.state, state.boot_id(roots.proc), trigger=trigger, packages=still,
+                       units=report.run_units(actions, outcomes))
+    return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
+
+
+def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float) -> None:
     txn = transaction.read(rundir)
-    boot = state.boot_id(roots.proc)
-    scope = txn.packages | state.pending_packages(roots.state, boot)
+    scope = txn.packages | state.pending_packages(roots.state, state.boot_id(roots.proc))
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
-        findings = find(roots, only_packages=sorted(scope), old_files=old)
-        actions = plan.make_plan(findings.groups, policy.vendor(roots.data))
-        for line in report.hook_lines(actions, failed=sorted(txn.failed)):
-            log.info(line)
-        for line in report.detail_lines(findings.groups):
-            log.info(line, show=False)
-        still = frozenset(p for g in findings.groups for p in g.packages)
-        state.save_pending(roots.state, boot, trigger=trigger, packages=still,
-                           units=[report.action_json(a) for a in actions])
+        act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,
+            deadline=deadline)
     transaction.consume(rundir, txn)

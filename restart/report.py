@@ -10,11 +10,26 @@ from __future__ import annotations
 import shlex
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from restart.plan import Action
+from restart.plan import Action, make_plan
+from restart.policy import Policy, Rule
 from restart.processes import ScanResult
-from restart.units import CONTAINER, INIT, NONE, SESSION, USER, USER_MANAGER, Affected, UnitGroup
+from restart.units import (
+    CONTAINER,
+    INIT,
+    NONE,
+    SESSION,
+    SYSTEM,
+    USER,
+    USER_MANAGER,
+    Affected,
+    UnitGroup,
+    valid_unit_name,
+)
+
+if TYPE_CHECKING:
+    from restart.execute import Outcome  # only for annotations: keeps subprocess off the scan path
 
 SCHEMA = "restartctl/1"
 
@@ -183,6 +198,118 @@ def hook_lines(actions: list[Action], *, failed: list[str]) -> list[str]:
         lines.append(f"  {_title(a.group)}: {a.action}: {what}")
     lines.append("nothing was restarted (list mode); 'restartctl plan' shows the details")
     return lines
+
+
+def outcome_line(o: Outcome) -> str:
+    """One line per carried-out action, for the terminal and the log."""
+    g = o.action.group
+    verb = {"done": "restarted" if o.action.action != "reexec" else "re-executed", "failed": "FAILED",
+            "skipped": "skipped", "declined": "left alone"}[o.status]
+    first = o.detail.splitlines()[0] if o.detail else ""
+    return f"  {_title(g)}: {verb}{': ' + printable(first) if first and o.status != 'done' else ''}"
+
+
+def run_units(actions: list[Action], outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """The state record of a run: every action with what became of it."""
+    by_action = {id(o.action): o for o in outcomes}
+    units = []
+    for a in actions:
+        o = by_action.get(id(a))
+        units.append({**action_json(a), "status": o.status if o else "listed",
+                      "detail": clean(o.detail) if o else ""})
+    return units
+
+
+def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: list[str]) -> list[str]:
+    """What an acting run shows: a summary, one line per unit, and each failure's detail."""
+    lines = [f"dpkg reported errors for: {', '.join(failed)}"] if failed else []
+    if not actions:
+        return lines
+    packages = sorted({p for a in actions for p in a.group.packages})
+    lines.append(f"{len(actions)} unit{'s' if len(actions) != 1 else ''} used replaced files of "
+                 f"{', '.join(packages)}:")
+    done_ids = {id(o.action) for o in outcomes}
+    lines.extend(outcome_line(o) for o in outcomes)
+    for a in actions:
+        if id(a) not in done_ids:
+            what = command(a.suggested) if a.suggested else printable(a.reason)
+            lines.append(f"  {_title(a.group)}: {a.action}: {what}" if a.suggested is None else
+                         f"  {_title(a.group)}: {a.action}: {printable(a.reason)} ({what})")
+    for o in outcomes:
+        if o.status == "failed":
+            lines.append(f"restart of {_title(o.action.group)} failed:")
+            lines.extend(f"    {printable(line)}" for line in o.detail.splitlines())
+    counts = Counter(o.status for o in outcomes)
+    lines.append(f"{counts['done']} restarted, {counts['failed']} failed, {counts['skipped']} skipped, "
+                 f"{len(actions) - len(outcomes)} left to people")
+    return lines
+
+
+def status_text(record: dict[str, Any] | None, *, current_boot: bool) -> str:
+    """``restartctl status``: the last run, from the state file."""
+    if record is None:
+        return "No run recorded yet.\n"
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(record.get("time", 0)))
+    lines = [f"Last run: {when} ({printable(str(record.get('trigger', '?')))})"]
+    if not current_boot:
+        lines.append("It was before the last reboot: nothing from it is pending any more.")
+        return "\n".join(lines) + "\n"
+    units = [u for u in record.get("units", []) if isinstance(u, dict)]
+    pending = [u for u in units if u.get("status") != "done"]
+    done = [u for u in units if u.get("status") == "done"]
+    lines.append(f"Found {len(units)} unit(s): {len(done)} restarted, {len(pending)} pending.")
+    for u in pending:
+        name = printable(str(u.get("unit") or f"pid {u.get('pids')}"))
+        lines.append(f"  {name} ({u.get('kind')}): {u.get('status')}: {printable(str(u.get('reason', '')))}")
+    return "\n".join(lines) + "\n"
+
+
+def policy_text(pol: Policy) -> str:
+    """``restartctl policy show``: the effective settings and the rules in the order they are tried."""
+    sources = dict(pol.sources)
+    lines = ["Settings:"]
+    for key, value in pol.settings._asdict().items():
+        shown = ", ".join(value) if isinstance(value, tuple) else str(value).lower() if isinstance(value, bool) \
+            else str(value)
+        lines.append(f"  {key} = {shown}    ({sources.get(key, 'built-in default')})")
+    lines.append("Rules (the first that matches decides):")
+    for r in pol.rules:
+        lines.append(f"  {r.source}: {_rule_text(r)}")
+    lines.append("  (no rule matches: system services restart; PID 1 and user managers re-execute; "
+                 "user units, sessions and the rest are reported to people)")
+    return "\n".join(lines) + "\n"
+
+
+def _rule_text(r: Rule) -> str:
+    what = f"exec {command(r.argv)}" if r.action == "exec" else r.action
+    match = []
+    if r.units:
+        match.append(f"unit {' '.join(r.units)}")
+    if r.packages:
+        match.append(f"package {' '.join(r.packages)}")
+    if r.scope != "any":
+        match.append(f"scope {r.scope}")
+    return f"{', '.join(match) or 'any unit'} -> {what}" + (f" ({printable(r.reason)})" if r.reason else "")
+
+
+def explain_text(pol: Policy, unit: str, scope: str, packages: list[str]) -> str:
+    """``restartctl policy explain UNIT``: which rule decides, and what would be done."""
+    kind = USER if scope == "user" else SYSTEM
+    group = UnitGroup(kind, unit, 0 if kind == USER else None, False, valid_unit_name(unit), (0,),
+                      tuple(packages), ())
+    [action] = make_plan([group], pol)
+    rule = next((r for r in pol.rules if r.source == action.rule), None)
+    lines = [f"{printable(unit)} ({scope} unit{', packages ' + ', '.join(packages) if packages else ''})"]
+    if not group.valid:
+        lines.append("  not a valid systemd unit name: never acted on")
+    lines.append(f"  decided by: {rule.source + ': ' + _rule_text(rule) if rule else 'the built-in default'}")
+    what = command(action.argv) if action.argv else printable(action.reason)
+    lines.append(f"  action: {action.action}: {what}")
+    if action.argv and action.reason:
+        lines.append(f"  reason: {printable(action.reason)}")
+    return "\n".join(lines) + "\n"
 
 
 def detail_lines(groups: list[UnitGroup], *, limit: int = 20) -> list[str]:
