@@ -83,28 +83,36 @@ def _parent(proc: Path, pid: int) -> int | None:
 
 
 def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int) -> Process | None:
-    """The unattended-upgrade process this run descends from, if any.
+    """The unattended-upgrade run this process descends from, if any.
 
     Recognised by its command line (``python3 /usr/bin/unattended-upgrade``) or by its
-    pid file; only compared, never used for anything else.
+    pid file; only compared, never used for anything else.  unattended-upgrade may
+    fork for a step, so the outermost such ancestor (the one the pid file names, if
+    it is an ancestor) is the run that must be over before the report.
     """
     try:
         pidfile = int((run / "unattended-upgrades.pid").read_text(encoding="ascii").split()[0])
     except (OSError, ValueError, IndexError):
         pidfile = None
+    found: int | None = None
     current: int | None = pid
     for _ in range(64):
         if current is None or current <= 1:
-            return None
+            break
         try:
             argv = (proc / str(current) / "cmdline").read_bytes().split(b"\0")
         except OSError:
             argv = []
-        if current == pidfile or UU_SCRIPT.encode() in argv[:2]:
-            start = process_start(proc, current)
-            return Process(current, start) if start is not None else None
+        if current == pidfile:
+            found = current
+            break
+        if UU_SCRIPT.encode() in argv[:2]:
+            found = current
         current = _parent(proc, current)
-    return None
+    if found is None:
+        return None
+    start = process_start(proc, found)
+    return Process(found, start) if start is not None else None
 
 
 def wait_for_exit(proc: Path, target: Process, limit: float) -> None:

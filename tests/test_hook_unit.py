@@ -97,7 +97,8 @@ def test_unattended_upgrades_is_found_among_the_ancestors(tmp_path: Path) -> Non
         (proc / str(pid) / "cmdline").write_bytes(cmdline)
         (proc / str(pid) / "stat").write_bytes(
             f"{pid} (a) b) S {ppid} 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 {pid * 10} 0\n".encode())
-    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300) == hook.Process(200, 2000)
+    # u-u may fork for a step: the outermost unattended-upgrade is the run to wait for.
+    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300) == hook.Process(100, 1000)
     (proc / "200" / "cmdline").write_bytes(b"/home/eve/unattended-upgrade\0")
     (proc / "100" / "cmdline").write_bytes(b"python3\0/tmp/usr/bin/unattended-upgrade\0")
     assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300) is None

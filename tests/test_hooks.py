@@ -18,6 +18,7 @@ pytestmark = pytest.mark.real
 
 REPO = Path(__file__).resolve().parent.parent
 ALL = ("rctl-libdemo1", "rctl-demod", "rctl-sleeper", "rctl-oldlib1", "rctl-olduser", "rctl-failpost")
+LIST_ONLY = '[settings]\nmode = "list"\nunattended_mode = "list"\n'
 REPORT = re.compile(r"^restartctl: \d+ units? still uses? replaced files of", re.MULTILINE)
 
 
@@ -31,6 +32,8 @@ def host(container_factory: Callable[..., Container], demo_debs: dict[str, dict[
     """A systemd container with the hooks installed and a local repository holding v1 and v2."""
     c = container_factory("rctl-hooks", boot=True)
     install_hooks(c)
+    # These tests are about reporting once per transaction: list mode, nothing restarted.
+    c.write_file("/etc/restartctl/policy.toml", LIST_ONLY)
     cfg = c.local_repo([demo_debs[v][n] for v in ("1.0", "2.0") for n in ALL])
     r = apt(c, cfg, "update")
     assert r.returncode == 0, r.stderr

@@ -45,6 +45,7 @@ def test_one_report_after_a_minimal_steps_run(container_factory: Callable[..., C
                                               demo_debs: dict[str, dict[str, Path]]) -> None:
     c = container_factory("rctl-uu", boot=True)
     install_hooks(c)
+    c.write_file("/etc/restartctl/policy.toml", '[settings]\nunattended_mode = "list"\n')
     names = ("rctl-libdemo1", "rctl-demod", "rctl-sleeper")
     repo = c.scratch / "uurepo"
     make_local_repo(repo, [demo_debs[v][n] for v in ("1.0", "2.0") for n in names])
