@@ -1,0 +1,245 @@
+"""Restarts for real: restartctl apply (and the hook in auto mode) against systemd 252 in a container.
+
+Never a fake systemctl: every restart, refusal and verification here is systemd's own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.checkout import install_hooks
+from tests.support.container import Container
+
+pytestmark = pytest.mark.real
+
+REPO = Path(__file__).resolve().parent.parent
+NAMES = ("rctl-libdemo1", "rctl-demod", "rctl-sleeper")
+RCTL = ["/usr/sbin/restartctl"]
+
+
+def unit_file(exec_start: str, extra: str = "") -> str:
+    return f"[Service]\nExecStart={exec_start}\n{extra}\n"
+
+
+def setup(c: Container, debs: dict[str, dict[str, Path]], *, units: dict[str, str] | None = None,
+          keep_policy_rc_d: bool = False) -> None:
+    """v1 installed and running (rctl-demod.service plus ``units``), then v2 installed under them."""
+    install_hooks(c)
+    c.write_file("/etc/restartctl/policy.toml", '[settings]\nunattended_mode = "list"\n')  # no surprises
+    if not keep_policy_rc_d:
+        # The host image forbids service starts from package tooling (a Docker-style policy-rc.d);
+        # a real server has none.
+        c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])
+    c.install_debs([debs["1.0"][n] for n in NAMES])
+    for name, text in (units or {}).items():
+        c.write_file(f"/etc/systemd/system/{name}", text)
+    c.systemctl("daemon-reload")
+    for name in ("rctl-demod.service", *(units or {})):
+        c.systemctl("start", name)
+        c.wait_active(name)
+    c.install_debs([debs["2.0"][n] for n in NAMES])
+
+
+def apply(c: Container, *args: str, policy: str | None = None, input: str | None = None,
+          ) -> tuple[int, str]:
+    if policy is not None:
+        c.write_file("/etc/restartctl/policy.toml", policy)
+    r = c.exec([*RCTL, "apply", *args], input=input, timeout=300)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.returncode, r.stdout + r.stderr
+
+
+def plan_units(c: Container) -> dict[str | None, dict[str, Any]]:
+    r = c.exec([*RCTL, "plan", "--json"])
+    return {a["unit"]: a for a in json.loads(r.stdout)["actions"]}
+
+
+@pytest.fixture
+def c(container_factory: Callable[..., Container]) -> Container:
+    return container_factory("rctl-apply", boot=True)
+
+
+def test_service_is_restarted_and_verified(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    setup(c, demo_debs)
+    old = c.main_pid("rctl-demod.service")
+    assert "rctl-demod.service" in plan_units(c)
+    code, out = apply(c, "--yes")
+    assert code == 0, out
+    assert "rctl-demod.service: restarted" in out
+    new = c.main_pid("rctl-demod.service")
+    assert new not in (0, old)
+    assert "rctl-demod.service" not in plan_units(c)  # verified: nothing stale left
+    status = c.exec([*RCTL, "status"])
+    assert status.returncode == 0 and "1 restarted, 0 pending" in status.stdout
+
+
+def test_failed_restarts_are_reported_and_trip_the_breaker(c: Container,
+                                                            demo_debs: dict[str, dict[str, Path]]) -> None:
+    breakable = unit_file("/usr/bin/rctl-sleeper", "ExecStartPre=/bin/sh -c 'test ! -e /srv/rctl/break'")
+    units = {f"rctl-bad{i}.service": breakable for i in range(4)}
+    setup(c, demo_debs, units=units)
+    c.write_file("/srv/rctl/break", "")
+    policy = '[settings]\nmax_failures = 2\nrestart_first = ["rctl-bad*"]\n'
+    code, out = apply(c, "--yes", policy=policy)
+    assert code == 1, out
+    assert len(re.findall(r"rctl-bad\d\.service: FAILED", out)) == 2, out
+    assert len(re.findall(r"rctl-bad\d\.service: skipped: circuit breaker", out)) == 2, out
+    assert "rctl-demod.service: skipped: circuit breaker" in out
+    assert "ExecStartPre" in out or "control process exited" in out  # systemctl status detail shown
+    status = c.exec([*RCTL, "status"])
+    assert status.returncode == 1 and "failed" in status.stdout
+
+
+def test_refuse_manual_stop_is_honoured(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    setup(c, demo_debs, units={"rctl-stubborn.service": unit_file("/usr/bin/rctl-sleeper", "[Unit]\n"
+                                                                 "RefuseManualStop=yes")})
+    old = c.main_pid("rctl-stubborn.service")
+    code, out = apply(c, "--yes")
+    assert code == 0, out
+    assert "rctl-stubborn.service: skipped: the unit refuses manual stops" in out
+    assert c.main_pid("rctl-stubborn.service") == old
+
+
+def test_units_the_policy_defers_are_left_alone(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    # A unit with a name the vendor policy defers (the system bus); its process uses the library.
+    setup(c, demo_debs, units={"dbus-broker.service": unit_file("/usr/sbin/rctl-demod")})
+    old = c.main_pid("dbus-broker.service")
+    code, out = apply(c, "--yes")
+    assert code == 0, out
+    assert "dbus-broker.service: defer: restarting the system bus" in out
+    assert c.main_pid("dbus-broker.service") == old
+    assert "rctl-demod.service: restarted" in out
+
+
+def test_never_restarts_the_unit_it_runs_in(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    script = ("/usr/bin/rctl-sleeper & "
+              "while [ ! -e /srv/rctl/go ]; do sleep 0.1; done; "
+              "/usr/sbin/restartctl apply --yes > /srv/rctl/admin.out 2>&1; sleep 600")
+    setup(c, demo_debs, units={"rctl-admin.service": unit_file(f"/bin/sh -c '{script}'")})
+    old = c.main_pid("rctl-admin.service")
+    c.write_file("/srv/rctl/go", "")
+    deadline = time.monotonic() + 60
+    while c.exec(["grep", "-q", "restarted, ", "/srv/rctl/admin.out"]).returncode != 0:
+        assert time.monotonic() < deadline, c.exec(["cat", "/srv/rctl/admin.out"]).stdout
+        time.sleep(0.2)
+    out = c.read_file("/srv/rctl/admin.out").decode()
+    assert "rctl-admin.service: skipped: restartctl itself runs inside this unit" in out, out
+    assert "rctl-demod.service: restarted" in out, out
+    assert c.main_pid("rctl-admin.service") == old
+
+
+def test_policy_rc_d_forbidding_is_respected(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    setup(c, demo_debs, keep_policy_rc_d=True)
+    assert c.exec(["/usr/sbin/policy-rc.d", "rctl-demod", "restart"]).returncode == 101
+    old = c.main_pid("rctl-demod.service")
+    code, out = apply(c, "--yes")
+    assert code == 0, out
+    assert "rctl-demod.service: skipped: forbidden by /usr/sbin/policy-rc.d" in out
+    assert c.main_pid("rctl-demod.service") == old
+
+
+def test_user_unit_restarted_only_when_the_policy_says_so(c: Container,
+                                                          demo_debs: dict[str, dict[str, Path]]) -> None:
+    install_hooks(c)
+    c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])
+    c.install_debs([demo_debs["1.0"][n] for n in NAMES])
+    uid = c.create_user("alice")
+    c.run_user_unit("alice", ["/usr/sbin/rctl-demod"], unit="rctl-userd.service")
+    old = c.main_pid("rctl-userd.service", user="alice")
+    c.install_debs([demo_debs["2.0"][n] for n in NAMES])
+    code, out = apply(c, "--yes")
+    assert code == 0 and "rctl-userd.service (user " in out and "notify" in out, out
+    assert c.main_pid("rctl-userd.service", user="alice") == old
+    code, out = apply(c, "--yes", policy='[[rule]]\nscope = "user"\nunit = "rctl-*"\naction = "restart"\n')
+    assert code == 0, out
+    assert f"rctl-userd.service (user {uid}): restarted" in out, out
+    assert c.main_pid("rctl-userd.service", user="alice") not in (0, old)
+
+
+def test_ask_mode_through_a_terminal(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    setup(c, demo_debs, units={"rctl-other.service": unit_file("/usr/bin/rctl-sleeper")})
+    old_other = c.main_pid("rctl-other.service")
+    # script(1) gives restartctl a real pseudo-terminal; the answers come through it.
+    r = c.exec(["script", "-qec", "/usr/sbin/restartctl apply --mode ask", "/dev/null"], input="y\nn\n",
+               timeout=120)
+    out = r.stdout
+    assert "rctl-demod.service: systemctl restart -- rctl-demod.service? [Y/n/a/q]" in out, out
+    assert "rctl-demod.service: restarted" in out, out
+    assert "rctl-other.service: left alone" in out, out
+    assert c.main_pid("rctl-other.service") == old_other
+
+
+def test_ask_mode_without_a_terminal_never_prompts(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    setup(c, demo_debs)
+    code, out = apply(c, "--mode", "ask")
+    assert "[Y/n/a/q]" not in out and "nothing was restarted (list mode)" in out, out
+
+
+def test_malformed_policy_falls_back_to_listing(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    setup(c, demo_debs)
+    c.write_file("/etc/restartctl/policy.toml", '[settings]\nmode = "auto"\n\n[[rule]]\nunit = "x"\n'
+                                                'action = "explode"\n')
+    r = c.exec([*RCTL, "policy", "check"])
+    assert r.returncode == 2
+    assert "/etc/restartctl/policy.toml:6: rule #1: key 'action' must be one of" in r.stderr
+    hook = c.exec([*RCTL, "hook", "--trigger", "manual"])
+    c.write_file("/run/restartctl/journal", "1 dpkg upgrade rctl-sleeper\n")
+    hook = c.exec([*RCTL, "hook", "--trigger", "manual"])
+    assert hook.returncode == 0
+    assert "/etc/restartctl/policy.toml:6" in hook.stderr and "restarting nothing" in hook.stderr
+    assert "nothing was restarted (list mode)" in hook.stdout
+
+
+def test_world_writable_policy_is_refused(c: Container) -> None:
+    install_hooks(c)
+    c.write_file("/etc/restartctl/policy.toml", "", mode=0o666)
+    r = c.exec([*RCTL, "policy", "check"])
+    assert r.returncode == 2 and "writable only by root" in r.stderr
+
+
+def test_hook_in_auto_mode_restarts_after_apt(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    install_hooks(c)
+    c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])
+    c.install_debs([demo_debs["1.0"][n] for n in NAMES])
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "rctl-demod.service")
+    c.wait_active("rctl-demod.service")
+    old = c.main_pid("rctl-demod.service")
+    cfg = c.local_repo([demo_debs["2.0"][n] for n in NAMES])
+    c.check(["apt-get", "-q", "update"], env={"APT_CONFIG": cfg})
+    r = c.exec(["apt-get", "-q", "-o", "Dpkg::Use-Pty=0", "install", "-y", *NAMES],
+               env={"APT_CONFIG": cfg, "DEBIAN_FRONTEND": "noninteractive"}, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "restartctl:   rctl-demod.service: restarted" in r.stdout, r.stdout
+    assert c.main_pid("rctl-demod.service") not in (0, old)
+    journal = c.exec(["journalctl", "--no-pager", "-o", "cat", "-t", "restartctl"]).stdout
+    assert "rctl-demod.service: restarted" in journal
+
+
+def test_logged_in_user_is_told_on_their_terminal(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    install_hooks(c)
+    c.install_debs([demo_debs["1.0"][n] for n in NAMES])
+    c.create_user("bob")
+    # A real login on a pseudo-terminal (script(1) + login(1): PAM session, terminal owned by bob),
+    # whose "shell" is a program from the package about to be upgraded.
+    c.check(["usermod", "--shell", "/usr/sbin/rctl-demod", "bob"])
+    c.spawn(["script", "-qfc", "login -f bob", "/srv/rctl/bob.tty"])
+    deadline = time.monotonic() + 20
+    while "session-" not in c.exec(["sh", "-c", "cat /proc/$(pgrep -x rctl-demod)/cgroup"]).stdout:
+        assert time.monotonic() < deadline, "no login session appeared"
+        time.sleep(0.1)
+    c.install_debs([demo_debs["2.0"][n] for n in NAMES])
+    code, out = apply(c, "--yes")
+    assert code == 0 and "login session of user" in out, out
+    deadline = time.monotonic() + 10
+    while "software update replaced files" not in c.read_file("/srv/rctl/bob.tty").decode(errors="replace"):
+        assert time.monotonic() < deadline, c.read_file("/srv/rctl/bob.tty")
+        time.sleep(0.1)
+    assert "rctl-demod" in c.read_file("/srv/rctl/bob.tty").decode(errors="replace")
