@@ -74,23 +74,19 @@ class Selection(NamedTuple):
         return not path.startswith(self.skip_prefixes)
 
 
-_CHUNK = 1 << 18
-_LAST_RECORD = 1 << 16  # a seq_file read stops short only at EOF or before one record (< 17 KiB)
-
-
 def _read(dfd: int, name: str) -> bytes:
-    """Read one /proc file relative to the process directory, mapping errors once."""
+    """Read one /proc file relative to the process directory, mapping errors once.
+
+    To the end: a /proc seq_file hands out about a page per read() whatever the buffer
+    size, so a short read is no sign of the end.
+    """
     try:
         fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
     except OSError as e:
         raise _translate(e) from e
     try:
-        chunk = os.read(fd, _CHUNK)
-        if len(chunk) < _CHUNK - _LAST_RECORD:
-            return chunk  # one read() is the whole file: saves a syscall per process
-        chunks = [chunk]
-        while chunk:
-            chunk = os.read(fd, _CHUNK)
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
         return b"".join(chunks)
     except OSError as e:

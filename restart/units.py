@@ -225,6 +225,10 @@ def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | 
         owned = tuple(OwnedFile(f, owners[c]) for f in proc.stale if (c := db.canonical(f.path)) in owners)
         unowned = tuple(f for f in proc.stale if db.canonical(f.path) not in owners)
         unit = resolve(cgroup_path(proc.cgroup), pid_namespace=proc.pid_namespace)
+        if unit.kind == USER_MANAGER and proc.ppid != 1:
+            # Not the manager (PID 1 starts that) but a helper it forked, like "(sd-pam)": a
+            # re-exec of the manager leaves it as it is; it goes when the user's sessions end.
+            unit = Unit(USER, None, unit.uid, valid=False, cgroup=unit.cgroup)
         if unit.kind == NONE and not systemd and owned:
             if proc.exe not in guesses:
                 guesses[proc.exe] = _guess(db, proc.exe, init_d)

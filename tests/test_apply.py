@@ -243,3 +243,23 @@ def test_logged_in_user_is_told_on_their_terminal(c: Container, demo_debs: dict[
         assert time.monotonic() < deadline, c.read_file("/srv/rctl/bob.tty")
         time.sleep(0.1)
     assert "rctl-demod" in c.read_file("/srv/rctl/bob.tty").decode(errors="replace")
+
+
+def test_pid1_and_user_manager_are_re_executed(c: Container) -> None:
+    """Replace systemd's shared library the way dpkg would (new file, rename): PID 1 and every
+    user manager now run on a deleted copy; the cure is daemon-reexec, never a restart."""
+    install_hooks(c)
+    c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])
+    uid = c.create_user("carol")
+    lib = "/usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so"
+    c.check(["sh", "-c", f"cp -p {lib} {lib}.dpkg-new && mv {lib}.dpkg-new {lib}"])
+    before = plan_units(c)
+    assert before["init.scope"]["action"] == "reexec"
+    assert before[f"user@{uid}.service"]["argv"] == ["systemctl", "--user", "-M", f"{uid}@", "daemon-reexec"]
+    code, out = apply(c, "--yes", "--packages", "libsystemd-shared")
+    assert code == 0, out
+    assert "PID 1 (systemd): re-executed" in out, out
+    assert f"user@{uid}.service (service manager of user {uid}): re-executed" in out, out
+    after = plan_units(c)
+    assert "init.scope" not in after and f"user@{uid}.service" not in after, after
+    assert c.exec(["systemctl", "is-system-running"]).stdout.strip() in ("running", "degraded")

@@ -240,3 +240,22 @@ def test_scan_of_the_whole_host_terminates_and_skips_itself() -> None:
     assert result.scanned > 1
     assert os.getpid() not in {p.pid for p in result.processes}
     assert sys.executable  # the scanner ran inside this interpreter
+
+
+def test_mapping_far_down_a_long_maps_file(work: Path, spawn: list[subprocess.Popen[bytes]]) -> None:
+    # /proc seq files hand out about a page per read(): a scanner that takes one short read for
+    # the whole file misses everything below the first 4 KiB.
+    files = [work / f"f{i:03}.dat" for i in range(150)]
+    for f in files:
+        f.write_bytes(b"x" * 4096)
+    code = ("import mmap,sys,time\n"
+            "keep=[]\n"
+            f"for p in {[str(f) for f in files]!r}:\n"
+            "    f=open(p,'rb'); keep.append(mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ)); f.close()\n"
+            "time.sleep(60)\n")
+    pid = start(spawn, [PYTHON, "-I", "-c", code], str(files[-1]))
+    maps = Path(f"/proc/{pid}/maps").read_bytes()
+    # mmap() hands out addresses top down: the first file mapped is listed last.
+    assert maps.index(str(files[0]).encode()) > 8192
+    replace(files[0], b"y" * 4096)
+    assert kinds(scan_pid(pid)) == {(DATA, str(files[0]), "replaced")}

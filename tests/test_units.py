@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from restart.packages import DpkgDatabase
+from restart.processes import ProcessInfo, ScanResult, StaleFile
 from restart.units import (
     CONTAINER,
     INIT,
@@ -12,6 +16,7 @@ from restart.units import (
     SYSTEM,
     USER,
     USER_MANAGER,
+    attribute,
     cgroup_path,
     guess_init_script,
     resolve,
@@ -114,3 +119,16 @@ def test_guess_init_script() -> None:
     assert guess_init_script("/usr/bin/foo", [], set()) is None
     assert guess_init_script("/usr/bin/foo", ["gone"], set()) is None
     assert guess_init_script("/tmp/;reboot", [], {";reboot"}) is None
+
+
+def test_helpers_of_a_user_manager_are_not_the_manager(tmp_path: Path) -> None:
+    # "(sd-pam)" lives in user@UID.service/init.scope too, but a re-exec of the manager does not
+    # replace it: only the process PID 1 started is the manager.
+    cg = "0::/user.slice/user-1000.slice/user@1000.service/init.scope\n"
+    stale = (StaleFile("code", "/usr/lib/libx.so", "certain", "replaced"),)
+    scan = ScanResult([ProcessInfo(50, 1, 1000, "systemd", "/usr/lib/systemd/systemd", cg, None, stale),
+                       ProcessInfo(51, 50, 1000, "(sd-pam)", "/usr/lib/systemd/systemd", cg, None, stale)], 2, 0, 0)
+    db = DpkgDatabase(tmp_path, tmp_path)
+    [manager, helper] = attribute(scan, db, in_scope={"/usr/lib/libx.so": "libx"}, systemd=True, init_d=set())
+    assert (manager.unit.kind, manager.unit.name) == (USER_MANAGER, "user@1000.service")
+    assert (helper.unit.kind, helper.unit.name, helper.unit.uid) == (USER, None, 1000)
