@@ -62,23 +62,56 @@ def cgroup_path(text: str) -> str | None:
     """The systemd cgroup path of a ``/proc/PID/cgroup`` text.
 
     The unified (``0::``) line when it says anything, else the v1 ``name=systemd`` one.
+    Lines end only at "\\n" (not at \\r, \\v or U+2028, which ``splitlines`` would
+    honour).  A cgroup name may itself hold a newline, though, and so forge a line: a
+    hierarchy that appears twice is ambiguous, and then only a reading that leaves the
+    process in a user's own subtree is believed (that is where such names can be made).
     """
-    unified = named = None
-    for line in text.splitlines():
+    unified: list[str] = []
+    named: list[str] = []
+    for line in text.split("\n"):
         hid, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         if hid == "0" and controllers == "":
-            unified = path
+            unified.append(path)
         elif controllers == "name=systemd":
-            named = path
-    if unified not in (None, "", "/"):
-        return unified
-    return named if named is not None else unified
+            named.append(path)
+    if len(unified) > 1 or len(named) > 1:
+        return next((p for p in unified + named if _user_territory(p) is not None), None)
+    if unified and unified[0] not in ("", "/"):
+        return unified[0]
+    return named[0] if named else unified[0] if unified else None
+
+
+def _user_territory(path: str) -> tuple[int, str, list[str]] | None:
+    """(uid, unit, what lies below it) when ``path`` is a user's manager or session subtree."""
+    parts = [p for p in path.split("/") if p]
+    if len(parts) < 3 or parts[0] != "user.slice":
+        return None
+    user_slice = _USER_SLICE_RE.fullmatch(parts[1])
+    if user_slice is None:
+        return None
+    uid = int(user_slice[1])
+    manager = _USER_MANAGER_RE.fullmatch(parts[2])
+    if (manager and int(manager[1]) == uid) or _SESSION_RE.fullmatch(parts[2]):
+        return uid, parts[2], parts[3:]
+    return None
 
 
 def resolve(cgroup: str | None, *, pid_namespace: str | None = None) -> Unit:
-    """Map one process's cgroup path (and PID namespace) to what manages it."""
+    """Map one process's cgroup path (and PID namespace) to what manages it.
+
+    A user's manager subtree and login sessions are decided first: whatever a user
+    creates there (a unit named like a system one, a machine scope, a process in its
+    own PID namespace) stays that user's.
+    """
     path = cgroup or ""
+    territory = _user_territory(path)
+    if territory is not None:
+        uid, unit, below = territory
+        if _SESSION_RE.fullmatch(unit):
+            return Unit(SESSION, unit, uid, cgroup=path)
+        return _user_unit(uid, below, path)
     parts = [p for p in path.split("/") if p]
     if pid_namespace is not None:
         return Unit(CONTAINER, _machine_name(parts) or pid_namespace, cgroup=path)
@@ -86,27 +119,16 @@ def resolve(cgroup: str | None, *, pid_namespace: str | None = None) -> Unit:
         return Unit(NONE, None, cgroup=path)
     if parts == ["init.scope"]:
         return Unit(INIT, "init.scope", cgroup=path)
-    slices = []
     i = 0
     while i < len(parts) and parts[i].endswith(".slice"):
-        slices.append(parts[i])
         i += 1
     if i == len(parts):
         return Unit(NONE, None, cgroup=path)  # a process directly in a slice: nothing to restart
     unit = parts[i]
-    below = parts[i + 1:]
     if unit_type(unit) not in UNIT_TYPES:
         return Unit(NONE, None, cgroup=path)  # a cgroup some other tool made: not a systemd unit
-    if slices[:1] == ["machine.slice"]:
+    if parts[0] == "machine.slice":
         return Unit(CONTAINER, _machine_name(parts) or unit, cgroup=path)
-    user_slice = _USER_SLICE_RE.fullmatch(slices[1]) if slices[:1] == ["user.slice"] and len(slices) == 2 else None
-    if user_slice:
-        uid = int(user_slice[1])
-        manager = _USER_MANAGER_RE.fullmatch(unit)
-        if manager and int(manager[1]) == uid:
-            return _user_unit(uid, below, path)
-        if _SESSION_RE.fullmatch(unit):
-            return Unit(SESSION, unit, uid, cgroup=path)
     return Unit(SYSTEM, unit, valid=valid_unit_name(unit), cgroup=path)
 
 

@@ -132,3 +132,34 @@ def test_helpers_of_a_user_manager_are_not_the_manager(tmp_path: Path) -> None:
     [manager, helper] = attribute(scan, db, in_scope={"/usr/lib/libx.so": "libx"}, systemd=True, init_d=set())
     assert (manager.unit.kind, manager.unit.name) == (USER_MANAGER, "user@1000.service")
     assert (helper.unit.kind, helper.unit.name, helper.unit.uid) == (USER, None, 1000)
+
+
+@pytest.mark.parametrize("sep", ["\r", "\x0b", "\x0c", "\x1c", "\u2028", "\u0085"])
+def test_only_newline_ends_a_cgroup_line(sep: str) -> None:
+    text = f"0::/user.slice/user-1000.slice/user@1000.service/app.slice/a{sep}0::/system.slice/victim.service\n"
+    unit = resolve(cgroup_path(text))
+    assert unit.kind == USER and unit.uid == 1000 and not unit.valid
+
+
+@pytest.mark.parametrize("text", [
+    # A newline in her cgroup's name forges a whole line, in the unified path or in the v1 one.
+    "0::/user.slice/user-1000.slice/user@1000.service/app.slice/a\n0::/system.slice/victim.service\n",
+    "9:name=systemd:/user.slice/user-1000.slice/user@1000.service/a\n0::/system.slice/victim.service\n"
+    "0::/user.slice/user-1000.slice/user@1000.service/a\n0::/system.slice/victim.service\n",
+    "0::/user.slice/user-1000.slice/user@1000.service/a\n0::/init.scope\n",
+])
+def test_a_forged_cgroup_line_never_names_a_system_unit(text: str) -> None:
+    unit = resolve(cgroup_path(text))
+    assert unit.kind in (USER, USER_MANAGER) and unit.uid == 1000
+
+
+def test_ambiguous_cgroup_text_outside_user_territory_is_unmanaged() -> None:
+    assert cgroup_path("0::/system.slice/a.service\n0::/system.slice/b.service\n") is None
+
+
+def test_a_users_own_pid_namespace_stays_hers() -> None:
+    path = "/user.slice/user-1000.slice/user@1000.service/machine.slice/machine-prod.scope"
+    unit = resolve(path, pid_namespace="pid:[4026532999]")
+    assert (unit.kind, unit.uid) == (USER, 1000)
+    session = resolve("/user.slice/user-1000.slice/session-2.scope", pid_namespace="pid:[4026532999]")
+    assert (session.kind, session.uid) == (SESSION, 1000)
