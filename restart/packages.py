@@ -20,6 +20,7 @@ from typing import NamedTuple
 # Top-level directories that a merged-/usr system turns into symlinks into /usr.
 _USR_ALIAS_CANDIDATES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libo32")
 LOCAL_DIVERSION = ":"
+INDEX_THRESHOLD = 16  # owner queries beyond which one index of all lists beats a search per path
 
 
 def fs_decode(raw: bytes) -> str:
@@ -172,12 +173,16 @@ class DpkgDatabase:
 
         Searches the ``.list`` files newest first (dpkg rewrites a package's list
         when it unpacks it, so a just-replaced file is usually found at once) and
-        stops as soon as every path is accounted for.
+        stops as soon as every path is accounted for.  Past a handful of paths (a user
+        can map thousands of files of her own) one index of every list is cheaper than
+        a search per path, so the work stays linear.
         """
         found: dict[str, str] = {}
         # What to look for, per queried path: (spelling in the lists, package to skip).
         queries: dict[str, tuple[tuple[bytes, ...], str | None]] = {}
         for path in set(paths):
+            if "\n" in path:
+                continue  # dpkg never records such a name; a search could match two list lines
             diverted = self._diverted_from.get(path)
             if diverted is not None:
                 # The file at a diverted path is the diverter's own (or the admin's).
@@ -190,6 +195,8 @@ class DpkgDatabase:
             queries[path] = (needles, skip)
         if not queries:
             return found
+        if len(queries) > INDEX_THRESHOLD:
+            return {**found, **self._owners_by_index(queries)}
         for name, list_path in self._newest_first():
             data = self._read_list(name, list_path) + b"\n"
             base = name.partition(":")[0]
@@ -199,6 +206,22 @@ class DpkgDatabase:
                     del queries[path]
             if not queries:
                 break
+        return found
+
+    def _owners_by_index(self, queries: dict[str, tuple[tuple[bytes, ...], str | None]]) -> dict[str, str]:
+        """One pass over every list: spelling -> packages, then a lookup per query."""
+        index: dict[bytes, list[str]] = {}
+        for name, list_path in self._lists:
+            for line in self._read_list(name, list_path).split(b"\n"):
+                if line.startswith(b"/"):
+                    index.setdefault(line, []).append(name)
+        found = {}
+        for path, (needles, skip) in queries.items():
+            for needle in needles:
+                owner = next((n for n in index.get(needle.strip(b"\n"), ()) if n.partition(":")[0] != skip), None)
+                if owner is not None:
+                    found[path] = owner
+                    break
         return found
 
     def init_scripts(self, package: str) -> list[str]:

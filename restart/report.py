@@ -95,7 +95,8 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
         "scope": {"packages": packages},
         "processes": [_process_json(a, unowned=False) for a in affected if a.files],
         "units": [_group_json(g) for g in groups],
-        "stats": {"scanned": scan.scanned, "vanished": scan.vanished, "denied": scan.denied},
+        "stats": {"scanned": scan.scanned, "vanished": scan.vanished, "denied": scan.denied,
+                  "errors": scan.errors},
     }
     if show_unowned:
         doc["unowned"] = [_process_json(a, unowned=True) for a in affected if a.unowned]

@@ -144,3 +144,25 @@ def test_missing_database_is_empty(tmp_path: Path) -> None:
     assert db.owners(["/usr/bin/x"]) == {}
     assert db.files_of(["x"]) == {}
     assert db.diversions == []
+
+
+def test_many_owner_queries_use_one_index(merged_root: Path, tmp_path: Path) -> None:
+    lists = {f"pkg{i}": [f"/usr/lib/lib{i}.so"] for i in range(40)}
+    lists["libc6:amd64"] = ["/lib/x86_64-linux-gnu/libc.so.6"]
+    admin = write_db(tmp_path / "admin", lists,
+                     diversions=[("/usr/lib/lib3.so", "/usr/lib/lib3.so.real", "pkg4")])
+    db = DpkgDatabase(admin, merged_root)
+    queries = [f"/usr/lib/lib{i}.so" for i in range(30)] + [f"/opt/unowned{i}" for i in range(30)]
+    queries += ["/usr/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/lib3.so.real"]
+    owners = db.owners(queries)
+    expected = {f"/usr/lib/lib{i}.so": f"pkg{i}" for i in range(30)}
+    expected["/usr/lib/lib3.so"] = "pkg4"  # diverted: the diverter's file is at the path
+    expected["/usr/lib/lib3.so.real"] = "pkg3"
+    expected["/usr/lib/x86_64-linux-gnu/libc.so.6"] = "libc6:amd64"
+    assert owners == expected
+    assert owners == {p: o for p in queries if (o := db.owners([p]).get(p))}  # same as one at a time
+
+
+def test_a_path_with_a_newline_is_never_owned(merged_root: Path, tmp_path: Path) -> None:
+    admin = write_db(tmp_path / "admin", {"a": ["/usr/lib/a", "/usr/lib/b"]})
+    assert DpkgDatabase(admin, merged_root).owners(["/usr/lib/a\n/usr/lib/b"]) == {}
