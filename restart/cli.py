@@ -30,10 +30,11 @@ def _parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False, parents=[common_roots])
     common.add_argument("--json", action="store_true", help="print the restartctl/1 JSON document")
-    common.add_argument("--all", action="store_true",
-                        help="also list replaced files no package (in scope) owns; never acted on")
     common.add_argument("--packages", nargs="+", metavar="PKG",
                         help="only files of these packages (name or name:arch)")
+    listing = argparse.ArgumentParser(add_help=False, parents=[common])
+    listing.add_argument("--all", action="store_true",
+                         help="also list replaced files no package (in scope) owns; never acted on")
 
     parser = argparse.ArgumentParser(
         prog="restartctl",
@@ -41,9 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                     "and what to restart to fix them.")
     parser.add_argument("--version", action="version", version=f"restartctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    sub.add_parser("scan", parents=[common], help="list processes using replaced files, by unit",
+    sub.add_parser("scan", parents=[listing], help="list processes using replaced files, by unit",
                    description="List processes that use replaced package files, grouped by unit.")
-    sub.add_parser("plan", parents=[common], help="show what would be restarted (dry run)",
+    sub.add_parser("plan", parents=[listing], help="show what would be restarted (dry run)",
                    description="Show, per unit, the command that would fix it (dry run).")
     apply_parser = sub.add_parser(
         "apply", parents=[common], help="restart what the policy allows, verified",
