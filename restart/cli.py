@@ -10,6 +10,7 @@ from pathlib import Path
 from restart import __version__, plan, policy, report, state, transaction
 from restart.roots import Roots
 from restart.scan import find
+from restart.text import printable
 
 EXIT_OK, EXIT_STALE, EXIT_ERROR = 0, 1, 2
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             return _policy(roots, args)
         return _scan_or_plan(roots, args)
     except (OSError, ValueError, policy.PolicyError) as e:
-        print(f"restartctl: {report.printable(str(e))}", file=sys.stderr)
+        print(f"restartctl: {printable(str(e))}", file=sys.stderr)
         return EXIT_ERROR
 
 

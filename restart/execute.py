@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from restart.plan import Action
 from restart.policy import Settings
+from restart.text import printable
 from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, UnitGroup, cgroup_path, resolve
 
 PROGRAMS = {"systemctl": "/usr/bin/systemctl", "invoke-rc.d": "/usr/sbin/invoke-rc.d"}
@@ -311,7 +312,7 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
     for s in sessions(run_dir):
         if s.uid not in by_uid:
             continue
-        what = sorted({names.get(os.path.basename(m.process.exe or ""), m.process.comm)
+        what = sorted({printable(names.get(os.path.basename(m.process.exe or ""), m.process.comm))
                        for g in by_uid[s.uid] for m in g.members})
         text = (f"restartctl: a software update replaced files that these programs still use: "
                 f"{', '.join(what)}. Restart them (or log out and in again) to finish the update.")

@@ -26,6 +26,7 @@ from typing import NamedTuple, TextIO
 from restart import execute, packages, plan, policy, report, state, transaction, units
 from restart.roots import Roots
 from restart.scan import find
+from restart.text import printable
 
 AFTER_UU_MAX_WAIT = 6 * 3600.0
 DEFERRED_UNIT = "restartctl-after-unattended-upgrades.service"
@@ -52,13 +53,13 @@ class Log:
         syslog.openlog("restartctl", syslog.LOG_PID, syslog.LOG_DAEMON)
 
     def info(self, line: str, *, show: bool = True) -> None:
-        syslog.syslog(syslog.LOG_INFO, report.printable(line))
+        syslog.syslog(syslog.LOG_INFO, printable(line))
         if show and not self.quiet:
-            print(f"restartctl: {report.printable(line)}", file=self.out, flush=True)
+            print(f"restartctl: {printable(line)}", file=self.out, flush=True)
 
     def error(self, line: str) -> None:
-        syslog.syslog(syslog.LOG_ERR, report.printable(line))
-        print(f"restartctl: error: {report.printable(line)}", file=self.err, flush=True)
+        syslog.syslog(syslog.LOG_ERR, printable(line))
+        print(f"restartctl: error: {printable(line)}", file=self.err, flush=True)
 
 
 def process_start(proc: Path, pid: int) -> int | None:
@@ -264,7 +265,7 @@ def asker(answers: TextIO, prompts: TextIO) -> Callable[[plan.Action], bool]:
         if remembered:
             return remembered[0]
         while True:
-            prompts.write(f"restartctl: {report.printable(action.group.name or '?')}: "
+            prompts.write(f"restartctl: {printable(action.group.name or '?')}: "
                           f"{report.command(action.argv or ())}? [Y/n/a/q] ")
             prompts.flush()
             raw = answers.readline()

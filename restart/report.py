@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from restart.plan import Action, make_plan
 from restart.policy import Policy, Rule
 from restart.processes import ScanResult
+from restart.text import clean, printable
 from restart.units import (
     CONTAINER,
     INIT,
@@ -32,24 +33,6 @@ if TYPE_CHECKING:
     from restart.execute import Outcome  # only for annotations: keeps subprocess off the scan path
 
 SCHEMA = "restartctl/1"
-
-
-def clean(text: str) -> str:
-    """Undecodable bytes become ``\\xNN`` (they were kept as surrogates on the way in)."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def printable(text: str) -> str:
-    """Safe for a terminal: control, format and separator characters are escaped."""
-    text = clean(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else _escape(c) for c in text)
-
-
-def _escape(c: str) -> str:
-    n = ord(c)
-    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 def command(argv: Iterable[str]) -> str:

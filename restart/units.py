@@ -153,6 +153,7 @@ def _machine_name(parts: list[str]) -> str | None:
     return None
 
 
+FIRST_USER_UID = 1000  # Debian's UID_MIN: below it are root and system accounts (daemons)
 _INIT_SCRIPT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
@@ -251,7 +252,9 @@ def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | 
             # Not the manager (PID 1 starts that) but a helper it forked, like "(sd-pam)": a
             # re-exec of the manager leaves it as it is; it goes when the user's sessions end.
             unit = Unit(USER, None, unit.uid, valid=False, cgroup=unit.cgroup)
-        if unit.kind == NONE and not systemd and owned:
+        if unit.kind == NONE and not systemd and owned and 0 <= proc.uid < FIRST_USER_UID:
+            # Only system daemons (root or a system account) lead to an init script: a user's own
+            # run of a daemon's binary must never make root (re)start the service.
             if proc.exe not in guesses:
                 guesses[proc.exe] = _guess(db, proc.exe, init_d)
             script = guesses[proc.exe]
@@ -262,5 +265,6 @@ def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | 
 
 
 def _guess(db: DpkgDatabase, exe: str | None, init_d: set[str]) -> str | None:
+    """The init script of the package that ships ``exe``; an executable no package owns gets none."""
     package = db.owners([db.canonical(exe)]).get(db.canonical(exe)) if exe else None
-    return guess_init_script(exe, db.init_scripts(package) if package else [], init_d)
+    return guess_init_script(exe, db.init_scripts(package), init_d) if package else None

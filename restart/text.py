@@ -1,0 +1,22 @@
+"""Text that reaches a terminal or a log: anything a process chose (its name, its paths, its
+cgroup) may carry escape sequences, so it is escaped here, once, for every stage that prints."""
+
+from __future__ import annotations
+
+
+def clean(text: str) -> str:
+    """Undecodable bytes become ``\\xNN`` (they were kept as surrogates on the way in)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def printable(text: str) -> str:
+    """Safe for a terminal: control, format and separator characters are escaped."""
+    text = clean(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
