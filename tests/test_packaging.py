@@ -267,6 +267,38 @@ def test_autopkgtest(installed: Container) -> None:
     r = installed.exec(["sh", script], timeout=120)
     assert r.returncode == 0 and not r.stderr, f"rc={r.returncode}\n{r.stdout}\n{r.stderr}"
     assert "ok: rctl-autopkgtest-lib named" in r.stdout
+    assert "ok: policy-rc.d forbids restarts here, and the hook respected it" in r.stdout  # the host image's
+    installed.check(["mv", "/usr/sbin/policy-rc.d", "/usr/sbin/policy-rc.d.off"])
+    try:
+        r = installed.exec(["sh", script], timeout=120)
+    finally:
+        installed.check(["mv", "/usr/sbin/policy-rc.d.off", "/usr/sbin/policy-rc.d"])
+    assert r.returncode == 0 and not r.stderr, f"rc={r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert "ok: the hook restarted rctl-autopkgtest-demo.service" in r.stdout
+
+
+@pytest.mark.real
+def test_installed_hook_restarts_after_apt_upgrade(container_factory: Callable[..., Container], built: Built,
+                                                   demo_debs: dict[str, dict[str, Path]]) -> None:
+    """End to end: the built package's own hooks, a real apt upgrade, a real restart."""
+    c = container_factory("rctl-pkg-e2e", boot=True)
+    c.install_debs([built.deb])
+    c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])  # the host image's Docker-style "forbid everything"
+    names = ("rctl-libdemo1", "rctl-demod")
+    cfg = c.local_repo([demo_debs[v][n] for v in ("1.0", "2.0") for n in names])
+    env = {"APT_CONFIG": cfg, "DEBIAN_FRONTEND": "noninteractive"}
+    c.check(["apt-get", "-q", "update"], env=env)
+    c.check(["apt-get", "-q", "install", "-y", "rctl-demod=1.0", "rctl-libdemo1=1.0"], env=env)
+    c.systemctl("start", "rctl-demod.service")
+    c.wait_active("rctl-demod.service")
+    old = c.main_pid("rctl-demod.service")
+    r = c.exec(["apt-get", "-q", "-o", "Dpkg::Use-Pty=0", "install", "-y", "rctl-demod=2.0", "rctl-libdemo1=2.0"],
+               env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "restartctl:   rctl-demod.service: restarted" in r.stdout, r.stdout
+    assert r.stdout.count("restartctl: 1 unit used replaced files") == 1, r.stdout
+    assert c.main_pid("rctl-demod.service") not in (0, old)
+    assert c.exec(["restartctl", "status"]).returncode == 0
 
 
 @pytest.mark.real
