@@ -77,7 +77,9 @@ def _apply_rule(group: UnitGroup, rule: Rule, default: Action) -> Action:
                           rule.reason or "policy", rule=rule.source)
         return _with_rule(default, rule)
     if rule.action == "exec":
-        if group.kind in (SYSTEM, USER) and _can_restart(group):
+        # Only for system units: a user unit's name is the user's choice, and the command runs as
+        # root.  A name that looks like an option is never substituted either.
+        if group.kind == SYSTEM and _can_restart(group) and not (group.name or "-").startswith("-"):
             argv = tuple(a.replace("{unit}", group.name or "") for a in rule.argv)
             return Action(group, "exec", argv, rule.reason or "the administrator's command", rule=rule.source)
         return _with_rule(default, rule)

@@ -218,16 +218,34 @@ def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
     return out
 
 
-def check_file(path: Path) -> None:
-    """Refuse a policy file that anyone but root could have written."""
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise PolicyError(f"{path}: is a symlink; policy files must be regular files")
-    if not stat.S_ISREG(st.st_mode):
-        raise PolicyError(f"{path}: not a regular file")
+def _trusted(path: Path, st: os.stat_result) -> None:
     if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
         raise PolicyError(f"{path}: must be owned by root and writable only by root "
                           f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
+
+
+def read_trusted(path: Path) -> str:
+    """A policy file's text, refused if anyone but root could have written it or its directory.
+
+    Opened without following a symlink and judged by the descriptor actually opened, so
+    nothing can be swapped in between the check and the read.
+    """
+    _trusted(path.parent, os.stat(path.parent))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if os.path.islink(path):
+            raise PolicyError(f"{path}: is a symlink; policy files must be regular files") from e
+        raise PolicyError(f"{path}: {e.strerror}") from e
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise PolicyError(f"{path}: not a regular file")
+        _trusted(path, st)
+        try:
+            return f.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PolicyError(f"{path}: not UTF-8 ({e})") from e
 
 
 def files(etc: Path, data: Path) -> list[Path]:
@@ -245,11 +263,7 @@ def load(paths: Sequence[Path]) -> Policy:
     for path in paths:
         if not os.path.lexists(path):
             continue
-        check_file(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise PolicyError(f"{path}: {e}") from e
+        text = read_trusted(path)
         file_rules, file_settings = parse(text, str(path))
         rules.extend(file_rules)
         layers.append((str(path), file_settings))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,30 @@ def test_bad_policy_is_a_clear_error(text: str, message: str) -> None:
 def test_unit_group_key_is_total() -> None:
     g = UnitGroup(NONE, None, None, False, True, (1,), ("p",), ())
     assert g.key == (6, "", "None", 1)
+
+
+def test_exec_rules_apply_to_system_units_only_and_never_to_option_like_names() -> None:
+    policy = Policy(tuple(parse_rules('[[rule]]\nunit = "*"\nexec = ["/usr/local/sbin/bounce", "{unit}"]\n', "t")))
+    assert one(Unit(SYSTEM, "web.service"), policy)[:2] == ("exec", ("/usr/local/sbin/bounce", "web.service"))
+    # A user names her own units: her name must never reach a command root runs.
+    action, argv, _ = one(Unit(USER, "web.service", 1000), policy)
+    assert argv != ("/usr/local/sbin/bounce", "web.service") and action == "notify"
+    action, argv, _ = one(Unit(SYSTEM, "-rf.service"), policy)
+    assert argv == ("systemctl", "restart", "--", "-rf.service")  # the default, with "--"
+
+
+def test_policy_files_others_could_write_are_refused(tmp_path: Path) -> None:
+    good = tmp_path / "etc" / "restartctl"
+    good.mkdir(parents=True)
+    (good / "policy.toml").write_text('[settings]\nmode = "list"\n')
+    assert load([good / "policy.toml"]).settings.mode == "list"
+    os.chmod(good, 0o777)
+    with pytest.raises(PolicyError, match="writable only by root"):
+        load([good / "policy.toml"])
+    os.chmod(good, 0o755)
+    (good / "evil.toml").symlink_to(good / "policy.toml")
+    with pytest.raises(PolicyError, match="symlink"):
+        load([good / "evil.toml"])
+    os.chmod(good / "policy.toml", 0o666)
+    with pytest.raises(PolicyError, match="writable only by root"):
+        load([good / "policy.toml"])
