@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from restart import __version__, plan, policy, report, state, transaction
 from restart.roots import Roots
@@ -13,6 +14,8 @@ from restart.scan import find
 from restart.text import printable
 
 EXIT_OK, EXIT_STALE, EXIT_ERROR = 0, 1, 2
+APPLY_SCHEMA = "restartctl-apply/1"
+DEFAULT_TEXTFILE = Path("(default)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     listing = argparse.ArgumentParser(add_help=False, parents=[common])
     listing.add_argument("--all", action="store_true",
                          help="also list replaced files no package (in scope) owns; never acted on")
+    listing.add_argument("--format", choices=("text", "json", "nagios", "openmetrics"), default=None,
+                         help="output format (default text; --json is --format json)")
+    listing.add_argument("--textfile", type=Path, metavar="PATH", nargs="?", const=DEFAULT_TEXTFILE,
+                         help="with --format openmetrics, also write it atomically to PATH (default: "
+                              "node-exporter's textfile directory, when it exists)")
 
     parser = argparse.ArgumentParser(
         prog="restartctl",
@@ -47,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
                    description="List processes that use replaced package files, grouped by unit.")
     sub.add_parser("plan", parents=[listing], help="show what would be restarted (dry run)",
                    description="Show, per unit, the command that would fix it (dry run).")
+    check_parser = sub.add_parser(
+        "check", parents=[common], help="Nagios/Icinga plugin: OK, WARNING, CRITICAL or UNKNOWN (exit 0-3)",
+        description="One status line with performance data, for Nagios and Icinga. Thresholds are counts "
+                    "that raise the state (warn at >= N); 0 disables one.")
+    for what, warn in (("services", 1), ("sessions", 0)):
+        check_parser.add_argument(f"--{what}-warning", type=int, default=warn, metavar="N",
+                                  help=f"WARNING from N pending {what} (default {warn or 'off'})")
+        check_parser.add_argument(f"--{what}-critical", type=int, default=0, metavar="N",
+                                  help=f"CRITICAL from N pending {what} (default off)")
+    check_parser.add_argument("--reboot-critical", action="store_true",
+                              help="a needed reboot is CRITICAL (default WARNING)")
     apply_parser = sub.add_parser(
         "apply", parents=[common], help="restart what the policy allows, verified",
         description="Restart, one unit at a time and verified, what uses replaced files, as the policy "
@@ -115,19 +134,73 @@ def main(argv: list[str] | None = None) -> int:
             return _status(roots, args)
         if args.command == "policy":
             return _policy(roots, args)
+        if args.command == "check":
+            return _check(roots, args)
         return _scan_or_plan(roots, args)
     except (OSError, ValueError, policy.PolicyError) as e:
+        if args.command == "check" or getattr(args, "format", None) == "nagios":
+            from restart import formats
+            code, out = formats.nagios_unknown(str(e))
+            sys.stdout.write(out)
+            return code
         print(f"restartctl: {printable(str(e))}", file=sys.stderr)
         return EXIT_ERROR
 
 
+def _reboot_reasons(roots: Roots, actions: list[plan.Action]) -> tuple[list[Any], Any]:
+    from restart import reboot
+
+    kernel = reboot.kernel_status(roots.proc, roots.admindir, roots.root / "boot")
+    reasons = reboot.reasons(actions, kernel, admindir=roots.admindir)
+    return reasons + reboot.flagged(roots.run, known=reasons), kernel
+
+
+def _check(roots: Roots, args: argparse.Namespace) -> int:
+    """Nagios plugin: one line and perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+    import os
+
+    from restart import formats
+
+    findings = find(roots, only_packages=args.packages)
+    actions = plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
+    reasons, _ = _reboot_reasons(roots, actions)
+    code, out = formats.nagios(actions, reasons, is_root=os.geteuid() == 0, scan=findings.scan,
+                               services_warning=args.services_warning or None,
+                               services_critical=args.services_critical or None,
+                               sessions_warning=args.sessions_warning or None,
+                               sessions_critical=args.sessions_critical or None,
+                               reboot_status=formats.CRITICAL if args.reboot_critical else formats.WARNING)
+    sys.stdout.write(out)
+    return code
+
+
 def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
+    if args.format == "nagios":
+        args.services_warning, args.services_critical, args.sessions_warning, args.sessions_critical = 1, 0, 0, 0
+        args.reboot_critical = False
+        return _check(roots, args)
+    fmt = args.format or ("json" if args.json else "text")
     findings = find(roots, only_packages=args.packages, everything=args.all)
     actions = (plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
                if args.command == "plan" else None)
-    if args.json:
+    if fmt in ("json", "openmetrics"):
+        reasons, kernel = _reboot_reasons(roots, actions or [])
+    if fmt == "openmetrics":
+        from restart import formats, reboot
+
+        record = state.read_json(roots.state, state.PENDING)
+        current = record is not None and record.get("boot_id") == state.boot_id(roots.proc)
+        out = formats.openmetrics(actions, findings.groups, findings.scan, reasons, last_run=record,
+                                  current_boot=current, pending_since=reboot.unpacked_at(
+                                      roots.admindir, formats.service_packages(actions or [])))
+        if args.textfile is not None:
+            formats.write_textfile(out, None if args.textfile == DEFAULT_TEXTFILE else args.textfile)
+    elif fmt == "json":
+        from restart import formats
+
         out = report.to_json(findings.affected, findings.groups, findings.scan, actions=actions,
-                             show_unowned=args.all, packages=args.packages)
+                             show_unowned=args.all, packages=args.packages,
+                             reboot=formats.reboot_json(reasons, kernel))
     elif actions is not None:
         out = report.plan_text(findings.affected, actions, findings.scan, show_unowned=args.all)
     else:
@@ -150,7 +223,7 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
                     deadline=time.monotonic() + args.budget)
     if args.json:
         record = state.read_json(roots.state, state.PENDING) or {}
-        sys.stdout.write(json.dumps({"schema": report.SCHEMA, "applied": record.get("units", []),
+        sys.stdout.write(json.dumps({"schema": APPLY_SCHEMA, "applied": record.get("units", []),
                                      "pending": record.get("packages", [])}, indent=2) + "\n")
     return code
 

@@ -25,7 +25,7 @@ from typing import NamedTuple, TextIO
 
 from restart import execute, packages, plan, policy, report, state, transaction, units
 from restart.roots import Roots
-from restart.scan import find
+from restart.scan import Findings, find
 from restart.text import printable
 
 AFTER_UU_MAX_WAIT = 6 * 3600.0
@@ -326,7 +326,29 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
     state.save_pending(roots.state, state.boot_id(roots.proc), trigger=trigger, packages=still,
                        units=report.run_units(actions, outcomes))
+    publish(roots, [a for a in actions if id(a) not in done], findings, log)
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
+
+
+def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log) -> None:
+    """Tell the rest of the system: /run/reboot-required(.pkgs) when a reboot is the cure (what
+    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile."""
+    from restart import formats, reboot
+
+    try:
+        kernel = reboot.kernel_status(roots.proc, roots.admindir, roots.root / "boot")
+        found = reboot.reasons(left, kernel, admindir=roots.admindir)
+        if found:
+            written = reboot.write_reboot_required(roots.run, found)
+            if written.added or written.flag_created:
+                log.info("a reboot is needed: " + ", ".join(
+                    sorted({f"{r.kind} {r.package}" if r.package else r.kind for r in found})))
+        record = state.read_json(roots.state, state.PENDING)
+        text = formats.openmetrics(left, findings.groups, findings.scan, found + reboot.flagged(roots.run, known=found),
+                                   last_run=record, current_boot=True)
+        formats.write_textfile(text)
+    except OSError as e:
+        log.error(f"could not publish the reboot flag or the metrics: {e}")
 
 
 def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float) -> None:

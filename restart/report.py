@@ -71,7 +71,8 @@ def action_json(a: Action) -> dict[str, Any]:
 
 
 def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult, *,
-            actions: list[Action] | None, show_unowned: bool, packages: list[str] | None) -> str:
+            actions: list[Action] | None, show_unowned: bool, packages: list[str] | None,
+            reboot: dict[str, Any] | None = None) -> str:
     import json  # only JSON runs pay for the import
     doc: dict[str, Any] = {
         "schema": SCHEMA,
@@ -85,6 +86,8 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
         doc["unowned"] = [_process_json(a, unowned=True) for a in affected if a.unowned]
     if actions is not None:
         doc["actions"] = [action_json(a) for a in actions]
+    if reboot is not None:
+        doc["reboot"] = reboot
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
 
 

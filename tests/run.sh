@@ -34,6 +34,16 @@ for p in "${container_debs[@]}"; do
     fi
 done
 
+# promtool, to validate the metrics and alert rules: taken from Debian's prometheus package,
+# unpacked, never installed (installing it would start a Prometheus server on systemd hosts).
+if [ ! -x tests/.cache/promtool/usr/bin/promtool ]; then
+    if ! ls tests/.cache/debs/prometheus_*.deb >/dev/null 2>&1; then
+        [ -n "${updated:-}" ] || { apt-get update -q; updated=1; }
+        (cd tests/.cache/debs && apt-get download -q prometheus)
+    fi
+    dpkg-deb -x "$(ls tests/.cache/debs/prometheus_*.deb | tail -n 1)" tests/.cache/promtool
+fi
+
 # Test-only Python tools in a venv that still sees Debian's apt_pkg.
 if ! cmp -s tests/requirements.txt .venv/requirements.installed; then
     /usr/bin/python3 -m venv --system-site-packages .venv

@@ -151,3 +151,20 @@ def test_python_dash_m_entry_point_runs_from_a_checkout() -> None:
                          capture_output=True, text=True, check=True)
     assert out.stdout.startswith("restartctl ")
     assert sys.version_info >= (3, 11) and os.path.exists("/usr/bin/python3")
+
+
+def test_machine_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = Host(tmp_path, systemd=True)
+    host.add(100, cgroup="0::/system.slice/demod.service\n")
+    code, out = host.run(capsys, "check")
+    assert (code, out.split(" | ")[0]) == (1, "RESTARTCTL WARNING - 1 service needs a restart (demod.service)")
+    code, out = host.run(capsys, "plan", "--format", "nagios")
+    assert code == 1 and out.startswith("RESTARTCTL WARNING")
+    code, out = host.run(capsys, "scan", "--format", "openmetrics", "--textfile", str(tmp_path / "m.prom"))
+    assert code == 1 and out.endswith("# EOF\n")
+    assert 'restartctl_pending_units{scope="system"} 1' in out
+    assert (tmp_path / "m.prom").read_text() == out
+    code, out = host.run(capsys, "plan", "--json")
+    assert json.loads(out)["reboot"]["required"] is False
+    code, out = host.run(capsys, "check", "--data", str(tmp_path / "nowhere"))
+    assert code == 3 and out.startswith("RESTARTCTL UNKNOWN - ")

@@ -133,3 +133,17 @@ def test_journal_records_what_apt_and_dpkg_did(host: tuple[Container, str]) -> N
     # The file list of the package apt removed was kept before dpkg deleted it.
     kept = c.read_file("/run/restartctl/lists/rctl-oldlib1.list").decode()
     assert "/librctlold.so.1" in kept
+
+
+def test_reboot_policy_flags_the_host_for_automatic_reboot(host: tuple[Container, str]) -> None:
+    c, cfg = host
+    c.write_file("/etc/restartctl/policy.toml", LIST_ONLY + '\n[[rule]]\npackage = "rctl-libdemo1"\n'
+                                                            'action = "reboot"\nreason = "test: core library"\n')
+    r = apt(c, cfg, "install", "rctl-demod=2.0", "rctl-libdemo1=2.0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rctl-demod.service: reboot: test: core library" in r.stdout, r.stdout
+    assert c.read_file("/run/reboot-required") == b"*** System restart required ***\n"
+    # Every package whose replaced files the unit uses (its own executable's, and the library's).
+    assert sorted(c.read_file("/run/reboot-required.pkgs").decode().splitlines()) == ["rctl-demod", "rctl-libdemo1"]
+    apt(c, cfg, "install", "--reinstall", "rctl-libdemo1=2.0")  # another run: appended once, never twice
+    assert sorted(c.read_file("/run/reboot-required.pkgs").decode().splitlines()) == ["rctl-demod", "rctl-libdemo1"]

@@ -1,0 +1,297 @@
+"""Machine formats for monitoring: a Nagios/Icinga plugin line and OpenMetrics text.
+
+Both are views over what a run already has (findings, the plan, reboot reasons, the state
+record); neither detects anything.  What counts, in both:
+
+services
+    pending units root must see to: system units, PID 1, user managers, containers, unmanaged
+    processes; every action except ``ignore`` and ``reboot`` (a unit the policy reboots for is
+    counted once, as a reboot reason).
+sessions
+    login sessions and user units: left to their users, never alarming by default.
+reboot
+    1 when any :class:`restart.reboot.RebootReason` exists.
+
+Nagios defaults: any pending service is WARNING; a needed reboot is WARNING too (a reboot after
+a kernel update is routine and often waits for a maintenance window; paging CRITICAL for it
+teaches people to ignore the check); sessions never alarm.  Every threshold is a parameter.
+
+OpenMetrics text is written so that the Prometheus text format parser (node-exporter's textfile
+collector, ``promtool check metrics``) reads it too: gauges only, no sample timestamps.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from restart.plan import Action
+from restart.policy import ACTIONS
+from restart.processes import ScanResult
+from restart.reboot import KernelStatus, RebootReason, required_since
+from restart.text import clean, printable
+from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, USER_MANAGER, UnitGroup
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+STATUS_NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+
+SERVICE_KINDS = (SYSTEM, INIT, USER_MANAGER, CONTAINER, NONE)
+SESSION_KINDS = (SESSION, USER)
+SCOPES = (SYSTEM, USER, SESSION, INIT, USER_MANAGER, CONTAINER, NONE)
+NOT_PENDING = ("ignore", "reboot")
+RESULTS = ("done", "failed", "skipped")
+
+TEXTFILE_DIR = Path("/var/lib/prometheus/node-exporter")
+TEXTFILE_NAME = "restartctl.prom"
+
+_SHOWN_UNITS = 5
+
+
+def pending(actions: Sequence[Action]) -> list[Action]:
+    """Actions that leave something for someone to do."""
+    return [a for a in actions if a.action not in NOT_PENDING]
+
+
+def service_packages(actions: Sequence[Action]) -> set[str]:
+    """The packages pending services still use (for ``reboot.unpacked_at``: how long they have waited)."""
+    return {p for a in pending(actions) if a.group.kind in SERVICE_KINDS for p in a.group.packages}
+
+
+def _label(g: UnitGroup) -> str:
+    return printable(g.name) if g.name else f"pid {','.join(str(p) for p in g.pids)}"
+
+
+# ---- Nagios / Icinga ----------------------------------------------------------------------
+
+def _plugin_text(text: str) -> str:
+    """Plugin output: one line per call, and '|' would start perfdata."""
+    return printable(text).replace("|", "/")
+
+
+def _level(count: int, warning: int | None, critical: int | None) -> int:
+    if critical is not None and count >= critical:
+        return CRITICAL
+    if warning is not None and count >= warning:
+        return WARNING
+    return OK
+
+
+def _range(at_least: int | None) -> str:
+    """Nagios perfdata thresholds alert *outside* 0..N, so "alert at >= K" is written K-1."""
+    return "" if at_least is None else str(max(at_least - 1, 0))
+
+
+def _names(actions: Sequence[Action]) -> str:
+    names = [_label(a.group) for a in actions[:_SHOWN_UNITS]]
+    more = len(actions) - len(names)
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "")
+
+
+def nagios_unknown(reason: str) -> tuple[int, str]:
+    """For a run that could not look (not root, a broken policy, an error): UNKNOWN and why."""
+    return UNKNOWN, f"RESTARTCTL UNKNOWN - {_plugin_text(reason)}\n"
+
+
+def nagios(actions: Sequence[Action], reasons: Sequence[RebootReason], *, is_root: bool,
+           scan: ScanResult | None = None,
+           services_warning: int | None = 1, services_critical: int | None = None,
+           sessions_warning: int | None = None, sessions_critical: int | None = None,
+           reboot_status: int = WARNING) -> tuple[int, str]:
+    """The plugin result: (exit code, output).  The first line is status and perfdata; later lines
+    (Nagios "long output") name each pending unit and reboot reason.
+
+    Thresholds are counts that trigger the state ("warn at >= 1"); None disables one.  As non-root
+    the scan cannot see other users' processes, so the answer is UNKNOWN rather than a false OK.
+    """
+    if not is_root:
+        return nagios_unknown("must run as root: other users' processes cannot be read, a scan would miss them")
+    todo = pending(actions)
+    services = [a for a in todo if a.group.kind in SERVICE_KINDS]
+    sessions = [a for a in todo if a.group.kind in SESSION_KINDS]
+    reboot = 1 if reasons else 0
+    code = max(_level(len(services), services_warning, services_critical),
+               _level(len(sessions), sessions_warning, sessions_critical),
+               reboot_status if reboot else OK)
+    parts = []
+    if services:
+        parts.append(f"{len(services)} service{'s' if len(services) != 1 else ''} "
+                     f"need{'s' if len(services) == 1 else ''} a restart ({_names(services)})")
+    if sessions:
+        parts.append(f"{len(sessions)} session{'s' if len(sessions) != 1 else ''} or user "
+                     f"unit{'s' if len(sessions) != 1 else ''} left to their users")
+    if reboot:
+        why = sorted({f"{r.kind} {r.package}" if r.package else r.kind for r in reasons})
+        parts.append(f"reboot required ({', '.join(why)})")
+    if scan is not None and scan.denied:
+        parts.append(f"{scan.denied} processes could not be read")
+    summary = "; ".join(parts) if parts else "no process uses replaced package files"
+    procs = sum(len(a.group.pids) for a in actions)
+    perf = (f"services={len(services)};{_range(services_warning)};{_range(services_critical)};0 "
+            f"sessions={len(sessions)};{_range(sessions_warning)};{_range(sessions_critical)};0 "
+            f"reboot={reboot};{'0' if reboot_status == WARNING else ''};{'0' if reboot_status == CRITICAL else ''};0;1 "
+            f"processes={procs};;;0")
+    lines = [f"RESTARTCTL {STATUS_NAMES[code]} - {_plugin_text(summary)} | {perf}"]
+    for a in todo:
+        lines.append(_plugin_text(f"{a.group.kind} {_label(a.group)}: {a.action}: {a.reason} "
+                                  f"[{', '.join(a.group.packages)}]"))
+    for r in reasons:
+        lines.append(_plugin_text(f"reboot: {r.kind}{' ' + r.package if r.package else ''}: {r.detail}"))
+    return code, "\n".join(lines) + "\n"
+
+
+# ---- OpenMetrics ----------------------------------------------------------------------------
+
+def escape_label(value: str) -> str:
+    """OpenMetrics (and Prometheus text) label value escaping; undecodable bytes as ``\\xNN`` first."""
+    return clean(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) or not float(value).is_integer() else str(int(value))
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, help_text: str, samples: Sequence[tuple[Mapping[str, str], float]], *,
+               unit: str | None = None) -> None:
+        self.lines.append(f"# TYPE {name} gauge")
+        if unit:
+            self.lines.append(f"# UNIT {name} {unit}")
+        self.lines.append(f"# HELP {name} {help_text}")
+        for labels, value in samples:
+            text = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
+            self.lines.append(f"{name}{{{text}}} {_number(value)}" if text else f"{name} {_number(value)}")
+
+
+def _restarts(last_run: Mapping[str, Any] | None, current_boot: bool) -> Counter[str]:
+    units = last_run.get("units", []) if last_run and current_boot else []
+    return Counter(str(u.get("status")) for u in units if isinstance(u, dict)) if isinstance(units, list) else Counter()
+
+
+def openmetrics(actions: Sequence[Action] | None, groups: Sequence[UnitGroup], scan: ScanResult,
+                reasons: Sequence[RebootReason], *, last_run: Mapping[str, Any] | None = None,
+                current_boot: bool = True, last_run_duration: float | None = None,
+                restarts_done: int | None = None, restarts_failed: int | None = None,
+                pending_since: float | None = None, now: float | None = None) -> str:
+    """The OpenMetrics text exposition, ending with ``# EOF``.
+
+    ``groups`` are the findings' unit groups (used when there is no plan); ``last_run`` is the state
+    record (``state.read_json(..., state.PENDING)``) and ``current_boot`` whether it is of this boot.
+    Restart counts default to the last run's record (0 when it is of an earlier boot).
+    ``pending_since`` (``reboot.unpacked_at(admindir, service_packages(actions))``) says how long
+    pending services have waited; alert rules survive a Prometheus restart with it.
+    """
+    w = _Writer()
+    considered = pending(actions) if actions is not None else None
+    kinds = Counter(a.group.kind for a in considered) if considered is not None else Counter(g.kind for g in groups)
+    w.family("restartctl_pending_units", "Units (or sessions, containers, lone processes) still using replaced "
+             "package files, by scope; ignored units and units the policy reboots for are not counted.",
+             [({"scope": s}, kinds[s]) for s in SCOPES])
+    services = sum(kinds[k] for k in SERVICE_KINDS)
+    if services and pending_since is not None:
+        w.family("restartctl_pending_since_timestamp_seconds", "When the packages pending services still use "
+                 "were unpacked, the earliest (Unix time).", [({}, pending_since)], unit="seconds")
+    if actions is not None:
+        counts = Counter(a.action for a in actions)
+        w.family("restartctl_planned_actions", "Units by the action the plan gives them.",
+                 [({"action": name}, counts[name]) for name in ACTIONS])
+    w.family("restartctl_stale_processes", "Processes using replaced package files.",
+             [({}, sum(len(g.pids) for g in groups))])
+    w.family("restartctl_scanned_processes", "Processes the scan looked at.", [({}, scan.scanned)])
+    w.family("restartctl_unreadable_processes", "Processes the scan could not read, by why.",
+             [({"why": "denied"}, scan.denied), ({"why": "vanished"}, scan.vanished),
+              ({"why": "error"}, scan.errors)])
+    w.family("restartctl_reboot_required", "1 when the host needs a reboot (see restartctl_reboot_reason).",
+             [({}, 1 if reasons else 0)])
+    seen = dict.fromkeys((r.kind, r.package or "") for r in reasons)
+    w.family("restartctl_reboot_reason", "One series per reason a reboot is needed, with the package responsible.",
+             [({"kind": kind, "package": package}, 1) for kind, package in seen])
+    since = required_since(reasons)
+    if reasons and since is not None:
+        w.family("restartctl_reboot_required_since_timestamp_seconds",
+                 "When the earliest reason for a reboot appeared (Unix time).", [({}, since)], unit="seconds")
+    if last_run is not None and isinstance(last_run.get("time"), int | float):
+        w.family("restartctl_last_run_timestamp_seconds", "When restartctl last acted or reported (Unix time).",
+                 [({}, last_run["time"])], unit="seconds")
+    duration = last_run_duration if last_run_duration is not None else (last_run or {}).get("duration")
+    if isinstance(duration, int | float):
+        w.family("restartctl_last_run_duration_seconds", "How long the last run took.", [({}, duration)],
+                 unit="seconds")
+    statuses = _restarts(last_run, current_boot)
+    done = statuses["done"] if restarts_done is None else restarts_done
+    failed = statuses["failed"] if restarts_failed is None else restarts_failed
+    counts_by = {**statuses, "done": done, "failed": failed}
+    w.family("restartctl_last_run_restarts", "Restarts in the last run of this boot, by result.",
+             [({"result": result}, counts_by.get(result, 0)) for result in RESULTS])
+    w.family("restartctl_report_timestamp_seconds", "When this report was made (Unix time).",
+             [({}, round(time.time() if now is None else now, 3))], unit="seconds")
+    return "\n".join([*w.lines, "# EOF"]) + "\n"
+
+
+def default_textfile(directory: Path = TEXTFILE_DIR) -> Path | None:
+    """Where node-exporter's textfile collector looks, when its directory exists on this host."""
+    return directory / TEXTFILE_NAME if directory.is_dir() else None
+
+
+def write_textfile(text: str, path: Path | None = None) -> Path | None:
+    """Replace ``path`` (default: :func:`default_textfile`) atomically, mode 0644.
+
+    A temporary file in the same directory (a name the collector ignores: it reads ``*.prom``),
+    fsynced, then renamed over the target: a scrape sees the old file or the new one, never part.
+    Everything happens relative to the directory opened once without following a symlink, which must
+    be root's and writable by nobody else (``/var/lib/prometheus`` belongs to the prometheus user, who
+    could otherwise swap ``node-exporter`` for a link); the rename replaces a symlink at the target
+    rather than following it.  Returns None when there is no default directory.
+    """
+    if path is None:
+        path = default_textfile(TEXTFILE_DIR)
+        if path is None:
+            return None
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(dfd)
+        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+            raise PermissionError(errno.EPERM, "not a directory only root can write to", str(path.parent))
+        tmp = f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+        try:
+            os.fchmod(fd, 0o644)
+            data = text.encode("utf-8")
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            os.unlink(tmp, dir_fd=dfd)
+            raise
+    finally:
+        os.close(dfd)
+    return path
+
+
+# ---- JSON -----------------------------------------------------------------------------------
+
+def reboot_json(reasons: Sequence[RebootReason], kernel: KernelStatus | None = None) -> dict[str, Any]:
+    """The ``reboot`` member proposed for the restartctl/1 document (an addition within /1)."""
+    doc: dict[str, Any] = {
+        "required": bool(reasons),
+        "reasons": [{"kind": r.kind, "package": r.package, "detail": clean(r.detail), "since": r.since}
+                    for r in reasons],
+    }
+    if kernel is not None:
+        doc["kernel"] = {"state": kernel.state, "running": clean(kernel.running),
+                         "running_build": kernel.running_build, "installed_build": kernel.installed_build,
+                         "newest": kernel.newest, "newest_version": kernel.newest_version,
+                         "detail": clean(kernel.detail)}
+    return doc

@@ -1,0 +1,438 @@
+"""Reboot detection: the kernel, plan actions only a reboot resolves, and Debian's reboot files.
+
+No subprocess: the running kernel comes from ``/proc``, the installed ones from the dpkg
+status file and ``/boot``, versions are ordered by python-apt's ``apt_pkg.version_compare``
+(imported lazily; without python3-apt the kernel state is ``unknown``, never a guess).
+
+Reasons are structured (:class:`RebootReason`) so every output format can show *why*:
+
+``kernel``
+    a newer kernel of the running flavour is installed, or the running release was rebuilt
+    (same ``uname -r``, newer package version: Debian's ABI-compatible updates).
+``policy``
+    a policy rule says ``action = "reboot"`` for a unit.
+``init``
+    PID 1 uses replaced files and the policy deferred its re-execution.
+``service``
+    a deferred unit that cannot be restarted safely at all, only by a reboot (the system bus:
+    :data:`REBOOT_UNITS`); the vendor policy says "reboot instead" for it.
+``library``
+    any other deferred system-level unit that uses a core library (:data:`CORE_PACKAGES`, libc6):
+    the admin declined restarting it, and the library it still maps is everywhere.
+``flag``
+    ``/run/reboot-required`` exists, written by someone else (a package's maintainer script).
+
+Everything else a plan defers (display managers, networking, gettys) is a decision for a
+person, not a reboot: it stays a pending unit.  Notify actions (sessions, user units) never are.
+
+``/run/reboot-required`` and ``.pkgs`` (Debian Policy 9.12) are shared with other tools:
+restartctl only ever creates the flag and appends missing package names, never truncates,
+rewrites or deletes, and never follows a symlink.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import NamedTuple
+
+from restart.plan import Action
+from restart.units import CONTAINER, INIT, NONE, SYSTEM, USER_MANAGER
+
+KERNEL, POLICY, INIT_REASON, SERVICE, LIBRARY, FLAG = "kernel", "policy", "init", "service", "library", "flag"
+REASON_KINDS = (KERNEL, POLICY, INIT_REASON, SERVICE, LIBRARY, FLAG)
+
+# Kernel states.
+CURRENT, NEWER, REBUILT, UNKNOWN = "current", "newer-installed", "rebuilt", "unknown"
+
+REBOOT_UNITS = ("dbus.service", "dbus-broker.service")
+CORE_PACKAGES = ("libc6", "libc6:*")
+
+FLAG_FILE = "reboot-required"
+PKGS_FILE = "reboot-required.pkgs"
+FLAG_TEXT = "*** System restart required ***\n"
+
+_PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+_ABI_RE = re.compile(r"\d+\.\d+(?:\.\d+)?-\d+-(?P<flavour>[a-z0-9][a-z0-9-]*)")
+_BUILD_RE = re.compile(r"\) #\d+\S* (?P<rest>.*)$")
+_DEBIAN_RE = re.compile(r"\bDebian (?P<version>[0-9][^\s()]*)")
+_INSTALLED_STATES = frozenset({"installed", "triggers-pending", "triggers-awaited"})
+
+
+class RebootReason(NamedTuple):
+    kind: str              # kernel | policy | init | service | library | flag
+    package: str | None    # the package responsible (None: unknown, e.g. a kernel only in /boot)
+    detail: str            # one sentence for people
+    since: float | None = None  # when it became necessary (Unix time), if known
+
+
+class KernelStatus(NamedTuple):
+    state: str                    # current | newer-installed | rebuilt | unknown
+    running: str                  # uname -r ("" if unreadable)
+    running_build: str | None     # the package version the running kernel was built as (/proc/version)
+    installed_build: str | None   # the installed version of linux-image-<running>
+    newest: str | None            # the newest installed release of the running flavour
+    newest_version: str | None    # its package version (None for a kernel only in /boot)
+    package: str | None           # the package a reboot would activate, if one is needed
+    since: float | None           # when that kernel was installed
+    detail: str
+
+    @property
+    def reboot_needed(self) -> bool:
+        return self.state in (NEWER, REBUILT)
+
+
+class _Kernel(NamedTuple):
+    release: str
+    version: str | None
+    package: str | None
+    since: float | None
+
+
+# ---- kernel -------------------------------------------------------------------------------
+
+def _version_compare() -> Callable[[str, str], int] | None:
+    """python-apt's dpkg ordering, initialised once; None when python3-apt is missing."""
+    try:
+        import apt_pkg
+    except ImportError:
+        return None
+    try:
+        apt_pkg.version_compare("0", "0")
+    except ValueError:  # "_system not initialized"
+        apt_pkg.init_config()
+        apt_pkg.init_system()
+    compare: Callable[[str, str], int] = apt_pkg.version_compare
+    return compare
+
+
+def running_build(version_text: str) -> str | None:
+    """The Debian package version in ``/proc/version`` (``... #1 SMP PREEMPT_DYNAMIC Debian 6.1.112-1 (...)``).
+
+    Only text after the build number counts: the compiler's ``(Debian 12.2.0-14)`` comes before it.
+    """
+    m = _BUILD_RE.search(version_text.strip())
+    found = _DEBIAN_RE.search(m["rest"]) if m else None
+    return found["version"] if found else None
+
+
+def flavour(release: str) -> str | None:
+    """``6.1.0-26-cloud-amd64`` -> ``cloud-amd64``; None for a release without Debian's ABI form."""
+    m = _ABI_RE.fullmatch(release)
+    return m["flavour"] if m else None
+
+
+def _list_mtime(admindir: Path, package: str) -> float | None:
+    """When dpkg last unpacked ``package``: the mtime of its file list (rewritten at every unpack)."""
+    name, _, arch = package.partition(":")
+    candidates = [f"{name}:{arch}.list", f"{name}.list"] if arch else [f"{name}.list"]
+    for entry in candidates:
+        try:
+            return os.stat(admindir / "info" / entry).st_mtime
+        except OSError:
+            continue
+    if not arch:
+        try:
+            for found in sorted((admindir / "info").glob(f"{name}:*.list")):
+                return found.stat().st_mtime
+        except OSError:
+            return None
+    return None
+
+
+def _installed_kernels(admindir: Path) -> dict[str, _Kernel]:
+    """release -> kernel, for every installed ``linux-image-<release>[-unsigned]`` package."""
+    import apt_pkg
+
+    found: dict[str, _Kernel] = {}
+    with apt_pkg.TagFile(str(admindir / "status")) as tags:
+        for section in tags:
+            name = section.get("Package") or ""
+            if not name.startswith("linux-image-") or name.endswith("-dbg"):
+                continue
+            release = name.removeprefix("linux-image-").removesuffix("-unsigned")
+            status = (section.get("Status") or "").split()
+            if not release[:1].isdigit() or len(status) != 3 or status[2] not in _INSTALLED_STATES:
+                continue
+            version = section.get("Version") or None
+            if release not in found or not name.endswith("-unsigned"):  # the signed image wins
+                found[release] = _Kernel(release, version, name, _list_mtime(admindir, name))
+    return found
+
+
+def _boot_kernels(boot: Path) -> dict[str, _Kernel]:
+    """Kernels in /boot no package owns (locally built): releases only."""
+    found = {}
+    try:
+        entries = list(os.scandir(boot))
+    except OSError:
+        return {}
+    for entry in entries:
+        if entry.name.startswith("vmlinuz-") and entry.is_file(follow_symlinks=False):
+            release = entry.name.removeprefix("vmlinuz-")
+            found[release] = _Kernel(release, None, None, entry.stat(follow_symlinks=False).st_mtime)
+    return found
+
+
+def kernel_status(proc: Path = Path("/proc"), admindir: Path = Path("/var/lib/dpkg"),
+                  boot: Path = Path("/boot")) -> KernelStatus:
+    """Is a reboot needed for the kernel?  Compares the running kernel with the installed ones.
+
+    The newest kernel is looked for among those of the running flavour (``amd64``, ``cloud-amd64``,
+    ``rt-amd64``; all kernels when none shares it), ordered by package version when every candidate
+    has one, else by release.  A kernel that grub would not pick by default is not a reason.
+    """
+    try:
+        running = (proc / "sys" / "kernel" / "osrelease").read_text(encoding="utf-8", errors="replace").strip()
+        version_text = (proc / "version").read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        return KernelStatus(UNKNOWN, "", None, None, None, None, None, None,
+                            f"cannot read the running kernel's release: {e.strerror}")
+    build = running_build(version_text)
+    compare = _version_compare()
+    if compare is None:
+        return KernelStatus(UNKNOWN, running, build, None, None, None, None, None,
+                            "python3-apt is not installed: kernel versions cannot be compared")
+    try:
+        packaged = _installed_kernels(admindir)
+    except (OSError, SystemError) as e:  # apt_pkg reports an unreadable status file as SystemError
+        return KernelStatus(UNKNOWN, running, build, None, None, None, None, None,
+                            f"cannot read the dpkg status file: {e}")
+    kernels = {**_boot_kernels(boot), **packaged}
+    own = packaged.get(running)
+    installed_build = own.version if own else None
+    if not kernels:
+        return KernelStatus(UNKNOWN, running, build, None, None, None, None, None,
+                            f"no installed kernel image package (linux-image-*) or /boot/vmlinuz-*: "
+                            f"the running kernel {running} is not managed by this system's dpkg")
+    same = [k for k in kernels.values() if flavour(k.release) == flavour(running) and flavour(running)]
+    candidates = same or list(kernels.values())
+    me = _Kernel(running, build or installed_build, own.package if own else None, None)
+
+    def order(a: _Kernel, b: _Kernel) -> int:
+        if a.version and b.version:
+            by_version = compare(a.version, b.version)
+            if by_version:
+                return by_version
+        return compare(a.release, b.release)
+
+    newest = candidates[0]
+    for k in candidates[1:]:
+        if order(k, newest) > 0:
+            newest = k
+    common = (running, build, installed_build, newest.release, newest.version)
+    if newest.release != running and order(newest, me) > 0:
+        shown = f"{newest.release} ({newest.version})" if newest.version else newest.release
+        return KernelStatus(NEWER, *common, newest.package, newest.since,
+                            f"running {running}, a newer kernel is installed: {shown}")
+    if own and build and installed_build and compare(installed_build, build) > 0:
+        return KernelStatus(REBUILT, *common, own.package, own.since,
+                            f"running {running} built as {build}; {own.package} {installed_build} is "
+                            f"installed (same ABI, rebuilt)")
+    if own is None:
+        return KernelStatus(CURRENT, *common, None, None,
+                            f"running {running}, whose package is not installed; no newer kernel is")
+    if build is None:
+        return KernelStatus(CURRENT, *common, None, None,
+                            f"running {running}, the newest installed; /proc/version names no Debian "
+                            f"build, so an ABI-compatible rebuild cannot be recognised")
+    return KernelStatus(CURRENT, *common, None, None, f"running {running} ({build}), the newest installed")
+
+
+# ---- reasons ------------------------------------------------------------------------------
+
+def _label(action: Action) -> str:
+    g = action.group
+    return g.name if g.name else f"pid {', '.join(str(p) for p in g.pids)}"
+
+
+def _matches(name: str, globs: Iterable[str]) -> bool:
+    return any(fnmatchcase(name, g) for g in globs)
+
+
+def reasons(actions: Iterable[Action], kernel: KernelStatus | None = None, *, admindir: Path | None = None,
+            reboot_units: Sequence[str] = REBOOT_UNITS,
+            core_packages: Sequence[str] = CORE_PACKAGES) -> list[RebootReason]:
+    """Why this host needs a reboot, from the kernel status and the plan; one reason per (kind, package).
+
+    Plan actions that count: ``reboot`` (policy); a deferred PID 1 (init); a deferred unit of
+    ``reboot_units`` (service); a deferred system-level unit using a ``core_packages`` library
+    (library).  ``admindir`` gives each package's unpack time as ``since``.
+    """
+    found: dict[tuple[str, str | None], list[str]] = {}
+    for a in actions:
+        g = a.group
+        picked: tuple[str, Iterable[str]] | None = None
+        if a.action == "reboot":
+            picked = (POLICY, g.packages)
+        elif a.action == "defer" and g.kind == INIT:
+            picked = (INIT_REASON, g.packages)
+        elif a.action == "defer" and g.kind == SYSTEM and g.name and _matches(g.name, reboot_units):
+            picked = (SERVICE, g.packages)
+        elif a.action == "defer" and g.kind in (SYSTEM, USER_MANAGER, CONTAINER, NONE):
+            core = [p for p in g.packages if _matches(p, core_packages)]
+            picked = (LIBRARY, core) if core else None
+        if picked is None:
+            continue
+        kind, packages = picked
+        for package in packages:
+            entry = found.setdefault((kind, package), [])
+            text = f"{_label(a)}: {a.reason}"
+            if text not in entry:
+                entry.append(text)
+    out = []
+    if kernel is not None and kernel.reboot_needed:
+        out.append(RebootReason(KERNEL, kernel.package, kernel.detail, kernel.since))
+    for (why, owner), texts in found.items():
+        since = _list_mtime(admindir, owner) if admindir is not None and owner else None
+        out.append(RebootReason(why, owner, "; ".join(texts), since))
+    return out
+
+
+def flagged(run_dir: Path, *, known: Iterable[RebootReason] = ()) -> list[RebootReason]:
+    """Reboots others asked for in ``/run/reboot-required(.pkgs)``, minus packages ``known`` covers.
+
+    A flag without a package list (or listing only known packages) still counts, as one reason
+    with ``package=None``, unless ``known`` is not empty.
+    """
+    try:
+        since = os.lstat(run_dir / FLAG_FILE).st_mtime
+    except OSError:
+        return []
+    covered = {bare(r.package) for r in known if r.package}
+    listed = [p for p in _read_lines(run_dir / PKGS_FILE) if _PACKAGE_RE.fullmatch(p)]
+    new = [p for p in dict.fromkeys(listed) if p not in covered]
+    out = [RebootReason(FLAG, p, f"{run_dir / PKGS_FILE} lists {p}", since) for p in new]
+    if not out and not listed and not covered:
+        out.append(RebootReason(FLAG, None, f"{run_dir / FLAG_FILE} exists", since))
+    return out
+
+
+def unpacked_at(admindir: Path, packages: Iterable[str]) -> float | None:
+    """When the earliest of ``packages`` was unpacked: when whatever still uses them became stale."""
+    times = [t for p in set(packages) if (t := _list_mtime(admindir, p)) is not None]
+    return min(times) if times else None
+
+
+def required_since(found: Iterable[RebootReason]) -> float | None:
+    """The earliest known time a reboot became necessary."""
+    times = [r.since for r in found if r.since is not None]
+    return min(times) if times else None
+
+
+def bare(package: str) -> str:
+    """``libc6:amd64`` -> ``libc6``: the form maintainer scripts write (``DPKG_MAINTSCRIPT_PACKAGE``)."""
+    return package.partition(":")[0]
+
+
+# ---- /run/reboot-required -----------------------------------------------------------------
+
+class Written(NamedTuple):
+    flag_created: bool          # /run/reboot-required did not exist and now does
+    added: tuple[str, ...]      # package names appended to /run/reboot-required.pkgs
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return []
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        return [line.strip() for line in _read_all(fd).splitlines() if line.strip()]
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> str:
+    chunks, offset = [], 0
+    while chunk := os.pread(fd, 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks).decode("utf-8", "surrogateescape")
+
+
+def _open_dir(run_dir: Path) -> int:
+    """The directory, opened once without following a symlink; it must be root's alone."""
+    dfd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(dfd)
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        os.close(dfd)
+        raise PermissionError(errno.EPERM, "not a directory only root can write to", str(run_dir))
+    return dfd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _create_flag(dfd: int) -> bool:
+    """Create the flag with its text in one step (a link of a complete file); never touch an existing one."""
+    try:
+        os.stat(FLAG_FILE, dir_fd=dfd, follow_symlinks=False)
+        return False
+    except FileNotFoundError:
+        pass
+    tmp = f".{FLAG_FILE}.{os.getpid()}.{os.urandom(4).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+    try:
+        os.fchmod(fd, 0o644)
+        _write_all(fd, FLAG_TEXT.encode())
+        os.close(fd)
+        fd = -1
+        try:
+            os.link(tmp, FLAG_FILE, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(tmp, dir_fd=dfd)
+
+
+def _append_packages(dfd: int, names: list[str]) -> tuple[str, ...]:
+    """Append the names not yet listed, under an exclusive lock, in one write(2) of whole lines."""
+    fd = os.open(PKGS_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                 0o644, dir_fd=dfd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", PKGS_FILE)
+        os.set_blocking(fd, True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        text = _read_all(fd)
+        present = {line.strip() for line in text.splitlines()}
+        missing = tuple(n for n in dict.fromkeys(names) if n not in present)
+        if missing:
+            lead = "\n" if text and not text.endswith("\n") else ""
+            _write_all(fd, (lead + "".join(f"{n}\n" for n in missing)).encode())
+        return missing
+    finally:
+        os.close(fd)
+
+
+def write_reboot_required(run_dir: Path, found: Iterable[RebootReason]) -> Written:
+    """Debian Policy 9.12: flag the reboot and name the packages that need it.
+
+    The package list is written first, so whoever sees the flag sees the packages.  Names are
+    written without architecture, as maintainer scripts do.  Nothing happens without reasons.
+    Raises OSError when ``run_dir`` or the files are not safely root's (a symlink, a FIFO).
+    """
+    found = list(found)
+    if not found:
+        return Written(False, ())
+    names = [bare(r.package) for r in found if r.package and _PACKAGE_RE.fullmatch(bare(r.package))]
+    dfd = _open_dir(run_dir)
+    try:
+        added = _append_packages(dfd, names) if names else ()
+        return Written(_create_flag(dfd), added)
+    finally:
+        os.close(dfd)

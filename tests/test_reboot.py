@@ -1,0 +1,469 @@
+"""Reboot detection: kernel status over fixture and real dpkg databases, reasons from real plans,
+and /run/reboot-required(.pkgs) written the way Debian Policy 9.12 and concurrent readers need."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from restart import reboot
+from restart.plan import Action, make_plan
+from restart.policy import load
+from restart.processes import ProcessInfo, StaleFile
+from restart.reboot import RebootReason, kernel_status, reasons, write_reboot_required
+from restart.units import INIT, SESSION, SYSTEM, Affected, OwnedFile, Unit, UnitGroup, group
+from tests.support.container import Container
+from tests.support.debs import build_deb
+
+REPO = Path(__file__).resolve().parent.parent
+VENDOR = REPO / "data" / "policy.toml"
+DEBIAN_VERSION = ("Linux version {rel} (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0-14) 12.2.0, "
+                  "GNU ld (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC Debian {build} (2024-09-30)\n")
+
+
+# ---------------------------------------------------------------- fixture hosts
+
+class KernelHost:
+    """A fixture /proc (running kernel), dpkg admindir (status + info/*.list) and /boot."""
+
+    def __init__(self, base: Path, running: str, version_text: str) -> None:
+        self.proc, self.admin, self.boot = base / "proc", base / "admin", base / "boot"
+        (self.proc / "sys" / "kernel").mkdir(parents=True)
+        (self.proc / "sys" / "kernel" / "osrelease").write_text(running + "\n")
+        (self.proc / "version").write_text(version_text)
+        (self.admin / "info").mkdir(parents=True)
+        self.boot.mkdir()
+        self.paragraphs: list[str] = [
+            "Package: base-files\nStatus: install ok installed\nVersion: 12.4+deb12u7\nArchitecture: amd64\n"]
+        self._write()
+
+    def _write(self) -> None:
+        (self.admin / "status").write_text("\n".join(self.paragraphs))
+
+    def package(self, name: str, version: str, *, status: str = "install ok installed",
+                installed_at: float = 1_700_000_000, boot: bool = True) -> None:
+        self.paragraphs.append(f"Package: {name}\nStatus: {status}\nPriority: optional\nSection: kernel\n"
+                               f"Architecture: amd64\nVersion: {version}\nDescription: Linux\n test\n")
+        self._write()
+        lst = self.admin / "info" / f"{name}.list"
+        lst.write_text("/.\n/boot\n")
+        os.utime(lst, (installed_at, installed_at))
+        release = name.removeprefix("linux-image-").removesuffix("-unsigned")
+        if boot and release[:1].isdigit() and not name.endswith("-dbg"):
+            (self.boot / f"vmlinuz-{release}").write_bytes(b"kernel")
+
+    def status(self) -> reboot.KernelStatus:
+        return kernel_status(self.proc, self.admin, self.boot)
+
+
+def debian_host(tmp_path: Path, running: str = "6.1.0-26-amd64", build: str = "6.1.112-1") -> KernelHost:
+    return KernelHost(tmp_path, running, DEBIAN_VERSION.format(rel=running, build=build))
+
+
+def test_running_the_newest_kernel(tmp_path: Path) -> None:
+    h = debian_host(tmp_path)
+    h.package("linux-image-6.1.0-26-amd64", "6.1.112-1")
+    h.package("linux-image-amd64", "6.1.112-1")          # the meta package is not a kernel
+    h.package("linux-image-6.1.0-25-amd64", "6.1.106-3")  # an older one still installed
+    s = h.status()
+    assert (s.state, s.running, s.running_build, s.installed_build) == (
+        "current", "6.1.0-26-amd64", "6.1.112-1", "6.1.112-1")
+    assert (s.newest, s.package, s.reboot_needed) == ("6.1.0-26-amd64", None, False)
+    assert reasons([], s) == []
+
+
+def test_a_newer_kernel_is_installed(tmp_path: Path) -> None:
+    h = debian_host(tmp_path)
+    h.package("linux-image-6.1.0-26-amd64", "6.1.112-1")
+    h.package("linux-image-6.1.0-27-amd64", "6.1.115-1", installed_at=1_730_000_000)
+    s = h.status()
+    assert (s.state, s.newest, s.newest_version, s.package, s.since) == (
+        "newer-installed", "6.1.0-27-amd64", "6.1.115-1", "linux-image-6.1.0-27-amd64", 1_730_000_000)
+    assert "6.1.0-27-amd64 (6.1.115-1)" in s.detail
+    assert reasons([], s) == [RebootReason("kernel", "linux-image-6.1.0-27-amd64", s.detail, 1_730_000_000)]
+
+
+@pytest.mark.parametrize(("running", "build", "state"), [
+    ("6.1.0-9-amd64", "6.1.27-1", "newer-installed"),   # 10 > 9: numeric, not string order
+    ("6.1.0-10-amd64", "6.1.38-1", "current"),
+])
+def test_abi_numbers_order_numerically(tmp_path: Path, running: str, build: str, state: str) -> None:
+    h = debian_host(tmp_path, running, build)
+    h.package("linux-image-6.1.0-9-amd64", "6.1.27-1")
+    h.package("linux-image-6.1.0-10-amd64", "6.1.38-1")
+    assert h.status().state == state
+
+
+def test_abi_compatible_rebuild_with_the_same_release(tmp_path: Path) -> None:
+    """Debian's point releases often keep ``uname -r``: only /proc/version shows the old build."""
+    h = debian_host(tmp_path, build="6.1.112-1")
+    h.package("linux-image-6.1.0-26-amd64", "6.1.115-1", installed_at=1_731_000_000)
+    s = h.status()
+    assert (s.state, s.package, s.running_build, s.installed_build, s.since) == (
+        "rebuilt", "linux-image-6.1.0-26-amd64", "6.1.112-1", "6.1.115-1", 1_731_000_000)
+    [r] = reasons([], s)
+    assert (r.kind, r.package) == ("kernel", "linux-image-6.1.0-26-amd64")
+    assert "same ABI" in r.detail
+
+
+def test_backports_build_is_read_and_compared(tmp_path: Path) -> None:
+    h = debian_host(tmp_path, "6.10.6+bpo-amd64", "6.10.6-1~bpo12+1")
+    h.package("linux-image-6.10.6+bpo-amd64", "6.10.6-1~bpo12+1")
+    assert h.status().state == "current"
+    h.package("linux-image-6.10.11+bpo-amd64", "6.10.11-1~bpo12+1")
+    assert h.status().state == "newer-installed"
+
+
+def test_other_flavours_do_not_count(tmp_path: Path) -> None:
+    h = debian_host(tmp_path)
+    h.package("linux-image-6.1.0-26-amd64", "6.1.112-1")
+    h.package("linux-image-6.1.0-27-cloud-amd64", "6.1.115-1")
+    h.package("linux-image-6.1.0-27-rt-amd64", "6.1.115-1")
+    assert h.status().state == "current"
+    h.package("linux-image-6.1.0-27-amd64", "6.1.115-1")
+    assert h.status().package == "linux-image-6.1.0-27-amd64"
+
+
+def test_removed_dbg_and_unsigned_packages(tmp_path: Path) -> None:
+    h = debian_host(tmp_path)
+    h.package("linux-image-6.1.0-26-amd64", "6.1.112-1")
+    h.package("linux-image-6.1.0-28-amd64", "6.1.119-1", status="deinstall ok config-files", boot=False)
+    h.package("linux-image-6.1.0-29-amd64", "6.1.120-1", status="install ok half-installed", boot=False)
+    h.package("linux-image-6.1.0-28-amd64-dbg", "6.1.119-1")
+    assert h.status().state == "current"
+    h.package("linux-image-6.1.0-27-amd64-unsigned", "6.1.115-1")
+    s = h.status()
+    assert (s.state, s.newest, s.package) == (
+        "newer-installed", "6.1.0-27-amd64", "linux-image-6.1.0-27-amd64-unsigned")
+
+
+def test_running_kernel_removed_and_nothing_newer(tmp_path: Path) -> None:
+    h = debian_host(tmp_path, "6.1.0-27-amd64", "6.1.115-1")
+    h.package("linux-image-6.1.0-26-amd64", "6.1.112-1")
+    s = h.status()
+    assert (s.state, s.installed_build) == ("current", None)
+    assert "not installed" in s.detail
+
+
+def test_locally_built_kernels_in_boot(tmp_path: Path) -> None:
+    """No package (make install): releases are compared, the reason names no package."""
+    h = KernelHost(tmp_path, "6.5.0", "Linux version 6.5.0 (me@box) (gcc (GCC) 13.2.0) #3 SMP @0\n")
+    for release, mtime in (("6.5.0", 1_700_000_000), ("6.6.1", 1_720_000_000)):
+        (h.boot / f"vmlinuz-{release}").write_bytes(b"k")
+        os.utime(h.boot / f"vmlinuz-{release}", (mtime, mtime))
+    (h.boot / "vmlinuz-7.0.0").symlink_to("vmlinuz-6.6.1")  # a link is not a kernel of its own
+    s = h.status()
+    assert (s.state, s.newest, s.package, s.since, s.running_build) == (
+        "newer-installed", "6.6.1", None, 1_720_000_000, None)
+    assert reasons([], s)[0] == RebootReason("kernel", None, s.detail, 1_720_000_000)
+
+
+def test_no_kernel_managed_here_is_unknown(tmp_path: Path) -> None:
+    h = KernelHost(tmp_path, "6.18.44-fc-v769", "Linux version 6.18.44-fc-v769 (b@s) (gcc) #1 SMP @0\n")
+    s = h.status()
+    assert (s.state, s.running, s.reboot_needed) == ("unknown", "6.18.44-fc-v769", False)
+    assert "6.18.44-fc-v769" in s.detail and reasons([], s) == []
+
+
+def test_without_python3_apt_the_state_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = debian_host(tmp_path)
+    h.package("linux-image-6.1.0-27-amd64", "6.1.115-1")
+    monkeypatch.setitem(sys.modules, "apt_pkg", None)  # makes "import apt_pkg" raise ImportError
+    s = h.status()
+    assert (s.state, s.running, s.running_build) == ("unknown", "6.1.0-26-amd64", "6.1.112-1")
+    assert "python3-apt" in s.detail
+
+
+def test_unreadable_sources_are_unknown(tmp_path: Path) -> None:
+    s = kernel_status(tmp_path / "noproc", tmp_path, tmp_path)
+    assert s.state == "unknown" and "cannot read" in s.detail
+    h = debian_host(tmp_path / "h")
+    (h.admin / "status").unlink()
+    s = h.status()
+    assert s.state == "unknown" and "status" in s.detail
+
+
+@pytest.mark.parametrize(("text", "build"), [
+    (DEBIAN_VERSION.format(rel="6.1.0-26-amd64", build="6.1.112-1"), "6.1.112-1"),
+    ("Linux version 6.1.0-26-amd64 (x) (gcc-12 (Debian 12.2.0-14) 12.2.0) #1 SMP PREEMPT_DYNAMIC @0", None),
+    ("Linux version 5.15.0-91-generic (buildd@lcy02) (gcc (Ubuntu 11.4.0-1ubuntu1~22.04) 11.4.0) "
+     "#101-Ubuntu SMP Tue Nov 14 13:30:08 UTC 2023", None),
+    ("garbage", None),
+])
+def test_build_version_comes_only_after_the_build_number(text: str, build: str | None) -> None:
+    assert reboot.running_build(text) == build
+
+
+def test_real_host_kernel_is_self_consistent() -> None:
+    """Whatever this host runs, the answer must agree with uname -r and dpkg's own view."""
+    s = kernel_status()
+    assert s.running == os.uname().release
+    rows = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n", "linux-image-*"],
+                          capture_output=True, text=True, check=False).stdout.splitlines()
+    installed = {}
+    for row in rows:
+        name, version, abbrev = row.split("\t")
+        release = name.removeprefix("linux-image-").removesuffix("-unsigned")
+        if abbrev.startswith("ii") and release[:1].isdigit() and not name.endswith("-dbg"):
+            installed[release] = version
+    boot = {p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*") if not p.is_symlink()}
+    if not installed and not boot:
+        assert s.state == "unknown" and s.running in s.detail
+        return
+    assert s.state in ("current", "newer-installed", "rebuilt")
+    assert s.installed_build == installed.get(s.running)
+    assert s.newest in set(installed) | boot
+    if s.state == "newer-installed":
+        assert s.newest != s.running
+        if s.newest_version and (s.running_build or s.installed_build):
+            mine = s.running_build or s.installed_build or ""
+            assert subprocess.run(["dpkg", "--compare-versions", s.newest_version, "gt", mine]).returncode == 0
+    if s.state == "rebuilt":
+        assert subprocess.run(["dpkg", "--compare-versions", s.installed_build or "", "gt",
+                               s.running_build or ""]).returncode == 0
+
+
+# ---------------------------------------------------------------- real dpkg, in a container
+
+def _status_in(c: Container) -> dict[str, Any]:
+    code = ("import json, sys; from restart import reboot; s = reboot.kernel_status(); "
+            "json.dump({**s._asdict(), 'reasons': [r._asdict() for r in reboot.reasons([], s)]}, sys.stdout)")
+    out = c.check(["/usr/bin/python3", "-c", code], env={"PYTHONPATH": str(REPO)})
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def test_kernel_packages_installed_by_real_dpkg(plain_container: Container, tmp_path: Path) -> None:
+    """Kernel image packages named after the running release, installed by dpkg in a container."""
+    c = plain_container
+    running = os.uname().release
+    # A release of the same flavour (or, for a release without Debian's ABI form, any release).
+    newer = f"99.0.0-1-{reboot.flavour(running)}" if reboot.flavour(running) else "99.0.0"
+    own = build_deb(tmp_path, f"linux-image-{running}", "1.0-1", {f"/boot/vmlinuz-{running}": b"old kernel"})
+    c.install_debs([own])
+    before = _status_in(c)
+    assert (before["state"], before["running"], before["installed_build"], before["reasons"]) == (
+        "current", running, "1.0-1", [])
+    c.install_debs([build_deb(tmp_path, f"linux-image-{newer}", "99.0-1", {f"/boot/vmlinuz-{newer}": b"new"})])
+    after = _status_in(c)
+    assert (after["state"], after["newest"], after["package"]) == ("newer-installed", newer, f"linux-image-{newer}")
+    listed = float(c.check(["stat", "-c", "%Y", f"/var/lib/dpkg/info/linux-image-{newer}.list"]))
+    [r] = after["reasons"]
+    assert (r["kind"], r["package"], int(r["since"])) == ("kernel", f"linux-image-{newer}", int(listed))
+
+
+# ---------------------------------------------------------------- reasons from plans
+
+def affected(pid: int, unit: Unit, *packages: str) -> Affected:
+    proc = ProcessInfo(pid, 1, 0, "x", "/usr/sbin/x", "", None, ())
+    stale = StaleFile("code", "/usr/lib/x86_64-linux-gnu/libc.so.6", "certain", "replaced")
+    return Affected(proc, unit, tuple(OwnedFile(stale, p) for p in packages), ())
+
+
+def plan_for(tmp_path: Path, admin_rules: str, *members: Affected) -> list[Action]:
+    etc = tmp_path / "etc" / "restartctl"
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "policy.toml").write_text(admin_rules)
+    return make_plan(group(list(members)), load([etc / "policy.toml", VENDOR]))
+
+
+def test_reasons_from_a_real_plan(tmp_path: Path) -> None:
+    admin = tmp_path / "admin"
+    (admin / "info").mkdir(parents=True)
+    for name, when in (("libc6:amd64", 1_710_000_000), ("libfoo1", 1_720_000_000)):
+        (admin / "info" / f"{name}.list").write_text("/.\n")
+        os.utime(admin / "info" / f"{name}.list", (when, when))
+    actions = plan_for(
+        tmp_path,
+        '[[rule]]\nunit = "legacy.service"\naction = "reboot"\nreason = "cannot restart live"\n'
+        '[[rule]]\nunit = "init.scope"\naction = "defer"\n'
+        '[[rule]]\nunit = "postgresql.service"\naction = "defer"\nreason = "maintenance window"\n',
+        affected(10, Unit(SYSTEM, "dbus.service"), "libc6:amd64"),          # vendor: defer, reboot instead
+        affected(11, Unit(SYSTEM, "systemd-logind.service"), "libc6:amd64"),  # vendor: defer; uses libc
+        affected(12, Unit(SYSTEM, "postgresql.service"), "libc6:amd64", "libfoo1"),
+        affected(13, Unit(SYSTEM, "legacy.service"), "libfoo1"),
+        affected(1, Unit(INIT, "init.scope"), "libc6:amd64"),
+        affected(14, Unit(SYSTEM, "NetworkManager.service"), "libfoo1"),   # deferred, not libc: not a reason
+        affected(15, Unit(SYSTEM, "nginx.service"), "libc6:amd64"),        # restarted: not a reason
+        affected(16, Unit(SESSION, "session-3.scope", 1000), "libc6:amd64"),  # left to its user
+    )
+    by_unit = {a.group.name: a.action for a in actions}
+    assert by_unit == {"dbus.service": "defer", "systemd-logind.service": "defer", "postgresql.service": "defer",
+                       "legacy.service": "reboot", "init.scope": "defer", "NetworkManager.service": "defer",
+                       "nginx.service": "restart", "session-3.scope": "notify"}
+    found = reasons(actions, admindir=admin)
+    assert sorted((r.kind, r.package, r.since) for r in found) == [
+        ("init", "libc6:amd64", 1_710_000_000),
+        ("library", "libc6:amd64", 1_710_000_000),
+        ("policy", "libfoo1", 1_720_000_000),
+        ("service", "libc6:amd64", 1_710_000_000),
+    ]
+    [library] = [r for r in found if r.kind == "library"]
+    assert set(library.detail.split("; ")) == {
+        "systemd-logind.service: restarting the login manager can end user sessions",
+        "postgresql.service: maintenance window"}
+    [policy] = [r for r in found if r.kind == "policy"]
+    assert policy.detail == "legacy.service: cannot restart live"
+    assert reboot.required_since(found) == 1_710_000_000
+
+
+def test_plain_pid1_reexec_and_ignored_units_are_not_reasons(tmp_path: Path) -> None:
+    actions = plan_for(tmp_path, '[[rule]]\nunit = "cron.service"\naction = "ignore"\n',
+                       affected(1, Unit(INIT, "init.scope"), "libc6:amd64"),
+                       affected(10, Unit(SYSTEM, "cron.service"), "libc6:amd64"))
+    assert sorted(a.action for a in actions) == ["ignore", "reexec"]
+    assert reasons(actions) == []
+
+
+def test_reason_kinds_and_units_are_configurable() -> None:
+    g = UnitGroup(SYSTEM, "postgresql.service", None, False, True, (5,), ("libssl3:amd64",), ())
+    deferred = [Action(g, "defer", None, "maintenance window")]
+    assert reasons(deferred) == []
+    assert [r.kind for r in reasons(deferred, core_packages=("libssl3*",))] == ["library"]
+    assert [r.kind for r in reasons(deferred, reboot_units=("postgres*",))] == ["service"]
+
+
+# ---------------------------------------------------------------- /run/reboot-required
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "run"
+    d.mkdir(mode=0o755)
+    return d
+
+
+KERNEL = RebootReason("kernel", "linux-image-6.1.0-27-amd64", "newer kernel")
+LIBC = RebootReason("library", "libc6:amd64", "dbus.service")
+
+
+def test_writes_the_flag_and_the_packages(run_dir: Path) -> None:
+    w = write_reboot_required(run_dir, [KERNEL, LIBC, RebootReason("init", "libc6:i386", "pid 1")])
+    assert w == reboot.Written(True, ("linux-image-6.1.0-27-amd64", "libc6"))
+    assert (run_dir / "reboot-required").read_text() == "*** System restart required ***\n"
+    assert (run_dir / "reboot-required.pkgs").read_text() == "linux-image-6.1.0-27-amd64\nlibc6\n"
+    for name in ("reboot-required", "reboot-required.pkgs"):
+        assert stat.S_IMODE(os.lstat(run_dir / name).st_mode) == 0o644
+    assert sorted(p.name for p in run_dir.iterdir()) == ["reboot-required", "reboot-required.pkgs"]
+
+
+def test_appends_only_what_is_missing_and_never_truncates(run_dir: Path) -> None:
+    (run_dir / "reboot-required").write_text("")          # as `touch` leaves it: not rewritten
+    (run_dir / "reboot-required.pkgs").write_text("libc6\nsystemd")  # another tool, no final newline
+    before = os.stat(run_dir / "reboot-required")
+    w = write_reboot_required(run_dir, [LIBC, KERNEL, KERNEL])
+    assert w == reboot.Written(False, ("linux-image-6.1.0-27-amd64",))
+    assert (run_dir / "reboot-required.pkgs").read_text() == "libc6\nsystemd\nlinux-image-6.1.0-27-amd64\n"
+    after = os.stat(run_dir / "reboot-required")
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, 0, before.st_mtime_ns)
+    assert write_reboot_required(run_dir, [LIBC, KERNEL]) == reboot.Written(False, ())
+
+
+def test_nothing_without_reasons_and_no_list_without_packages(run_dir: Path) -> None:
+    assert write_reboot_required(run_dir, []) == reboot.Written(False, ())
+    assert list(run_dir.iterdir()) == []
+    assert write_reboot_required(run_dir, [RebootReason("kernel", None, "a kernel in /boot")]).flag_created
+    assert [p.name for p in run_dir.iterdir()] == ["reboot-required"]
+
+
+def test_hostile_names_are_never_written(run_dir: Path) -> None:
+    w = write_reboot_required(run_dir, [RebootReason("policy", "evil\nroot", "x"), RebootReason("policy", "", "y")])
+    assert w == reboot.Written(True, ())
+    assert not (run_dir / "reboot-required.pkgs").exists()
+
+
+def test_symlinks_are_never_followed(run_dir: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    (run_dir / "reboot-required").symlink_to(victim)
+    (run_dir / "reboot-required.pkgs").symlink_to(victim)
+    with pytest.raises(OSError):
+        write_reboot_required(run_dir, [LIBC])
+    os.unlink(run_dir / "reboot-required.pkgs")
+    assert write_reboot_required(run_dir, [LIBC]) == reboot.Written(False, ("libc6",))  # flag: a link, left alone
+    assert victim.read_text() == "keep\n"
+    assert (run_dir / "reboot-required").is_symlink()
+
+
+def test_a_fifo_does_not_hang_and_is_refused(run_dir: Path) -> None:
+    os.mkfifo(run_dir / "reboot-required.pkgs")
+    with pytest.raises(OSError):
+        write_reboot_required(run_dir, [LIBC])
+
+
+def test_a_directory_others_can_write_is_refused(run_dir: Path) -> None:
+    os.chmod(run_dir, 0o777)
+    with pytest.raises(OSError):
+        write_reboot_required(run_dir, [LIBC])
+    assert list(run_dir.iterdir()) == []
+
+
+def test_a_symlinked_directory_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "linked").symlink_to(run_dir)
+    with pytest.raises(OSError):
+        write_reboot_required(tmp_path / "linked", [LIBC])
+    assert list(run_dir.iterdir()) == []
+
+
+def _writer(run_dir: str, names: list[str]) -> None:
+    for name in names:
+        write_reboot_required(Path(run_dir), [RebootReason("policy", name, "x")])
+
+
+def test_concurrent_writers_and_readers(run_dir: Path) -> None:
+    """Writers in several processes race; a reader never sees a partial line or a flag without text."""
+    names = [f"pkg{i}" for i in range(40)]
+    problems: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                flag = (run_dir / "reboot-required").read_text()
+            except FileNotFoundError:
+                flag = None
+            if flag not in (None, "*** System restart required ***\n"):
+                problems.append(f"flag {flag!r}")
+            try:
+                text = (run_dir / "reboot-required.pkgs").read_text()
+            except FileNotFoundError:
+                continue
+            if text and not text.endswith("\n"):
+                problems.append(f"partial {text[-20:]!r}")
+
+    t = threading.Thread(target=read)
+    t.start()
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(str(run_dir), names[i:] + names[:i])) for i in range(0, 40, 5)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    stop.set()
+    t.join()
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+    assert problems == []
+    lines = (run_dir / "reboot-required.pkgs").read_text().splitlines()
+    assert sorted(lines) == sorted(names)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["reboot-required", "reboot-required.pkgs"]
+
+
+def test_flagged_by_others(run_dir: Path) -> None:
+    assert reboot.flagged(run_dir) == []
+    (run_dir / "reboot-required").write_text("*** System restart required ***\n")
+    os.utime(run_dir / "reboot-required", (1_700_000_000, 1_700_000_000))
+    [r] = reboot.flagged(run_dir)
+    assert (r.kind, r.package, r.since) == ("flag", None, 1_700_000_000)
+    (run_dir / "reboot-required.pkgs").write_text("libc6\nlinux-image-6.1.0-27-amd64\nlibc6\nbad name\n")
+    assert [(r.kind, r.package) for r in reboot.flagged(run_dir)] == [
+        ("flag", "libc6"), ("flag", "linux-image-6.1.0-27-amd64")]
+    assert [r.package for r in reboot.flagged(run_dir, known=[LIBC])] == ["linux-image-6.1.0-27-amd64"]
+    assert reboot.flagged(run_dir, known=[LIBC, KERNEL]) == []
