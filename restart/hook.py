@@ -179,8 +179,9 @@ def defer_until_exit(roots: Roots, uu: Process, log: Log) -> None:
                                "--description=restartctl: report once unattended-upgrades has finished",
                                "--", *argv], 15)
         if result.returncode == 0:
-            log.info(f"unattended-upgrades (pid {uu.pid}) is running: one report follows when it is done",
-                     show=False)
+            # Shown, so that unattended-upgrades' log and mail say where the report will be.
+            log.info(f"unattended-upgrades (pid {uu.pid}) is running: restarts and one report follow when "
+                     "it is done ('journalctl -t restartctl', 'restartctl status')")
         elif "already" in result.stderr:
             log.info("unattended-upgrades: a run after it is already waiting", show=False)
         else:
@@ -197,7 +198,7 @@ def defer_until_exit(roots: Roots, uu: Process, log: Log) -> None:
                 os.execve(argv[0], argv, CLEAN_ENV)  # noqa: S606 - our own interpreter, fixed argv
         finally:
             os._exit(0)
-    log.info(f"unattended-upgrades (pid {uu.pid}) is running: one report follows when it is done", show=False)
+    log.info(f"unattended-upgrades (pid {uu.pid}) is running: restarts and one report follow when it is done")
 
 
 def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: float = transaction.HOOK_BUDGET,

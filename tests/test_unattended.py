@@ -75,7 +75,8 @@ def test_one_report_after_a_minimal_steps_run(container_factory: Callable[..., C
     dpkg_log = c.read_file("/var/log/unattended-upgrades/unattended-upgrades-dpkg.log").decode()
     # MinimalSteps really did run apt (and so our Post-Invoke) more than once.
     assert dpkg_log.count("Log started") >= 2, dpkg_log
-    assert "still use" not in dpkg_log  # no report inside the run
+    assert "still use" not in dpkg_log  # no report inside the run...
+    assert dpkg_log.count("restarts and one report follow when it is done") == 1  # ...but where it will be
 
     # Exactly one deferred run, after unattended-upgrade exited; wait for it to finish.
     deadline = time.monotonic() + 60
@@ -89,7 +90,7 @@ def test_one_report_after_a_minimal_steps_run(container_factory: Callable[..., C
     assert len(reports) == 1, journal(c, "-t", "restartctl", "--since", since)
     text = journal(c, "-t", "restartctl", "--since", since)
     assert "rctl-demod.service: restart" in text and "rctl-sleep.service: restart" in text
-    assert "one report follows when it is done" in text
+    assert "one report follow when it is done" in text
     runs = journal(c, "-u", DEFERRED, "--since", since)
     assert "still use" in runs  # the report came from the deferred unit, not from a step
 
