@@ -307,15 +307,7 @@ class _Scanner:
             self._stale_fds(dfd, found, view)
         if not found:
             return None
-        name, ppid, uid, depth = parse_status(_read(dfd, "status"))
-        cgroup = fs_decode(_read(dfd, "cgroup"))
-        exe = _exe(dfd)
-        if exe is not None and exe in found and found[exe].kind in (CODE, DATA):
-            old = found[exe]
-            found[exe] = StaleFile(EXE, old.path, old.confidence, old.evidence)
-        pidns = _readlink(dfd, "ns/pid") if depth > self.self_depth else None
-        stale = tuple(sorted(found.values(), key=lambda s: (-_STRENGTH[s.kind], s.path)))
-        return ProcessInfo(pid, ppid, uid, name, exe, cgroup, pidns, stale)
+        return describe(dfd, pid, found, self.self_depth)
 
     def _stale_fds(self, dfd: int, found: dict[str, StaleFile], view: _View | None) -> None:
         """Regular files held open whose inode is no longer the one at their path."""
@@ -346,6 +338,37 @@ class _Scanner:
                     _add(found, StaleFile(FD, *verdict))
         finally:
             os.close(fdd)
+
+
+def describe(dfd: int, pid: int, found: dict[str, StaleFile], self_depth: int) -> ProcessInfo:
+    """The facts reported about a stale process: read only for those, once each."""
+    name, ppid, uid, depth = parse_status(_read(dfd, "status"))
+    cgroup = fs_decode(_read(dfd, "cgroup"))
+    exe = _exe(dfd)
+    if exe is not None and exe in found and found[exe].kind in (CODE, DATA):
+        old = found[exe]
+        found[exe] = StaleFile(EXE, old.path, old.confidence, old.evidence)
+    pidns = _readlink(dfd, "ns/pid") if depth > self_depth else None
+    stale = tuple(sorted(found.values(), key=lambda s: (-_STRENGTH.get(s.kind, 2), s.path)))
+    return ProcessInfo(pid, ppid, uid, name, exe, cgroup, pidns, stale)
+
+
+def describe_pid(proc: Path, pid: int, stale: tuple[StaleFile, ...]) -> ProcessInfo | None:
+    """:func:`describe` for a process another stage found stale (an interpreted program)."""
+    try:
+        dfd = os.open(proc / str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            depth = parse_status((proc / "self" / "status").read_bytes())[3]
+        except (OSError, ValueError):
+            depth = 1
+        return describe(dfd, pid, {s.path: s for s in stale}, depth)
+    except (ProcessGone, OSError, ValueError, IndexError):
+        return None
+    finally:
+        os.close(dfd)
 
 
 def _exe(dfd: int) -> str | None:

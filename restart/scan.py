@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from restart import packages, processes, units
+from restart import interpreters, packages, processes, units
 from restart.roots import Roots
 
 
@@ -31,8 +31,26 @@ def never_packaged(data: Path) -> tuple[str, ...]:
     return prefixes
 
 
+def _with_interpreted(proc: Path, db: packages.DpkgDatabase, in_scope: Mapping[str, str] | None,
+                      scanned: processes.ScanResult) -> processes.ScanResult:
+    """Add the scripts and modules of interpreted programs (stage 2b) to the scan's findings."""
+    ctx = interpreters.Context(db, in_scope=in_scope)
+    extra = interpreters.scan(proc, ctx, stale={p.pid: p.stale for p in scanned.processes})
+    if not extra:
+        return scanned
+    known = {p.pid for p in scanned.processes}
+    merged = [p._replace(stale=interpreters.merge(p.stale, extra[p.pid])) if p.pid in extra else p
+              for p in scanned.processes]
+    for pid in sorted(set(extra) - known):
+        info = processes.describe_pid(proc, pid, extra[pid])
+        if info is not None:
+            merged.append(info)
+    return scanned._replace(processes=merged)
+
+
 def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool = False,
-         old_files: Mapping[str, str] | None = None, check_fds: bool = True) -> Findings:
+         old_files: Mapping[str, str] | None = None, check_fds: bool = True,
+         interpreted: bool = True) -> Findings:
     """Find stale processes, restricted to ``only_packages`` when given.
 
     ``old_files`` (canonical path -> package) adds files the packages had before
@@ -48,6 +66,8 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
         aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
         skip_prefixes=never_packaged(roots.data), everything=everything)
     scan = processes.scan(roots.proc, selection, check_fds=check_fds)
+    if interpreted:
+        scan = _with_interpreted(roots.proc, db, in_scope, scan)
     try:
         init_d = set(os.listdir(roots.etc / "init.d"))
     except OSError:
