@@ -241,13 +241,17 @@ def test_hook_shell_scripts_never_eval() -> None:
 
 # /proc files that only carry what a process chose to say about itself; restartctl needs none of them.
 PROCESS_CHOSEN = {"environ", "cmdline", "cwd"}
-# The one exception: the hook compares its own ancestors' command lines with a fixed program path.
-ALLOWED_PROCESS_CHOSEN = {("restart/hook.py", "cmdline")}
+# The exceptions: the hook compares its own ancestors' command lines with a fixed program path; the
+# interpreter stage parses a genuine interpreter's command line (as data, with the interpreter's own
+# option grammar) and resolves a relative script against its cwd, only to lstat() that file inside the
+# process's root.  The environment stays forbidden everywhere.
+ALLOWED_PROCESS_CHOSEN = {("restart/hook.py", "cmdline"), ("restart/interpreters.py", "cmdline"),
+                          ("restart/interpreters.py", "cwd")}
 
 
 def test_process_environment_cmdline_and_cwd_are_never_read() -> None:
     """Why: needrestart ran interpreters with a process's PYTHONPATH/RUBYLIB (CVE-2024-48990/48992);
-    restartctl never even opens /proc/PID/environ, /proc/PID/cwd or (outside the hook) cmdline."""
+    restartctl never opens /proc/PID/environ, and cmdline and cwd only where said above."""
     found = []
     for path in sorted((REPO / "restart").glob("*.py")):
         rel = path.relative_to(REPO).as_posix()
