@@ -157,28 +157,10 @@ def process_info(proc: Path, pid: int, stale: tuple[processes.StaleFile, ...]) -
 
 def scan_one_pass(roots: Roots, selection: processes.Selection, host: interpreters.Host,
                   ) -> tuple[processes.ScanResult, list[interpreters.Observation]]:
-    """The proposed scanner change, emulated: observe() inside the scanner's own pass and handle.
-
-    The scanner reads exe only for stale processes today; wired, it reads it for every
-    process and hands its directory handle to interpreters.observe() when exe is an
-    interpreter path (which then reads cmdline and stat through that handle).
-    """
-    observations: list[interpreters.Observation] = []
-    original = processes._Scanner.scan_process
-
-    def scan_process(self: processes._Scanner, pid: int, dfd: int) -> processes.ProcessInfo | None:
-        info = original(self, pid, dfd)
-        exe = info.exe if info is not None else processes._exe(dfd)
-        obs = interpreters.observe(dfd, pid, exe, host)
-        if obs is not None:
-            observations.append(obs)
-        return info
-
-    processes._Scanner.scan_process = scan_process  # type: ignore[method-assign]
-    try:
-        return processes.scan(roots.proc, selection), observations
-    finally:
-        processes._Scanner.scan_process = original  # type: ignore[method-assign]
+    """The scanner's own pass, handing each process's directory handle to interpreters.observe()."""
+    result = processes.scan(roots.proc, selection,
+                            observe=lambda dfd, pid, exe: interpreters.observe(dfd, pid, exe, host))
+    return result, [o for _, o in result.observed if isinstance(o, interpreters.Observation)]
 
 
 def find_with_interpreters(roots: Roots, only_packages: list[str] | None, *,

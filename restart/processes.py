@@ -29,6 +29,10 @@ _GONE = (errno.ENOENT, errno.ESRCH)
 _MISSING = (errno.ENOENT, errno.ENOTDIR)
 
 
+# Called for every process with its /proc directory handle, its PID and its executable.
+Observer = Callable[[int, int, str | None], object | None]
+
+
 class ProcessGone(Exception):
     """The process exited (or was never there) while we read it."""
 
@@ -57,6 +61,7 @@ class ScanResult(NamedTuple):
     vanished: int     # exited (or otherwise unreadable) while we looked
     denied: int       # not readable by us (another user's process, as non-root)
     errors: int = 0   # data no kernel writes (seen only in hostile fixtures): skipped, counted
+    observed: tuple[tuple[ProcessInfo, object], ...] = ()  # what an observer (stage 2b) noted, per process
 
 
 class Selection(NamedTuple):
@@ -182,8 +187,10 @@ class _View:
 class _Scanner:
     """Scan state shared across processes: our own identity, decoded paths, stat caches."""
 
-    def __init__(self, proc: Path, selection: Selection, check_fds: bool) -> None:
+    def __init__(self, proc: Path, selection: Selection, check_fds: bool,
+                 observe: Observer | None = None) -> None:
         self.proc = proc
+        self.observe = observe
         self.selection = selection
         self.check_fds = check_fds
         self.self_pid, self.self_mnt, self.self_depth = self._identity()
@@ -286,10 +293,10 @@ class _Scanner:
         # We could not look (EACCES, ELOOP, ...): fall back to the kernel's word.
         return (cand.path, LIKELY, "deleted-hint") if cand.literal is not None else None
 
-    def scan_process(self, pid: int, dfd: int) -> ProcessInfo | None:
+    def scan_process(self, pid: int, dfd: int) -> tuple[ProcessInfo | None, object | None]:
         maps = _read(dfd, "maps")
         if not maps:
-            return None  # kernel thread or zombie
+            return None, None  # kernel thread or zombie
         found: dict[str, StaleFile] = {}
         view: _View | None = None
         for (raw, inode_text, dev_text), executable in parse_maps(maps).items():
@@ -305,9 +312,21 @@ class _Scanner:
                 _add(found, StaleFile(CODE if executable else DATA, *verdict))
         if self.check_fds:
             self._stale_fds(dfd, found, view)
-        if not found:
+        seen = self._observe(dfd, pid)
+        if not found and seen is None:
+            return None, None
+        return describe(dfd, pid, found, self.self_depth), seen
+
+    def _observe(self, dfd: int, pid: int) -> object | None:
+        """Hand the process, through this same directory handle, to the observer (interpreters)."""
+        if self.observe is None:
             return None
-        return describe(dfd, pid, found, self.self_depth)
+        try:
+            return self.observe(dfd, pid, _exe(dfd))
+        except ProcessGone:
+            raise
+        except (OSError, ValueError, IndexError):
+            return None  # odd data about one process costs only this extra look
 
     def _stale_fds(self, dfd: int, found: dict[str, StaleFile], view: _View | None) -> None:
         """Regular files held open whose inode is no longer the one at their path."""
@@ -353,24 +372,6 @@ def describe(dfd: int, pid: int, found: dict[str, StaleFile], self_depth: int) -
     return ProcessInfo(pid, ppid, uid, name, exe, cgroup, pidns, stale)
 
 
-def describe_pid(proc: Path, pid: int, stale: tuple[StaleFile, ...]) -> ProcessInfo | None:
-    """:func:`describe` for a process another stage found stale (an interpreted program)."""
-    try:
-        dfd = os.open(proc / str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        try:
-            depth = parse_status((proc / "self" / "status").read_bytes())[3]
-        except (OSError, ValueError):
-            depth = 1
-        return describe(dfd, pid, {s.path: s for s in stale}, depth)
-    except (ProcessGone, OSError, ValueError, IndexError):
-        return None
-    finally:
-        os.close(dfd)
-
-
 def _exe(dfd: int) -> str | None:
     try:
         link = os.fsencode(_readlink(dfd, "exe"))
@@ -388,11 +389,12 @@ def _add(found: dict[str, StaleFile], item: StaleFile) -> None:
 
 
 def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
-         pids: Iterable[int] | None = None,
+         pids: Iterable[int] | None = None, observe: Observer | None = None,
          on_error: Callable[[int, Exception], None] | None = None) -> ScanResult:
     """Scan every process under ``proc`` (or just ``pids``) for stale files."""
-    scanner = _Scanner(proc, selection, check_fds)
+    scanner = _Scanner(proc, selection, check_fds, observe)
     found: list[ProcessInfo] = []
+    observed: list[tuple[ProcessInfo, object]] = []
     scanned = vanished = denied = errors = 0
     procfd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -408,7 +410,7 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
                 vanished += 1
                 continue
             try:
-                info = scanner.scan_process(pid, dfd)
+                info, seen = scanner.scan_process(pid, dfd)
             except ProcessGone:
                 vanished += 1
                 continue
@@ -422,8 +424,10 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
                 continue
             finally:
                 os.close(dfd)
-            if info is not None:
+            if info is not None and info.stale:
                 found.append(info)
+            if info is not None and seen is not None:
+                observed.append((info, seen))
     finally:
         os.close(procfd)
-    return ScanResult(found, scanned, vanished, denied, errors)
+    return ScanResult(found, scanned, vanished, denied, errors, tuple(observed))

@@ -31,21 +31,19 @@ def never_packaged(data: Path) -> tuple[str, ...]:
     return prefixes
 
 
-def _with_interpreted(proc: Path, db: packages.DpkgDatabase, in_scope: Mapping[str, str] | None,
-                      scanned: processes.ScanResult) -> processes.ScanResult:
-    """Add the scripts and modules of interpreted programs (stage 2b) to the scan's findings."""
-    ctx = interpreters.Context(db, in_scope=in_scope)
-    extra = interpreters.scan(proc, ctx, stale={p.pid: p.stale for p in scanned.processes})
-    if not extra:
+def _with_interpreted(scanned: processes.ScanResult, ctx: interpreters.Context,
+                      selection: processes.Selection) -> processes.ScanResult:
+    """Fold the scripts and modules of interpreted programs (stage 2b) into the scan's findings."""
+    observed = [o for _, o in scanned.observed if isinstance(o, interpreters.Observation)]
+    if not observed:
         return scanned
-    known = {p.pid for p in scanned.processes}
-    merged = [p._replace(stale=interpreters.merge(p.stale, extra[p.pid])) if p.pid in extra else p
-              for p in scanned.processes]
-    for pid in sorted(set(extra) - known):
-        info = processes.describe_pid(proc, pid, extra[pid])
-        if info is not None:
-            merged.append(info)
-    return scanned._replace(processes=merged)
+    extra = interpreters.judge(observed, ctx, {info.pid: info.stale for info, _ in scanned.observed})
+    merged = {p.pid: p for p in scanned.processes}
+    for info, _ in scanned.observed:
+        wanted = [f for f in extra.get(info.pid, ()) if selection.wants(f.path)]
+        if wanted:
+            merged[info.pid] = info._replace(stale=interpreters.merge(info.stale, wanted))
+    return scanned._replace(processes=sorted(merged.values(), key=lambda p: p.pid))
 
 
 def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool = False,
@@ -65,9 +63,11 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     selection = processes.Selection(
         aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
         skip_prefixes=never_packaged(roots.data), everything=everything)
-    scan = processes.scan(roots.proc, selection, check_fds=check_fds)
+    ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes)
+    observe = (lambda dfd, pid, exe: interpreters.observe(dfd, pid, exe, ctx.host)) if interpreted else None
+    scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe)
     if interpreted:
-        scan = _with_interpreted(roots.proc, db, in_scope, scan)
+        scan = _with_interpreted(scan, ctx, selection)
     try:
         init_d = set(os.listdir(roots.etc / "init.d"))
     except OSError:
