@@ -320,5 +320,8 @@ def _unowned_text(affected: list[Affected], show: bool) -> list[str]:
 
 def _stats_text(scan: ScanResult) -> list[str]:
     if scan.denied:
-        return [f"Warning: {scan.denied} processes could not be read (run as root to see all)."]
+        import os
+
+        why = "not even by root" if os.geteuid() == 0 else "run as root to see all"
+        return [f"Warning: {scan.denied} process{'es' if scan.denied != 1 else ''} could not be read ({why})."]
     return []
