@@ -155,30 +155,37 @@ def _reboot_reasons(roots: Roots, actions: list[plan.Action]) -> tuple[list[Any]
     return reasons + reboot.flagged(roots.run, known=reasons), kernel
 
 
-def _check(roots: Roots, args: argparse.Namespace) -> int:
-    """Nagios plugin: one line and perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+def _nagios(roots: Roots, packages: list[str] | None, **thresholds: Any) -> int:
+    """Nagios plugin: one line and perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+    ``thresholds`` are ``formats.nagios``'s; the ones not given keep its defaults."""
     import os
 
     from restart import formats
 
-    findings = find(roots, only_packages=args.packages)
+    findings = find(roots, only_packages=packages)
     actions = plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
     reasons, _ = _reboot_reasons(roots, actions)
-    code, out = formats.nagios(actions, reasons, is_root=os.geteuid() == 0, scan=findings.scan,
-                               services_warning=args.services_warning or None,
-                               services_critical=args.services_critical or None,
-                               sessions_warning=args.sessions_warning or None,
-                               sessions_critical=args.sessions_critical or None,
-                               reboot_status=formats.CRITICAL if args.reboot_critical else formats.WARNING)
+    code, out = formats.nagios(actions, reasons, is_root=os.geteuid() == 0, scan=findings.scan, **thresholds)
     sys.stdout.write(out)
     return code
 
 
+def _check(roots: Roots, args: argparse.Namespace) -> int:
+    """``restartctl check``: the thresholds from the command line (0 disables one)."""
+    from restart import formats
+
+    return _nagios(roots, args.packages,
+                   services_warning=args.services_warning or None,
+                   services_critical=args.services_critical or None,
+                   sessions_warning=args.sessions_warning or None,
+                   sessions_critical=args.sessions_critical or None,
+                   reboot_status=formats.CRITICAL if args.reboot_critical else formats.WARNING)
+
+
 def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
     if args.format == "nagios":
-        args.services_warning, args.services_critical, args.sessions_warning, args.sessions_critical = 1, 0, 0, 0
-        args.reboot_critical = False
-        return _check(roots, args)
+        return _nagios(roots, args.packages)
     fmt = args.format or ("json" if args.json else "text")
     findings = find(roots, only_packages=args.packages, everything=args.all)
     actions = (plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))

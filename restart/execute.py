@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from restart.plan import Action
 from restart.policy import Settings
+from restart.processes import PPID, stat_field
 from restart.text import printable
 from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, UnitGroup, cgroup_path, resolve
 
@@ -90,7 +91,6 @@ def ancestor_units(proc: Path, pid: int) -> set[str]:
             break
         try:
             cgroup = (proc / str(current) / "cgroup").read_text(encoding="utf-8", errors="surrogateescape")
-            data = (proc / str(current) / "stat").read_bytes()
         except OSError:
             break
         unit = resolve(cgroup_path(cgroup))
@@ -98,10 +98,7 @@ def ancestor_units(proc: Path, pid: int) -> set[str]:
             units.add(unit.name)
         if current == 1:
             break
-        try:
-            current = int(data[data.rfind(b")") + 2:].split()[1])
-        except (IndexError, ValueError):
-            break
+        current = stat_field(proc, current, PPID)
     return units
 
 

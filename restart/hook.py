@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from restart import execute, packages, plan, policy, report, state, transaction, units
+from restart.processes import PPID, STARTTIME, stat_field
 from restart.roots import Roots
 from restart.scan import Findings, find
 from restart.text import printable
@@ -63,24 +64,7 @@ class Log:
 
 
 def process_start(proc: Path, pid: int) -> int | None:
-    """Field 22 of ``/proc/PID/stat`` (after the parenthesised name, which may hold anything)."""
-    try:
-        data = (proc / str(pid) / "stat").read_bytes()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2:].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _parent(proc: Path, pid: int) -> int | None:
-    try:
-        data = (proc / str(pid) / "stat").read_bytes()
-        return int(data[data.rfind(b")") + 2:].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    return stat_field(proc, pid, STARTTIME)
 
 
 def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int) -> Process | None:
@@ -109,7 +93,7 @@ def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int) -> Process | N
             break
         if UU_SCRIPT.encode() in argv[:2]:
             found = current
-        current = _parent(proc, current)
+        current = stat_field(proc, current, PPID)
     if found is None:
         return None
     start = process_start(proc, found)

@@ -372,6 +372,18 @@ def describe(dfd: int, pid: int, found: dict[str, StaleFile], self_depth: int) -
     return ProcessInfo(pid, ppid, uid, name, exe, cgroup, pidns, stale)
 
 
+PPID, STARTTIME = 1, 19  # fields of /proc/PID/stat, counted from the state after the name
+
+
+def stat_field(proc: Path, pid: int, index: int) -> int | None:
+    """One numeric field of ``/proc/PID/stat`` (after the parenthesised name, which may hold anything)."""
+    try:
+        data = (proc / str(pid) / "stat").read_bytes()
+        return int(data[data.rfind(b")") + 2:].split()[index])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _exe(dfd: int) -> str | None:
     try:
         link = os.fsencode(_readlink(dfd, "exe"))
