@@ -6,8 +6,13 @@ processes' facts.  Each fact is read once.  A mapping is stale when the file now
 at its path, seen from the process's own root, is missing or is another inode;
 the kernel's `` (deleted)`` text is only a hint for which path to look at.
 
-Only processes with a stale file get their status, cgroup and exe read, so a scan
-costs little more than reading every ``maps`` file.
+Two looks per process.  The *quick look* reads ``maps`` (and the ``fd`` links) by
+path and only answers "certainly clean": each distinct mapping line is judged once
+per scan, so a host of a thousand processes costs little more than reading every
+``maps`` file.  Anything that is not certainly clean (a mapping or open file whose
+inode is not the one at its path here, an interpreter for stage 2b, an error) gets
+the *careful look* through the directory handle, which alone decides what is reported.
+Only processes with a stale file get their status, cgroup and exe read.
 """
 
 from __future__ import annotations
@@ -87,16 +92,22 @@ def _read(dfd: int, name: str) -> bytes:
     size, so a short read is no sign of the end.
     """
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+        return _drain(os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd))
     except OSError as e:
         raise _translate(e) from e
+
+
+def _read_path(path: bytes) -> bytes:
+    return _drain(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+
+
+def _drain(fd: int) -> bytes:
+    """Read to the end and close: a seq_file's short read is no sign of the end."""
     try:
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
         return b"".join(chunks)
-    except OSError as e:
-        raise _translate(e) from e
     finally:
         os.close(fd)
 
@@ -188,9 +199,10 @@ class _Scanner:
     """Scan state shared across processes: our own identity, decoded paths, stat caches."""
 
     def __init__(self, proc: Path, selection: Selection, check_fds: bool,
-                 observe: Observer | None = None) -> None:
+                 observe: Observer | None = None, observe_hints: tuple[bytes, ...] = ()) -> None:
         self.proc = proc
         self.observe = observe
+        self.observe_hints = observe_hints
         self.selection = selection
         self.check_fds = check_fds
         self.self_pid, self.self_mnt, self.self_depth = self._identity()
@@ -198,6 +210,63 @@ class _Scanner:
         self.ours = self.views[self.self_mnt] = _View(direct=True)
         self.devices: dict[bytes, int] = {}
         self.candidates: dict[bytes, _Candidate | None] = {}
+        self.settled: set[bytes] = set()  # maps lines (from the offset on) known to need no look
+
+    def clean_at_a_glance(self, base: bytes) -> bool:
+        """The quick look: True only when the process at ``base`` (``/proc/PID/``) is certainly clean.
+
+        Reads by path, not through a directory handle: a PID reused meanwhile only means
+        that the newcomer was the one looked at, and nothing read here is ever reported.
+        False sends the process to the careful look.
+        """
+        try:
+            maps = _read_path(base + b"maps")
+        except OSError:
+            return False  # gone, denied, odd: the careful look tells which
+        settled = self.settled
+        for line in maps.split(b"\n"):
+            # "start-end perms " is all that differs between processes mapping the same file.
+            key = line[line.find(b" ") + 6:]
+            if key not in settled and not self._settle(key):
+                return False
+        if self.observe is not None and any(hint in maps for hint in self.observe_hints):
+            return False  # maybe an interpreter: stage 2b looks through the handle
+        return not self.check_fds or self._fds_at_a_glance(base + b"fd/")
+
+    def _settle(self, key: bytes) -> bool:
+        """Is this maps line (from the offset on) fresh or out of scope?  Remembered when so."""
+        i = key.find(b" /")
+        if i >= 0:
+            head = key[:i].split()
+            if len(head) != 3 or not head[2].isdigit():
+                return False
+            if head[2] != b"0":
+                cand = self.candidate(key[i + 1:])
+                if cand is not None and not self.unchanged_here(cand.path, int(head[2]), self.device(head[1])):
+                    return False
+        self.settled.add(key)
+        return True
+
+    def _fds_at_a_glance(self, fd_dir: bytes) -> bool:
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            return False
+        for name in names:
+            try:
+                target = os.readlink(fd_dir + name)
+            except OSError:
+                continue  # closed meanwhile
+            cand = self.candidate(target) if target[:1] == b"/" else None  # not socket:, pipe:, ...
+            if cand is None:
+                continue
+            try:
+                st = os.stat(fd_dir + name)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and not self.unchanged_here(cand.path, st.st_ino, st.st_dev):
+                return False
+        return True
 
     def _identity(self) -> tuple[int, str, int]:
         try:
@@ -402,9 +471,15 @@ def _add(found: dict[str, StaleFile], item: StaleFile) -> None:
 
 def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
          pids: Iterable[int] | None = None, observe: Observer | None = None,
+         observe_hints: tuple[bytes, ...] = (),
          on_error: Callable[[int, Exception], None] | None = None) -> ScanResult:
-    """Scan every process under ``proc`` (or just ``pids``) for stale files."""
-    scanner = _Scanner(proc, selection, check_fds, observe)
+    """Scan every process under ``proc`` (or just ``pids``) for stale files.
+
+    ``observe`` sees each process whose ``maps`` text contains one of ``observe_hints``
+    (stage 2b: the directories interpreters live in; a process maps its own executable).
+    """
+    scanner = _Scanner(proc, selection, check_fds, observe, observe_hints)
+    base = os.fsencode(proc) + b"/"
     found: list[ProcessInfo] = []
     observed: list[tuple[ProcessInfo, object]] = []
     scanned = vanished = denied = errors = 0
@@ -416,6 +491,8 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
             if pid == scanner.self_pid:
                 continue
             scanned += 1
+            if scanner.clean_at_a_glance(b"%s%d/" % (base, pid)):
+                continue
             try:
                 dfd = os.open(str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=procfd)
             except OSError:

@@ -65,7 +65,8 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
         skip_prefixes=never_packaged(roots.data), everything=everything)
     ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes)
     observe = (lambda dfd, pid, exe: interpreters.observe(dfd, pid, exe, ctx.host)) if interpreted else None
-    scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe)
+    scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe,
+                          observe_hints=interpreters.MAPPED_HINTS)
     if interpreted:
         scan = _with_interpreted(scan, ctx, selection)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,32 @@ def test_many_processes(tmp_path: Path, root: Path) -> None:
     procs = [FakeProcess(100 + i, fresh if i % 10 else map_line(LIB, 1), root=root) for i in range(2000)]
     result = scan(build(tmp_path / "proc", procs), Selection())
     assert result.scanned == 2000 and len(result.processes) == 200
+
+
+def _host_line(path: str, *, inode_delta: int = 0, start: int = 0x7F0000000000) -> bytes:
+    """A maps line for a real file of this host, as a process in our own view would show it."""
+    st = os.stat(path)
+    return map_line(path, st.st_ino + inode_delta, dev=f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}",
+                    start=start)
+
+
+def test_quick_look_shares_judgements_but_never_hides_a_stale_process(tmp_path: Path) -> None:
+    # Processes in our own mount namespace, mapping a real file: the same line (from the
+    # offset on) is judged once for all; the one mapping another inode is still found.
+    lib = os.path.realpath(sys.executable)
+    procs = [FakeProcess(100 + i, _host_line(lib, start=0x7F0000000000 + i * 0x10000), mnt="mnt:[1]")
+             for i in range(50)]
+    procs.append(FakeProcess(999, _host_line(lib, inode_delta=1), mnt="mnt:[1]"))
+    result = scan(build(tmp_path / "proc", procs), EVERYTHING)
+    assert [(p.pid, [(s.path, s.evidence) for s in p.stale]) for p in result.processes] == [
+        (999, [(lib, "replaced")])]
+
+
+def test_observer_sees_the_processes_that_map_a_hinted_directory(tmp_path: Path, root: Path) -> None:
+    # 11 is clean at a glance and maps nothing under the hint: not even its exe is read.
+    seen: list[int] = []
+    procs = [FakeProcess(10, map_line("/usr/bin/python3.11", 5) + map_line(LIB, ino(root, LIB)), root=root),
+             FakeProcess(11, _host_line(os.path.realpath(os.__file__)), mnt="mnt:[1]")]
+    scan(build(tmp_path / "proc", procs), Selection(), observe=lambda dfd, pid, exe: seen.append(pid),
+         observe_hints=(b" /usr/bin/",))
+    assert seen == [10]
