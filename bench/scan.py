@@ -655,6 +655,23 @@ def maps_floor_py() -> str:
     )
 
 
+def maps_and_fds_floor_py() -> str:
+    """The least a CPython scan must read: every maps file, and every fd link (for reference only)."""
+    return (
+        "import os\n"
+        "for p in os.listdir(b'/proc'):\n"
+        " if p.isdigit():\n"
+        "  d=b'/proc/'+p+b'/'\n"
+        "  try:\n"
+        "   fd=os.open(d+b'maps',os.O_RDONLY)\n"
+        "   try:\n"
+        "    while os.read(fd,65536): pass\n"
+        "   finally: os.close(fd)\n"
+        "   for n in os.listdir(d+b'fd'): os.readlink(d+b'fd/'+n)\n"
+        "  except OSError: pass\n"
+    )
+
+
 def commands(args: argparse.Namespace) -> list[Command]:
     """The command table: floor, the subject, the peers, and two Python references."""
     rctl = [SYSTEM_PYTHON, "-m", "restart", "scan"]
@@ -669,6 +686,7 @@ def commands(args: argparse.Namespace) -> list[Command]:
     cmds += [
         Command("python3 startup", "reference", [SYSTEM_PYTHON, "-c", "pass"]),
         Command("python3 read maps", "reference", [SYSTEM_PYTHON, "-c", maps_floor_py()]),
+        Command("python3 read maps + fd links", "reference", [SYSTEM_PYTHON, "-c", maps_and_fds_floor_py()]),
     ]
     return cmds
 

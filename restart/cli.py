@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from restart import __version__, plan, policy, report, state, transaction
+from restart import __version__, plan, policy, report, transaction
 from restart.roots import Roots
 from restart.scan import find
 from restart.text import printable
@@ -18,9 +18,8 @@ APPLY_SCHEMA = "restartctl-apply/1"
 DEFAULT_TEXTFILE = Path("(default)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    common_roots = argparse.ArgumentParser(add_help=False)
-    roots = common_roots.add_argument_group("alternative roots (for tests and chroots)")
+def _roots_options(p: argparse.ArgumentParser) -> None:
+    roots = p.add_argument_group("alternative roots (for tests and chroots)")
     roots.add_argument("--proc", type=Path, default=Path("/proc"), help="procfs (default /proc)")
     roots.add_argument("--root", type=Path, default=Path("/"), help="host root (default /)")
     roots.add_argument("--admindir", type=Path, default=Path("/var/lib/dpkg"),
@@ -32,78 +31,111 @@ def _parser() -> argparse.ArgumentParser:
     roots.add_argument("--data", type=Path, default=None,
                        help="vendor data directory (default /usr/share/restartctl)")
 
-    common = argparse.ArgumentParser(add_help=False, parents=[common_roots])
-    common.add_argument("--json", action="store_true", help="print the restartctl/1 JSON document")
-    common.add_argument("--packages", nargs="+", metavar="PKG",
-                        help="only files of these packages (name or name:arch)")
-    listing = argparse.ArgumentParser(add_help=False, parents=[common])
-    listing.add_argument("--all", action="store_true",
-                         help="also list replaced files no package (in scope) owns; never acted on")
-    listing.add_argument("--format", choices=("text", "json", "nagios", "openmetrics"), default=None,
-                         help="output format (default text; --json is --format json)")
-    listing.add_argument("--textfile", type=Path, metavar="PATH", nargs="?", const=DEFAULT_TEXTFILE,
-                         help="with --format openmetrics, also write it atomically to PATH (default: "
-                              "node-exporter's textfile directory, when it exists)")
 
+def _common_options(p: argparse.ArgumentParser) -> None:
+    _roots_options(p)
+    p.add_argument("--json", action="store_true", help="print the restartctl/1 JSON document")
+    p.add_argument("--packages", nargs="+", metavar="PKG", help="only files of these packages (name or name:arch)")
+
+
+def _listing_options(p: argparse.ArgumentParser) -> None:
+    _common_options(p)
+    p.add_argument("--all", action="store_true",
+                   help="also list replaced files no package (in scope) owns; never acted on")
+    p.add_argument("--format", choices=("text", "json", "nagios", "openmetrics"), default=None,
+                   help="output format (default text; --json is --format json)")
+    p.add_argument("--textfile", type=Path, metavar="PATH", nargs="?", const=DEFAULT_TEXTFILE,
+                   help="with --format openmetrics, also write it atomically to PATH (default: "
+                        "node-exporter's textfile directory, when it exists)")
+
+
+def _check_options(p: argparse.ArgumentParser) -> None:
+    _common_options(p)
+    for what, warn in (("services", 1), ("sessions", 0)):
+        p.add_argument(f"--{what}-warning", type=int, default=warn, metavar="N",
+                       help=f"WARNING from N pending {what} (default {warn or 'off'})")
+        p.add_argument(f"--{what}-critical", type=int, default=0, metavar="N",
+                       help=f"CRITICAL from N pending {what} (default off)")
+    p.add_argument("--reboot-critical", action="store_true", help="a needed reboot is CRITICAL (default WARNING)")
+
+
+def _apply_options(p: argparse.ArgumentParser) -> None:
+    _common_options(p)
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--yes", action="store_true", help="restart without asking (mode auto)")
+    how.add_argument("--dry-run", action="store_true", help="only show what would be done (mode list)")
+    how.add_argument("--mode", choices=policy.MODES, help="override the policy's mode")
+    p.add_argument("--budget", type=float, default=600.0, metavar="SECONDS",
+                   help="stop starting restarts after this long (default 600)")
+
+
+def _status_options(p: argparse.ArgumentParser) -> None:
+    _roots_options(p)
+    p.add_argument("--json", action="store_true", help="print the state record as JSON")
+
+
+def _policy_options(p: argparse.ArgumentParser) -> None:
+    _roots_options(p)
+    actions = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    _roots_options(actions.add_parser("check", help="load every policy file and report errors (exit 2) or OK"))
+    _roots_options(actions.add_parser("show", help="effective settings and rules, with the file each came from"))
+    explain = actions.add_parser("explain", help="which rule decides for a unit, and why")
+    _roots_options(explain)
+    explain.add_argument("unit", help="unit name, e.g. nginx.service")
+    explain.add_argument("--user", action="store_true", help="a user unit (scope user) rather than a system one")
+    explain.add_argument("--package", action="append", default=[], metavar="PKG",
+                         help="the package that left it stale (repeatable)")
+
+
+def _hook_options(p: argparse.ArgumentParser) -> None:
+    _roots_options(p)
+    p.add_argument("--trigger", choices=transaction.TRIGGERS, default="manual",
+                   help="who runs it: apt, dpkg, unattended-upgrades or manual (default)")
+    p.add_argument("--after", type=_after, metavar="PID:START",
+                   help="first wait (bounded) until this process has exited")
+    p.add_argument("--budget", type=float, default=transaction.HOOK_BUDGET, metavar="SECONDS",
+                   help=f"give up after this long (default {transaction.HOOK_BUDGET:.0f})")
+
+
+# command -> (one-line help, description, its options)
+COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "scan": ("list processes using replaced files, by unit",
+             "List processes that use replaced package files, grouped by unit.", _listing_options),
+    "plan": ("show what would be restarted (dry run)",
+             "Show, per unit, the command that would fix it (dry run).", _listing_options),
+    "check": ("Nagios/Icinga plugin: OK, WARNING, CRITICAL or UNKNOWN (exit 0-3)",
+              "One status line with performance data, for Nagios and Icinga. Thresholds are counts "
+              "that raise the state (warn at >= N); 0 disables one.", _check_options),
+    "apply": ("restart what the policy allows, verified",
+              "Restart, one unit at a time and verified, what uses replaced files, as the policy "
+              "says; tell logged-in users about what only they can restart.", _apply_options),
+    "status": ("what the last run found and what is still pending (no scan)",
+               "Show the last run's findings and what is still pending, from the state directory; "
+               "instant, no scan.", _status_options),
+    "policy": ("check, show or explain the policy", "Check, show or explain the restart policy.", _policy_options),
+    "hook": ("run after a package transaction (called by the apt/dpkg hooks)",
+             "Report what the package transactions recorded since the last run left stale. "
+             "Always exits 0; never prompts; bounded in time.", _hook_options),
+}
+
+
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given ``argv``, only the named command's options are added.
+
+    Every command is always listed, but adding every option to every command costs
+    more than a third of a small scan's own time, so a run builds only its own.
+    """
+    named = argv[0] if argv else None
     parser = argparse.ArgumentParser(
         prog="restartctl",
         description="Find processes that still use files replaced by a package upgrade, "
                     "and what to restart to fix them.")
     parser.add_argument("--version", action="version", version=f"restartctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    sub.add_parser("scan", parents=[listing], help="list processes using replaced files, by unit",
-                   description="List processes that use replaced package files, grouped by unit.")
-    sub.add_parser("plan", parents=[listing], help="show what would be restarted (dry run)",
-                   description="Show, per unit, the command that would fix it (dry run).")
-    check_parser = sub.add_parser(
-        "check", parents=[common], help="Nagios/Icinga plugin: OK, WARNING, CRITICAL or UNKNOWN (exit 0-3)",
-        description="One status line with performance data, for Nagios and Icinga. Thresholds are counts "
-                    "that raise the state (warn at >= N); 0 disables one.")
-    for what, warn in (("services", 1), ("sessions", 0)):
-        check_parser.add_argument(f"--{what}-warning", type=int, default=warn, metavar="N",
-                                  help=f"WARNING from N pending {what} (default {warn or 'off'})")
-        check_parser.add_argument(f"--{what}-critical", type=int, default=0, metavar="N",
-                                  help=f"CRITICAL from N pending {what} (default off)")
-    check_parser.add_argument("--reboot-critical", action="store_true",
-                              help="a needed reboot is CRITICAL (default WARNING)")
-    apply_parser = sub.add_parser(
-        "apply", parents=[common], help="restart what the policy allows, verified",
-        description="Restart, one unit at a time and verified, what uses replaced files, as the policy "
-                    "says; tell logged-in users about what only they can restart.")
-    how = apply_parser.add_mutually_exclusive_group()
-    how.add_argument("--yes", action="store_true", help="restart without asking (mode auto)")
-    how.add_argument("--dry-run", action="store_true", help="only show what would be done (mode list)")
-    how.add_argument("--mode", choices=policy.MODES, help="override the policy's mode")
-    apply_parser.add_argument("--budget", type=float, default=600.0, metavar="SECONDS",
-                              help="stop starting restarts after this long (default 600)")
-    status_parser = sub.add_parser(
-        "status", parents=[common_roots], help="what the last run found and what is still pending (no scan)",
-        description="Show the last run's findings and what is still pending, from the state directory; "
-                    "instant, no scan.")
-    status_parser.add_argument("--json", action="store_true", help="print the state record as JSON")
-    policy_parser = sub.add_parser("policy", parents=[common_roots], help="check, show or explain the policy",
-                                   description="Check, show or explain the restart policy.")
-    policy_sub = policy_parser.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
-    policy_sub.add_parser("check", help="load every policy file and report errors (exit 2) or OK",
-                          parents=[common_roots])
-    policy_sub.add_parser("show", help="effective settings and rules, with the file each came from",
-                          parents=[common_roots])
-    explain = policy_sub.add_parser("explain", help="which rule decides for a unit, and why",
-                                    parents=[common_roots])
-    explain.add_argument("unit", help="unit name, e.g. nginx.service")
-    explain.add_argument("--user", action="store_true", help="a user unit (scope user) rather than a system one")
-    explain.add_argument("--package", action="append", default=[], metavar="PKG",
-                         help="the package that left it stale (repeatable)")
-    hook_parser = sub.add_parser(
-        "hook", parents=[common_roots], help="run after a package transaction (called by the apt/dpkg hooks)",
-        description="Report what the package transactions recorded since the last run left stale. "
-                    "Always exits 0; never prompts; bounded in time.")
-    hook_parser.add_argument("--trigger", choices=transaction.TRIGGERS, default="manual",
-                             help="who runs it: apt, dpkg, unattended-upgrades or manual (default)")
-    hook_parser.add_argument("--after", type=_after, metavar="PID:START",
-                             help="first wait (bounded) until this process has exited")
-    hook_parser.add_argument("--budget", type=float, default=transaction.HOOK_BUDGET, metavar="SECONDS",
-                             help=f"give up after this long (default {transaction.HOOK_BUDGET:.0f})")
+    for name, (summary, description, add_options) in COMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=description)
+        if argv is None or name == named:
+            add_options(command)
     return parser
 
 
@@ -121,7 +153,9 @@ def _roots(args: argparse.Namespace) -> Roots:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = _parser(argv).parse_args(argv)
     roots = _roots(args)
     if args.command == "hook":
         from restart import hook  # the scan commands need none of its imports
@@ -195,8 +229,7 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
     if fmt == "openmetrics":
         from restart import formats, reboot
 
-        record = state.read_json(roots.state, state.PENDING)
-        current = record is not None and record.get("boot_id") == state.boot_id(roots.proc)
+        record, current = _last_run(roots)
         out = formats.openmetrics(actions, findings.groups, findings.scan, reasons, last_run=record,
                                   current_boot=current, pending_since=reboot.unpacked_at(
                                       roots.admindir, formats.service_packages(actions or [])))
@@ -229,17 +262,32 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
     code = hook.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
                     deadline=time.monotonic() + args.budget)
     if args.json:
+        import json
+
+        from restart import state
+
         record = state.read_json(roots.state, state.PENDING) or {}
         sys.stdout.write(json.dumps({"schema": APPLY_SCHEMA, "applied": record.get("units", []),
                                      "pending": record.get("packages", [])}, indent=2) + "\n")
     return code
 
 
+def _last_run(roots: Roots) -> tuple[dict[str, Any] | None, bool]:
+    """The last run's record, and whether it is of this boot (state and json are imported only here)."""
+    from restart import state
+
+    record = state.read_json(roots.state, state.PENDING)
+    return record, record is not None and record.get("boot_id") == state.boot_id(roots.proc)
+
+
 def _status(roots: Roots, args: argparse.Namespace) -> int:
     """Exit 0 when nothing is pending, 1 when something is."""
-    record = state.read_json(roots.state, state.PENDING)
-    current = record is not None and record.get("boot_id") == state.boot_id(roots.proc)
+    record, current = _last_run(roots)
     if args.json:
+        import json
+
+        from restart import state
+
         sys.stdout.write(json.dumps({"schema": state.STATE_SCHEMA, "current_boot": current,
                                      "last_run": record}, indent=2) + "\n")
     else:

@@ -64,7 +64,6 @@ lists of the few packages that matter, never all of them.
 from __future__ import annotations
 
 import bisect
-import errno
 import functools
 import os
 import posixpath
@@ -77,7 +76,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from restart.packages import DpkgDatabase, fs_decode, fs_encode, spellings
-from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, ProcessGone, StaleFile
+from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, ProcessGone, StaleFile, exe_of, read_proc
 
 SCRIPT, MODULE = "script", "module"
 NEWER, DEPENDS, SEARCH_PATH = "newer", "depends", "search-path"  # evidence of the likely kinds
@@ -94,7 +93,6 @@ INFER_MODULES = frozenset({PYTHON, PERL, RUBY, NODE})  # families whose modules 
 # One finding per path: the more specific kind wins (a mapped C extension is a module).
 STRENGTH = {EXE: 5, SCRIPT: 4, MODULE: 3, CODE: 2, DATA: 1, FD: 0}
 
-_GONE = (errno.ENOENT, errno.ESRCH)
 # Never walked into: no package ships a script there, and procfs links (/proc/self,
 # /dev/fd -> /proc/self/fd) would name the reader's files, not the process's.
 _VIRTUAL = frozenset({"proc", "sys", "dev"})
@@ -568,23 +566,6 @@ def start_ticks(stat_text: bytes) -> int:
     return int(stat_text.rpartition(b")")[2].split()[19])
 
 
-def _read(dfd: int, name: str) -> bytes:
-    """One /proc file of the process, to the end (a seq_file hands out a page per read)."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
-        try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        if e.errno in _GONE:
-            raise ProcessGone() from e
-        raise
-
-
 def _read_file(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -743,9 +724,9 @@ def observe(dfd: int, pid: int, exe: str | None, host: Host, cmdline: bytes | No
     if interpreter is None or not _same_root(dfd, host):
         return None
     if cmdline is None:
-        cmdline = _read(dfd, "cmdline")
+        cmdline = read_proc(dfd, "cmdline")
     try:
-        start = host.wall(start_ticks(_read(dfd, "stat")))
+        start = host.wall(start_ticks(read_proc(dfd, "stat")))
     except (ValueError, IndexError):
         return None
     script = script_of(interpreter, argv_of(cmdline))
@@ -1042,16 +1023,6 @@ def merge(stale: Iterable[StaleFile], extra: Iterable[StaleFile]) -> tuple[Stale
 
 # ---------------------------------------------------------------------------- entry points
 
-def _exe(dfd: int) -> str | None:
-    try:
-        link = os.readlink("exe", dir_fd=dfd)
-    except OSError as e:
-        if e.errno in _GONE:
-            raise ProcessGone() from e
-        return None
-    return link.removesuffix(_DELETED)
-
-
 def detect(proc: Path, pid: int, exe: str | None, ctx: Context,
            stale: Sequence[StaleFile] = ()) -> tuple[StaleFile, ...]:
     """The extra findings of one process, opening ``proc/PID`` itself (``exe`` read if None).
@@ -1064,7 +1035,7 @@ def detect(proc: Path, pid: int, exe: str | None, ctx: Context,
     except OSError:
         return ()
     try:
-        obs = observe(dfd, pid, exe if exe is not None else _exe(dfd), ctx.host)
+        obs = observe(dfd, pid, exe if exe is not None else exe_of(dfd), ctx.host)
     except (ProcessGone, OSError):
         return ()
     finally:
@@ -1091,7 +1062,7 @@ def scan(proc: Path, ctx: Context, *, pids: Iterable[int] | None = None,
             except OSError:
                 continue
             try:
-                obs = observe(dfd, pid, _exe(dfd), ctx.host)
+                obs = observe(dfd, pid, exe_of(dfd), ctx.host)
             except (ProcessGone, OSError):
                 continue  # gone, or unreadable
             finally:

@@ -85,7 +85,7 @@ class Selection(NamedTuple):
         return not path.startswith(self.skip_prefixes)
 
 
-def _read(dfd: int, name: str) -> bytes:
+def read_proc(dfd: int, name: str) -> bytes:
     """Read one /proc file relative to the process directory, mapping errors once.
 
     To the end: a /proc seq_file hands out about a page per read() whatever the buffer
@@ -363,7 +363,7 @@ class _Scanner:
         return (cand.path, LIKELY, "deleted-hint") if cand.literal is not None else None
 
     def scan_process(self, pid: int, dfd: int) -> tuple[ProcessInfo | None, object | None]:
-        maps = _read(dfd, "maps")
+        maps = read_proc(dfd, "maps")
         if not maps:
             return None, None  # kernel thread or zombie
         found: dict[str, StaleFile] = {}
@@ -391,7 +391,7 @@ class _Scanner:
         if self.observe is None:
             return None
         try:
-            return self.observe(dfd, pid, _exe(dfd))
+            return self.observe(dfd, pid, exe_of(dfd))
         except ProcessGone:
             raise
         except (OSError, ValueError, IndexError):
@@ -430,9 +430,9 @@ class _Scanner:
 
 def describe(dfd: int, pid: int, found: dict[str, StaleFile], self_depth: int) -> ProcessInfo:
     """The facts reported about a stale process: read only for those, once each."""
-    name, ppid, uid, depth = parse_status(_read(dfd, "status"))
-    cgroup = fs_decode(_read(dfd, "cgroup"))
-    exe = _exe(dfd)
+    name, ppid, uid, depth = parse_status(read_proc(dfd, "status"))
+    cgroup = fs_decode(read_proc(dfd, "cgroup"))
+    exe = exe_of(dfd)
     if exe is not None and exe in found and found[exe].kind in (CODE, DATA):
         old = found[exe]
         found[exe] = StaleFile(EXE, old.path, old.confidence, old.evidence)
@@ -453,12 +453,12 @@ def stat_field(proc: Path, pid: int, index: int) -> int | None:
         return None
 
 
-def _exe(dfd: int) -> str | None:
+def exe_of(dfd: int) -> str | None:
+    """The executable's path (readlink writes names as they are: nothing to unescape); None if denied."""
     try:
-        link = os.fsencode(_readlink(dfd, "exe"))
+        return _readlink(dfd, "exe").removesuffix(" (deleted)")
     except PermissionError:
         return None
-    return decode_path(link.removesuffix(_DELETED))
 
 
 def _add(found: dict[str, StaleFile], item: StaleFile) -> None:

@@ -177,3 +177,11 @@ def test_observer_sees_the_processes_that_map_a_hinted_directory(tmp_path: Path,
     scan(build(tmp_path / "proc", procs), Selection(), observe=lambda dfd, pid, exe: seen.append(pid),
          observe_hints=(b" /usr/bin/",))
     assert seen == [10]
+
+
+def test_exe_link_is_taken_as_written(tmp_path: Path, root: Path) -> None:
+    # readlink() gives names as they are; only maps escapes (a newline as \012).
+    odd = "/opt/back\\012slash"
+    proc = build(tmp_path / "proc", [FakeProcess(10, map_line(LIB, ino(root, LIB) + 1), root=root, exe=odd)])
+    [p] = scan(proc, EVERYTHING).processes
+    assert p.exe == odd

@@ -217,7 +217,7 @@ def test_a_users_own_pid_namespace_stays_the_users(tmp_path: Path, capsys: pytes
 @contextmanager
 def after_reading(name: str, pid_dir: Path, action: Callable[[], None]) -> Iterator[None]:
     """Run ``action`` right after the scanner read ``name`` of the process in ``pid_dir``."""
-    real = restart.processes._read
+    real = restart.processes.read_proc
     target = os.stat(pid_dir).st_ino
 
     def spy(dfd: int, what: str) -> bytes:
@@ -226,11 +226,11 @@ def after_reading(name: str, pid_dir: Path, action: Callable[[], None]) -> Itera
             action()
         return data
 
-    restart.processes._read = spy  # type: ignore[assignment]
+    restart.processes.read_proc = spy  # type: ignore[assignment]
     try:
         yield
     finally:
-        restart.processes._read = real
+        restart.processes.read_proc = real
 
 
 def test_pid_reuse_mid_scan_never_mixes_two_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -297,12 +297,12 @@ def test_a_dead_process_directory_cannot_be_read_again() -> None:
     child = subprocess.Popen(["/usr/bin/sleep", "60"])
     dfd = os.open(f"/proc/{child.pid}", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert restart.processes._read(dfd, "cgroup")
+        assert restart.processes.read_proc(dfd, "cgroup")
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
         for name in ("maps", "status", "cgroup"):
             with pytest.raises(ProcessGone):
-                restart.processes._read(dfd, name)
+                restart.processes.read_proc(dfd, name)
     finally:
         os.close(dfd)
         if child.poll() is None:
