@@ -1,7 +1,5 @@
 """Allow ``python3 -m restart``."""
 
-import sys
+from restart.cli import run
 
-from restart.cli import main
-
-sys.exit(main())
+run()

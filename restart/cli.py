@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -152,6 +153,22 @@ def _roots(args: argparse.Namespace) -> Roots:
                  state=args.state, **extra)
 
 
+def run() -> None:
+    """The console entry point: :func:`main`, then leave at once.
+
+    Tearing the interpreter down frees every object one by one, about 5 ms, a sixth of
+    a small scan's own work.  Every file restartctl writes is closed where it is written,
+    so only the standard streams are left to flush, here.
+    """
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # restartctl scan | head
+        code = EXIT_ERROR
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -171,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(roots, args)
         return _scan_or_plan(roots, args)
+    except BrokenPipeError:
+        raise  # the reader went away (| head): not an error to report, see run()
     except (OSError, ValueError, policy.PolicyError) as e:
         if args.command == "check" or getattr(args, "format", None) == "nagios":
             from restart import formats
@@ -193,8 +212,6 @@ def _nagios(roots: Roots, packages: list[str] | None, **thresholds: Any) -> int:
     """Nagios plugin: one line and perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 
     ``thresholds`` are ``formats.nagios``'s; the ones not given keep its defaults."""
-    import os
-
     from restart import formats
 
     findings = find(roots, only_packages=packages)

@@ -153,6 +153,23 @@ def test_python_dash_m_entry_point_runs_from_a_checkout() -> None:
     assert sys.version_info >= (3, 11) and os.path.exists("/usr/bin/python3")
 
 
+def test_console_entry_keeps_mains_exit_code_and_output(tmp_path: Path) -> None:
+    # run() leaves with os._exit: the code and the whole report must still get out, and a
+    # reader that stops early (restartctl plan | head) gets no traceback.
+    host = Host(tmp_path, systemd=True)
+    for pid in range(10, 400):
+        host.add(pid)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO)}
+    argv = ["/usr/bin/python3", "-m", "restart", *host.argv("plan", "--json")]
+    done = subprocess.run(argv, env=env, capture_output=True, check=False)
+    assert done.returncode == 1 and len(json.loads(done.stdout)["processes"]) == 390
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as early:
+        assert early.stdout is not None and early.stderr is not None
+        early.stdout.read(10)
+        early.stdout.close()
+        assert early.wait(timeout=60) == 2 and early.stderr.read() == b""
+
+
 def test_machine_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     host = Host(tmp_path, systemd=True)
     host.add(100, cgroup="0::/system.slice/demod.service\n")
