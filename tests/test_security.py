@@ -524,10 +524,12 @@ def report():
         json.dump({"events": events, "modules": modules, "stdlib": allowed}, f)
 
 sys.addaudithook(hook)
-import atexit, runpy
-atexit.register(report)
-sys.argv = ["restartctl", *args]
-runpy.run_module("restart", run_name="__main__", alter_sys=True)
+from restart import cli  # main(), not run(): run() leaves by os._exit, past any report
+try:
+    code = cli.main(args)
+finally:
+    report()
+sys.exit(code)
 '''
 
 
