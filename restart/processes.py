@@ -6,12 +6,12 @@ processes' facts.  Each fact is read once.  A mapping is stale when the file now
 at its path, seen from the process's own root, is missing or is another inode;
 the kernel's `` (deleted)`` text is only a hint for which path to look at.
 
-Two looks per process.  The *quick look* reads ``maps`` (and the ``fd`` links) by
-path and only answers "certainly clean": each distinct mapping line is judged once
-per scan, so a host of a thousand processes costs little more than reading every
-``maps`` file.  Anything that is not certainly clean (a mapping or open file whose
-inode is not the one at its path here, an interpreter for stage 2b, an error) gets
-the *careful look* through the directory handle, which alone decides what is reported.
+Most of a host is clean, and processes mapping the same file differ only in the
+address ranges of their ``maps`` lines, so each distinct line (from the offset on) is
+judged once per scan; a process whose every line is already known fresh costs its
+reads and a set lookup per line.  Open files are judged only when they are regular
+files not found in place, and only a process whose ``maps`` shows an interpreter's
+directory is handed to stage 2b.
 Only processes with a stale file get their status, cgroup and exe read.
 """
 
@@ -92,22 +92,16 @@ def read_proc(dfd: int, name: str) -> bytes:
     size, so a short read is no sign of the end.
     """
     try:
-        return _drain(os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd))
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
     except OSError as e:
         raise _translate(e) from e
-
-
-def _read_path(path: bytes) -> bytes:
-    return _drain(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-
-
-def _drain(fd: int) -> bytes:
-    """Read to the end and close: a seq_file's short read is no sign of the end."""
     try:
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
         return b"".join(chunks)
+    except OSError as e:
+        raise _translate(e) from e
     finally:
         os.close(fd)
 
@@ -212,26 +206,14 @@ class _Scanner:
         self.candidates: dict[bytes, _Candidate | None] = {}
         self.settled: set[bytes] = set()  # maps lines (from the offset on) known to need no look
 
-    def clean_at_a_glance(self, base: bytes) -> bool:
-        """The quick look: True only when the process at ``base`` (``/proc/PID/``) is certainly clean.
-
-        Reads by path, not through a directory handle: a PID reused meanwhile only means
-        that the newcomer was the one looked at, and nothing read here is ever reported.
-        False sends the process to the careful look.
-        """
-        try:
-            maps = _read_path(base + b"maps")
-        except OSError:
-            return False  # gone, denied, odd: the careful look tells which
+    def all_settled(self, maps: bytes) -> bool:
+        """Is every line of this maps text one already known fresh or out of scope (the common case)?"""
         settled = self.settled
         for line in maps.split(b"\n"):
-            # "start-end perms " is all that differs between processes mapping the same file.
-            key = line[line.find(b" ") + 6:]
+            key = line[line.find(b" ") + 6:]  # past "start-end perms "
             if key not in settled and not self._settle(key):
                 return False
-        if self.observe is not None and any(hint in maps for hint in self.observe_hints):
-            return False  # maybe an interpreter: stage 2b looks through the handle
-        return not self.check_fds or self._fds_at_a_glance(base + b"fd/")
+        return True
 
     def _settle(self, key: bytes) -> bool:
         """Is this maps line (from the offset on) fresh or out of scope?  Remembered when so."""
@@ -245,27 +227,6 @@ class _Scanner:
                 if cand is not None and not self.unchanged_here(cand.path, int(head[2]), self.device(head[1])):
                     return False
         self.settled.add(key)
-        return True
-
-    def _fds_at_a_glance(self, fd_dir: bytes) -> bool:
-        try:
-            names = os.listdir(fd_dir)
-        except OSError:
-            return False
-        for name in names:
-            try:
-                target = os.readlink(fd_dir + name)
-            except OSError:
-                continue  # closed meanwhile
-            cand = self.candidate(target) if target[:1] == b"/" else None  # not socket:, pipe:, ...
-            if cand is None:
-                continue
-            try:
-                st = os.stat(fd_dir + name)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and not self.unchanged_here(cand.path, st.st_ino, st.st_dev):
-                return False
         return True
 
     def _identity(self) -> tuple[int, str, int]:
@@ -368,7 +329,7 @@ class _Scanner:
             return None, None  # kernel thread or zombie
         found: dict[str, StaleFile] = {}
         view: _View | None = None
-        for (raw, inode_text, dev_text), executable in parse_maps(maps).items():
+        for (raw, inode_text, dev_text), executable in ({} if self.all_settled(maps) else parse_maps(maps)).items():
             cand = self.candidate(raw)
             if cand is None:
                 continue
@@ -381,7 +342,9 @@ class _Scanner:
                 _add(found, StaleFile(CODE if executable else DATA, *verdict))
         if self.check_fds:
             self._stale_fds(dfd, found, view)
-        seen = self._observe(dfd, pid)
+        # An interpreter maps its own executable, under one of the hinted directories.
+        hinted = any(hint in maps for hint in self.observe_hints)
+        seen = self._observe(dfd, pid) if hinted else None
         if not found and seen is None:
             return None, None
         return describe(dfd, pid, found, self.self_depth), seen
@@ -479,7 +442,6 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
     (stage 2b: the directories interpreters live in; a process maps its own executable).
     """
     scanner = _Scanner(proc, selection, check_fds, observe, observe_hints)
-    base = os.fsencode(proc) + b"/"
     found: list[ProcessInfo] = []
     observed: list[tuple[ProcessInfo, object]] = []
     scanned = vanished = denied = errors = 0
@@ -491,8 +453,6 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
             if pid == scanner.self_pid:
                 continue
             scanned += 1
-            if scanner.clean_at_a_glance(b"%s%d/" % (base, pid)):
-                continue
             try:
                 dfd = os.open(str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=procfd)
             except OSError:

@@ -157,7 +157,7 @@ def _host_line(path: str, *, inode_delta: int = 0, start: int = 0x7F0000000000) 
                     start=start)
 
 
-def test_quick_look_shares_judgements_but_never_hides_a_stale_process(tmp_path: Path) -> None:
+def test_lines_judged_once_per_scan_never_hide_a_stale_process(tmp_path: Path) -> None:
     # Processes in our own mount namespace, mapping a real file: the same line (from the
     # offset on) is judged once for all; the one mapping another inode is still found.
     lib = os.path.realpath(sys.executable)
