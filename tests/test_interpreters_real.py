@@ -9,7 +9,10 @@ Real packages built here (tests/support/debs.build_deb), each in versions 1.0 an
 - ``rctl-pld`` (C): ``#!/usr/bin/perl -w``, ``use RctlMod`` from ``rctl-plmod`` (D,
   ``/usr/share/perl5``), with POD after ``__END__`` (so perl keeps the script open, as Perl
   daemons with embedded documentation do);
-- ``rctl-shd``: a ``#!/bin/sh`` loop (dash reads scripts as it goes and keeps them open).
+- ``rctl-shd``: a ``#!/bin/sh`` loop (dash reads scripts as it goes and keeps them open);
+- ``rctl-jsd``: ``#!/usr/bin/node``, requiring ``rctl-jsmod`` (``/usr/share/nodejs``) by its path;
+- ``rctl-jd``: ``java -jar /usr/share/java/rctl-jd.jar``, whose manifest puts ``rctl-lib.jar`` (from
+  ``rctl-jlib``) on its class path; the JVM keeps both jars open.
 
 They are upgraded one package at a time; after each step the module's entry point runs inside
 the container, as root, the way the tool runs (``/usr/bin/python3`` with ``PYTHONPATH`` = the
@@ -17,7 +20,7 @@ checkout), and its findings are recorded.  Hostile processes of user ``nobody`` 
 copies of the Python binary named ``python3`` in ``/home`` and ``/tmp``, an unowned interpreter
 path in ``/usr/bin``, a script path with shell syntax, and real interpreters with a planted
 ``PYTHONPATH``/``PERL5LIB``/``PERL5OPT``.  Every planted payload leaves a canary file if root ever
-runs it.  The module is not wired into ``restartctl scan`` yet; these tests call it directly.
+runs it.  Most tests call the stage directly; the last one goes through ``restartctl plan``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import pytest
 
 from restart.interpreters import TOLERANCE
 from tests.support.container import Container
-from tests.support.debs import build_deb, compile_c
+from tests.support.debs import build_deb, compile_c, compile_jar
 
 pytestmark = pytest.mark.real
 
@@ -40,10 +43,15 @@ DIST = "/usr/lib/python3/dist-packages"
 MOD = f"{DIST}/rctl_mod/__init__.py"
 NATIVE_SO = f"{DIST}/rctl_native/librctlnative.so"
 PLMOD = "/usr/share/perl5/RctlMod.pm"
+JSMOD = "/usr/share/nodejs/rctl-jsmod/index.js"
+JLIB, JD = "/usr/share/java/rctl-lib.jar", "/usr/share/java/rctl-jd.jar"
+JRE = "openjdk-17-jre-headless"
 CANARY = "/srv/rctl/canary"
 EVIL = "/srv/rctl/evil"
 HOSTILE_SCRIPT = "/tmp/$(touch /srv/rctl/canary/CANARY-shell)"
-SERVICES = ("rctl-pyd", "rctl-pyother", "rctl-pld", "rctl-shd")
+SERVICES = ("rctl-pyd", "rctl-pyother", "rctl-pld", "rctl-shd", "rctl-jsd", "rctl-jd")
+STEPS = ("rctl-pymod", "rctl-pynative", "rctl-plmod", "rctl-pyd", "rctl-pld", "rctl-shd", "rctl-jsmod", "rctl-jsd",
+         "rctl-jlib", "rctl-jd")
 SETPRIV = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
 
 PYD = '''#!/usr/bin/python3
@@ -99,6 +107,25 @@ rctl-pld - a Perl daemon of the restartctl tests ({v})
 '''
 PLMOD_PM = 'package RctlMod;\nuse strict;\nsub version {{ return "{v}"; }}\n1;\n'
 SHD = '#!/bin/sh\n# rctl-shd {v}\n[ $# -gt 0 ] && echo ready > "$1"\nwhile :; do sleep 3600; done\n'
+JSD = """#!/usr/bin/node
+// rctl-jsd {v}: a Node daemon of the restartctl tests.
+const mod = require("/usr/share/nodejs/rctl-jsmod");
+if (process.argv.length > 2) require("fs").writeFileSync(process.argv[2], mod.version() + "\\n");
+setInterval(() => {{}}, 1 << 30);
+"""
+JSMOD_JS = 'module.exports = {{ version: () => "{v}" }};\n'
+JLIB_JAVA = 'public class RctlLib {{ public static String version() {{ return "{v}"; }} }}\n'
+JD_JAVA = """import java.nio.file.Files;
+import java.nio.file.Path;
+
+public class RctlD {{  // rctl-jd {v}: a Java daemon of the restartctl tests
+    public static void main(String[] args) throws Exception {{
+        String v = RctlLib.version();
+        if (args.length > 0) Files.writeString(Path.of(args[0]), v + "\\n");
+        Thread.sleep(Long.MAX_VALUE);
+    }}
+}}
+"""
 UNIT = "[Unit]\nDescription={name}\n\n[Service]\nExecStart=/usr/bin/{name} /run/{name}.ready\n"
 
 # Payloads a hostile user plants: harmless when she runs them, a canary when root does.
@@ -133,8 +160,15 @@ def build(outdir: Path, v: str) -> dict[str, Path]:
     native = compile_c(NATIVE_C % v, outdir / f"build-{v}" / "librctlnative.so", shared=True,
                        soname="librctlnative.so")
 
-    def unit(name: str) -> dict[str, bytes]:
-        return {f"/lib/systemd/system/{name}.service": UNIT.format(name=name).encode()}
+    def unit(name: str, exec_start: str | None = None) -> dict[str, bytes]:
+        text = UNIT.format(name=name)
+        if exec_start is not None:
+            text = text.replace(f"ExecStart=/usr/bin/{name}", f"ExecStart={exec_start}")
+        return {f"/lib/systemd/system/{name}.service": text.encode()}
+
+    jlib = compile_jar({"RctlLib": JLIB_JAVA.format(v=v)}, outdir / f"build-{v}" / "rctl-lib.jar")
+    jd = compile_jar({"RctlD": JD_JAVA.format(v=v)}, outdir / f"build-{v}" / "rctl-jd.jar", class_path=[jlib],
+                     main="RctlD", manifest_class_path="rctl-lib.jar")
 
     specs: dict[str, tuple[dict[str, bytes | Path], str]] = {
         "rctl-pymod": ({MOD: f'"""rctl_mod {v}"""\nVERSION = "{v}"\n'.encode()}, "python3"),
@@ -146,6 +180,10 @@ def build(outdir: Path, v: str) -> dict[str, Path]:
         "rctl-plmod": ({PLMOD: PLMOD_PM.format(v=v).encode()}, "perl"),
         "rctl-pld": ({"/usr/bin/rctl-pld": PLD.format(v=v).encode(), **unit("rctl-pld")}, "perl, rctl-plmod"),
         "rctl-shd": ({"/usr/bin/rctl-shd": SHD.format(v=v).encode(), **unit("rctl-shd")}, "dash"),
+        "rctl-jsmod": ({JSMOD: JSMOD_JS.format(v=v).encode()}, "nodejs"),
+        "rctl-jsd": ({"/usr/bin/rctl-jsd": JSD.format(v=v).encode(), **unit("rctl-jsd")}, "nodejs, rctl-jsmod"),
+        "rctl-jlib": ({JLIB: jlib}, JRE),
+        "rctl-jd": ({JD: jd, **unit("rctl-jd", f"/usr/bin/java -Xmx32m -jar {JD}")}, f"{JRE}, rctl-jlib"),
     }
     return {name: build_deb(outdir, name, v, files, depends=depends, arch="all" if name != "rctl-pynative" else None)
             for name, (files, depends) in specs.items()}
@@ -224,7 +262,7 @@ def story(systemd_container: Container, tmp_path_factory: pytest.TempPathFactory
     c.check(["chmod", "0775", HOSTILE_SCRIPT])
 
     docs = {"before": run_module(c)}
-    for step in ("rctl-pymod", "rctl-pynative", "rctl-plmod", "rctl-pyd", "rctl-pld", "rctl-shd"):
+    for step in STEPS:
         c.install_debs([v2[step]])
         docs[step] = run_module(c)
         if step == "rctl-pymod":
@@ -251,7 +289,7 @@ def test_python_module_upgrade_is_likely(story: dict[str, Any]) -> None:
 
 
 def test_unrelated_python_process_is_not_flagged(story: dict[str, Any]) -> None:
-    for step in ("rctl-pymod", "rctl-pynative", "rctl-plmod", "rctl-pyd", "rctl-pld", "rctl-shd"):
+    for step in STEPS:
         assert ours(story, step, "rctl-pyother") == set(), step
 
 
@@ -291,6 +329,25 @@ def test_shell_script_held_open_is_certain(story: dict[str, Any]) -> None:
     assert ours(story, "rctl-shd", "rctl-shd") == {("script", "/usr/bin/rctl-shd", "certain", "unlinked")}
 
 
+def test_node_module_and_script_upgrades_are_likely(story: dict[str, Any]) -> None:
+    """Node reads its script and modules and closes them: the Depends closure and ctimes speak."""
+    for step in ("before", "rctl-pymod", "rctl-plmod", "rctl-shd"):
+        assert ours(story, step, "rctl-jsd") == set(), step
+    assert ours(story, "rctl-jsmod", "rctl-jsd") == {("module", JSMOD, "likely", "depends")}
+    found = ours(story, "rctl-jsd", "rctl-jsd")
+    assert ("script", "/usr/bin/rctl-jsd", "likely", "newer") in found
+    assert ("module", JSMOD, "likely", "depends") in found
+
+
+def test_java_jars_held_open_are_certain(story: dict[str, Any]) -> None:
+    """The JVM keeps its jars open: the replaced library jar and main jar are proven by inode."""
+    for step in ("before", "rctl-pymod", "rctl-jsd"):
+        assert ours(story, step, "rctl-jd") == set(), step
+    assert ours(story, "rctl-jlib", "rctl-jd") == {("module", JLIB, "certain", "unlinked")}
+    assert ours(story, "rctl-jd", "rctl-jd") == {("script", JD, "certain", "unlinked"),
+                                                 ("module", JLIB, "certain", "unlinked")}
+
+
 def test_lookalike_interpreters_are_not_interpreters(story: dict[str, Any]) -> None:
     """Copies of python named python3 in /home and /tmp, and a /usr/bin/python3.99 no package owns."""
     for step in story["docs"]:
@@ -325,7 +382,7 @@ def test_the_cli_reports_and_plans_interpreted_daemons(story: dict[str, Any], sy
     assert r.returncode == 1 and r.stderr == "", r.stderr
     doc = json.loads(r.stdout)
     actions = {a["unit"]: a for a in doc["actions"]}
-    for name in ("rctl-pyd", "rctl-pld", "rctl-shd"):
+    for name in ("rctl-pyd", "rctl-pld", "rctl-shd", "rctl-jsd", "rctl-jd"):
         assert actions[f"{name}.service"]["argv"] == ["systemctl", "restart", "--", f"{name}.service"], actions
     kinds = {s["kind"] for p in doc["processes"] if p["pid"] == story["pids"]["rctl-pyd"] for s in p["stale"]}
     assert {"script", "module"} <= kinds, kinds

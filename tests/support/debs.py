@@ -20,6 +20,8 @@ from pathlib import Path
 from . import PrerequisiteError, require_program
 
 GCC = "/usr/bin/gcc"
+JAVAC = "/usr/bin/javac"
+JAR = "/usr/bin/jar"
 DPKG = "/usr/bin/dpkg"
 DPKG_DEB = "/usr/bin/dpkg-deb"
 DPKG_ARCHITECTURE = "/usr/bin/dpkg-architecture"
@@ -90,6 +92,27 @@ def compile_c(
     if rpath:
         argv.append(f"-Wl,-rpath,{rpath}")
     _run(argv)
+    return out
+
+
+def compile_jar(sources: Mapping[str, str], out: Path, *, class_path: Sequence[Path] = (),
+                main: str | None = None, manifest_class_path: str | None = None) -> Path:
+    """Compile Java ``sources`` (class name -> source) into the jar ``out``.
+
+    ``class_path`` are jars compiled against; ``main`` and ``manifest_class_path`` go into the
+    manifest, so that ``java -jar out`` runs and finds its libraries next to it, as Debian's do.
+    """
+    build = out.with_name(out.name + ".build")
+    (build / "classes").mkdir(parents=True, exist_ok=True)
+    for name, text in sources.items():
+        (build / f"{name}.java").write_text(text, encoding="utf-8")
+    cp = ["-cp", ":".join(str(j) for j in class_path)] if class_path else []
+    _run([JAVAC, "-Werror", "--release", "17", *cp, "-d", str(build / "classes"),
+          *(str(build / f"{n}.java") for n in sources)])
+    manifest = build / "manifest.txt"
+    manifest.write_text("".join(f"{k}: {v}\n" for k, v in (("Main-Class", main), ("Class-Path", manifest_class_path))
+                                if v), encoding="utf-8")
+    _run([JAR, "--create", "--file", str(out), "--manifest", str(manifest), "-C", str(build / "classes"), "."])
     return out
 
 
