@@ -11,6 +11,7 @@ Real packages built here (tests/support/debs.build_deb), each in versions 1.0 an
   daemons with embedded documentation do);
 - ``rctl-shd``: a ``#!/bin/sh`` loop (dash reads scripts as it goes and keeps them open);
 - ``rctl-jsd``: ``#!/usr/bin/node``, requiring ``rctl-jsmod`` (``/usr/share/nodejs``) by its path;
+- ``rctl-rbd``: ``#!/usr/bin/ruby``, requiring ``rctl_rbmod`` from ``rctl-rbmod`` (``vendor_ruby``);
 - ``rctl-jd``: ``java -jar /usr/share/java/rctl-jd.jar``, whose manifest puts ``rctl-lib.jar`` (from
   ``rctl-jlib``) on its class path; the JVM keeps both jars open.
 
@@ -44,14 +45,15 @@ MOD = f"{DIST}/rctl_mod/__init__.py"
 NATIVE_SO = f"{DIST}/rctl_native/librctlnative.so"
 PLMOD = "/usr/share/perl5/RctlMod.pm"
 JSMOD = "/usr/share/nodejs/rctl-jsmod/index.js"
+RBMOD = "/usr/lib/ruby/vendor_ruby/rctl_rbmod.rb"
 JLIB, JD = "/usr/share/java/rctl-lib.jar", "/usr/share/java/rctl-jd.jar"
 JRE = "openjdk-17-jre-headless"
 CANARY = "/srv/rctl/canary"
 EVIL = "/srv/rctl/evil"
 HOSTILE_SCRIPT = "/tmp/$(touch /srv/rctl/canary/CANARY-shell)"
-SERVICES = ("rctl-pyd", "rctl-pyother", "rctl-pld", "rctl-shd", "rctl-jsd", "rctl-jd")
+SERVICES = ("rctl-pyd", "rctl-pyother", "rctl-pld", "rctl-shd", "rctl-jsd", "rctl-rbd", "rctl-jd")
 STEPS = ("rctl-pymod", "rctl-pynative", "rctl-plmod", "rctl-pyd", "rctl-pld", "rctl-shd", "rctl-jsmod", "rctl-jsd",
-         "rctl-jlib", "rctl-jd")
+         "rctl-rbmod", "rctl-rbd", "rctl-jlib", "rctl-jd")
 SETPRIV = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
 
 PYD = '''#!/usr/bin/python3
@@ -114,6 +116,13 @@ if (process.argv.length > 2) require("fs").writeFileSync(process.argv[2], mod.ve
 setInterval(() => {{}}, 1 << 30);
 """
 JSMOD_JS = 'module.exports = {{ version: () => "{v}" }};\n'
+RBD = """#!/usr/bin/ruby
+# rctl-rbd {v}: a Ruby daemon of the restartctl tests.
+require "rctl_rbmod"
+File.write(ARGV[0], RctlRbMod.version + "\\n") unless ARGV.empty?
+sleep
+"""
+RBMOD_RB = 'module RctlRbMod\n  def self.version\n    "{v}"\n  end\nend\n'
 JLIB_JAVA = 'public class RctlLib {{ public static String version() {{ return "{v}"; }} }}\n'
 JD_JAVA = """import java.nio.file.Files;
 import java.nio.file.Path;
@@ -133,6 +142,7 @@ PY_CANARY = ("import os\nif os.geteuid() == 0:\n"
              f"    open('{CANARY}/CANARY-python-' + __name__, 'w').close()\n")
 PL_CANARY = (f'package RctlEvil;\nif ($> == 0) {{ open(my $f, ">", "{CANARY}/CANARY-perl"); }}\n'
              'sub version { return "planted"; }\n1;\n')
+RB_CANARY = f'File.write("{CANARY}/CANARY-ruby-" + __FILE__.tr("/", "_"), "") if Process.euid == 0\n'
 SLEEPER_PY = "import signal\nwhile True:\n    signal.pause()\n"
 
 # Run inside the container, as root: the scanner (for its mapping/fd findings) and the module.
@@ -182,6 +192,8 @@ def build(outdir: Path, v: str) -> dict[str, Path]:
         "rctl-shd": ({"/usr/bin/rctl-shd": SHD.format(v=v).encode(), **unit("rctl-shd")}, "dash"),
         "rctl-jsmod": ({JSMOD: JSMOD_JS.format(v=v).encode()}, "nodejs"),
         "rctl-jsd": ({"/usr/bin/rctl-jsd": JSD.format(v=v).encode(), **unit("rctl-jsd")}, "nodejs, rctl-jsmod"),
+        "rctl-rbmod": ({RBMOD: RBMOD_RB.format(v=v).encode()}, "ruby"),
+        "rctl-rbd": ({"/usr/bin/rctl-rbd": RBD.format(v=v).encode(), **unit("rctl-rbd")}, "ruby, rctl-rbmod"),
         "rctl-jlib": ({JLIB: jlib}, JRE),
         "rctl-jd": ({JD: jd, **unit("rctl-jd", f"/usr/bin/java -Xmx32m -jar {JD}")}, f"{JRE}, rctl-jlib"),
     }
@@ -231,8 +243,8 @@ def story(systemd_container: Container, tmp_path_factory: pytest.TempPathFactory
         pids[name] = c.main_pid(f"{name}.service")
 
     # The hostile user's side (nobody; /tmp is the container's own tmpfs).
-    c.check(["install", "-d", "-m", "0755", CANARY, f"{EVIL}/py", f"{EVIL}/pl", "/home/mallory", "/tmp/usr/bin",
-             "/tmp/ready"])
+    c.check(["install", "-d", "-m", "0755", CANARY, f"{EVIL}/py", f"{EVIL}/pl", f"{EVIL}/rb", "/home/mallory",
+             "/tmp/usr/bin", "/tmp/ready"])
     c.check(["chmod", "1777", "/tmp/ready"])
     for path in ("/home/mallory/python3", "/tmp/usr/bin/python3.11", "/usr/bin/python3.99"):
         c.check(["cp", "/usr/bin/python3.11", path])  # a real, working Python under a bait name
@@ -241,6 +253,8 @@ def story(systemd_container: Container, tmp_path_factory: pytest.TempPathFactory
     c.write_file(f"{EVIL}/py/rctl_mod/__init__.py", PY_CANARY + 'VERSION = "planted"\n')
     c.write_file(f"{EVIL}/pl/RctlMod.pm", PL_CANARY.replace("RctlEvil", "RctlMod"))
     c.write_file(f"{EVIL}/pl/RctlEvil.pm", PL_CANARY)
+    c.write_file(f"{EVIL}/rb/rctl_rbmod.rb", RB_CANARY + RBMOD_RB.format(v="planted"))
+    c.write_file(f"{EVIL}/rb/rctl_evil.rb", RB_CANARY)
     c.write_file(HOSTILE_SCRIPT, SLEEPER_PY + "\n", mode=0o755)
     pids["bait-home"] = spawn_ready(c, [*SETPRIV, "/home/mallory/python3", "/usr/bin/rctl-pyd", "/tmp/ready/home"],
                                     "/tmp/ready/home")
@@ -255,6 +269,9 @@ def story(systemd_container: Container, tmp_path_factory: pytest.TempPathFactory
     pids["perl5lib"] = spawn_ready(
         c, [*SETPRIV, "/usr/bin/perl", "/usr/bin/rctl-pld", "/tmp/ready/perl"], "/tmp/ready/perl",
         env={"PERL5LIB": f"{EVIL}/pl", "PERL5OPT": "-MRctlEvil"})
+    pids["rubylib"] = spawn_ready(
+        c, [*SETPRIV, "/usr/bin/ruby", "/usr/bin/rctl-rbd", "/tmp/ready/ruby"], "/tmp/ready/ruby",
+        env={"RUBYLIB": f"{EVIL}/rb", "RUBYOPT": "-rrctl_evil"})
     # A change to the hostile script after its process started: a ctime the rules see.
     wait_for(lambda: c.exec(["test", "-d", f"/proc/{pids['shell-syntax']}"]).returncode == 0, "the shell-syntax one")
     # Changes within TOLERANCE of a start never count; the upgrades below must come later.
@@ -271,7 +288,8 @@ def story(systemd_container: Container, tmp_path_factory: pytest.TempPathFactory
     canaries = c.check(["ls", "-A", CANARY])
     for name, pid in pids.items():
         assert c.exec(["test", "-d", f"/proc/{pid}"]).returncode == 0, f"{name} (pid {pid}) died"
-    return {"pids": pids, "docs": docs, "canaries": canaries}
+    planted = c.check(["cat", "/tmp/ready/ruby"]).strip()  # what the RUBYLIB process really loaded
+    return {"pids": pids, "docs": docs, "canaries": canaries, "ruby_loaded": planted}
 
 
 def ours(story: dict[str, Any], step: str, name: str) -> set[Finding]:
@@ -339,6 +357,22 @@ def test_node_module_and_script_upgrades_are_likely(story: dict[str, Any]) -> No
     assert ("module", JSMOD, "likely", "depends") in found
 
 
+def test_ruby_module_and_script_upgrades_are_likely(story: dict[str, Any]) -> None:
+    for step in ("before", "rctl-pymod", "rctl-jsmod"):
+        assert ours(story, step, "rctl-rbd") == set(), step
+    assert ours(story, "rctl-rbmod", "rctl-rbd") == {("module", RBMOD, "likely", "depends")}
+    found = ours(story, "rctl-rbd", "rctl-rbd")
+    assert ("script", "/usr/bin/rctl-rbd", "likely", "newer") in found
+    assert ("module", RBMOD, "likely", "depends") in found
+
+
+def test_planted_rubylib_changes_nothing(story: dict[str, Any]) -> None:
+    """The process loads the planted rctl_rbmod (and RUBYOPT's library); the closure decides."""
+    assert story["ruby_loaded"] == "planted"
+    assert ours(story, "rctl-pymod", "rubylib") == set()
+    assert ours(story, "rctl-rbmod", "rubylib") == {("module", RBMOD, "likely", "depends")}
+
+
 def test_java_jars_held_open_are_certain(story: dict[str, Any]) -> None:
     """The JVM keeps its jars open: the replaced library jar and main jar are proven by inode."""
     for step in ("before", "rctl-pymod", "rctl-jsd"):
@@ -358,7 +392,7 @@ def test_lookalike_interpreters_are_not_interpreters(story: dict[str, Any]) -> N
 def test_hostile_processes_run_nothing_and_get_no_false_certainty(story: dict[str, Any]) -> None:
     assert story["canaries"] == ""
     for step, doc in story["docs"].items():
-        for name in ("shell-syntax", "pythonpath", "perl5lib"):
+        for name in ("shell-syntax", "pythonpath", "perl5lib", "rubylib"):
             pid = story["pids"][name]
             proven = {s[1] for s in doc["stale"].get(str(pid), [])}
             for kind, path, confidence, _ in findings(doc, pid):
@@ -382,7 +416,7 @@ def test_the_cli_reports_and_plans_interpreted_daemons(story: dict[str, Any], sy
     assert r.returncode == 1 and r.stderr == "", r.stderr
     doc = json.loads(r.stdout)
     actions = {a["unit"]: a for a in doc["actions"]}
-    for name in ("rctl-pyd", "rctl-pld", "rctl-shd", "rctl-jsd", "rctl-jd"):
+    for name in ("rctl-pyd", "rctl-pld", "rctl-shd", "rctl-jsd", "rctl-rbd", "rctl-jd"):
         assert actions[f"{name}.service"]["argv"] == ["systemctl", "restart", "--", f"{name}.service"], actions
     kinds = {s["kind"] for p in doc["processes"] if p["pid"] == story["pids"]["rctl-pyd"] for s in p["stale"]}
     assert {"script", "module"} <= kinds, kinds
