@@ -207,7 +207,7 @@ def openmetrics(actions: Sequence[Action] | None, groups: Sequence[UnitGroup], s
     w.family("restartctl_scanned_processes", "Processes the scan looked at.", [({}, scan.scanned)])
     w.family("restartctl_unreadable_processes", "Processes the scan could not read, by why.",
              [({"why": "denied"}, scan.denied), ({"why": "vanished"}, scan.vanished),
-              ({"why": "error"}, scan.errors)])
+              ({"why": "error"}, scan.errors), ({"why": "deadline"}, scan.unscanned)])
     w.family("restartctl_reboot_required", "1 when the host needs a reboot (see restartctl_reboot_reason).",
              [({}, 1 if reasons else 0)])
     seen = dict.fromkeys((r.kind, r.package or "") for r in reasons)

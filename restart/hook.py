@@ -287,7 +287,11 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
     if not usable or (mode == "ask" and not interactive()):
         mode = "list"
-    findings = find(roots, only_packages=scope, old_files=old_files)
+    # The scan may take half the time left; restarts and their checks need the rest.
+    findings = find(roots, only_packages=scope, old_files=old_files,
+                    deadline=time.monotonic() + max(0.0, deadline - time.monotonic()) / 2)
+    if findings.scan.unscanned:
+        log.error(report.unscanned_note(findings.scan))
     actions = plan.make_plan(findings.groups, pol)
     outcomes: list[execute.Outcome] = []
     if mode == "list" or not actions:
@@ -309,6 +313,8 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         log.info(line, show=False)
     done = {id(o.action) for o in outcomes if o.status == execute.DONE}
     still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
+    if findings.scan.unscanned:
+        still |= frozenset(scope or ())  # not all looked at: the whole transaction stays pending
     state.save_pending(roots.state, state.boot_id(roots.proc), trigger=trigger, packages=still,
                        units=report.run_units(actions, outcomes))
     publish(roots, [a for a in actions if id(a) not in done], findings, log)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -27,6 +28,7 @@ from typing import NamedTuple
 from restart.packages import canonical, fs_decode
 
 EXE, CODE, DATA, FD = "exe", "code", "data", "fd"
+FIRST_USER_UID = 1000  # Debian's UID_MIN: below it are root and system accounts (daemons)
 CERTAIN, LIKELY = "certain", "likely"
 _DELETED = b" (deleted)"
 _STRENGTH = {EXE: 3, CODE: 2, DATA: 1, FD: 0}
@@ -67,6 +69,7 @@ class ScanResult(NamedTuple):
     denied: int       # not readable by us (another user's process, as non-root)
     errors: int = 0   # data no kernel writes (seen only in hostile fixtures): skipped, counted
     observed: tuple[tuple[ProcessInfo, object], ...] = ()  # what an observer (stage 2b) noted, per process
+    unscanned: int = 0  # never looked at: the deadline came first (users' processes go last)
 
 
 class Selection(NamedTuple):
@@ -210,21 +213,23 @@ class _Scanner:
         """Is every line of this maps text one already known fresh or out of scope (the common case)?"""
         settled = self.settled
         for line in maps.split(b"\n"):
-            key = line[line.find(b" ") + 6:]  # past "start-end perms "
+            # "dev inode path": past "start-end perms offset ", which differ between the
+            # processes mapping a file, and between the pieces of one file within a process.
+            key = line[line.find(b" ", line.find(b" ") + 6) + 1:]
             if key not in settled and not self._settle(key):
                 return False
         return True
 
     def _settle(self, key: bytes) -> bool:
-        """Is this maps line (from the offset on) fresh or out of scope?  Remembered when so."""
+        """Is this "dev inode path" of a maps line fresh or out of scope?  Remembered when so."""
         i = key.find(b" /")
         if i >= 0:
             head = key[:i].split()
-            if len(head) != 3 or not head[2].isdigit():
+            if len(head) != 2 or not head[1].isdigit():
                 return False
-            if head[2] != b"0":
+            if head[1] != b"0":
                 cand = self.candidate(key[i + 1:])
-                if cand is not None and not self.unchanged_here(cand.path, int(head[2]), self.device(head[1])):
+                if cand is not None and not self.unchanged_here(cand.path, int(head[1]), self.device(head[0])):
                     return False
         self.settled.add(key)
         return True
@@ -435,23 +440,31 @@ def _add(found: dict[str, StaleFile], item: StaleFile) -> None:
 def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
          pids: Iterable[int] | None = None, observe: Observer | None = None,
          observe_hints: tuple[bytes, ...] = (),
-         on_error: Callable[[int, Exception], None] | None = None) -> ScanResult:
+         on_error: Callable[[int, Exception], None] | None = None,
+         deadline: float | None = None, clock: Callable[[], float] = time.monotonic) -> ScanResult:
     """Scan every process under ``proc`` (or just ``pids``) for stale files.
 
     ``observe`` sees each process whose ``maps`` text contains one of ``observe_hints``
     (stage 2b: the directories interpreters live in; a process maps its own executable).
+    With a ``deadline`` (on ``clock``), root's and system accounts' processes are scanned
+    first and the scan stops when the deadline passes, counting the rest as unscanned: a
+    user with many processes that map many files can slow a scan, not starve the services.
     """
     scanner = _Scanner(proc, selection, check_fds, observe, observe_hints)
     found: list[ProcessInfo] = []
     observed: list[tuple[ProcessInfo, object]] = []
-    scanned = vanished = denied = errors = 0
+    scanned = vanished = denied = errors = unscanned = 0
     procfd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         candidates = sorted(pids) if pids is not None else sorted(
             int(n) for n in os.listdir(procfd) if n.isdigit())
-        for pid in candidates:
-            if pid == scanner.self_pid:
-                continue
+        candidates = [p for p in candidates if p != scanner.self_pid]
+        if deadline is not None:
+            candidates.sort(key=lambda p: (_owned_by_a_user(procfd, p), p))
+        for n, pid in enumerate(candidates):
+            if deadline is not None and clock() > deadline:
+                unscanned = len(candidates) - n
+                break
             scanned += 1
             try:
                 dfd = os.open(str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=procfd)
@@ -479,4 +492,12 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
                 observed.append((info, seen))
     finally:
         os.close(procfd)
-    return ScanResult(found, scanned, vanished, denied, errors, tuple(observed))
+    return ScanResult(found, scanned, vanished, denied, errors, tuple(observed), unscanned)
+
+
+def _owned_by_a_user(procfd: int, pid: int) -> bool:
+    """Whether ``/proc/PID`` belongs to a user account (a process's directory has its owner's uid)."""
+    try:
+        return os.stat(str(pid), dir_fd=procfd).st_uid >= FIRST_USER_UID
+    except OSError:
+        return False

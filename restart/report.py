@@ -80,7 +80,7 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
         "processes": [_process_json(a, unowned=False) for a in affected if a.files],
         "units": [_group_json(g) for g in groups],
         "stats": {"scanned": scan.scanned, "vanished": scan.vanished, "denied": scan.denied,
-                  "errors": scan.errors},
+                  "errors": scan.errors, "unscanned": scan.unscanned},
     }
     if show_unowned:
         doc["unowned"] = [_process_json(a, unowned=True) for a in affected if a.unowned]
@@ -319,9 +319,16 @@ def _unowned_text(affected: list[Affected], show: bool) -> list[str]:
 
 
 def _stats_text(scan: ScanResult) -> list[str]:
+    lines = [f"Warning: {unscanned_note(scan)}"] if scan.unscanned else []
     if scan.denied:
         import os
 
         why = "not even by root" if os.geteuid() == 0 else "run as root to see all"
-        return [f"Warning: {scan.denied} process{'es' if scan.denied != 1 else ''} could not be read ({why})."]
-    return []
+        lines.append(f"Warning: {scan.denied} process{'es' if scan.denied != 1 else ''} could not be read ({why}).")
+    return lines
+
+
+def unscanned_note(scan: ScanResult) -> str:
+    n = scan.unscanned
+    return (f"{n} process{'es were' if n != 1 else ' was'} not scanned before the time ran out "
+            "(users' processes go last); what they use is checked again on the next run.")

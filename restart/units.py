@@ -12,7 +12,7 @@ import re
 from typing import NamedTuple
 
 from restart.packages import DpkgDatabase
-from restart.processes import ProcessInfo, ScanResult, StaleFile
+from restart.processes import FIRST_USER_UID, ProcessInfo, ScanResult, StaleFile
 
 SYSTEM, USER, SESSION, INIT, USER_MANAGER, CONTAINER, NONE = (
     "system", "user", "session", "init", "user-manager", "container", "none")
@@ -153,7 +153,6 @@ def _machine_name(parts: list[str]) -> str | None:
     return None
 
 
-FIRST_USER_UID = 1000  # Debian's UID_MIN: below it are root and system accounts (daemons)
 _INIT_SCRIPT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,23 @@ def test_unattended_upgrades_is_found_among_the_ancestors(tmp_path: Path) -> Non
     assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300) is None
     (tmp_path / "unattended-upgrades.pid").write_text("100\n")
     assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300) == hook.Process(100, 1000)
+
+
+def test_a_scan_cut_short_keeps_the_whole_transaction_pending(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The hook's scan gets half the time left; what it could not look at is said and stays pending."""
+    from restart import state
+    from tests.test_cli import Host
+
+    host = Host(tmp_path, systemd=True)
+    host.add(10)
+    argv = host.argv("scan")
+    roots = Roots(proc=Path(argv[argv.index("--proc") + 1]), root=host.root, admindir=tmp_path / "admin",
+                  run=tmp_path / "run", etc=host.root / "etc", state=tmp_path / "state")
+    log = hook.Log(sys.stdout, sys.stderr, quiet=False)
+    hook.act(roots, "apt", log, scope=["demod", "libdemo1"], old_files=None, failed=[], mode="list",
+             deadline=time.monotonic() - 1)
+    err = capsys.readouterr().err
+    assert "1 process was not scanned before the time ran out" in err
+    record = state.read_json(roots.state, state.PENDING)
+    assert record is not None and sorted(record["packages"]) == ["demod", "libdemo1"]

@@ -185,3 +185,19 @@ def test_exe_link_is_taken_as_written(tmp_path: Path, root: Path) -> None:
     proc = build(tmp_path / "proc", [FakeProcess(10, map_line(LIB, ino(root, LIB) + 1), root=root, exe=odd)])
     [p] = scan(proc, EVERYTHING).processes
     assert p.exe == odd
+
+
+def test_with_a_deadline_system_processes_go_first_and_the_rest_is_counted(tmp_path: Path, root: Path) -> None:
+    # A user's processes (their /proc directories are theirs) are scanned after root's and
+    # system accounts'; when the deadline passes, what is left is counted, never reported as clean.
+    stale = map_line(LIB, ino(root, LIB) + 1)
+    procs = [FakeProcess(pid, stale, root=root) for pid in (10, 20, 30, 40)]
+    proc = build(tmp_path / "proc", procs)
+    for pid, uid in ((10, 1000), (30, 1001), (40, 101)):
+        os.chown(proc / str(pid), uid, uid)
+    ticks = iter(range(100))
+    result = scan(proc, EVERYTHING, deadline=2.5, clock=lambda: next(ticks))
+    assert [p.pid for p in result.processes] == [20, 40, 10]  # 0, 1, 2 <= 2.5; then 3 > 2.5
+    assert (result.scanned, result.unscanned) == (3, 1)
+    unbounded = scan(proc, EVERYTHING)
+    assert [p.pid for p in unbounded.processes] == [10, 20, 30, 40] and unbounded.unscanned == 0
