@@ -306,6 +306,7 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
     exes = {m.process.exe or "" for gs in by_uid.values() for g in gs for m in g.members}
     names = app_names(exes, applications)
     sent = 0
+    on_desktop: set[int] = set()  # one notice per user's bus, however many graphical sessions share it
     for s in sessions(run_dir):
         if s.uid not in by_uid:
             continue
@@ -315,7 +316,8 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
                 f"{', '.join(what)}. Restart them (or log out and in again) to finish the update.")
         if s.tty and write_to_tty(Path("/dev") / s.tty, s.uid, f"\n{text}\n"):
             sent += 1
-        if s.graphical and s.user and os.access(NOTIFY_SEND, os.X_OK):
+        if s.graphical and s.user and s.uid not in on_desktop and os.access(NOTIFY_SEND, os.X_OK):
+            on_desktop.add(s.uid)
             argv, env = desktop_argv(s.uid, s.user, "Restart needed after an update", text)
             try:
                 if run(argv, 5, env=env).returncode == 0:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.checkout import install_hooks
 from tests.support.container import Container
+from tests.support.debs import cached_debs
 
 pytestmark = pytest.mark.real
 
@@ -243,6 +244,79 @@ def test_logged_in_user_is_told_on_their_terminal(c: Container, demo_debs: dict[
         assert time.monotonic() < deadline, c.read_file("/srv/rctl/bob.tty")
         time.sleep(0.1)
     assert "rctl-demod" in c.read_file("/srv/rctl/bob.tty").decode(errors="replace")
+
+
+# A notification server for the test user's session bus: it records what it is sent (the receiver
+# of the notice, standing in for a desktop's; what sends it is restartctl, runuser and notify-send).
+NOTIFYD = """
+import json, sys
+import dbus, dbus.service
+from dbus.mainloop.glib import DBusGMainLoop
+from gi.repository import GLib
+
+IFACE = "org.freedesktop.Notifications"
+
+class Server(dbus.service.Object):
+    @dbus.service.method(IFACE, in_signature="susssasa{sv}i", out_signature="u")
+    def Notify(self, app, replaces, icon, summary, body, actions, hints, timeout):
+        with open(sys.argv[1], "a") as f:
+            f.write(json.dumps({"app": str(app), "summary": str(summary), "body": str(body)}) + "\\n")
+        return dbus.UInt32(1)
+
+    @dbus.service.method(IFACE, out_signature="as")
+    def GetCapabilities(self):
+        return ["body"]
+
+    @dbus.service.method(IFACE, out_signature="ssss")
+    def GetServerInformation(self):
+        return ("rctl-test-notifyd", "restartctl", "1", "1.2")
+
+DBusGMainLoop(set_as_default=True)
+bus = dbus.SessionBus()
+name = dbus.service.BusName(IFACE, bus)
+Server(bus, "/org/freedesktop/Notifications")
+open(sys.argv[2], "w").close()
+GLib.MainLoop().run()
+"""
+
+
+def graphical_sessions(c: Container) -> list[str]:
+    return c.exec(["sh", "-c", "grep -D skip -l '^TYPE=x11' /run/systemd/sessions/*"]).stdout.split()
+
+
+def test_desktop_user_gets_a_notification(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    """Two graphical login sessions (logind TYPE=x11) of a user running an upgraded program: one notice
+    (both share the user's bus) goes through runuser and the real notify-send to that bus."""
+    install_hooks(c)
+    c.write_file("/etc/restartctl/policy.toml", '[settings]\nunattended_mode = "list"\n')  # the dpkg hook only lists
+    c.install_debs([demo_debs["1.0"][n] for n in NAMES])
+    c.install_debs(cached_debs("libnotify4", "libnotify-bin", "python3-dbus", "libgirepository-1.0-1",
+                               "gir1.2-glib-2.0", "python3-gi"))
+    uid = c.create_user("dave")
+    c.check(["usermod", "--shell", "/usr/sbin/rctl-demod", "dave"])
+    # logind takes the session type from pam_systemd's type= (this container's /etc only).
+    c.check(["sed", "-i", "s/pam_systemd.so/pam_systemd.so type=x11/", "/etc/pam.d/common-session"])
+    for n in (1, 2):
+        c.spawn(["script", "-qfc", "login -f dave", f"/srv/rctl/dave-{n}.tty"])
+    c.check(["install", "-d", "-o", "dave", "/srv/rctl/dave"])
+    c.write_file("/srv/rctl/notifyd.py", NOTIFYD)
+    bus = f"unix:path=/run/user/{uid}/bus"
+    deadline = time.monotonic() + 20
+    while not (len(graphical_sessions(c)) == 2 and c.exec(["test", "-S", f"/run/user/{uid}/bus"]).returncode == 0):
+        assert time.monotonic() < deadline, "no graphical session or session bus appeared"
+        time.sleep(0.1)
+    c.spawn(["runuser", "-u", "dave", "--", "env", f"DBUS_SESSION_BUS_ADDRESS={bus}", "/usr/bin/python3",
+             "/srv/rctl/notifyd.py", "/srv/rctl/dave/notes.json", "/srv/rctl/dave/ready"])
+    while c.exec(["test", "-e", "/srv/rctl/dave/ready"]).returncode != 0:
+        assert time.monotonic() < deadline + 20, c.exec(["sh", "-c", "cat /srv/rctl/spawn-*.log"]).stdout
+        time.sleep(0.1)
+    c.install_debs([demo_debs["2.0"][n] for n in NAMES])
+    code, out = apply(c, "--yes")
+    assert code == 0 and "login session of user" in out, out
+    notes = [json.loads(line) for line in c.read_file("/srv/rctl/dave/notes.json").decode().splitlines()]
+    assert len(notes) == 1 and len(graphical_sessions(c)) == 2, notes
+    assert notes[0]["app"] == "restartctl" and notes[0]["summary"] == "Restart needed after an update"
+    assert "rctl-demod" in notes[0]["body"] and "software update replaced files" in notes[0]["body"]
 
 
 def test_pid1_and_user_manager_are_re_executed(c: Container) -> None:

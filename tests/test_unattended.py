@@ -12,11 +12,11 @@ import pytest
 
 from tests.support.checkout import install_hooks
 from tests.support.container import Container, make_local_repo
+from tests.support.debs import cached_debs
 
 pytestmark = pytest.mark.real
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / "tests" / ".cache" / "debs"
 UU_DEBS = ("unattended-upgrades", "python3-distro-info", "python3-dbus")
 DEFERRED = "restartctl-after-unattended-upgrades.service"
 UU_CONF = """\
@@ -27,14 +27,6 @@ Unattended-Upgrade::Skip-Updates-On-Metered-Connections "false";
 Unattended-Upgrade::OnlyOnACPower "false";
 Unattended-Upgrade::Verbose "true";
 """
-
-
-def cached_debs() -> list[Path]:
-    found = [sorted(CACHE.glob(f"{name}_*.deb")) for name in UU_DEBS]
-    missing = [n for n, f in zip(UU_DEBS, found, strict=True) if not f]
-    if missing:
-        pytest.fail(f"{missing} not downloaded to {CACHE}: run tests/run.sh (it fetches them)", pytrace=False)
-    return [f[-1] for f in found]
 
 
 def journal(c: Container, *args: str) -> str:
@@ -63,7 +55,7 @@ def test_one_report_after_a_minimal_steps_run(container_factory: Callable[..., C
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     c.check(["apt-get", "-q", "update"], env=env)
     c.check(["apt-get", "-q", "install", "-y", "rctl-demod=1.0", "rctl-libdemo1=1.0", "rctl-sleeper=1.0"], env=env)
-    c.install_debs(cached_debs())
+    c.install_debs(cached_debs(*UU_DEBS))
     c.systemctl("start", "rctl-demod.service")
     c.check(["systemd-run", "--quiet", "--unit=rctl-sleep.service", "--", "/usr/bin/rctl-sleeper"])
     c.wait_active("rctl-demod.service")

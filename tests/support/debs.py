@@ -95,6 +95,20 @@ def compile_c(
     return out
 
 
+CACHE = Path(__file__).resolve().parent.parent / ".cache" / "debs"
+
+
+def cached_debs(*names: str) -> list[Path]:
+    """Debian's own packages that tests/run.sh downloaded for installing inside containers only."""
+    import pytest
+
+    found = [sorted(CACHE.glob(f"{name}_*.deb")) for name in names]
+    missing = [n for n, f in zip(names, found, strict=True) if not f]
+    if missing:
+        pytest.fail(f"{missing} not downloaded to {CACHE}: run tests/run.sh (it fetches them)", pytrace=False)
+    return [f[-1] for f in found]
+
+
 def compile_jar(sources: Mapping[str, str], out: Path, *, class_path: Sequence[Path] = (),
                 main: str | None = None, manifest_class_path: str | None = None) -> Path:
     """Compile Java ``sources`` (class name -> source) into the jar ``out``.
