@@ -347,23 +347,19 @@ def test_shell_script_held_open_is_certain(story: dict[str, Any]) -> None:
     assert ours(story, "rctl-shd", "rctl-shd") == {("script", "/usr/bin/rctl-shd", "certain", "unlinked")}
 
 
-def test_node_module_and_script_upgrades_are_likely(story: dict[str, Any]) -> None:
-    """Node reads its script and modules and closes them: the Depends closure and ctimes speak."""
-    for step in ("before", "rctl-pymod", "rctl-plmod", "rctl-shd"):
-        assert ours(story, step, "rctl-jsd") == set(), step
-    assert ours(story, "rctl-jsmod", "rctl-jsd") == {("module", JSMOD, "likely", "depends")}
-    found = ours(story, "rctl-jsd", "rctl-jsd")
-    assert ("script", "/usr/bin/rctl-jsd", "likely", "newer") in found
-    assert ("module", JSMOD, "likely", "depends") in found
-
-
-def test_ruby_module_and_script_upgrades_are_likely(story: dict[str, Any]) -> None:
-    for step in ("before", "rctl-pymod", "rctl-jsmod"):
-        assert ours(story, step, "rctl-rbd") == set(), step
-    assert ours(story, "rctl-rbmod", "rctl-rbd") == {("module", RBMOD, "likely", "depends")}
-    found = ours(story, "rctl-rbd", "rctl-rbd")
-    assert ("script", "/usr/bin/rctl-rbd", "likely", "newer") in found
-    assert ("module", RBMOD, "likely", "depends") in found
+@pytest.mark.parametrize(("daemon", "module_package", "module", "unrelated_steps"), [
+    ("rctl-jsd", "rctl-jsmod", JSMOD, ("before", "rctl-pymod", "rctl-plmod", "rctl-shd")),
+    ("rctl-rbd", "rctl-rbmod", RBMOD, ("before", "rctl-pymod", "rctl-jsmod")),
+])
+def test_node_and_ruby_module_and_script_upgrades_are_likely(story: dict[str, Any], daemon: str, module_package: str,
+                                                             module: str, unrelated_steps: tuple[str, ...]) -> None:
+    """Node and Ruby read their script and modules and close them: the Depends closure and ctimes speak."""
+    for step in unrelated_steps:
+        assert ours(story, step, daemon) == set(), step
+    assert ours(story, module_package, daemon) == {("module", module, "likely", "depends")}
+    found = ours(story, daemon, daemon)
+    assert ("script", f"/usr/bin/{daemon}", "likely", "newer") in found
+    assert ("module", module, "likely", "depends") in found
 
 
 def test_planted_rubylib_changes_nothing(story: dict[str, Any]) -> None:
