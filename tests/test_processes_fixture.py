@@ -201,3 +201,15 @@ def test_with_a_deadline_system_processes_go_first_and_the_rest_is_counted(tmp_p
     assert (result.scanned, result.unscanned) == (3, 1)
     unbounded = scan(proc, EVERYTHING)
     assert [p.pid for p in unbounded.processes] == [10, 20, 30, 40] and unbounded.unscanned == 0
+
+
+def test_mount_points_are_never_looked_at(tmp_path: Path, root: Path) -> None:
+    # A stat below an autofs map (/net/HOST/...) mounts it: the vendor data keeps such paths out.
+    from restart.roots import default_data_dir
+    from restart.scan import never_packaged
+
+    prefixes = never_packaged(default_data_dir())
+    maps = b"".join(map_line(f"{d}/host/lib.so (deleted)", 7) for d in ("/net", "/mnt", "/media", "/afs", "/misc"))
+    proc = build(tmp_path / "proc", [FakeProcess(10, maps, root=root)])
+    assert scan(proc, Selection(skip_prefixes=prefixes)).processes == []
+    assert len(scan(proc, EVERYTHING).processes[0].stale) == 5
