@@ -31,7 +31,8 @@ NOTIFY_SEND = "/usr/bin/notify-send"
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 EXECUTABLE = ("restart", "try-restart", "reload-or-restart", "reexec", "exec")
 DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
-SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result"
+SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup"
+CGROUPFS = Path("/sys/fs/cgroup")
 
 
 class Outcome(NamedTuple):
@@ -113,15 +114,40 @@ def policy_rc_d_forbids(name: str, timeout: float) -> bool:
         return True  # it could not say yes: do nothing rather than something forbidden
 
 
+def unit_pids(cgroupfs: Path, control_group: str) -> list[int] | None:
+    """The processes in a unit's cgroup and every cgroup below it (a delegated subtree).
+
+    ``control_group`` is systemd's own ``ControlGroup`` property.  The first layout that
+    has it wins: cgroup v2, the unified half of a hybrid setup, then v1's name=systemd.
+    None when none has it (no systemd, or the unit is gone): the caller looks everywhere.
+    """
+    parts = control_group.strip("/").split("/")
+    if not control_group.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return None
+    for top in (cgroupfs.joinpath(*parts), cgroupfs.joinpath("unified", *parts), cgroupfs.joinpath("systemd", *parts)):
+        if not (top / "cgroup.procs").is_file():
+            continue
+        pids: list[int] = []
+        for directory, _, files in os.walk(top):
+            if "cgroup.procs" in files:
+                try:
+                    pids += [int(n) for n in Path(directory, "cgroup.procs").read_text().split()]
+                except (OSError, ValueError):
+                    continue  # removed meanwhile
+        return pids
+    return None
+
+
 class Executor:
     """Carries out actions in order with the policy's timeout, verification and circuit breaker."""
 
     def __init__(self, settings: Settings, *, proc: Path, deadline: float,
-                 still_stale: Callable[[UnitGroup], list[Affected]],
+                 still_stale: Callable[[UnitGroup, list[int] | None], list[Affected]],
                  confirm: Callable[[Action], bool] | None = None,
-                 report: Callable[[Outcome], None] | None = None) -> None:
+                 report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS) -> None:
         self.settings = settings
         self.proc = proc
+        self.cgroupfs = cgroupfs
         self.deadline = deadline
         self.still_stale = still_stale
         self.confirm = confirm
@@ -200,8 +226,8 @@ class Executor:
         """Active again with a new main process, and none of its processes on replaced files."""
         g = action.group
         limit = time.monotonic() + min(self.settings.timeout, self.remaining())
+        state: dict[str, str] = {}
         if before:
-            state: dict[str, str] = {}
             while True:
                 state = unit_state(g, max(limit - time.monotonic(), 1))
                 new_main = before.get("MainPID") in ("0", None) or state.get("MainPID") != before.get("MainPID")
@@ -212,7 +238,8 @@ class Executor:
                                                    f"({state.get('ActiveState')}/{state.get('SubState')})\n"
                                                    f"{status_excerpt(g)}")
                 time.sleep(0.1)
-        left = self.still_stale(g)
+        # Only the unit's own processes are looked at again, when its cgroup says which they are.
+        left = self.still_stale(g, unit_pids(self.cgroupfs, state.get("ControlGroup", "")))
         if left:
             pids = ", ".join(str(a.process.pid) for a in left)
             return Outcome(action, FAILED, f"still uses replaced files after the restart (pid {pids})")
@@ -334,11 +361,12 @@ class Applied(NamedTuple):
 
 
 def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Path, deadline: float,
-          still_stale: Callable[[UnitGroup], list[Affected]], confirm: Callable[[Action], bool] | None,
-          report: Callable[[Outcome], None], log: Callable[[str], None]) -> Applied:
+          still_stale: Callable[[UnitGroup, list[int] | None], list[Affected]],
+          confirm: Callable[[Action], bool] | None,
+          report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart."""
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, confirm=confirm,
-                        report=report)
+                        report=report, cgroupfs=cgroupfs)
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == "notify" and a.group.kind not in (SYSTEM, INIT)]
     return Applied(outcomes, notify(for_users, run_dir, log))

@@ -297,13 +297,14 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     if mode == "list" or not actions:
         lines = report.hook_lines(actions, failed=failed)
     else:
-        def still_stale(group: units.UnitGroup) -> list[units.Affected]:
-            again = find(roots, only_packages=list(group.packages))
+        def still_stale(group: units.UnitGroup, pids: list[int] | None) -> list[units.Affected]:
+            again = find(roots, only_packages=list(group.packages), pids=pids)
             return [m for g in again.groups if (g.kind, g.name, g.uid) == (group.kind, group.name, group.uid)
                     for m in g.members]
         confirm = asker(answers or sys.stdin, sys.stdout) if mode == "ask" else None
         applied = execute.apply(actions, pol.settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
                                 still_stale=still_stale, confirm=confirm, report=lambda o: None,
+                                cgroupfs=roots.root / "sys" / "fs" / "cgroup",
                                 log=lambda line: log.info(line, show=False))
         outcomes = applied.outcomes
         lines = report.applied_lines(actions, outcomes, failed=failed)

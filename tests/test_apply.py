@@ -57,6 +57,18 @@ def apply(c: Container, *args: str, policy: str | None = None, input: str | None
     return r.returncode, r.stdout + r.stderr
 
 
+def unit_pids(c: Container, unit: str, *, uid: int | None = None) -> list[int] | None:
+    """execute.unit_pids inside the container, for the ControlGroup systemd reports for ``unit``."""
+    manager = ["--user", "-M", f"{uid}@"] if uid is not None else []
+    cgroup = c.check(["systemctl", *manager, "show", "-p", "ControlGroup", "--value", "--", unit]).strip()
+    r = c.exec(["/usr/bin/python3", "-c", "import sys, json; from pathlib import Path; from restart import execute; "
+                "print(json.dumps(execute.unit_pids(Path('/sys/fs/cgroup'), sys.argv[1])))", cgroup],
+               env={"PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    found: list[int] | None = json.loads(r.stdout)
+    return found
+
+
 def plan_units(c: Container) -> dict[str | None, dict[str, Any]]:
     r = c.exec([*RCTL, "plan", "--json"])
     return {a["unit"]: a for a in json.loads(r.stdout)["actions"]}
@@ -77,6 +89,7 @@ def test_service_is_restarted_and_verified(c: Container, demo_debs: dict[str, di
     new = c.main_pid("rctl-demod.service")
     assert new not in (0, old)
     assert "rctl-demod.service" not in plan_units(c)  # verified: nothing stale left
+    assert unit_pids(c, "rctl-demod.service") == [new]  # what the verification looked at again
     status = c.exec([*RCTL, "status"])
     assert status.returncode == 0 and "1 restarted, 0 pending" in status.stdout
 
@@ -162,6 +175,7 @@ def test_user_unit_restarted_only_when_the_policy_says_so(c: Container,
     assert code == 0, out
     assert f"rctl-userd.service (user {uid}): restarted" in out, out
     assert c.main_pid("rctl-userd.service", user="alice") not in (0, old)
+    assert unit_pids(c, "rctl-userd.service", uid=uid) == [c.main_pid("rctl-userd.service", user="alice")]
 
 
 def test_ask_mode_through_a_terminal(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from restart import execute
 
 
@@ -81,3 +83,15 @@ def test_own_ancestry_is_never_restarted(tmp_path: Path) -> None:
         (proc / str(pid) / "cgroup").write_text(cg)
         (proc / str(pid) / "stat").write_bytes(f"{pid} (x) S {ppid} 0 0\n".encode())
     assert execute.ancestor_units(proc, 30) == {"apt-daily-upgrade.service", "admin-job.service"}
+
+
+@pytest.mark.parametrize("layout", ["", "unified", "systemd"])  # cgroup v2, hybrid, v1's name=systemd
+def test_a_units_processes_come_from_its_cgroup_and_the_cgroups_below(tmp_path: Path, layout: str) -> None:
+    top = tmp_path.joinpath(*filter(None, [layout, "system.slice", "demo.service"]))
+    (top / "worker").mkdir(parents=True)
+    (top / "cgroup.procs").write_text("10\n11\n")
+    (top / "worker" / "cgroup.procs").write_text("12\n")
+    (tmp_path.joinpath(*filter(None, [layout, "system.slice"])) / "cgroup.procs").write_text("99\n")
+    assert sorted(execute.unit_pids(tmp_path, "/system.slice/demo.service") or []) == [10, 11, 12]
+    for odd in ("", "system.slice/demo.service", "/system.slice/../system.slice/demo.service", "/gone.service"):
+        assert execute.unit_pids(tmp_path, odd) is None, odd
