@@ -216,8 +216,31 @@ class Fleet:
         tmp.rename(self.workdir / STATE_NAME)
 
 
-def build(workdir: Path) -> tuple[Path, Path, Path]:
-    """Compile libbench.so.1 (v1 and v2) and the two sleepers; return (lib_exe, idle_exe, v2)."""
+# Common runtime libraries of a Debian system (no -dev package needed: linked by file name),
+# for --libs: sleepers that map as much as typical daemons do.
+SYSTEM_LIBS = ("libz.so.1", "libssl.so.3", "libcrypto.so.3", "libsystemd.so.0", "libglib-2.0.so.0",
+               "libstdc++.so.6", "libgcc_s.so.1", "libzstd.so.1", "liblzma.so.5", "libcap.so.2",
+               "libselinux.so.1", "libpcre2-8.so.0", "libffi.so.8", "libgmp.so.10", "libexpat.so.1",
+               "libuuid.so.1", "libblkid.so.1", "libmount.so.1", "libudev.so.1", "libgcrypt.so.20",
+               "libgpg-error.so.0", "liblz4.so.1", "libbz2.so.1.0", "libsqlite3.so.0", "libxml2.so.2",
+               "libkmod.so.2", "libacl.so.1", "libattr.so.1", "libcrypt.so.1", "libtinfo.so.6")
+
+
+def system_libs(count: int) -> list[str]:
+    """The first ``count`` of SYSTEM_LIBS that this host has."""
+    multiarch = run(["gcc", "-print-multiarch"]).stdout.strip()
+    found = [name for name in SYSTEM_LIBS
+             if any(Path(d, name).exists() for d in (f"/usr/lib/{multiarch}", f"/lib/{multiarch}", "/usr/lib"))]
+    if len(found) < count:
+        raise SystemExit(f"bench/scan.py: --libs {count}: only {len(found)} of the listed libraries exist here")
+    return found[:count]
+
+
+def build(workdir: Path, libs: int = 0) -> tuple[Path, Path, Path]:
+    """Compile libbench.so.1 (v1 and v2) and the two sleepers; return (lib_exe, idle_exe, v2).
+
+    ``libs``: both sleepers also load that many system libraries, as daemons do.
+    """
     src, lib, bin_ = workdir / "src", workdir / "lib", workdir / "bin"
     for d in (src, lib, bin_):
         d.mkdir()
@@ -227,6 +250,7 @@ def build(workdir: Path) -> tuple[Path, Path, Path]:
     lib_exe, idle_exe = bin_ / "rctl-bench-lib", bin_ / "rctl-bench-idle"
     cc = ["gcc", "-O2", "-Wall"]
     shared = ["-shared", "-fPIC", f"-Wl,-soname,{LIB_SONAME}"]
+    extra = ["-Wl,--no-as-needed", *(f"-l:{name}" for name in system_libs(libs)), "-Wl,--as-needed"] if libs else []
     steps = [
         [*cc, *shared, "-DBENCH_VERSION=1", "-o", str(lib / LIB_SONAME), str(src / "libbench.c")],
         [*cc, *shared, "-DBENCH_VERSION=2", "-o", str(v2), str(src / "libbench.c")],
@@ -239,8 +263,9 @@ def build(workdir: Path) -> tuple[Path, Path, Path]:
             f"-L{lib}",
             f"-l:{LIB_SONAME}",
             f"-Wl,-rpath,{lib}",
+            *extra,
         ],
-        [*cc, "-o", str(idle_exe), str(src / "sleeper.c")],
+        [*cc, "-o", str(idle_exe), str(src / "sleeper.c"), *extra],
     ]
     for argv in steps:
         r = run(argv)
@@ -353,7 +378,7 @@ def setup(args: argparse.Namespace) -> Fleet:
 
 def _setup(fleet: Fleet, args: argparse.Namespace) -> None:
     t0 = time.monotonic()
-    lib_exe, idle_exe, v2 = build(fleet.workdir)
+    lib_exe, idle_exe, v2 = build(fleet.workdir, args.libs)
     private_dpkg_db(fleet)
     fleet.save()
     log(f"built sleepers in {fleet.workdir}, owned by {PKG} 1 in a private dpkg database")
@@ -893,6 +918,7 @@ def build_report(cmds: list[Command], meta: dict[str, Any]) -> tuple[dict[str, A
         f"{meta['params']['procs']} sleepers ({meta['params']['stale']} mapping a replaced library) in "
         f"{meta['params']['units']} fake units; {meta['processes_on_host']} processes on the host; "
         f"view: {meta['params']['view']}; parent: {meta['params']['parent']}; "
+        f"system libraries per sleeper: {meta['params'].get('libs', 0)}; "
         f"hyperfine {meta['params']['warmup']} warmup + {meta['params']['runs']} runs; "
         f"kernel {meta['host']['kernel']}; restartctl at commit {meta['restartctl_source']['commit']}, "
         f"restart/*.py sha256 {meta['restartctl_source']['restart_py_sha256']}.",
@@ -970,6 +996,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--procs", type=int, default=1000, help="sleepers to start (default 1000)")
     ap.add_argument("--stale", type=int, default=100, help="of which map the replaced library (100)")
     ap.add_argument("--units", type=int, default=50, help="fake units to spread them over (50)")
+    ap.add_argument("--libs", type=int, default=0,
+                    help="sleepers also load this many system libraries, to map as much as daemons do (0)")
     ap.add_argument("--runs", type=int, default=10, help="hyperfine runs per command (10)")
     ap.add_argument("--warmup", type=int, default=2, help="hyperfine warmup runs (2)")
     ap.add_argument(
@@ -1105,7 +1133,8 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> int:
     meta = {
         "date": started.astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "processes_on_host": nprocs,
-        "params": {k: getattr(args, k) for k in ("procs", "stale", "units", "runs", "warmup", "view", "parent")},
+        "params": {k: getattr(args, k) for k in ("procs", "stale", "units", "libs", "runs", "warmup", "view",
+                                                 "parent")},
         "host": {
             "kernel": platform.release(),
             "python": platform.python_version(),
@@ -1125,6 +1154,8 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> int:
         stem += f"-view-{args.view}"
     if args.parent != "init":
         stem += f"-parent-{args.parent}"
+    if args.libs:
+        stem += f"-libs-{args.libs}"
     (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / f"{stem}.md").write_text(summary)
     print(summary)
