@@ -121,8 +121,8 @@ _INTERPRETERS = {  # group name -> (family, owning package, with the group's tex
     "java": (JAVA, "openjdk-{0}-jre-headless"),
 }
 _PREFIXES = ("/usr/bin/", "/bin/", "/usr/lib/jvm/")
-# What an interpreter process's maps text always holds: it maps its own executable.
-MAPPED_HINTS = tuple(b" " + p.encode() for p in _PREFIXES)
+# Where an interpreter process always maps something: its own executable.
+MAPPED_HINTS = tuple(p.encode() for p in _PREFIXES)
 
 
 @functools.cache

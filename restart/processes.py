@@ -34,6 +34,11 @@ _DELETED = b" (deleted)"
 _STRENGTH = {EXE: 3, CODE: 2, DATA: 1, FD: 0}
 _GONE = (errno.ENOENT, errno.ESRCH)
 _MISSING = (errno.ENOENT, errno.ENOTDIR)
+# In a maps line of a user-space mapping ("%08lx-%08lx perms %08llx dev inode path", addresses
+# of 8 to 12 hex digits), the space after the offset is the first one at or past this column.
+# From any other line (vsyscall's 16 digits) comes a key that is not exactly "dev inode path":
+# such a key is never remembered, and its process gets the careful look.
+_OFFSET_ENDS_AFTER = 31
 
 
 # Called for every process with its /proc directory handle, its PID and its executable.
@@ -207,32 +212,49 @@ class _Scanner:
         self.ours = self.views[self.self_mnt] = _View(direct=True)
         self.devices: dict[bytes, int] = {}
         self.candidates: dict[bytes, _Candidate | None] = {}
-        self.settled: set[bytes] = set()  # maps lines (from the offset on) known to need no look
+        # maps lines ("dev inode path") known to need no look -> whether the path lies where
+        # interpreters live (stage 2b wants those processes)
+        self.settled: dict[bytes, bool] = {}
 
-    def all_settled(self, maps: bytes) -> bool:
-        """Is every line of this maps text one already known fresh or out of scope (the common case)?"""
+    def glance(self, maps: bytes) -> tuple[bool, list[bytes]]:
+        """Whether a known line of this maps text lies under an interpreter's directory, and the
+        lines not known fresh or out of scope (none, in the common case): only those need a look."""
         settled = self.settled
+        hinted = False
+        pending = []
         for line in maps.split(b"\n"):
             # "dev inode path": past "start-end perms offset ", which differ between the
             # processes mapping a file, and between the pieces of one file within a process.
-            key = line[line.find(b" ", line.find(b" ") + 6) + 1:]
-            if key not in settled and not self._settle(key):
-                return False
-        return True
+            key = line[line.find(b" ", _OFFSET_ENDS_AFTER) + 1:]
+            try:
+                if settled[key]:
+                    hinted = True
+                continue
+            except KeyError:
+                pass
+            hint = self._settle(key)
+            if hint is None:
+                pending.append(line)
+            elif hint:
+                hinted = True
+        return hinted, pending
 
-    def _settle(self, key: bytes) -> bool:
-        """Is this "dev inode path" of a maps line fresh or out of scope?  Remembered when so."""
+    def _settle(self, key: bytes) -> bool | None:
+        """None if this "dev inode path" of a maps line needs a look; else remembered, with its hint."""
         i = key.find(b" /")
+        hint = False
         if i >= 0:
             head = key[:i].split()
             if len(head) != 2 or not head[1].isdigit():
-                return False
+                return None
+            raw = key[i + 1:]
             if head[1] != b"0":
-                cand = self.candidate(key[i + 1:])
+                cand = self.candidate(raw)
                 if cand is not None and not self.unchanged_here(cand.path, int(head[1]), self.device(head[0])):
-                    return False
-        self.settled.add(key)
-        return True
+                    return None
+            hint = raw.startswith(self.observe_hints)
+        self.settled[key] = hint
+        return hint
 
     def _identity(self) -> tuple[int, str, int]:
         try:
@@ -334,7 +356,10 @@ class _Scanner:
             return None, None  # kernel thread or zombie
         found: dict[str, StaleFile] = {}
         view: _View | None = None
-        for (raw, inode_text, dev_text), executable in ({} if self.all_settled(maps) else parse_maps(maps)).items():
+        hinted, pending = self.glance(maps)
+        mappings = parse_maps(b"\n".join(pending)) if pending else {}
+        hinted = hinted or any(raw.startswith(self.observe_hints) for raw, _, _ in mappings)
+        for (raw, inode_text, dev_text), executable in mappings.items():
             cand = self.candidate(raw)
             if cand is None:
                 continue
@@ -347,9 +372,7 @@ class _Scanner:
                 _add(found, StaleFile(CODE if executable else DATA, *verdict))
         if self.check_fds:
             self._stale_fds(dfd, found, view)
-        # An interpreter maps its own executable, under one of the hinted directories.
-        hinted = any(hint in maps for hint in self.observe_hints)
-        seen = self._observe(dfd, pid) if hinted else None
+        seen = self._observe(dfd, pid) if hinted else None  # an interpreter maps its own executable
         if not found and seen is None:
             return None, None
         return describe(dfd, pid, found, self.self_depth), seen
@@ -444,7 +467,7 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
          deadline: float | None = None, clock: Callable[[], float] = time.monotonic) -> ScanResult:
     """Scan every process under ``proc`` (or just ``pids``) for stale files.
 
-    ``observe`` sees each process whose ``maps`` text contains one of ``observe_hints``
+    ``observe`` sees each process that maps a path starting with one of ``observe_hints``
     (stage 2b: the directories interpreters live in; a process maps its own executable).
     With a ``deadline`` (on ``clock``), root's and system accounts' processes are scanned
     first and the scan stops when the deadline passes, counting the rest as unscanned: a

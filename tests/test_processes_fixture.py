@@ -175,7 +175,7 @@ def test_observer_sees_the_processes_that_map_a_hinted_directory(tmp_path: Path,
     procs = [FakeProcess(10, map_line("/usr/bin/python3.11", 5) + map_line(LIB, ino(root, LIB)), root=root),
              FakeProcess(11, _host_line(os.path.realpath(os.__file__)), mnt="mnt:[1]")]
     scan(build(tmp_path / "proc", procs), Selection(), observe=lambda dfd, pid, exe: seen.append(pid),
-         observe_hints=(b" /usr/bin/",))
+         observe_hints=(b"/usr/bin/",))
     assert seen == [10]
 
 
@@ -213,3 +213,15 @@ def test_mount_points_are_never_looked_at(tmp_path: Path, root: Path) -> None:
     proc = build(tmp_path / "proc", [FakeProcess(10, maps, root=root)])
     assert scan(proc, Selection(skip_prefixes=prefixes)).processes == []
     assert len(scan(proc, EVERYTHING).processes[0].stale) == 5
+
+
+def test_lines_of_any_layout_are_judged_by_dev_inode_and_path(tmp_path: Path) -> None:
+    # Narrower or wider address columns than the kernel's user-space ones shift the fields; a
+    # line's cached judgement must still cover exactly its device, inode and path.
+    lib = os.path.realpath(sys.executable)
+    for start in (0x1000, 0x7F0000000000, 0xFFFFFFFFFF600000):
+        fresh, stale = _host_line(lib, start=start), _host_line(lib, inode_delta=1, start=start)
+        procs = [FakeProcess(10, fresh, mnt="mnt:[1]"), FakeProcess(11, stale, mnt="mnt:[1]"),
+                 FakeProcess(12, fresh, mnt="mnt:[1]")]
+        result = scan(build(tmp_path / f"proc-{start:x}", procs), EVERYTHING)
+        assert [p.pid for p in result.processes] == [11], hex(start)
