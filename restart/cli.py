@@ -165,6 +165,9 @@ def run() -> None:
         sys.stdout.flush()
     except BrokenPipeError:  # restartctl scan | head
         code = EXIT_ERROR
+    except OSError as e:  # the output could not be written (a full disk)
+        print(f"restartctl: cannot write the output: {printable(str(e))}", file=sys.stderr)
+        code = EXIT_ERROR
     sys.stderr.flush()
     os._exit(code)
 

@@ -168,6 +168,10 @@ def test_console_entry_keeps_mains_exit_code_and_output(tmp_path: Path) -> None:
         early.stdout.read(10)
         early.stdout.close()
         assert early.wait(timeout=60) == 2 and early.stderr.read() == b""
+    with open("/dev/full", "wb") as full:  # a full disk: one line, exit 2, no traceback
+        failed = subprocess.run(argv, env=env, stdout=full, stderr=subprocess.PIPE, check=False)
+    assert failed.returncode == 2 and failed.stderr.decode().startswith("restartctl: ")
+    assert failed.stderr.count(b"\n") == 1, failed.stderr
 
 
 def test_machine_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
