@@ -206,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 def _reboot_reasons(roots: Roots, actions: list[plan.Action]) -> tuple[list[Any], Any]:
     from restart import reboot
 
-    kernel = reboot.kernel_status(roots.proc, roots.admindir, roots.root / "boot")
-    reasons = reboot.reasons(actions, kernel, admindir=roots.admindir)
+    reasons, kernel = reboot.for_host(actions, proc=roots.proc, root=roots.root, admindir=roots.admindir)
     return reasons + reboot.flagged(roots.run, known=reasons), kernel
 
 

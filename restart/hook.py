@@ -328,8 +328,7 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log)
     from restart import formats, reboot
 
     try:
-        kernel = reboot.kernel_status(roots.proc, roots.admindir, roots.root / "boot")
-        found = reboot.reasons(left, kernel, admindir=roots.admindir)
+        found, _ = reboot.for_host(left, proc=roots.proc, root=roots.root, admindir=roots.admindir)
         if found:
             written = reboot.write_reboot_required(roots.run, found)
             if written.added or written.flag_created:

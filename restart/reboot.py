@@ -19,6 +19,10 @@ Reasons are structured (:class:`RebootReason`) so every output format can show *
 ``library``
     any other deferred system-level unit that uses a core library (:data:`CORE_PACKAGES`, libc6):
     the admin declined restarting it, and the library it still maps is everywhere.
+``microcode``
+    the CPU runs an older microcode revision than the one installed in ``/lib/firmware``
+    (intel-microcode, amd64-microcode), which only loads at boot.  Never inside a virtual
+    machine: there the hypervisor's revision is shown, and the guest's files don't apply.
 ``flag``
     ``/run/reboot-required`` exists, written by someone else (a package's maintainer script).
 
@@ -37,6 +41,7 @@ import fcntl
 import os
 import re
 import stat
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -46,7 +51,9 @@ from restart.plan import Action
 from restart.units import CONTAINER, INIT, NONE, SYSTEM, USER_MANAGER
 
 KERNEL, POLICY, INIT_REASON, SERVICE, LIBRARY, FLAG = "kernel", "policy", "init", "service", "library", "flag"
-REASON_KINDS = (KERNEL, POLICY, INIT_REASON, SERVICE, LIBRARY, FLAG)
+MICROCODE = "microcode"
+REASON_KINDS = (KERNEL, MICROCODE, POLICY, INIT_REASON, SERVICE, LIBRARY, FLAG)
+MICROCODE_PACKAGES = {"GenuineIntel": "intel-microcode", "AuthenticAMD": "amd64-microcode"}
 
 # Kernel states.
 CURRENT, NEWER, REBUILT, UNKNOWN = "current", "newer-installed", "rebuilt", "unknown"
@@ -144,6 +151,130 @@ def _list_mtime(admindir: Path, package: str) -> float | None:
         except OSError:
             return None
     return None
+
+
+# ---- microcode ----------------------------------------------------------------------------
+
+class Cpu(NamedTuple):
+    vendor: str
+    family: int
+    model: int
+    stepping: int
+    revision: int      # the microcode revision running now
+    virtual: bool      # a guest: the revision is the hypervisor's business
+
+
+def parse_cpuinfo(text: str) -> Cpu | None:
+    """The first processor of ``/proc/cpuinfo`` (a microcode update goes to every core at once)."""
+    fields: dict[str, str] = {}
+    for line in text.split("\n"):
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    try:
+        return Cpu(fields["vendor_id"], int(fields["cpu family"]), int(fields["model"]), int(fields["stepping"]),
+                   int(fields["microcode"], 16), "hypervisor" in fields.get("flags", "").split())
+    except (KeyError, ValueError):
+        return None
+
+
+def cpuid_signature(cpu: Cpu) -> int:
+    """CPUID leaf 1 EAX, as microcode files name the processors they are for."""
+    base_family, extended_family = (0xF, cpu.family - 0xF) if cpu.family >= 0xF else (cpu.family, 0)
+    return (cpu.stepping | (cpu.model & 0xF) << 4 | base_family << 8 | (cpu.model >> 4) << 16
+            | extended_family << 20)
+
+
+def intel_revision(data: bytes, signature: int, platform: int | None = None) -> int | None:
+    """The newest revision for ``signature`` in an ``intel-ucode/FF-MM-SS`` file (concatenated
+    updates, each a 48-byte header: version 1, revision, date, signature, checksum, loader,
+    platform flags, sizes); ``platform``: the CPU's flags bit, when the kernel tells it."""
+    best, offset = None, 0
+    while offset + 48 <= len(data):
+        version, revision, _, sig, _, _, flags, data_size, total_size = struct.unpack_from("<9I", data, offset)
+        total = total_size or 2048  # 0 means the original fixed layout: 2000 bytes of data, 2048 in all
+        if version != 1 or total < 48 or (data_size and data_size + 48 > total):
+            return best  # not an update: stop rather than guess at what follows
+        if sig == signature and (platform is None or flags & platform):
+            best = max(best or 0, revision)
+        offset += total
+    return best
+
+
+def amd_revision(data: bytes, signature: int) -> int | None:
+    """The newest patch for ``signature`` in an ``amd-ucode`` container: magic "DMA\\0", an
+    equivalence table (CPUID -> equivalence id), then patches naming the id they are for."""
+    if len(data) < 12 or data[:4] != b"DMA\0":
+        return None
+    kind, size = struct.unpack_from("<II", data, 4)
+    if kind != 0:
+        return None
+    equivalent = None
+    for entry in range(12, min(12 + size, len(data)) - 15, 16):
+        cpuid, _, _, equiv_id = struct.unpack_from("<IIIH", data, entry)
+        if cpuid == signature:
+            equivalent = equiv_id
+    if equivalent is None:
+        return None
+    best, offset = None, 12 + size
+    while offset + 8 <= len(data):
+        kind, size = struct.unpack_from("<II", data, offset)
+        body = offset + 8
+        if kind != 1 or size < 26 or body + size > len(data):
+            break
+        patch_id, = struct.unpack_from("<I", data, body + 4)
+        processor_rev_id, = struct.unpack_from("<H", data, body + 24)
+        if processor_rev_id == equivalent:
+            best = max(best or 0, patch_id)
+        offset = body + size
+    return best
+
+
+def microcode_status(proc: Path = Path("/proc"), firmware: Path = Path("/lib/firmware"),
+                     admindir: Path | None = None, sysfs: Path = Path("/sys")) -> RebootReason | None:
+    """A reboot reason when newer microcode for this CPU is installed than is running."""
+    try:
+        cpu = parse_cpuinfo((proc / "cpuinfo").read_text(encoding="ascii", errors="replace"))
+    except OSError:
+        return None
+    if cpu is None or cpu.virtual or cpu.vendor not in MICROCODE_PACKAGES:
+        return None
+    signature = cpuid_signature(cpu)
+    if cpu.vendor == "GenuineIntel":
+        path = firmware / "intel-ucode" / f"{cpu.family:02x}-{cpu.model:02x}-{cpu.stepping:02x}"
+        try:  # the platform bit, as the kernel's microcode driver read it from the CPU
+            platform: int | None = int((sysfs / "devices/system/cpu/cpu0/microcode/processor_flags").read_text(), 16)
+        except (OSError, ValueError):
+            platform = None
+
+        def reader(data: bytes, signature: int) -> int | None:
+            return intel_revision(data, signature, platform)
+    else:
+        name = f"microcode_amd_fam{cpu.family:02x}h.bin" if cpu.family >= 0x15 else "microcode_amd.bin"
+        path, reader = firmware / "amd-ucode" / name, amd_revision
+    try:
+        installed = reader(path.read_bytes(), signature)
+        since = path.stat().st_mtime
+    except OSError:
+        return None
+    if installed is None or installed <= cpu.revision:
+        return None
+    package = MICROCODE_PACKAGES[cpu.vendor]
+    if admindir is not None:
+        since = _list_mtime(admindir, package) or since
+    return RebootReason(MICROCODE, package, f"CPU microcode revision {installed:#x} is installed, "
+                                            f"{cpu.revision:#x} is running", since)
+
+
+def for_host(actions: Iterable[Action], *, proc: Path, root: Path,
+             admindir: Path) -> tuple[list[RebootReason], KernelStatus]:
+    """Every reason this host needs a reboot but others' flag (see :func:`flagged`), and the kernel's state."""
+    kernel = kernel_status(proc, admindir, root / "boot")
+    microcode = microcode_status(proc, root / "lib" / "firmware", admindir, root / "sys")
+    return reasons(actions, kernel, admindir=admindir, microcode=microcode), kernel
 
 
 def _installed_kernels(admindir: Path) -> dict[str, _Kernel]:
@@ -257,7 +388,7 @@ def _matches(name: str, globs: Iterable[str]) -> bool:
 
 
 def reasons(actions: Iterable[Action], kernel: KernelStatus | None = None, *, admindir: Path | None = None,
-            reboot_units: Sequence[str] = REBOOT_UNITS,
+            microcode: RebootReason | None = None, reboot_units: Sequence[str] = REBOOT_UNITS,
             core_packages: Sequence[str] = CORE_PACKAGES) -> list[RebootReason]:
     """Why this host needs a reboot, from the kernel status and the plan; one reason per (kind, package).
 
@@ -289,6 +420,8 @@ def reasons(actions: Iterable[Action], kernel: KernelStatus | None = None, *, ad
     out = []
     if kernel is not None and kernel.reboot_needed:
         out.append(RebootReason(KERNEL, kernel.package, kernel.detail, kernel.since))
+    if microcode is not None:
+        out.append(microcode)
     for (why, owner), texts in found.items():
         since = _list_mtime(admindir, owner) if admindir is not None and owner else None
         out.append(RebootReason(why, owner, "; ".join(texts), since))

@@ -279,7 +279,7 @@ def test_rules_fire_after_n_days(tmp_path: Path) -> None:
 
     reboot_ann = {"summary": "a has needed a reboot for more than 7 days",
                   "description": 'See restartctl_reboot_reason{instance="a"} for the kind and the package '
-                                 "(kernel, policy, init, service, library, flag)."}
+                                 "(kernel, microcode, policy, init, service, library, flag)."}
     pending_ann = {"summary": "a: services still run replaced package files",
                    "description": "Units on a have used replaced package files for more than 3 days. Run "
                                   "`restartctl plan` there (or the fleet playbook with restartctl_apply=true)."}

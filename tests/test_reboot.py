@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -467,3 +468,132 @@ def test_flagged_by_others(run_dir: Path) -> None:
         ("flag", "libc6"), ("flag", "linux-image-6.1.0-27-amd64")]
     assert [r.package for r in reboot.flagged(run_dir, known=[LIBC])] == ["linux-image-6.1.0-27-amd64"]
     assert reboot.flagged(run_dir, known=[LIBC, KERNEL]) == []
+
+
+# ---------------------------------------------------------------- microcode
+
+CPUINFO = ("processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+           "model name\t: Some CPU\nstepping\t: {stepping}\nmicrocode\t: {revision:#x}\nflags\t\t: fpu vme{flags}\n\n"
+           "processor\t: 1\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+           "stepping\t: {stepping}\nmicrocode\t: 0x0\n\n")
+
+
+def intel_update(revision: int, signature: int, platforms: int = 0xFF, data: int = 80) -> bytes:
+    """One update as intel-ucode files hold them: the 48-byte header, then its data."""
+    return struct.pack("<12I", 1, revision, 0x20240101, signature, 0, 1, platforms, data, 48 + data, 0, 0, 0) \
+        + b"\x00" * data
+
+
+def amd_container(signature: int, equiv_id: int, *patches: tuple[int, int]) -> bytes:
+    """An amd-ucode container: magic, the equivalence table, then (patch id, for equivalence id) patches."""
+    table = struct.pack("<IIIHH", signature, 0, 0, equiv_id, 0) + struct.pack("<IIIHH", 0, 0, 0, 0, 0)
+    out = b"DMA\x00" + struct.pack("<II", 0, len(table)) + table
+    for patch_id, for_id in patches:
+        body = struct.pack("<IIHBBIIIHBBB3x", 0x20240101, patch_id, 0, 0, 0, 0, 0, 0, for_id, 0, 0, 0) + b"\x00" * 32
+        out += struct.pack("<II", 1, len(body)) + body
+    return out
+
+
+class MicrocodeHost:
+    def __init__(self, base: Path, vendor: str, family: int, model: int, stepping: int, revision: int,
+                 *, virtual: bool = False) -> None:
+        self.proc, self.root = base / "proc", base / "root"
+        self.proc.mkdir(parents=True)
+        (self.proc / "cpuinfo").write_text(CPUINFO.format(vendor=vendor, family=family, model=model, stepping=stepping,
+                                                          revision=revision, flags=" hypervisor" if virtual else ""))
+        self.firmware = self.root / "lib" / "firmware"
+
+    def install(self, relative: str, data: bytes) -> None:
+        path = self.firmware / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def status(self) -> RebootReason | None:
+        return reboot.microcode_status(self.proc, self.firmware, sysfs=self.root / "sys")
+
+
+SKYLAKE_X = (6, 0x55, 4)  # family, model, stepping: CPUID signature 0x50654
+
+
+def test_cpuid_signature_as_microcode_files_name_processors() -> None:
+    cpu = reboot.Cpu("GenuineIntel", *SKYLAKE_X, 0x2006e05, False)
+    assert reboot.cpuid_signature(cpu) == 0x50654
+    assert reboot.cpuid_signature(reboot.Cpu("AuthenticAMD", 0x19, 0x21, 0, 0, False)) == 0xA20F10
+    assert reboot.cpuid_signature(reboot.Cpu("AuthenticAMD", 0x17, 0x31, 0, 0, False)) == 0x830F10
+
+
+def test_newer_intel_microcode_installed_needs_a_reboot(tmp_path: Path) -> None:
+    host = MicrocodeHost(tmp_path, "GenuineIntel", *SKYLAKE_X, revision=0x2006E05)
+    assert host.status() is None  # no file for this CPU
+    host.install("intel-ucode/06-55-04", intel_update(0x2007006, 0x50654, platforms=0x01)
+                 + intel_update(0x2006D05, 0x50654, platforms=0x02) + intel_update(0x9999999, 0x50655))
+    found = host.status()
+    assert found is not None and (found.kind, found.package) == ("microcode", "intel-microcode")
+    assert "0x2007006 is installed, 0x2006e05 is running" in found.detail
+    # The kernel says which platform this CPU is: only updates for it count.
+    flags = host.root / "sys/devices/system/cpu/cpu0/microcode/processor_flags"
+    flags.parent.mkdir(parents=True)
+    flags.write_text("0x2\n")
+    assert host.status() is None  # 0x2006d05 is what this platform can load, and it is older
+
+
+def test_current_or_virtual_intel_cpus_need_nothing(tmp_path: Path) -> None:
+    current = MicrocodeHost(tmp_path / "a", "GenuineIntel", *SKYLAKE_X, revision=0x2007006)
+    current.install("intel-ucode/06-55-04", intel_update(0x2007006, 0x50654))
+    assert current.status() is None
+    guest = MicrocodeHost(tmp_path / "b", "GenuineIntel", *SKYLAKE_X, revision=0x1, virtual=True)
+    guest.install("intel-ucode/06-55-04", intel_update(0x2007006, 0x50654))
+    assert guest.status() is None
+
+
+def test_newer_amd_microcode_installed_needs_a_reboot(tmp_path: Path) -> None:
+    host = MicrocodeHost(tmp_path, "AuthenticAMD", 0x19, 0x21, 0, revision=0xA201016)
+    host.install("amd-ucode/microcode_amd_fam19h.bin",
+                 amd_container(0xA20F10, 0xA210, (0xA201025, 0xA210), (0xA601209, 0xA600)))
+    found = host.status()
+    assert found is not None and (found.kind, found.package) == ("microcode", "amd64-microcode")
+    assert "0xa201025 is installed, 0xa201016 is running" in found.detail
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x01" * 47, struct.pack("<9I", 2, 5, 0, 0x50654, 0, 0, 0xFF, 0, 0),  # not version 1
+    struct.pack("<9I", 1, 5, 0, 0x50654, 0, 0, 0xFF, 4000, 100),  # data larger than the whole
+    intel_update(0x2007006, 0x50654)[:60],  # cut short: the header still reads, nothing past it
+])
+def test_malformed_intel_files_never_crash(tmp_path: Path, data: bytes) -> None:
+    host = MicrocodeHost(tmp_path, "GenuineIntel", *SKYLAKE_X, revision=0x2006E05)
+    host.install("intel-ucode/06-55-04", data)
+    found = host.status()
+    assert found is None or found.kind == "microcode"
+
+
+@pytest.mark.parametrize("data", [b"DMA\x00", b"DMA\x00" + struct.pack("<II", 0, 10_000),
+                                  amd_container(0xA20F10, 0xA210, (0xA201025, 0xA210))[:-20], b"XYZ\x00" * 10])
+def test_malformed_amd_files_never_crash(tmp_path: Path, data: bytes) -> None:
+    host = MicrocodeHost(tmp_path, "AuthenticAMD", 0x19, 0x21, 0, revision=0xA201016)
+    host.install("amd-ucode/microcode_amd_fam19h.bin", data)
+    assert host.status() is None
+
+
+def test_odd_cpuinfo_is_no_answer(tmp_path: Path) -> None:
+    (tmp_path / "cpuinfo").write_text("processor : 0\nvendor_id : GenuineIntel\nmicrocode : zz\n")
+    assert reboot.microcode_status(tmp_path, tmp_path) is None
+    assert reboot.microcode_status(tmp_path / "missing", tmp_path) is None
+
+
+def test_real_host_microcode_check_runs() -> None:
+    """This host's own answer: none inside a VM (the hypervisor flag), else consistent with its files."""
+    cpu = reboot.parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    found = reboot.microcode_status()
+    if cpu is None or cpu.virtual:
+        assert found is None
+    else:
+        assert found is None or found.kind == "microcode"
+
+
+def test_microcode_is_a_reason_for_the_host(tmp_path: Path) -> None:
+    host = MicrocodeHost(tmp_path, "GenuineIntel", *SKYLAKE_X, revision=0x2006E05)
+    host.install("intel-ucode/06-55-04", intel_update(0x2007006, 0x50654))
+    (tmp_path / "admin" / "info").mkdir(parents=True)
+    found, _ = reboot.for_host([], proc=host.proc, root=host.root, admindir=tmp_path / "admin")
+    assert [r.kind for r in found] == ["microcode"]
