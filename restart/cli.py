@@ -243,7 +243,7 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
     findings = find(roots, only_packages=args.packages, everything=args.all)
     actions = (plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
                if args.command == "plan" else None)
-    if fmt in ("json", "openmetrics"):
+    if fmt in ("json", "openmetrics") or actions is not None:
         reasons, kernel = _reboot_reasons(roots, actions or [])
     if fmt == "openmetrics":
         from restart import formats, reboot
@@ -261,7 +261,7 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
                              show_unowned=args.all, packages=args.packages,
                              reboot=formats.reboot_json(reasons, kernel))
     elif actions is not None:
-        out = report.plan_text(findings.affected, actions, findings.scan, show_unowned=args.all)
+        out = report.plan_text(findings.affected, actions, findings.scan, show_unowned=args.all, reboot=reasons)
     else:
         out = report.scan_text(findings.affected, findings.groups, findings.scan, show_unowned=args.all)
     sys.stdout.write(out)

@@ -31,6 +31,7 @@ from restart.units import (
 
 if TYPE_CHECKING:
     from restart.execute import Outcome  # only for annotations: keeps subprocess off the scan path
+    from restart.reboot import RebootReason
 
 SCHEMA = "restartctl/1"
 
@@ -148,7 +149,7 @@ def scan_text(affected: list[Affected], groups: list[UnitGroup], scan: ScanResul
 
 
 def plan_text(affected: list[Affected], actions: list[Action], scan: ScanResult, *,
-              show_unowned: bool) -> str:
+              show_unowned: bool, reboot: Iterable[RebootReason] = ()) -> str:
     out: list[str] = []
     for a in actions:
         g = a.group
@@ -167,8 +168,18 @@ def plan_text(affected: list[Affected], actions: list[Action], scan: ScanResult,
         out.append("Plan: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ".")
     else:
         out.append("No process uses replaced package files: nothing to do.")
+    out.extend(_reboot_lines(reboot))
     out.extend(_stats_text(scan))
     return "\n".join(out) + "\n"
+
+
+def _reboot_lines(reasons: Iterable[RebootReason]) -> list[str]:
+    """One line per reason, the packages of one cause together (a unit's reason is one per package)."""
+    merged: dict[tuple[str, str], list[str]] = {}
+    for r in reasons:
+        merged.setdefault((r.kind, r.detail), []).extend([r.package] if r.package else [])
+    return [f"Reboot needed: {kind}{' (' + ', '.join(packages) + ')' if packages else ''}: {printable(detail)}"
+            for (kind, detail), packages in merged.items()]
 
 
 def hook_lines(actions: list[Action], *, failed: list[str]) -> list[str]:
