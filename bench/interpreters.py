@@ -7,8 +7,9 @@ module package, unrelated Python daemons, Perl daemons that ``use`` a module pac
 daemons, plus a filler of plain ``sleep`` processes.  Then one package at a time is upgraded,
 and after each step both tools say what needs a restart:
 
-* restartctl: ``scan.find`` with the interpreter stage wired in as proposed (``find_with_interpreters``
-  below: the scan, then ``interpreters.scan`` + ``merge``, then units), run inside the container;
+* restartctl: ``scan.find``, whose process scan hands the interpreter stage each process that maps
+  something where interpreters live (and, for comparison, ``find_two_passes`` below: the scan, then
+  ``interpreters.scan`` as a second pass over /proc), run inside the container;
 * ``needrestart -b`` (Debian 12's 3.6, extracted under bench/.cache by bench/scan.py's helper,
   never installed), under ``strace -f`` to count the interpreters it executes.
 
@@ -155,21 +156,9 @@ def process_info(proc: Path, pid: int, stale: tuple[processes.StaleFile, ...]) -
     return processes.ProcessInfo(pid, ppid, uid, name, exe, cgroup, pidns, stale)
 
 
-def scan_one_pass(roots: Roots, selection: processes.Selection, host: interpreters.Host,
-                  ) -> tuple[processes.ScanResult, list[interpreters.Observation]]:
-    """The scanner's own pass, handing each process's directory handle to interpreters.observe()."""
-    result = processes.scan(roots.proc, selection,
-                            observe=lambda dfd, pid, exe: interpreters.observe(dfd, pid, exe, host))
-    return result, [o for _, o in result.observed if isinstance(o, interpreters.Observation)]
-
-
-def find_with_interpreters(roots: Roots, only_packages: list[str] | None, *,
-                           one_pass: bool = True) -> list[units.UnitGroup]:
-    """scan.find with the interpreter stage between processes and units, as proposed for the lead.
-
-    ``one_pass``: observe in the scanner's pass (the proposal); else ``interpreters.scan``,
-    a second pass over /proc, as the module can be used before it is wired in.
-    """
+def find_two_passes(roots: Roots, only_packages: list[str] | None) -> list[units.UnitGroup]:
+    """scan.find with the interpreter stage as a second pass over /proc (``interpreters.scan``),
+    the way it could be used before it was wired into the scanner's own pass: for comparison."""
     db = packages.DpkgDatabase(roots.admindir, roots.root)
     memoize_owners(db)
     in_scope = None
@@ -179,12 +168,8 @@ def find_with_interpreters(roots: Roots, only_packages: list[str] | None, *,
     selection = processes.Selection(aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
                                     skip_prefixes=scan.never_packaged(roots.data))
     ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes)
-    if one_pass:
-        result, observations = scan_one_pass(roots, selection, ctx.host)
-        found = interpreters.judge(observations, ctx, {p.pid: p.stale for p in result.processes})
-    else:
-        result = processes.scan(roots.proc, selection)
-        found = interpreters.scan(roots.proc, ctx, stale={p.pid: p.stale for p in result.processes})
+    result = processes.scan(roots.proc, selection)
+    found = interpreters.scan(roots.proc, ctx, stale={p.pid: p.stale for p in result.processes})
     extra = {pid: kept for pid, fs in found.items() if (kept := tuple(f for f in fs if selection.wants(f.path)))}
     merged = [p._replace(stale=interpreters.merge(p.stale, extra.pop(p.pid, ()))) for p in result.processes]
     for pid, fs in sorted(extra.items()):
@@ -203,8 +188,8 @@ def find_with_interpreters(roots: Roots, only_packages: list[str] | None, *,
 def driver(args: argparse.Namespace) -> int:
     """Inside the container: one scan, printed as JSON (unit -> the kinds of its package files)."""
     roots = Roots()
-    groups = (scan.find(roots, only_packages=args.packages).groups if args.plain
-              else find_with_interpreters(roots, args.packages, one_pass=not args.two_pass))
+    groups = (find_two_passes(roots, args.packages) if args.two_pass
+              else scan.find(roots, only_packages=args.packages, interpreted=not args.plain).groups)
     print(json.dumps({g.name or f"pid {g.pids[0]}": sorted({f"{f.stale.kind}/{f.stale.confidence}/{f.stale.evidence}"
                                                              for m in g.members for f in m.files})
                       for g in groups}, sort_keys=True))
@@ -270,7 +255,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd")
     d = sub.add_parser("driver", help="(inside the container) one scan as JSON")
-    d.add_argument("--plain", action="store_true", help="restartctl's scan.find as it is, without interpreters")
+    d.add_argument("--plain", action="store_true", help="restartctl's scan.find without the interpreter stage")
     d.add_argument("--two-pass", action="store_true", help="interpreters.scan after the scan, not within it")
     d.add_argument("--packages", nargs="+", default=None)
     parser.add_argument("--runs", type=int, default=10)

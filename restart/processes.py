@@ -372,7 +372,8 @@ class _Scanner:
                 _add(found, StaleFile(CODE if executable else DATA, *verdict))
         if self.check_fds:
             self._stale_fds(dfd, found, view)
-        seen = self._observe(dfd, pid) if hinted else None  # an interpreter maps its own executable
+        # An interpreter maps its own executable; without hints, every process is observed.
+        seen = self._observe(dfd, pid) if hinted or not self.observe_hints else None
         if not found and seen is None:
             return None, None
         return describe(dfd, pid, found, self.self_depth), seen
@@ -468,7 +469,8 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
     """Scan every process under ``proc`` (or just ``pids``) for stale files.
 
     ``observe`` sees each process that maps a path starting with one of ``observe_hints``
-    (stage 2b: the directories interpreters live in; a process maps its own executable).
+    (stage 2b: the directories interpreters live in; a process maps its own executable),
+    or every process when there are no hints.
     With a ``deadline`` (on ``clock``), root's and system accounts' processes are scanned
     first and the scan stops when the deadline passes, counting the rest as unscanned: a
     user with many processes that map many files can slow a scan, not starve the services.

@@ -177,6 +177,8 @@ def test_observer_sees_the_processes_that_map_a_hinted_directory(tmp_path: Path,
     scan(build(tmp_path / "proc", procs), Selection(), observe=lambda dfd, pid, exe: seen.append(pid),
          observe_hints=(b"/usr/bin/",))
     assert seen == [10]
+    scan(build(tmp_path / "proc2", procs), Selection(), observe=lambda dfd, pid, exe: seen.append(pid))
+    assert seen == [10, 10, 11]  # no hints: every process is observed
 
 
 def test_exe_link_is_taken_as_written(tmp_path: Path, root: Path) -> None:
