@@ -704,6 +704,9 @@ def commands(args: argparse.Namespace) -> list[Command]:
         Command("floor (cat maps)", "floor", ["sh", "-c", "cat /proc/[0-9]*/maps >/dev/null 2>&1"]),
         Command("restartctl scan", "subject", rctl),
         Command("restartctl scan --json", "subject", [*rctl, "--json"]),
+        # What the package installs as /usr/sbin/restartctl (a console script: no runpy, as -m has).
+        Command("restartctl scan (installed entry point)", "subject",
+                [SYSTEM_PYTHON, "-c", "import sys; from restart.cli import run; sys.exit(run())", "scan"]),
     ]
     if args.skip_peers:
         return cmds
