@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from restart.interpreters import TOLERANCE
-from tests.support.container import Container
+from tests.support.container import Container, wait_for
 from tests.support.debs import build_deb, compile_c, compile_jar
 
 pytestmark = pytest.mark.real
@@ -212,18 +212,9 @@ def findings(doc: dict[str, Any], pid: int) -> set[Finding]:
     return {(f[0], f[1], f[2], f[3]) for f in doc["found"].get(str(pid), [])}
 
 
-def wait_for(predicate: Any, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def spawn_ready(c: Container, argv: list[str], ready: str, env: dict[str, str] | None = None) -> int:
     pid = c.spawn(argv, env=env)
-    wait_for(lambda: c.exec(["test", "-e", ready]).returncode == 0, f"{argv} to be ready")
+    wait_for(lambda: c.exec(["test", "-e", ready]).returncode == 0, f"{argv} to be ready", 20)
     return pid
 
 
@@ -239,7 +230,7 @@ def story(systemd_container: Container, tmp_path_factory: pytest.TempPathFactory
     for name in SERVICES:
         c.systemctl("start", f"{name}.service")
         c.wait_active(f"{name}.service")
-        wait_for(lambda name=name: c.exec(["test", "-s", f"/run/{name}.ready"]).returncode == 0, f"{name} ready")
+        wait_for(lambda name=name: c.exec(["test", "-s", f"/run/{name}.ready"]).returncode == 0, f"{name} ready", 20)
         pids[name] = c.main_pid(f"{name}.service")
 
     # The hostile user's side (nobody; /tmp is the container's own tmpfs).
@@ -273,7 +264,8 @@ def story(systemd_container: Container, tmp_path_factory: pytest.TempPathFactory
         c, [*SETPRIV, "/usr/bin/ruby", "/usr/bin/rctl-rbd", "/tmp/ready/ruby"], "/tmp/ready/ruby",
         env={"RUBYLIB": f"{EVIL}/rb", "RUBYOPT": "-rrctl_evil"})
     # A change to the hostile script after its process started: a ctime the rules see.
-    wait_for(lambda: c.exec(["test", "-d", f"/proc/{pids['shell-syntax']}"]).returncode == 0, "the shell-syntax one")
+    wait_for(lambda: c.exec(["test", "-d", f"/proc/{pids['shell-syntax']}"]).returncode == 0,
+             "the shell-syntax one", 20)
     # Changes within TOLERANCE of a start never count; the upgrades below must come later.
     time.sleep(TOLERANCE + 0.25)
     c.check(["chmod", "0775", HOSTILE_SCRIPT])

@@ -9,13 +9,12 @@ would run it.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.container import Container
+from tests.support.container import Container, wait_for
 from tests.support.debs import multiarch
 
 pytestmark = pytest.mark.real
@@ -42,15 +41,6 @@ def stale_of(doc: dict[str, Any], pid: int) -> set[tuple[str, str, str | None]]:
     return {(s["kind"], s["path"], s["package"]) for s in proc["stale"]}
 
 
-def wait_for(predicate: Any, what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # ---------------------------------------------------------------- with systemd as PID 1
 
 @pytest.fixture(scope="module")
@@ -72,9 +62,9 @@ def upgraded_systemd_host(systemd_container: Container,
     c.run_user_unit("alice", ["/usr/sbin/rctl-demod"], unit="rctl-userd.service")
     # A login session: su through PAM (pam_systemd) makes logind put it in session-N.scope.
     su_pid = c.spawn(["su", "-", "alice", "-c", "exec /usr/bin/rctl-olduser"])
-    wait_for(lambda: c.exec(["pgrep", "-P", str(su_pid)]).returncode == 0, "su's child")
+    wait_for(lambda: c.exec(["pgrep", "-P", str(su_pid)]).returncode == 0, "su's child", 10)
     session_pid = int(c.check(["pgrep", "-P", str(su_pid)]).split()[0])
-    wait_for(lambda: b"session-" in c.read_file(f"/proc/{session_pid}/cgroup"), "a login session scope")
+    wait_for(lambda: b"session-" in c.read_file(f"/proc/{session_pid}/cgroup"), "a login session scope", 10)
     pids = {"demod": c.main_pid("rctl-demod.service"), "sleep": c.main_pid("rctl-sleep.service"),
             "userd": c.main_pid("rctl-userd.service", user="alice"), "session": session_pid,
             "scope": int(c.check(["systemctl", "show", "-P", "ControlGroup", "rctl-scope.scope"]) and
@@ -178,7 +168,7 @@ def upgraded_plain_host(plain_container: Container, demo_debs: dict[str, dict[st
     v1, v2 = demo_debs["1.0"], demo_debs["2.0"]
     c.install_debs([v1[n] for n in UPGRADED])
     c.check(["/etc/init.d/rctl-demod", "start"])
-    wait_for(lambda: c.exec(["test", "-s", "/run/rctl-demod.pid"]).returncode == 0, "rctl-demod's pidfile")
+    wait_for(lambda: c.exec(["test", "-s", "/run/rctl-demod.pid"]).returncode == 0, "rctl-demod's pidfile", 10)
     demod = int(c.read_file("/run/rctl-demod.pid"))
     sleeper = c.spawn(["/usr/bin/rctl-sleeper"])
     olduser = c.spawn(["/usr/bin/rctl-olduser"])

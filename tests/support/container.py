@@ -37,7 +37,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -788,6 +788,16 @@ class Container:
 
 
 # ---------------------------------------------------------------------- apt repositories
+def wait_for(predicate: Callable[..., object], what: str, timeout: float) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def make_local_repo(repo_dir: Path, debs: Iterable[Path]) -> Path:
     """Copy ``debs`` into ``repo_dir`` and index it as a flat apt repository (Packages, Release).
 
