@@ -14,6 +14,7 @@ import pytest
 
 from tests.fakeproc import ino, map_line
 from tests.support.container import Container
+from tests.support.fixtures import run_demod_then_upgrade
 from tests.test_cli import EXE, LIB, Host
 from tests.test_formats import promtool
 
@@ -209,12 +210,7 @@ def test_real_apply_inside_a_systemd_container(systemd_container: Container,
                                                demo_debs: dict[str, dict[str, Path]]) -> None:
     """The playbook inside a container with systemd: real plan, real `restartctl apply --yes --json`."""
     c = systemd_container
-    names = ("rctl-libdemo1", "rctl-demod")
-    c.install_debs([demo_debs["1.0"][n] for n in names])
-    c.systemctl("daemon-reload")
-    c.systemctl("start", "rctl-demod.service")
-    c.wait_active("rctl-demod.service")
-    c.install_debs([demo_debs["2.0"][n] for n in names])
+    run_demod_then_upgrade(c, demo_debs)
     c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])  # the host image forbids restarts (Docker-style)
     before = c.main_pid("rctl-demod.service")
     extra = {"ansible_python_interpreter": "/usr/bin/python3", "restartctl_become": False, "restartctl_apply": True,

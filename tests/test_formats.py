@@ -26,6 +26,7 @@ from restart.roots import Roots
 from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, UnitGroup
 from tests.fakeproc import map_line
 from tests.support.container import Container
+from tests.support.fixtures import run_demod_then_upgrade
 from tests.test_cli import Host
 
 REPO = Path(__file__).resolve().parent.parent
@@ -462,14 +463,8 @@ json.dump({"nagios": [code, nagios], "openmetrics": metrics,
 @pytest.fixture(scope="module")
 def upgraded(systemd_container: Container, demo_debs: dict[str, dict[str, Path]]) -> Container:
     """rctl-demod.service running on v1, then v1 -> v2 by dpkg: the service maps a deleted library."""
-    c = systemd_container
-    names = ("rctl-libdemo1", "rctl-demod")
-    c.install_debs([demo_debs["1.0"][n] for n in names])
-    c.systemctl("daemon-reload")
-    c.systemctl("start", "rctl-demod.service")
-    c.wait_active("rctl-demod.service")
-    c.install_debs([demo_debs["2.0"][n] for n in names])
-    return c
+    run_demod_then_upgrade(systemd_container, demo_debs)
+    return systemd_container
 
 
 def _in(c: Container, *argv: str) -> subprocess.CompletedProcess[str]:

@@ -42,6 +42,16 @@ def _start(container: Container) -> Container:
     pytest.fail(missing, pytrace=False)
 
 
+def run_demod_then_upgrade(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    """rctl-demod.service running on v1, then v1 -> v2 by dpkg: the service maps a deleted library."""
+    names = ("rctl-libdemo1", "rctl-demod")
+    c.install_debs([demo_debs["1.0"][n] for n in names])
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "rctl-demod.service")
+    c.wait_active("rctl-demod.service")
+    c.install_debs([demo_debs["2.0"][n] for n in names])
+
+
 @pytest.fixture(scope="session")
 def demo_debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
     """version ("1.0", "2.0") -> package name -> .deb path; see debs.demo_packages."""
