@@ -233,6 +233,14 @@ def amd_revision(data: bytes, signature: int) -> int | None:
     return best
 
 
+def _platform_flags(sysfs: Path) -> int | None:
+    """An Intel CPU's platform bit, as the kernel's microcode driver read it from the CPU."""
+    try:
+        return int((sysfs / "devices/system/cpu/cpu0/microcode/processor_flags").read_text(), 16)
+    except (OSError, ValueError):
+        return None
+
+
 def microcode_status(proc: Path = Path("/proc"), firmware: Path = Path("/lib/firmware"),
                      admindir: Path | None = None, sysfs: Path = Path("/sys")) -> RebootReason | None:
     """A reboot reason when newer microcode for this CPU is installed than is running."""
@@ -242,24 +250,18 @@ def microcode_status(proc: Path = Path("/proc"), firmware: Path = Path("/lib/fir
         return None
     if cpu is None or cpu.virtual or cpu.vendor not in MICROCODE_PACKAGES:
         return None
-    signature = cpuid_signature(cpu)
-    if cpu.vendor == "GenuineIntel":
+    intel = cpu.vendor == "GenuineIntel"
+    if intel:
         path = firmware / "intel-ucode" / f"{cpu.family:02x}-{cpu.model:02x}-{cpu.stepping:02x}"
-        try:  # the platform bit, as the kernel's microcode driver read it from the CPU
-            platform: int | None = int((sysfs / "devices/system/cpu/cpu0/microcode/processor_flags").read_text(), 16)
-        except (OSError, ValueError):
-            platform = None
-
-        def reader(data: bytes, signature: int) -> int | None:
-            return intel_revision(data, signature, platform)
     else:
         name = f"microcode_amd_fam{cpu.family:02x}h.bin" if cpu.family >= 0x15 else "microcode_amd.bin"
-        path, reader = firmware / "amd-ucode" / name, amd_revision
+        path = firmware / "amd-ucode" / name
     try:
-        installed = reader(path.read_bytes(), signature)
-        since = path.stat().st_mtime
+        data, since = path.read_bytes(), path.stat().st_mtime
     except OSError:
         return None
+    signature = cpuid_signature(cpu)
+    installed = intel_revision(data, signature, _platform_flags(sysfs)) if intel else amd_revision(data, signature)
     if installed is None or installed <= cpu.revision:
         return None
     package = MICROCODE_PACKAGES[cpu.vendor]
