@@ -6,10 +6,10 @@ processes' facts.  Each fact is read once.  A mapping is stale when the file now
 at its path, seen from the process's own root, is missing or is another inode;
 the kernel's `` (deleted)`` text is only a hint for which path to look at.
 
-Most of a host is clean, and processes mapping the same file differ only in the
-address ranges of their ``maps`` lines, so each distinct line (from the offset on) is
-judged once per scan; a process whose every line is already known fresh costs its
-reads and a set lookup per line.  Open files are judged only when they are regular
+Most of a host is clean, and the ``maps`` lines of processes mapping the same file
+differ only before the device, inode and path, so each distinct (device, inode, path)
+is judged once per scan; a process whose every line is already known fresh costs its
+reads and a dictionary lookup per line.  Open files are judged only when they are regular
 files not found in place, and only a process whose ``maps`` shows an interpreter's
 directory is handed to stage 2b.
 Only processes with a stale file get their status, cgroup and exe read.
