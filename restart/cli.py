@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from restart import __version__, plan, policy, report, transaction
 from restart.roots import Roots
@@ -17,6 +17,34 @@ from restart.text import printable
 EXIT_OK, EXIT_STALE, EXIT_ERROR = 0, 1, 2
 APPLY_SCHEMA = "restartctl-apply/1"
 DEFAULT_TEXTFILE = Path("(default)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2); for ``check``, a Nagios UNKNOWN line (exit 3)."""
+
+    command = ""  # the top-level parser also reports a command's unknown options
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("restartctl").strip() or self.command
+        if command == "check":
+            from restart import formats
+
+            code, out = formats.nagios_unknown(f"usage: {message}")
+            self.exit(code, out)
+        self.exit(EXIT_ERROR, f"restartctl: {message} (see 'restartctl {command + ' ' if command else ''}--help')\n")
+
+
+def _at_least_zero(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {'whole ' if kind is int else ''}number: {text!r}") from None
+        if value < 0 or value != value:  # NaN is not a number of anything
+            raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+        return value
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
 
 
 def _roots_options(p: argparse.ArgumentParser) -> None:
@@ -33,9 +61,11 @@ def _roots_options(p: argparse.ArgumentParser) -> None:
                        help="vendor data directory (default /usr/share/restartctl)")
 
 
-def _common_options(p: argparse.ArgumentParser) -> None:
+def _common_options(p: argparse.ArgumentParser, *,
+                    json_help: str | None = "print the restartctl/1 JSON document") -> None:
     _roots_options(p)
-    p.add_argument("--json", action="store_true", help="print the restartctl/1 JSON document")
+    if json_help is not None:
+        p.add_argument("--json", action="store_true", help=json_help)
     p.add_argument("--packages", nargs="+", metavar="PKG", help="only files of these packages (name or name:arch)")
 
 
@@ -51,11 +81,11 @@ def _listing_options(p: argparse.ArgumentParser) -> None:
 
 
 def _check_options(p: argparse.ArgumentParser) -> None:
-    _common_options(p)
+    _common_options(p, json_help=None)
     for what, warn in (("services", 1), ("sessions", 0)):
-        p.add_argument(f"--{what}-warning", type=int, default=warn, metavar="N",
+        p.add_argument(f"--{what}-warning", type=_at_least_zero(int), default=warn, metavar="N",
                        help=f"WARNING from N pending {what} (default {warn or 'off'})")
-        p.add_argument(f"--{what}-critical", type=int, default=0, metavar="N",
+        p.add_argument(f"--{what}-critical", type=_at_least_zero(int), default=0, metavar="N",
                        help=f"CRITICAL from N pending {what} (default off)")
     p.add_argument("--reboot-critical", action="store_true", help="a needed reboot is CRITICAL (default WARNING)")
 
@@ -66,7 +96,7 @@ def _apply_options(p: argparse.ArgumentParser) -> None:
     how.add_argument("--yes", action="store_true", help="restart without asking (mode auto)")
     how.add_argument("--dry-run", action="store_true", help="only show what would be done (mode list)")
     how.add_argument("--mode", choices=policy.MODES, help="override the policy's mode")
-    p.add_argument("--budget", type=float, default=600.0, metavar="SECONDS",
+    p.add_argument("--budget", type=_at_least_zero(float), default=600.0, metavar="SECONDS",
                    help="stop starting restarts after this long (default 600)")
 
 
@@ -94,7 +124,7 @@ def _hook_options(p: argparse.ArgumentParser) -> None:
                    help="who runs it: apt, dpkg, unattended-upgrades or manual (default)")
     p.add_argument("--after", type=_after, metavar="PID:START",
                    help="first wait (bounded) until this process has exited")
-    p.add_argument("--budget", type=float, default=transaction.HOOK_BUDGET, metavar="SECONDS",
+    p.add_argument("--budget", type=_at_least_zero(float), default=transaction.HOOK_BUDGET, metavar="SECONDS",
                    help=f"give up after this long (default {transaction.HOOK_BUDGET:.0f})")
 
 
@@ -127,10 +157,11 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     more than a third of a small scan's own time, so a run builds only its own.
     """
     named = argv[0] if argv else None
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="restartctl",
         description="Find processes that still use files replaced by a package upgrade, "
                     "and what to restart to fix them.")
+    parser.command = named if named in COMMANDS else ""
     parser.add_argument("--version", action="version", version=f"restartctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (summary, description, add_options) in COMMANDS.items():
@@ -182,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         after = hook.Process(*args.after) if args.after else None
         return hook.run(roots, args.trigger, after=after, budget=args.budget)
     try:
+        if args.command in ("scan", "plan", "check", "apply"):
+            _usable(roots, args)
         if args.command == "apply":
             return _apply(roots, args)
         if args.command == "status":
@@ -203,6 +236,31 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def _usable(roots: Roots, args: argparse.Namespace) -> None:
+    """Refuse, in one line, what would otherwise end in a silent all-clear or a traceback."""
+    if args.command == "apply" and os.geteuid() != 0:
+        raise ValueError("apply must run as root (it restarts services and records what is pending); "
+                         "'restartctl plan' shows what it would do")
+    if not (roots.admindir / "info").is_dir():
+        raise ValueError(f"{roots.admindir}: not a dpkg database (no info directory)")
+    if getattr(args, "textfile", None) is not None:
+        if args.format != "openmetrics":
+            raise ValueError("--textfile writes the OpenMetrics text: it needs --format openmetrics")
+        if args.textfile == DEFAULT_TEXTFILE:
+            from restart import formats
+
+            if formats.default_textfile() is None:
+                raise ValueError(f"node-exporter's textfile directory {formats.TEXTFILE_DIR} does not exist: "
+                                 "name the file (--textfile PATH)")
+    if args.packages:
+        from restart.packages import DpkgDatabase
+
+        found = DpkgDatabase(roots.admindir, roots.root).resolve_names(args.packages)
+        unknown = [printable(name) for name, installed in found.items() if not installed]
+        if unknown:
+            raise ValueError(f"not an installed package: {', '.join(unknown)}")
+
+
 def _reboot_reasons(roots: Roots, actions: list[plan.Action]) -> tuple[list[Any], Any]:
     from restart import reboot
 
@@ -219,7 +277,9 @@ def _nagios(roots: Roots, packages: list[str] | None, **thresholds: Any) -> int:
     findings = find(roots, only_packages=packages)
     actions = plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
     reasons, _ = _reboot_reasons(roots, actions)
-    code, out = formats.nagios(actions, reasons, is_root=os.geteuid() == 0, scan=findings.scan, **thresholds)
+    down = _left_down(roots, *_last_run(roots))
+    code, out = formats.nagios(actions, reasons, is_root=os.geteuid() == 0, scan=findings.scan, down=down,
+                               **thresholds)
     sys.stdout.write(out)
     return code
 
@@ -279,7 +339,7 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
     mode = "auto" if args.yes else "list" if args.dry_run else args.mode
     log = hook.Log(sys.stdout, sys.stderr, quiet=args.json)
     code = hook.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
-                    deadline=time.monotonic() + args.budget)
+                    deadline=time.monotonic() + args.budget, preview=args.dry_run)
     if args.json:
         import json
 
@@ -299,20 +359,47 @@ def _last_run(roots: Roots) -> tuple[dict[str, Any] | None, bool]:
     return record, record is not None and record.get("boot_id") == state.boot_id(roots.proc)
 
 
+def _left_down(roots: Roots, record: dict[str, Any] | None, current: bool) -> list[str]:
+    """System units whose restart failed in this boot's last run and that are not running now."""
+    from restart.units import valid_unit_name
+
+    units = record.get("units") if record is not None and current else None
+    names = [u["unit"] for u in units if isinstance(u, dict) and u.get("status") == "failed"
+             and u.get("kind") == "system" and isinstance(u.get("unit"), str) and valid_unit_name(u["unit"])
+             ] if isinstance(units, list) else []
+    if not names or not roots.systemd_booted():
+        return []
+    from restart import execute
+
+    states = execute.active_states(names)
+    return [n for n in names if n in states and states[n] not in ("active", "reloading", "activating")]
+
+
 def _status(roots: Roots, args: argparse.Namespace) -> int:
-    """Exit 0 when nothing is pending, 1 when something is."""
-    record, current = _last_run(roots)
+    """Exit 0 when nothing is pending and no reboot is needed, 1 when something is, 2 for an unusable record."""
+    from restart import state
+
+    trouble = state.problem(roots.state, state.PENDING)
+    record, current = _last_run(roots) if trouble is None else (None, False)
+    reasons, kernel = _reboot_reasons(roots, [])
+    down = _left_down(roots, record, current)
     if args.json:
         import json
 
-        from restart import state
+        from restart import formats
 
-        sys.stdout.write(json.dumps({"schema": state.STATE_SCHEMA, "current_boot": current,
-                                     "last_run": record}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"schema": state.STATE_SCHEMA, "current_boot": current, "last_run": record,
+                                     "problem": trouble, "down": down,
+                                     "reboot": formats.reboot_json(reasons, kernel)}, indent=2) + "\n")
     else:
-        sys.stdout.write(report.status_text(record, current_boot=current))
-    pending = current and record is not None and any(u.get("status") != "done" for u in record.get("units", []))
-    return EXIT_STALE if pending else EXIT_OK
+        sys.stdout.write(report.status_text(record, current_boot=current, reboot=reasons, down=down,
+                                            unusable=trouble is not None))
+    if trouble is not None:
+        print(f"restartctl: {printable(trouble)}", file=sys.stderr)
+        return EXIT_ERROR
+    units = record.get("units", []) if record is not None and current else []
+    pending = any(isinstance(u, dict) and u.get("status") != "done" for u in units)
+    return EXIT_STALE if pending or reasons else EXIT_OK
 
 
 def _policy(roots: Roots, args: argparse.Namespace) -> int:

@@ -73,6 +73,15 @@ def unit_state(group: UnitGroup, timeout: float) -> dict[str, str]:
     return parse_show(result.stdout, [name]).get(name, {})
 
 
+def active_states(names: list[str], timeout: float = 5) -> dict[str, str]:
+    """System units' ActiveState, in one ``systemctl show``; {} when systemd does not answer."""
+    try:
+        result = run([PROGRAMS["systemctl"], "show", "-p", "ActiveState", "--", *names], timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {name: props.get("ActiveState", "") for name, props in parse_show(result.stdout, names).items()}
+
+
 def status_excerpt(group: UnitGroup, timeout: float = 5) -> str:
     """``systemctl status``-level detail for a failure report."""
     try:
@@ -353,6 +362,19 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
                 pass
         log(f"told user {s.user or s.uid} ({s.tty or 'desktop'}) to restart: {', '.join(what)}")
     return sent
+
+
+def would_skip(actions: list[Action], settings: Settings, *, proc: Path) -> dict[int, str]:
+    """For a dry run: ``id(action)`` -> why the real run would skip it, by the executor's own checks."""
+    executor = Executor(settings, proc=proc, deadline=time.monotonic() + settings.timeout * len(actions) + 1,
+                        still_stale=lambda group, pids: [])
+    skips = {}
+    for action in actions:
+        if action.action in EXECUTABLE and action.argv is not None:
+            reason = executor._why_not(action)  # the same checks; nothing is carried out
+            if reason is not None:
+                skips[id(action)] = reason
+    return skips
 
 
 class Applied(NamedTuple):

@@ -281,8 +281,14 @@ def host_policy(roots: Roots, log: Log) -> tuple[policy.Policy, bool]:
 
 
 def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_files: dict[str, str] | None,
-        failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None) -> int:
-    """Find, plan and, as the mode says, restart; record what is still pending.  1 if a restart failed."""
+        failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None,
+        preview: bool = False) -> int:
+    """Find, plan and, as the mode says, restart; record what is still pending.
+
+    Returns 2 when the scan was cut short (the findings are not the whole truth), else 1 when a
+    restart failed or, in list mode, when the plan has something to do (as ``plan``), else 0.
+    ``preview`` (a dry run) also says which restarts the executor would skip, and why.
+    """
     pol, usable = host_policy(roots, log)
     mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
     if not usable or (mode == "ask" and not interactive()):
@@ -295,7 +301,8 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     actions = plan.make_plan(findings.groups, pol)
     outcomes: list[execute.Outcome] = []
     if mode == "list" or not actions:
-        lines = report.hook_lines(actions, failed=failed)
+        skips = execute.would_skip(actions, pol.settings, proc=roots.proc) if preview else {}
+        lines = report.hook_lines(actions, failed=failed, skips=skips)
     else:
         def still_stale(group: units.UnitGroup, pids: list[int] | None) -> list[units.Affected]:
             again = find(roots, only_packages=list(group.packages), pids=pids)
@@ -316,9 +323,16 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
     if findings.scan.unscanned:
         still |= frozenset(scope or ())  # not all looked at: the whole transaction stays pending
-    state.save_pending(roots.state, state.boot_id(roots.proc), trigger=trigger, packages=still,
-                       units=report.run_units(actions, outcomes))
+    boot = state.boot_id(roots.proc)
+    still, recorded = state.merge_pending(state.read_json(roots.state, state.PENDING), boot, scope=scope,
+                                          complete=not findings.scan.unscanned, packages=still,
+                                          units=report.run_units(actions, outcomes))
+    state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded)
     publish(roots, [a for a in actions if id(a) not in done], findings, log)
+    if findings.scan.unscanned:
+        return 2
+    if mode == "list":
+        return 1 if any(a.action != "ignore" for a in actions) else 0
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
 
 

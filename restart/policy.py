@@ -20,7 +20,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from restart.units import SYSTEM, USER
+from restart.units import SYSTEM, UNIT_TYPES, USER
 
 ACTIONS = ("restart", "try-restart", "reload-or-restart", "defer", "ignore", "notify", "reexec", "reboot",
            "exec")
@@ -175,10 +175,19 @@ def _rules(raw_rules: object, text: str, source: str) -> list[Rule]:
             value = _globs(raw[key]) if key in raw else ()
             if value is None:
                 raise fail(key, f"key {key!r} must be a string or a list of strings")
+            never = next((g for g in value if key == "unit" and not _may_name_a_unit(g)), None)
+            if never is not None:
+                raise fail(key, f"unit {never!r} can never match: unit names end in a type such as "
+                                f"'.service' (did you mean '{never}.service'?)")
             globs[key] = value
         rules.append(Rule(globs["unit"], scope, globs["package"], action, reason,
                           f"{source}:{_line_of(text, n, None)}", argv))
     return rules
+
+
+def _may_name_a_unit(glob: str) -> bool:
+    """A unit glob that could match some unit name: it ends in a unit type, or in a wildcard."""
+    return glob[-1:] in ("*", "?", "]") or glob.rpartition(".")[2] in UNIT_TYPES
 
 
 def _settings(raw: object, text: str, source: str) -> dict[str, Any]:

@@ -182,8 +182,10 @@ def _reboot_lines(reasons: Iterable[RebootReason]) -> list[str]:
             for (kind, detail), packages in merged.items()]
 
 
-def hook_lines(actions: list[Action], *, failed: list[str]) -> list[str]:
-    """What a package transaction's hook shows: a summary, then one line per unit; or nothing."""
+def hook_lines(actions: list[Action], *, failed: list[str], skips: dict[int, str] | None = None) -> list[str]:
+    """What a package transaction's hook shows: a summary, then one line per unit; or nothing.
+
+    ``skips`` (a dry run's): ``id(action)`` -> why the real run would skip that restart."""
     lines = [f"dpkg reported errors for: {', '.join(failed)}"] if failed else []
     if not actions:
         return lines
@@ -193,7 +195,9 @@ def hook_lines(actions: list[Action], *, failed: list[str]) -> list[str]:
                  f"{', '.join(packages)}:")
     for a in actions:
         what = command(a.argv) if a.argv is not None else printable(a.reason)
-        lines.append(f"  {_title(a.group)}: {a.action}: {what}")
+        skip = (skips or {}).get(id(a))
+        lines.append(f"  {_title(a.group)}: {a.action}: {what}"
+                     + (f" (would be skipped: {printable(skip)})" if skip else ""))
     lines.append("nothing was restarted (list mode); 'restartctl plan' shows the details")
     return lines
 
@@ -243,25 +247,48 @@ def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: lis
     return lines
 
 
-def status_text(record: dict[str, Any] | None, *, current_boot: bool) -> str:
-    """``restartctl status``: the last run, from the state file."""
+def status_text(record: dict[str, Any] | None, *, current_boot: bool, reboot: Iterable[RebootReason] = (),
+                down: Iterable[str] = (), unusable: bool = False) -> str:
+    """``restartctl status``: the last run, from the state file, and whether a reboot is needed.
+
+    ``unusable``: a record is there but cannot be used (the caller says why, on standard error)."""
+    lines = (["Last run: unknown (its record cannot be used)"] if unusable else
+             _last_run_lines(record, current_boot=current_boot, down=set(down)))
+    lines.extend(_reboot_lines(reboot))
+    return "\n".join(lines) + "\n"
+
+
+def _unit_word(u: dict[str, Any]) -> tuple[str, str]:
+    """What became of a unit, in the words the run used: its action when only listed (defer, notify,
+    restart), else its outcome, with the reason or the detail (why skipped, what failed)."""
+    status = str(u.get("status"))
+    if status == "listed":
+        return str(u.get("action") or "listed"), str(u.get("reason") or "")
+    word = {"done": "restarted", "failed": "restart FAILED", "declined": "left alone"}.get(status, status)
+    return word, (str(u.get("detail") or "").splitlines() or [str(u.get("reason") or "")])[0]
+
+
+def _last_run_lines(record: dict[str, Any] | None, *, current_boot: bool, down: set[str]) -> list[str]:
     if record is None:
-        return "No run recorded yet.\n"
+        return ["No run recorded yet."]
     import time
 
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(record.get("time", 0)))
     lines = [f"Last run: {when} ({printable(str(record.get('trigger', '?')))})"]
     if not current_boot:
         lines.append("It was before the last reboot: nothing from it is pending any more.")
-        return "\n".join(lines) + "\n"
+        return lines
     units = [u for u in record.get("units", []) if isinstance(u, dict)]
     pending = [u for u in units if u.get("status") != "done"]
     done = [u for u in units if u.get("status") == "done"]
     lines.append(f"Found {len(units)} unit(s): {len(done)} restarted, {len(pending)} pending.")
     for u in pending:
         name = printable(str(u.get("unit") or f"pid {u.get('pids')}"))
-        lines.append(f"  {name} ({u.get('kind')}): {u.get('status')}: {printable(str(u.get('reason', '')))}")
-    return "\n".join(lines) + "\n"
+        word, why = _unit_word(u)
+        lines.append(f"  {name} ({u.get('kind')}): {word}{': ' + printable(why) if why else ''}")
+        if u.get("unit") in down:
+            lines.append(f"    {name} is not running now: see 'systemctl status {name}'")
+    return lines
 
 
 def policy_text(pol: Policy) -> str:

@@ -1,0 +1,197 @@
+"""The admin's view over fixture hosts: the pending record is never lost or narrowed, exit codes and
+one-line errors tell the truth.  (Real-terminal and real-upgrade checks are in tests/test_admin_real.py.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from restart import hook, state
+from restart.cli import main
+from restart.roots import Roots
+from tests.test_cli import REPO, Host
+
+BOOT = "0f0e0d0c-0b0a-0908-0706-050403020100"
+
+
+def fixture_host(tmp_path: Path) -> tuple[Host, Roots]:
+    host = Host(tmp_path, systemd=True)
+    host.add(10, cgroup="0::/system.slice/demod.service\n", name="demod")
+    argv = host.argv("scan")
+    proc = Path(argv[argv.index("--proc") + 1])
+    (proc / "sys" / "kernel" / "random").mkdir(parents=True)
+    (proc / "sys" / "kernel" / "random" / "boot_id").write_text(BOOT + "\n")
+    return host, Roots(proc=proc, root=host.root, admindir=tmp_path / "admin", run=tmp_path / "run",
+                       etc=host.root / "etc", state=tmp_path / "state")
+
+
+def earlier_record(roots: Roots) -> None:
+    """An earlier run of this boot left other.service pending on libother1."""
+    other = {"unit": "other.service", "kind": "system", "uid": None, "pids": [20], "packages": ["libother1:amd64"],
+             "action": "restart", "argv": None, "reason": "", "suggested": None, "rule": None,
+             "status": "failed", "detail": "exit status 1"}
+    state.save_pending(roots.state, BOOT, trigger="apt", packages=frozenset({"libother1:amd64", "libdemo1:amd64"}),
+                       units=[other])
+
+
+def act(roots: Roots, scope: list[str] | None, *, deadline: float) -> int:
+    return hook.act(roots, "manual", hook.Log(sys.stdout, sys.stderr, quiet=True), scope=scope, old_files=None,
+                    failed=[], mode="list", deadline=deadline)
+
+
+def record(roots: Roots) -> dict[str, Any]:
+    doc = state.read_json(roots.state, state.PENDING)
+    assert doc is not None
+    return doc
+
+
+def test_a_scoped_run_merges_into_the_pending_record(tmp_path: Path) -> None:
+    _, roots = fixture_host(tmp_path)
+    earlier_record(roots)
+    act(roots, ["libdemo1"], deadline=time.monotonic() + 60)
+    doc = record(roots)
+    assert sorted(doc["packages"]) == ["libdemo1:amd64", "libother1:amd64"]
+    assert sorted(u["unit"] for u in doc["units"]) == ["demod.service", "other.service"]
+
+
+def test_a_scoped_run_settles_what_it_looked_at(tmp_path: Path) -> None:
+    _, roots = fixture_host(tmp_path)
+    earlier_record(roots)
+    act(roots, ["libother1"], deadline=time.monotonic() + 60)  # other.service is no longer stale
+    doc = record(roots)
+    assert doc["packages"] == ["libdemo1:amd64"]
+    assert doc["units"] == []
+
+
+def test_a_run_out_of_time_keeps_everything_pending(tmp_path: Path) -> None:
+    _, roots = fixture_host(tmp_path)
+    earlier_record(roots)
+    act(roots, None, deadline=time.monotonic() - 1)
+    doc = record(roots)
+    assert sorted(doc["packages"]) == ["libdemo1:amd64", "libother1:amd64"]
+    assert [u["unit"] for u in doc["units"]] == ["other.service"]
+
+
+def test_a_complete_unscoped_run_replaces_the_record(tmp_path: Path) -> None:
+    _, roots = fixture_host(tmp_path)
+    earlier_record(roots)
+    act(roots, None, deadline=time.monotonic() + 60)
+    doc = record(roots)
+    assert doc["packages"] == ["libdemo1:amd64"]
+    assert [u["unit"] for u in doc["units"]] == ["demod.service"]
+
+
+def test_a_record_of_an_earlier_boot_is_not_carried_over(tmp_path: Path) -> None:
+    _, roots = fixture_host(tmp_path)
+    earlier_record(roots)
+    (roots.proc / "sys" / "kernel" / "random" / "boot_id").write_text("another-boot\n")
+    act(roots, ["libdemo1"], deadline=time.monotonic() + 60)
+    assert record(roots)["packages"] == ["libdemo1:amd64"]
+
+
+# ---- every bad input: one line, the right exit code, never a silent all-clear -----------------
+
+@pytest.mark.parametrize(("args", "code", "words"), [
+    (["scan", "--admindir", "/nonexistent"], 2, "/nonexistent: not a dpkg database"),
+    (["plan", "--packages", "no-such-package"], 2, "not an installed package: no-such-package"),
+    (["scan", "--textfile", "/tmp/x.prom"], 2, "needs --format openmetrics"),
+    (["apply", "--budget", "-1"], 2, "--budget: must not be negative"),
+    (["hook", "--budget", "-5"], 2, "--budget: must not be negative"),
+    (["plan", "--bogus"], 2, "unrecognized arguments: --bogus (see 'restartctl plan --help')"),
+    (["check", "--json"], 3, "RESTARTCTL UNKNOWN - usage: unrecognized arguments: --json"),
+    (["check", "--services-warning", "-1"], 3, "RESTARTCTL UNKNOWN - usage: argument --services-warning"),
+    (["check", "--admindir", "/nonexistent"], 3, "RESTARTCTL UNKNOWN - /nonexistent: not a dpkg database"),
+])
+def test_bad_input_is_one_line_with_its_exit_code(tmp_path: Path, args: list[str], code: int, words: str) -> None:
+    host, _ = fixture_host(tmp_path)
+    argv = host.argv(*args)
+    if "--admindir" in args:  # the fixture's own comes after: put the bad one last
+        argv += ["--admindir", "/nonexistent"]
+    r = subprocess.run([sys.executable, "-m", "restart", *argv, "--state", str(tmp_path / "state")],
+                       capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode == code, out
+    assert words in out and out.count("\n") == 1, out
+
+
+def test_textfile_without_the_node_exporter_directory_is_an_error(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from restart import formats
+
+    monkeypatch.setattr(formats, "TEXTFILE_DIR", tmp_path / "no-node-exporter")
+    host, _ = fixture_host(tmp_path)
+    assert main(host.argv("scan", "--format", "openmetrics", "--textfile")) == 2
+    assert "textfile directory" in capsys.readouterr().err
+
+
+def test_a_unit_glob_without_a_type_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host, roots = fixture_host(tmp_path)
+    (roots.etc / "restartctl").mkdir(parents=True)
+    (roots.etc / "restartctl" / "policy.toml").write_text('[[rule]]\nunit = "nginx"\naction = "ignore"\n')
+    assert main([*host.argv("policy", "check")[:1], "check", *host.argv()]) == 2
+    err = capsys.readouterr().err
+    assert "policy.toml:2: rule #1: unit 'nginx' can never match" in err and "'nginx.service'" in err
+
+
+def test_apply_as_a_user_is_one_clear_line(tmp_path: Path) -> None:
+    host, _ = fixture_host(tmp_path)
+    r = subprocess.run(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        sys.executable, "-m", "restart", *host.argv("apply", "--yes"), "--state", str(tmp_path / "s")],
+                       capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("restartctl: apply must run as root") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.stderr and "Errno" not in r.stderr
+
+
+def test_apply_out_of_time_exits_non_zero_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host, _ = fixture_host(tmp_path)
+    assert main([*host.argv("apply", "--dry-run", "--budget", "0"), "--state", str(tmp_path / "state")]) == 2
+    assert "not scanned before the time ran out" in capsys.readouterr().err
+
+
+def test_dry_run_exits_as_plan_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host, _ = fixture_host(tmp_path)
+    assert main(host.argv("plan")) == 1
+    assert main([*host.argv("apply", "--dry-run"), "--state", str(tmp_path / "state")]) == 1
+
+
+# ---- status: an unusable record is said, a needed reboot is shown --------------------------------
+
+def test_status_of_a_damaged_record_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host, roots = fixture_host(tmp_path)
+    roots.state.mkdir(mode=0o755)
+    (roots.state / "pending.json").write_text("{not json")
+    assert main(["status", *host.argv()[:0], "--proc", str(roots.proc), "--run", str(roots.run),
+                 "--state", str(roots.state), "--admindir", str(roots.admindir), "--root", str(roots.root)]) == 2
+    out, err = capsys.readouterr()
+    assert "No run recorded yet" not in out and "not a restartctl state record" in err
+
+
+def test_status_of_a_world_writable_record_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, roots = fixture_host(tmp_path)
+    earlier_record(roots)
+    os.chmod(roots.state / "pending.json", 0o666)
+    assert main(["status", "--proc", str(roots.proc), "--run", str(roots.run), "--state", str(roots.state),
+                 "--admindir", str(roots.admindir), "--root", str(roots.root)]) == 2
+    assert "could have been written by someone other than root" in capsys.readouterr().err
+
+
+def test_status_shows_a_needed_reboot_and_what_became_of_each_unit(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    _, roots = fixture_host(tmp_path)
+    earlier_record(roots)
+    (roots.run / "reboot-required").write_text("*** System restart required ***\n")
+    (roots.run / "reboot-required.pkgs").write_text("linux-image-amd64\n")
+    code = main(["status", "--proc", str(roots.proc), "--run", str(roots.run), "--state", str(roots.state),
+                 "--admindir", str(roots.admindir), "--root", str(roots.root)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "Reboot needed: flag" in out and "linux-image-amd64" in out, out
+    assert "other.service (system): restart FAILED: exit status 1" in out, out
