@@ -14,7 +14,7 @@ from restart.roots import Roots
 from restart.scan import find
 from restart.text import printable
 
-EXIT_OK, EXIT_STALE, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_STALE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 APPLY_SCHEMA = "restartctl-apply/1"
 DEFAULT_TEXTFILE = Path("(default)")
 
@@ -226,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         return _scan_or_plan(roots, args)
     except BrokenPipeError:
         raise  # the reader went away (| head): not an error to report, see run()
+    except KeyboardInterrupt:
+        print("\nrestartctl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (OSError, ValueError, policy.PolicyError) as e:
         if args.command == "check" or getattr(args, "format", None) == "nagios":
             from restart import formats

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from restart.plan import Action
+from restart.plan import EXECUTABLE, Action
 from restart.policy import Settings
 from restart.processes import PPID, stat_field
 from restart.text import printable
@@ -29,7 +29,6 @@ POLICY_RC_D = "/usr/sbin/policy-rc.d"
 RUNUSER = "/usr/sbin/runuser"
 NOTIFY_SEND = "/usr/bin/notify-send"
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-EXECUTABLE = ("restart", "try-restart", "reload-or-restart", "reexec", "exec")
 DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
 SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup"
 CGROUPFS = Path("/sys/fs/cgroup")
@@ -152,7 +151,7 @@ class Executor:
 
     def __init__(self, settings: Settings, *, proc: Path, deadline: float,
                  still_stale: Callable[[UnitGroup, list[int] | None], list[Affected]],
-                 confirm: Callable[[Action], bool] | None = None,
+                 confirm: Callable[[Action], bool | None] | None = None,
                  report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS) -> None:
         self.settings = settings
         self.proc = proc
@@ -176,8 +175,10 @@ class Executor:
         reason = self._why_not(action)
         if reason is not None:
             outcome = Outcome(action, SKIPPED, reason)
-        elif self.confirm is not None and not self.confirm(action):
-            outcome = Outcome(action, DECLINED, "declined at the prompt")
+        elif self.confirm is not None and not (answer := self.confirm(action)):
+            # None: the admin quit (or did not answer in time) before this unit was asked about.
+            outcome = Outcome(action, DECLINED, "declined at the prompt" if answer is False else
+                              "not asked: the prompt was quit before it")
         else:
             outcome = self._carry_out(action)
         outcome = outcome._replace(seconds=time.monotonic() - started)
@@ -384,7 +385,7 @@ class Applied(NamedTuple):
 
 def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Path, deadline: float,
           still_stale: Callable[[UnitGroup, list[int] | None], list[Affected]],
-          confirm: Callable[[Action], bool] | None,
+          confirm: Callable[[Action], bool | None] | None,
           report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart."""
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, confirm=confirm,

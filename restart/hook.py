@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -54,13 +55,22 @@ class Log:
         syslog.openlog("restartctl", syslog.LOG_PID, syslog.LOG_DAEMON)
 
     def info(self, line: str, *, show: bool = True) -> None:
-        syslog.syslog(syslog.LOG_INFO, printable(line))
+        if line:
+            syslog.syslog(syslog.LOG_INFO, printable(line))
         if show and not self.quiet:
-            print(f"restartctl: {printable(line)}", file=self.out, flush=True)
+            self._show(self.out, f"restartctl: {printable(line)}" if line else "")
 
     def error(self, line: str) -> None:
         syslog.syslog(syslog.LOG_ERR, printable(line))
-        print(f"restartctl: error: {printable(line)}", file=self.err, flush=True)
+        self._show(self.err, f"restartctl: error: {printable(line)}")
+
+    def _show(self, stream: TextIO, text: str) -> None:
+        """A terminal that went away (apt interrupted, the session closed) stops nothing: the system
+        log still gets every line, and the run still records what it did."""
+        try:
+            print(text, file=stream, flush=True)
+        except OSError:
+            self.quiet = True
 
 
 def process_start(proc: Path, pid: int) -> int | None:
@@ -201,6 +211,8 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
         _run(roots, trigger, log, budget)
     except Timeout:
         log.error(f"gave up after {budget:g} s; the findings stay pending for the next run")
+    except KeyboardInterrupt:
+        log.error("interrupted; what this run did not handle stays pending for the next run")
     except Exception as e:
         log.error(f"{type(e).__name__}: {e}")
     finally:
@@ -242,32 +254,58 @@ def interactive() -> bool:
             and os.environ.get("DEBIAN_FRONTEND") != "noninteractive")
 
 
-def asker(answers: TextIO, prompts: TextIO) -> Callable[[plan.Action], bool]:
-    """The ``ask`` mode prompt: yes / no / all / quit, the policy's default preselected."""
-    remembered: list[bool] = []
+ASK_LEGEND = ("y: restart it; n: leave it running as it is; a: restart it and all the rest without asking; "
+              "q: restart nothing more (the rest stays pending); ?: this help")
 
-    def confirm(action: plan.Action) -> bool:
+
+def _answer_ready(answers: TextIO, seconds: float) -> bool:
+    """Whether an answer can be read before ``seconds`` pass (always, for input that is not a file)."""
+    try:
+        fd = answers.fileno()
+    except (AttributeError, OSError, ValueError):
+        return True
+    return bool(select.select([fd], [], [], max(seconds, 0))[0])
+
+
+def asker(answers: TextIO, prompts: TextIO, *, default_yes: bool = True,
+          deadline: float | None = None) -> Callable[[plan.Action], bool | None]:
+    """The ``ask`` mode prompt: yes / no / all / quit / help, Enter giving the policy's default.
+
+    Returns True (restart), False (leave it) or None: the admin quit, input ended or no answer
+    came before ``deadline``; then no later unit is asked about either (they stay pending).
+    """
+    remembered: list[bool | None] = []
+    choices = "[Y/n/a/q/?]" if default_yes else "[y/N/a/q/?]"
+
+    def confirm(action: plan.Action) -> bool | None:
         if remembered:
             return remembered[0]
         while True:
             prompts.write(f"restartctl: {printable(action.group.name or '?')}: "
-                          f"{report.command(action.argv or ())}? [Y/n/a/q] ")
+                          f"{report.command(action.argv or ())}? {choices} ")
             prompts.flush()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and not _answer_ready(answers, left):
+                prompts.write("\nrestartctl: no answer in time: nothing more is restarted\n")
+                remembered.append(None)
+                return None
             raw = answers.readline()
             if not raw:  # end of input: nobody is there to say yes
-                remembered.append(False)
-                return False
+                prompts.write("\n")
+                remembered.append(None)
+                return None
             answer = raw.strip().lower()
-            if answer in ("", "y", "yes"):
+            if answer in ("y", "yes") or (answer == "" and default_yes):
                 return True
-            if answer in ("n", "no"):
+            if answer in ("n", "no") or answer == "":
                 return False
             if answer in ("a", "all"):
                 remembered.append(True)
                 return True
             if answer in ("q", "quit"):
-                remembered.append(False)
-                return False
+                remembered.append(None)
+                return None
+            prompts.write(f"restartctl: {ASK_LEGEND}\n")
     return confirm
 
 
@@ -282,16 +320,24 @@ def host_policy(roots: Roots, log: Log) -> tuple[policy.Policy, bool]:
 
 def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_files: dict[str, str] | None,
         failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None,
-        preview: bool = False) -> int:
+        preview: bool = False, assume_yes: bool = False) -> int:
     """Find, plan and, as the mode says, restart; record what is still pending.
 
-    Returns 2 when the scan was cut short (the findings are not the whole truth), else 1 when a
-    restart failed or, in list mode, when the plan has something to do (as ``plan``), else 0.
-    ``preview`` (a dry run) also says which restarts the executor would skip, and why.
+    Returns 130 when interrupted (Ctrl-C; what was done is recorded, the rest stays pending),
+    2 when the scan was cut short (the findings are not the whole truth), else 1 when a restart
+    failed or, in list mode, when the plan has something to do (as ``plan``), else 0.
+    ``preview`` (a dry run) also says which restarts the executor would skip, and why;
+    ``assume_yes`` (apt's ``-y``) answers yes for every unit instead of asking.
     """
     pol, usable = host_policy(roots, log)
     mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
-    if not usable or (mode == "ask" and not interactive()):
+    if mode == "ask" and assume_yes:
+        log.info("apt was told to assume yes (-y): restarting without asking (mode auto)")
+        mode = "auto"
+    if mode == "ask" and not interactive():
+        log.info("mode ask needs a terminal and there is none: only listing (mode list)")
+        mode = "list"
+    if not usable:
         mode = "list"
     # The scan may take half the time left; restarts and their checks need the rest.
     findings = find(roots, only_packages=scope, old_files=old_files,
@@ -300,40 +346,92 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         log.error(report.unscanned_note(findings.scan))
     actions = plan.make_plan(findings.groups, pol)
     outcomes: list[execute.Outcome] = []
-    if mode == "list" or not actions:
-        skips = execute.would_skip(actions, pol.settings, proc=roots.proc) if preview else {}
-        lines = report.hook_lines(actions, failed=failed, skips=skips)
-    else:
-        def still_stale(group: units.UnitGroup, pids: list[int] | None) -> list[units.Affected]:
-            again = find(roots, only_packages=list(group.packages), pids=pids)
-            return [m for g in again.groups if (g.kind, g.name, g.uid) == (group.kind, group.name, group.uid)
-                    for m in g.members]
-        confirm = asker(answers or sys.stdin, sys.stdout) if mode == "ask" else None
-        applied = execute.apply(actions, pol.settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
-                                still_stale=still_stale, confirm=confirm, report=lambda o: None,
-                                cgroupfs=roots.root / "sys" / "fs" / "cgroup",
-                                log=lambda line: log.info(line, show=False))
-        outcomes = applied.outcomes
-        lines = report.applied_lines(actions, outcomes, failed=failed)
-    for line in lines:
-        log.info(line)
-    for line in report.detail_lines(findings.groups):
-        log.info(line, show=False)
-    done = {id(o.action) for o in outcomes if o.status == execute.DONE}
-    still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
-    if findings.scan.unscanned:
-        still |= frozenset(scope or ())  # not all looked at: the whole transaction stays pending
-    boot = state.boot_id(roots.proc)
-    still, recorded = state.merge_pending(state.read_json(roots.state, state.PENDING), boot, scope=scope,
-                                          complete=not findings.scan.unscanned, packages=still,
-                                          units=report.run_units(actions, outcomes))
-    state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded)
-    publish(roots, [a for a in actions if id(a) not in done], findings, log)
+    interrupted = False
+    with Interrupts():
+        if mode == "list" or not actions:
+            skips = execute.would_skip(actions, pol.settings, proc=roots.proc) if preview else {}
+            lines = report.hook_lines(actions, failed=failed, skips=skips)
+        else:
+            interrupted = _carry_out(roots, log, actions, pol.settings, outcomes, failed=failed, deadline=deadline,
+                                     confirm=asker(answers or sys.stdin, sys.stdout, deadline=deadline,
+                                                   default_yes=pol.settings.ask_default == "yes")
+                                     if mode == "ask" else None)
+            lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True)
+            if interrupted:
+                left = sum(1 for a in actions if a.action in plan.EXECUTABLE and a.argv is not None) - len(outcomes)
+                lines.append(f"interrupted: {left} unit{'s' if left != 1 else ''} not handled "
+                             f"stay{'s' if left == 1 else ''} pending")
+        done = {id(o.action) for o in outcomes if o.status == execute.DONE}
+        still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
+        if findings.scan.unscanned:
+            still |= frozenset(scope or ())  # not all looked at: the whole transaction stays pending
+        boot = state.boot_id(roots.proc)
+        still, recorded = state.merge_pending(state.read_json(roots.state, state.PENDING), boot, scope=scope,
+                                              complete=not findings.scan.unscanned, packages=still,
+                                              units=report.run_units(actions, outcomes))
+        state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded)
+        for line in lines:
+            log.info(line)
+        for line in report.detail_lines(findings.groups):
+            log.info(line, show=False)
+        publish(roots, [a for a in actions if id(a) not in done], findings, log)
+    if interrupted:
+        return 130
     if findings.scan.unscanned:
         return 2
     if mode == "list":
         return 1 if any(a.action != "ignore" for a in actions) else 0
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
+
+
+class Interrupts:
+    """While restarting: the first Ctrl-C (SIGINT) or hang-up (SIGHUP: the terminal went away, apt
+    interrupted too) stops the run as KeyboardInterrupt; later ones are ignored, so that what was
+    done is always recorded."""
+
+    def __enter__(self) -> Interrupts:
+        self.seen = False
+        self.previous = {signum: signal.signal(signum, self._stop) for signum in (signal.SIGINT, signal.SIGHUP)}
+        return self
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if not self.seen:
+            self.seen = True
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _carry_out(roots: Roots, log: Log, actions: list[plan.Action], settings: policy.Settings,
+               outcomes: list[execute.Outcome], *, failed: list[str], deadline: float,
+               confirm: Callable[[plan.Action], bool | None] | None) -> bool:
+    """Restart as planned, one progress line as each unit is done; returns whether it was interrupted.
+
+    ``outcomes`` fills as the restarts finish, so that an interrupted run still records them.
+    """
+    for line in report.intro_lines(actions, failed=failed, asking=confirm is not None,
+                                   seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
+        log.info(line)
+
+    def still_stale(group: units.UnitGroup, pids: list[int] | None) -> list[units.Affected]:
+        again = find(roots, only_packages=list(group.packages), pids=pids)
+        return [m for g in again.groups if (g.kind, g.name, g.uid) == (group.kind, group.name, group.uid)
+                for m in g.members]
+
+    def progress(outcome: execute.Outcome) -> None:
+        outcomes.append(outcome)
+        log.info(report.outcome_line(outcome))
+
+    try:
+        execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
+                      still_stale=still_stale, confirm=confirm, report=progress,
+                      cgroupfs=roots.root / "sys" / "fs" / "cgroup", log=lambda line: log.info(line, show=False))
+    except KeyboardInterrupt:
+        log.info("")  # after the ^C the terminal echoed
+        return True
+    return False
 
 
 def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log) -> None:
@@ -359,8 +457,22 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log)
 def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float) -> None:
     txn = transaction.read(rundir)
     scope = txn.packages | state.pending_packages(roots.state, state.boot_id(roots.proc))
+    assume_yes = consume_assume_yes(rundir)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
         act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,
-            deadline=deadline)
+            deadline=deadline, assume_yes=assume_yes)
     transaction.consume(rundir, txn)
+
+
+ASSUME_YES = "assume-yes"
+
+
+def consume_assume_yes(rundir: Path) -> bool:
+    """Whether apt ran with ``-y`` (``APT::Get::Assume-Yes``): the Pre-Install-Pkgs hook saw it in
+    apt's configuration and left this marker in our own directory.  Used once."""
+    try:
+        os.unlink(rundir / ASSUME_YES)
+    except OSError:
+        return False
+    return True

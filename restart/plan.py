@@ -119,13 +119,13 @@ def _default(group: UnitGroup) -> Action:
     return Action(group, "notify", None, "not managed by any service manager: restart it by hand")
 
 
-_ACTS = (*_RESTARTS, "reexec", "exec")
+EXECUTABLE = (*_RESTARTS, "reexec", "exec")  # the actions restartctl carries out itself
 
 
 def _listed_only(action: Action, kinds: tuple[str, ...]) -> Action:
     """A unit whose only stale files are of kinds the policy does not restart for (data, fd)."""
     found = {o.stale.kind for m in action.group.members for o in m.files}
-    if action.argv is None or action.action not in _ACTS or not found or found & set(kinds):
+    if action.argv is None or action.action not in EXECUTABLE or not found or found & set(kinds):
         return action
     return Action(action.group, "notify", None,
                   f"only {'/'.join(sorted(found))} files are stale; the policy restarts for "

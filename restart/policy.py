@@ -45,11 +45,12 @@ class Settings(NamedTuple):
     restart_on: tuple[str, ...] = ("exe", "code", "script", "module")  # other kinds are listed only
     restart_first: tuple[str, ...] = ()  # unit globs restarted before all others
     restart_last: tuple[str, ...] = ()   # unit globs restarted after all others
+    ask_default: str = "yes"        # what Enter answers at the ask prompt: yes | no
 
 
 _SETTING_TYPES: dict[str, type] = {"mode": str, "unattended_mode": str, "timeout": float, "verify": bool,
                                    "max_failures": int, "restart_on": tuple, "restart_first": tuple,
-                                   "restart_last": tuple}
+                                   "restart_last": tuple, "ask_default": str}
 
 
 class Rule(NamedTuple):
@@ -220,7 +221,8 @@ def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
                 raise fail(key, f"key {key!r} must be true or false")
             out[key] = value
         else:
-            allowed = ("auto", "list") if key == "unattended_mode" else MODES
+            allowed = ("auto", "list") if key == "unattended_mode" else ("yes", "no") if key == "ask_default" \
+                else MODES
             if value not in allowed:
                 raise fail(key, f"key {key!r} must be one of {', '.join(allowed)}")
             out[key] = value

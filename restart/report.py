@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from restart.plan import Action, make_plan
+from restart.plan import EXECUTABLE, Action, make_plan
 from restart.policy import Policy, Rule
 from restart.processes import ScanResult
 from restart.text import clean, printable
@@ -189,10 +189,7 @@ def hook_lines(actions: list[Action], *, failed: list[str], skips: dict[int, str
     lines = [f"dpkg reported errors for: {', '.join(failed)}"] if failed else []
     if not actions:
         return lines
-    packages = sorted({p for a in actions for p in a.group.packages})
-    n = len(actions)
-    lines.append(f"{n} unit{'s' if n != 1 else ''} still use{'s' if n == 1 else ''} replaced files of "
-                 f"{', '.join(packages)}:")
+    lines.append(headline(actions))
     for a in actions:
         what = command(a.argv) if a.argv is not None else printable(a.reason)
         skip = (skips or {}).get(id(a))
@@ -222,18 +219,47 @@ def run_units(actions: list[Action], outcomes: list[Outcome]) -> list[dict[str, 
     return units
 
 
-def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: list[str]) -> list[str]:
-    """What an acting run shows: a summary, one line per unit, and each failure's detail."""
+def headline(actions: list[Action], *, shown: int = 3) -> str:
+    """One short line for many units: "11 units, 28 packages (libssl3, libc6, zlib1g, … 25 more)"."""
+    packages = sorted({p for a in actions for p in a.group.packages})
+    names = ", ".join(printable(p) for p in packages[:shown])
+    more = f", … {len(packages) - shown} more" if len(packages) > shown else ""
+    n, m = len(actions), len(packages)
+    return (f"{n} unit{'s' if n != 1 else ''}, {m} package{'s' if m != 1 else ''} "
+            f"({names}{more}) use{'s' if n == 1 else ''} replaced files:")
+
+
+def intro_lines(actions: list[Action], *, failed: list[str], asking: bool, seconds: float,
+                default_yes: bool = True) -> list[str]:
+    """What an acting run shows before its first restart (or question): the summary and, when it
+    asks, every unit with what would be done and why, and how to answer."""
     lines = [f"dpkg reported errors for: {', '.join(failed)}"] if failed else []
+    lines.append(headline(actions))
+    if asking:
+        for a in actions:
+            what = command(a.argv) if a.argv is not None else command(a.suggested) if a.suggested else ""
+            lines.append(f"  {_title(a.group)}: {a.action}: {printable(a.reason)}{' (' + what + ')' if what else ''}")
+        lines.append(f"Asking before each restart; Enter means {'yes' if default_yes else 'no'}, ? explains the "
+                     f"answers; within {max(seconds, 0):.0f} s, after which the rest stays pending.")
+    return lines
+
+
+def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: list[str],
+                  progress_shown: bool = False) -> list[str]:
+    """What an acting run shows: a summary, one line per unit, and each failure's detail.
+
+    With ``progress_shown`` the summary and each outcome's line were already shown as they came
+    (:func:`intro_lines`, :func:`outcome_line`): only what is left to people and the totals follow."""
+    lines = [f"dpkg reported errors for: {', '.join(failed)}"] if failed and not progress_shown else []
     if not actions:
         return lines
-    packages = sorted({p for a in actions for p in a.group.packages})
-    lines.append(f"{len(actions)} unit{'s' if len(actions) != 1 else ''} used replaced files of "
-                 f"{', '.join(packages)}:")
+    if not progress_shown:
+        lines.append(headline(actions))
+        lines.extend(outcome_line(o) for o in outcomes)
     done_ids = {id(o.action) for o in outcomes}
-    lines.extend(outcome_line(o) for o in outcomes)
+    executable = {id(a) for a in actions if a.action in EXECUTABLE and a.argv is not None}
     for a in actions:
-        if id(a) not in done_ids:
+        if id(a) not in done_ids and id(a) not in executable:
             what = command(a.suggested) if a.suggested else printable(a.reason)
             lines.append(f"  {_title(a.group)}: {a.action}: {what}" if a.suggested is None else
                          f"  {_title(a.group)}: {a.action}: {printable(a.reason)} ({what})")
@@ -242,8 +268,9 @@ def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: lis
             lines.append(f"restart of {_title(o.action.group)} failed:")
             lines.extend(f"    {printable(line)}" for line in o.detail.splitlines())
     counts = Counter(o.status for o in outcomes)
+    left = sum(1 for a in actions if id(a) not in executable)
     lines.append(f"{counts['done']} restarted, {counts['failed']} failed, {counts['skipped']} skipped, "
-                 f"{len(actions) - len(outcomes)} left to people")
+                 f"{counts['declined']} left alone, {left} left to people")
     return lines
 
 

@@ -195,3 +195,66 @@ def test_status_shows_a_needed_reboot_and_what_became_of_each_unit(tmp_path: Pat
     assert code == 1
     assert "Reboot needed: flag" in out and "linux-image-amd64" in out, out
     assert "other.service (system): restart FAILED: exit status 1" in out, out
+
+
+# ---- the ask-mode prompt (the real terminal is in test_admin_real.py) ------------------------------
+
+def ask(answers: str, *, default_yes: bool = True, units: int = 2) -> tuple[list[bool | None], str]:
+    import io
+
+    from restart.plan import Action
+    from restart.units import SYSTEM, UnitGroup
+
+    prompts = io.StringIO()
+    confirm = hook.asker(io.StringIO(answers), prompts, default_yes=default_yes, deadline=time.monotonic() + 60)
+    actions = [Action(UnitGroup(SYSTEM, f"u{i}.service", None, False, True, (i,), ("p",), ()), "restart",
+                      ("systemctl", "restart", "--", f"u{i}.service"), "") for i in range(units)]
+    return [confirm(a) for a in actions], prompts.getvalue()
+
+
+def test_ask_explains_the_answers_on_a_question_mark() -> None:
+    answers, shown = ask("?\nwhat\ny\nn\n")
+    assert answers == [True, False]
+    assert shown.count("q: restart nothing more") == 2 and shown.count("u0.service? [Y/n/a/q/?]") == 3
+
+
+def test_ask_default_no() -> None:
+    answers, shown = ask("\n\n", default_yes=False)
+    assert answers == [False, False] and "[y/N/a/q/?]" in shown
+
+
+def test_ask_quit_and_end_of_input_leave_the_rest_unasked() -> None:
+    assert ask("q\n", units=3)[0] == [None, None, None]
+    assert ask("y\n", units=3)[0] == [True, None, None]  # then the input ends
+    assert ask("a\n", units=3)[0] == [True, True, True]
+
+
+def test_ask_gives_up_when_no_answer_comes_in_time(tmp_path: Path) -> None:
+    import io
+
+    from restart.plan import Action
+    from restart.units import SYSTEM, UnitGroup
+
+    read_end, write_end = os.pipe()  # nobody ever writes: the admin went away
+    prompts = io.StringIO()
+    with os.fdopen(read_end) as answers:
+        confirm = hook.asker(answers, prompts, deadline=time.monotonic() + 0.3)
+        started = time.monotonic()
+        action = Action(UnitGroup(SYSTEM, "u.service", None, False, True, (1,), ("p",), ()), "restart",
+                        ("systemctl", "restart", "--", "u.service"), "")
+        assert confirm(action) is None
+    os.close(write_end)
+    assert time.monotonic() - started < 5 and "no answer in time" in prompts.getvalue()
+
+
+def test_a_quit_is_reported_as_not_asked(tmp_path: Path) -> None:
+    from restart import execute
+    from restart.plan import Action
+    from restart.policy import Settings
+    from restart.units import NONE, UnitGroup
+
+    group = UnitGroup(NONE, None, None, False, True, (1,), ("p",), ())
+    executor = execute.Executor(Settings(), proc=tmp_path, deadline=time.monotonic() + 60,
+                                still_stale=lambda g, p: [], confirm=lambda a: None)
+    outcome = executor.one(Action(group, "restart", ("/bin/true",), ""))
+    assert (outcome.status, outcome.detail) == ("declined", "not asked: the prompt was quit before it")
