@@ -222,7 +222,10 @@ def _run(roots: Roots, trigger: str, log: Log, budget: float) -> None:
     if shutting_down(roots):
         log.info("the system is shutting down: nothing to do", show=False)
         return
-    rundir.mkdir(mode=0o755, exist_ok=True)
+    if not state.usable_dir(rundir, create=True):  # checked before the lock is taken in it
+        log.error(f"{rundir}: not a directory only root can write (a symlink, or group or world writable); "
+                  "nothing is done and the transaction stays pending")
+        return
     with locked(rundir / "lock", budget / 2) as got:
         if not got:
             log.error("another restartctl run holds the lock; this transaction stays pending for the next run")
@@ -344,7 +347,7 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log)
 
 def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float) -> None:
     txn = transaction.read(rundir)
-    scope = txn.packages | state.pending_packages(roots.state, state.boot_id(roots.proc))
+    scope = txn.packages | state.pending_packages(roots.state, state.boot_id(roots.proc), log=log.error)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
         act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,
