@@ -186,7 +186,7 @@ class _Checker(ast.NodeVisitor):
         if node.value is not None:
             self.visit(node.value)
 
-    def _reference(self, node: ast.Attribute | ast.Name | ast.Call) -> bool:
+    def _reference(self, node: ast.expr) -> bool:
         """Check what ``node`` refers to; True when it was a name worth reporting (do not descend)."""
         name = _qualify(node, self.aliases)
         if name is None:
