@@ -153,3 +153,20 @@ def test_bad_state_never_hangs_status_or_stops_the_hook(box: Box) -> None:
     assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr
     aside = c.check(["ls", STATE]).split()
     assert len([n for n in aside if n.startswith("pending.json.bad-")]) == 3, aside
+
+
+def test_a_restart_that_kept_the_main_process_says_so(box: Box) -> None:
+    """Issue 20 point 9: `_verify` said "not active again (active/running)" when the unit was active but kept
+    its MainPID (here: reload-or-restart of a unit whose reload does nothing)."""
+    c = box.c
+    dropin = f"/etc/systemd/system/{UNIT}.d/reload.conf"
+    try:
+        c.write_file(dropin, "[Service]\nExecReload=/bin/true\n")
+        c.systemctl("daemon-reload")
+        c.write_file("/etc/restartctl/policy.toml", '[settings]\ntimeout = 3\n\n'
+                     f'[[rule]]\nunit = "{UNIT}"\naction = "reload-or-restart"\n')
+        out = cycle(box)
+        assert "still active with the same main process" in out and "not active again" not in out, out
+    finally:
+        c.check(["rm", "-rf", f"/etc/systemd/system/{UNIT}.d", "/etc/restartctl/policy.toml"])
+        c.systemctl("daemon-reload")
