@@ -18,6 +18,7 @@ import pytest
 
 from tests.support.checkout import install_hooks
 from tests.support.container import Container, wait_for
+from tests.support.debs import host_arch
 
 pytestmark = pytest.mark.real
 
@@ -87,3 +88,15 @@ def test_apply_says_which_run_holds_the_lock(host: tuple[Container, str]) -> Non
     assert "another run still holds the lock (pid 4242 (hook --trigger apt)); nothing done" in r.stderr
     c.check(["kill", str(holder)])
     assert starts(c) == 1
+
+
+def test_multi_arch_same_package_is_recorded_as_name_arch_once(host: tuple[Container, str]) -> None:
+    c, cfg = host
+    arch = host_arch()
+    r = apt(c, cfg, "install", "rctl-demod=2.0", "rctl-libdemo1=2.0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    events = [line.split()[1:] for line in c.read_file("/run/restartctl/journal").decode().splitlines()]
+    from_apt = {e[2] for e in events if e[0] == "apt"}
+    assert from_apt == {f"rctl-libdemo1:{arch}", f"rctl-demod:{arch}"}, events  # Multi-Arch: same, and not
+    # The old list of the Multi-Arch: same package was kept too (dpkg names it name:arch.list).
+    assert b"/librctldemo.so.1" in c.read_file(f"/run/restartctl/lists/rctl-libdemo1:{arch}.list")
