@@ -328,6 +328,8 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     if findings.scan.unscanned:
         log.error(report.unscanned_note(findings.scan))
     actions = plan.make_plan(findings.groups, pol)
+    actions = hold_unconfigured(actions, packages.unconfigured(
+        roots.admindir, {p for a in actions if a.action in execute.EXECUTABLE for p in a.group.packages}))
     outcomes: list[execute.Outcome] = []
     if mode == "list" or not actions:
         lines = report.hook_lines(actions, failed=failed)
@@ -355,6 +357,24 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
                        units=report.run_units(actions, outcomes))
     publish(roots, [a for a in actions if id(a) not in done], findings, log)
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
+
+
+def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) -> list[plan.Action]:
+    """Defer what would restart a unit whose package dpkg left unconfigured (killed, failed).
+
+    Its maintainer scripts, which may migrate its configuration, have not all run.  The
+    unit stays pending with the reason; the ``configure`` event of a later ``dpkg
+    --configure`` brings it back into that run's report.
+    """
+    held = []
+    for a in actions:
+        waiting = sorted(f"{p} is {unfinished[p]}" for p in a.group.packages if p in unfinished)
+        if waiting and a.action in execute.EXECUTABLE:
+            a = a._replace(action="defer", argv=None, suggested=a.argv,
+                           reason=f"not restarted: dpkg has not finished configuring it ({', '.join(waiting)}); "
+                                  "after 'dpkg --configure -a'")
+        held.append(a)
+    return held
 
 
 def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log) -> None:

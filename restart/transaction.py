@@ -25,13 +25,13 @@ JOURNAL = "journal"
 CURSOR = "cursor"
 LISTS = "lists"
 _PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9-]+){0,2}")
-EVENTS = ("install", "upgrade", "downgrade", "remove", "purge", "error")
+EVENTS = ("install", "upgrade", "downgrade", "configure", "remove", "purge", "error")
 
 
 class Transaction(NamedTuple):
     """What the hooks saw since the last run."""
 
-    packages: frozenset[str]   # every package unpacked, upgraded, downgraded or removed
+    packages: frozenset[str]   # every package unpacked, upgraded, downgraded, configured or removed
     removed: frozenset[str]
     failed: frozenset[str]     # packages dpkg reported an error for
     sources: frozenset[str]    # "apt", "dpkg"

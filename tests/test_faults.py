@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.checkout import install_hooks
 from tests.support.container import Container, wait_for
-from tests.support.debs import host_arch
+from tests.support.debs import build_deb, compile_c, host_arch
 
 pytestmark = pytest.mark.real
 
@@ -29,6 +29,26 @@ LIST = '[settings]\nmode = "list"\nunattended_mode = "list"\n'
 # Every start of rctl-demod.service leaves a line here: restarts are counted, not guessed.
 COUNTING = ("[Service]\nExecStartPre=/bin/sh -c 'echo start >> /srv/rctl/demod-starts'\n"
             "ExecStop=/bin/sleep {stop}\n")
+
+
+SLOWD_C = "#include <unistd.h>\nint main(void) { for (;;) pause(); }  /* %s */\n"
+SLOWD_UNIT = "[Service]\nExecStart=/usr/bin/rctl-slowd\n"
+# 2.0's postinst takes its time while /srv/rctl/slow exists, leaving dpkg's PID for the test to kill.
+SLOW_POSTINST = ("#!/bin/sh\nif [ -e /srv/rctl/slow ]; then echo $PPID > /srv/rctl/dpkg.pid; "
+                 "echo $$ > /srv/rctl/postinst.pid; exec sleep 120; fi\nexit 0\n")
+
+
+@pytest.fixture(scope="module")
+def slowd_debs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """rctl-slowd 1.0 and 2.0: a daemon and its unit; 2.0's postinst can be made slow."""
+    out = tmp_path_factory.mktemp("rctl-slowd")
+    debs = []
+    for version in ("1.0", "2.0"):
+        binary = compile_c(SLOWD_C % version, out / version / "rctl-slowd")
+        debs.append(build_deb(out, "rctl-slowd", version, {
+            "/usr/bin/rctl-slowd": binary, "/lib/systemd/system/rctl-slowd.service": SLOWD_UNIT.encode()},
+            maintscripts={"postinst": SLOW_POSTINST if version == "2.0" else "#!/bin/sh\nexit 0\n"}))
+    return debs
 
 
 def apt(c: Container, cfg: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -100,3 +120,40 @@ def test_multi_arch_same_package_is_recorded_as_name_arch_once(host: tuple[Conta
     assert from_apt == {f"rctl-libdemo1:{arch}", f"rctl-demod:{arch}"}, events  # Multi-Arch: same, and not
     # The old list of the Multi-Arch: same package was kept too (dpkg names it name:arch.list).
     assert b"/librctldemo.so.1" in c.read_file(f"/run/restartctl/lists/rctl-libdemo1:{arch}.list")
+
+
+def test_no_restart_while_dpkg_has_not_configured_the_package(
+        host: tuple[Container, str], slowd_debs: list[Path]) -> None:
+    c, _ = host
+    cfg = c.local_repo(slowd_debs, subdir="slowd")
+    assert apt(c, cfg, "update").returncode == 0
+    assert apt(c, cfg, "install", "rctl-slowd=1.0").returncode == 0
+    c.systemctl("start", "rctl-slowd.service")
+    c.wait_active("rctl-slowd.service")
+    old = c.main_pid("rctl-slowd.service")
+    c.write_file("/etc/restartctl/policy.toml", AUTO)
+    c.write_file("/srv/rctl/slow", "")
+    c.spawn(["/bin/sh", "-c", f"APT_CONFIG={cfg} DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0 "
+                              "install rctl-slowd=2.0 > /srv/rctl/apt.out 2>&1; echo $? > /srv/rctl/apt.rc"])
+    wait_for(lambda: c.exec(["test", "-s", "/srv/rctl/postinst.pid"]).returncode == 0, "the slow postinst", 60)
+    # dpkg dies while the postinst runs: rctl-slowd is unpacked (its new binary in place), not configured.
+    c.check(["sh", "-c", "kill -9 $(cat /srv/rctl/dpkg.pid) $(cat /srv/rctl/postinst.pid)"])
+    wait_for(lambda: c.exec(["test", "-s", "/srv/rctl/apt.rc"]).returncode == 0, "apt to exit", 120)
+    out = c.read_file("/srv/rctl/apt.out").decode()
+    assert c.read_file("/srv/rctl/apt.rc").strip() == b"100", out  # apt says dpkg failed, as it should
+    assert "Problem executing scripts DPkg::Post-Invoke" not in out and "Traceback" not in out, out
+    state = c.check(["dpkg-query", "-W", "-f=${db:Status-Status}", "rctl-slowd"])
+    assert state in ("half-configured", "unpacked"), state
+    assert c.main_pid("rctl-slowd.service") == old, out  # not restarted on an unconfigured package
+    assert f"rctl-slowd.service: defer: not restarted: dpkg has not finished configuring it (rctl-slowd is {state})" \
+        in out, out
+    pending = json.loads(c.read_file("/var/lib/restartctl/pending.json"))
+    assert [u["unit"] for u in pending["units"]] == ["rctl-slowd.service"], pending
+    # dpkg --configure -a finishes it; its post-invoke run (dpkg's own hook) restarts and reports.
+    c.check(["rm", "/srv/rctl/slow"])
+    r = c.exec(["dpkg", "--configure", "-a"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rctl-slowd.service: restarted" in r.stdout, r.stdout + r.stderr
+    assert c.main_pid("rctl-slowd.service") not in (0, old)
+    configured = [line.split()[1:] for line in c.read_file("/run/restartctl/journal").decode().splitlines()]
+    assert ["dpkg", "configure", "rctl-slowd"] in configured  # status-logger saw it
