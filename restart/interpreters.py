@@ -758,8 +758,9 @@ class Context:
 
     def __init__(self, db: DpkgDatabase, *, in_scope: Mapping[str, str] | None = None,
                  host: Host | None = None, tolerance: float = TOLERANCE,
-                 unowned: tuple[str, ...] = RESERVED) -> None:
+                 unowned: tuple[str, ...] = RESERVED, unchanged: frozenset[str] = frozenset()) -> None:
         self.db = db
+        self.unchanged = unchanged  # canonical paths replaced by identical content
         self.in_scope = in_scope
         self.host = host or Host.of(db.root)
         self.tolerance = tolerance
@@ -886,12 +887,13 @@ class Context:
         return self._modules[key]
 
     def changed_modules(self, interpreter: Interpreter, start: float) -> dict[str, str]:
-        """Module packages of this interpreter unpacked after ``start``: package -> one of its module files."""
+        """Module packages of this interpreter unpacked after ``start``: package -> one of its module files
+        whose content changed (a package whose every module is the same as before counts not)."""
         if interpreter.family not in INFER_MODULES:
             return {}
         found = {}
         for package in self.changed_after(start):
-            files = self.modules(interpreter, package)
+            files = [f for f in self.modules(interpreter, package) if f not in self.unchanged]
             if files:
                 found[package] = files[0]
         return found

@@ -6,6 +6,7 @@ way a finding used to be untrue (the transaction's own processes, unchanged cont
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -62,3 +63,30 @@ def test_the_apt_that_runs_the_hook_is_no_finding(host: tuple[Container, str]) -
     assert "restartctl: 1 unit still uses replaced files" in report, out
     assert "sleep" in c.exec(["journalctl", "--no-pager", "-o", "cat", "-t", "restartctl"]).stdout
     assert "login session" not in report and "apt-get" not in report, out
+
+
+def test_a_reinstall_restarts_nothing_and_lists_the_files_as_unchanged(host: tuple[Container, str]) -> None:
+    """apt-get install --reinstall replaces every file by an identical one: the running service
+    maps a deleted inode, but the content is the same; the hook says nothing, scan --all lists
+    the files as unchanged, and a real upgrade afterwards is still found."""
+    c, cfg = host
+    c.write_file("/etc/restartctl/policy.toml", "")  # the vendor default: auto, restarts
+    c.systemctl("start", "rctl-demod.service")
+    c.wait_active("rctl-demod.service")
+    pid = c.main_pid("rctl-demod.service")
+    r = apt(c, cfg, "install", "--reinstall", "rctl-libdemo1=1.0", "rctl-demod=1.0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "restartctl" not in r.stdout + r.stderr, r.stdout
+    assert c.main_pid("rctl-demod.service") == pid
+    maps = c.read_file(f"/proc/{pid}/maps").decode()
+    assert "librctldemo.so.1 (deleted)" in maps  # really replaced
+    doc = json.loads(c.exec(["/usr/sbin/restartctl", "scan", "--all", "--json"]).stdout)
+    assert doc["processes"] == [] and doc["units"] == [], doc
+    same = {(p["pid"], f["package"], f["path"].rpartition("/")[2]) for p in doc["unchanged"] for f in p["stale"]}
+    assert (pid, "rctl-libdemo1:amd64", "librctldemo.so.1") in same, doc
+    text = c.exec(["/usr/sbin/restartctl", "scan", "--all"]).stdout
+    assert "content did not change" in text and "librctldemo.so.1" in text, text
+    # The control: a real upgrade of the same package, content changed, is found and restarted.
+    r = apt(c, cfg, "install", "rctl-libdemo1=2.0", "rctl-demod=2.0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rctl-demod.service: restarted" in r.stdout, r.stdout
