@@ -66,9 +66,10 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     selection = processes.Selection(
         aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
         skip_prefixes=never_packaged(roots.data), everything=everything)
-    same = transaction.unchanged(roots.run / "restartctl", db, only_packages)
+    rundir = roots.run / "restartctl"
+    same = transaction.unchanged(rundir, db, only_packages)
     ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes,
-                               unchanged=same)
+                               unchanged=same, history=rundir)
     observe = (lambda dfd, pid, exe: interpreters.observe(dfd, pid, exe, ctx.host)) if interpreted else None
     scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe,
                           observe_hints=interpreters.MAPPED_HINTS, deadline=deadline, pids=pids)

@@ -167,3 +167,28 @@ def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> fr
         return frozenset()
     new = db.md5sums(names)
     return frozenset(path for path, digest in old.items() if new.get(path) == digest)
+
+
+JOURNAL_HEAD = 4 << 20  # bytes of the journal read for first events: the earliest lines are the ones that count
+
+
+def first_events(run: Path) -> dict[str, tuple[int, str]]:
+    """Package (without architecture) -> (epoch, event) of the first event this boot's journal holds.
+
+    A package whose first event is an ``install`` did not exist before then: nothing of it
+    can be loaded in a process that started earlier.
+    """
+    if not _secure_dir(run):
+        return {}
+    try:
+        fd = os.open(run / JOURNAL, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(JOURNAL_HEAD)
+    first: dict[str, tuple[int, str]] = {}
+    for raw in data[:data.rfind(b"\n") + 1].split(b"\n"):
+        fields = raw.decode("ascii", "replace").split(" ")
+        if len(fields) == 4 and fields[0].isdigit() and fields[2] in EVENTS and _PACKAGE.fullmatch(fields[3]):
+            first.setdefault(fields[3].partition(":")[0], (int(fields[0]), fields[2]))
+    return first

@@ -49,3 +49,4 @@ def test_unknown_old_content_is_never_unchanged(tmp_path: Path) -> None:
     assert transaction.unchanged(run, db, ["liba"]) == {"/usr/lib/liba.so"}
     os.chmod(lists, 0o777)
     assert transaction.unchanged(run, db, ["liba"]) == frozenset()
+
