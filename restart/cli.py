@@ -17,6 +17,7 @@ from restart.text import printable
 EXIT_OK, EXIT_STALE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 APPLY_SCHEMA = "restartctl-apply/1"
 DEFAULT_TEXTFILE = Path("(default)")
+APPLY_LOCK_WAIT = transaction.HOOK_BUDGET + 10  # longer than a hook run may take
 
 
 class _Parser(argparse.ArgumentParser):
@@ -341,8 +342,18 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
 
     mode = "auto" if args.yes else "list" if args.dry_run else args.mode
     log = hook.Log(sys.stdout, sys.stderr, quiet=args.json)
-    code = hook.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
-                    deadline=time.monotonic() + args.budget, preview=args.dry_run)
+    wait = min(args.budget, APPLY_LOCK_WAIT)
+
+    def waiting(holder: str) -> None:
+        print(f"restartctl: waiting (at most {wait:g} s) for the run that holds the lock: {holder}",
+              file=sys.stderr, flush=True)
+
+    with hook.run_lock(roots, wait, who="apply", waiting=waiting) as lock:
+        if not lock.held:
+            print(f"restartctl: another run still holds the lock ({lock.holder}); nothing done", file=sys.stderr)
+            return EXIT_ERROR
+        code = hook.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
+                        deadline=time.monotonic() + args.budget, preview=args.dry_run)
     if args.json:
         import json
 
@@ -382,8 +393,11 @@ def _status(roots: Roots, args: argparse.Namespace) -> int:
     """Exit 0 when nothing is pending and no reboot is needed, 1 when something is, 2 for an unusable record."""
     from restart import state
 
+    said: list[str] = []  # why read_json found the record unusable (and set it aside)
     trouble = state.problem(roots.state, state.PENDING)
-    record, current = _last_run(roots) if trouble is None else (None, False)
+    record = state.read_json(roots.state, state.PENDING, log=said.append) if trouble is None else None
+    trouble = trouble or (said[0] if said else None)
+    current = record is not None and record.get("boot_id") == state.boot_id(roots.proc)
     reasons, kernel = _reboot_reasons(roots, [])
     down = _left_down(roots, record, current)
     if args.json:

@@ -171,7 +171,7 @@ def test_status_of_a_damaged_record_says_so(tmp_path: Path, capsys: pytest.Captu
     assert main(["status", *host.argv()[:0], "--proc", str(roots.proc), "--run", str(roots.run),
                  "--state", str(roots.state), "--admindir", str(roots.admindir), "--root", str(roots.root)]) == 2
     out, err = capsys.readouterr()
-    assert "No run recorded yet" not in out and "not a restartctl state record" in err
+    assert "No run recorded yet" not in out and "pending.json: not JSON" in err and "set aside" in err
 
 
 def test_status_of_a_world_writable_record_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
