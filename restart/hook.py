@@ -418,14 +418,16 @@ def host_policy(roots: Roots, log: Log) -> tuple[policy.Policy, bool]:
 
 def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_files: dict[str, str] | None,
         failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None,
-        preview: bool = False, assume_yes: bool = False) -> int:
+        preview: bool = False, assume_yes: bool = False, fresh: frozenset[str] | None = None) -> int:
     """Find, plan and, as the mode says, restart; record what is still pending.
 
     Returns 130 when interrupted (Ctrl-C; what was done is recorded, the rest stays pending),
     2 when the scan was cut short (the findings are not the whole truth), else 1 when a restart
     failed or, in list mode, when the plan has something to do (as ``plan``), else 0.
     ``preview`` (a dry run) also says which restarts the executor would skip, and why;
-    ``assume_yes`` (apt's ``-y``) answers yes for every unit instead of asking.
+    ``assume_yes`` (apt's ``-y``) answers yes for every unit instead of asking; ``fresh`` (the
+    hook's) are this transaction's packages: units only earlier runs' packages lead to are the
+    backlog, shown in one line.
     """
     pol, usable = host_policy(roots, log)
     mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
@@ -448,16 +450,19 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         roots.admindir, {p for a in actions if a.action in plan.EXECUTABLE for p in a.group.packages}))
     outcomes: list[execute.Outcome] = []
     interrupted = False
+    fresh_names = {p.partition(":")[0] for p in fresh or ()}
+    earlier = {id(a) for a in actions if fresh is not None
+               and not any(p.partition(":")[0] in fresh_names for p in a.group.packages)}
     with Interrupts():
         if mode == "list" or not actions:
             skips = execute.would_skip(actions, pol.settings, proc=roots.proc) if preview else {}
-            lines = report.hook_lines(actions, failed=failed, skips=skips)
+            lines = report.hook_lines(actions, failed=failed, skips=skips, earlier=earlier)
         else:
             interrupted = _carry_out(roots, log, actions, pol.settings, outcomes, failed=failed, deadline=deadline,
                                      confirm=asker(answers or sys.stdin, sys.stdout, deadline=deadline,
                                                    default_yes=pol.settings.ask_default == "yes")
-                                     if mode == "ask" else None)
-            lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True)
+                                     if mode == "ask" else None, earlier=earlier)
+            lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True, earlier=earlier)
             if interrupted:
                 left = sum(1 for a in actions if a.action in plan.EXECUTABLE and a.argv is not None) - len(outcomes)
                 lines.append(f"interrupted: {left} unit{'s' if left != 1 else ''} not handled "
@@ -475,7 +480,10 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
             log.info(line)
         for line in report.detail_lines(findings.groups):
             log.info(line, show=False)
-        publish(roots, [a for a in actions if id(a) not in done], findings, log)
+        reboot = publish(roots, [a for a in actions if id(a) not in done], findings, log)
+        step = report.next_step(actions, outcomes, listing=mode == "list", reboot=reboot) if actions else None
+        if step:
+            log.info(step)
     if interrupted:
         return 130
     if findings.scan.unscanned:
@@ -507,12 +515,12 @@ class Interrupts:
 
 def _carry_out(roots: Roots, log: Log, actions: list[plan.Action], settings: policy.Settings,
                outcomes: list[execute.Outcome], *, failed: list[str], deadline: float,
-               confirm: Callable[[plan.Action], bool | None] | None) -> bool:
+               confirm: Callable[[plan.Action], bool | None] | None, earlier: set[int]) -> bool:
     """Restart as planned, one progress line as each unit is done; returns whether it was interrupted.
 
     ``outcomes`` fills as the restarts finish, so that an interrupted run still records them.
     """
-    for line in report.intro_lines(actions, failed=failed, asking=confirm is not None,
+    for line in report.intro_lines(actions, failed=failed, asking=confirm is not None, earlier=earlier,
                                    seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
         log.info(line)
 
@@ -553,24 +561,27 @@ def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) ->
     return held
 
 
-def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log) -> None:
+def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log) -> bool:
     """Tell the rest of the system: /run/reboot-required(.pkgs) when a reboot is the cure (what
-    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile."""
+    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile.
+    Returns whether a reboot is needed."""
     from restart import formats, reboot
 
+    found: list[reboot.RebootReason] = []
     try:
         found, _ = reboot.for_host(left, proc=roots.proc, root=roots.root, admindir=roots.admindir)
         if found:
             written = reboot.write_reboot_required(roots.run, found)
             if written.added or written.flag_created:
-                log.info("a reboot is needed: " + ", ".join(
-                    sorted({f"{r.kind} {r.package}" if r.package else r.kind for r in found})))
+                for line in report.reboot_lines(found):
+                    log.info(line)
         record = state.read_json(roots.state, state.PENDING)
         text = formats.openmetrics(left, findings.groups, findings.scan, found + reboot.flagged(roots.run, known=found),
                                    last_run=record, current_boot=True)
         formats.write_textfile(text)
     except OSError as e:
         log.error(f"could not publish the reboot flag or the metrics: {e}")
+    return bool(found)
 
 
 def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float) -> None:
@@ -580,7 +591,7 @@ def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
         act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,
-            deadline=deadline, assume_yes=assume_yes)
+            deadline=deadline, assume_yes=assume_yes, fresh=txn.packages)
     transaction.consume(rundir, txn)
 
 

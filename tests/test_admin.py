@@ -258,3 +258,100 @@ def test_a_quit_is_reported_as_not_asked(tmp_path: Path) -> None:
                                 still_stale=lambda g, p: [], confirm=lambda a: None)
     outcome = executor.one(Action(group, "restart", ("/bin/true",), ""))
     assert (outcome.status, outcome.detail) == ("declined", "not asked: the prompt was quit before it")
+
+
+# ---- words ----------------------------------------------------------------------------------------
+
+def plan_action(name: str | None, packages: tuple[str, ...], *, kind: str = "system", action: str = "restart",
+                uid: int | None = None, members: tuple[Any, ...] = ()) -> Any:
+    from restart.plan import Action
+    from restart.units import UnitGroup
+
+    argv = ("systemctl", "restart", "--", name) if action == "restart" and name else None
+    return Action(UnitGroup(kind, name, uid, False, True, (1,), packages, members), action, argv, "why")
+
+
+def test_the_headline_is_short_however_many_packages() -> None:
+    from restart import report
+
+    actions = [plan_action(f"u{i}.service", (f"lib{i:02}",)) for i in range(11)]
+    actions.append(plan_action("x.service", tuple(f"more{i:02}" for i in range(17))))
+    assert report.headline(actions) == "12 units, 28 packages (lib00, lib01, lib02, … 25 more) use replaced files:"
+
+
+def test_reboot_reasons_are_one_line_per_cause() -> None:
+    from restart import report
+    from restart.reboot import RebootReason
+
+    found = [RebootReason("service", f"lib{i}", "dbus.service: restarting the system bus; reboot instead")
+             for i in range(7)]
+    assert report.reboot_lines(found) == [
+        "a reboot is needed: service (lib0, lib1, lib2, … 4 more): dbus.service: restarting the system bus; "
+        "reboot instead"]
+
+
+def test_the_backlog_is_one_line_and_the_run_ends_with_the_next_step(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    host, roots = fixture_host(tmp_path)
+    hook.act(roots, "apt", hook.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1", "libother1"],
+             old_files=None, failed=[], mode="list", deadline=time.monotonic() + 60, fresh=frozenset({"libother1"}))
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["restartctl: 1 unit still pending from earlier runs ('restartctl status' lists them)",
+                   "restartctl: nothing was restarted (list mode); 'restartctl plan' shows the details",
+                   "restartctl: next: 'restartctl apply' restarts the 1 unit listed"], out
+    hook.act(roots, "apt", hook.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1"],
+             old_files=None, failed=[], mode="list", deadline=time.monotonic() + 60,
+             fresh=frozenset({"libdemo1:amd64"}))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "restartctl: 1 unit, 1 package (libdemo1:amd64) uses replaced files:", out
+    assert out[1].startswith("restartctl:   demod.service: restart: systemctl restart"), out
+
+
+def test_the_next_step_names_failures_units_left_to_people_and_a_reboot() -> None:
+    from restart import report
+    from restart.execute import Outcome
+
+    failed, left, person = (plan_action("a.service", ("p",)), plan_action("b.service", ("p",)),
+                            plan_action("c.service", ("p",), action="notify"))
+    step = report.next_step([failed, left, person], [Outcome(failed, "failed", "x"), Outcome(left, "declined", "")],
+                            listing=False, reboot=True)
+    assert step == ("next: see why a.service failed ('systemctl status a.service'), then 'restartctl apply'; "
+                    "'restartctl apply' retries the 1 unit not restarted; 'restartctl status' lists the 1 unit "
+                    "left to people; reboot when convenient")
+    assert report.next_step([failed], [Outcome(failed, "done", "")], listing=False, reboot=False) is None
+
+
+def test_sd_pam_is_shown_as_a_helper_of_the_user_manager() -> None:
+    from restart import report
+    from restart.processes import ProcessInfo
+    from restart.units import USER, Affected, Unit
+
+    cgroup = "/user.slice/user-1000.slice/user@1000.service/init.scope"
+    info = ProcessInfo(50, 40, 1000, "(sd-pam)", "/usr/lib/systemd/systemd", f"0::{cgroup}\n", None, ())
+    member = Affected(info, Unit(USER, None, 1000, valid=False, cgroup=cgroup), (), ())
+    title = report._title(plan_action(None, ("libc6",), kind=USER, uid=1000, members=(member,)).group)
+    assert title == "(sd-pam) of the service manager of user 1000 (user@1000.service)"
+
+
+@pytest.mark.parametrize(("unit", "action", "argv"), [
+    ("user@1000.service", "reexec", "systemctl --user -M 1000@ daemon-reexec"),
+    ("init.scope", "reexec", "systemctl daemon-reexec"),
+    ("nginx.service", "restart", "systemctl restart -- nginx.service"),
+])
+def test_policy_explain_classifies_as_the_plan_does(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    unit: str, action: str, argv: str) -> None:
+    host, _ = fixture_host(tmp_path)
+    assert main(["policy", "explain", unit, *host.argv()]) == 0
+    assert f"action: {action}: {argv}" in capsys.readouterr().out
+
+
+def test_plan_text_names_the_deciding_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host, roots = fixture_host(tmp_path)
+    (roots.etc / "restartctl").mkdir(parents=True)
+    (roots.etc / "restartctl" / "policy.toml").write_text('# mine\n[[rule]]\nunit = "demod.service"\n'
+                                                          'action = "try-restart"\n')
+    assert main(host.argv("plan")) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[1] == "Plan: 1 try-restart."
+    assert (f"  try-restart: systemctl try-restart -- demod.service  (rule {roots.etc}/restartctl/policy.toml:2)"
+            in out), out

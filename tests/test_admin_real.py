@@ -182,3 +182,83 @@ def test_the_hook_ask_mode_on_the_apt_terminal(c: Container, demo_debs: dict[str
                             env={"APT_CONFIG": cfg})
     assert "[Y/n/a/q" not in out and "assume yes (-y): restarting without asking" in out, out
     assert c.main_pid("rctl-demod.service") not in (0, old)
+
+
+def restartctl_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("restartctl: ")]
+
+
+def test_the_apt_terminal_summary_backlog_and_next_step(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    """What a real apt upgrade prints: a short summary, a line per unit, the next step; the next apt run
+    names this transaction's units only and the earlier backlog in one line."""
+    from tests.support.checkout import install_hooks
+
+    install_hooks(c)
+    c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])
+    c.write_file("/etc/restartctl/policy.toml", '[settings]\nunattended_mode = "list"\n')
+    c.install_debs([demo_debs["1.0"][n] for n in NAMES])
+    c.write_file("/etc/systemd/system/rctl-other.service", unit_file("/usr/bin/rctl-sleeper"))
+    c.systemctl("daemon-reload")
+    for unit in ("rctl-demod.service", "rctl-other.service"):
+        c.systemctl("start", unit)
+        c.wait_active(unit)
+    cfg = c.local_repo([demo_debs["2.0"][n] for n in (*NAMES, "rctl-oldlib1")])
+    c.check(["apt-get", "-q", "update"], env={"APT_CONFIG": cfg})
+    apt = ["apt-get", "-q", "-o", "Dpkg::Use-Pty=0", "install"]
+    r = c.exec([*apt, *NAMES], env={"APT_CONFIG": cfg}, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = restartctl_lines(r.stdout)
+    assert lines[0] == ("restartctl: 2 units, 3 packages (rctl-demod, rctl-libdemo1:amd64, rctl-sleeper) "
+                        "use replaced files:"), r.stdout
+    assert sorted(lines[1:3]) == [
+        "restartctl:   rctl-demod.service: restart: systemctl restart -- rctl-demod.service",
+        "restartctl:   rctl-other.service: restart: systemctl restart -- rctl-other.service"], r.stdout
+    assert lines[-1] == "restartctl: next: 'restartctl apply' restarts the 2 units listed", r.stdout
+    # The next transaction touches nothing those units use: they are the backlog, in one line.
+    r = c.exec([*apt, "rctl-oldlib1"], env={"APT_CONFIG": cfg}, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert restartctl_lines(r.stdout) == [
+        "restartctl: 2 units still pending from earlier runs ('restartctl status' lists them)",
+        "restartctl: nothing was restarted (list mode); 'restartctl plan' shows the details",
+        "restartctl: next: 'restartctl apply' restarts the 2 units listed"], r.stdout
+    code, text = status(c)
+    assert code == 1 and "rctl-demod.service (system): restart: service uses replaced files" in text, text
+
+
+def test_dry_run_agrees_with_the_real_run(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    script = ("/usr/bin/rctl-sleeper & while [ ! -e /srv/rctl/go ]; do sleep 0.1; done; "
+              "/usr/sbin/restartctl apply --dry-run > /srv/rctl/admin.out 2>&1; echo $? > /srv/rctl/admin.rc; "
+              "sleep 600")
+    setup(c, demo_debs, units={"rctl-admin.service": unit_file(f"/bin/sh -c '{script}'")})
+    c.write_file("/srv/rctl/go", "")
+    deadline = 60
+    while c.exec(["test", "-s", "/srv/rctl/admin.rc"]).returncode != 0:
+        deadline -= 1
+        assert deadline > 0, c.exec(["cat", "/srv/rctl/admin.out"]).stdout
+        c.exec(["sleep", "1"])
+    out = c.read_file("/srv/rctl/admin.out").decode()
+    assert ("rctl-admin.service: restart: systemctl restart -- rctl-admin.service "
+            "(would be skipped: restartctl itself runs inside this unit)") in out, out
+    assert "rctl-demod.service: restart: systemctl restart -- rctl-demod.service\n" in out, out
+    assert c.read_file("/srv/rctl/admin.rc").decode().strip() == "1"  # as plan: something to do
+    assert c.exec([*RCTL, "plan"]).returncode == 1
+
+
+def test_check_and_status_after_a_failed_restart(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    breakable = unit_file("/usr/bin/rctl-sleeper", "ExecStartPre=/bin/sh -c 'test ! -e /srv/rctl/break'")
+    setup(c, demo_debs, units={"rctl-bad.service": breakable})
+    c.write_file("/srv/rctl/break", "")
+    code, out = apply(c, "--yes")
+    assert code == 1 and "rctl-bad.service: FAILED" in out, out
+    assert "next: see why rctl-bad.service failed ('systemctl status rctl-bad.service')" in out, out
+    r = c.exec([*RCTL, "check"])
+    assert r.returncode == 2, r.stdout
+    assert r.stdout.startswith("RESTARTCTL CRITICAL - 1 unit down after a failed restart (rctl-bad.service)"), r.stdout
+    code, text = status(c)
+    assert code == 1 and "rctl-bad.service (system): restart FAILED" in text, text
+    assert "rctl-bad.service is not running now" in text, text
+    c.exec(["rm", "/srv/rctl/break"])
+    c.systemctl("start", "rctl-bad.service")
+    c.wait_active("rctl-bad.service")
+    r = c.exec([*RCTL, "check"])
+    assert "down after a failed restart" not in r.stdout, r.stdout
