@@ -398,4 +398,4 @@ def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Pat
                         report=report, cgroupfs=cgroupfs)
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == "notify" and a.group.kind not in (SYSTEM, INIT)]
-    return Applied(outcomes, notify(for_users, run_dir, log))
+    return Applied(outcomes, notify(for_users, run_dir, log) if settings.notify_users else 0)

@@ -453,6 +453,8 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     fresh_names = {p.partition(":")[0] for p in fresh or ()}
     earlier = {id(a) for a in actions if fresh is not None
                and not any(p.partition(":")[0] in fresh_names for p in a.group.packages)}
+    # The policy's quiet: on the hook's terminal only what needs someone (failures, the next step).
+    quiet = pol.settings.quiet and trigger != "manual" and mode != "ask"
     with Interrupts():
         if mode == "list" or not actions:
             skips = execute.would_skip(actions, pol.settings, proc=roots.proc) if preview else {}
@@ -461,7 +463,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
             interrupted = _carry_out(roots, log, actions, pol.settings, outcomes, failed=failed, deadline=deadline,
                                      confirm=asker(answers or sys.stdin, sys.stdout, deadline=deadline,
                                                    default_yes=pol.settings.ask_default == "yes")
-                                     if mode == "ask" else None, earlier=earlier)
+                                     if mode == "ask" else None, earlier=earlier, quiet=quiet)
             lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True, earlier=earlier)
             if interrupted:
                 left = sum(1 for a in actions if a.action in plan.EXECUTABLE and a.argv is not None) - len(outcomes)
@@ -477,10 +479,10 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
                                               units=report.run_units(actions, outcomes))
         state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded)
         for line in lines:
-            log.info(line)
+            log.info(line, show=not quiet)
         for line in report.detail_lines(findings.groups):
             log.info(line, show=False)
-        reboot = publish(roots, [a for a in actions if id(a) not in done], findings, log)
+        reboot = publish(roots, [a for a in actions if id(a) not in done], findings, log, quiet=quiet)
         step = report.next_step(actions, outcomes, listing=mode == "list", reboot=reboot) if actions else None
         if step:
             log.info(step)
@@ -515,14 +517,14 @@ class Interrupts:
 
 def _carry_out(roots: Roots, log: Log, actions: list[plan.Action], settings: policy.Settings,
                outcomes: list[execute.Outcome], *, failed: list[str], deadline: float,
-               confirm: Callable[[plan.Action], bool | None] | None, earlier: set[int]) -> bool:
+               confirm: Callable[[plan.Action], bool | None] | None, earlier: set[int], quiet: bool) -> bool:
     """Restart as planned, one progress line as each unit is done; returns whether it was interrupted.
 
     ``outcomes`` fills as the restarts finish, so that an interrupted run still records them.
     """
     for line in report.intro_lines(actions, failed=failed, asking=confirm is not None, earlier=earlier,
                                    seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
-        log.info(line)
+        log.info(line, show=not quiet)
 
     def still_stale(group: units.UnitGroup, pids: list[int] | None) -> list[units.Affected]:
         again = find(roots, only_packages=list(group.packages), pids=pids)
@@ -531,7 +533,7 @@ def _carry_out(roots: Roots, log: Log, actions: list[plan.Action], settings: pol
 
     def progress(outcome: execute.Outcome) -> None:
         outcomes.append(outcome)
-        log.info(report.outcome_line(outcome))
+        log.info(report.outcome_line(outcome), show=not quiet or outcome.status == execute.FAILED)
 
     try:
         execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
@@ -561,7 +563,7 @@ def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) ->
     return held
 
 
-def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log) -> bool:
+def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log, *, quiet: bool = False) -> bool:
     """Tell the rest of the system: /run/reboot-required(.pkgs) when a reboot is the cure (what
     unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile.
     Returns whether a reboot is needed."""
@@ -574,7 +576,7 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log)
             written = reboot.write_reboot_required(roots.run, found)
             if written.added or written.flag_created:
                 for line in report.reboot_lines(found):
-                    log.info(line)
+                    log.info(line, show=not quiet)
         record = state.read_json(roots.state, state.PENDING)
         text = formats.openmetrics(left, findings.groups, findings.scan, found + reboot.flagged(roots.run, known=found),
                                    last_run=record, current_boot=True)

@@ -47,11 +47,15 @@ class Settings(NamedTuple):
     restart_first: tuple[str, ...] = ()  # unit globs restarted before all others
     restart_last: tuple[str, ...] = ()   # unit globs restarted after all others
     ask_default: str = "yes"        # what Enter answers at the ask prompt: yes | no
+    ignore_exe: tuple[str, ...] = ()  # globs over executable paths: units only such programs make stale are ignored
+    quiet: bool = False             # the hook shows only what needs someone (failures, the next step)
+    notify_users: bool = True       # tell logged-in users about what only they can restart
 
 
 _SETTING_TYPES: dict[str, type] = {"mode": str, "unattended_mode": str, "timeout": float, "verify": bool,
                                    "max_failures": int, "restart_on": tuple, "restart_first": tuple,
-                                   "restart_last": tuple, "ask_default": str}
+                                   "restart_last": tuple, "ask_default": str, "ignore_exe": tuple, "quiet": bool,
+                                   "notify_users": bool}
 
 
 class Rule(NamedTuple):
@@ -208,6 +212,8 @@ def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
                 raise fail(key, f"key {key!r} must be a string or a list of strings")
             if key == "restart_on" and not set(items) <= set(KINDS):
                 raise fail(key, f"key 'restart_on' takes kinds among {', '.join(KINDS)}")
+            if key == "ignore_exe" and not all(g.startswith(("/", "*")) for g in items):
+                raise fail(key, "key 'ignore_exe' takes globs over absolute executable paths")
             out[key] = items
         elif kind is float:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:

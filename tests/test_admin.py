@@ -355,3 +355,58 @@ def test_plan_text_names_the_deciding_rule(tmp_path: Path, capsys: pytest.Captur
     assert out.splitlines()[1] == "Plan: 1 try-restart."
     assert (f"  try-restart: systemctl try-restart -- demod.service  (rule {roots.etc}/restartctl/policy.toml:2)"
             in out), out
+
+
+# ---- what needrestart users look for ----------------------------------------------------------------
+
+def admin_policy(roots: Roots, text: str) -> None:
+    (roots.etc / "restartctl").mkdir(parents=True, exist_ok=True)
+    (roots.etc / "restartctl" / "policy.toml").write_text(text)
+
+
+def test_a_program_is_ignored_by_its_executable_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host, roots = fixture_host(tmp_path)
+    admin_policy(roots, '[settings]\nignore_exe = ["/usr/sbin/demo*"]\n')
+    assert main(host.argv("plan")) == 0
+    assert "ignore: the program is ignored (setting ignore_exe '/usr/sbin/demo*')" in capsys.readouterr().out
+    admin_policy(roots, '[settings]\nignore_exe = ["demod"]\n')
+    assert main(host.argv("plan")) == 2
+    assert "ignore_exe' takes globs over absolute executable paths" in capsys.readouterr().err
+
+
+def test_the_admin_extends_the_never_packaged_prefixes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host, roots = fixture_host(tmp_path)
+    (roots.etc / "restartctl").mkdir(parents=True)
+    mine = roots.etc / "restartctl" / "never-packaged"
+    mine.write_text("# ours\n/usr/lib/x86_64-linux-gnu/libdemo\n")
+    assert main(host.argv("scan")) == 0
+    assert "No process uses replaced package files" in capsys.readouterr().out
+    assert main(host.argv("scan", "--all")) == 1  # still listed with --all, never acted on
+    capsys.readouterr()
+    os.chmod(mine, 0o666)
+    assert main(host.argv("scan")) == 2
+    assert "writable only by root" in capsys.readouterr().err
+
+
+def test_quiet_shows_only_the_next_step_on_the_apt_terminal(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    _, roots = fixture_host(tmp_path)
+    admin_policy(roots, "[settings]\nquiet = true\n")
+    hook.act(roots, "apt", hook.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1"], old_files=None,
+             failed=[], mode="list", deadline=time.monotonic() + 60, fresh=frozenset({"libdemo1:amd64"}))
+    assert capsys.readouterr().out == "restartctl: next: 'restartctl apply' restarts the 1 unit listed\n"
+
+
+def test_users_are_not_notified_when_the_policy_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from restart import execute
+    from restart.policy import Settings
+
+    told: list[object] = []
+    monkeypatch.setattr(execute, "notify", lambda groups, run_dir, log: told.append(groups) or 1)
+    action = plan_action("session-1.scope", ("p",), kind="session", action="notify", uid=1000)
+    for setting, expected in ((True, 1), (False, 0)):
+        applied = execute.apply([action], Settings(notify_users=setting), proc=tmp_path, run_dir=tmp_path,
+                                deadline=time.monotonic() + 60, still_stale=lambda g, p: [], confirm=None,
+                                report=lambda o: None, log=lambda line: None)
+        assert applied.notified == expected
+    assert len(told) == 1
