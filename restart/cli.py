@@ -48,18 +48,17 @@ def _at_least_zero(kind: type[int] | type[float]) -> Callable[[str], Any]:
     return convert
 
 
+# Alternative roots, for tests and chroots: option -> default.  Hidden from --help and completion.
+ROOT_OPTIONS: dict[str, Path | None] = {
+    "--proc": Path("/proc"), "--root": Path("/"), "--admindir": Path("/var/lib/dpkg"), "--run": Path("/run"),
+    "--etc": Path("/etc"), "--state": Path("/var/lib/restartctl"), "--data": None,  # None: roots' own default
+}
+
+
 def _roots_options(p: argparse.ArgumentParser) -> None:
-    roots = p.add_argument_group("alternative roots (for tests and chroots)")
-    roots.add_argument("--proc", type=Path, default=Path("/proc"), help="procfs (default /proc)")
-    roots.add_argument("--root", type=Path, default=Path("/"), help="host root (default /)")
-    roots.add_argument("--admindir", type=Path, default=Path("/var/lib/dpkg"),
-                       help="dpkg database (default /var/lib/dpkg)")
-    roots.add_argument("--run", type=Path, default=Path("/run"), help="runtime directory (default /run)")
-    roots.add_argument("--etc", type=Path, default=Path("/etc"), help="configuration directory (default /etc)")
-    roots.add_argument("--state", type=Path, default=Path("/var/lib/restartctl"),
-                       help="state directory (default /var/lib/restartctl)")
-    roots.add_argument("--data", type=Path, default=None,
-                       help="vendor data directory (default /usr/share/restartctl)")
+    """Accepted by every command, documented in restartctl(8), never offered by --help or completion."""
+    for option, default in ROOT_OPTIONS.items():
+        p.add_argument(option, type=Path, default=default, help=argparse.SUPPRESS)
 
 
 def _common_options(p: argparse.ArgumentParser, *,
@@ -92,7 +91,8 @@ def _check_options(p: argparse.ArgumentParser) -> None:
 
 
 def _apply_options(p: argparse.ArgumentParser) -> None:
-    _common_options(p)
+    _common_options(p, json_help=f"after the run, print the {APPLY_SCHEMA} JSON document (what became of each "
+                                 "unit, what is still pending) instead of text")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--yes", action="store_true", help="restart without asking (mode auto)")
     how.add_argument("--dry-run", action="store_true", help="only show what would be done (mode list)")
@@ -146,8 +146,9 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
                "instant, no scan.", _status_options),
     "policy": ("check, show or explain the policy", "Check, show or explain the restart policy.", _policy_options),
     "hook": ("run after a package transaction (called by the apt/dpkg hooks)",
-             "Report what the package transactions recorded since the last run left stale. "
-             "Always exits 0; never prompts; bounded in time.", _hook_options),
+             "Report what the package transactions recorded since the last run left stale, and act "
+             "as the policy's mode says. Always exits 0; asks only in mode ask on a terminal (and not "
+             "under apt -y); bounded in time.", _hook_options),
 }
 
 

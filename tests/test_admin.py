@@ -402,7 +402,11 @@ def test_users_are_not_notified_when_the_policy_says_so(tmp_path: Path, monkeypa
     from restart.policy import Settings
 
     told: list[object] = []
-    monkeypatch.setattr(execute, "notify", lambda groups, run_dir, log: told.append(groups) or 1)
+
+    def notify(groups: object, run_dir: object, log: object) -> int:
+        told.append(groups)
+        return 1
+    monkeypatch.setattr(execute, "notify", notify)
     action = plan_action("session-1.scope", ("p",), kind="session", action="notify", uid=1000)
     for setting, expected in ((True, 1), (False, 0)):
         applied = execute.apply([action], Settings(notify_users=setting), proc=tmp_path, run_dir=tmp_path,
