@@ -304,7 +304,7 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
         raise Timeout()
 
     previous: Callable[..., object] | int | None = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, budget)
+    signal.setitimer(signal.ITIMER_REAL, max(budget, 0.001))  # 0 would disable the watchdog
     try:
         _run(roots, trigger, log, budget)
     except Timeout:

@@ -414,3 +414,13 @@ def test_users_are_not_notified_when_the_policy_says_so(tmp_path: Path, monkeypa
                                 report=lambda o: None, log=lambda line: None)
         assert applied.notified == expected
     assert len(told) == 1
+
+
+def test_a_zero_hook_budget_still_bounds_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def forever(*args: object) -> None:
+        while True:
+            time.sleep(0.01)
+    monkeypatch.setattr(hook, "_run", forever)
+    assert hook.run(Roots(run=tmp_path), "manual", budget=0) == 0  # setitimer(0) would never fire
+    assert "gave up after 0 s" in capsys.readouterr().err
