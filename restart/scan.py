@@ -79,6 +79,10 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
         init_d = set(os.listdir(roots.etc / "init.d"))
     except OSError:
         init_d = set()
+    def started(pid: int) -> float | None:
+        ticks = processes.stat_field(roots.proc, pid, processes.STARTTIME)
+        return None if ticks is None else ctx.host.wall(ticks)
+
     affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d,
-                               unchanged=same)
+                               unchanged=same, started=started)
     return Findings(scan, affected, units.group(affected))

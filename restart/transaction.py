@@ -150,38 +150,43 @@ def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> d
     return files
 
 
-def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> frozenset[str]:
-    """Canonical paths whose content is the same now as before this boot's first transaction of their package.
+def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> dict[str, float]:
+    """Canonical path -> since when (epoch) the content now installed there was already on disk.
 
-    apt's hook keeps a package's ``md5sums`` the first time in a boot that it changes the
-    package (never overwritten, and left empty when a plain dpkg run changed it first, so
-    unknown content counts as changed).  A replaced file with the same checksum before and
-    after is no reason to restart anything: ``apt-get install --reinstall``.
+    apt's hook keeps each package's ``md5sums`` as they were before the transaction
+    (``cp -p``: the file's mtime is when dpkg unpacked that older version); a plain dpkg
+    upgrade leaves it empty (unknown content counts as changed).  A file whose checksum
+    is the same before and after was replaced by identical content: a process that
+    started after that older version was unpacked has loaded exactly this content, so it
+    is no reason to restart anything (``apt-get install --reinstall``).  A process that
+    started earlier may map a still older version: the caller compares start times.
     """
     lists = run / LISTS
     if not _secure_dir(lists):
-        return frozenset()
+        return {}
     wanted = None if packages is None else {p.partition(":")[0] for p in packages}
-    old: dict[str, str] = {}
+    old: dict[str, tuple[str, float]] = {}
     names = []
     try:
         entries = [e for e in os.scandir(lists) if e.name.endswith(".md5sums") and not e.is_symlink()]
     except OSError:
-        return frozenset()
+        return {}
     for entry in entries:
         name = entry.name[:-len(".md5sums")]
         if wanted is not None and name.partition(":")[0] not in wanted:
             continue
         try:
-            with open(entry.path, "rb") as f:
-                old.update(parse_md5sums(f.read(), db.aliases))
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                since = os.fstat(f.fileno()).st_mtime
+                old.update((path, (digest, since)) for path, digest in parse_md5sums(f.read(), db.aliases).items())
         except OSError:
             continue
         names.append(name)
     if not old:
-        return frozenset()
+        return {}
     new = db.md5sums(names)
-    return frozenset(path for path, digest in old.items() if new.get(path) == digest)
+    return {path: since for path, (digest, since) in old.items() if new.get(path) == digest}
 
 
 JOURNAL_HEAD = 4 << 20  # bytes of the journal read for first events: the earliest lines are the ones that count

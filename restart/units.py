@@ -9,6 +9,7 @@ name a cgroup ``sshd.service`` or ``init.scope`` there).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from restart.packages import DpkgDatabase
@@ -233,22 +234,28 @@ def group(affected: list[Affected]) -> list[UnitGroup]:
 
 
 def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | None,
-              systemd: bool, init_d: set[str], unchanged: frozenset[str] = frozenset()) -> list[Affected]:
+              systemd: bool, init_d: set[str], unchanged: Mapping[str, float] | None = None,
+              started: Callable[[int], float | None] = lambda pid: None) -> list[Affected]:
     """Attach owning packages and managing units to every stale process.
 
     ``in_scope`` maps canonical paths to packages when the run is restricted to some
     packages (a transaction); otherwise owners are looked up for the stale paths only.
     Without systemd, a process's unit is guessed from its executable's package.
-    Package files in ``unchanged`` (canonical paths) were replaced by identical content.
+    Package files in ``unchanged`` (canonical path -> since when that content was on
+    disk) were replaced by identical content: set apart for a process that ``started``
+    (epoch) since then, which cannot have loaded another version.
     """
+    unchanged = unchanged or {}
     paths = {db.canonical(f.path) for p in scan.processes for f in p.stale}
     owners = {p: in_scope[p] for p in paths if p in in_scope} if in_scope is not None else db.owners(paths)
     guesses: dict[str | None, str | None] = {}
     result = []
     for proc in scan.processes:
         mine = [(f, c) for f in proc.stale if (c := db.canonical(f.path)) in owners]
-        owned = tuple(OwnedFile(f, owners[c]) for f, c in mine if c not in unchanged)
-        same = tuple(OwnedFile(f, owners[c]) for f, c in mine if c in unchanged)
+        start = started(proc.pid) if any(c in unchanged for _, c in mine) else None
+        alike = {c for _, c in mine if c in unchanged and start is not None and start >= unchanged[c]}
+        owned = tuple(OwnedFile(f, owners[c]) for f, c in mine if c not in alike)
+        same = tuple(OwnedFile(f, owners[c]) for f, c in mine if c in alike)
         unowned = tuple(f for f in proc.stale if db.canonical(f.path) not in owners)
         unit = resolve(cgroup_path(proc.cgroup), pid_namespace=proc.pid_namespace)
         if unit.kind == USER_MANAGER and proc.ppid != 1:

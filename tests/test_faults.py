@@ -31,7 +31,9 @@ COUNTING = ("[Service]\nExecStartPre=/bin/sh -c 'echo start >> /srv/rctl/demod-s
             "ExecStop=/bin/sleep {stop}\n")
 
 
-SLOWD_C = "#include <unistd.h>\nint main(void) { for (;;) pause(); }  /* %s */\n"
+# The version is in the binary's data, so 1.0 and 2.0 differ in content (identical content is no finding).
+SLOWD_C = ('#include <unistd.h>\nconst char version[] = "%s";\n'
+           "int main(void) { for (;;) pause(); return version[0]; }\n")
 SLOWD_UNIT = "[Service]\nExecStart=/usr/bin/rctl-slowd\n"
 # 2.0's postinst takes its time while /srv/rctl/slow exists, leaving dpkg's PID for the test to kill.
 SLOW_POSTINST = ("#!/bin/sh\nif [ -e /srv/rctl/slow ]; then echo $PPID > /srv/rctl/dpkg.pid; "
