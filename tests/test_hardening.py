@@ -17,7 +17,7 @@ import pytest
 
 from tests.support import PrerequisiteError
 from tests.support.checkout import install_hooks
-from tests.support.container import Container
+from tests.support.container import Container, wait_for
 
 pytestmark = pytest.mark.real
 
@@ -170,3 +170,107 @@ def test_a_restart_that_kept_the_main_process_says_so(box: Box) -> None:
     finally:
         c.check(["rm", "-rf", f"/etc/systemd/system/{UNIT}.d", "/etc/restartctl/policy.toml"])
         c.systemctl("daemon-reload")
+
+
+SUDO_C = r"""
+/* What `sudo apt-get ...` gives a user the admin allowed it: apt-get as root, with her arguments. */
+#include <stdio.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    char cfg[512], *args[32];
+    int n = 0;
+    if (argc < 3)
+        return 2;
+    snprintf(cfg, sizeof cfg, "APT_CONFIG=%s", argv[1]);
+    char *env[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", cfg, "DEBIAN_FRONTEND=noninteractive", NULL};
+    if (setgid(0) != 0 || setuid(0) != 0) {
+        perror("setuid");
+        return 1;
+    }
+    args[n++] = "apt-get";
+    args[n++] = "-q";
+    args[n++] = "-y";
+    args[n++] = "-o";
+    args[n++] = "Dpkg::Use-Pty=0";
+    for (int i = 2; i < argc && n < 31; i++)
+        args[n++] = argv[i];
+    args[n] = NULL;
+    execve("/usr/bin/apt-get", args, env);
+    perror("execve");
+    return 1;
+}
+"""
+# Run first by python3 (it imports sitecustomize from PYTHONPATH before the script): whatever this
+# process then does, its executable and its argv are those of a genuine unattended-upgrade run.
+SPOOF_PY = """\
+import os, subprocess, sys, time
+subprocess.run([*{argv!r}, "install", "rctl-demod=2.0", "rctl-libdemo1=2.0"], check=False)
+sys.stdout.flush()
+time.sleep({linger})
+os._exit(0)
+"""
+DEFERRED = "restartctl-after-unattended-upgrades.service"
+
+
+@pytest.fixture
+def uu_installed(box: Box, tmp_path: Path) -> Box:
+    """unattended-upgrades installed (so /usr/bin/unattended-upgrade names its interpreter), and `rctl-sudo`."""
+    from tests.support.debs import cached_debs, compile_c
+
+    c = box.c
+    if c.exec(["test", "-x", "/usr/bin/unattended-upgrade"]).returncode != 0:
+        c.install_debs(cached_debs("unattended-upgrades", "python3-distro-info", "python3-dbus"))
+        c.write_file("/usr/local/bin/rctl-sudo", compile_c(SUDO_C, tmp_path / "rctl-sudo").read_bytes(), mode=0o755)
+        c.check(["chmod", "4755", "/usr/local/bin/rctl-sudo"])
+    return box
+
+
+def _downgrade(box: Box) -> None:
+    r = apt(box, "install", *(f"{n}=1.0" for n in DEMO), env={"RESTARTCTL_SUSPEND": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    box.c.systemctl("restart", UNIT)
+    box.c.wait_active(UNIT)
+
+
+def test_her_process_that_looks_like_unattended_upgrades_is_not_taken_for_it(uu_installed: Box) -> None:
+    """Issue 20 point 3: mallory, allowed `sudo apt-get`, ran it from a process that looked like
+    unattended-upgrade (here: the genuine python3 running /usr/bin/unattended-upgrade, her code loaded
+    through PYTHONPATH); root's hook then deferred everything until her process exited."""
+    box = uu_installed
+    c = box.c
+    spoof = f"/home/{USER}/spoof"
+    as_user(box, "mkdir", "-p", spoof)
+    c.write_file(f"{spoof}/sitecustomize.py", SPOOF_PY.format(argv=["/usr/local/bin/rctl-sudo", box.cfg], linger=0))
+    _downgrade(box)
+    before = c.main_pid(UNIT)
+    r = c.exec(["runuser", "-u", USER, "--", "env", f"PYTHONPATH={spoof}", "/usr/bin/python3",
+                "/usr/bin/unattended-upgrade"], timeout=180)
+    out = r.stdout + r.stderr
+    assert "Setting up rctl-demod (2.0)" in out, out  # her "sudo apt-get" really upgraded it
+    assert "is running: restarts and one report follow" not in out, out
+    assert RESTARTED in out and c.main_pid(UNIT) not in (0, before), out
+
+
+def test_a_genuine_unattended_upgrades_run_is_waited_for_and_status_says_so(uu_installed: Box) -> None:
+    """Issue 20 point 3: the run deferred until unattended-upgrades exits is visible in `status` (it said
+    "0 pending" meanwhile).  Root's run of the genuine interpreter and script, still running, is waited for."""
+    box = uu_installed
+    c = box.c
+    hook_dir = "/srv/rctl/uu-root"
+    c.write_file(f"{hook_dir}/sitecustomize.py",
+                 SPOOF_PY.format(argv=["/usr/bin/env", f"APT_CONFIG={box.cfg}", "DEBIAN_FRONTEND=noninteractive",
+                                       "apt-get", "-q", "-y", "-o", "Dpkg::Use-Pty=0"], linger=8))
+    _downgrade(box)
+    before = c.main_pid(UNIT)
+    pid = c.spawn(["env", f"PYTHONPATH={hook_dir}", "/usr/bin/python3", "/usr/bin/unattended-upgrade"])
+    try:
+        wait_for(lambda: c.exec(["systemctl", "is-active", DEFERRED]).stdout.strip() == "active",
+                 "the deferred run", 60)
+        status = c.exec(["/usr/sbin/restartctl", "status"])
+        assert status.returncode == 1 and f"waits for unattended-upgrades (pid {pid})" in status.stdout, status.stdout
+        assert c.main_pid(UNIT) == before  # nothing restarted while it runs
+        wait_for(lambda: c.main_pid(UNIT) not in (0, before), "the restart after it", 60)
+        assert "waits for" not in c.exec(["/usr/sbin/restartctl", "status"]).stdout
+    finally:
+        c.exec(["kill", str(pid)])
