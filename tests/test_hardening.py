@@ -274,3 +274,31 @@ def test_a_genuine_unattended_upgrades_run_is_waited_for_and_status_says_so(uu_i
         assert "waits for" not in c.exec(["/usr/sbin/restartctl", "status"]).stdout
     finally:
         c.exec(["kill", str(pid)])
+
+
+def test_her_process_moved_into_her_managers_cgroup_is_hers(box: Box) -> None:
+    """Issue 20 point 4 (A4): mallory orphaned a process of hers to PID 1 and moved it into her manager's
+    own cgroup with PID 1's unprivileged D-Bus call AttachProcessesToUnit; root then ran `systemctl --user
+    -M UID@ daemon-reexec` for it on every run (and it failed every time)."""
+    c = box.c
+    _downgrade(box)
+    as_user(box, "sh", "-c", "setsid -f /usr/sbin/rctl-demod </dev/null >/dev/null 2>&1")
+    pids: list[str] = []
+    wait_for(lambda: pids.extend(c.exec(["pgrep", "-u", USER, "-x", "rctl-demod"]).stdout.split()) or pids,
+             "her rctl-demod", 20)
+    [pid] = pids
+    try:
+        assert c.check(["ps", "-o", "ppid=", "-p", pid]).strip() == "1"
+        as_user(box, "busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager", "AttachProcessesToUnit", "ssau",
+                f"user@{box.uid}.service", "/init.scope", "1", pid)
+        assert c.read_file(f"/proc/{pid}/cgroup").decode().endswith(f"/user@{box.uid}.service/init.scope\n")
+        r = apt(box, "install", *(f"{n}=2.0" for n in DEMO))
+        out = r.stdout + r.stderr
+        assert r.returncode == 0 and RESTARTED in out, out
+        assert "daemon-reexec" not in out and f"user@{box.uid}.service" not in out, out
+        doc = json.loads(c.exec(["/usr/sbin/restartctl", "plan", "--json"]).stdout)
+        [hers] = [p for p in doc["processes"] if p["pid"] == int(pid)]
+        assert hers["unit"]["kind"] == "user" and hers["unit"]["uid"] == box.uid, hers
+    finally:
+        c.exec(["kill", pid])
