@@ -283,10 +283,8 @@ def test_her_process_moved_into_her_managers_cgroup_is_hers(box: Box) -> None:
     c = box.c
     _downgrade(box)
     as_user(box, "sh", "-c", "setsid -f /usr/sbin/rctl-demod </dev/null >/dev/null 2>&1")
-    pids: list[str] = []
-    wait_for(lambda: pids.extend(c.exec(["pgrep", "-u", USER, "-x", "rctl-demod"]).stdout.split()) or pids,
-             "her rctl-demod", 20)
-    [pid] = pids
+    wait_for(lambda: c.exec(["pgrep", "-u", USER, "-x", "rctl-demod"]).stdout.strip(), "her rctl-demod", 20)
+    [pid] = c.exec(["pgrep", "-u", USER, "-x", "rctl-demod"]).stdout.split()
     try:
         assert c.check(["ps", "-o", "ppid=", "-p", pid]).strip() == "1"
         as_user(box, "busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
