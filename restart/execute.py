@@ -33,6 +33,7 @@ EXECUTABLE = ("restart", "try-restart", "reload-or-restart", "reexec", "exec")
 DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
 SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup"
 CGROUPFS = Path("/sys/fs/cgroup")
+MANAGER_PROBE = 5.0  # seconds a user's manager has to answer before it counts as not answering
 
 
 class Outcome(NamedTuple):
@@ -161,6 +162,7 @@ class Executor:
         self.confirm = confirm
         self.report = report or (lambda outcome: None)
         self.failures = 0
+        self.silent: set[int | None] = set()  # users whose manager did not answer: asked once per run
         self.done: set[tuple[str, str | None, int | None]] = set()
         self.ancestors = ancestor_units(proc, os.getpid())
 
@@ -180,7 +182,10 @@ class Executor:
         else:
             outcome = self._carry_out(action)
         outcome = outcome._replace(seconds=time.monotonic() - started)
-        if outcome.status == FAILED:
+        if outcome.status == FAILED and action.group.kind in (USER, USER_MANAGER):
+            # A user's manager is hers to stop or break: her failure never stops the system's restarts.
+            self.silent.add(action.group.uid)
+        elif outcome.status == FAILED:
             self.failures += 1
         self.report(outcome)
         return outcome
@@ -197,12 +202,19 @@ class Executor:
         self.done.add(key)
         if g.kind == SYSTEM and g.name in self.ancestors:
             return "restartctl itself runs inside this unit"
+        if g.kind in (USER, USER_MANAGER) and g.uid in self.silent:
+            return f"the service manager of user {g.uid} did not answer or failed earlier in this run"
+        if g.kind == USER_MANAGER and not self._answers(g.uid):
+            return f"the service manager of user {g.uid} does not answer"
         if g.kind not in (SYSTEM, USER) or g.guessed:
             return None
-        timeout = min(self.settings.timeout, self.remaining())
+        timeout = min(self.settings.timeout, self.remaining(), *([MANAGER_PROBE] if g.kind == USER else []))
         try:
             state = unit_state(g, timeout)
         except subprocess.TimeoutExpired:
+            if g.kind == USER:
+                self.silent.add(g.uid)
+                return f"the service manager of user {g.uid} does not answer"
             return "systemctl show did not answer in time"
         if state.get("RefuseManualStop") == "yes":
             return "the unit refuses manual stops (RefuseManualStop=yes)"
@@ -211,6 +223,18 @@ class Executor:
         if g.kind == SYSTEM and policy_rc_d_forbids(g.name or "", timeout):
             return "forbidden by /usr/sbin/policy-rc.d"
         return None
+
+    def _answers(self, uid: int | None) -> bool:
+        """Whether a user's manager answers at all, asked once, briefly: she may have stopped it."""
+        try:
+            run([PROGRAMS["systemctl"], "--user", "-M", f"{uid}@", "show", "-p", "Version"],
+                min(MANAGER_PROBE, self.remaining()))
+        except subprocess.TimeoutExpired:
+            self.silent.add(uid)
+            return False
+        except OSError:
+            pass  # no systemctl: the re-exec itself will say so
+        return True
 
     def _carry_out(self, action: Action) -> Outcome:
         g = action.group

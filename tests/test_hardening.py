@@ -300,3 +300,36 @@ def test_her_process_moved_into_her_managers_cgroup_is_hers(box: Box) -> None:
         assert hers["unit"]["kind"] == "user" and hers["unit"]["uid"] == box.uid, hers
     finally:
         c.exec(["kill", pid])
+
+
+def test_a_manager_she_stopped_counts_once_and_never_trips_the_breaker(box: Box) -> None:
+    """Issue 20 point 5: with her `systemd --user` stopped (kill -STOP), the re-exec of her manager waited
+    the whole timeout and counted a failure; a few such users tripped `max_failures` and stopped the
+    restarts of system services.  Here one failure is the limit, and her manager and two of her units
+    are stale (libsystemd-shared replaced the way dpkg does it), so before the fix her one failure
+    stopped the restart of rctl-demod.service."""
+    c = box.c
+    _downgrade(box)
+    units = [c.run_user_unit(USER, ["/usr/sbin/rctl-demod"], unit=f"rctl-hers-{n}.service") for n in (1, 2)]
+    lib = "/usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so"
+    c.check(["sh", "-c", f"cp -p {lib} {lib}.dpkg-new && mv {lib}.dpkg-new {lib}"])
+    c.write_file("/etc/restartctl/policy.toml", '[settings]\nmax_failures = 1\ntimeout = 5\n'
+                 'restart_last = ["rctl-demod.service"]\n\n'
+                 '[[rule]]\nscope = "user"\nunit = "rctl-hers-*.service"\naction = "restart"\n')
+    manager = str(c.main_pid(f"user@{box.uid}.service"))
+    r = apt(box, "install", *(f"{n}=2.0" for n in DEMO), env={"RESTARTCTL_SUSPEND": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    c.check(["kill", "-STOP", manager])
+    try:
+        r = c.exec(["/usr/sbin/restartctl", "apply", "--yes", "--packages", "rctl-demod", "rctl-libdemo1",
+                    "libsystemd-shared"], timeout=200)
+        out = r.stdout + r.stderr
+        assert "Traceback" not in out, out
+        assert "rctl-demod.service: restarted" in out, out
+        assert out.count(f"the service manager of user {box.uid}") == 3, out  # asked once, then known
+        assert "circuit breaker" not in out, out
+    finally:
+        c.exec(["kill", "-CONT", manager])
+        c.exec(["rm", "-f", "/etc/restartctl/policy.toml"])
+        for u in units:
+            c.user_systemctl(USER, "stop", u, check=False)
