@@ -165,7 +165,8 @@ def guess_init_script(exe: str | None, package_scripts: list[str], existing: set
 
     ``package_scripts`` are the ``/etc/init.d`` scripts the executable's package ships;
     ``existing`` those present in ``/etc/init.d``.  Prefer the script named like the
-    executable, else the package's only script.
+    executable, else the package's only script.  Never a script of another package (or of
+    none) merely named like the executable: that would restart something unrelated.
     """
     base = (exe or "").rpartition("/")[2]
     scripts = [s for s in package_scripts if s in existing and valid_init_script(s)]
@@ -173,8 +174,6 @@ def guess_init_script(exe: str | None, package_scripts: list[str], existing: set
         return base
     if len(scripts) == 1:
         return scripts[0]
-    if not scripts and base in existing and valid_init_script(base):
-        return base
     return None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -333,3 +333,72 @@ def test_a_manager_she_stopped_counts_once_and_never_trips_the_breaker(box: Box)
         c.exec(["rm", "-f", "/etc/restartctl/policy.toml"])
         for u in units:
             c.user_systemctl(USER, "stop", u, check=False)
+
+
+SU_C = r"""
+/* Like exim4: a setuid-root program any user may run, which becomes a system account (here daemon,
+   uid 1) and then runs the package's daemon binary, not as the daemon the init script manages. */
+#include <stdio.h>
+#include <unistd.h>
+
+int main(void) {
+    if (setgid(1) != 0 || setuid(1) != 0) {
+        perror("setuid");
+        return 1;
+    }
+    execl("/usr/sbin/rctl-demod", "rctl-demod", (char *)NULL);
+    perror("execl");
+    return 1;
+}
+"""
+LOCAL_SCRIPT = "#!/bin/sh\necho \"$0 $*\" >> /srv/rctl/local-script-ran\n"
+
+
+def test_without_systemd_a_guessed_unit_is_never_started(container_factory: Callable[..., Container],
+                                                          demo_debs: dict[str, dict[str, Path]],
+                                                          tmp_path: Path) -> None:
+    """Issue 20 point 2 (A6, C6): without systemd, mallory ran a setuid program that becomes a system account
+    and runs the package's daemon binary (exim4 -bs) while the daemon itself was stopped; after an upgrade of
+    a library it maps, root ran `invoke-rc.d rctl-demod restart`, which started the stopped daemon.  And the
+    executable-basename fallback picked /etc/init.d/rctl-sleeper, a script no package of rctl-sleeper's
+    ships, for a system account's run of /usr/bin/rctl-sleeper."""
+    from tests.support.debs import compile_c
+
+    c = container_factory("rctl-hard-plain", boot=False)
+    install_hooks(c)
+    c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])
+    c.check(["useradd", "--create-home", "--user-group", "--", USER])
+    names = (*DEMO, "rctl-sleeper")
+    c.install_debs([demo_debs["1.0"][n] for n in names])
+    # As on a sysvinit host: runlevel 2 in utmp, and the service enabled there (else invoke-rc.d does nothing).
+    c.check(["sh", "-c", "printf '[1] [20018] [~~  ] [runlevel] [~~          ] [6.1.0] [0.0.0.0] "
+                         "[2026-12-03T16:00:00,000000+00:00]\\n' | utmpdump -r > /var/run/utmp"])
+    assert c.check(["runlevel"]).split() == ["N", "2"]
+    c.check(["update-rc.d", "rctl-demod", "defaults"])
+    c.write_file("/usr/local/bin/rctl-su", compile_c(SU_C, tmp_path / "rctl-su").read_bytes(), mode=0o755)
+    c.check(["chmod", "4755", "/usr/local/bin/rctl-su"])
+    c.write_file("/etc/init.d/rctl-sleeper", LOCAL_SCRIPT, mode=0o755)
+    hers = c.spawn(["runuser", "-u", USER, "--", "/usr/local/bin/rctl-su"])
+    sleeper = c.spawn(["runuser", "-u", "daemon", "--", "/usr/bin/rctl-sleeper"])
+    wait_for(lambda: all(c.exec(["pgrep", "-P", str(p)]).stdout.strip() for p in (hers, sleeper)),
+             "her rctl-demod and daemon's rctl-sleeper", 20)
+    [demod] = c.check(["pgrep", "-P", str(hers)]).split()
+    assert c.check(["ps", "-o", "uid=", "-p", demod]).strip() == "1"
+    assert c.exec(["/etc/init.d/rctl-demod", "status"]).returncode != 0  # the daemon is stopped
+
+    r = c.exec(["dpkg", "-i", *(c.copy_in(demo_debs["2.0"][n]) for n in names)])
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Traceback" not in out, out
+    assert "rctl-demod (guessed from its package): skipped: not running (init script status 3)" in out, out
+    assert c.exec(["/etc/init.d/rctl-demod", "status"]).returncode != 0, "the stopped daemon was started"
+    assert c.exec(["test", "-e", "/srv/rctl/local-script-ran"]).returncode != 0, "an unrelated script ran"
+
+    # A daemon that runs is still restarted by its init script.
+    c.check(["/etc/init.d/rctl-demod", "start"])
+    wait_for(lambda: c.exec(["test", "-s", "/run/rctl-demod.pid"]).returncode == 0, "rctl-demod's pidfile", 10)
+    c.check(["kill", demod])
+    daemon = c.read_file("/run/rctl-demod.pid").decode().strip()
+    r = c.exec(["dpkg", "-i", *(c.copy_in(demo_debs["2.0"][n]) for n in DEMO)])  # new inodes, same version
+    out = r.stdout + r.stderr
+    assert "rctl-demod (guessed from its package): restarted" in out, out
+    assert c.read_file("/run/rctl-demod.pid").decode().strip() != daemon
