@@ -312,18 +312,26 @@ def _last_run(roots: Roots) -> tuple[dict[str, Any] | None, bool]:
 
 def _status(roots: Roots, args: argparse.Namespace) -> int:
     """Exit 0 when nothing is pending, 1 when something is."""
+    from restart import hook
+
     record, current = _last_run(roots)
+    waiting = hook.waiting_for(roots)
     if args.json:
         import json
 
         from restart import state
 
         sys.stdout.write(json.dumps({"schema": state.STATE_SCHEMA, "current_boot": current,
-                                     "last_run": record}, indent=2) + "\n")
+                                     "last_run": record, "waiting_for_unattended_upgrades":
+                                     None if waiting is None else {"pid": waiting[0].pid, "since": waiting[1]}},
+                                    indent=2) + "\n")
     else:
         sys.stdout.write(report.status_text(record, current_boot=current))
+        if waiting is not None:
+            sys.stdout.write(f"A run waits for unattended-upgrades (pid {waiting[0].pid}) to finish; "
+                             "its restarts and report follow then.\n")
     pending = current and record is not None and any(u.get("status") != "done" for u in record.get("units", []))
-    return EXIT_STALE if pending else EXIT_OK
+    return EXIT_STALE if pending or waiting is not None else EXIT_OK
 
 
 def _policy(roots: Roots, args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ EXECUTABLE = ("restart", "try-restart", "reload-or-restart", "reexec", "exec")
 DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
 SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup"
 CGROUPFS = Path("/sys/fs/cgroup")
+MANAGER_PROBE = 5.0  # seconds a user's manager has to answer before it counts as not answering
 
 
 class Outcome(NamedTuple):
@@ -114,6 +115,38 @@ def policy_rc_d_forbids(name: str, timeout: float) -> bool:
         return True  # it could not say yes: do nothing rather than something forbidden
 
 
+def daemon_not_running(script: str, timeout: float, run_dir: Path) -> str | None:
+    """Why a guessed unit's daemon counts as not running (None when it runs): a restart of
+    a stopped init-script service would start it.
+
+    Its init script's LSB status (``invoke-rc.d NAME status``: 0 running, 1-3 not running);
+    a script that cannot say (4, a usage error, policy-rc.d's 101) is judged by its pidfile
+    ``/run/NAME.pid``, which must name a live process.
+    """
+    try:
+        code = run([PROGRAMS["invoke-rc.d"], script, "status"], timeout).returncode
+    except subprocess.TimeoutExpired:
+        return "its init script did not say in time whether it runs"
+    except OSError as e:
+        return f"could not ask its init script whether it runs: {e}"
+    if code == 0:
+        return None
+    if code in (1, 2, 3):
+        return f"not running (init script status {code}); never started by restartctl"
+    try:
+        fd = os.open(run_dir / f"{script}.pid", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            pid = int(os.read(fd, 64).split()[0]) if stat.S_ISREG(os.fstat(fd).st_mode) else 0
+        finally:
+            os.close(fd)
+        if pid > 1:
+            os.kill(pid, 0)
+            return None
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"not running (no live process in {run_dir / script}.pid); never started by restartctl"
+
+
 def unit_pids(cgroupfs: Path, control_group: str) -> list[int] | None:
     """The processes in a unit's cgroup and every cgroup below it (a delegated subtree).
 
@@ -152,8 +185,10 @@ class Executor:
     def __init__(self, settings: Settings, *, proc: Path, deadline: float,
                  still_stale: Callable[[UnitGroup, list[int] | None], list[Affected]],
                  confirm: Callable[[Action], bool] | None = None,
-                 report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS) -> None:
+                 report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
+                 run_dir: Path = Path("/run")) -> None:
         self.settings = settings
+        self.run_dir = run_dir
         self.proc = proc
         self.cgroupfs = cgroupfs
         self.deadline = deadline
@@ -161,6 +196,7 @@ class Executor:
         self.confirm = confirm
         self.report = report or (lambda outcome: None)
         self.failures = 0
+        self.silent: set[int | None] = set()  # users whose manager did not answer: asked once per run
         self.done: set[tuple[str, str | None, int | None]] = set()
         self.ancestors = ancestor_units(proc, os.getpid())
 
@@ -180,7 +216,10 @@ class Executor:
         else:
             outcome = self._carry_out(action)
         outcome = outcome._replace(seconds=time.monotonic() - started)
-        if outcome.status == FAILED:
+        if outcome.status == FAILED and action.group.kind in (USER, USER_MANAGER):
+            # A user's manager is hers to stop or break: her failure never stops the system's restarts.
+            self.silent.add(action.group.uid)
+        elif outcome.status == FAILED:
             self.failures += 1
         self.report(outcome)
         return outcome
@@ -197,12 +236,21 @@ class Executor:
         self.done.add(key)
         if g.kind == SYSTEM and g.name in self.ancestors:
             return "restartctl itself runs inside this unit"
-        if g.kind not in (SYSTEM, USER) or g.guessed:
+        if g.kind in (USER, USER_MANAGER) and g.uid in self.silent:
+            return f"the service manager of user {g.uid} did not answer or failed earlier in this run"
+        if g.kind == USER_MANAGER and not self._answers(g.uid):
+            return f"the service manager of user {g.uid} does not answer"
+        if g.guessed:
+            return daemon_not_running(g.name or "", min(self.settings.timeout, self.remaining()), self.run_dir)
+        if g.kind not in (SYSTEM, USER):
             return None
-        timeout = min(self.settings.timeout, self.remaining())
+        timeout = min(self.settings.timeout, self.remaining(), *([MANAGER_PROBE] if g.kind == USER else []))
         try:
             state = unit_state(g, timeout)
         except subprocess.TimeoutExpired:
+            if g.kind == USER:
+                self.silent.add(g.uid)
+                return f"the service manager of user {g.uid} does not answer"
             return "systemctl show did not answer in time"
         if state.get("RefuseManualStop") == "yes":
             return "the unit refuses manual stops (RefuseManualStop=yes)"
@@ -211,6 +259,18 @@ class Executor:
         if g.kind == SYSTEM and policy_rc_d_forbids(g.name or "", timeout):
             return "forbidden by /usr/sbin/policy-rc.d"
         return None
+
+    def _answers(self, uid: int | None) -> bool:
+        """Whether a user's manager answers at all, asked once, briefly: she may have stopped it."""
+        try:
+            run([PROGRAMS["systemctl"], "--user", "-M", f"{uid}@", "show", "-p", "Version"],
+                min(MANAGER_PROBE, self.remaining()))
+        except subprocess.TimeoutExpired:
+            self.silent.add(uid)
+            return False
+        except OSError:
+            pass  # no systemctl: the re-exec itself will say so
+        return True
 
     def _carry_out(self, action: Action) -> Outcome:
         g = action.group
@@ -372,7 +432,7 @@ def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Pat
           report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart."""
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, confirm=confirm,
-                        report=report, cgroupfs=cgroupfs)
+                        report=report, cgroupfs=cgroupfs, run_dir=run_dir)
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == "notify" and a.group.kind not in (SYSTEM, INIT)]
     return Applied(outcomes, notify(for_users, run_dir, log))

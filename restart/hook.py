@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import stat
 import subprocess
 import sys
 import syslog
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from restart import execute, packages, plan, policy, report, state, transaction, units
-from restart.processes import PPID, STARTTIME, stat_field
+from restart.processes import PPID, STARTTIME, ProcessGone, parse_status, read_proc, stat_field
 from restart.roots import Roots
 from restart.scan import Findings, find
 from restart.text import printable
@@ -67,14 +68,67 @@ def process_start(proc: Path, pid: int) -> int | None:
     return stat_field(proc, pid, STARTTIME)
 
 
-def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int) -> Process | None:
+def uu_interpreter(root: Path) -> os.stat_result | None:
+    """The interpreter named by the ``#!`` line of the package's own ``/usr/bin/unattended-upgrade``.
+
+    The script is root's (from the package): the line is only read, and the interpreter only
+    ``stat``ed, to know which executable a genuine run has.  None when not installed.
+    """
+    try:
+        fd = os.open(root / UU_SCRIPT.lstrip("/"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            first = os.read(fd, 256).split(b"\n")[0]
+        finally:
+            os.close(fd)
+        interpreter = first[2:].split()[0] if first.startswith(b"#!") and first[2:].split() else b""
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022 or not interpreter.startswith(b"/"):
+            return None
+        return os.stat(root / os.fsdecode(interpreter).lstrip("/"))
+    except OSError:
+        return None
+
+
+def proven_uu_run(proc: Path, pid: int, interpreter: os.stat_result) -> bool:
+    """Whether a process is a genuine unattended-upgrade run, not a user's look-alike.
+
+    Its executable is the interpreter of the package's script (same inode) and that script is
+    its first argument; it runs as root; and it was not started from another user's session
+    or manager (apt-daily-upgrade.service, or root's own session).  Facts are read through one
+    ``/proc/PID`` descriptor; only compared, never used for anything else.
+    """
+    try:
+        dfd = os.open(proc / str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        argv = read_proc(dfd, "cmdline").split(b"\0")
+        uid = parse_status(read_proc(dfd, "status"))[2]
+        exe = os.stat("exe", dir_fd=dfd)
+        cgroup = read_proc(dfd, "cgroup").decode("utf-8", "surrogateescape")
+    except (OSError, ProcessGone, ValueError):
+        return False
+    finally:
+        os.close(dfd)
+    if uid != 0 or argv[1:2] != [UU_SCRIPT.encode()] or \
+            (exe.st_dev, exe.st_ino) != (interpreter.st_dev, interpreter.st_ino):
+        return False
+    unit = units.resolve(units.cgroup_path(cgroup))
+    return unit.kind in (units.SYSTEM, units.INIT, units.NONE) or (
+        unit.kind in (units.SESSION, units.USER, units.USER_MANAGER) and unit.uid == 0)
+
+
+def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int, root: Path = Path("/")) -> Process | None:
     """The unattended-upgrade run this process descends from, if any.
 
-    Recognised by its command line (``python3 /usr/bin/unattended-upgrade``) or by its
-    pid file; only compared, never used for anything else.  unattended-upgrade may
-    fork for a step, so the outermost such ancestor (the one the pid file names, if
-    it is an ancestor) is the run that must be over before the report.
+    Only a proven run counts (see :func:`proven_uu_run`): a user who may ``sudo apt-get`` must
+    not make root wait for her own process named like it.  unattended-upgrade may fork for a
+    step, so the outermost proven ancestor (the one the pid file names, if it is one) is the
+    run that must be over before the report.
     """
+    interpreter = uu_interpreter(root)
+    if interpreter is None:
+        return None
     try:
         pidfile = int((run / "unattended-upgrades.pid").read_text(encoding="ascii").split()[0])
     except (OSError, ValueError, IndexError):
@@ -84,20 +138,25 @@ def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int) -> Process | N
     for _ in range(64):
         if current is None or current <= 1:
             break
-        try:
-            argv = (proc / str(current) / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            argv = []
-        if current == pidfile:
+        if proven_uu_run(proc, current, interpreter):
             found = current
-            break
-        if UU_SCRIPT.encode() in argv[:2]:
-            found = current
+            if current == pidfile:
+                break
         current = stat_field(proc, current, PPID)
     if found is None:
         return None
     start = process_start(proc, found)
     return Process(found, start) if start is not None else None
+
+
+def waiting_for(roots: Roots) -> tuple[Process, int] | None:
+    """The unattended-upgrade run a deferred run still waits for, and since when (for ``status``)."""
+    record = state.read_json(roots.state, state.WAITING)
+    after = record.get("after") if record and record.get("boot_id") == state.boot_id(roots.proc) else None
+    if not (isinstance(after, list) and len(after) == 2 and all(type(n) is int for n in after)):
+        return None
+    uu = Process(after[0], after[1])
+    return (uu, record.get("time", 0)) if record and process_start(roots.proc, uu.pid) == uu.start else None
 
 
 DPKG = "/usr/bin/dpkg"
@@ -260,6 +319,11 @@ def defer_until_exit(roots: Roots, uu: Process, log: Log) -> None:
                                f"--working-directory={cwd}",
                                "--description=restartctl: report once unattended-upgrades has finished",
                                "--", *argv], 15)
+        if result.returncode == 0 or "already" in result.stderr:
+            try:
+                state.save_waiting(roots.state, state.boot_id(roots.proc), uu.pid, uu.start)
+            except OSError as e:
+                log.error(f"could not record the waiting run: {e}")
         if result.returncode == 0:
             # Shown, so that unattended-upgrades' log and mail say where the report will be.
             log.info(f"unattended-upgrades (pid {uu.pid}) is running: restarts and one report follow when "
@@ -313,7 +377,7 @@ def _run(roots: Roots, trigger: str, log: Log, budget: float) -> None:
         log.info("suspended by RESTARTCTL_SUSPEND=1; the transaction stays pending", show=False)
         return
     if trigger != "unattended-upgrades":
-        uu = unattended_upgrades_ancestor(roots.proc, roots.run, os.getpid())
+        uu = unattended_upgrades_ancestor(roots.proc, roots.run, os.getpid(), roots.root)
         if uu is not None:
             defer_until_exit(roots, uu, log)
             return

@@ -21,6 +21,7 @@ from typing import Any
 
 STATE_SCHEMA = "restartctl-state/1"
 PENDING = "pending.json"
+WAITING = "waiting.json"  # the run deferred until unattended-upgrades exits: {"after": [pid, start]}
 MAX_BYTES = 16 << 20  # far above any real record (10,000 units are about 5 MB)
 MAX_DEPTH = 32        # a record nests 4 deep; json's C parser recurses once per level
 # The types of the fields restartctl reads back; other fields are kept as they are.
@@ -177,3 +178,9 @@ def save_pending(directory: Path, boot: str, *, trigger: str, packages: frozense
     write_json(directory, PENDING, {
         "schema": STATE_SCHEMA, "boot_id": boot, "time": int(time.time()), "trigger": trigger,
         "packages": sorted(packages), "units": units})
+
+
+def save_waiting(directory: Path, boot: str, pid: int, start: int) -> None:
+    """Remember that a run waits for unattended-upgrade process ``pid`` (started at ``start``), for ``status``."""
+    write_json(directory, WAITING, {"schema": STATE_SCHEMA, "boot_id": boot, "time": int(time.time()),
+                                    "after": [pid, start]})

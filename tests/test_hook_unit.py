@@ -90,22 +90,50 @@ def test_shutdown_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_unattended_upgrades_is_found_among_the_ancestors(tmp_path: Path) -> None:
-    proc = tmp_path / "proc"
-    chain = {300: (200, b"sh\0-c\0restartctl hook\0"),
-             200: (100, b"/usr/bin/python3\0/usr/bin/unattended-upgrade\0-v\0"),
-             100: (1, b"/usr/bin/python3\0/usr/bin/unattended-upgrade\0")}
-    for pid, (ppid, cmdline) in chain.items():
-        (proc / str(pid)).mkdir(parents=True)
-        (proc / str(pid) / "cmdline").write_bytes(cmdline)
-        (proc / str(pid) / "stat").write_bytes(
-            f"{pid} (a) b) S {ppid} 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 {pid * 10} 0\n".encode())
+    """Only a proven run counts: the script's own interpreter, the script as first argument, uid 0,
+    not from another user's session or manager (issue 20 point 3)."""
+    proc, root = tmp_path / "proc", tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/python3.11").write_bytes(b"ELF")
+    (root / "usr/bin/python3").symlink_to("python3.11")
+    (root / "usr/bin/unattended-upgrade").write_bytes(b"#!/usr/bin/python3\nimport apt\n")
+    os.chmod(root / "usr/bin/unattended-upgrade", 0o755)
+    (root / "home").mkdir()
+    (root / "home/eve-python3").write_bytes(b"ELF")
+    uu = b"/usr/bin/python3\0/usr/bin/unattended-upgrade\0"
+    chain = {300: (200, b"sh\0-c\0restartctl hook\0", 0, "/usr/bin/python3", "/system.slice/x.service"),
+             200: (100, uu + b"-v\0", 0, "/usr/bin/python3.11", "/system.slice/apt-daily-upgrade.service"),
+             100: (1, uu, 0, "/usr/bin/python3", "/system.slice/apt-daily-upgrade.service")}
+
+    def make(pid: int, ppid: int, cmdline: bytes, uid: int, exe: str, cgroup: str) -> None:
+        d = proc / str(pid)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cmdline").write_bytes(cmdline)
+        (d / "stat").write_bytes(f"{pid} (a) b) S {ppid} 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 {pid * 10} 0\n".encode())
+        (d / "status").write_bytes(f"Name:\ta\nPPid:\t{ppid}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n".encode())
+        (d / "cgroup").write_text(f"0::{cgroup}\n")
+        (d / "exe").unlink(missing_ok=True)
+        (d / "exe").symlink_to(root / exe.lstrip("/"))
+
+    for pid, fields in chain.items():
+        make(pid, *fields)
     # u-u may fork for a step: the outermost unattended-upgrade is the run to wait for.
-    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300) == hook.Process(100, 1000)
-    (proc / "200" / "cmdline").write_bytes(b"/home/eve/unattended-upgrade\0")
-    (proc / "100" / "cmdline").write_bytes(b"python3\0/tmp/usr/bin/unattended-upgrade\0")
-    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300) is None
-    (tmp_path / "unattended-upgrades.pid").write_text("100\n")
-    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300) == hook.Process(100, 1000)
+    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) == hook.Process(100, 1000)
+    (tmp_path / "unattended-upgrades.pid").write_text("200\n")
+    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) == hook.Process(200, 2000)
+    (tmp_path / "unattended-upgrades.pid").unlink()
+    # Look-alikes: her uid; her copy of python; argv[0] only; from her session; from her manager.
+    for fake in [(1, uu, 1001, "/usr/bin/python3", "/system.slice/apt-daily-upgrade.service"),
+                 (1, uu, 0, "/home/eve-python3", "/system.slice/apt-daily-upgrade.service"),
+                 (1, b"/usr/bin/unattended-upgrade\0", 0, "/usr/bin/python3", "/init.scope"),
+                 (1, uu, 0, "/usr/bin/python3", "/user.slice/user-1001.slice/session-3.scope"),
+                 (1, uu, 0, "/usr/bin/python3", "/user.slice/user-1001.slice/user@1001.service/app.slice/u.service")]:
+        make(200, *fake)
+        assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) is None, fake
+    make(200, 1, uu, 0, "/usr/bin/python3", "/user.slice/user-0.slice/session-1.scope")  # root's own session
+    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) == hook.Process(200, 2000)
+    (root / "usr/bin/unattended-upgrade").unlink()  # not installed: nothing is a run of it
+    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) is None
 
 
 def test_a_scan_cut_short_keeps_the_whole_transaction_pending(tmp_path: Path,
