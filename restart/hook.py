@@ -19,7 +19,7 @@ import sys
 import syslog
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
@@ -140,8 +140,9 @@ def locked(path: Path, timeout: float, *, who: str = "restartctl",
                     waiting(holder(fd))
                     waiting = None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {who}\n".encode(), 0)
+        with suppress(OSError):  # who holds it is a courtesy: a full /run must not stop the run
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {who}\n".encode(), 0)
         yield Lock(True, "")
     finally:
         os.close(fd)
@@ -236,6 +237,8 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
         _run(roots, trigger, log, budget)
     except Timeout:
         log.error(f"gave up after {budget:g} s; the findings stay pending for the next run")
+    except OSError as e:  # its message names the file
+        log.error(str(e))
     except Exception as e:
         log.error(f"{type(e).__name__}: {e}")
     finally:
@@ -315,9 +318,18 @@ def host_policy(roots: Roots, log: Log) -> tuple[policy.Policy, bool]:
         return policy.vendor(roots.data), False
 
 
+class Progress(NamedTuple):
+    """How far a hook run read the journal (inode, offset), and when it started."""
+
+    journal: tuple[int, int]
+    started: float
+
+
 def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_files: dict[str, str] | None,
-        failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None) -> int:
-    """Find, plan and, as the mode says, restart; record what is still pending.  1 if a restart failed."""
+        failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None,
+        progress: Progress | None = None) -> int:
+    """Find, plan and, as the mode says, restart; record what is still pending (and, for a hook
+    run, how far it read the journal, in the same write).  1 if a restart failed."""
     pol, usable = host_policy(roots, log)
     mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
     if not usable or (mode == "ask" and not interactive()):
@@ -351,10 +363,13 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         log.info(line, show=False)
     done = {id(o.action) for o in outcomes if o.status == execute.DONE}
     still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
-    if findings.scan.unscanned:
-        still |= frozenset(scope or ())  # not all looked at: the whole transaction stays pending
+    # Not all looked at: the next run looks again at every package changed since the last complete run.
+    missed = [report.unscanned_note(findings.scan)] if findings.scan.unscanned else []
     state.save_pending(roots.state, state.boot_id(roots.proc), trigger=trigger, packages=still,
-                       units=report.run_units(actions, outcomes))
+                       units=report.run_units(actions, outcomes),
+                       journal=progress.journal if progress else None,
+                       started=progress.started if progress and not missed else None,
+                       incomplete=missed if progress or missed else None)
     publish(roots, [a for a in actions if id(a) not in done], findings, log)
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
 
@@ -397,11 +412,38 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log)
         log.error(f"could not publish the reboot flag or the metrics: {e}")
 
 
+def boot_time(proc: Path) -> float:
+    """When this system booted (epoch), from the kernel's ``btime``; 0 when it cannot say."""
+    try:
+        for line in (proc / "stat").read_text(encoding="ascii").splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
 def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float) -> None:
-    txn = transaction.read(rundir)
-    scope = txn.packages | state.pending_packages(roots.state, state.boot_id(roots.proc))
+    started = time.time()
+    boot = state.boot_id(roots.proc)
+    cursor = state.journal_cursor(roots.state, boot)
+    txn = transaction.read(rundir, cursor)
+    markers = transaction.claim_markers([rundir, roots.state])
+    since, missed_before = state.last_complete(roots.state, boot)
+    missed = [*txn.incomplete, *(f"{m} says the hooks could not record every event" for m in markers),
+              *(f"the last run: {why}" for why in missed_before)]
+    scope = txn.packages | state.pending_packages(roots.state, boot)
+    if missed:
+        since = since or boot_time(roots.proc)
+        changed = packages.changed_since(roots.admindir, since)
+        log.info(f"{'; '.join(missed)}: looking at every package changed since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} ({len(changed)})")
+        scope |= changed
+    progress = Progress(txn.journal, started)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
         act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,
-            deadline=deadline)
-    transaction.consume(rundir, txn)
+            deadline=deadline, progress=progress)
+    elif missed or txn.journal != cursor:
+        state.save_progress(roots.state, boot, trigger=trigger, journal=txn.journal, started=started)
+    transaction.release_markers([rundir, roots.state])

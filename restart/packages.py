@@ -276,3 +276,23 @@ def unconfigured(admindir: Path, wanted: Iterable[str]) -> dict[str, str]:
             for key in {name, f"{name}:{arch}"} & names:
                 found.setdefault(key, state)
     return found
+
+
+def changed_since(admindir: Path, since: float) -> frozenset[str]:
+    """Installed packages dpkg unpacked since ``since`` (epoch): it rewrites a package's file list then.
+
+    What a run falls back to when the journal lost events.  A package removed meanwhile
+    has no list any more; its files are gone, and the file lists apt's hook kept say the rest.
+    """
+    changed = set()
+    try:
+        with os.scandir(admindir / "info") as entries:
+            for e in entries:
+                try:
+                    if e.name.endswith(".list") and e.stat(follow_symlinks=False).st_mtime >= since - 1:
+                        changed.add(e.name[:-5])
+                except OSError:
+                    continue  # removed meanwhile
+    except OSError:
+        pass
+    return frozenset(changed)

@@ -10,6 +10,7 @@ unconfigured is restarted.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -157,3 +158,67 @@ def test_no_restart_while_dpkg_has_not_configured_the_package(
     assert c.main_pid("rctl-slowd.service") not in (0, old)
     configured = [line.split()[1:] for line in c.read_file("/run/restartctl/journal").decode().splitlines()]
     assert ["dpkg", "configure", "rctl-slowd"] in configured  # status-logger saw it
+
+
+def fill(c: Container, mountpoint: str, size: str) -> None:
+    """A small tmpfs on ``mountpoint`` (root's, mode 755), filled up."""
+    c.check(["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs", mountpoint])
+    c.exec(["dd", "if=/dev/zero", f"of={mountpoint}/.fill", "bs=4096"])  # until ENOSPC
+
+
+def test_a_full_run_directory_loses_no_event(host: tuple[Container, str]) -> None:
+    c, cfg = host
+    fill(c, "/run/restartctl", "64k")
+    r = apt(c, cfg, "install", "rctl-demod=2.0", "rctl-libdemo1=2.0")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "I/O error" not in out and "Traceback" not in out and "error:" not in out, out
+    assert "/run/restartctl/incomplete says the hooks could not record every event: looking at every " \
+           "package changed since" in out, out
+    assert len(re.findall(r"rctl-demod.service: restart: systemctl restart -- rctl-demod.service", out)) == 1, out
+    assert c.exec(["sh", "-c", "ls /run/restartctl/lists/*.new"]).returncode != 0  # nothing left behind
+    record = json.loads(c.read_file("/var/lib/restartctl/pending.json"))
+    assert record["incomplete"] == [] and record["units"][0]["unit"] == "rctl-demod.service", record
+    # Space again: the marker was made good, nothing is looked at twice; the unit is still pending.
+    c.check(["rm", "/run/restartctl/.fill"])
+    again = c.exec([RCTL, "hook"])
+    assert "incomplete" not in again.stdout and "rctl-demod.service: restart" in again.stdout, again.stdout
+    assert c.exec(["test", "-e", "/run/restartctl/incomplete.claimed"]).returncode != 0
+
+
+def test_a_half_written_line_in_a_full_run_directory_loses_no_event(host: tuple[Container, str]) -> None:
+    c, cfg = host
+    fill(c, "/run/restartctl", "64k")
+    # One page free, and the journal takes all of it but 92 bytes: an append is cut in two.
+    c.check(["sh", "-c", "truncate -s -4096 /run/restartctl/.fill && "
+                         "yes '1 dpkg upgrade rctl-none' | head -n 154 > /run/restartctl/journal"])
+    r = apt(c, cfg, "install", "rctl-demod=2.0", "rctl-libdemo1=2.0")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "I/O error" not in out and "Traceback" not in out, out
+    assert "says the hooks could not record every event" in out, out
+    assert "rctl-demod.service: restart: systemctl restart -- rctl-demod.service" in out, out
+    c.check(["rm", "/run/restartctl/.fill"])
+    # The next run, with room again, reads the rest of the journal; the unit is pending, reported as such.
+    again = c.exec([RCTL, "hook"])
+    assert "rctl-demod.service: restart" in again.stdout, again.stdout
+    third = c.exec([RCTL, "hook"])
+    assert "incomplete" not in third.stdout and "no valid event" not in third.stdout, third.stdout
+
+
+def test_a_full_state_directory_is_named_and_loses_nothing(host: tuple[Container, str]) -> None:
+    c, cfg = host
+    fill(c, "/var/lib/restartctl", "64k")
+    r = apt(c, cfg, "install", "rctl-demod=2.0", "rctl-libdemo1=2.0")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "restartctl: error: cannot write /var/lib/restartctl/pending.json: No space left on device" in out, out
+    assert "rctl-demod.service: restart" in out
+    c.check(["rm", "/var/lib/restartctl/.fill"])
+    c.write_file("/etc/restartctl/policy.toml", AUTO)
+    # The journal was not consumed (the cursor lives in the record that could not be written):
+    # the next run sees the transaction again, restarts, and records it.
+    again = c.exec([RCTL, "hook"])
+    assert "rctl-demod.service: restarted" in again.stdout, again.stdout + again.stderr
+    assert starts(c) == 2
+    quiet = c.exec([RCTL, "hook"])
+    assert (quiet.stdout, quiet.stderr) == ("", ""), quiet
