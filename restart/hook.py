@@ -100,6 +100,67 @@ def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int) -> Process | N
     return Process(found, start) if start is not None else None
 
 
+DPKG = "/usr/bin/dpkg"
+DPKG_LOCKS = ("lock-frontend", "lock")
+
+
+def _holds_dpkg_lock(proc: Path, pid: int, locks: tuple[str, ...]) -> bool:
+    """Does the process hold a lock on one of dpkg's lock files (a frontend: apt, aptd, packagekitd)?
+
+    An open descriptor on the file whose ``fdinfo`` lists a lock; only the process's own
+    descriptors are looked at, never ``/proc/locks`` (whose device numbers differ on overlays).
+    """
+    fds = proc / str(pid) / "fd"
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return False
+    for name in names[:4096]:
+        try:
+            if os.readlink(fds / name) not in locks:
+                continue
+            info = (proc / str(pid) / "fdinfo" / name).read_bytes()
+        except OSError:
+            continue
+        if b"\nlock:" in info:
+            return True
+    return False
+
+
+def transaction_pids(proc: Path, admindir: Path, pid: int) -> frozenset[int]:
+    """The processes that run this package transaction: they are its means, not its findings.
+
+    The hook's ancestors up to the outermost one that holds dpkg's frontend lock or
+    database lock (apt-get, apt, unattended-upgrade, aptd, packagekitd, a python-apt
+    script) or is dpkg itself (a plain ``dpkg -i`` has unlocked when its post-invoke
+    hook runs), with the shells between.  Nothing when no ancestor is (a run by hand).
+    """
+    locks = tuple(str(admindir / name) for name in DPKG_LOCKS)
+    chain: list[int] = []
+    outermost = 0
+    current: int | None = stat_field(proc, pid, PPID)
+    for _ in range(64):
+        if current is None or current <= 1:
+            break
+        chain.append(current)
+        try:
+            exe = os.readlink(proc / str(current) / "exe")
+        except OSError:
+            exe = ""
+        if exe == DPKG or _holds_dpkg_lock(proc, current, locks):
+            outermost = len(chain)
+        current = stat_field(proc, current, PPID)
+    return frozenset(chain[:outermost])
+
+
+def without(findings: Findings, pids: frozenset[int]) -> Findings:
+    """The findings with these processes left out (the transaction's own)."""
+    if not pids:
+        return findings
+    affected = [a for a in findings.affected if a.process.pid not in pids]
+    return findings._replace(affected=affected, groups=units.group(affected))
+
+
 def wait_for_exit(proc: Path, target: Process, limit: float) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and process_start(proc, target.pid) == target.start:
@@ -158,7 +219,9 @@ def run_lock(roots: Roots, timeout: float, *, who: str,
              waiting: Callable[[str], None] | None = None) -> AbstractContextManager[Lock]:
     """The one lock of every command that acts, in ``/run/restartctl`` (created root-only if missing)."""
     rundir = roots.run / "restartctl"
-    rundir.mkdir(mode=0o755, exist_ok=True)
+    if not state.usable_dir(rundir, create=True):  # checked before the lock is taken in it
+        raise OSError(f"{rundir}: not a directory only root can write (a symlink, or group or world writable); "
+                      "nothing is done and the transaction stays pending")
     return locked(rundir / LOCK, timeout, who=who, waiting=waiting)
 
 
@@ -337,6 +400,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     # The scan may take half the time left; restarts and their checks need the rest.
     findings = find(roots, only_packages=scope, old_files=old_files,
                     deadline=time.monotonic() + max(0.0, deadline - time.monotonic()) / 2)
+    findings = without(findings, transaction_pids(roots.proc, roots.admindir, os.getpid()))
     if findings.scan.unscanned:
         log.error(report.unscanned_note(findings.scan))
     actions = plan.make_plan(findings.groups, pol)
@@ -426,13 +490,14 @@ def boot_time(proc: Path) -> float:
 def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float) -> None:
     started = time.time()
     boot = state.boot_id(roots.proc)
-    cursor = state.journal_cursor(roots.state, boot)
+    record = state.this_boot(roots.state, boot, log=log.error)
+    cursor = state.journal_cursor(record)
     txn = transaction.read(rundir, cursor)
     markers = transaction.claim_markers([rundir, roots.state])
-    since, missed_before = state.last_complete(roots.state, boot)
+    since, missed_before = state.last_complete(record)
     missed = [*txn.incomplete, *(f"{m} says the hooks could not record every event" for m in markers),
               *(f"the last run: {why}" for why in missed_before)]
-    scope = txn.packages | state.pending_packages(roots.state, boot)
+    scope = txn.packages | state.pending_packages(roots.state, boot, log=log.error)
     if missed:
         since = since or boot_time(roots.proc)
         changed = packages.changed_since(roots.admindir, since)

@@ -69,6 +69,16 @@ def package_matches(installed: str, wanted: str) -> bool:
     return installed == wanted or (":" not in wanted and installed.partition(":")[0] == wanted)
 
 
+def parse_md5sums(data: bytes, aliases: frozenset[str]) -> dict[str, str]:
+    """``info/PKG.md5sums``: canonical path -> checksum, from lines ``<md5>  <path without its leading />``."""
+    sums = {}
+    for line in data.split(b"\n"):
+        digest, sep, rel = line.partition(b"  ")
+        if sep and len(digest) == 32 and rel and not rel.startswith(b"/"):
+            sums[canonical("/" + fs_decode(rel), aliases)] = digest.decode("ascii", "replace").lower()
+    return sums
+
+
 class Diversion(NamedTuple):
     path: str       # what packages ship
     moved_to: str   # where the diverted package's copy really lives
@@ -167,6 +177,19 @@ class DpkgDatabase:
                     file = diversion.moved_to
                 result.setdefault(file, name)
         return result
+
+    def md5sums(self, packages: Iterable[str]) -> dict[str, str]:
+        """Canonical path -> checksum of the named installed packages' files, as dpkg recorded them."""
+        wanted = list(packages)
+        sums: dict[str, str] = {}
+        for name, _ in self._lists:
+            if any(package_matches(name, w) for w in wanted):
+                try:
+                    with open(self.admindir / "info" / f"{name}.md5sums", "rb") as f:
+                        sums.update(parse_md5sums(f.read(), self.aliases))
+                except OSError:
+                    continue
+        return sums
 
     def owners(self, paths: Iterable[str]) -> dict[str, str]:
         """Canonical path -> owning package for those paths that a package owns.
