@@ -32,7 +32,8 @@ COUNTING = ("[Service]\nExecStartPre=/bin/sh -c 'echo start >> /srv/rctl/demod-s
             "ExecStop=/bin/sleep {stop}\n")
 
 
-SLOWD_C = "#include <unistd.h>\nint main(void) { for (;;) pause(); }  /* %s */\n"
+# Each version's binary differs (the version is in it): an upgrade really changes its content.
+SLOWD_C = "#include <stdio.h>\n#include <unistd.h>\nint main(void) { puts(\"rctl-slowd %s\"); fflush(stdout); for (;;) pause(); }\n"
 SLOWD_UNIT = "[Service]\nExecStart=/usr/bin/rctl-slowd\n"
 # 2.0's postinst takes its time while /srv/rctl/slow exists, leaving dpkg's PID for the test to kill.
 SLOW_POSTINST = ("#!/bin/sh\nif [ -e /srv/rctl/slow ]; then echo $PPID > /srv/rctl/dpkg.pid; "
