@@ -27,7 +27,7 @@ from restart import execute, packages, plan, policy, report, state, transaction,
 from restart.processes import PPID, STARTTIME, stat_field
 from restart.roots import Roots
 from restart.scan import Findings, find
-from restart.text import printable
+from restart.text import clean, printable
 
 AFTER_UU_MAX_WAIT = 6 * 3600.0
 DEFERRED_UNIT = "restartctl-after-unattended-upgrades.service"
@@ -406,6 +406,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     actions = plan.make_plan(findings.groups, pol)
     actions = hold_unconfigured(actions, packages.unconfigured(
         roots.admindir, {p for a in actions if a.action in execute.EXECUTABLE for p in a.group.packages}))
+    recovered = recover(roots, log, findings)
     outcomes: list[execute.Outcome] = []
     if mode == "list" or not actions:
         lines = report.hook_lines(actions, failed=failed)
@@ -415,10 +416,11 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
             return [m for g in again.groups if (g.kind, g.name, g.uid) == (group.kind, group.name, group.uid)
                     for m in g.members]
         confirm = asker(answers or sys.stdin, sys.stdout) if mode == "ask" else None
+        record = ActionLog(roots, trigger, log)
         applied = execute.apply(actions, pol.settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
-                                still_stale=still_stale, confirm=confirm, report=lambda o: None,
+                                still_stale=still_stale, confirm=confirm, report=record.outcome,
                                 cgroupfs=roots.root / "sys" / "fs" / "cgroup",
-                                log=lambda line: log.info(line, show=False))
+                                log=lambda line: log.info(line, show=False), intend=record.intend)
         outcomes = applied.outcomes
         lines = report.applied_lines(actions, outcomes, failed=failed)
     for line in lines:
@@ -430,12 +432,73 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     # Not all looked at: the next run looks again at every package changed since the last complete run.
     missed = [report.unscanned_note(findings.scan)] if findings.scan.unscanned else []
     state.save_pending(roots.state, state.boot_id(roots.proc), trigger=trigger, packages=still,
-                       units=report.run_units(actions, outcomes),
+                       units=recovered + report.run_units(actions, outcomes),
                        journal=progress.journal if progress else None,
                        started=progress.started if progress and not missed else None,
                        incomplete=missed if progress or missed else None)
+    state.clear_actions(roots.state)  # they are in the record now
     publish(roots, [a for a in actions if id(a) not in done], findings, log)
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
+
+
+class ActionLog:
+    """Each action on record in the state before it is taken (an intent) and after (its outcome),
+    so that a run killed at any point leaves what it did, or was doing, for the next run."""
+
+    def __init__(self, roots: Roots, trigger: str, log: Log) -> None:
+        self.directory, self.boot, self.trigger, self.log = roots.state, state.boot_id(roots.proc), trigger, log
+        self.entries: list[dict[str, object]] = []
+        self.index: dict[int, int] = {}
+
+    def intend(self, action: plan.Action) -> None:
+        """Raises OSError when it cannot be recorded: then the action is not taken."""
+        self.entries.append({**report.action_json(action), "status": "started", "detail": ""})
+        try:
+            self._save()
+        except OSError:
+            self.entries.pop()
+            raise
+        self.index[id(action)] = len(self.entries) - 1
+
+    def outcome(self, o: execute.Outcome) -> None:
+        i = self.index.get(id(o.action))
+        if i is None:
+            return
+        self.entries[i] = {**self.entries[i], "status": o.status, "detail": clean(o.detail)}
+        try:
+            self._save()
+        except OSError as e:
+            self.log.error(str(e))
+
+    def _save(self) -> None:
+        state.save_actions(self.directory, self.boot, pid=os.getpid(), trigger=self.trigger, entries=self.entries)
+
+
+def recover(roots: Roots, log: Log, findings: Findings) -> list[dict[str, object]]:
+    """Report, once, what a run that never finished (killed, out of time) restarted or was restarting.
+
+    Each such unit is checked again: still on replaced files (it is among this run's
+    findings, which this run then handles), or active again.  Returns their records.
+    """
+    pid, entries = state.interrupted(roots.state, state.boot_id(roots.proc), log=log.error)
+    stale = {(g.kind, g.name, g.uid) for g in findings.groups}
+    records: list[dict[str, object]] = []
+    for e in entries:
+        unit, kind, uid = e.get("unit"), e.get("kind"), e.get("uid")
+        if e.get("status") not in ("started", execute.DONE) or not isinstance(unit, str) or not isinstance(kind, str):
+            continue
+        if (kind, unit, uid) in stale:
+            status = execute.FAILED
+            detail = f"an interrupted run (pid {pid}) was restarting it; still uses replaced files"
+        else:
+            active = execute.active_state(kind, unit, uid if isinstance(uid, int) else None)
+            verified = "verified again: active, no replaced files in use" if active == "active" else \
+                f"checked again: {active}"
+            status = execute.DONE if active == "active" else execute.FAILED
+            detail = f"restarted by an interrupted run (pid {pid}); {verified}"
+        log.info(f"  {printable(unit)}: {detail}")
+        records.append({**e, "status": status, "detail": detail})
+    return records
 
 
 def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) -> list[plan.Action]:

@@ -240,3 +240,27 @@ def save_progress(directory: Path, boot: str, *, trigger: str, journal: tuple[in
         return
     write_json(directory, PENDING, {**previous, "journal": {"inode": journal[0], "offset": journal[1]},
                                     "complete": started, "incomplete": []})
+
+
+ACTIONS = "actions.json"  # what the run in progress is doing: each action before it is taken, and after
+
+
+def save_actions(directory: Path, boot: str, *, pid: int, trigger: str, entries: list[dict[str, Any]]) -> None:
+    """The run's actions so far; the one in progress has ``status`` "started" (an intent)."""
+    write_json(directory, ACTIONS, {"schema": STATE_SCHEMA, "boot_id": boot, "pid": pid, "trigger": trigger,
+                                    "time": int(time.time()), "units": entries})
+
+
+def interrupted(directory: Path, boot: str, *,
+                log: Callable[[str], None] = _syslog) -> tuple[int, list[dict[str, Any]]]:
+    """What a run of this boot that never finished did or was doing: its PID and its actions."""
+    doc = read_json(directory, ACTIONS, log=log)
+    if doc is None or not boot or doc.get("boot_id") != boot or type(doc.get("pid")) is not int:
+        return 0, []
+    return doc["pid"], list(doc.get("units", []))
+
+
+def clear_actions(directory: Path) -> None:
+    """The run's record is written: its actions are in it."""
+    if usable_dir(directory, create=False):
+        (directory / ACTIONS).unlink(missing_ok=True)

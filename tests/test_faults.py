@@ -33,7 +33,8 @@ COUNTING = ("[Service]\nExecStartPre=/bin/sh -c 'echo start >> /srv/rctl/demod-s
 
 
 # Each version's binary differs (the version is in it): an upgrade really changes its content.
-SLOWD_C = "#include <stdio.h>\n#include <unistd.h>\nint main(void) { puts(\"rctl-slowd %s\"); fflush(stdout); for (;;) pause(); }\n"
+SLOWD_C = ("#include <stdio.h>\n#include <unistd.h>\n"
+           "int main(void) { puts(\"rctl-slowd %s\"); fflush(stdout); for (;;) pause(); }\n")
 SLOWD_UNIT = "[Service]\nExecStart=/usr/bin/rctl-slowd\n"
 # 2.0's postinst takes its time while /srv/rctl/slow exists, leaving dpkg's PID for the test to kill.
 SLOW_POSTINST = ("#!/bin/sh\nif [ -e /srv/rctl/slow ]; then echo $PPID > /srv/rctl/dpkg.pid; "
@@ -223,3 +224,32 @@ def test_a_full_state_directory_is_named_and_loses_nothing(host: tuple[Container
     assert starts(c) == 2
     quiet = c.exec([RCTL, "hook"])
     assert (quiet.stdout, quiet.stderr) == ("", ""), quiet
+
+
+def test_a_killed_hook_leaves_what_it_did_for_the_next_run(host: tuple[Container, str]) -> None:
+    c, cfg = host
+    c.write_file("/etc/systemd/system/rctl-demod.service.d/count.conf", COUNTING.format(stop=6))
+    c.systemctl("daemon-reload")
+    c.write_file("/etc/restartctl/policy.toml", AUTO)
+    r = c.exec(["apt-get", "-q", "-y", "-o", "Dpkg::Use-Pty=0", "install", "rctl-demod=2.0", "rctl-libdemo1=2.0"],
+               env={"APT_CONFIG": cfg, "DEBIAN_FRONTEND": "noninteractive", "RESTARTCTL_SUSPEND": "1"}, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    old = c.main_pid("rctl-demod.service")
+    run = c.spawn([RCTL, "hook"])
+    # The hook has recorded its intent and waits on systemctl restart (the unit takes 6 s to stop).
+    wait_for(lambda: c.show("rctl-demod.service", "ActiveState") == "deactivating", "the restart under way", 30)
+    assert '"started"' in c.read_file("/var/lib/restartctl/actions.json").decode()  # the intent, on record
+    c.check(["kill", "-9", str(run)])
+    wait_for(lambda: starts(c) == 2, "systemd to finish the restart", 30)
+    c.wait_active("rctl-demod.service")
+    assert c.main_pid("rctl-demod.service") not in (0, old)
+    later = c.exec([RCTL, "hook"])
+    assert later.returncode == 0 and "Traceback" not in later.stderr, later
+    assert f"rctl-demod.service: restarted by an interrupted run (pid {run}); verified again: active, " \
+           "no replaced files in use" in later.stdout, later.stdout + later.stderr
+    status = c.exec([RCTL, "status"])
+    assert "1 restarted, 0 pending" in status.stdout, status.stdout
+    # Reported once: the run after that has nothing to say, and restarted nothing more.
+    quiet = c.exec([RCTL, "hook"])
+    assert (quiet.stdout, quiet.stderr) == ("", ""), quiet
+    assert starts(c) == 2
