@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -253,3 +254,35 @@ def test_a_killed_hook_leaves_what_it_did_for_the_next_run(host: tuple[Container
     quiet = c.exec([RCTL, "hook"])
     assert (quiet.stdout, quiet.stderr) == ("", ""), quiet
     assert starts(c) == 2
+
+
+def test_an_oversized_journal_is_summarised_and_costs_later_runs_nothing(host: tuple[Container, str]) -> None:
+    c, cfg = host
+
+    def timed_hook() -> tuple[float, subprocess.CompletedProcess[str]]:
+        t0 = time.monotonic()
+        r = c.exec([RCTL, "hook"], timeout=120)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r
+        return time.monotonic() - t0, r
+
+    baseline, _ = timed_hook()  # nothing new, nothing pending
+    r = c.exec(["apt-get", "-q", "-y", "-o", "Dpkg::Use-Pty=0", "install", "rctl-demod=2.0", "rctl-libdemo1=2.0"],
+               env={"APT_CONFIG": cfg, "DEBIAN_FRONTEND": "noninteractive", "RESTARTCTL_SUSPEND": "1"}, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # After the upgrade's events: 1,000 junk lines, then 10 MB of valid lines naming 230,000 packages.
+    c.check(["sh", "-c", "awk 'BEGIN { for (i = 0; i < 1000; i++) print \"1 dpkg upgrade NOT/A/PACKAGE\"; "
+                         "for (i = 0; i < 230000; i++) printf \"1 dpkg upgrade rctl-generated-package-%06d\\n\", i }' "
+                         ">> /run/restartctl/journal"])
+    assert int(c.check(["stat", "-c", "%s", "/run/restartctl/journal"])) > 10_000_000
+    big, r = timed_hook()
+    assert "1000 journal lines were no valid event" in r.stdout, r.stdout
+    assert "the journal names more than 4096 packages" in r.stdout, r.stdout
+    assert "rctl-demod.service: restart: systemctl restart -- rctl-demod.service" in r.stdout, r.stdout  # not lost
+    record = c.read_file("/var/lib/restartctl/pending.json")
+    assert len(record) < 16_384, len(record)  # units and findings, not 230,000 package names
+    assert sorted(json.loads(record)["packages"]) == ["rctl-demod", f"rctl-libdemo1:{host_arch()}"]
+    after, r = timed_hook()  # nothing new: what the big journal named costs nothing any more
+    assert "journal" not in r.stdout and "rctl-demod.service: restart" in r.stdout, r.stdout
+    print(f"hook run: {baseline:.2f} s before, {big:.2f} s with a 10 MB journal, {after:.2f} s after")
+    assert big < 20, big
+    assert after < baseline + 3, (baseline, after)
