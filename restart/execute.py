@@ -22,7 +22,17 @@ from restart.plan import Action
 from restart.policy import Settings
 from restart.processes import PPID, stat_field
 from restart.text import printable
-from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, UnitGroup, cgroup_path, resolve
+from restart.units import (
+    INIT,
+    SYSTEM,
+    USER,
+    USER_MANAGER,
+    Affected,
+    UnitGroup,
+    cgroup_path,
+    resolve,
+    valid_unit_name,
+)
 
 PROGRAMS = {"systemctl": "/usr/bin/systemctl", "invoke-rc.d": "/usr/sbin/invoke-rc.d"}
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
@@ -72,6 +82,17 @@ def unit_state(group: UnitGroup, timeout: float) -> dict[str, str]:
     name = group.name or ""
     result = run([PROGRAMS["systemctl"], *_manager(group), "show", "-p", SHOW_PROPS, "--", name], timeout)
     return parse_show(result.stdout, [name]).get(name, {})
+
+
+def active_state(kind: str, name: str, uid: int | None, timeout: float = 5) -> str:
+    """systemd's ``ActiveState`` of a system or user unit named in a record; "unknown" when it cannot say."""
+    if kind not in (SYSTEM, USER) or not valid_unit_name(name) or (kind == USER) != isinstance(uid, int):
+        return "unknown"
+    try:
+        state = unit_state(UnitGroup(kind, name, uid, False, True, (), (), ()), timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return state.get("ActiveState") or "unknown"
 
 
 def status_excerpt(group: UnitGroup, timeout: float = 5) -> str:
@@ -186,9 +207,10 @@ class Executor:
                  still_stale: Callable[[UnitGroup, list[int] | None], list[Affected]],
                  confirm: Callable[[Action], bool] | None = None,
                  report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
-                 run_dir: Path = Path("/run")) -> None:
+                 run_dir: Path = Path("/run"), intend: Callable[[Action], None] | None = None) -> None:
         self.settings = settings
         self.run_dir = run_dir
+        self.intend = intend  # records an action before it is taken (raises OSError when it cannot)
         self.proc = proc
         self.cgroupfs = cgroupfs
         self.deadline = deadline
@@ -214,7 +236,7 @@ class Executor:
         elif self.confirm is not None and not self.confirm(action):
             outcome = Outcome(action, DECLINED, "declined at the prompt")
         else:
-            outcome = self._carry_out(action)
+            outcome = self._intended(action) or self._carry_out(action)
         outcome = outcome._replace(seconds=time.monotonic() - started)
         if outcome.status == FAILED and action.group.kind in (USER, USER_MANAGER):
             # A user's manager is hers to stop or break: her failure never stops the system's restarts.
@@ -223,6 +245,17 @@ class Executor:
             self.failures += 1
         self.report(outcome)
         return outcome
+
+    def _intended(self, action: Action) -> Outcome | None:
+        """None once the action is on record (or nothing records); an action that cannot be recorded
+        first is not taken: a run killed during it would leave no trace of it."""
+        if self.intend is None:
+            return None
+        try:
+            self.intend(action)
+        except OSError as e:
+            return Outcome(action, SKIPPED, f"not recorded before acting ({e})")
+        return None
 
     def _why_not(self, action: Action) -> str | None:
         g = action.group
@@ -429,10 +462,13 @@ class Applied(NamedTuple):
 def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Path, deadline: float,
           still_stale: Callable[[UnitGroup, list[int] | None], list[Affected]],
           confirm: Callable[[Action], bool] | None,
-          report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS) -> Applied:
-    """Restart what the plan says, then tell the users about what only they can restart."""
+          report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS,
+          intend: Callable[[Action], None] | None = None) -> Applied:
+    """Restart what the plan says, then tell the users about what only they can restart.
+
+    ``intend`` records each action before it is taken, ``report`` each outcome after."""
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, confirm=confirm,
-                        report=report, cgroupfs=cgroupfs, run_dir=run_dir)
+                        report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend)
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == "notify" and a.group.kind not in (SYSTEM, INIT)]
     return Applied(outcomes, notify(for_users, run_dir, log))

@@ -20,7 +20,7 @@ import sys
 import syslog
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
@@ -28,7 +28,7 @@ from restart import execute, packages, plan, policy, report, state, transaction,
 from restart.processes import PPID, STARTTIME, ProcessGone, parse_status, read_proc, stat_field
 from restart.roots import Roots
 from restart.scan import Findings, find
-from restart.text import printable
+from restart.text import clean, printable
 
 AFTER_UU_MAX_WAIT = 6 * 3600.0
 DEFERRED_UNIT = "restartctl-after-unattended-upgrades.service"
@@ -260,8 +260,9 @@ def locked(path: Path, timeout: float, *, who: str = "restartctl",
                     waiting(holder(fd))
                     waiting = None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {who}\n".encode(), 0)
+        with suppress(OSError):  # who holds it is a courtesy: a full /run must not stop the run
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {who}\n".encode(), 0)
         yield Lock(True, "")
     finally:
         os.close(fd)
@@ -363,6 +364,8 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
         _run(roots, trigger, log, budget)
     except Timeout:
         log.error(f"gave up after {budget:g} s; the findings stay pending for the next run")
+    except OSError as e:  # its message names the file
+        log.error(str(e))
     except Exception as e:
         log.error(f"{type(e).__name__}: {e}")
     finally:
@@ -442,9 +445,18 @@ def host_policy(roots: Roots, log: Log) -> tuple[policy.Policy, bool]:
         return policy.vendor(roots.data), False
 
 
+class Progress(NamedTuple):
+    """How far a hook run read the journal (inode, offset), and when it started."""
+
+    journal: tuple[int, int]
+    started: float
+
+
 def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_files: dict[str, str] | None,
-        failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None) -> int:
-    """Find, plan and, as the mode says, restart; record what is still pending.  1 if a restart failed."""
+        failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None,
+        progress: Progress | None = None) -> int:
+    """Find, plan and, as the mode says, restart; record what is still pending (and, for a hook
+    run, how far it read the journal, in the same write).  1 if a restart failed."""
     pol, usable = host_policy(roots, log)
     mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
     if not usable or (mode == "ask" and not interactive()):
@@ -458,6 +470,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     actions = plan.make_plan(findings.groups, pol)
     actions = hold_unconfigured(actions, packages.unconfigured(
         roots.admindir, {p for a in actions if a.action in execute.EXECUTABLE for p in a.group.packages}))
+    recovered = recover(roots, log, findings)
     outcomes: list[execute.Outcome] = []
     if mode == "list" or not actions:
         lines = report.hook_lines(actions, failed=failed)
@@ -467,10 +480,11 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
             return [m for g in again.groups if (g.kind, g.name, g.uid) == (group.kind, group.name, group.uid)
                     for m in g.members]
         confirm = asker(answers or sys.stdin, sys.stdout) if mode == "ask" else None
+        record = ActionLog(roots, trigger, log)
         applied = execute.apply(actions, pol.settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
-                                still_stale=still_stale, confirm=confirm, report=lambda o: None,
+                                still_stale=still_stale, confirm=confirm, report=record.outcome,
                                 cgroupfs=roots.root / "sys" / "fs" / "cgroup",
-                                log=lambda line: log.info(line, show=False))
+                                log=lambda line: log.info(line, show=False), intend=record.intend)
         outcomes = applied.outcomes
         lines = report.applied_lines(actions, outcomes, failed=failed)
     for line in lines:
@@ -479,12 +493,76 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         log.info(line, show=False)
     done = {id(o.action) for o in outcomes if o.status == execute.DONE}
     still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
-    if findings.scan.unscanned:
-        still |= frozenset(scope or ())  # not all looked at: the whole transaction stays pending
+    # Not all looked at: the next run looks again at every package changed since the last complete run.
+    missed = [report.unscanned_note(findings.scan)] if findings.scan.unscanned else []
     state.save_pending(roots.state, state.boot_id(roots.proc), trigger=trigger, packages=still,
-                       units=report.run_units(actions, outcomes))
+                       units=recovered + report.run_units(actions, outcomes),
+                       journal=progress.journal if progress else None,
+                       started=progress.started if progress and not missed else None,
+                       incomplete=missed if progress or missed else None)
+    state.clear_actions(roots.state)  # they are in the record now
     publish(roots, [a for a in actions if id(a) not in done], findings, log)
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
+
+
+class ActionLog:
+    """Each action on record in the state before it is taken (an intent) and after (its outcome),
+    so that a run killed at any point leaves what it did, or was doing, for the next run."""
+
+    def __init__(self, roots: Roots, trigger: str, log: Log) -> None:
+        self.directory, self.boot, self.trigger, self.log = roots.state, state.boot_id(roots.proc), trigger, log
+        self.entries: list[dict[str, object]] = []
+        self.index: dict[int, int] = {}
+
+    def intend(self, action: plan.Action) -> None:
+        """Raises OSError when it cannot be recorded: then the action is not taken."""
+        self.entries.append({**report.action_json(action), "status": "started", "detail": ""})
+        try:
+            self._save()
+        except OSError:
+            self.entries.pop()
+            raise
+        self.index[id(action)] = len(self.entries) - 1
+
+    def outcome(self, o: execute.Outcome) -> None:
+        i = self.index.get(id(o.action))
+        if i is None:
+            return
+        self.entries[i] = {**self.entries[i], "status": o.status, "detail": clean(o.detail)}
+        try:
+            self._save()
+        except OSError as e:
+            self.log.error(str(e))
+
+    def _save(self) -> None:
+        state.save_actions(self.directory, self.boot, pid=os.getpid(), trigger=self.trigger, entries=self.entries)
+
+
+def recover(roots: Roots, log: Log, findings: Findings) -> list[dict[str, object]]:
+    """Report, once, what a run that never finished (killed, out of time) restarted or was restarting.
+
+    Each such unit is checked again: still on replaced files (it is among this run's
+    findings, which this run then handles), or active again.  Returns their records.
+    """
+    pid, entries = state.interrupted(roots.state, state.boot_id(roots.proc), log=log.error)
+    stale = {(g.kind, g.name, g.uid) for g in findings.groups}
+    records: list[dict[str, object]] = []
+    for e in entries:
+        unit, kind, uid = e.get("unit"), e.get("kind"), e.get("uid")
+        if e.get("status") not in ("started", execute.DONE) or not isinstance(unit, str) or not isinstance(kind, str):
+            continue
+        if (kind, unit, uid) in stale:
+            status = execute.FAILED
+            detail = f"an interrupted run (pid {pid}) was restarting it; still uses replaced files"
+        else:
+            active = execute.active_state(kind, unit, uid if isinstance(uid, int) else None)
+            verified = "verified again: active, no replaced files in use" if active == "active" else \
+                f"checked again: {active}"
+            status = execute.DONE if active == "active" else execute.FAILED
+            detail = f"restarted by an interrupted run (pid {pid}); {verified}"
+        log.info(f"  {printable(unit)}: {detail}")
+        records.append({**e, "status": status, "detail": detail})
+    return records
 
 
 def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) -> list[plan.Action]:
@@ -525,11 +603,39 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log)
         log.error(f"could not publish the reboot flag or the metrics: {e}")
 
 
+def boot_time(proc: Path) -> float:
+    """When this system booted (epoch), from the kernel's ``btime``; 0 when it cannot say."""
+    try:
+        for line in (proc / "stat").read_text(encoding="ascii").splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
 def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float) -> None:
-    txn = transaction.read(rundir)
-    scope = txn.packages | state.pending_packages(roots.state, state.boot_id(roots.proc), log=log.error)
+    started = time.time()
+    boot = state.boot_id(roots.proc)
+    record = state.this_boot(roots.state, boot, log=log.error)
+    cursor = state.journal_cursor(record)
+    txn = transaction.read(rundir, cursor)
+    markers = transaction.claim_markers([rundir, roots.state])
+    since, missed_before = state.last_complete(record)
+    missed = [*txn.incomplete, *(f"{m} says the hooks could not record every event" for m in markers),
+              *(f"the last run: {why}" for why in missed_before)]
+    scope = txn.packages | state.pending_packages(roots.state, boot, log=log.error)
+    if missed:
+        since = since or boot_time(roots.proc)
+        changed = packages.changed_since(roots.admindir, since)
+        log.info(f"{'; '.join(missed)}: looking at every package changed since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} ({len(changed)})")
+        scope |= changed
+    progress = Progress(txn.journal, started)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
         act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,
-            deadline=deadline)
-    transaction.consume(rundir, txn)
+            deadline=deadline, progress=progress)
+    elif missed or txn.journal != cursor:
+        state.save_progress(roots.state, boot, trigger=trigger, journal=txn.journal, started=started)
+    transaction.release_markers([rundir, roots.state])

@@ -95,3 +95,25 @@ def test_a_units_processes_come_from_its_cgroup_and_the_cgroups_below(tmp_path: 
     assert sorted(execute.unit_pids(tmp_path, "/system.slice/demo.service") or []) == [10, 11, 12]
     for odd in ("", "system.slice/demo.service", "/system.slice/../system.slice/demo.service", "/gone.service"):
         assert execute.unit_pids(tmp_path, odd) is None, odd
+
+
+def test_an_action_that_cannot_be_recorded_first_is_not_taken(tmp_path: Path) -> None:
+    """Why: a run killed during a restart nobody recorded would leave no trace of it."""
+    from restart.plan import Action
+    from restart.policy import Settings
+    from restart.units import UnitGroup
+
+    group = UnitGroup("process", None, 0, False, True, (1,), ("p",), ())  # no unit: nothing to ask systemd
+    action = Action(group, "exec", ("/bin/true",), "test")
+
+    def full(a: Action) -> None:
+        raise OSError("cannot write /var/lib/restartctl/actions.json: No space left on device")
+    executor = execute.Executor(Settings(verify=False), proc=tmp_path, deadline=float("inf"),
+                                still_stale=lambda g, pids: [], intend=full)
+    outcome = executor.one(action)
+    assert (outcome.status, outcome.detail) == (execute.SKIPPED, "not recorded before acting (cannot write "
+                                                "/var/lib/restartctl/actions.json: No space left on device)")
+    taken: list[Action] = []
+    executor = execute.Executor(Settings(verify=False), proc=tmp_path, deadline=float("inf"),
+                                still_stale=lambda g, pids: [], intend=taken.append)
+    assert executor.one(action).status == execute.DONE and taken == [action]
