@@ -35,6 +35,18 @@ SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlG
 CGROUPFS = Path("/sys/fs/cgroup")
 
 
+class Recheck(NamedTuple):
+    """What the check after a restart found: processes still stale, and how many it could not look at."""
+
+    left: list[Affected]
+    unscanned: int = 0
+
+
+# The check after a restart: the group, the processes to look at (None: root's and system accounts'
+# processes), and the deadline (time.monotonic) it must keep.
+StillStale = Callable[[UnitGroup, list[int] | None, float], Recheck]
+
+
 class Outcome(NamedTuple):
     action: Action
     status: str        # done | failed | skipped | declined
@@ -142,7 +154,7 @@ class Executor:
     """Carries out actions in order with the policy's timeout, verification and circuit breaker."""
 
     def __init__(self, settings: Settings, *, proc: Path, deadline: float,
-                 still_stale: Callable[[UnitGroup, list[int] | None], list[Affected]],
+                 still_stale: StillStale,
                  confirm: Callable[[Action], bool] | None = None,
                  report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS) -> None:
         self.settings = settings
@@ -238,12 +250,33 @@ class Executor:
                                                    f"({state.get('ActiveState')}/{state.get('SubState')})\n"
                                                    f"{status_excerpt(g)}")
                 time.sleep(0.1)
-        # Only the unit's own processes are looked at again, when its cgroup says which they are.
-        left = self.still_stale(g, unit_pids(self.cgroupfs, state.get("ControlGroup", "")))
-        if left:
-            pids = ", ".join(str(a.process.pid) for a in left)
+        check = self.still_stale(g, self._check_scope(g, state), limit)
+        if check.left:
+            pids = ", ".join(str(a.process.pid) for a in check.left)
             return Outcome(action, FAILED, f"still uses replaced files after the restart (pid {pids})")
+        if check.unscanned:
+            return Outcome(action, FAILED, f"not verified: {check.unscanned} of its processes could not be "
+                                           "looked at in time")
         return Outcome(action, DONE, "verified" if g.kind in (SYSTEM, USER, INIT, USER_MANAGER) else "")
+
+    def _check_scope(self, g: UnitGroup, state: dict[str, str]) -> list[int] | None:
+        """Which processes the check after a restart looks at: never every process.
+
+        The unit's own cgroup (systemd's ``ControlGroup``) when systemd names one.  After a
+        re-execution (PID 1, a user's manager: no ``ControlGroup`` to ask for), the processes
+        re-executed, which keep their PIDs, and what shares their cgroup (``init.scope``).
+        None for a guessed unit (no systemd): root's and system accounts' processes, since only
+        those lead to an init script.
+        """
+        pids = unit_pids(self.cgroupfs, state.get("ControlGroup", ""))
+        if pids is not None:
+            return pids
+        if g.guessed:
+            return None
+        own = {m.process.pid for m in g.members}
+        for cgroup in {m.unit.cgroup for m in g.members if m.unit.cgroup}:
+            own.update(unit_pids(self.cgroupfs, "/" + cgroup.lstrip("/")) or ())
+        return sorted(own)
 
 
 # ---- telling people -------------------------------------------------------------------------
@@ -361,7 +394,7 @@ class Applied(NamedTuple):
 
 
 def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Path, deadline: float,
-          still_stale: Callable[[UnitGroup, list[int] | None], list[Affected]],
+          still_stale: StillStale,
           confirm: Callable[[Action], bool] | None,
           report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart."""

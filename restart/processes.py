@@ -465,7 +465,8 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
          pids: Iterable[int] | None = None, observe: Observer | None = None,
          observe_hints: tuple[bytes, ...] = (),
          on_error: Callable[[int, Exception], None] | None = None,
-         deadline: float | None = None, clock: Callable[[], float] = time.monotonic) -> ScanResult:
+         deadline: float | None = None, clock: Callable[[], float] = time.monotonic,
+         users: bool = True) -> ScanResult:
     """Scan every process under ``proc`` (or just ``pids``) for stale files.
 
     ``observe`` sees each process that maps a path starting with one of ``observe_hints``
@@ -474,6 +475,7 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
     With a ``deadline`` (on ``clock``), root's and system accounts' processes are scanned
     first and the scan stops when the deadline passes, counting the rest as unscanned: a
     user with many processes that map many files can slow a scan, not starve the services.
+    ``users=False`` looks only at root's and system accounts' processes.
     """
     scanner = _Scanner(proc, selection, check_fds, observe, observe_hints)
     found: list[ProcessInfo] = []
@@ -484,7 +486,9 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
         candidates = sorted(pids) if pids is not None else sorted(
             int(n) for n in os.listdir(procfd) if n.isdigit())
         candidates = [p for p in candidates if p != scanner.self_pid]
-        if deadline is not None:
+        if not users:
+            candidates = [p for p in candidates if not _owned_by_a_user(procfd, p)]
+        elif deadline is not None:
             candidates.sort(key=lambda p: (_owned_by_a_user(procfd, p), p))
         for n, pid in enumerate(candidates):
             if deadline is not None and clock() > deadline:

@@ -4,11 +4,16 @@ test_apply.py)."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from restart import execute
+from restart.plan import Action
+from restart.policy import Settings
+from restart.processes import ProcessInfo, StaleFile
+from restart.units import INIT, SYSTEM, USER_MANAGER, Affected, OwnedFile, Unit, UnitGroup, group
 
 
 def test_parse_show_blocks_follow_the_argument_order() -> None:
@@ -95,3 +100,48 @@ def test_a_units_processes_come_from_its_cgroup_and_the_cgroups_below(tmp_path: 
     assert sorted(execute.unit_pids(tmp_path, "/system.slice/demo.service") or []) == [10, 11, 12]
     for odd in ("", "system.slice/demo.service", "/system.slice/../system.slice/demo.service", "/gone.service"):
         assert execute.unit_pids(tmp_path, odd) is None, odd
+
+
+def _member(pid: int, unit: Unit) -> Affected:
+    return Affected(ProcessInfo(pid, 0, 0, "x", "/usr/lib/systemd/systemd", f"0::{unit.cgroup}\n", None, ()),
+                    unit, (OwnedFile(StaleFile("code", "/usr/lib/libc.so.6", "certain", "replaced"), "libc6"),), ())
+
+
+def test_the_check_after_a_restart_looks_only_at_what_was_restarted(tmp_path: Path) -> None:
+    """Why: after a daemon-reexec there is no ControlGroup to ask for; a check of every process let a
+    user's slow processes stall the run (issue 20, point 1).  PID 1, a user's manager: the processes
+    re-executed and their cgroup's; a guessed unit: root's and system accounts' processes (None)."""
+    (tmp_path / "init.scope").mkdir()
+    (tmp_path / "init.scope" / "cgroup.procs").write_text("1\n")
+    manager = tmp_path / "user.slice" / "user-1000.slice" / "user@1000.service" / "init.scope"
+    manager.mkdir(parents=True)
+    (manager / "cgroup.procs").write_text("400\n")
+    (tmp_path / "system.slice" / "demo.service").mkdir(parents=True)
+    (tmp_path / "system.slice" / "demo.service" / "cgroup.procs").write_text("70\n71\n")
+    ex = execute.Executor(Settings(), proc=tmp_path / "no-proc", deadline=0.0, cgroupfs=tmp_path,
+                          still_stale=lambda g, pids, until: execute.Recheck([]))
+    pid1 = group([_member(1, Unit(INIT, "init.scope", cgroup="/init.scope"))])[0]
+    assert ex._check_scope(pid1, {}) == [1]
+    mgr = group([_member(400, Unit(USER_MANAGER, "user@1000.service", 1000,
+                                   cgroup="/user.slice/user-1000.slice/user@1000.service/init.scope"))])[0]
+    assert ex._check_scope(mgr, {}) == [400]
+    service = group([_member(60, Unit(SYSTEM, "demo.service", cgroup="/system.slice/demo.service"))])[0]
+    assert ex._check_scope(service, {"ControlGroup": "/system.slice/demo.service"}) == [70, 71]
+    guessed = group([_member(60, Unit(SYSTEM, "demo", guessed=True))])[0]
+    assert ex._check_scope(guessed, {}) is None
+
+
+def test_a_check_that_runs_out_of_time_is_not_a_verified_restart(tmp_path: Path) -> None:
+    """Why: what the check could not look at is never taken for clean; and it is given a deadline."""
+    deadlines: list[float] = []
+
+    def check(g: UnitGroup, pids: list[int] | None, until: float) -> execute.Recheck:
+        deadlines.append(until)
+        return execute.Recheck([], unscanned=2)
+    ex = execute.Executor(Settings(timeout=5), proc=tmp_path, deadline=time.monotonic() + 60, cgroupfs=tmp_path,
+                          still_stale=check)
+    g = group([_member(1, Unit(INIT, "init.scope", cgroup="/init.scope"))])[0]
+    action = Action(g, "reexec", ("systemctl", "daemon-reexec"), "")
+    outcome = ex._verify(action, {})
+    assert outcome.status == execute.FAILED and "2 of its processes could not be looked at" in outcome.detail
+    assert deadlines and deadlines[0] <= time.monotonic() + 5

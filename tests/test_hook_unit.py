@@ -126,3 +126,24 @@ def test_a_scan_cut_short_keeps_the_whole_transaction_pending(tmp_path: Path,
     assert "1 process was not scanned before the time ran out" in err
     record = state.read_json(roots.state, state.PENDING)
     assert record is not None and sorted(record["packages"]) == ["demod", "libdemo1"]
+
+
+def test_the_watchdog_is_never_swallowed_by_a_scan(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: the scan counts an odd process's error and goes on; the watchdog must not be such an error.
+
+    A 0.3 s budget over 60 processes that take 0.05 s each: the run ends at the budget, not after 3 s."""
+    from restart import processes
+    from tests.fakeproc import FakeProcess, build
+
+    proc = build(tmp_path / "proc", [FakeProcess(pid, maps=b"x\n") for pid in range(10, 70)])
+
+    def slow(self: object, pid: int, dfd: int) -> tuple[None, None]:
+        time.sleep(0.05)
+        return None, None
+    monkeypatch.setattr(processes._Scanner, "scan_process", slow)
+    monkeypatch.setattr(hook, "_run", lambda *args: processes.scan(proc, processes.Selection()))
+    started = time.monotonic()
+    assert hook.run(Roots(run=tmp_path), "manual", budget=0.3) == 0
+    assert time.monotonic() - started < 1.0
+    assert "gave up after 0.3 s" in capsys.readouterr().err
