@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from restart.plan import Action, make_plan
 from restart.policy import Policy, Rule
-from restart.processes import ScanResult
-from restart.text import clean, printable
+from restart.processes import OVER_BUDGET_SHOWN, ScanResult
+from restart.text import clean, printable, quoted
 from restart.units import (
     CONTAINER,
     INIT,
@@ -81,7 +81,8 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
         "processes": [_process_json(a, unowned=False) for a in affected if a.files],
         "units": [_group_json(g) for g in groups],
         "stats": {"scanned": scan.scanned, "vanished": scan.vanished, "denied": scan.denied,
-                  "errors": scan.errors, "unscanned": scan.unscanned},
+                  "errors": scan.errors, "unscanned": scan.unscanned,
+                  "over_budget": [{**u._asdict(), "comm": clean(u.comm)} for u in scan.over_budget]},
     }
     if show_unowned:
         doc["unowned"] = [_process_json(a, unowned=True) for a in affected if a.unowned]
@@ -340,6 +341,12 @@ def _stats_text(scan: ScanResult) -> list[str]:
 
 
 def unscanned_note(scan: ScanResult) -> str:
-    n = scan.unscanned
-    return (f"{n} process{'es were' if n != 1 else ' was'} not scanned before the time ran out "
-            "(users' processes go last); what they use is checked again on the next run.")
+    """What was not scanned, in one line; a process over a budget by PID, owner and (quoted) name."""
+    n = scan.unscanned - len(scan.over_budget)
+    parts = [f"{n} process{'es were' if n != 1 else ' was'} not scanned before the time ran out "
+             "(users' processes go last)"] if n else []
+    shown = scan.over_budget[:OVER_BUDGET_SHOWN]
+    parts += [f"process {u.pid} {quoted(u.comm)} of uid {u.uid} was not scanned: {u.reason}" for u in shown]
+    if len(scan.over_budget) > len(shown):
+        parts.append(f"and {len(scan.over_budget) - len(shown)} more over a budget")
+    return "; ".join(parts) + "; what they use is checked again on the next run."

@@ -17,6 +17,11 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else _escape(c) for c in text)
 
 
+def quoted(text: str) -> str:
+    """A name someone else chose, printable and in double quotes: it cannot pass for restartctl's own words."""
+    return '"' + printable(text).replace('"', '\\"') + '"'
+
+
 def _escape(c: str) -> str:
     n = ord(c)
     return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"

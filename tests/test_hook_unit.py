@@ -138,7 +138,7 @@ def test_the_watchdog_is_never_swallowed_by_a_scan(tmp_path: Path, capsys: pytes
 
     proc = build(tmp_path / "proc", [FakeProcess(pid, maps=b"x\n") for pid in range(10, 70)])
 
-    def slow(self: object, pid: int, dfd: int) -> tuple[None, None]:
+    def slow(*args: object) -> tuple[None, None]:
         time.sleep(0.05)
         return None, None
     monkeypatch.setattr(processes._Scanner, "scan_process", slow)
