@@ -14,13 +14,13 @@ import os
 import stat
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 from restart.plan import Action
 from restart.policy import Settings
-from restart.processes import PPID, stat_field
+from restart.processes import FIRST_USER_UID, PPID, stat_field
 from restart.text import printable
 from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, UnitGroup, cgroup_path, resolve
 
@@ -52,6 +52,24 @@ class Outcome(NamedTuple):
     status: str        # done | failed | skipped | declined
     detail: str        # why it was skipped, or what went wrong
     seconds: float = 0.0
+    left: tuple[int, ...] = ()  # processes still stale after the restart (or after one in an earlier run)
+
+
+# A unit (kind, name, uid) -> the processes its check found still stale after a restart in an
+# earlier run of this boot: it is not restarted again while those are all that is left.
+Earlier = Mapping[tuple[str, str | None, int | None], frozenset[int]]
+
+
+def guests(members: Iterable[Affected], main_pid: int, main_uid: int) -> list[Affected]:
+    """A system unit's stale processes that are users', not the service's.
+
+    A cron job (Debian's cron PAM stack has no pam_systemd), an ``at`` job, an MTA's pipe to a
+    user's program, ``su`` in a service: they live in the service's cgroup, but restarting the
+    service cures none of them.  A process of a user account counts for the service only if it
+    runs as the service's main process does, or is that main process or its child.
+    """
+    return [m for m in members if m.process.uid >= FIRST_USER_UID and m.process.uid != main_uid
+            and main_pid not in (m.process.pid, m.process.ppid)]
 
 
 def run(argv: list[str], timeout: float, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -156,8 +174,11 @@ class Executor:
     def __init__(self, settings: Settings, *, proc: Path, deadline: float,
                  still_stale: StillStale,
                  confirm: Callable[[Action], bool] | None = None,
-                 report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS) -> None:
+                 report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
+                 earlier: Earlier | None = None) -> None:
         self.settings = settings
+        self.earlier = earlier or {}
+        self.told: list[UnitGroup] = []  # users' processes found inside system units: told, not restarted
         self.proc = proc
         self.cgroupfs = cgroupfs
         self.deadline = deadline
@@ -176,8 +197,14 @@ class Executor:
 
     def one(self, action: Action) -> Outcome:
         started = time.monotonic()
-        reason = self._why_not(action)
-        if reason is not None:
+        g = action.group
+        again = self.earlier.get((g.kind, g.name, g.uid))
+        if again is not None and set(g.pids) <= again:
+            # Restarting it again would fail again for the same reason: no restart loop, run after run.
+            outcome = Outcome(action, SKIPPED, "its check failed in an earlier run for these same processes "
+                                               f"(pid {', '.join(map(str, g.pids))}): not restarted again",
+                              left=g.pids)
+        elif (reason := self._why_not(action)) is not None:
             outcome = Outcome(action, SKIPPED, reason)
         elif self.confirm is not None and not self.confirm(action):
             outcome = Outcome(action, DECLINED, "declined at the prompt")
@@ -212,6 +239,9 @@ class Executor:
             return "the unit refuses manual stops (RefuseManualStop=yes)"
         if state.get("ActiveState") != "active":
             return f"not active ({state.get('ActiveState', 'unknown')})"
+        if g.kind == SYSTEM and len(visitors := self._guests(g, g.members, state)) == len(g.members):
+            return (f"only processes of users run on replaced files in it (pid "
+                    f"{', '.join(str(m.process.pid) for m in visitors)}): they are told; the service is left alone")
         if g.kind == SYSTEM and policy_rc_d_forbids(g.name or "", timeout):
             return "forbidden by /usr/sbin/policy-rc.d"
         return None
@@ -251,13 +281,30 @@ class Executor:
                                                    f"{status_excerpt(g)}")
                 time.sleep(0.1)
         check = self.still_stale(g, self._check_scope(g, state), limit)
-        if check.left:
-            pids = ", ".join(str(a.process.pid) for a in check.left)
-            return Outcome(action, FAILED, f"still uses replaced files after the restart (pid {pids})")
+        left = check.left
+        if g.kind == SYSTEM and not g.guessed:
+            visitors = self._guests(g, left, state)
+            left = [m for m in left if m not in visitors]
+        if left:
+            pids = tuple(a.process.pid for a in left)
+            return Outcome(action, FAILED, f"still uses replaced files after the restart "
+                                           f"(pid {', '.join(map(str, pids))})", left=pids)
         if check.unscanned:
             return Outcome(action, FAILED, f"not verified: {check.unscanned} of its processes could not be "
                                            "looked at in time")
         return Outcome(action, DONE, "verified" if g.kind in (SYSTEM, USER, INIT, USER_MANAGER) else "")
+
+    def _guests(self, g: UnitGroup, members: Iterable[Affected], state: dict[str, str]) -> list[Affected]:
+        """Users' processes among ``members`` of system unit ``g`` (see :func:`guests`); they are told."""
+        main = int(state["MainPID"]) if state.get("MainPID", "").isdigit() else 0
+        try:
+            main_uid = os.stat(self.proc / str(main)).st_uid if main > 0 else -1
+        except OSError:
+            main_uid = -1
+        visitors = guests(members, main, main_uid)
+        if visitors:
+            self.told.append(g._replace(members=tuple(visitors)))
+        return visitors
 
     def _check_scope(self, g: UnitGroup, state: dict[str, str]) -> list[int] | None:
         """Which processes the check after a restart looks at: never every process.
@@ -396,10 +443,12 @@ class Applied(NamedTuple):
 def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Path, deadline: float,
           still_stale: StillStale,
           confirm: Callable[[Action], bool] | None,
-          report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS) -> Applied:
+          report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS,
+          earlier: Earlier | None = None) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart."""
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, confirm=confirm,
-                        report=report, cgroupfs=cgroupfs)
+                        report=report, cgroupfs=cgroupfs, earlier=earlier)
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == "notify" and a.group.kind not in (SYSTEM, INIT)]
+    for_users += executor.told
     return Applied(outcomes, notify(for_users, run_dir, log))

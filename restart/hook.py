@@ -311,7 +311,8 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         applied = execute.apply(actions, pol.settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
                                 still_stale=still_stale, confirm=confirm, report=lambda o: None,
                                 cgroupfs=roots.root / "sys" / "fs" / "cgroup",
-                                log=lambda line: log.info(line, show=False))
+                                log=lambda line: log.info(line, show=False),
+                                earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)))
         outcomes = applied.outcomes
         lines = report.applied_lines(actions, outcomes, failed=failed)
     for line in lines:

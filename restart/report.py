@@ -215,7 +215,7 @@ def run_units(actions: list[Action], outcomes: list[Outcome]) -> list[dict[str, 
     for a in actions:
         o = by_action.get(id(a))
         units.append({**action_json(a), "status": o.status if o else "listed",
-                      "detail": clean(o.detail) if o else ""})
+                      "detail": clean(o.detail) if o else "", **({"left_pids": list(o.left)} if o and o.left else {})})
     return units
 
 

@@ -77,6 +77,19 @@ def pending_packages(directory: Path, boot: str) -> frozenset[str]:
     return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()
 
 
+def failed_checks(directory: Path, boot: str) -> dict[tuple[str, str | None, int | None], frozenset[int]]:
+    """Units whose check after a restart found processes still stale, in the last run of this boot."""
+    doc = read_json(directory, PENDING)
+    if doc is None or doc.get("boot_id") != boot or not boot or not isinstance(doc.get("units"), list):
+        return {}
+    found = {}
+    for u in doc["units"]:
+        left = u.get("left_pids") if isinstance(u, dict) else None
+        if isinstance(left, list) and all(type(p) is int for p in left) and left:
+            found[(str(u.get("kind")), u.get("unit"), u.get("uid"))] = frozenset(left)
+    return found
+
+
 def save_pending(directory: Path, boot: str, *, trigger: str, packages: frozenset[str],
                  units: list[dict[str, Any]]) -> None:
     write_json(directory, PENDING, {

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,8 +21,8 @@ import pytest
 
 from restart.transaction import HOOK_BUDGET
 from tests.support.checkout import install_hooks
-from tests.support.container import REPO_ROOT, Container
-from tests.support.debs import compile_c, multiarch
+from tests.support.container import REPO_ROOT, Container, wait_for
+from tests.support.debs import cached_debs, compile_c, multiarch
 from tests.support.fixtures import _start
 
 pytestmark = pytest.mark.real
@@ -180,6 +180,7 @@ def test_check_stays_small_whatever_she_maps(hostile: Hostile) -> None:
     c = hostile.c
     r = c.exec(["/usr/sbin/restartctl", "check", "--packages", "rctl-libdemo1"], timeout=600)
     assert r.returncode in (0, 1, 2), r.stdout + r.stderr  # Nagios: OK/WARNING/CRITICAL, never UNKNOWN
+    assert r.stdout.startswith(("RESTARTCTL OK", "RESTARTCTL WARNING", "RESTARTCTL CRITICAL")), r.stdout + r.stderr
     [(_, peak, seconds)] = [p for p in peaks(c) if p[0] == "check"][-1:]
     print(f"check under attack: {seconds:.1f} s, peak RSS {peak / 1024:.1f} MB")
     assert peak < PEAK_RSS_LIMIT_KB
@@ -205,3 +206,70 @@ def test_re_executing_pid1_checks_pid1_not_every_process(hostile: Hostile) -> No
     [(_, peak, seconds)] = [p for p in peaks(c) if p[0] == "apply"][-1:]
     print(f"apply (PID 1 re-exec) under attack: {seconds:.1f} s, peak RSS {peak / 1024:.1f} MB")
     assert peak < PEAK_RSS_LIMIT_KB
+
+
+# ---------------------------------------------------------------------------------- cron (issue 13, point 4)
+
+LEAKY = """[Unit]
+Description=a service whose restart leaves a child of the old one behind (KillMode=process)
+[Service]
+ExecStart=/bin/sh -c '/usr/sbin/rctl-demod & exec /usr/sbin/rctl-demod'
+KillMode=process
+"""
+
+
+def _pids_of(c: Container, user: str, name: str) -> list[int]:
+    r = c.exec(["pgrep", "-u", user, "-x", name])
+    return [int(p) for p in r.stdout.split()]
+
+
+def test_a_users_cron_job_never_makes_root_restart_cron(container_factory: Callable[..., Container],
+                                                        demo_debs: dict[str, dict[str, Path]]) -> None:
+    """Why: Debian's cron PAM stack has no pam_systemd, so a user's job lives in cron.service's
+    cgroup.  Root restarted cron for her job, the check failed (KillMode=process keeps the job),
+    and every later run restarted cron again.  Now a system unit is judged by its own processes;
+    hers is told to her.  And a unit whose check failed is not restarted again, run after run,
+    for the same processes: it stays pending with the reason."""
+    c = container_factory("rctl-cron", boot=True)
+    install_hooks(c)
+    c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])
+    for deb in cached_debs("cron-daemon-common", "cron"):  # one at a time: cron pre-depends on the other
+        c.install_debs([deb])
+    c.install_debs([demo_debs["1.0"][n] for n in DEMO])
+    c.write_file("/etc/systemd/system/rctl-leaky.service", LEAKY)
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "cron.service", "rctl-demod.service", "rctl-leaky.service")
+    for unit in ("cron.service", "rctl-demod.service", "rctl-leaky.service"):
+        c.wait_active(unit)
+    c.create_user(USER)
+    # Her crontab: a job that runs her copy of a program mapping the library (@reboot: cron runs it
+    # when it starts and /run/crond.reboot is not there yet).
+    c.check(["crontab", "-u", USER, "-"], input="@reboot exec /usr/sbin/rctl-demod\n")
+    c.check(["rm", "-f", "/run/crond.reboot"])
+    c.systemctl("restart", "cron.service")
+    wait_for(lambda: _pids_of(c, USER, "rctl-demod"), "her cron job", 30)
+    [job] = _pids_of(c, USER, "rctl-demod")
+    assert "/system.slice/cron.service" in c.read_file(f"/proc/{job}/cgroup").decode()
+    cron, demod, leaky = (c.main_pid(u) for u in ("cron.service", "rctl-demod.service", "rctl-leaky.service"))
+
+    r = c.install_debs([demo_debs["2.0"][n] for n in DEMO])  # dpkg -i: the installed hooks run
+    out = r.stdout + r.stderr
+    assert "rctl-demod.service: restarted" in out, out
+    assert c.main_pid("rctl-demod.service") != demod
+    assert c.main_pid("cron.service") == cron, out  # not restarted for her job
+    assert f"cron.service: skipped: only processes of users run on replaced files in it (pid {job})" in out, out
+    assert "rctl-leaky.service: FAILED: still uses replaced files after the restart" in out, out
+    assert c.main_pid("rctl-leaky.service") != leaky
+    leaky = c.main_pid("rctl-leaky.service")
+    assert _pids_of(c, USER, "rctl-demod") == [job]  # her job is hers to restart
+
+    again = c.exec(["/usr/sbin/restartctl", "hook", "--trigger", "manual"])
+    out = again.stdout + again.stderr
+    assert c.main_pid("cron.service") == cron, out
+    assert c.main_pid("rctl-leaky.service") == leaky, out  # not restarted again: it would fail again
+    assert "rctl-leaky.service: skipped: its check failed in an earlier run for these same processes" in out, out
+    pending = json.loads(c.read_file("/var/lib/restartctl/pending.json"))
+    units = {u["unit"]: u for u in pending["units"]}
+    assert units["rctl-leaky.service"]["status"] == "skipped" and units["rctl-leaky.service"]["left_pids"]
+    assert units["cron.service"]["status"] == "skipped", units
+    assert any(p.startswith("rctl-libdemo1") for p in pending["packages"]), pending

@@ -145,3 +145,35 @@ def test_a_check_that_runs_out_of_time_is_not_a_verified_restart(tmp_path: Path)
     outcome = ex._verify(action, {})
     assert outcome.status == execute.FAILED and "2 of its processes could not be looked at" in outcome.detail
     assert deadlines and deadlines[0] <= time.monotonic() + 5
+
+
+def test_users_processes_inside_a_system_unit_are_theirs_not_the_services() -> None:
+    """Why: a cron job (no pam_systemd), an at job, an MTA's pipe or su live in a system unit's cgroup;
+    a process of a user account counts for the unit only if it runs as the main process does, or is the
+    main process or its child (a service with User=alice, or one whose main process forks her worker)."""
+    def member(pid: int, ppid: int, uid: int) -> Affected:
+        return Affected(ProcessInfo(pid, ppid, uid, "x", "/usr/sbin/x", "", None, ()),
+                        Unit(SYSTEM, "cron.service"), (), ())
+    cron_job, root_child, worker, users_own = member(30, 21, 1001), member(21, 20, 0), member(40, 20, 1002), \
+        member(50, 1, 1001)
+    assert execute.guests([cron_job, root_child, worker, users_own], 20, 0) == [cron_job, users_own]
+    assert execute.guests([cron_job, users_own], 50, 1001) == []  # the unit runs as her (User=)
+
+
+def test_a_unit_whose_check_failed_is_not_restarted_again_for_the_same_processes(tmp_path: Path) -> None:
+    """Why: a restart that leaves the same processes stale fails every time; repeating it every run is a
+    restart loop that also feeds the circuit breaker.  Skipped, pending, with the reason."""
+    g = group([_member(60, Unit(SYSTEM, "leaky.service", cgroup="/system.slice/leaky.service"))])[0]
+    action = Action(g, "restart", ("systemctl", "restart", "--", "leaky.service"), "")
+    ex = execute.Executor(Settings(), proc=tmp_path, deadline=time.monotonic() + 60, cgroupfs=tmp_path,
+                          still_stale=lambda g, pids, until: execute.Recheck([]),
+                          earlier={(SYSTEM, "leaky.service", None): frozenset({60, 61})})
+    outcome = ex.one(action)  # no systemctl here: it would fail if the executor tried to run one
+    assert outcome.status == execute.SKIPPED and outcome.left == (60,)
+    assert "check failed in an earlier run for these same processes (pid 60)" in outcome.detail
+    # The record of this run keeps what is left, so the run after it skips it too.
+    from restart import report, state
+    state.save_pending(tmp_path, "boot", trigger="apt", packages=frozenset({"libc6"}),
+                       units=report.run_units([action], [outcome]))
+    assert state.failed_checks(tmp_path, "boot") == {(SYSTEM, "leaky.service", None): frozenset({60})}
+    assert state.failed_checks(tmp_path, "another boot") == {}
