@@ -69,12 +69,15 @@ class OverBudget(Exception):
 
 
 class Budget:
-    """What reading one process may still cost: bytes, lines, and time on the scan's clock."""
+    """What reading one process may still cost: bytes, lines, CPU time (ours, the kernel's writing
+    of its ``maps`` included, so a loaded host does not cut a big process short) and the scan's
+    deadline (on its clock)."""
 
-    __slots__ = ("bytes", "clock", "lines", "until")
+    __slots__ = ("bytes", "clock", "cpu", "cpu_until", "lines", "until")
 
-    def __init__(self, until: float, clock: Callable[[], float]) -> None:
-        self.until, self.clock, self.bytes, self.lines = until, clock, 0, 0
+    def __init__(self, until: float, clock: Callable[[], float], cpu: Callable[[], float]) -> None:
+        self.until, self.clock, self.cpu, self.bytes, self.lines = until, clock, cpu, 0, 0
+        self.cpu_until = cpu() + PROCESS_SECONDS
 
     def spend(self, nbytes: int, lines: int) -> None:
         self.bytes += nbytes
@@ -83,8 +86,10 @@ class Budget:
             raise OverBudget(f"more than {PROCESS_BYTES >> 20} MiB to read")
         if self.lines > PROCESS_LINES:
             raise OverBudget(f"more than {PROCESS_LINES} mappings or open files")
+        if self.cpu() > self.cpu_until:
+            raise OverBudget(f"reading it took more than {PROCESS_SECONDS:g} s")
         if self.clock() > self.until:
-            raise OverBudget("reading it took too long")
+            raise OverBudget("the time for this run ran out while it was read")
 
 
 class Unscanned(NamedTuple):
@@ -555,7 +560,7 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
          observe_hints: tuple[bytes, ...] = (),
          on_error: Callable[[int, Exception], None] | None = None,
          deadline: float | None = None, clock: Callable[[], float] = time.monotonic,
-         users: bool = True) -> ScanResult:
+         cpu_clock: Callable[[], float] = time.thread_time, users: bool = True) -> ScanResult:
     """Scan every process under ``proc`` (or just ``pids``) for stale files.
 
     ``observe`` sees each process that maps a path starting with one of ``observe_hints``
@@ -564,8 +569,9 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
     With a ``deadline`` (on ``clock``), root's and system accounts' processes are scanned
     first and the scan stops when the deadline passes, counting the rest as unscanned: a
     user with many processes that map many files can slow a scan, not starve the services.
-    Each process is read within a :class:`Budget` (bytes, lines, ``PROCESS_SECONDS``, and the
-    deadline), checked as it is read; one that would exceed it is counted unscanned and named.
+    Each process is read within a :class:`Budget` (bytes, lines, ``PROCESS_SECONDS`` of CPU time on
+    ``cpu_clock``, and the deadline), checked as it is read; one that would exceed it is counted
+    unscanned and named.
     ``users=False`` looks only at root's and system accounts' processes.
     """
     scanner = _Scanner(proc, selection, check_fds, observe, observe_hints)
@@ -593,8 +599,7 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
             except OSError:
                 vanished += 1
                 continue
-            budget = Budget(min(now + PROCESS_SECONDS, deadline if deadline is not None else now + PROCESS_SECONDS),
-                            clock)
+            budget = Budget(deadline if deadline is not None else float("inf"), clock, cpu_clock)
             try:
                 info, seen = scanner.scan_process(pid, dfd, budget)
             except ProcessGone:

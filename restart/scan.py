@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from restart import interpreters, packages, processes, units
+from restart import interpreters, packages, processes, transaction, units
 from restart.roots import Roots
 
 
@@ -58,6 +58,8 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     process scan, system processes first (see :func:`processes.scan`); ``pids``
     limits it to those processes (a restarted unit's); ``users=False`` leaves out users'
     processes (a check after restarting a guessed unit, which only system daemons lead to).
+    Replaced files whose content did not change (:func:`transaction.unchanged`) are set
+    apart, never acted on.
     """
     db = packages.DpkgDatabase(roots.admindir, roots.root)
     in_scope = None
@@ -67,7 +69,10 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     selection = processes.Selection(
         aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
         skip_prefixes=never_packaged(roots.data), everything=everything)
-    ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes)
+    rundir = roots.run / "restartctl"
+    same = transaction.unchanged(rundir, db, only_packages)
+    ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes,
+                               unchanged=same, history=rundir)
     observe = (lambda dfd, pid, exe: interpreters.observe(dfd, pid, exe, ctx.host)) if interpreted else None
     scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe,
                           observe_hints=interpreters.MAPPED_HINTS, deadline=deadline, pids=pids,
@@ -78,5 +83,6 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
         init_d = set(os.listdir(roots.etc / "init.d"))
     except OSError:
         init_d = set()
-    affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d)
+    affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d,
+                               unchanged=same)
     return Findings(scan, affected, units.group(affected))

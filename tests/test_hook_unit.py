@@ -147,3 +147,13 @@ def test_the_watchdog_is_never_swallowed_by_a_scan(tmp_path: Path, capsys: pytes
     assert hook.run(Roots(run=tmp_path), "manual", budget=0.3) == 0
     assert time.monotonic() - started < 1.0
     assert "gave up after 0.3 s" in capsys.readouterr().err
+
+
+def test_package_names_are_read_tolerantly_and_strictly() -> None:
+    assert transaction.package_name("libc6") == "libc6"
+    assert transaction.package_name("libc6:amd64") == "libc6:amd64"
+    assert transaction.package_name("libc6:amd64:amd64") == "libc6:amd64"  # an older pre-install hook's line
+    for bad in ("libc6:amd64:i386", "libc6:a:b:c", "Libc6", "../x", "a b", ""):
+        assert transaction.package_name(bad) is None, bad
+    events, _ = transaction.parse_journal(b"1 apt upgrade rctl-libdemo1:amd64:amd64\n")
+    assert events == [("apt", "upgrade", "rctl-libdemo1:amd64")]

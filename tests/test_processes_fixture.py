@@ -243,11 +243,11 @@ def test_a_process_over_a_budget_is_named_unscanned_never_clean(tmp_path: Path, 
     proc = build(tmp_path / "proc", [FakeProcess(10, stale, root=root), FakeProcess(20, stale + filler, root=root),
                                      FakeProcess(30, stale, root=root)])
     (proc / "20" / "comm").write_bytes(b"big\x1b[1m\n")
-    ticks = iter(range(10_000))
-    clock = (lambda: next(ticks)) if budget == "PROCESS_SECONDS" else time.monotonic
+    ticks = iter(range(10_000))  # CPU seconds: one per read() and per look at the clock
+    cpu = (lambda: next(ticks)) if budget == "PROCESS_SECONDS" else time.thread_time
     monkeypatch.setattr(processes, budget, {"PROCESS_BYTES": 200_000, "PROCESS_LINES": 10_000,
                                             "PROCESS_SECONDS": 5}[budget])
-    result = scan(proc, EVERYTHING, clock=clock)
+    result = scan(proc, EVERYTHING, cpu_clock=cpu)
     assert [p.pid for p in result.processes] == [10, 30]  # the run goes on past it
     assert result.unscanned == 1 and [(u.pid, u.comm) for u in result.over_budget] == [(20, "big\x1b[1m")]
     # Named in the report (its name quoted and escaped) and in the metrics.
