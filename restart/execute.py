@@ -10,7 +10,9 @@ anything ``/usr/sbin/policy-rc.d`` forbids (exit 101), as invoke-rc.d would.
 
 from __future__ import annotations
 
+import html
 import os
+import selectors
 import stat
 import subprocess
 import time
@@ -33,6 +35,7 @@ EXECUTABLE = ("restart", "try-restart", "reload-or-restart", "reexec", "exec")
 DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
 SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup"
 CGROUPFS = Path("/sys/fs/cgroup")
+OUTPUT_LIMIT = 1 << 20  # bytes kept of a program's stdout, and of its stderr
 
 
 class Recheck(NamedTuple):
@@ -72,10 +75,43 @@ def guests(members: Iterable[Affected], main_pid: int, main_uid: int) -> list[Af
             and main_pid not in (m.process.pid, m.process.ppid)]
 
 
-def run(argv: list[str], timeout: float, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """One program, by absolute path, clean environment, no stdin, bounded."""
-    return subprocess.run(argv, env=env or CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=max(timeout, 0.1), check=False)
+def run(argv: list[str], timeout: float, *, env: dict[str, str] | None = None,
+        quiet: bool = False) -> subprocess.CompletedProcess[str]:
+    """One program, by absolute path, clean environment, no stdin, bounded in time and in what is kept
+    of its output (``OUTPUT_LIMIT`` per stream).  ``quiet``: its output goes to /dev/null (a program
+    run as a user, whose pipes that user could take over and fill)."""
+    timeout = max(timeout, 0.1)
+    deadline = time.monotonic() + timeout
+    sink = subprocess.DEVNULL if quiet else subprocess.PIPE
+    with subprocess.Popen(argv, env=env or CLEAN_ENV, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink) as p:
+        try:
+            out, err = _bounded_output(p, deadline) if not quiet else (b"", b"")
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise subprocess.TimeoutExpired(argv, timeout) from None
+    return subprocess.CompletedProcess(argv, p.returncode, out.decode("utf-8", "replace"),
+                                       err.decode("utf-8", "replace"))
+
+
+def _bounded_output(p: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
+    """Both pipes read to their end by ``deadline``; past ``OUTPUT_LIMIT`` a stream is read and dropped."""
+    assert p.stdout is not None and p.stderr is not None  # noqa: S101 - run() made both pipes
+    kept: dict[int, bytearray] = {p.stdout.fileno(): bytearray(), p.stderr.fileno(): bytearray()}
+    with selectors.DefaultSelector() as sel:
+        for fd in kept:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(p.args, 0)
+            for key, _ in sel.select(left):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fd)
+                elif len(kept[key.fd]) < OUTPUT_LIMIT:
+                    kept[key.fd] += chunk[:OUTPUT_LIMIT - len(kept[key.fd])]
+    return bytes(kept[p.stdout.fileno()]), bytes(kept[p.stderr.fileno()])
 
 
 def resolved(argv: tuple[str, ...]) -> list[str]:
@@ -384,7 +420,9 @@ def write_to_tty(dev: Path, uid: int, message: str) -> bool:
 def desktop_argv(uid: int, user: str, title: str, body: str) -> tuple[list[str], dict[str, str]]:
     """notify-send as that user, on the bus derived from the UID (never from a process's environment)."""
     env = {**CLEAN_ENV, "DBUS_SESSION_BUS_ADDRESS": f"unix:path=/run/user/{uid}/bus"}
-    return [RUNUSER, "-u", user, "--", NOTIFY_SEND, "--app-name=restartctl", "--", title, body], env
+    # Notification servers read the body as markup: a program named "<a href=...>" stays text.
+    return [RUNUSER, "-u", user, "--", NOTIFY_SEND, "--app-name=restartctl", "--", title,
+            html.escape(body, quote=False)], env
 
 
 def app_names(exes: set[str], applications: Path = Path("/usr/share/applications")) -> dict[str, str]:
@@ -433,7 +471,7 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
             on_desktop.add(s.uid)
             argv, env = desktop_argv(s.uid, s.user, "Restart needed after an update", text)
             try:
-                if run(argv, 5, env=env).returncode == 0:
+                if run(argv, 5, env=env, quiet=True).returncode == 0:
                     sent += 1
             except (OSError, subprocess.TimeoutExpired):
                 pass

@@ -228,8 +228,7 @@ def run_lock(roots: Roots, timeout: float, *, who: str,
 
 
 def _run_quietly(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return execute.run(argv, timeout)
 
 
 def system_state() -> str:

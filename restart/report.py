@@ -98,15 +98,17 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
 # ---- text ---------------------------------------------------------------------------------
 
 def _title(g: UnitGroup) -> str:
+    """How a unit is named in text.  A name a user chose (her units, a machine scope) is quoted, so
+    that no name can pass for restartctl's own words ("x.service: restarted" plus spaces)."""
     name = printable(g.name) if g.name else ""
     if g.kind == USER:
-        return f"{name or '(no unit)'} (user {g.uid})"
+        return f"{quoted(g.name) if g.name else '(no unit)'} (user {g.uid})"
     if g.kind == USER_MANAGER:
         return f"{name} (service manager of user {g.uid})"
     if g.kind == SESSION:
         return f"{name} (login session of user {g.uid})"
     if g.kind == CONTAINER:
-        return f"container {name}"
+        return f"container {quoted(g.name or '')}"
     if g.kind == INIT:
         return "PID 1 (systemd)"
     if g.kind == NONE:
@@ -118,7 +120,7 @@ def _process_lines(members: Iterable[Affected], *, unowned: bool = False, unchan
     lines = []
     for a in sorted(members, key=lambda m: m.process.pid):
         p = a.process
-        lines.append(f"    pid {p.pid} {printable(p.comm)} (uid {p.uid})")
+        lines.append(f"    pid {p.pid} {quoted(p.comm)} (uid {p.uid})")
         files: list[tuple[str, str, str | None, str]]
         files = ([(f.kind, f.path, None, f.confidence) for f in a.unowned] if unowned else
                  [(o.stale.kind, o.stale.path, o.package, o.stale.confidence)

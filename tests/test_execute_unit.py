@@ -4,6 +4,7 @@ test_apply.py)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from restart import execute
 from restart.plan import Action
 from restart.policy import Settings
 from restart.processes import ProcessInfo, StaleFile
-from restart.units import INIT, SYSTEM, USER_MANAGER, Affected, OwnedFile, Unit, UnitGroup, group
+from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, OwnedFile, Unit, UnitGroup, group
 
 
 def test_parse_show_blocks_follow_the_argument_order() -> None:
@@ -177,3 +178,41 @@ def test_a_unit_whose_check_failed_is_not_restarted_again_for_the_same_processes
                        units=report.run_units([action], [outcome]))
     assert state.failed_checks(tmp_path, "boot") == {(SYSTEM, "leaky.service", None): frozenset({60})}
     assert state.failed_checks(tmp_path, "another boot") == {}
+
+
+def test_notification_bodies_are_markup_escaped() -> None:
+    """Why: notification servers read the body as markup; a program's name is its own choice."""
+    argv, _ = execute.desktop_argv(1000, "alice", "t", 'restart <a href="x">me</a> & <b>now</b>')
+    assert argv[-1] == 'restart &lt;a href="x"&gt;me&lt;/a&gt; &amp; &lt;b&gt;now&lt;/b&gt;'
+
+
+def test_what_a_program_writes_is_kept_only_up_to_a_bound_and_in_time() -> None:
+    """Why: a user who can reach a program's pipes (notify-send runs as her; pidfd_getfd) wrote 5.7 GB
+    into root's capture_output within its 5 s timeout.  Output is read with a bound, and a program that
+    never stops writing is ended at its timeout."""
+    big = execute.run(["/usr/bin/head", "-c", str(3 * execute.OUTPUT_LIMIT), "/dev/zero"], 30)
+    assert big.returncode == 0 and len(big.stdout) == execute.OUTPUT_LIMIT
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        execute.run(["/usr/bin/yes"], 0.5)
+    assert time.monotonic() - started < 3
+    both = execute.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], 10)
+    assert (both.returncode, both.stdout, both.stderr) == (3, "out\n", "err\n")
+    assert execute.run(["/bin/sh", "-c", "echo out; echo err >&2"], 10, quiet=True).stdout == ""
+
+
+def test_notify_send_writes_to_dev_null(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: notify-send runs as the user, who could take its pipes over: nothing of it is read."""
+    sessions = tmp_path / "systemd" / "sessions"
+    sessions.mkdir(parents=True)
+    (sessions / "1").write_text("UID=1000\nUSER=alice\nTYPE=x11\n")
+    calls: list[dict[str, object]] = []
+
+    def fake_run(argv: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        calls.append(kwargs)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+    monkeypatch.setattr(execute, "run", fake_run)
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
+    g = group([_member(60, Unit(USER, "app.service", 1000, cgroup="/user.slice/x"))])[0]
+    execute.notify([g], tmp_path, lambda line: None, applications=tmp_path)
+    assert calls and all(c.get("quiet") is True for c in calls)
