@@ -314,3 +314,28 @@ def test_a_legacy_locale_and_lookalike_names_never_break_or_fool_the_output(
     assert f"restartctl:   {LOOKALIKE}" not in out, out
     pending = json.loads(c.read_file("/var/lib/restartctl/pending.json"))
     assert any(p.startswith("rctl-libdemo1") for p in pending["packages"]), pending
+
+
+# ---------------------------------------------------------------------------------- reboot scope (point 8)
+
+def test_a_reboot_rule_never_reboots_the_host_for_a_users_own_unit(
+        container_factory: Callable[..., Container], demo_debs: dict[str, dict[str, Path]]) -> None:
+    """Why: the README's `package = "libc6" action = "reboot"` (any scope) fired for a user's unit alone:
+    /run/reboot-required was written, and Automatic-Reboot or kured would reboot the host for her."""
+    c = container_factory("rctl-reboot", boot=True)
+    install_hooks(c)
+    c.write_file("/etc/restartctl/policy.toml", '[[rule]]\npackage = "rctl-libdemo1"\naction = "reboot"\n')
+    c.install_debs([demo_debs["1.0"][n] for n in DEMO])
+    uid = c.create_user(USER)
+    c.run_user_unit(USER, ["/usr/sbin/rctl-demod"], unit="rctl-mine.service")
+    r = c.exec(["dpkg", "-i", *(c.copy_in(demo_debs["2.0"][n]) for n in DEMO)])
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert f'"rctl-mine.service" (user {uid}): notify' in out, out
+    assert "a reboot is needed" not in out, out
+    assert c.exec(["test", "-e", "/run/reboot-required"]).returncode != 0, out
+    # The same rule with scope = "user" is the administrator saying so: then it does.
+    c.write_file("/etc/restartctl/policy.toml",
+                 '[[rule]]\npackage = "rctl-libdemo1"\nscope = "user"\naction = "reboot"\n')
+    c.exec(["/usr/sbin/restartctl", "hook", "--trigger", "manual"])
+    assert c.exec(["test", "-e", "/run/reboot-required"]).returncode == 0
