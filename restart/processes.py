@@ -277,11 +277,15 @@ class _View:
     (a container, a service with PrivateTmp=) we look through ``/proc/PID/root``.
     """
 
-    __slots__ = ("cache", "direct")
+    __slots__ = ("cache", "direct", "root_device", "users_mounts")
 
-    def __init__(self, direct: bool) -> None:
+    def __init__(self, direct: bool, users_mounts: bool = False) -> None:
         self.direct = direct
         self.cache: dict[str, _Stat] = {}
+        # Owned by another user namespace than ours: its mounts may be an unprivileged user's own
+        # (``unshare -Urm``), so a file found there must also lie where a package's file can.
+        self.users_mounts = users_mounts
+        self.root_device: int | None = None  # the device of the namespace's root filesystem
 
 
 class _Scanner:
@@ -295,6 +299,10 @@ class _Scanner:
         self.selection = selection
         self.check_fds = check_fds
         self.self_pid, self.self_mnt, self.self_depth = self._identity()
+        try:
+            self.self_user = os.readlink(self.proc / "self" / "ns" / "user")
+        except OSError:
+            self.self_user = ""
         self.views: dict[str, _View] = {}
         self.ours = self.views[self.self_mnt] = _View(direct=True)
         self.devices: dict[bytes, int] = {}
@@ -355,7 +363,7 @@ class _Scanner:
                         settled[key] = hint
                     continue
                 view = view or self.view(dfd)
-                verdict = self.judge(dfd, view, cand, inode)
+                verdict = self.judge(dfd, view, cand, inode, self.device(dev_text))
                 if verdict:
                     _add(found, StaleFile(CODE if executable else DATA, *verdict))
         return hinted, found, view
@@ -410,11 +418,34 @@ class _Scanner:
         now = self.stat_path(-1, self.ours, path)
         return isinstance(now, tuple) and now[0] == inode and now[2] == device
 
+    def reachable(self, dfd: int, view: _View, path: str, device: int) -> bool:
+        """Seen through a mount namespace of another user namespace, whether a mapped file can be a
+        package's file at all.
+
+        It can when it lies on that namespace's root filesystem (a rootless container's own) or on
+        the filesystem that holds its directory here.  A file on some other filesystem mounted at
+        that place inside the namespace (a user's own tmpfs over a library directory, in
+        ``unshare -Urm``) is not the package's, replaced or not.
+        """
+        if view.root_device is None:
+            try:
+                view.root_device = os.stat("root", dir_fd=dfd).st_dev
+            except OSError as e:
+                raise ProcessGone() from e
+        if device == view.root_device:
+            return True
+        here = self.stat_path(-1, self.ours, os.path.dirname(path))
+        return isinstance(here, tuple) and here[2] == device
+
     def view(self, dfd: int) -> _View:
         mnt = _readlink(dfd, "ns/mnt")
         view = self.views.get(mnt)
         if view is None:
-            view = self.views[mnt] = _View(direct=mnt == self.self_mnt)
+            try:
+                users = os.readlink("ns/user", dir_fd=dfd) != self.self_user
+            except OSError:
+                users = False
+            view = self.views[mnt] = _View(direct=mnt == self.self_mnt, users_mounts=users and mnt != self.self_mnt)
         return view
 
     def stat_path(self, dfd: int, view: _View, path: str) -> _Stat:
@@ -438,9 +469,11 @@ class _Scanner:
             view.cache[path] = result
         return result
 
-    def judge(self, dfd: int, view: _View, cand: _Candidate, inode: int,
+    def judge(self, dfd: int, view: _View, cand: _Candidate, inode: int, device: int,
               link_count: int | None = None) -> tuple[str, str, str] | None:
         """Is the inode behind ``cand`` stale?  (path, confidence, evidence), or None."""
+        if view.users_mounts and not self.reachable(dfd, view, cand.path, device):
+            return None
         now = self.stat_path(dfd, view, cand.path)
         if isinstance(now, tuple) and now[0] == inode:
             return None
@@ -507,7 +540,7 @@ class _Scanner:
                     if not stat.S_ISREG(st.st_mode) or self.unchanged_here(cand.path, st.st_ino, st.st_dev):
                         continue
                     view = view or self.view(dfd)
-                    verdict = self.judge(dfd, view, cand, st.st_ino, st.st_nlink)
+                    verdict = self.judge(dfd, view, cand, st.st_ino, st.st_dev, st.st_nlink)
                     if verdict:
                         _add(found, StaleFile(FD, *verdict))
         finally:

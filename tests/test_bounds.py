@@ -339,3 +339,50 @@ def test_a_reboot_rule_never_reboots_the_host_for_a_users_own_unit(
                  '[[rule]]\npackage = "rctl-libdemo1"\nscope = "user"\naction = "reboot"\n')
     c.exec(["/usr/sbin/restartctl", "hook", "--trigger", "manual"])
     assert c.exec(["test", "-e", "/run/reboot-required"]).returncode == 0
+
+
+# ---------------------------------------------------------------------------------- namespaces (point 5)
+
+# As the user, in her own user and mount namespace: a tmpfs over the library directory, a copy of
+# the package's library written there, loaded, unlinked.  Her maps then show the library's path,
+# "(deleted)", and through her root the path is missing: it looked like a stale package library.
+FAKE_STALE_PY = r"""
+import ctypes, os, sys, time
+lib, ready = sys.argv[1], sys.argv[2]
+data = open(lib, "rb").read()
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.mount(b"tmpfs", os.path.dirname(lib).encode(), b"tmpfs", 0, None) != 0:
+    raise OSError(ctypes.get_errno(), "mount")
+with open(lib, "wb") as f:
+    f.write(data)
+ctypes.CDLL(lib)
+os.unlink(lib)
+open(ready, "w").close()
+time.sleep(100000)
+"""
+
+
+def test_her_own_namespace_cannot_fake_a_stale_library(container_factory: Callable[..., Container],
+                                                        demo_debs: dict[str, dict[str, Path]]) -> None:
+    """Why: in `unshare -Urm`, a private copy of a package's library mapped at the real path and unlinked
+    made `check --packages` say WARNING with a pending unit, though the package never changed.  A
+    file seen through a mount namespace of her user namespace counts only if it lies on that
+    namespace's root filesystem or on the one that holds the path here; her tmpfs is neither."""
+    c = container_factory("rctl-userns", boot=False)
+    c.install_debs([demo_debs["1.0"][n] for n in DEMO])
+    c.check(["useradd", "--create-home", "--user-group", "--", USER])
+    c.write_file("/srv/rctl/fake-stale.py", FAKE_STALE_PY)
+    lib = f"/usr/lib/{multiarch()}/librctldemo.so.1"
+    pid = c.spawn(["runuser", "-u", USER, "--", "unshare", "-Urm", "/usr/bin/python3", "/srv/rctl/fake-stale.py",
+                   lib, f"{HOME}/ready"])
+    wait_for(lambda: c.exec(["test", "-e", f"{HOME}/ready"]).returncode == 0, "her namespace", 20)
+    [hers] = _pids_of(c, USER, "python3")
+    maps = c.read_file(f"/proc/{hers}/maps").decode()
+    assert f"{lib} (deleted)" in maps, maps
+    doc = json.loads(c.check(["/usr/bin/python3", "-P", "-m", "restart", "plan", "--json", "--all",
+                              "--packages", "rctl-libdemo1"], env={"PYTHONPATH": str(REPO_ROOT)}))
+    assert hers not in {p["pid"] for p in doc["processes"]}, doc
+    r = c.exec(["/usr/bin/python3", "-P", "-m", "restart", "check", "--packages", "rctl-libdemo1"],
+               env={"PYTHONPATH": str(REPO_ROOT)})
+    assert r.returncode == 0 and r.stdout.startswith("RESTARTCTL OK"), r.stdout + r.stderr
+    c.exec(["kill", str(pid)])
