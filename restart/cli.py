@@ -12,7 +12,7 @@ from typing import Any
 from restart import __version__, plan, policy, report, transaction
 from restart.roots import Roots
 from restart.scan import find
-from restart.text import printable
+from restart.text import printable, tolerant_streams
 
 EXIT_OK, EXIT_STALE, EXIT_ERROR = 0, 1, 2
 APPLY_SCHEMA = "restartctl-apply/1"
@@ -176,6 +176,7 @@ def run() -> None:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    tolerant_streams()
     args = _parser(argv).parse_args(argv)
     roots = _roots(args)
     if args.command == "hook":

@@ -38,8 +38,11 @@ SYSTEMD_RUN = "/usr/bin/systemd-run"
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
-class Timeout(Exception):
-    """The run's budget is spent."""
+class Timeout(BaseException):
+    """The run's budget is spent.
+
+    A ``BaseException``: no per-process ``except Exception`` on the way (a scan's "one odd
+    process must not stop the rest") can swallow the watchdog."""
 
 
 class Process(NamedTuple):
@@ -285,8 +288,7 @@ def run_lock(roots: Roots, timeout: float, *, who: str,
 
 
 def _run_quietly(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return execute.run(argv, timeout)
 
 
 def system_state() -> str:
@@ -475,16 +477,20 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     if mode == "list" or not actions:
         lines = report.hook_lines(actions, failed=failed)
     else:
-        def still_stale(group: units.UnitGroup, pids: list[int] | None) -> list[units.Affected]:
-            again = find(roots, only_packages=list(group.packages), pids=pids)
-            return [m for g in again.groups if (g.kind, g.name, g.uid) == (group.kind, group.name, group.uid)
-                    for m in g.members]
+        def still_stale(group: units.UnitGroup, pids: list[int] | None, until: float) -> execute.Recheck:
+            # pids None: a guessed unit (no systemd): only root's and system accounts' processes can be it.
+            again = find(roots, only_packages=list(group.packages), pids=pids, deadline=until,
+                         users=pids is not None)
+            same = (group.kind, group.name, group.uid)
+            return execute.Recheck([m for g in again.groups if (g.kind, g.name, g.uid) == same for m in g.members],
+                                   again.scan.unscanned)
         confirm = asker(answers or sys.stdin, sys.stdout) if mode == "ask" else None
         record = ActionLog(roots, trigger, log)
         applied = execute.apply(actions, pol.settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
                                 still_stale=still_stale, confirm=confirm, report=record.outcome,
                                 cgroupfs=roots.root / "sys" / "fs" / "cgroup",
-                                log=lambda line: log.info(line, show=False), intend=record.intend)
+                                log=lambda line: log.info(line, show=False), intend=record.intend,
+                                earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)))
         outcomes = applied.outcomes
         lines = report.applied_lines(actions, outcomes, failed=failed)
     for line in lines:

@@ -206,6 +206,19 @@ def last_complete(record: dict[str, Any] | None) -> tuple[float | None, list[str
     return record.get("complete"), list(record.get("incomplete", []))
 
 
+def failed_checks(directory: Path, boot: str) -> dict[tuple[str, str | None, int | None], frozenset[int]]:
+    """Units whose check after a restart found processes still stale, in the last run of this boot."""
+    doc = read_json(directory, PENDING)
+    if doc is None or doc.get("boot_id") != boot or not boot or not isinstance(doc.get("units"), list):
+        return {}
+    found = {}
+    for u in doc["units"]:
+        left = u.get("left_pids") if isinstance(u, dict) else None
+        if isinstance(left, list) and all(type(p) is int for p in left) and left:
+            found[(str(u.get("kind")), u.get("unit"), u.get("uid"))] = frozenset(left)
+    return found
+
+
 def save_pending(directory: Path, boot: str, *, trigger: str, packages: frozenset[str],
                  units: list[dict[str, Any]], journal: tuple[int, int] | None = None,
                  started: float | None = None, incomplete: list[str] | None = None) -> None:

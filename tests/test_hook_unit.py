@@ -195,3 +195,37 @@ def test_a_scan_cut_short_makes_the_next_run_look_again(tmp_path: Path, capsys: 
     record = state.read_json(roots.state, state.PENDING)
     assert record is not None and record["packages"] == [] and record["journal"] == {"inode": 1, "offset": 10}
     assert "complete" not in record and record["incomplete"][0].startswith("1 process was not scanned")
+
+
+    assert record is not None and sorted(record["packages"]) == ["demod", "libdemo1"]
+
+
+def test_the_watchdog_is_never_swallowed_by_a_scan(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: the scan counts an odd process's error and goes on; the watchdog must not be such an error.
+
+    A 0.3 s budget over 60 processes that take 0.05 s each: the run ends at the budget, not after 3 s."""
+    from restart import processes
+    from tests.fakeproc import FakeProcess, build
+
+    proc = build(tmp_path / "proc", [FakeProcess(pid, maps=b"x\n") for pid in range(10, 70)])
+
+    def slow(*args: object) -> tuple[None, None]:
+        time.sleep(0.05)
+        return None, None
+    monkeypatch.setattr(processes._Scanner, "scan_process", slow)
+    monkeypatch.setattr(hook, "_run", lambda *args: processes.scan(proc, processes.Selection()))
+    started = time.monotonic()
+    assert hook.run(Roots(run=tmp_path), "manual", budget=0.3) == 0
+    assert time.monotonic() - started < 1.0
+    assert "gave up after 0.3 s" in capsys.readouterr().err
+
+
+def test_package_names_are_read_tolerantly_and_strictly() -> None:
+    assert transaction.package_name("libc6") == "libc6"
+    assert transaction.package_name("libc6:amd64") == "libc6:amd64"
+    assert transaction.package_name("libc6:amd64:amd64") == "libc6:amd64"  # an older pre-install hook's line
+    for bad in ("libc6:amd64:i386", "libc6:a:b:c", "Libc6", "../x", "a b", ""):
+        assert transaction.package_name(bad) is None, bad
+    events, _ = transaction.parse_journal(b"1 apt upgrade rctl-libdemo1:amd64:amd64\n")
+    assert events == [("apt", "upgrade", "rctl-libdemo1:amd64")]
