@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 from restart import __version__, plan, policy, report, transaction
 from restart.roots import Roots
 from restart.scan import find
-from restart.text import printable
+from restart.text import printable, tolerant_streams
 
 EXIT_OK, EXIT_STALE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 APPLY_SCHEMA = "restartctl-apply/1"
@@ -208,6 +208,7 @@ def run() -> None:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    tolerant_streams()
     args = _parser(argv).parse_args(argv)
     roots = _roots(args)
     if args.command == "hook":
@@ -386,13 +387,14 @@ def _left_down(roots: Roots, record: dict[str, Any] | None, current: bool) -> li
         return []
     from restart import execute
 
-    states = execute.active_states(names)
-    return [n for n in names if n in states and states[n] not in ("active", "reloading", "activating")]
+    return [n for n in names
+            if execute.active_state("system", n, None) not in ("active", "reloading", "activating", "unknown")]
 
 
 def _status(roots: Roots, args: argparse.Namespace) -> int:
-    """Exit 0 when nothing is pending and no reboot is needed, 1 when something is, 2 for an unusable record."""
-    from restart import state
+    """Exit 0 when nothing is pending and no reboot is needed, 1 when something is (or a run waits for
+    unattended-upgrades), 2 for an unusable record."""
+    from restart import hook, state
 
     said: list[str] = []  # why read_json found the record unusable (and set it aside)
     trouble = state.problem(roots.state, state.PENDING)
@@ -401,6 +403,7 @@ def _status(roots: Roots, args: argparse.Namespace) -> int:
     current = record is not None and record.get("boot_id") == state.boot_id(roots.proc)
     reasons, kernel = _reboot_reasons(roots, [])
     down = _left_down(roots, record, current)
+    waiting = hook.waiting_for(roots)
     if args.json:
         import json
 
@@ -408,16 +411,22 @@ def _status(roots: Roots, args: argparse.Namespace) -> int:
 
         sys.stdout.write(json.dumps({"schema": state.STATE_SCHEMA, "current_boot": current, "last_run": record,
                                      "problem": trouble, "down": down,
-                                     "reboot": formats.reboot_json(reasons, kernel)}, indent=2) + "\n")
+                                     "reboot": formats.reboot_json(reasons, kernel),
+                                     "waiting_for_unattended_upgrades":
+                                     None if waiting is None else {"pid": waiting[0].pid, "since": waiting[1]}},
+                                    indent=2) + "\n")
     else:
         sys.stdout.write(report.status_text(record, current_boot=current, reboot=reasons, down=down,
                                             unusable=trouble is not None))
+        if waiting is not None:
+            sys.stdout.write(f"A run waits for unattended-upgrades (pid {waiting[0].pid}) to finish; "
+                             "its restarts and report follow then.\n")
     if trouble is not None:
         print(f"restartctl: {printable(trouble)}", file=sys.stderr)
         return EXIT_ERROR
     units = record.get("units", []) if record is not None and current else []
     pending = any(isinstance(u, dict) and u.get("status") != "done" for u in units)
-    return EXIT_STALE if pending or reasons else EXIT_OK
+    return EXIT_STALE if pending or reasons or waiting is not None else EXIT_OK
 
 
 def _policy(roots: Roots, args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 
 from restart.plan import Action
 from restart.policy import ACTIONS
-from restart.processes import ScanResult
+from restart.processes import OVER_BUDGET_SHOWN, ScanResult
 from restart.reboot import KernelStatus, RebootReason, required_since
 from restart.text import clean, printable
 from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, USER_MANAGER, UnitGroup
@@ -214,7 +214,12 @@ def openmetrics(actions: Sequence[Action] | None, groups: Sequence[UnitGroup], s
     w.family("restartctl_scanned_processes", "Processes the scan looked at.", [({}, scan.scanned)])
     w.family("restartctl_unreadable_processes", "Processes the scan could not read, by why.",
              [({"why": "denied"}, scan.denied), ({"why": "vanished"}, scan.vanished),
-              ({"why": "error"}, scan.errors), ({"why": "deadline"}, scan.unscanned)])
+              ({"why": "error"}, scan.errors), ({"why": "deadline"}, scan.unscanned - len(scan.over_budget)),
+              ({"why": "budget"}, len(scan.over_budget))])
+    if scan.over_budget:
+        w.family("restartctl_unscanned_process", "A process not scanned because reading it would exceed a "
+                 "per-process budget (bytes, lines, time): never taken for clean.",
+                 [({"pid": str(u.pid), "uid": str(u.uid)}, 1) for u in scan.over_budget[:OVER_BUDGET_SHOWN]])
     w.family("restartctl_reboot_required", "1 when the host needs a reboot (see restartctl_reboot_reason).",
              [({}, 1 if reasons else 0)])
     seen = dict.fromkeys((r.kind, r.package or "") for r in reasons)

@@ -84,6 +84,12 @@ def _with_rule(action: Action, rule: Rule) -> Action:
 
 
 def _apply_rule(group: UnitGroup, rule: Rule, default: Action) -> Action:
+    if rule.action == "reboot" and scope_of(group.kind) == USER and rule.scope != USER:
+        # A reboot for the whole host on account of one user's own unit only when the rule says so:
+        # /run/reboot-required makes Automatic-Reboot and kured reboot the host.
+        return Action(group, default.action, default.argv, f"{default.reason} (rule {rule.source} reboots "
+                      "for system units; for users' units only with scope = \"user\")", default.suggested,
+                      rule.source)
     if rule.action in _RESTARTS:
         if group.kind in (SYSTEM, USER) and _can_restart(group):
             return Action(group, rule.action, _restart_argv(group, rule.action),

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from restart.plan import EXECUTABLE, Action, make_plan
 from restart.policy import Policy, Rule
-from restart.processes import ScanResult
-from restart.text import clean, printable
+from restart.processes import OVER_BUDGET_SHOWN, ScanResult
+from restart.text import clean, printable, quoted
 from restart.units import (
     CONTAINER,
     INIT,
@@ -84,7 +84,8 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
         "processes": [_process_json(a, unowned=False) for a in affected if a.files],
         "units": [_group_json(g) for g in groups],
         "stats": {"scanned": scan.scanned, "vanished": scan.vanished, "denied": scan.denied,
-                  "errors": scan.errors, "unscanned": scan.unscanned},
+                  "errors": scan.errors, "unscanned": scan.unscanned,
+                  "over_budget": [{**u._asdict(), "comm": clean(u.comm)} for u in scan.over_budget]},
     }
     if show_unowned:
         doc["unowned"] = [_process_json(a, unowned=True) for a in affected if a.unowned]
@@ -99,6 +100,8 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
 # ---- text ---------------------------------------------------------------------------------
 
 def _title(g: UnitGroup) -> str:
+    """How a unit is named in text.  A name a user chose (her units, a machine scope) is quoted, so
+    that no name can pass for restartctl's own words ("x.service: restarted" plus spaces)."""
     name = printable(g.name) if g.name else ""
     if g.kind == USER and not name and g.members and all(
             a.unit.cgroup.endswith(f"/user@{g.uid}.service/init.scope") for a in g.members):
@@ -106,13 +109,13 @@ def _title(g: UnitGroup) -> str:
         comms = ", ".join(sorted({printable(a.process.comm) for a in g.members}))
         return f"{comms} of the service manager of user {g.uid} (user@{g.uid}.service)"
     if g.kind == USER:
-        return f"{name or '(no unit)'} (user {g.uid})"
+        return f"{quoted(g.name) if g.name else '(no unit)'} (user {g.uid})"
     if g.kind == USER_MANAGER:
         return f"{name} (service manager of user {g.uid})"
     if g.kind == SESSION:
         return f"{name} (login session of user {g.uid})"
     if g.kind == CONTAINER:
-        return f"container {name}"
+        return f"container {quoted(g.name or '')}"
     if g.kind == INIT:
         return "PID 1 (systemd)"
     if g.kind == NONE:
@@ -124,7 +127,7 @@ def _process_lines(members: Iterable[Affected], *, unowned: bool = False, unchan
     lines = []
     for a in sorted(members, key=lambda m: m.process.pid):
         p = a.process
-        lines.append(f"    pid {p.pid} {printable(p.comm)} (uid {p.uid})")
+        lines.append(f"    pid {p.pid} {quoted(p.comm)} (uid {p.uid})")
         files: list[tuple[str, str, str | None, str]]
         files = ([(f.kind, f.path, None, f.confidence) for f in a.unowned] if unowned else
                  [(o.stale.kind, o.stale.path, o.package, o.stale.confidence)
@@ -276,7 +279,7 @@ def run_units(actions: list[Action], outcomes: list[Outcome]) -> list[dict[str, 
     for a in actions:
         o = by_action.get(id(a))
         units.append({**action_json(a), "status": o.status if o else "listed",
-                      "detail": clean(o.detail) if o else ""})
+                      "detail": clean(o.detail) if o else "", **({"left_pids": list(o.left)} if o and o.left else {})})
     return units
 
 
@@ -475,6 +478,12 @@ def _stats_text(scan: ScanResult) -> list[str]:
 
 
 def unscanned_note(scan: ScanResult) -> str:
-    n = scan.unscanned
-    return (f"{n} process{'es were' if n != 1 else ' was'} not scanned before the time ran out "
-            "(users' processes go last); what they use is checked again on the next run.")
+    """What was not scanned, in one line; a process over a budget by PID, owner and (quoted) name."""
+    n = scan.unscanned - len(scan.over_budget)
+    parts = [f"{n} process{'es were' if n != 1 else ' was'} not scanned before the time ran out "
+             "(users' processes go last)"] if n else []
+    shown = scan.over_budget[:OVER_BUDGET_SHOWN]
+    parts += [f"process {u.pid} {quoted(u.comm)} of uid {u.uid} was not scanned: {u.reason}" for u in shown]
+    if len(scan.over_budget) > len(shown):
+        parts.append(f"and {len(scan.over_budget) - len(shown)} more over a budget")
+    return "; ".join(parts) + "; what they use is checked again on the next run."

@@ -64,15 +64,18 @@ def _with_interpreted(scanned: processes.ScanResult, ctx: interpreters.Context,
 
 def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool = False,
          old_files: Mapping[str, str] | None = None, check_fds: bool = True,
-         interpreted: bool = True, deadline: float | None = None, pids: Iterable[int] | None = None) -> Findings:
+         interpreted: bool = True, deadline: float | None = None, pids: Iterable[int] | None = None,
+         users: bool = True) -> Findings:
     """Find stale processes, restricted to ``only_packages`` when given.
 
     ``old_files`` (canonical path -> package) adds files the packages had before
     this transaction (removed packages, files a new version dropped), which the
     dpkg database no longer lists.  ``deadline`` (``time.monotonic``) bounds the
     process scan, system processes first (see :func:`processes.scan`); ``pids``
-    limits it to those processes (a restarted unit's).  Replaced files whose content
-    did not change (:func:`transaction.unchanged`) are set apart, never acted on.
+    limits it to those processes (a restarted unit's); ``users=False`` leaves out users'
+    processes (a check after restarting a guessed unit, which only system daemons lead to).
+    Replaced files whose content did not change (:func:`transaction.unchanged`) are set
+    apart, never acted on.
     """
     db = packages.DpkgDatabase(roots.admindir, roots.root)
     in_scope = None
@@ -88,13 +91,18 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
                                unchanged=same, history=rundir)
     observe = (lambda dfd, pid, exe: interpreters.observe(dfd, pid, exe, ctx.host)) if interpreted else None
     scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe,
-                          observe_hints=interpreters.MAPPED_HINTS, deadline=deadline, pids=pids)
+                          observe_hints=interpreters.MAPPED_HINTS, deadline=deadline, pids=pids,
+                          users=users)
     if interpreted:
         scan = _with_interpreted(scan, ctx, selection)
     try:
         init_d = set(os.listdir(roots.etc / "init.d"))
     except OSError:
         init_d = set()
+    def started(pid: int) -> float | None:
+        ticks = processes.stat_field(roots.proc, pid, processes.STARTTIME)
+        return None if ticks is None else ctx.host.wall(ticks)
+
     affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d,
-                               unchanged=same)
+                               unchanged=same, started=started)
     return Findings(scan, affected, units.group(affected))

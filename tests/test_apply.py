@@ -173,7 +173,7 @@ def test_user_unit_restarted_only_when_the_policy_says_so(c: Container,
     assert c.main_pid("rctl-userd.service", user="alice") == old
     code, out = apply(c, "--yes", policy='[[rule]]\nscope = "user"\nunit = "rctl-*"\naction = "restart"\n')
     assert code == 0, out
-    assert f"rctl-userd.service (user {uid}): restarted" in out, out
+    assert f'"rctl-userd.service" (user {uid}): restarted' in out, out
     assert c.main_pid("rctl-userd.service", user="alice") not in (0, old)
     assert unit_pids(c, "rctl-userd.service", uid=uid) == [c.main_pid("rctl-userd.service", user="alice")]
 

@@ -106,7 +106,7 @@ def test_concurrent_runs_are_serialised(host: tuple[Container, str]) -> None:
     assert all("error" not in o for o in outs), outs
     assert all(len(REPORT.findall(o)) == 1 for o in outs), outs  # the second sees what is pending
     journal = c.read_file("/run/restartctl/journal")
-    assert int(c.read_file("/run/restartctl/cursor")) == len(journal)
+    assert json.loads(c.read_file("/var/lib/restartctl/pending.json"))["journal"]["offset"] == len(journal)
     assert json.loads(c.read_file("/var/lib/restartctl/pending.json"))["packages"] == ["rctl-sleeper"]
 
 
