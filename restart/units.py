@@ -252,9 +252,10 @@ def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | 
         unowned = tuple(f for f in proc.stale if db.canonical(f.path) not in owners)
         unit = resolve(cgroup_path(proc.cgroup), pid_namespace=proc.pid_namespace)
         if unit.kind == USER_MANAGER and proc.ppid != 1:
-            # Not the manager (PID 1 starts that) but a helper it forked, like "(sd-pam)": a
-            # re-exec of the manager leaves it as it is; it goes when the user's sessions end.
-            unit = Unit(USER, None, unit.uid, valid=False, cgroup=unit.cgroup)
+            # Not the manager (PID 1 starts that) but a helper it forked, like "(sd-pam)": part of
+            # user@UID.service, which a re-exec of the manager leaves as it is; it goes when that
+            # unit stops.  Named after it, never acted on (a user can put a process there).
+            unit = Unit(USER, unit.name, unit.uid, valid=False, cgroup=unit.cgroup)
         if unit.kind == NONE and not systemd and owned and 0 <= proc.uid < FIRST_USER_UID:
             # Only system daemons (root or a system account) lead to an init script: a user's own
             # run of a daemon's binary must never make root (re)start the service.
