@@ -379,7 +379,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     if findings.scan.unscanned:
         still |= frozenset(scope or ())  # not all looked at: the whole transaction stays pending
     state.save_pending(roots.state, state.boot_id(roots.proc), trigger=trigger, packages=still,
-                       units=report.run_units(actions, outcomes))
+                       units=state.with_processes(report.run_units(actions, outcomes), roots.proc))
     publish(roots, [a for a in actions if id(a) not in done], findings, log)
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
 

@@ -90,3 +90,21 @@ def test_a_reinstall_restarts_nothing_and_lists_the_files_as_unchanged(host: tup
     r = apt(c, cfg, "install", "rctl-libdemo1=2.0", "rctl-demod=2.0")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "rctl-demod.service: restarted" in r.stdout, r.stdout
+
+
+def test_status_shows_only_what_is_still_true(host: tuple[Container, str]) -> None:
+    """A service left stale (list mode) is pending; once its processes are gone (stopped by
+    hand), status drops it without a scan, and says so."""
+    c, cfg = host
+    c.systemctl("start", "rctl-demod.service")
+    c.wait_active("rctl-demod.service")
+    r = apt(c, cfg, "install", "rctl-libdemo1=2.0", "rctl-demod=2.0")
+    assert r.returncode == 0 and "rctl-demod.service" in r.stdout, r.stdout
+    st = c.exec(["/usr/sbin/restartctl", "status"])
+    assert st.returncode == 1 and "rctl-demod.service (system): listed" in st.stdout, st.stdout
+    c.systemctl("stop", "rctl-demod.service")
+    st = c.exec(["/usr/sbin/restartctl", "status"])
+    assert st.returncode == 0, st.stdout
+    assert "rctl-demod.service" not in st.stdout and "1 unit(s) pending at that run" in st.stdout, st.stdout
+    doc = json.loads(c.exec(["/usr/sbin/restartctl", "status", "--json"]).stdout)
+    assert doc["last_run"]["units"] == [] and doc["last_run"]["exited"] == 1, doc

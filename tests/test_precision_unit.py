@@ -50,3 +50,31 @@ def test_unknown_old_content_is_never_unchanged(tmp_path: Path) -> None:
     os.chmod(lists, 0o777)
     assert transaction.unchanged(run, db, ["liba"]) == frozenset()
 
+
+
+def test_status_drops_pending_units_whose_processes_have_exited(tmp_path: Path) -> None:
+    """PID and start time name a process for good: a unit whose every process is gone (or
+    whose PID now names another process) is no longer pending; one still running stays."""
+    import subprocess
+
+    from restart import state
+
+    child = subprocess.Popen(["/usr/bin/sleep", "60"])
+    try:
+        proc = Path("/proc")
+        units = state.with_processes([
+            {"unit": "a.service", "pids": [child.pid], "status": "listed"},
+            {"unit": "b.service", "pids": [os.getpid()], "status": "listed"},
+            {"unit": "c.service", "pids": [child.pid], "status": "done"},
+        ], proc)
+        assert units[0]["processes"][0][0] == child.pid
+        units[1]["processes"] = [[os.getpid(), units[1]["processes"][0][1] + 1]]  # a reused PID
+        legacy = {"unit": "d.service", "pids": [1], "status": "listed"}
+        record = {"units": [*units, legacy]}
+        kept = state.still_true(record, proc)
+        assert [u["unit"] for u in kept["units"]] == ["a.service", "c.service", "d.service"]
+        assert kept["exited"] == 1
+    finally:
+        child.kill()
+        child.wait()
+    assert [u["unit"] for u in state.still_true(record, proc)["units"]] == ["c.service", "d.service"]
