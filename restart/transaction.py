@@ -25,18 +25,32 @@ HOOK_BUDGET = 60.0  # seconds a hook run may take, waits included
 JOURNAL = "journal"
 CURSOR = "cursor"
 LISTS = "lists"
-_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9-]+)?")
-EVENTS = ("install", "upgrade", "downgrade", "remove", "purge", "error")
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9-]+){0,2}")
+EVENTS = ("install", "upgrade", "downgrade", "configure", "remove", "purge", "error")
 
 
 class Transaction(NamedTuple):
     """What the hooks saw since the last run."""
 
-    packages: frozenset[str]   # every package unpacked, upgraded, downgraded or removed
+    packages: frozenset[str]   # every package unpacked, upgraded, downgraded, configured or removed
     removed: frozenset[str]
     failed: frozenset[str]     # packages dpkg reported an error for
     sources: frozenset[str]    # "apt", "dpkg"
     end: int                   # journal offset just after the last complete line read
+
+
+def package_name(text: str) -> str | None:
+    """``name`` or ``name:arch`` as the hooks wrote it; None if it is not a package name.
+
+    Earlier versions of the pre-install hook appended the architecture to a name apt's
+    protocol 3 already qualified (Multi-Arch: same), ``name:arch:arch``: read as ``name:arch``.
+    """
+    if not _PACKAGE.fullmatch(text):
+        return None
+    name, *arch = text.split(":")
+    if len(arch) == 2 and arch[0] != arch[1]:
+        return None
+    return ":".join([name, *arch[:1]])
 
 
 def parse_journal(data: bytes) -> tuple[list[tuple[str, str, str]], int]:
@@ -51,8 +65,9 @@ def parse_journal(data: bytes) -> tuple[list[tuple[str, str, str]], int]:
         fields = raw.decode("ascii", "replace").split(" ")
         if len(fields) != 4 or not fields[0].isdigit():
             continue
-        _, source, event, package = fields
-        if source in ("apt", "dpkg") and event in EVENTS and _PACKAGE.fullmatch(package):
+        _, source, event, text = fields
+        package = package_name(text)
+        if source in ("apt", "dpkg") and event in EVENTS and package is not None:
             events.append((source, event, package))
     return events, end
 
