@@ -46,10 +46,18 @@ means later than *start* plus :data:`TOLERANCE`.
     contributes nothing; of an upgraded package only the files of its old file list
     (kept by apt's hook before its last transaction) count; a file replaced by
     identical content (same md5sum) does not count.
-``module``, ``likely`` (evidence ``search-path``)
+``module``, ``likely`` (evidence ``imports``)
     the same for a process whose script lies where no package installs (``/usr/local``,
-    ``/opt``, ``/home``...) or that has none (``python3 -c``, a REPL, a rewritten command
-    line), taken over every package on that search path.  A script elsewhere that none
+    ``/opt``, ``/home``...) or whose command line carries its code (``python3 -c``,
+    ``perl -e``): :mod:`restart.imports` reads that source statically, as the process's
+    user, and the closure is that of the packages shipping the modules it imports on
+    Debian's path (plus the interpreter's own).  Read only when a module package of the
+    interpreter changed after the process started.
+``module``, ``likely`` (evidence ``search-path``)
+    the same when the imports are not known (unreadable, unparseable, built at run time,
+    a REPL, a rewritten command line), taken over every package on that search path; the
+    vendor policy lists these findings (``list_evidence``) instead of restarting for
+    them.  A script elsewhere that none
     of the packages depending on a changed module package owns gets no module finding:
     telling an unowned file in ``/usr/bin`` from an unrelated package's would take a
     search of every dpkg list (8 MB, 20 ms), for a layout Debian Policy forbids.

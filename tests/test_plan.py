@@ -180,3 +180,19 @@ def test_policy_files_others_could_write_are_refused(tmp_path: Path) -> None:
     os.chmod(good / "policy.toml", 0o666)
     with pytest.raises(PolicyError, match="writable only by root"):
         load([good / "policy.toml"])
+
+
+def test_findings_guessed_from_the_search_path_are_listed_not_restarted() -> None:
+    """A module guessed from the whole search path (the script's imports could not be read) is
+    listed by the vendor policy; one found through the imports that were read is restarted for."""
+    proc = ProcessInfo(10, 1, 0, "python3", "/usr/bin/python3.11", "", None, ())
+    unit = Unit(SYSTEM, "app.service")
+
+    def plan_for(evidence: str) -> str:
+        stale = StaleFile("module", "/usr/lib/python3/dist-packages/x.py", "likely", evidence)
+        [action] = make_plan(group([Affected(proc, unit, (OwnedFile(stale, "python3-x"),), ())]), VENDOR)
+        return action.action
+
+    assert plan_for("search-path") == "notify"
+    assert plan_for("imports") == "restart"
+    assert plan_for("depends") == "restart"
