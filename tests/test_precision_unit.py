@@ -142,3 +142,40 @@ def test_the_log_says_told_only_for_notices_that_went_out(tmp_path: Path) -> Non
     lines: list[str] = []
     assert execute.notify([group], run, lines.append, tmp_path / "no-apps", tmp_path / "proc") == 0
     assert lines == ["could not tell user bob (session 7) to restart demo: could not write to /dev/pts/4242"]
+
+
+# ---- the transaction's own processes
+
+def _proc(tmp_path: Path, procs: dict[int, tuple[int, str, dict[str, str]]]) -> Path:
+    """A /proc fixture: pid -> (ppid, exe, {fd: target}), locks in fdinfo for the lock files."""
+    proc = tmp_path / "proc"
+    for pid, (ppid, exe, fds) in procs.items():
+        d = proc / str(pid)
+        (d / "fd").mkdir(parents=True)
+        (d / "fdinfo").mkdir()
+        (d / "stat").write_text(f"{pid} (x) S {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0\n")
+        (d / "exe").symlink_to(exe)
+        for fd, target in fds.items():
+            (d / "fd" / fd).symlink_to(target)
+            lock = "lock:\t1: POSIX  ADVISORY  WRITE 7 08:01:1234 0 EOF\n" if target.endswith("lock-frontend") else ""
+            (d / "fdinfo" / fd).write_text(f"pos:\t0\nflags:\t02\nmnt_id:\t1\n{lock}")
+    return proc
+
+
+def test_the_transactions_own_processes_are_the_hooks_ancestors_up_to_the_frontend(tmp_path: Path) -> None:
+    from restart import hook
+
+    admin = Path("/var/lib/dpkg")
+    # sshd -> bash -> sudo -> apt-get (holds the frontend lock) -> sh -c -> restartctl hook (pid 60)
+    proc = _proc(tmp_path, {
+        10: (1, "/usr/sbin/sshd", {}), 20: (10, "/usr/bin/bash", {}), 30: (20, "/usr/bin/sudo", {}),
+        40: (30, "/usr/bin/apt-get", {"3": "/dev/null", "4": "/var/lib/dpkg/lock-frontend"}),
+        50: (40, "/usr/bin/dash", {}), 60: (50, "/usr/bin/python3.11", {}),
+    })
+    assert hook.transaction_pids(proc, admin, 60) == {40, 50}  # never the admin's shell or sshd
+    # An open lock file without a lock is no frontend; a plain dpkg run is its own transaction.
+    (proc / "40" / "fdinfo" / "4").write_text("pos:\t0\nflags:\t02\n")
+    assert hook.transaction_pids(proc, admin, 60) == frozenset()
+    (proc / "30" / "exe").unlink()
+    (proc / "30" / "exe").symlink_to("/usr/bin/dpkg")
+    assert hook.transaction_pids(proc, admin, 60) == {30, 40, 50}
