@@ -502,7 +502,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     # Not all looked at: the next run looks again at every package changed since the last complete run.
     missed = [report.unscanned_note(findings.scan)] if findings.scan.unscanned else []
     state.save_pending(roots.state, state.boot_id(roots.proc), trigger=trigger, packages=still,
-                       units=recovered + report.run_units(actions, outcomes),
+                       units=state.with_processes(recovered + report.run_units(actions, outcomes), roots.proc),
                        journal=progress.journal if progress else None,
                        started=progress.started if progress and not missed else None,
                        incomplete=missed if progress or missed else None)

@@ -267,6 +267,9 @@ def status_text(record: dict[str, Any] | None, *, current_boot: bool) -> str:
     for u in pending:
         name = printable(str(u.get("unit") or f"pid {u.get('pids')}"))
         lines.append(f"  {name} ({u.get('kind')}): {u.get('status')}: {printable(str(u.get('reason', '')))}")
+    exited = record.get("exited")
+    if isinstance(exited, int) and exited:
+        lines.append(f"Not shown: {exited} unit(s) pending at that run whose processes have all exited since.")
     return "\n".join(lines) + "\n"
 
 

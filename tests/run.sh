@@ -27,7 +27,8 @@ fi
 # unattended-upgrades would start upgrading the machine): downloaded, not installed.
 container_debs=(unattended-upgrades python3-distro-info python3-dbus
                 libnotify-bin libnotify4 python3-gi gir1.2-glib-2.0 libgirepository-1.0-1
-                cron cron-daemon-common)
+                cron cron-daemon-common
+                openssh-server openssh-client openssh-sftp-server runit-helper libwrap0)
 mkdir -p tests/.cache/debs
 for p in "${container_debs[@]}"; do
     if ! ls tests/.cache/debs/"${p}"_*.deb >/dev/null 2>&1; then
