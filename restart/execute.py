@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from restart.plan import Action
+from restart.plan import EXECUTABLE, Action
 from restart.policy import Settings
 from restart.processes import FIRST_USER_UID, PPID, stat_field
 from restart.text import printable
@@ -44,7 +44,6 @@ POLICY_RC_D = "/usr/sbin/policy-rc.d"
 RUNUSER = "/usr/sbin/runuser"
 NOTIFY_SEND = "/usr/bin/notify-send"
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-EXECUTABLE = ("restart", "try-restart", "reload-or-restart", "reexec", "exec")
 DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
 SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup"
 CGROUPFS = Path("/sys/fs/cgroup")
@@ -274,7 +273,7 @@ class Executor:
 
     def __init__(self, settings: Settings, *, proc: Path, deadline: float,
                  still_stale: StillStale,
-                 confirm: Callable[[Action], bool] | None = None,
+                 confirm: Callable[[Action], bool | None] | None = None,
                  report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
                  run_dir: Path = Path("/run"), intend: Callable[[Action], None] | None = None,
                  earlier: Earlier | None = None) -> None:
@@ -311,8 +310,10 @@ class Executor:
                               left=g.pids)
         elif (reason := self._why_not(action)) is not None:
             outcome = Outcome(action, SKIPPED, reason)
-        elif self.confirm is not None and not self.confirm(action):
-            outcome = Outcome(action, DECLINED, "declined at the prompt")
+        elif self.confirm is not None and not (answer := self.confirm(action)):
+            # None: the admin quit (or did not answer in time) before this unit was asked about.
+            outcome = Outcome(action, DECLINED, "declined at the prompt" if answer is False else
+                              "not asked: the prompt was quit before it")
         else:
             outcome = self._intended(action) or self._carry_out(action)
         outcome = outcome._replace(seconds=time.monotonic() - started)
@@ -663,6 +664,19 @@ def _notify_desktop(s: Session, text: str) -> str | None:
     return None if result.returncode == 0 else f"notify-send failed (exit status {result.returncode})"
 
 
+def would_skip(actions: list[Action], settings: Settings, *, proc: Path) -> dict[int, str]:
+    """For a dry run: ``id(action)`` -> why the real run would skip it, by the executor's own checks."""
+    executor = Executor(settings, proc=proc, deadline=time.monotonic() + settings.timeout * len(actions) + 1,
+                        still_stale=lambda group, pids, until: Recheck([]))
+    skips = {}
+    for action in actions:
+        if action.action in EXECUTABLE and action.argv is not None:
+            reason = executor._why_not(action)  # the same checks; nothing is carried out
+            if reason is not None:
+                skips[id(action)] = reason
+    return skips
+
+
 class Applied(NamedTuple):
     outcomes: list[Outcome]
     notified: int
@@ -670,7 +684,7 @@ class Applied(NamedTuple):
 
 def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Path, deadline: float,
           still_stale: StillStale,
-          confirm: Callable[[Action], bool] | None,
+          confirm: Callable[[Action], bool | None] | None,
           report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS,
           intend: Callable[[Action], None] | None = None, earlier: Earlier | None = None) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart.
@@ -681,4 +695,4 @@ def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Pat
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == "notify" and a.group.kind not in (SYSTEM, INIT)]
     for_users += executor.told
-    return Applied(outcomes, notify(for_users, run_dir, log, proc=proc))
+    return Applied(outcomes, notify(for_users, run_dir, log, proc=proc) if settings.notify_users else 0)

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export DEBIAN_FRONTEND=noninteractive
+# Wait (up to 10 min) for another apt or unattended-upgrades holding the dpkg lock, rather than fail at once.
+apt_get=(apt-get -o DPkg::Lock::Timeout=600)
 [ "$(id -u)" = 0 ] || { echo "tests/run.sh: the suite needs root (it builds containers and installs .debs inside them)" >&2; exit 2; }
 
 # Debian packages: the runtime dependencies plus the tools the real tests drive.
@@ -19,8 +21,8 @@ for p in "${debs[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}"
-    apt-get update -q; updated=1
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    "${apt_get[@]}" update -q; updated=1
+    "${apt_get[@]}" install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 # Packages the tests install only inside throw-away containers (never on this host, where
@@ -32,7 +34,7 @@ container_debs=(unattended-upgrades python3-distro-info python3-dbus
 mkdir -p tests/.cache/debs
 for p in "${container_debs[@]}"; do
     if ! ls tests/.cache/debs/"${p}"_*.deb >/dev/null 2>&1; then
-        [ -n "${updated:-}" ] || { apt-get update -q; updated=1; }
+        [ -n "${updated:-}" ] || { "${apt_get[@]}" update -q; updated=1; }
         (cd tests/.cache/debs && apt-get download -q "$p")
     fi
 done
@@ -41,7 +43,7 @@ done
 # unpacked, never installed (installing it would start a Prometheus server on systemd hosts).
 if [ ! -x tests/.cache/promtool/usr/bin/promtool ]; then
     if ! ls tests/.cache/debs/prometheus_*.deb >/dev/null 2>&1; then
-        [ -n "${updated:-}" ] || { apt-get update -q; updated=1; }
+        [ -n "${updated:-}" ] || { "${apt_get[@]}" update -q; updated=1; }
         (cd tests/.cache/debs && apt-get download -q prometheus)
     fi
     dpkg-deb -x "$(ls tests/.cache/debs/prometheus_*.deb | tail -n 1)" tests/.cache/promtool

@@ -189,7 +189,7 @@ def test_ask_mode_through_a_terminal(c: Container, demo_debs: dict[str, dict[str
     r = c.exec(["script", "-qec", "/usr/sbin/restartctl apply --mode ask", "/dev/null"], input="y\nn\n",
                timeout=120)
     out = r.stdout
-    assert "rctl-demod.service: systemctl restart -- rctl-demod.service? [Y/n/a/q]" in out, out
+    assert "rctl-demod.service: systemctl restart -- rctl-demod.service? [Y/n/a/q/?]" in out, out
     assert "rctl-demod.service: restarted" in out, out
     assert "rctl-other.service: left alone" in out, out
     assert c.main_pid("rctl-other.service") == old_other

@@ -46,6 +46,7 @@ INSTALLED_FROM = {
     "/etc/dpkg/dpkg.cfg.d/restartctl": "hook/dpkg.cfg.d/restartctl",
     "/etc/restartctl/policy.toml": "debian/etc/restartctl/policy.toml",
     "/usr/share/bash-completion/completions/restartctl": "completion/restartctl",
+    "/usr/share/doc/restartctl/fleet.md": "docs/fleet.md",  # restartctl(8) names it: not compressed
 }
 EXECUTABLES = {"/usr/sbin/restartctl", "/usr/lib/restartctl/dpkg-hook"}
 
