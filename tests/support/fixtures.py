@@ -11,12 +11,14 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from . import PrerequisiteError
 from .container import Bind, Container
 from .debs import demo_packages
+from .package import BuildError, Built, build_package
 
 DEMO_VERSIONS = ("1.0", "2.0")
 
@@ -67,6 +69,16 @@ def demo_debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, P
     pytest.fail(missing, pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """restartctl's own .deb, built once per session from a copy of the checkout (support/package.py)."""
+    try:
+        return build_package(tmp_path_factory.mktemp("rctl-pkg"))
+    except BuildError as e:
+        message = str(e)
+    pytest.fail(message, pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def systemd_container() -> Iterator[Container]:
     """A container with systemd 252 as PID 1 (basic.target), shared by the tests of one module."""
@@ -95,12 +107,15 @@ def plain_container() -> Iterator[Container]:
 def container_factory() -> Iterator[Callable[..., Container]]:
     """Start fresh containers for one test: ``container_factory("name", boot=True, binds=...)``.
 
+    Further keywords go to :class:`Container` (``repo``, ``unified``, ``hide``, ...).
+
     Every container it started is stopped when the test ends, even on failure.
     """
     started: list[Container] = []
 
-    def make(name: str, *, boot: bool, binds: Sequence[Bind] = (), lower: Path = Path("/")) -> Container:
-        c = Container(name, boot=boot, binds=binds, lower=lower)
+    def make(name: str, *, boot: bool, binds: Sequence[Bind] = (), lower: Path = Path("/"),
+             **options: Any) -> Container:
+        c = Container(name, boot=boot, binds=binds, lower=lower, **options)
         started.append(c)
         return _start(c)
 
@@ -117,4 +132,4 @@ def container_factory() -> Iterator[Callable[..., Container]]:
             raise RuntimeError("; ".join(errors))
 
 
-__all__ = ["TIMINGS", "container_factory", "demo_debs", "plain_container", "systemd_container"]
+__all__ = ["TIMINGS", "built", "container_factory", "demo_debs", "plain_container", "systemd_container"]
