@@ -32,18 +32,15 @@ from typing import Any
 
 import pytest
 
-from tests.support import PrerequisiteError
 from tests.support.container import Container, wait_for
 from tests.support.debs import build_deb
 from tests.support.package import Built
-from tests.support.rootfs import BASE_PACKAGES, CACHE, DOWNLOADS, debootstrap_root, updates_for
+from tests.support.rootfs import CACHE, DOWNLOADS, REAL_ARCHIVE_TIER, updates_for
 
 # A cold first run debootstraps about 300 packages and fetches the updates (several minutes).
 pytestmark = [pytest.mark.real, pytest.mark.timeout(2400)]
 
-SUITE = "trixie"
-DAEMONS = ("openssh-server", "openssh-client", "nginx", "cron", "rsyslog", "exim4-daemon-light", "redis-server",
-           "postgresql", "python3-yaml", "needrestart")
+SUITE = REAL_ARCHIVE_TIER[0]
 SERVICES = ("ssh.service", "nginx.service", "cron.service", "rsyslog.service", "exim4.service",
             "redis-server.service")
 RESULT = CACHE / "real-archive" / "last-run.json"
@@ -178,15 +175,6 @@ print(json.dumps({u: {"pids": sorted(v["pids"]), "why": sorted(v["why"])} for u,
 """
 
 
-@pytest.fixture(scope="module")
-def real_root() -> Path:
-    try:
-        return debootstrap_root(SUITE, (*BASE_PACKAGES, *DAEMONS))
-    except PrerequisiteError as e:
-        message = str(e)
-    pytest.fail(message, pytrace=False)
-
-
 def upgrade_set(root: Path) -> tuple[str, list[Path]]:
     """The real updates pending for the image or, when there are none, its own library packages again."""
     pending = updates_for(root, SUITE)
@@ -244,11 +232,11 @@ def needrestart(c: Container) -> dict[str, list[str]]:
     return named
 
 
-def test_real_upgrade_against_ground_truth(container_factory: Callable[..., Container], real_root: Path,
+def test_real_upgrade_against_ground_truth(container_factory: Callable[..., Container], real_archive_root: Path,
                                            built: Built, daemon_debs: list[Path]) -> None:
-    how, debs = upgrade_set(real_root)
+    how, debs = upgrade_set(real_archive_root)
     assert debs, "nothing to upgrade and no cached library packages to reinstall"
-    c = container_factory("rctl-real", boot=True, lower=real_root, repo=None, unified=True)
+    c = container_factory("rctl-real", boot=True, lower=real_archive_root, repo=None, unified=True)
     c.install_debs([built.deb])
     c.write_file("/etc/restartctl/policy.toml", '[settings]\nmode = "list"\nunattended_mode = "list"\n')
     records = start_everything(c, daemon_debs)

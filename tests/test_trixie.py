@@ -20,29 +20,18 @@ from typing import Any
 
 import pytest
 
-from tests.support import PrerequisiteError
 from tests.support.container import Container, make_local_repo, wait_for
 from tests.support.debs import build_deb
 from tests.support.package import Built
-from tests.support.rootfs import BASE_PACKAGES, debootstrap_root
+from tests.support.rootfs import TRIXIE_TIER
 
-# The first run debootstraps the root (about 3 minutes cold); later runs reuse it.
+# The first run debootstraps the root (about 3 minutes cold; tests/conftest.py starts it early).
 pytestmark = [pytest.mark.real, pytest.mark.timeout(1500)]
 
-SUITE = "trixie"
-PACKAGES = (*BASE_PACKAGES, "unattended-upgrades")
+SUITE = TRIXIE_TIER[0]
 NAMES = ("rctl-libdemo1", "rctl-demod", "rctl-sleeper")
 REPORT = "restartctl: 1 unit used replaced files"
 LIST_ONLY = '[settings]\nmode = "list"\nunattended_mode = "list"\n'
-
-
-@pytest.fixture(scope="session")
-def trixie_root() -> Path:
-    try:
-        return debootstrap_root(SUITE, PACKAGES)
-    except PrerequisiteError as e:
-        message = str(e)
-    pytest.fail(message, pytrace=False)
 
 
 @pytest.fixture

@@ -42,6 +42,12 @@ BASE_PACKAGES = (
     "python3", "python3-apt", "python3-xdg", "procps", "passwd",
 )
 
+# The test tiers' roots: (suite, packages). Debian 13 with what its scenarios need, and Debian 13 with
+# real daemons from the archive (and needrestart, to compare with).
+TRIXIE_TIER = ("trixie", (*BASE_PACKAGES, "unattended-upgrades"))
+REAL_ARCHIVE_TIER = ("trixie", (*BASE_PACKAGES, "openssh-server", "openssh-client", "nginx", "cron", "rsyslog",
+                                "exim4-daemon-light", "redis-server", "postgresql", "python3-yaml", "needrestart"))
+
 # Timings of root builds this run (seconds), for reports.
 TIMINGS: dict[str, float] = {}
 
@@ -180,4 +186,5 @@ def updates_for(root: Path, suite: str) -> list[Path]:
     return sorted(debs.glob("*.deb"))
 
 
-__all__ = ["BASE_PACKAGES", "TIMINGS", "debian_mirror", "debootstrap_root", "root_dir", "updates_for"]
+__all__ = ["BASE_PACKAGES", "REAL_ARCHIVE_TIER", "TIMINGS", "TRIXIE_TIER", "debian_mirror", "debootstrap_root",
+           "root_dir", "updates_for"]
