@@ -372,7 +372,8 @@ def _last_run(roots: Roots) -> tuple[dict[str, Any] | None, bool]:
     from restart import state
 
     record = state.read_json(roots.state, state.PENDING)
-    return record, record is not None and record.get("boot_id") == state.boot_id(roots.proc)
+    current = record is not None and record.get("boot_id") == state.boot_id(roots.proc)
+    return (state.still_true(record, roots.proc) if record is not None and current else record), current
 
 
 def _left_down(roots: Roots, record: dict[str, Any] | None, current: bool) -> list[str]:

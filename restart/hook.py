@@ -558,9 +558,9 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         # Not all looked at: the next run looks again at every package changed since the last complete run.
         missed = [report.unscanned_note(findings.scan)] if findings.scan.unscanned else []
         boot = state.boot_id(roots.proc)
+        units_now = state.with_processes(recovered + report.run_units(actions, outcomes), roots.proc)
         still, recorded = state.merge_pending(state.read_json(roots.state, state.PENDING), boot, scope=scope,
-                                              complete=not missed, packages=still,
-                                              units=recovered + report.run_units(actions, outcomes))
+                                              complete=not missed, packages=still, units=units_now)
         state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded,
                            journal=progress.journal if progress else None,
                            started=progress.started if progress and not missed else None,

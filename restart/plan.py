@@ -127,6 +127,11 @@ def _default(group: UnitGroup) -> Action:
         return Action(group, "reexec", ("systemctl", "--user", "-M", f"{uid}@", "daemon-reexec"),
                       f"the service manager of user {uid} uses replaced files")
     if group.kind == USER:
+        if name == f"user@{uid}.service":
+            return Action(group, "notify", None,
+                          f"part of {name} (the PAM helper \"(sd-pam)\" of user {uid}'s service manager): "
+                          "it is renewed when that unit stops, after the user's last session ends "
+                          "(or with a reboot); a re-exec of the manager does not replace it")
         if name is not None and group.valid and _can_restart(group):
             return Action(group, "notify", None, f"a unit of user {uid}: left to its owner",
                           _restart_argv(group, "restart"))
@@ -141,11 +146,19 @@ def _default(group: UnitGroup) -> Action:
 EXECUTABLE = (*_RESTARTS, "reexec", "exec")  # the actions restartctl carries out itself
 
 
-def _listed_only(action: Action, kinds: tuple[str, ...]) -> Action:
-    """A unit whose only stale files are of kinds the policy does not restart for (data, fd)."""
-    found = {o.stale.kind for m in action.group.members for o in m.files}
-    if action.argv is None or action.action not in EXECUTABLE or not found or found & set(kinds):
+def _listed_only(action: Action, kinds: tuple[str, ...], listed: tuple[str, ...] = ()) -> Action:
+    """A unit whose only stale files are of kinds the policy does not restart for (data, fd), or
+    whose findings that are have evidence it only lists (``search-path``: imports not read)."""
+    files = [o.stale for m in action.group.members for o in m.files]
+    found = {f.kind for f in files}
+    if action.argv is None or action.action not in EXECUTABLE or not found or any(
+            f.kind in kinds and f.evidence not in listed for f in files):
         return action
+    if found & set(kinds):
+        return Action(action.group, "notify", None,
+                      "only modules guessed from the whole search path (the script's imports could not be "
+                      f"read: evidence {'/'.join(sorted({f.evidence for f in files} & set(listed)))}); "
+                      "the policy lists those, never restarts for them", action.argv, action.rule)
     return Action(action.group, "notify", None,
                   f"only {'/'.join(sorted(found))} files are stale; the policy restarts for "
                   f"{'/'.join(kinds)}", action.argv, action.rule)
@@ -162,5 +175,6 @@ def _position(action: Action, settings: Settings) -> tuple[int, int]:
 
 def make_plan(groups: list[UnitGroup], policy: Policy) -> list[Action]:
     """One action per group, in the order they would be carried out (stable within a band)."""
-    actions = [_listed_only(decide(g, policy), policy.settings.restart_on) for g in groups]
+    actions = [_listed_only(decide(g, policy), policy.settings.restart_on, policy.settings.list_evidence)
+               for g in groups]
     return sorted(actions, key=lambda a: _position(a, policy.settings))

@@ -28,6 +28,7 @@ ACTIONS = ("restart", "try-restart", "reload-or-restart", "defer", "ignore", "no
 SCOPES = ("system", "user", "any")
 MODES = ("auto", "ask", "list")
 KINDS = ("exe", "code", "data", "fd", "script", "module")
+EVIDENCE = ("replaced", "missing", "unlinked", "deleted-hint", "newer", "depends", "imports", "search-path")
 RULE_KEYS = {"unit", "scope", "package", "action", "exec", "reason"}
 
 
@@ -44,6 +45,9 @@ class Settings(NamedTuple):
     verify: bool = True             # re-check each restarted unit: active again, nothing stale left
     max_failures: int = 3           # circuit breaker: stop after this many failed restarts in one run
     restart_on: tuple[str, ...] = ("exe", "code", "script", "module")  # other kinds are listed only
+    # Findings with this evidence are listed only: a module guessed from the whole search path
+    # because the script's imports could not be read.
+    list_evidence: tuple[str, ...] = ("search-path",)
     restart_first: tuple[str, ...] = ()  # unit globs restarted before all others
     restart_last: tuple[str, ...] = ()   # unit globs restarted after all others
     ask_default: str = "yes"        # what Enter answers at the ask prompt: yes | no
@@ -53,9 +57,9 @@ class Settings(NamedTuple):
 
 
 _SETTING_TYPES: dict[str, type] = {"mode": str, "unattended_mode": str, "timeout": float, "verify": bool,
-                                   "max_failures": int, "restart_on": tuple, "restart_first": tuple,
-                                   "restart_last": tuple, "ask_default": str, "ignore_exe": tuple, "quiet": bool,
-                                   "notify_users": bool}
+                                   "max_failures": int, "restart_on": tuple, "list_evidence": tuple,
+                                   "restart_first": tuple, "restart_last": tuple, "ask_default": str,
+                                   "ignore_exe": tuple, "quiet": bool, "notify_users": bool}
 
 
 class Rule(NamedTuple):
@@ -212,6 +216,8 @@ def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
                 raise fail(key, f"key {key!r} must be a string or a list of strings")
             if key == "restart_on" and not set(items) <= set(KINDS):
                 raise fail(key, f"key 'restart_on' takes kinds among {', '.join(KINDS)}")
+            if key == "list_evidence" and not set(items) <= set(EVIDENCE):
+                raise fail(key, f"key 'list_evidence' takes evidence among {', '.join(EVIDENCE)}")
             if key == "ignore_exe" and not all(g.startswith(("/", "*")) for g in items):
                 raise fail(key, "key 'ignore_exe' takes globs over absolute executable paths")
             out[key] = items

@@ -381,6 +381,9 @@ def _last_run_lines(record: dict[str, Any] | None, *, current_boot: bool, down: 
         lines.append(f"  {name} ({u.get('kind')}): {word}{': ' + printable(why) if why else ''}")
         if u.get("unit") in down:
             lines.append(f"    {name} is not running now: see 'systemctl status {name}'")
+    exited = record.get("exited")
+    if isinstance(exited, int) and exited:
+        lines.append(f"Not shown: {exited} unit(s) pending at that run whose processes have all exited since.")
     return lines
 
 

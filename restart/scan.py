@@ -89,7 +89,8 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     same = transaction.unchanged(rundir, db, only_packages)
     ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes,
                                unchanged=same, history=rundir)
-    observe = (lambda dfd, pid, exe: interpreters.observe(dfd, pid, exe, ctx.host)) if interpreted else None
+    observe = ((lambda dfd, pid, exe: interpreters.observe(dfd, pid, exe, ctx.host, wants=ctx.wants_imports))
+               if interpreted else None)
     scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe,
                           observe_hints=interpreters.MAPPED_HINTS, deadline=deadline, pids=pids,
                           users=users)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from restart.processes import STARTTIME, stat_field
+
 STATE_SCHEMA = "restartctl-state/1"
 PENDING = "pending.json"
 WAITING = "waiting.json"  # the run deferred until unattended-upgrades exits: {"after": [pid, start]}
@@ -284,6 +286,33 @@ def save_waiting(directory: Path, boot: str, pid: int, start: int) -> None:
     """Remember that a run waits for unattended-upgrade process ``pid`` (started at ``start``), for ``status``."""
     write_json(directory, WAITING, {"schema": STATE_SCHEMA, "boot_id": boot, "time": int(time.time()),
                                     "after": [pid, start]})
+
+
+def with_processes(units: list[dict[str, Any]], proc: Path) -> list[dict[str, Any]]:
+    """Each unit of a run's record with ``processes``: [PID, start time] of its processes, which
+    name them for good (a PID alone may be reused), so that ``status`` can tell they are gone."""
+    out = []
+    for unit in units:
+        pids = [p for p in unit.get("pids", []) if isinstance(p, int)]
+        named = [[pid, start] for pid in pids if (start := stat_field(proc, pid, STARTTIME)) is not None]
+        out.append({**unit, "processes": named})
+    return out
+
+
+def still_true(record: dict[str, Any], proc: Path) -> dict[str, Any]:
+    """The record without the pending units all of whose processes have exited since (a PID
+    and start time that no longer match): one ``stat`` read per process, no scan.  Counted
+    in ``exited``.  Units recorded without ``processes`` (older records) are kept."""
+    kept, exited = [], 0
+    for unit in record.get("units", []):
+        named = unit.get("processes") if isinstance(unit, dict) else None
+        if (isinstance(named, list) and unit.get("status") != "done"
+                and not any(isinstance(p, list) and len(p) == 2 and isinstance(p[0], int)
+                            and stat_field(proc, p[0], STARTTIME) == p[1] for p in named)):
+            exited += 1
+            continue
+        kept.append(unit)
+    return {**record, "units": kept, "exited": exited}
 
 
 def _unit_key(unit: dict[str, Any]) -> tuple[Any, ...]:
