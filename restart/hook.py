@@ -761,14 +761,14 @@ def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float)
     missed = [*txn.incomplete, *(f"{m} says the hooks could not record every event" for m in markers),
               *(f"the last run: {why}" for why in missed_before)]
     scope = txn.packages | state.pending_packages(roots.state, boot, log=log.error)
-    fresh = txn.packages
+    fresh = txn.packages  # this transaction's, as against the backlog of earlier runs
     if missed:
         since = since or boot_time(roots.proc)
         changed = packages.changed_since(roots.admindir, since)
         log.info(f"{'; '.join(missed)}: looking at every package changed since "
                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} ({len(changed)})")
         scope |= changed
-        fresh |= changed  # what the journal could not say counts as this transaction's
+        fresh |= changed  # events the hooks could not record are this transaction's too
     progress = Progress(txn.journal, started)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
