@@ -181,6 +181,7 @@ def test_the_hook_ask_mode_on_the_apt_terminal(c: Container, demo_debs: dict[str
                             [("expect", "restarted")],
                             env={"APT_CONFIG": cfg})
     assert "[Y/n/a/q" not in out and "assume yes (-y): restarting without asking" in out, out
+    c.wait_active("rctl-demod.service")
     assert c.main_pid("rctl-demod.service") not in (0, old)
 
 
