@@ -69,7 +69,13 @@ def box(demo_debs: dict[str, dict[str, Path]]) -> Iterator[Box]:
         cfg = c.local_repo([demo_debs[v][n] for v in ("1.0", "2.0") for n in DEMO])
         r = c.exec(["apt-get", "-q", "update"], env={"APT_CONFIG": cfg})
         assert r.returncode == 0, r.stderr
-        yield Box(c, cfg, uid)
+        box = Box(c, cfg, uid)
+        # 1.0 then 2.0 once: the hook keeps a package's checksums at its first upgrade of the boot (1.0's),
+        # so that every later 1.0 -> 2.0 of a cycle() changes content.
+        for version in ("1.0", "2.0"):
+            r = apt(box, "install", *(f"{n}={version}" for n in DEMO))
+            assert r.returncode == 0, r.stdout + r.stderr
+        yield box
     finally:
         c.stop()
 
@@ -79,8 +85,8 @@ def test_a_loose_run_directory_never_makes_root_write_elsewhere(box: Box) -> Non
     a symlink lists/PKG.list.new -> /etc/rctl-victim, and the apt hook's snapshot overwrote root's file."""
     c = box.c
     c.write_file("/etc/rctl-victim", "root's own\n")
-    c.check(["mkdir", "-p", "/run/restartctl"])
-    c.check(["rm", "-rf", "/run/restartctl/lists"])
+    c.check(["mkdir", "-p", "/run/restartctl/lists"])
+    c.check(["mv", "/run/restartctl/lists", "/run/restartctl/lists.root"])  # root's own, put back below
     c.check(["chmod", "1777", "/run/restartctl"])
     try:
         as_user(box, "mkdir", "/run/restartctl/lists")
@@ -91,6 +97,7 @@ def test_a_loose_run_directory_never_makes_root_write_elsewhere(box: Box) -> Non
         assert "not a directory only root can write" in out  # the Python hook says why it did nothing
     finally:
         c.check(["rm", "-rf", "/run/restartctl/lists"])
+        c.check(["mv", "/run/restartctl/lists.root", "/run/restartctl/lists"])
         c.check(["chmod", "755", "/run/restartctl"])
     assert RESTARTED in cycle(box)  # and with the directory repaired, all is as before
 
