@@ -9,6 +9,7 @@ name a cgroup ``sshd.service`` or ``init.scope`` there).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from restart.packages import DpkgDatabase
@@ -232,29 +233,35 @@ def group(affected: list[Affected]) -> list[UnitGroup]:
 
 
 def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | None,
-              systemd: bool, init_d: set[str], unchanged: frozenset[str] = frozenset()) -> list[Affected]:
+              systemd: bool, init_d: set[str], unchanged: Mapping[str, float] | None = None,
+              started: Callable[[int], float | None] = lambda pid: None) -> list[Affected]:
     """Attach owning packages and managing units to every stale process.
 
     ``in_scope`` maps canonical paths to packages when the run is restricted to some
     packages (a transaction); otherwise owners are looked up for the stale paths only.
     Without systemd, a process's unit is guessed from its executable's package.
-    Package files in ``unchanged`` (canonical paths) were replaced by identical content.
+    Package files in ``unchanged`` (canonical path -> since when that content was on
+    disk) were replaced by identical content: set apart for a process that ``started``
+    (epoch) since then, which cannot have loaded another version.
     """
+    unchanged = unchanged or {}
     paths = {db.canonical(f.path) for p in scan.processes for f in p.stale}
     owners = {p: in_scope[p] for p in paths if p in in_scope} if in_scope is not None else db.owners(paths)
     guesses: dict[str | None, str | None] = {}
     result = []
     for proc in scan.processes:
         mine = [(f, c) for f in proc.stale if (c := db.canonical(f.path)) in owners]
-        owned = tuple(OwnedFile(f, owners[c]) for f, c in mine if c not in unchanged)
-        same = tuple(OwnedFile(f, owners[c]) for f, c in mine if c in unchanged)
+        start = started(proc.pid) if any(c in unchanged for _, c in mine) else None
+        alike = {c for _, c in mine if c in unchanged and start is not None and start >= unchanged[c]}
+        owned = tuple(OwnedFile(f, owners[c]) for f, c in mine if c not in alike)
+        same = tuple(OwnedFile(f, owners[c]) for f, c in mine if c in alike)
         unowned = tuple(f for f in proc.stale if db.canonical(f.path) not in owners)
         unit = resolve(cgroup_path(proc.cgroup), pid_namespace=proc.pid_namespace)
         if unit.kind == USER_MANAGER and not _is_manager(proc, unit.uid):
             # Not the manager but a helper it forked, like "(sd-pam)", or a process of hers she
-            # moved into her manager's own cgroup (AttachProcessesToUnit): a re-exec of the
-            # manager leaves it as it is; it is hers, and goes when she ends it or her sessions end.
-            unit = Unit(USER, None, unit.uid, valid=False, cgroup=unit.cgroup)
+            # moved into her manager's own cgroup (AttachProcessesToUnit): part of user@UID.service,
+            # which a re-exec of the manager leaves as it is.  Named after it, never acted on.
+            unit = Unit(USER, unit.name, unit.uid, valid=False, cgroup=unit.cgroup)
         if unit.kind == NONE and not systemd and owned and 0 <= proc.uid < FIRST_USER_UID:
             # Only system daemons (root or a system account) lead to an init script: a user's own
             # run of a daemon's binary must never make root (re)start the service.
