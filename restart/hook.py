@@ -761,17 +761,19 @@ def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float)
     missed = [*txn.incomplete, *(f"{m} says the hooks could not record every event" for m in markers),
               *(f"the last run: {why}" for why in missed_before)]
     scope = txn.packages | state.pending_packages(roots.state, boot, log=log.error)
+    fresh = txn.packages  # this transaction's, as against the backlog of earlier runs
     if missed:
         since = since or boot_time(roots.proc)
         changed = packages.changed_since(roots.admindir, since)
         log.info(f"{'; '.join(missed)}: looking at every package changed since "
                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} ({len(changed)})")
         scope |= changed
+        fresh |= changed  # events the hooks could not record are this transaction's too
     progress = Progress(txn.journal, started)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
         act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,
-            deadline=deadline, progress=progress, assume_yes=consume_assume_yes(rundir), fresh=txn.packages)
+            deadline=deadline, progress=progress, assume_yes=consume_assume_yes(rundir), fresh=fresh)
     elif missed or txn.journal != cursor:
         state.save_progress(roots.state, boot, trigger=trigger, journal=txn.journal, started=started)
     transaction.release_markers([rundir, roots.state])
