@@ -106,7 +106,7 @@ def _title(g: UnitGroup) -> str:
     if g.kind == USER and not name and g.members and all(
             a.unit.cgroup.endswith(f"/user@{g.uid}.service/init.scope") for a in g.members):
         # A helper the user's service manager forked, such as "(sd-pam)": not a unit of its own.
-        comms = ", ".join(sorted({printable(a.process.comm) for a in g.members}))
+        comms = ", ".join(sorted({quoted(a.process.comm) for a in g.members}))  # a name its owner can choose
         return f"{comms} of the service manager of user {g.uid} (user@{g.uid}.service)"
     if g.kind == USER:
         return f"{quoted(g.name) if g.name else '(no unit)'} (user {g.uid})"

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.real, pytest.mark.timeout(1500)]
 
 SUITE = TRIXIE_TIER[0]
 NAMES = ("rctl-libdemo1", "rctl-demod", "rctl-sleeper")
-REPORT = "restartctl: 1 unit used replaced files"
+REPORT = "restartctl: 1 unit, 2 packages ("  # the short summary (issue 19)
 LIST_ONLY = '[settings]\nmode = "list"\nunattended_mode = "list"\n'
 
 
