@@ -689,7 +689,7 @@ class Container:
 
     def systemd_shared_library(self) -> str:
         """libsystemd-shared-VERSION.so inside: PID 1 and every user manager map it (named per release)."""
-        [lib] = self.check([SH, "-c", "ls /usr/lib/*/systemd/libsystemd-shared-*.so"]).split()
+        [lib] = self.check(["find", "/usr/lib", "-maxdepth", "3", "-path", "*/systemd/libsystemd-shared-*.so"]).split()
         return lib
 
     def copy_in(self, src: Path, name: str | None = None) -> str:
