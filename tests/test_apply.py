@@ -339,8 +339,7 @@ def test_pid1_and_user_manager_are_re_executed(c: Container) -> None:
     user manager now run on a deleted copy; the cure is daemon-reexec, never a restart."""
     install_hooks(c)
     uid = c.create_user("carol")
-    # libsystemd-shared-VERSION.so, the one library PID 1 and every user manager map (named per release).
-    [lib] = c.check(["sh", "-c", "ls /usr/lib/*/systemd/libsystemd-shared-*.so"]).split()
+    lib = c.systemd_shared_library()
     c.check(["sh", "-c", f"cp -p {lib} {lib}.dpkg-new && mv {lib}.dpkg-new {lib}"])
     before = plan_units(c)
     assert before["init.scope"]["action"] == "reexec"
