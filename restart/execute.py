@@ -31,7 +31,7 @@ NOTIFY_SEND = "/usr/bin/notify-send"
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 EXECUTABLE = ("restart", "try-restart", "reload-or-restart", "reexec", "exec")
 DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
-SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup"
+SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup,NRestarts"
 CGROUPFS = Path("/sys/fs/cgroup")
 
 
@@ -243,7 +243,34 @@ class Executor:
         if left:
             pids = ", ".join(str(a.process.pid) for a in left)
             return Outcome(action, FAILED, f"still uses replaced files after the restart (pid {pids})")
-        return Outcome(action, DONE, "verified" if g.kind in (SYSTEM, USER, INIT, USER_MANAGER) else "")
+        done = Outcome(action, DONE, "verified" if g.kind in (SYSTEM, USER, INIT, USER_MANAGER) else "")
+        return self._settle(done, state)
+
+    def _settle(self, done: Outcome, verified: dict[str, str]) -> Outcome:
+        """Healthy means staying up: for ``settle`` seconds after the check, the unit stays active with
+        the main process the check saw, and systemd restarts it on no failure (``NRestarts`` unchanged).
+
+        A service that dies a moment after its start passes the check above; with ``Restart=`` systemd
+        brings it back with another main PID, without it the unit is failed.  Bounded by the run's time.
+        """
+        g = done.action.group
+        watch = min(self.settings.settle, self.remaining() - 1)
+        if not verified or watch <= 0:
+            return done
+        end = time.monotonic() + watch
+        while True:
+            time.sleep(max(min(0.2, end - time.monotonic()), 0))
+            try:
+                now = unit_state(g, min(self.settings.timeout, max(self.remaining(), 1)))
+            except subprocess.TimeoutExpired:
+                return done._replace(status=FAILED, detail="systemctl show did not answer after the restart")
+            moved = [f"{key} {verified.get(key)} -> {now.get(key)}" for key in ("ActiveState", "MainPID", "NRestarts")
+                     if now.get(key) != verified.get(key)]
+            if moved:
+                return done._replace(status=FAILED, detail=f"did not stay up for {watch:g} s after the restart "
+                                                           f"({', '.join(moved)})\n{status_excerpt(g)}")
+            if time.monotonic() >= end:
+                return done._replace(detail=f"{done.detail}, up for {watch:g} s")
 
 
 # ---- telling people -------------------------------------------------------------------------

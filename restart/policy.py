@@ -41,6 +41,7 @@ class Settings(NamedTuple):
     unattended_mode: str = "auto"   # no terminal, DEBIAN_FRONTEND=noninteractive, unattended-upgrades
     timeout: float = 30.0           # seconds one restart (and its verification) may take
     verify: bool = True             # re-check each restarted unit: active again, nothing stale left
+    settle: float = 3.0             # seconds a restarted unit must then stay up (same main PID), 0: off
     max_failures: int = 3           # circuit breaker: stop after this many failed restarts in one run
     restart_on: tuple[str, ...] = ("exe", "code", "script", "module")  # other kinds are listed only
     restart_first: tuple[str, ...] = ()  # unit globs restarted before all others
@@ -48,7 +49,7 @@ class Settings(NamedTuple):
 
 
 _SETTING_TYPES: dict[str, type] = {"mode": str, "unattended_mode": str, "timeout": float, "verify": bool,
-                                   "max_failures": int, "restart_on": tuple, "restart_first": tuple,
+                                   "settle": float, "max_failures": int, "restart_on": tuple, "restart_first": tuple,
                                    "restart_last": tuple}
 
 
@@ -199,7 +200,8 @@ def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
                 raise fail(key, f"key 'restart_on' takes kinds among {', '.join(KINDS)}")
             out[key] = items
         elif kind is float:
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or \
+                    (value == 0 and key != "settle"):
                 raise fail(key, f"key {key!r} must be a positive number of seconds")
             out[key] = float(value)
         elif kind is int:

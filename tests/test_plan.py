@@ -157,3 +157,13 @@ def test_policy_files_others_could_write_are_refused(tmp_path: Path) -> None:
     os.chmod(good / "policy.toml", 0o666)
     with pytest.raises(PolicyError, match="writable only by root"):
         load([good / "policy.toml"])
+
+
+def test_settle_takes_seconds_and_zero_turns_it_off() -> None:
+    from restart.policy import parse
+    assert parse("[settings]\nsettle = 0\n", "t")[1] == {"settle": 0.0}
+    assert parse("[settings]\nsettle = 2.5\n", "t")[1] == {"settle": 2.5}
+    with pytest.raises(PolicyError, match="settle"):
+        parse("[settings]\nsettle = -1\n", "t")
+    with pytest.raises(PolicyError, match="timeout"):
+        parse("[settings]\ntimeout = 0\n", "t")
