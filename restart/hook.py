@@ -324,7 +324,8 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
 
 def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log) -> None:
     """Tell the rest of the system: /run/reboot-required(.pkgs) when a reboot is the cure (what
-    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile."""
+    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile, both
+    from what is ``left`` after this run's restarts."""
     from restart import formats, reboot
 
     try:
@@ -335,8 +336,9 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log)
                 log.info("a reboot is needed: " + ", ".join(
                     sorted({f"{r.kind} {r.package}" if r.package else r.kind for r in found})))
         record = state.read_json(roots.state, state.PENDING)
-        text = formats.openmetrics(left, findings.groups, findings.scan, found + reboot.flagged(roots.run, known=found),
-                                   last_run=record, current_boot=True)
+        text = formats.host_metrics(left, [a.group for a in left], findings.scan,
+                                    found + reboot.flagged(roots.run, known=found), admindir=roots.admindir,
+                                    last_run=record, current_boot=True)
         formats.write_textfile(text)
     except OSError as e:
         log.error(f"could not publish the reboot flag or the metrics: {e}")

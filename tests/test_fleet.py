@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.support.container import Container
 from tests.support.fixtures import run_demod_then_upgrade
 from tests.test_cli import EXE, LIB, Host
 from tests.test_formats import promtool
+from tests.test_packaging import build_once
 
 REPO = Path(__file__).resolve().parent.parent
 PLAYBOOK = REPO / "examples" / "ansible" / "fleet.yml"
@@ -314,3 +316,164 @@ def test_rules_fire_after_n_days(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS" in r.stdout
 
+
+
+# ---------------------------------------------------------------- metrics written by a real host
+
+TEXTFILE = "/var/lib/prometheus/node-exporter/restartctl.prom"
+CRASHING = ("/bin/sh -c 'if [ -e /srv/rctl/crash ]; then (sleep 1.5; kill -KILL $$$$) & fi; "
+            "exec /usr/bin/rctl-sleeper'")
+
+
+def samples(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value, read as node-exporter's textfile collector reads it (the Prometheus
+    text format parser; promtool's ``check metrics`` is the same expfmt parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text.replace("# EOF\n", "")):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+    return out
+
+
+def metrics_check(text: str) -> dict[str, float]:
+    r = promtool("check", "metrics", stdin=text)
+    assert r.returncode == 0, r.stdout + r.stderr + text
+    return samples(text)
+
+
+def rules_test(tmp: Path, hosts: dict[str, tuple[str, bool]], tests: list[dict[str, Any]]) -> None:
+    """``promtool test rules`` over series captured from real hosts: each host's textfile held for 10
+    days (the report timer rescans and finds the same), its report time renewed daily when ``live``.
+
+    The only change made to what the hosts wrote: every ``*_timestamp_seconds`` value is shifted by
+    the same amount, so that the earliest report is promtool's time 0.
+    """
+    parsed = {name: samples(text) for name, (text, _) in hosts.items()}
+    base = min(s["restartctl_report_timestamp_seconds"] for s in parsed.values())
+    series = []
+    for name, values in parsed.items():
+        for key, value in values.items():
+            metric, _, labels = key.partition("{")
+            shifted = round(value - base) if metric.endswith("_timestamp_seconds") else value
+            text = f'instance="{name}",job="node"' + ("," + labels.rstrip("}") if labels else "")
+            live = metric == "restartctl_report_timestamp_seconds" and hosts[name][1]
+            series.append({"series": f"{metric}{{{text}}}",
+                           "values": f"{_number(shifted)}+86400x10" if live else f"{_number(shifted)}x10"})
+    spec = {"rule_files": [str(RULES)], "evaluation_interval": "1h",
+            "tests": [{"interval": "1d", "input_series": series, "alert_rule_test": tests}]}
+    (tmp / "captured_test.yml").write_text(json.dumps(spec, indent=1))
+    r = promtool("test", "rules", str(tmp / "captured_test.yml"))
+    assert r.returncode == 0, r.stdout + r.stderr + json.dumps(series, indent=1)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+ANNOTATIONS = {  # what each alert says, for an instance {i} (and the alert's value {v})
+    "RestartctlPendingRestarts": {
+        "summary": "{i}: services still run replaced package files",
+        "description": "Units on {i} have used replaced package files for more than 3 days. Run `restartctl plan` "
+                       "there (or the fleet playbook with restartctl_apply=true)."},
+    "RestartctlRestartsFailed": {"summary": "{i}: {v} restart(s) failed in restartctl's last run",
+                                 "description": "Run `restartctl status` on {i}."},
+    "RestartctlReportStale": {"summary": "{i}: restartctl metrics are more than 2 days old"},
+}
+
+
+def expect(at: str, name: str, firing: dict[str, dict[str, str]], value: float = 0) -> dict[str, Any]:
+    """An alert_rule_test entry: at ``at`` (e.g. "4d"), ``name`` fires for exactly these instances."""
+    return {"eval_time": at, "alertname": name, "exp_alerts": [
+        {"exp_labels": {"instance": i, "job": "node", **labels},
+         "exp_annotations": {k: v.format(i=i, v=_number(value)) for k, v in ANNOTATIONS.get(name, {}).items()}}
+        for i, labels in firing.items()]}
+
+
+@pytest.fixture(scope="session")
+def restartctl_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .deb this checkout builds (once per session, shared with tests/test_packaging.py)."""
+    return build_once(tmp_path_factory).deb
+
+
+def install_built(c: Container, deb: Path, policy_toml: str) -> None:
+    """The package as an operator installs it, node-exporter's textfile directory, a policy."""
+    c.install_debs([deb])
+    c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])  # the host image forbids restarts (Docker-style)
+    c.check(["mkdir", "-p", "/var/lib/prometheus/node-exporter"])
+    c.write_file("/etc/restartctl/policy.toml", policy_toml)
+
+
+@pytest.mark.real
+def test_every_textfile_writer_tells_the_truth_and_the_alerts_fire(
+        container_factory: Callable[..., Container], restartctl_deb: Path, demo_debs: dict[str, dict[str, Path]],
+        tmp_path: Path) -> None:
+    """On a real host (the .deb installed): the dpkg hook, ``plan --textfile``, ``apply`` and the report
+    timer write the same series, pending-since included, with counts after the restarts; the alert
+    rules fire on what these files say (promtool test rules)."""
+    c = container_factory("rctl-metrics", boot=True)
+    install_built(c, restartctl_deb, '[settings]\nmode = "list"\nunattended_mode = "list"\n')
+    names = ("rctl-libdemo1", "rctl-demod", "rctl-sleeper")
+    c.install_debs([demo_debs["1.0"][n] for n in names])
+    c.write_file("/etc/systemd/system/rctl-crash.service", f"[Service]\nExecStart={CRASHING}\n")
+    c.systemctl("daemon-reload")
+    for unit in ("rctl-demod.service", "rctl-crash.service"):
+        c.systemctl("start", unit)
+        c.wait_active(unit)
+    c.install_debs([demo_debs["2.0"][n] for n in names])  # the dpkg hook runs, in list mode
+    texts = {"hook": c.read_file(TEXTFILE).decode()}
+    hook = metrics_check(texts["hook"])
+    assert hook['restartctl_pending_units{scope="system"}'] == 2
+    assert hook["restartctl_pending_since_timestamp_seconds"] > 0  # was missing from the hook's file
+    r = c.exec(["restartctl", "plan", "--format", "openmetrics", "--textfile"])
+    assert r.returncode == 1, r.stderr
+    planned = metrics_check(c.read_file(TEXTFILE).decode())
+    assert set(planned) == set(hook)  # the same series from both writers
+    moving = ("restartctl_report_timestamp_seconds", "restartctl_scanned_processes", "restartctl_last_run")
+    assert {k: v for k, v in planned.items() if not k.startswith(moving)} == {
+        k: v for k, v in hook.items() if not k.startswith(moving)}
+
+    r = c.exec(["restartctl", "apply", "--yes"], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    texts["applied"] = c.read_file(TEXTFILE).decode()
+    applied = metrics_check(texts["applied"])
+    assert applied['restartctl_pending_units{scope="system"}'] == 0
+    assert applied["restartctl_stale_processes"] == 0  # after the restarts, not before
+    assert applied['restartctl_last_run_restarts{result="done"}'] == 2
+    assert "restartctl_pending_since_timestamp_seconds" not in applied
+
+    # The report timer, as the package ships and enables it: nothing changed, so only the time moves.
+    assert c.check(["systemctl", "is-enabled", "restartctl-report.timer"]).strip() == "enabled"
+    c.systemctl("start", "restartctl-report.timer")
+    assert c.show("restartctl-report.timer", "ActiveState") == "active"
+    c.systemctl("start", "restartctl-report.service")
+    assert c.show("restartctl-report.service", "Result") == "success"
+    renewed = metrics_check(c.read_file(TEXTFILE).decode())
+    assert renewed["restartctl_report_timestamp_seconds"] > applied["restartctl_report_timestamp_seconds"]
+    assert {k: v for k, v in renewed.items() if not k.startswith(moving[0])} == {
+        k: v for k, v in applied.items() if not k.startswith(moving[0])}
+
+    # Back to v1 (every inode replaced again), and this time rctl-crash dies 1.5 s after its restart.
+    c.install_debs([demo_debs["1.0"][n] for n in names])
+    c.write_file("/srv/rctl/crash", "")
+    r = c.exec(["restartctl", "apply", "--yes"], timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    texts["failed"] = c.read_file(TEXTFILE).decode()
+    failed = metrics_check(texts["failed"])
+    assert failed['restartctl_last_run_restarts{result="failed"}'] == 1
+    assert failed['restartctl_last_run_restarts{result="done"}'] == 1
+    assert failed['restartctl_pending_units{scope="system"}'] == 1  # the failed one still needs someone
+
+    hosts = {"pending": (texts["hook"], True), "clean": (texts["applied"], True),
+             "silent": (texts["applied"], False), "failed": (texts["failed"], True)}
+    rules_test(tmp_path, hosts, [
+        expect("2d", "RestartctlPendingRestarts", {}),
+        expect("4d", "RestartctlPendingRestarts", {"pending": {"severity": "warning"},
+                                                   "failed": {"severity": "warning"}}),
+        expect("4d", "RestartctlPendingRestartsNoSince", {}),
+        expect("0d", "RestartctlRestartsFailed", {"failed": {"severity": "warning", "result": "failed"}}, 1),
+        expect("1d", "RestartctlReportStale", {}),
+        expect("3d", "RestartctlReportStale", {"silent": {"severity": "info"}}),
+    ])

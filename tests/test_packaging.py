@@ -86,9 +86,23 @@ class Built(NamedTuple):
     seconds: float
 
 
+_BUILT: list[Built] = []  # one build per session, also for the modules that import this fixture
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """Build source and binary packages once: ``dpkg-buildpackage -us -uc`` in a copy of the checkout."""
+    return build_once(tmp_path_factory)
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The session's build (other modules' fixtures call this too: one build per session)."""
+    if not _BUILT:
+        _BUILT.append(_build(tmp_path_factory))
+    return _BUILT[0]
+
+
+def _build(tmp_path_factory: pytest.TempPathFactory) -> Built:
     if shutil.which("dpkg-buildpackage", path=DEBPATH) is None:
         pytest.fail("dpkg-buildpackage is missing: run tests/run.sh, which installs the build dependencies",
                     pytrace=False)
