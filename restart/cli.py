@@ -17,6 +17,7 @@ from restart.text import printable
 EXIT_OK, EXIT_STALE, EXIT_ERROR = 0, 1, 2
 APPLY_SCHEMA = "restartctl-apply/1"
 DEFAULT_TEXTFILE = Path("(default)")
+APPLY_LOCK_WAIT = transaction.HOOK_BUDGET + 10  # longer than a hook run may take
 
 
 def _roots_options(p: argparse.ArgumentParser) -> None:
@@ -301,8 +302,18 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
 
     mode = "auto" if args.yes else "list" if args.dry_run else args.mode
     log = hook.Log(sys.stdout, sys.stderr, quiet=args.json)
-    code = hook.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
-                    deadline=time.monotonic() + args.budget)
+    wait = min(args.budget, APPLY_LOCK_WAIT)
+
+    def waiting(holder: str) -> None:
+        print(f"restartctl: waiting (at most {wait:g} s) for the run that holds the lock: {holder}",
+              file=sys.stderr, flush=True)
+
+    with hook.run_lock(roots, wait, who="apply", waiting=waiting) as lock:
+        if not lock.held:
+            print(f"restartctl: another run still holds the lock ({lock.holder}); nothing done", file=sys.stderr)
+            return EXIT_ERROR
+        code = hook.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
+                        deadline=time.monotonic() + args.budget)
     if args.json:
         import json
 

@@ -138,6 +138,14 @@ def unit_pids(cgroupfs: Path, control_group: str) -> list[int] | None:
     return None
 
 
+def not_restarted(state: dict[str, str]) -> str:
+    """Why a unit does not count as restarted: not active, or active with the main process it had."""
+    if state.get("ActiveState") == "active":
+        return (f"still active with the same main process (pid {state.get('MainPID')}): "
+                "the command did not restart it")
+    return f"not active again after the restart ({state.get('ActiveState')}/{state.get('SubState')})"
+
+
 class Executor:
     """Carries out actions in order with the policy's timeout, verification and circuit breaker."""
 
@@ -234,9 +242,7 @@ class Executor:
                 if state.get("ActiveState") == "active" and new_main:
                     break
                 if state.get("ActiveState") == "failed" or time.monotonic() >= limit:
-                    return Outcome(action, FAILED, f"not active again after the restart "
-                                                   f"({state.get('ActiveState')}/{state.get('SubState')})\n"
-                                                   f"{status_excerpt(g)}")
+                    return Outcome(action, FAILED, f"{not_restarted(state)}\n{status_excerpt(g)}")
                 time.sleep(0.1)
         # Only the unit's own processes are looked at again, when its cgroup says which they are.
         left = self.still_stale(g, unit_pids(self.cgroupfs, state.get("ControlGroup", "")))

@@ -19,7 +19,7 @@ import sys
 import syslog
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
@@ -100,16 +100,93 @@ def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int) -> Process | N
     return Process(found, start) if start is not None else None
 
 
+DPKG = "/usr/bin/dpkg"
+DPKG_LOCKS = ("lock-frontend", "lock")
+
+
+def _holds_dpkg_lock(proc: Path, pid: int, locks: tuple[str, ...]) -> bool:
+    """Does the process hold a lock on one of dpkg's lock files (a frontend: apt, aptd, packagekitd)?
+
+    An open descriptor on the file whose ``fdinfo`` lists a lock; only the process's own
+    descriptors are looked at, never ``/proc/locks`` (whose device numbers differ on overlays).
+    """
+    fds = proc / str(pid) / "fd"
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return False
+    for name in names[:4096]:
+        try:
+            if os.readlink(fds / name) not in locks:
+                continue
+            info = (proc / str(pid) / "fdinfo" / name).read_bytes()
+        except OSError:
+            continue
+        if b"\nlock:" in info:
+            return True
+    return False
+
+
+def transaction_pids(proc: Path, admindir: Path, pid: int) -> frozenset[int]:
+    """The processes that run this package transaction: they are its means, not its findings.
+
+    The hook's ancestors up to the outermost one that holds dpkg's frontend lock or
+    database lock (apt-get, apt, unattended-upgrade, aptd, packagekitd, a python-apt
+    script) or is dpkg itself (a plain ``dpkg -i`` has unlocked when its post-invoke
+    hook runs), with the shells between.  Nothing when no ancestor is (a run by hand).
+    """
+    locks = tuple(str(admindir / name) for name in DPKG_LOCKS)
+    chain: list[int] = []
+    outermost = 0
+    current: int | None = stat_field(proc, pid, PPID)
+    for _ in range(64):
+        if current is None or current <= 1:
+            break
+        chain.append(current)
+        try:
+            exe = os.readlink(proc / str(current) / "exe")
+        except OSError:
+            exe = ""
+        if exe == DPKG or _holds_dpkg_lock(proc, current, locks):
+            outermost = len(chain)
+        current = stat_field(proc, current, PPID)
+    return frozenset(chain[:outermost])
+
+
+def without(findings: Findings, pids: frozenset[int]) -> Findings:
+    """The findings with these processes left out (the transaction's own)."""
+    if not pids:
+        return findings
+    affected = [a for a in findings.affected if a.process.pid not in pids]
+    return findings._replace(affected=affected, groups=units.group(affected))
+
+
 def wait_for_exit(proc: Path, target: Process, limit: float) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and process_start(proc, target.pid) == target.start:
         time.sleep(0.5)
 
 
+LOCK = "lock"  # in /run/restartctl: held by every run that acts (hook, apply)
+
+
+class Lock(NamedTuple):
+    """Whether this run holds the lock, and if not, which run does (as that run wrote it)."""
+
+    held: bool
+    holder: str
+
+
 @contextmanager
-def locked(path: Path, timeout: float) -> Iterator[bool]:
-    """An exclusive lock on ``path``, waited for at most ``timeout`` seconds; yields whether we got it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def locked(path: Path, timeout: float, *, who: str = "restartctl",
+           waiting: Callable[[str], None] | None = None) -> Iterator[Lock]:
+    """An exclusive lock on ``path``, waited for at most ``timeout`` seconds.
+
+    The holder writes its PID and command into the file, so that a run that cannot get
+    the lock can say which run has it (``waiting`` is told once, when the wait begins).
+    The lock itself is the ``flock``: it ends with the holder, however the holder ends.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -118,12 +195,33 @@ def locked(path: Path, timeout: float) -> Iterator[bool]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    yield False
+                    yield Lock(False, holder(fd))
                     return
+                if waiting is not None:
+                    waiting(holder(fd))
+                    waiting = None
                 time.sleep(0.05)
-        yield True
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {who}\n".encode(), 0)
+        yield Lock(True, "")
     finally:
         os.close(fd)
+
+
+def holder(fd: int) -> str:
+    """``pid N (command)`` from the lock file, printable; "another run" when it says nothing usable."""
+    pid, _, who = os.pread(fd, 128, 0).decode("ascii", "replace").strip().partition(" ")
+    return f"pid {pid} ({printable(who[:32])})" if pid.isdigit() else "another run"
+
+
+def run_lock(roots: Roots, timeout: float, *, who: str,
+             waiting: Callable[[str], None] | None = None) -> AbstractContextManager[Lock]:
+    """The one lock of every command that acts, in ``/run/restartctl`` (created root-only if missing)."""
+    rundir = roots.run / "restartctl"
+    if not state.usable_dir(rundir, create=True):  # checked before the lock is taken in it
+        raise OSError(f"{rundir}: not a directory only root can write (a symlink, or group or world writable); "
+                      "nothing is done and the transaction stays pending")
+    return locked(rundir / LOCK, timeout, who=who, waiting=waiting)
 
 
 def _run_quietly(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -222,10 +320,10 @@ def _run(roots: Roots, trigger: str, log: Log, budget: float) -> None:
     if shutting_down(roots):
         log.info("the system is shutting down: nothing to do", show=False)
         return
-    rundir.mkdir(mode=0o755, exist_ok=True)
-    with locked(rundir / "lock", budget / 2) as got:
-        if not got:
-            log.error("another restartctl run holds the lock; this transaction stays pending for the next run")
+    with run_lock(roots, budget / 2, who=f"hook --trigger {trigger}") as lock:
+        if not lock.held:
+            log.error(f"another restartctl run ({lock.holder}) holds {rundir / LOCK}; "
+                      "this transaction stays pending for the next run")
             return
         _report(roots, rundir, trigger, log, time.monotonic() + budget - 1)
 
@@ -290,9 +388,12 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     # The scan may take half the time left; restarts and their checks need the rest.
     findings = find(roots, only_packages=scope, old_files=old_files,
                     deadline=time.monotonic() + max(0.0, deadline - time.monotonic()) / 2)
+    findings = without(findings, transaction_pids(roots.proc, roots.admindir, os.getpid()))
     if findings.scan.unscanned:
         log.error(report.unscanned_note(findings.scan))
     actions = plan.make_plan(findings.groups, pol)
+    actions = hold_unconfigured(actions, packages.unconfigured(
+        roots.admindir, {p for a in actions if a.action in execute.EXECUTABLE for p in a.group.packages}))
     outcomes: list[execute.Outcome] = []
     if mode == "list" or not actions:
         lines = report.hook_lines(actions, failed=failed)
@@ -322,6 +423,24 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
 
 
+def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) -> list[plan.Action]:
+    """Defer what would restart a unit whose package dpkg left unconfigured (killed, failed).
+
+    Its maintainer scripts, which may migrate its configuration, have not all run.  The
+    unit stays pending with the reason; the ``configure`` event of a later ``dpkg
+    --configure`` brings it back into that run's report.
+    """
+    held = []
+    for a in actions:
+        waiting = sorted(f"{p} is {unfinished[p]}" for p in a.group.packages if p in unfinished)
+        if waiting and a.action in execute.EXECUTABLE:
+            a = a._replace(action="defer", argv=None, suggested=a.argv,
+                           reason=f"not restarted: dpkg has not finished configuring it ({', '.join(waiting)}); "
+                                  "after 'dpkg --configure -a'")
+        held.append(a)
+    return held
+
+
 def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log) -> None:
     """Tell the rest of the system: /run/reboot-required(.pkgs) when a reboot is the cure (what
     unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile, both
@@ -346,7 +465,7 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log)
 
 def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float) -> None:
     txn = transaction.read(rundir)
-    scope = txn.packages | state.pending_packages(roots.state, state.boot_id(roots.proc))
+    scope = txn.packages | state.pending_packages(roots.state, state.boot_id(roots.proc), log=log.error)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
         act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,

@@ -39,7 +39,13 @@ means later than *start* plus :data:`TOLERANCE`.
     process started and is in the dependency closure of the script's package (the
     script's own package included; for ``python3 -m mod``, the package of ``mod``'s file
     on Debian's path).  "Unpacked" is the mtime of ``info/PACKAGE.list``, which dpkg
-    rewrites at every unpack; one finding per package, on one of its module files.
+    rewrites at every unpack; one finding per package, on one of its module files
+    (:data:`MODULE_SUFFIXES`: source or C extension, never metadata or a directory).
+    Only code that existed when the process started counts: a package whose first
+    event in this boot's transaction journal is its installation, after the start,
+    contributes nothing; of an upgraded package only the files of its old file list
+    (kept by apt's hook before its last transaction) count; a file replaced by
+    identical content (same md5sum) does not count.
 ``module``, ``likely`` (evidence ``search-path``)
     the same for a process whose script lies where no package installs (``/usr/local``,
     ``/opt``, ``/home``...) or that has none (``python3 -c``, a REPL, a rewritten command
@@ -75,6 +81,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
+from restart import transaction
 from restart.packages import DpkgDatabase, fs_decode, fs_encode, spellings
 from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, ProcessGone, StaleFile, exe_of, read_proc
 
@@ -442,6 +449,22 @@ _SEARCH = {
 }
 
 
+# What a module file of each family is called: code the interpreter loads, C extensions included.
+MODULE_SUFFIXES = {
+    PYTHON: (".py", ".so"),
+    PERL: (".pm", ".pl", ".so"),
+    RUBY: (".rb", ".so"),
+    NODE: (".js", ".mjs", ".cjs", ".node"),
+    JAVA: (".jar",),
+}
+
+
+def _is_module(path: str, suffixes: tuple[str, ...]) -> bool:
+    """Named like a module (``x.cpython-311-x86_64-linux-gnu.so`` and ``x.so.1`` are C extensions)."""
+    name = path.rpartition("/")[2]
+    return name.endswith(suffixes) or (".so" in suffixes and ".so." in name)
+
+
 def search_path(interpreter: Interpreter) -> re.Pattern[str] | None:
     """Debian's default module directories of an interpreter (static: never asked of it)."""
     if interpreter.family == PYTHON:
@@ -758,8 +781,12 @@ class Context:
 
     def __init__(self, db: DpkgDatabase, *, in_scope: Mapping[str, str] | None = None,
                  host: Host | None = None, tolerance: float = TOLERANCE,
-                 unowned: tuple[str, ...] = RESERVED) -> None:
+                 unowned: tuple[str, ...] = RESERVED, unchanged: frozenset[str] = frozenset(),
+                 history: Path | None = None) -> None:
         self.db = db
+        self.unchanged = unchanged  # canonical paths replaced by identical content
+        self.history = history      # the hooks' run directory (journal, old file lists), if any
+        self._old_files: dict[str, frozenset[str] | None] = {}
         self.in_scope = in_scope
         self.host = host or Host.of(db.root)
         self.tolerance = tolerance
@@ -826,6 +853,17 @@ class Context:
     # -- what changed, and when
 
     @cached_property
+    def _first_events(self) -> dict[str, tuple[int, str]]:
+        return transaction.first_events(self.history) if self.history else {}
+
+    def _old(self, package: str) -> frozenset[str] | None:
+        """A package's files before its last apt transaction (the hook's snapshot); None: not known."""
+        if package not in self._old_files:
+            old = transaction.old_files(self.history, frozenset({package}), self.db.aliases) if self.history else {}
+            self._old_files[package] = frozenset(old) or None
+        return self._old_files[package]
+
+    @cached_property
     def last_change(self) -> float:
         """When dpkg last wrote its database (status, or a journal entry in updates/)."""
         times = [0.0]
@@ -874,24 +912,42 @@ class Context:
         return names[bisect.bisect_right(times, start + self.tolerance):]
 
     def modules(self, interpreter: Interpreter, package: str) -> tuple[str, ...]:
-        """The files (not directories) ``package`` ships on the interpreter's search path, sorted."""
+        """The module files ``package`` ships on the interpreter's search path, sorted.
+
+        Code only (:data:`MODULE_SUFFIXES`: source modules and C extensions), never metadata
+        (``PKG-INFO``, ``Makefile``) or a directory.
+        """
         pattern = search_path(interpreter)
-        if pattern is None:
+        suffixes = MODULE_SUFFIXES.get(interpreter.family)
+        if pattern is None or suffixes is None:
             return ()
         key = (pattern.pattern, package)
         if key not in self._modules:
             files = self.files(package)
             parents = {posixpath.dirname(f) for f in files}
-            self._modules[key] = tuple(sorted(f for f in files if f not in parents and pattern.match(f)))
+            self._modules[key] = tuple(sorted(f for f in files if f not in parents and pattern.match(f)
+                                              and _is_module(f, suffixes)))
         return self._modules[key]
 
     def changed_modules(self, interpreter: Interpreter, start: float) -> dict[str, str]:
-        """Module packages of this interpreter unpacked after ``start``: package -> one of its module files."""
+        """Module packages of this interpreter unpacked after ``start``: package -> one of its module files
+        that the process can have loaded and whose content changed.
+
+        Only files that existed when the process started count: a package first installed
+        after it (the journal's first event for it) contributes nothing, and of an upgraded
+        package only the files of its old file list (kept by apt's hook) count.  Files
+        replaced by identical content do not count either.
+        """
         if interpreter.family not in INFER_MODULES:
             return {}
         found = {}
         for package in self.changed_after(start):
-            files = self.modules(interpreter, package)
+            when, event = self._first_events.get(package, (0, ""))
+            if event == "install" and when > start:
+                continue  # none of it existed when the process started
+            old = self._old(package)
+            files = [f for f in self.modules(interpreter, package)
+                     if f not in self.unchanged and (old is None or f in old)]
             if files:
                 found[package] = files[0]
         return found

@@ -69,6 +69,16 @@ def package_matches(installed: str, wanted: str) -> bool:
     return installed == wanted or (":" not in wanted and installed.partition(":")[0] == wanted)
 
 
+def parse_md5sums(data: bytes, aliases: frozenset[str]) -> dict[str, str]:
+    """``info/PKG.md5sums``: canonical path -> checksum, from lines ``<md5>  <path without its leading />``."""
+    sums = {}
+    for line in data.split(b"\n"):
+        digest, sep, rel = line.partition(b"  ")
+        if sep and len(digest) == 32 and rel and not rel.startswith(b"/"):
+            sums[canonical("/" + fs_decode(rel), aliases)] = digest.decode("ascii", "replace").lower()
+    return sums
+
+
 class Diversion(NamedTuple):
     path: str       # what packages ship
     moved_to: str   # where the diverted package's copy really lives
@@ -168,6 +178,19 @@ class DpkgDatabase:
                 result.setdefault(file, name)
         return result
 
+    def md5sums(self, packages: Iterable[str]) -> dict[str, str]:
+        """Canonical path -> checksum of the named installed packages' files, as dpkg recorded them."""
+        wanted = list(packages)
+        sums: dict[str, str] = {}
+        for name, _ in self._lists:
+            if any(package_matches(name, w) for w in wanted):
+                try:
+                    with open(self.admindir / "info" / f"{name}.md5sums", "rb") as f:
+                        sums.update(parse_md5sums(f.read(), self.aliases))
+                except OSError:
+                    continue
+        return sums
+
     def owners(self, paths: Iterable[str]) -> dict[str, str]:
         """Canonical path -> owning package for those paths that a package owns.
 
@@ -233,3 +256,46 @@ class DpkgDatabase:
                 names.append(name)
         return sorted(names)
 
+
+
+# dpkg states of a package whose unpack or configure dpkg did not finish: its maintainer
+# scripts (which may migrate configuration) have not all run, so its programs are not to
+# be restarted yet.  ``triggers-pending`` is configured (only its own triggers wait).
+UNFINISHED = frozenset({"half-installed", "unpacked", "half-configured", "triggers-awaited"})
+
+
+def unconfigured(admindir: Path, wanted: Iterable[str]) -> dict[str, str]:
+    """Each of ``wanted`` (``name`` or ``name:arch``) that dpkg left unfinished -> its state.
+
+    Read as dpkg itself reads its database: the ``status`` file, then the records in
+    ``updates/`` that a dpkg run which was killed had not folded into it yet, in order.
+    ``reinstreq`` (dpkg's "reinstallation required" flag) counts as unfinished too.
+    """
+    import apt_pkg
+
+    names = set(wanted)
+    if not names:
+        return {}
+    try:
+        updates = sorted(e.path for e in os.scandir(admindir / "updates") if e.name.isdigit())
+    except OSError:
+        updates = []
+    states: dict[tuple[str, str], str] = {}  # (name, arch) -> state; a later record replaces an earlier one
+    bases = {n.partition(":")[0] for n in names}
+    for path in [str(admindir / "status"), *updates]:
+        try:
+            with apt_pkg.TagFile(path) as tags:
+                for section in tags:
+                    name = section.get("Package") or ""
+                    status = (section.get("Status") or "").split()
+                    if name in bases and len(status) == 3:
+                        states[name, section.get("Architecture") or ""] = (
+                            "reinstreq" if status[1] == "reinstreq" else status[2])
+        except (OSError, SystemError):  # apt_pkg reports an unreadable file as SystemError
+            continue
+    found: dict[str, str] = {}
+    for (name, arch), state in sorted(states.items()):
+        if state in UNFINISHED or state == "reinstreq":
+            for key in {name, f"{name}:{arch}"} & names:
+                found.setdefault(key, state)
+    return found

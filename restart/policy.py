@@ -12,6 +12,7 @@ root restarts.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -200,9 +201,9 @@ def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
                 raise fail(key, f"key 'restart_on' takes kinds among {', '.join(KINDS)}")
             out[key] = items
         elif kind is float:
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or \
-                    (value == 0 and key != "settle"):
-                raise fail(key, f"key {key!r} must be a positive number of seconds")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf \
+                    or (value == 0 and key != "settle"):  # settle = 0 turns the settle time off
+                raise fail(key, f"key {key!r} must be a positive, finite number of seconds")
             out[key] = float(value)
         elif kind is int:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -250,10 +251,43 @@ def read_trusted(path: Path) -> str:
             raise PolicyError(f"{path}: not UTF-8 ({e})") from e
 
 
+def trusted_program(argv: tuple[str, ...], source: str) -> None:
+    """An ``exec`` rule's program is held to the rules of a policy file: it runs as root.
+
+    The file it resolves to must be a regular file owned by root and writable only by
+    root, and so must every directory on the way to it, through every symlink of the
+    path as written (a user who may rename an entry of any of them could swap the program).
+    """
+    program = argv[0]
+    real = os.path.realpath(program)
+    parts = Path(program).parts
+    directories = {os.path.realpath(os.path.join(*parts[:i])) for i in range(1, len(parts))}
+    directories |= {str(p) for p in Path(real).parents}
+    try:
+        for directory in sorted(directories):
+            _trusted(Path(directory), os.stat(directory))
+        st = os.stat(real)
+    except OSError as e:
+        raise PolicyError(f"{source}: exec program {program}: {e.strerror}") from e
+    except PolicyError as e:
+        raise PolicyError(f"{source}: exec program {program}: {e}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise PolicyError(f"{source}: exec program {program}: not a regular file")
+    try:
+        _trusted(Path(real), st)
+    except PolicyError as e:
+        raise PolicyError(f"{source}: exec program {program}: {e}") from e
+
+
 def files(etc: Path, data: Path) -> list[Path]:
-    """The policy files, administrator's first; missing ones are simply absent."""
+    """The policy files, administrator's first; missing ones are simply absent.
+
+    Drop-ins are ``policy.d/*.toml`` whose names do not start with a dot: editors leave
+    hidden lock files and backups there (Emacs's ``.#10-site.toml`` is a dangling symlink).
+    """
     admin = etc / "restartctl"
-    dropins = sorted(p for p in (admin / "policy.d").glob("*.toml")) if (admin / "policy.d").is_dir() else []
+    dropins = (sorted(p for p in (admin / "policy.d").glob("*.toml") if not p.name.startswith("."))
+               if (admin / "policy.d").is_dir() else [])
     return [p for p in (admin / "policy.toml", *dropins) if os.path.lexists(p)] + [data / "policy.toml"]
 
 
@@ -267,6 +301,9 @@ def load(paths: Sequence[Path]) -> Policy:
             continue
         text = read_trusted(path)
         file_rules, file_settings = parse(text, str(path))
+        for rule in file_rules:
+            if rule.argv:
+                trusted_program(rule.argv, rule.source)
         rules.extend(file_rules)
         layers.append((str(path), file_settings))
     merged: dict[str, Any] = {}

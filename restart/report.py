@@ -48,12 +48,13 @@ def _unit_json(a: Affected) -> dict[str, Any]:
             "guessed": u.guessed, "valid": u.valid, "cgroup": clean(u.cgroup)}
 
 
-def _process_json(a: Affected, *, unowned: bool) -> dict[str, Any]:
+def _process_json(a: Affected, *, unowned: bool, unchanged: bool = False) -> dict[str, Any]:
     p = a.process
     stale = ([{"kind": f.kind, "path": clean(f.path), "package": None, "confidence": f.confidence,
                "evidence": f.evidence} for f in a.unowned] if unowned else
              [{"kind": o.stale.kind, "path": clean(o.stale.path), "package": o.package,
-               "confidence": o.stale.confidence, "evidence": o.stale.evidence} for o in a.files])
+               "confidence": o.stale.confidence, "evidence": o.stale.evidence}
+              for o in (a.unchanged if unchanged else a.files)])
     return {"pid": p.pid, "ppid": p.ppid, "uid": p.uid, "comm": clean(p.comm),
             "exe": None if p.exe is None else clean(p.exe), "unit": _unit_json(a), "stale": stale}
 
@@ -85,6 +86,7 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
     }
     if show_unowned:
         doc["unowned"] = [_process_json(a, unowned=True) for a in affected if a.unowned]
+        doc["unchanged"] = [_process_json(a, unowned=False, unchanged=True) for a in affected if a.unchanged]
     if actions is not None:
         doc["actions"] = [action_json(a) for a in actions]
     if reboot is not None:
@@ -111,14 +113,15 @@ def _title(g: UnitGroup) -> str:
     return name + (" (guessed from its package)" if g.guessed else "")
 
 
-def _process_lines(members: Iterable[Affected], *, unowned: bool = False) -> list[str]:
+def _process_lines(members: Iterable[Affected], *, unowned: bool = False, unchanged: bool = False) -> list[str]:
     lines = []
     for a in sorted(members, key=lambda m: m.process.pid):
         p = a.process
         lines.append(f"    pid {p.pid} {printable(p.comm)} (uid {p.uid})")
         files: list[tuple[str, str, str | None, str]]
         files = ([(f.kind, f.path, None, f.confidence) for f in a.unowned] if unowned else
-                 [(o.stale.kind, o.stale.path, o.package, o.stale.confidence) for o in a.files])
+                 [(o.stale.kind, o.stale.path, o.package, o.stale.confidence)
+                  for o in (a.unchanged if unchanged else a.files)])
         for kind, path, package, confidence in files:
             owner = f" ({package})" if package else ""
             note = "" if confidence == "certain" else f" [{confidence}]"
@@ -322,11 +325,16 @@ def detail_lines(groups: list[UnitGroup], *, limit: int = 20) -> list[str]:
 
 
 def _unowned_text(affected: list[Affected], show: bool) -> list[str]:
-    members = [a for a in affected if a.unowned]
-    if not show or not members:
+    if not show:
         return []
-    return ["Replaced files no package in scope owns (never acted on):",
-            *_process_lines(members, unowned=True)]
+    members = [a for a in affected if a.unowned]
+    same = [a for a in affected if a.unchanged]
+    lines = ["Replaced files no package in scope owns (never acted on):",
+             *_process_lines(members, unowned=True)] if members else []
+    if same:
+        lines += ["Replaced files whose content did not change (unchanged, never acted on):",
+                  *_process_lines(same, unchanged=True)]
+    return lines
 
 
 def _stats_text(scan: ScanResult) -> list[str]:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from restart import interpreters, packages, processes, units
+from restart import interpreters, packages, processes, transaction, units
 from restart.roots import Roots
 
 
@@ -55,7 +55,8 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     this transaction (removed packages, files a new version dropped), which the
     dpkg database no longer lists.  ``deadline`` (``time.monotonic``) bounds the
     process scan, system processes first (see :func:`processes.scan`); ``pids``
-    limits it to those processes (a restarted unit's).
+    limits it to those processes (a restarted unit's).  Replaced files whose content
+    did not change (:func:`transaction.unchanged`) are set apart, never acted on.
     """
     db = packages.DpkgDatabase(roots.admindir, roots.root)
     in_scope = None
@@ -65,7 +66,10 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     selection = processes.Selection(
         aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
         skip_prefixes=never_packaged(roots.data), everything=everything)
-    ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes)
+    rundir = roots.run / "restartctl"
+    same = transaction.unchanged(rundir, db, only_packages)
+    ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes,
+                               unchanged=same, history=rundir)
     observe = (lambda dfd, pid, exe: interpreters.observe(dfd, pid, exe, ctx.host)) if interpreted else None
     scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe,
                           observe_hints=interpreters.MAPPED_HINTS, deadline=deadline, pids=pids)
@@ -75,5 +79,6 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
         init_d = set(os.listdir(roots.etc / "init.d"))
     except OSError:
         init_d = set()
-    affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d)
+    affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d,
+                               unchanged=same)
     return Findings(scan, affected, units.group(affected))

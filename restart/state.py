@@ -11,13 +11,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
+import syslog
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 STATE_SCHEMA = "restartctl-state/1"
 PENDING = "pending.json"
+MAX_BYTES = 16 << 20  # far above any real record (10,000 units are about 5 MB)
+MAX_DEPTH = 32        # a record nests 4 deep; json's C parser recurses once per level
+# The types of the fields restartctl reads back; other fields are kept as they are.
+_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "boot_id": lambda v: isinstance(v, str),
+    "trigger": lambda v: isinstance(v, str),
+    "time": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 40,
+    "packages": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
+    "units": lambda v: isinstance(v, list) and all(isinstance(u, dict) for u in v),
+}
 
 
 def boot_id(proc: Path) -> str:
@@ -27,7 +40,8 @@ def boot_id(proc: Path) -> str:
         return ""
 
 
-def _usable_dir(path: Path, *, create: bool) -> bool:
+def usable_dir(path: Path, *, create: bool) -> bool:
+    """Whether ``path`` is a directory (not a symlink) owned by root and writable only by root."""
     if create:
         try:
             path.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -42,7 +56,7 @@ def _usable_dir(path: Path, *, create: bool) -> bool:
 
 def write_json(directory: Path, name: str, doc: dict[str, Any]) -> None:
     """Replace ``directory/name`` atomically; refuses a directory that is not safely ours."""
-    if not _usable_dir(directory, create=True):
+    if not usable_dir(directory, create=True):
         raise OSError(f"{directory}: not a root-owned directory writable only by root")
     tmp = directory / f".{name}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -56,25 +70,106 @@ def write_json(directory: Path, name: str, doc: dict[str, Any]) -> None:
         raise
 
 
-def read_json(directory: Path, name: str) -> dict[str, Any] | None:
-    if not _usable_dir(directory, create=False):
+class BadState(Exception):
+    """A state file restartctl did not write (or no longer can read): set aside, never fatal."""
+
+
+def _syslog(line: str) -> None:
+    syslog.syslog(syslog.LOG_WARNING, line)
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (brackets in strings do not count)."""
+    depth = deepest = 0
+    for m in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', text):
+        c = m[0]
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def _load(fd: int) -> dict[str, Any] | None:
+    """The record in an open state file; BadState for anything restartctl would not have written."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise BadState("not a regular file")
+    if st.st_size > MAX_BYTES:
+        raise BadState(f"larger than {MAX_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := os.read(fd, min(1 << 20, MAX_BYTES + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BYTES:
+            break
+    data = b"".join(chunks)
+    if len(data) > MAX_BYTES:
+        raise BadState(f"larger than {MAX_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+        if _nesting(text) > MAX_DEPTH:
+            raise BadState(f"nested deeper than {MAX_DEPTH} levels")
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise BadState(f"not JSON ({e})") from e
+    if not isinstance(doc, dict) or doc.get("schema") != STATE_SCHEMA:
+        raise BadState(f"not a {STATE_SCHEMA} record")
+    odd = sorted(k for k, ok in _FIELDS.items() if k in doc and not ok(doc[k]))
+    if odd:
+        raise BadState(f"field {odd[0]!r} has the wrong type")
+    return doc
+
+
+def set_aside(directory: Path, name: str, why: str, log: Callable[[str], None]) -> None:
+    """Rename a bad state file out of the way (with a timestamp) and say so; the next run writes a new one."""
+    aside = f"{name}.bad-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+    try:
+        os.rename(directory / name, directory / aside)
+    except OSError as e:
+        log(f"{directory / name}: {why}; ignored (could not set it aside: {e.strerror})")
+        return
+    log(f"{directory / name}: {why}; set aside as {aside}")
+
+
+def read_json(directory: Path, name: str, *, log: Callable[[str], None] = _syslog) -> dict[str, Any] | None:
+    """A state record, or None: missing, or bad (a symlink, a FIFO, a device, too big, too deep,
+    not a record of ours or one with fields of the wrong type), which is then set aside.
+
+    Opened ``O_NONBLOCK`` (a FIFO must not hang the run) and ``O_NOFOLLOW``, judged by the
+    descriptor opened.  Never raises: a hook run must survive whatever lies in its state.
+    """
+    if not usable_dir(directory, create=False):
         return None
     try:
-        fd = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "r", encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
+        fd = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return None
-    return doc if isinstance(doc, dict) and doc.get("schema") == STATE_SCHEMA else None
+    except OSError as e:
+        if os.path.islink(directory / name):
+            set_aside(directory, name, "a symlink", log)
+        else:
+            log(f"{directory / name}: {e.strerror}; ignored")
+        return None
+    try:
+        return _load(fd)
+    except BadState as e:
+        set_aside(directory, name, str(e), log)
+    except OSError as e:
+        log(f"{directory / name}: {e.strerror}; ignored")
+    finally:
+        os.close(fd)
+    return None
 
 
-def pending_packages(directory: Path, boot: str) -> frozenset[str]:
+def pending_packages(directory: Path, boot: str, *, log: Callable[[str], None] = _syslog) -> frozenset[str]:
     """Packages whose replaced files were still in use at the last run of this boot."""
-    doc = read_json(directory, PENDING)
+    doc = read_json(directory, PENDING, log=log)
     if doc is None or doc.get("boot_id") != boot or not boot:
         return frozenset()
-    names = doc.get("packages", [])
-    return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()
+    return frozenset(doc.get("packages", []))
 
 
 def save_pending(directory: Path, boot: str, *, trigger: str, packages: frozenset[str],

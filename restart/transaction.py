@@ -14,28 +14,43 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from restart.packages import canonical, fs_decode
+from restart.packages import DpkgDatabase, canonical, fs_decode, parse_md5sums
 
 TRIGGERS = ("apt", "dpkg", "unattended-upgrades", "manual")  # who runs `restartctl hook`
 HOOK_BUDGET = 60.0  # seconds a hook run may take, waits included
 JOURNAL = "journal"
 CURSOR = "cursor"
 LISTS = "lists"
-_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9-]+)?")
-EVENTS = ("install", "upgrade", "downgrade", "remove", "purge", "error")
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9-]+){0,2}")
+EVENTS = ("install", "upgrade", "downgrade", "configure", "remove", "purge", "error")
 
 
 class Transaction(NamedTuple):
     """What the hooks saw since the last run."""
 
-    packages: frozenset[str]   # every package unpacked, upgraded, downgraded or removed
+    packages: frozenset[str]   # every package unpacked, upgraded, downgraded, configured or removed
     removed: frozenset[str]
     failed: frozenset[str]     # packages dpkg reported an error for
     sources: frozenset[str]    # "apt", "dpkg"
     end: int                   # journal offset just after the last complete line read
+
+
+def package_name(text: str) -> str | None:
+    """``name`` or ``name:arch`` as the hooks wrote it; None if it is not a package name.
+
+    Earlier versions of the pre-install hook appended the architecture to a name apt's
+    protocol 3 already qualified (Multi-Arch: same), ``name:arch:arch``: read as ``name:arch``.
+    """
+    if not _PACKAGE.fullmatch(text):
+        return None
+    name, *arch = text.split(":")
+    if len(arch) == 2 and arch[0] != arch[1]:
+        return None
+    return ":".join([name, *arch[:1]])
 
 
 def parse_journal(data: bytes) -> tuple[list[tuple[str, str, str]], int]:
@@ -50,8 +65,9 @@ def parse_journal(data: bytes) -> tuple[list[tuple[str, str, str]], int]:
         fields = raw.decode("ascii", "replace").split(" ")
         if len(fields) != 4 or not fields[0].isdigit():
             continue
-        _, source, event, package = fields
-        if source in ("apt", "dpkg") and event in EVENTS and _PACKAGE.fullmatch(package):
+        _, source, event, text = fields
+        package = package_name(text)
+        if source in ("apt", "dpkg") and event in EVENTS and package is not None:
             events.append((source, event, package))
     return events, end
 
@@ -132,3 +148,62 @@ def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> d
             if raw.startswith(b"/") and raw != b"/.":
                 files.setdefault(canonical(fs_decode(raw), aliases), name)
     return files
+
+
+def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> frozenset[str]:
+    """Canonical paths whose content is the same now as before this boot's first transaction of their package.
+
+    apt's hook keeps a package's ``md5sums`` the first time in a boot that it changes the
+    package (never overwritten, and left empty when a plain dpkg run changed it first, so
+    unknown content counts as changed).  A replaced file with the same checksum before and
+    after is no reason to restart anything: ``apt-get install --reinstall``.
+    """
+    lists = run / LISTS
+    if not _secure_dir(lists):
+        return frozenset()
+    wanted = None if packages is None else {p.partition(":")[0] for p in packages}
+    old: dict[str, str] = {}
+    names = []
+    try:
+        entries = [e for e in os.scandir(lists) if e.name.endswith(".md5sums") and not e.is_symlink()]
+    except OSError:
+        return frozenset()
+    for entry in entries:
+        name = entry.name[:-len(".md5sums")]
+        if wanted is not None and name.partition(":")[0] not in wanted:
+            continue
+        try:
+            with open(entry.path, "rb") as f:
+                old.update(parse_md5sums(f.read(), db.aliases))
+        except OSError:
+            continue
+        names.append(name)
+    if not old:
+        return frozenset()
+    new = db.md5sums(names)
+    return frozenset(path for path, digest in old.items() if new.get(path) == digest)
+
+
+JOURNAL_HEAD = 4 << 20  # bytes of the journal read for first events: the earliest lines are the ones that count
+
+
+def first_events(run: Path) -> dict[str, tuple[int, str]]:
+    """Package (without architecture) -> (epoch, event) of the first event this boot's journal holds.
+
+    A package whose first event is an ``install`` did not exist before then: nothing of it
+    can be loaded in a process that started earlier.
+    """
+    if not _secure_dir(run):
+        return {}
+    try:
+        fd = os.open(run / JOURNAL, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(JOURNAL_HEAD)
+    first: dict[str, tuple[int, str]] = {}
+    for raw in data[:data.rfind(b"\n") + 1].split(b"\n"):
+        fields = raw.decode("ascii", "replace").split(" ")
+        if len(fields) == 4 and fields[0].isdigit() and fields[2] in EVENTS and _PACKAGE.fullmatch(fields[3]):
+            first.setdefault(fields[3].partition(":")[0], (int(fields[0]), fields[2]))
+    return first

@@ -190,6 +190,7 @@ class Affected(NamedTuple):
     unit: Unit
     files: tuple[OwnedFile, ...]     # package files: these can cause an action
     unowned: tuple[StaleFile, ...]   # no package (or none in scope) owns these: listed only
+    unchanged: tuple[OwnedFile, ...] = ()  # replaced by a file with the same content: listed only
 
 
 # The order units are listed and acted on: services first, PID 1 and user managers last.
@@ -232,19 +233,22 @@ def group(affected: list[Affected]) -> list[UnitGroup]:
 
 
 def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | None,
-              systemd: bool, init_d: set[str]) -> list[Affected]:
+              systemd: bool, init_d: set[str], unchanged: frozenset[str] = frozenset()) -> list[Affected]:
     """Attach owning packages and managing units to every stale process.
 
     ``in_scope`` maps canonical paths to packages when the run is restricted to some
     packages (a transaction); otherwise owners are looked up for the stale paths only.
     Without systemd, a process's unit is guessed from its executable's package.
+    Package files in ``unchanged`` (canonical paths) were replaced by identical content.
     """
     paths = {db.canonical(f.path) for p in scan.processes for f in p.stale}
     owners = {p: in_scope[p] for p in paths if p in in_scope} if in_scope is not None else db.owners(paths)
     guesses: dict[str | None, str | None] = {}
     result = []
     for proc in scan.processes:
-        owned = tuple(OwnedFile(f, owners[c]) for f in proc.stale if (c := db.canonical(f.path)) in owners)
+        mine = [(f, c) for f in proc.stale if (c := db.canonical(f.path)) in owners]
+        owned = tuple(OwnedFile(f, owners[c]) for f, c in mine if c not in unchanged)
+        same = tuple(OwnedFile(f, owners[c]) for f, c in mine if c in unchanged)
         unowned = tuple(f for f in proc.stale if db.canonical(f.path) not in owners)
         unit = resolve(cgroup_path(proc.cgroup), pid_namespace=proc.pid_namespace)
         if unit.kind == USER_MANAGER and proc.ppid != 1:
@@ -259,7 +263,7 @@ def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | 
             script = guesses[proc.exe]
             if script is not None:
                 unit = Unit(SYSTEM, script, guessed=True, cgroup=unit.cgroup)
-        result.append(Affected(proc, unit, owned, unowned))
+        result.append(Affected(proc, unit, owned, unowned, same))
     return result
 
 

@@ -126,3 +126,13 @@ def test_a_scan_cut_short_keeps_the_whole_transaction_pending(tmp_path: Path,
     assert "1 process was not scanned before the time ran out" in err
     record = state.read_json(roots.state, state.PENDING)
     assert record is not None and sorted(record["packages"]) == ["demod", "libdemo1"]
+
+
+def test_package_names_are_read_tolerantly_and_strictly() -> None:
+    assert transaction.package_name("libc6") == "libc6"
+    assert transaction.package_name("libc6:amd64") == "libc6:amd64"
+    assert transaction.package_name("libc6:amd64:amd64") == "libc6:amd64"  # an older pre-install hook's line
+    for bad in ("libc6:amd64:i386", "libc6:a:b:c", "Libc6", "../x", "a b", ""):
+        assert transaction.package_name(bad) is None, bad
+    events, _ = transaction.parse_journal(b"1 apt upgrade rctl-libdemo1:amd64:amd64\n")
+    assert events == [("apt", "upgrade", "rctl-libdemo1:amd64")]

@@ -883,3 +883,58 @@ def test_module_never_reads_the_environment_or_runs_anything() -> None:
     assert "environ" not in strings and not any(s.endswith("/environ") for s in strings)
     calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
     assert not calls & {"system", "popen", "execv", "execve", "execvp", "spawnv", "fork", "getenv", "putenv"}
+
+
+# ---- module findings only for code the process can have loaded (fixtures of test_interpreters)
+
+def _with_history(admin: Path, journal: str, lists: dict[str, str]) -> Path:
+    run = admin.parent / "run-restartctl"
+    (run / "lists").mkdir(parents=True)
+    for d in (run, run / "lists"):
+        os.chmod(d, 0o755)
+    (run / "journal").write_text(journal)
+    for name, text in lists.items():
+        (run / "lists" / f"{name}.list").write_text(text)
+    return run
+
+
+def _judge(admin: Path, history: Path | None, path: str | None = "/usr/local/bin/mine.py") -> set[tuple[str, ...]]:
+    ctx = I.Context(DpkgDatabase(admin, admin.parent / "root"), host=I.Host(0.0, 100), history=history)
+    o = Observation(10, PY, START, Script(path=path) if path else None, path, BEFORE if path else None, None)
+    return {tuple(s) for s in I.judge([o], ctx, {}).get(10, ())}
+
+
+def test_a_package_installed_after_the_process_started_contributes_nothing(admin: Path) -> None:
+    unpack(admin, "python3-unused", AFTER)
+    unpack(admin, "python3-app-mod", AFTER)
+    assert _judge(admin, None) == {("module", MODFILE, LIKELY, "search-path"),
+                                   ("module", "/usr/lib/python3/dist-packages/unused.py", LIKELY, "search-path")}
+    # The journal's first event for python3-unused is its installation, after the start.
+    run = _with_history(admin, f"{int(START) - 50} apt upgrade python3-app-mod:all\n"
+                               f"{int(AFTER)} apt install python3-unused:all\n"
+                               f"{int(AFTER) + 1} dpkg upgrade python3-unused\n", {})
+    assert _judge(admin, run) == {("module", MODFILE, LIKELY, "search-path")}
+
+
+def test_of_an_upgraded_package_only_its_old_files_count(admin: Path) -> None:
+    """The new version added a module the process cannot have loaded; the old one only had
+    metadata besides: nothing (the one shown is never metadata or a directory)."""
+    unpack(admin, "python3-app-mod", AFTER)
+    old = "/.\n/usr/lib/python3/dist-packages/app_mod\n/usr/share/doc/python3-app-mod/copyright\n"
+    run = _with_history(admin, f"{int(AFTER)} apt upgrade python3-app-mod:all\n", {"python3-app-mod": old})
+    assert _judge(admin, run) == set()
+    (run / "lists" / "python3-app-mod.list").write_text(old + f"{SOFILE}\n")
+    assert _judge(admin, run) == {("module", SOFILE, LIKELY, "search-path")}
+
+
+def test_a_module_finding_names_a_module_file(admin: Path) -> None:
+    info = admin / "info" / "python3-unused.list"
+    info.write_text("/.\n/usr/lib/python3/dist-packages/unused-1.0.egg-info\n"
+                    "/usr/lib/python3/dist-packages/unused-1.0.egg-info/PKG-INFO\n"
+                    "/usr/lib/python3/dist-packages/EXTERNALLY-MANAGED\n/usr/lib/python3.11/lib-dynload\n")
+    unpack(admin, "python3-unused", AFTER)
+    assert _judge(admin, None) == set()  # metadata only: nothing a process loads
+    info.write_text(info.read_text() + "/usr/lib/python3.11/lib-dynload/_x.cpython-311-x86_64-linux-gnu.so\n")
+    unpack(admin, "python3-unused", AFTER)
+    assert _judge(admin, None) == {
+        ("module", "/usr/lib/python3.11/lib-dynload/_x.cpython-311-x86_64-linux-gnu.so", LIKELY, "search-path")}

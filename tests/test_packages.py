@@ -166,3 +166,23 @@ def test_many_owner_queries_use_one_index(merged_root: Path, tmp_path: Path) -> 
 def test_a_path_with_a_newline_is_never_owned(merged_root: Path, tmp_path: Path) -> None:
     admin = write_db(tmp_path / "admin", {"a": ["/usr/lib/a", "/usr/lib/b"]})
     assert DpkgDatabase(admin, merged_root).owners(["/usr/lib/a\n/usr/lib/b"]) == {}
+
+
+def test_unconfigured_reads_status_then_the_updates_of_a_killed_dpkg(tmp_path: Path) -> None:
+    from restart.packages import unconfigured
+
+    def stanza(name: str, arch: str, status: str) -> str:
+        return f"Package: {name}\nStatus: {status}\nArchitecture: {arch}\nVersion: 1\n\n"
+
+    (tmp_path / "updates").mkdir()
+    (tmp_path / "status").write_text(stanza("demod", "amd64", "install ok installed")
+                                     + stanza("lib1", "amd64", "install ok installed")
+                                     + stanza("lib1", "i386", "install ok unpacked")
+                                     + stanza("broken", "all", "install reinstreq half-installed")
+                                     + stanza("waiting", "all", "install ok triggers-pending"))
+    (tmp_path / "updates" / "0000").write_text(stanza("demod", "amd64", "install ok half-configured"))
+    (tmp_path / "updates" / "tmp.i").write_text(stanza("waiting", "all", "install ok unpacked"))  # not a record
+    found = unconfigured(tmp_path, ["demod", "lib1:amd64", "lib1:i386", "broken", "waiting", "gone"])
+    assert found == {"demod": "half-configured", "lib1:i386": "unpacked", "broken": "reinstreq"}
+    assert unconfigured(tmp_path, ["lib1"]) == {"lib1": "unpacked"}  # any architecture of it
+    assert unconfigured(tmp_path / "missing", ["demod"]) == {}
