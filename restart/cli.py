@@ -252,6 +252,7 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
                if args.command == "plan" else None)
     if fmt in ("json", "openmetrics") or actions is not None:
         reasons, kernel = _reboot_reasons(roots, actions or [])
+    failed = _failed(roots) if actions is not None and fmt in ("json", "text") else []
     if fmt == "openmetrics":
         from restart import formats
 
@@ -265,15 +266,27 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
 
         out = report.to_json(findings.affected, findings.groups, findings.scan, actions=actions,
                              show_unowned=args.all, packages=args.packages,
-                             reboot=formats.reboot_json(reasons, kernel))
+                             reboot=formats.reboot_json(reasons, kernel),
+                             failed=failed if actions is not None else None)
     elif actions is not None:
         out = report.plan_text(findings.affected, actions, findings.scan, show_unowned=args.all, reboot=reasons)
+        out += "".join(f"{line}\n" for line in report.failed_lines(failed))
     else:
         out = report.scan_text(findings.affected, findings.groups, findings.scan, show_unowned=args.all)
     sys.stdout.write(out)
     if actions is not None:
-        return EXIT_STALE if any(a.action != "ignore" for a in actions) else EXIT_OK
+        return EXIT_STALE if failed or any(a.action != "ignore" for a in actions) else EXIT_OK
     return EXIT_STALE if findings.groups else EXIT_OK
+
+
+def _failed(roots: Roots) -> list[dict[str, Any]]:
+    """Units whose restart failed in the last run of this boot and that are not healthy since."""
+    record, current = _last_run(roots)
+    if not current or not roots.systemd_booted():
+        return []
+    from restart import execute
+
+    return execute.last_failures(record)
 
 
 def _renew_textfile(roots: Roots, textfile: Path) -> bool:

@@ -16,13 +16,23 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from restart.plan import Action
 from restart.policy import Settings
 from restart.processes import PPID, stat_field
 from restart.text import printable
-from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, UnitGroup, cgroup_path, resolve
+from restart.units import (
+    INIT,
+    SYSTEM,
+    USER,
+    USER_MANAGER,
+    Affected,
+    UnitGroup,
+    cgroup_path,
+    resolve,
+    valid_unit_name,
+)
 
 PROGRAMS = {"systemctl": "/usr/bin/systemctl", "invoke-rc.d": "/usr/sbin/invoke-rc.d"}
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
@@ -81,6 +91,35 @@ def status_excerpt(group: UnitGroup, timeout: float = 5) -> str:
     except subprocess.TimeoutExpired:
         return "(systemctl status did not answer)"
     return (result.stdout or result.stderr).strip()
+
+
+def last_failures(record: dict[str, Any] | None, timeout: float = 5) -> list[dict[str, Any]]:
+    """Units whose restart failed in the last run (``record``: the state file, of this boot) and that
+    have not been healthy since: not active now, or restarted by systemd after a failure.
+
+    A failed restart leaves the unit without processes, so no scan finds it stale any more; the
+    host must still say it, or the next report calls a broken host clean.
+    """
+    out = []
+    for u in (record or {}).get("units", [])[:1000]:
+        if not isinstance(u, dict) or u.get("status") != FAILED or u.get("kind") not in (SYSTEM, USER):
+            continue
+        name, uid = u.get("unit"), u.get("uid")
+        if not isinstance(name, str) or not valid_unit_name(name) or (u["kind"] == USER and not isinstance(uid, int)):
+            continue
+        group = UnitGroup(u["kind"], name, uid if u["kind"] == USER else None, False, True, (), (), ())
+        try:
+            now = unit_state(group, timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            now = {}
+        if now.get("ActiveState") == "active" and now.get("NRestarts", "0") == "0":
+            continue  # someone fixed it since
+        detail = u.get("detail")
+        out.append({"unit": name, "kind": u["kind"], "uid": group.uid,
+                    "detail": detail.splitlines()[0] if isinstance(detail, str) and detail else "",
+                    "active_state": now.get("ActiveState", "unknown"), "sub_state": now.get("SubState", "unknown"),
+                    "restarts": int(now["NRestarts"]) if now.get("NRestarts", "").isdigit() else None})
+    return out
 
 
 def ancestor_units(proc: Path, pid: int) -> set[str]:

@@ -375,3 +375,19 @@ def test_a_service_that_dies_after_its_restart_has_failed(c: Container, demo_deb
     units = {u["unit"]: u["status"] for u in json.loads(status.stdout)["last_run"]["units"]}
     assert units["rctl-crash.service"] == units["rctl-flap.service"] == "failed"
     assert units["rctl-demod.service"] == "done"
+    # No stale process is left (the crashed units have new ones, or none), yet the host is not clean:
+    # plan says which restarts failed, until the units are healthy again.
+    r = c.exec([*RCTL, "plan", "--json"])
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and not doc["actions"], r.stdout + r.stderr
+    failed = {f["unit"]: f for f in doc["failed"]}
+    assert set(failed) == {"rctl-crash.service", "rctl-flap.service"}
+    assert failed["rctl-crash.service"]["active_state"] == "failed"
+    assert failed["rctl-flap.service"]["restarts"] >= 1
+    assert failed["rctl-crash.service"]["detail"].startswith("did not stay up for 3 s")
+    text = c.exec([*RCTL, "plan"])
+    assert "Restart FAILED in the last run: rctl-crash.service (now failed/failed)" in text.stdout
+    c.check(["rm", "/srv/rctl/crash"])
+    c.systemctl("restart", "rctl-crash.service", "rctl-flap.service")  # an administrator fixes both
+    r = c.exec([*RCTL, "plan", "--json"])
+    assert r.returncode == 0 and json.loads(r.stdout)["failed"] == [], r.stdout
