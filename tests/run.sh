@@ -12,7 +12,8 @@ export DEBIAN_FRONTEND=noninteractive
 debs=(python3 python3-apt python3-xdg python3-venv gcc libc6-dev dpkg-dev apt-utils fakeroot
       systemd systemd-container dbus util-linux procps
       build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools bash-completion
-      lintian man-db nodejs ruby default-jdk-headless)
+      lintian man-db nodejs ruby default-jdk-headless
+      ansible-core)  # Debian's own ansible-playbook drives the fleet tests' hosts over ssh
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
@@ -26,7 +27,8 @@ fi
 # Packages the tests install only inside throw-away containers (never on this host, where
 # unattended-upgrades would start upgrading the machine): downloaded, not installed.
 container_debs=(unattended-upgrades python3-distro-info python3-dbus
-                libnotify-bin libnotify4 python3-gi gir1.2-glib-2.0 libgirepository-1.0-1)
+                libnotify-bin libnotify4 python3-gi gir1.2-glib-2.0 libgirepository-1.0-1
+                openssh-server openssh-client openssh-sftp-server runit-helper libwrap0)
 mkdir -p tests/.cache/debs
 for p in "${container_debs[@]}"; do
     if ! ls tests/.cache/debs/"${p}"_*.deb >/dev/null 2>&1; then
