@@ -81,11 +81,34 @@ def test_invalid_unit_name_never_reaches_an_argv() -> None:
 
 @pytest.mark.parametrize("name", ["dbus.service", "systemd-logind.service", "gdm3.service", "getty@tty1.service",
                                   "NetworkManager.service", "docker.service", "apt-daily-upgrade.service",
-                                  "unattended-upgrades.service", "serial-getty@ttyS0.service"])
+                                  "serial-getty@ttyS0.service"])
 def test_vendor_policy_defers_what_must_not_be_restarted_casually(name: str) -> None:
     action, argv, suggested = one(Unit(SYSTEM, name))
     assert action == "defer" and argv is None
     assert suggested == ("systemctl", "restart", "--", name)
+
+
+@pytest.mark.parametrize("name", ["packagekit.service", "unattended-upgrades.service"])
+def test_vendor_policy_restarts_the_package_daemons_like_any_service(name: str) -> None:
+    """They are not deferred as "the very job that runs this transaction": when they are, the
+    executor's ancestor check skips them; otherwise they stay stale until restarted."""
+    assert one(Unit(SYSTEM, name)) == ("restart", ("systemctl", "restart", "--", name), None)
+
+
+@pytest.mark.parametrize("name", ["dbus.service", "systemd-logind.service", "getty@tty1.service",
+                                  "NetworkManager.service"])
+def test_vendor_defer_rules_are_for_system_units_only(name: str) -> None:
+    """A user's own dbus.service (systemctl --user) is not the system bus."""
+    action, _, _ = one(Unit(USER, name, 1000))
+    assert action == "notify"
+    assert "system bus" not in decide(group([affected(1, Unit(USER, name, 1000))])[0], VENDOR).reason
+
+
+def test_sd_pam_is_part_of_its_user_manager_and_never_acted_on() -> None:
+    action, argv, suggested = one(Unit(USER, "user@1000.service", 1000, valid=False))
+    [g] = group([affected(1, Unit(USER, "user@1000.service", 1000, valid=False))])
+    assert (action, argv, suggested) == ("notify", None, None)
+    assert "part of user@1000.service" in decide(g, VENDOR).reason
 
 
 def test_policy_rule_can_opt_a_user_unit_into_restart() -> None:
@@ -99,6 +122,22 @@ def test_policy_matches_on_package() -> None:
     [g] = group([affected(1, Unit(SYSTEM, "a.service"))])
     a = decide(g, policy)
     assert (a.action, a.reason, a.rule) == ("reboot", "glibc", "t:1")
+
+
+def test_a_reboot_rule_acts_on_users_units_only_when_it_says_scope_user() -> None:
+    """Why (issue 13): the README's own `package = "libc6" action = "reboot"` fired for one user's unit
+    alone; /run/reboot-required then has Automatic-Reboot or kured reboot the host for her process."""
+    from restart.reboot import reasons
+    rule = '[[rule]]\npackage="libc6"\naction="reboot"\n'
+    hers = group([affected(1, Unit(USER, "app.service", 1000))])[0]
+    for text in (rule, rule + 'scope="any"\n'):
+        a = decide(hers, Policy(tuple(parse_rules(text, "t"))))
+        assert a.action == "notify" and 'only with scope = "user"' in a.reason, a
+        assert reasons([a]) == []
+    explicit = decide(hers, Policy(tuple(parse_rules(rule + 'scope="user"\n', "t"))))
+    assert explicit.action == "reboot" and [r.kind for r in reasons([explicit])] == ["policy"]
+    root = decide(group([affected(2, Unit(SYSTEM, "a.service"))])[0], Policy(tuple(parse_rules(rule, "t"))))
+    assert root.action == "reboot"
 
 
 def test_grouping_and_order() -> None:
@@ -167,3 +206,19 @@ def test_settle_takes_seconds_and_zero_turns_it_off() -> None:
         parse("[settings]\nsettle = -1\n", "t")
     with pytest.raises(PolicyError, match="timeout"):
         parse("[settings]\ntimeout = 0\n", "t")
+
+
+def test_findings_guessed_from_the_search_path_are_listed_not_restarted() -> None:
+    """A module guessed from the whole search path (the script's imports could not be read) is
+    listed by the vendor policy; one found through the imports that were read is restarted for."""
+    proc = ProcessInfo(10, 1, 0, "python3", "/usr/bin/python3.11", "", None, ())
+    unit = Unit(SYSTEM, "app.service")
+
+    def plan_for(evidence: str) -> str:
+        stale = StaleFile("module", "/usr/lib/python3/dist-packages/x.py", "likely", evidence)
+        [action] = make_plan(group([Affected(proc, unit, (OwnedFile(stale, "python3-x"),), ())]), VENDOR)
+        return action.action
+
+    assert plan_for("search-path") == "notify"
+    assert plan_for("imports") == "restart"
+    assert plan_for("depends") == "restart"
