@@ -287,7 +287,7 @@ def _nagios(roots: Roots, packages: list[str] | None, **thresholds: Any) -> int:
     findings = find(roots, only_packages=packages)
     actions = plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
     reasons, _ = _reboot_reasons(roots, actions)
-    down = _left_down(roots, *_last_run(roots))
+    down = _left_down(roots, *_whole_record(roots))
     code, out = formats.nagios(actions, reasons, is_root=os.geteuid() == 0, scan=findings.scan, down=down,
                                **thresholds)
     sys.stdout.write(out)
@@ -345,14 +345,20 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
 
 
 def _failed(roots: Roots) -> list[dict[str, Any]]:
-    """Units whose restart failed in the last run of this boot and that are not healthy since (from the
-    whole record: a failed unit's processes have exited, which ``_last_run`` drops)."""
-    from restart import execute, state
+    """Units whose restart failed in the last run of this boot and that are not healthy since."""
+    from restart import execute
+
+    record, current = _whole_record(roots)
+    return execute.last_failures(record) if current and roots.systemd_booted() else []
+
+
+def _whole_record(roots: Roots) -> tuple[dict[str, Any] | None, bool]:
+    """The last run's record as written, and whether it is of this boot: a failed unit's processes
+    have exited, so the units ``_last_run`` drops for that are exactly the ones asked about here."""
+    from restart import state
 
     record = state.read_json(roots.state, state.PENDING)
-    if record is None or record.get("boot_id") != state.boot_id(roots.proc) or not roots.systemd_booted():
-        return []
-    return execute.last_failures(record)
+    return record, record is not None and record.get("boot_id") == state.boot_id(roots.proc)
 
 
 def _renew_textfile(roots: Roots, textfile: Path) -> bool:
