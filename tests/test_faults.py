@@ -230,7 +230,8 @@ def test_a_full_state_directory_is_named_and_loses_nothing(host: tuple[Container
     assert (quiet.stdout, quiet.stderr) == ("", ""), quiet
 
 
-def test_a_killed_hook_leaves_what_it_did_for_the_next_run(host: tuple[Container, str]) -> None:
+@pytest.mark.parametrize("command", [["hook"], ["apply", "--yes"]], ids=["hook", "apply"])
+def test_a_killed_run_leaves_what_it_did_for_the_next_run(host: tuple[Container, str], command: list[str]) -> None:
     c, cfg = host
     c.write_file("/etc/systemd/system/rctl-demod.service.d/count.conf", COUNTING.format(stop=6))
     c.systemctl("daemon-reload")
@@ -238,8 +239,8 @@ def test_a_killed_hook_leaves_what_it_did_for_the_next_run(host: tuple[Container
     r = apt(c, cfg, "install", "rctl-demod=2.0", "rctl-libdemo1=2.0", suspend=True)
     assert r.returncode == 0 and "restartctl" not in r.stdout, r.stdout + r.stderr
     old = c.main_pid("rctl-demod.service")
-    run = c.spawn([RCTL, "hook"])
-    # The hook has recorded its intent and waits on systemctl restart (the unit takes 6 s to stop).
+    run = c.spawn([RCTL, *command])
+    # The run has recorded its intent and waits on systemctl restart (the unit takes 6 s to stop).
     wait_for(lambda: c.show("rctl-demod.service", "ActiveState") == "deactivating", "the restart under way", 30)
     assert '"started"' in c.read_file("/var/lib/restartctl/actions.json").decode()  # the intent, on record
     c.check(["kill", "-9", str(run)])
