@@ -557,11 +557,15 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         units_now = state.with_processes(recovered + report.run_units(actions, outcomes), roots.proc)
         still, recorded = state.merge_pending(state.read_json(roots.state, state.PENDING), boot, scope=scope,
                                               complete=not missed, packages=still, units=units_now)
-        state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded,
-                           journal=progress.journal if progress else None,
-                           started=progress.started if progress and not missed else None,
-                           incomplete=missed if progress or missed else None)
-        state.clear_actions(roots.state)  # they are in the record now
+        unsaved: OSError | None = None
+        try:
+            state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded,
+                               journal=progress.journal if progress else None,
+                               started=progress.started if progress and not missed else None,
+                               incomplete=missed if progress or missed else None)
+            state.clear_actions(roots.state)  # they are in the record now
+        except OSError as e:  # a full /var/lib: still shown, then the error (and the journal is read again)
+            unsaved = e
         for line in lines:
             log.info(line, show=not quiet)
         for line in report.detail_lines(findings.groups):
@@ -570,6 +574,8 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         step = report.next_step(actions, outcomes, listing=mode == "list", reboot=reboot) if actions else None
         if step:
             log.info(step)
+        if unsaved is not None:
+            raise unsaved
     if interrupted:
         return 130
     if missed:
@@ -761,17 +767,19 @@ def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float)
     missed = [*txn.incomplete, *(f"{m} says the hooks could not record every event" for m in markers),
               *(f"the last run: {why}" for why in missed_before)]
     scope = txn.packages | state.pending_packages(roots.state, boot, log=log.error)
+    fresh = txn.packages  # this transaction's, as far as anyone can tell
     if missed:
         since = since or boot_time(roots.proc)
         changed = packages.changed_since(roots.admindir, since)
         log.info(f"{'; '.join(missed)}: looking at every package changed since "
                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} ({len(changed)})")
         scope |= changed
+        fresh |= changed  # what the journal lost is this transaction's too, not an earlier run's backlog
     progress = Progress(txn.journal, started)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
         act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,
-            deadline=deadline, progress=progress, assume_yes=consume_assume_yes(rundir), fresh=txn.packages)
+            deadline=deadline, progress=progress, assume_yes=consume_assume_yes(rundir), fresh=fresh)
     elif missed or txn.journal != cursor:
         state.save_progress(roots.state, boot, trigger=trigger, journal=txn.journal, started=started)
     transaction.release_markers([rundir, roots.state])
