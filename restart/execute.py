@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import selectors
 import stat
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from restart.plan import Action
+from restart.plan import EXECUTABLE, Action
 from restart.policy import Settings
 from restart.processes import FIRST_USER_UID, PPID, stat_field
 from restart.text import printable
 from restart.units import (
     INIT,
+    SESSION,
     SYSTEM,
     USER,
     USER_MANAGER,
@@ -41,7 +44,6 @@ POLICY_RC_D = "/usr/sbin/policy-rc.d"
 RUNUSER = "/usr/sbin/runuser"
 NOTIFY_SEND = "/usr/bin/notify-send"
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-EXECUTABLE = ("restart", "try-restart", "reload-or-restart", "reexec", "exec")
 DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
 SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup"
 CGROUPFS = Path("/sys/fs/cgroup")
@@ -271,7 +273,7 @@ class Executor:
 
     def __init__(self, settings: Settings, *, proc: Path, deadline: float,
                  still_stale: StillStale,
-                 confirm: Callable[[Action], bool] | None = None,
+                 confirm: Callable[[Action], bool | None] | None = None,
                  report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
                  run_dir: Path = Path("/run"), intend: Callable[[Action], None] | None = None,
                  earlier: Earlier | None = None) -> None:
@@ -308,8 +310,10 @@ class Executor:
                               left=g.pids)
         elif (reason := self._why_not(action)) is not None:
             outcome = Outcome(action, SKIPPED, reason)
-        elif self.confirm is not None and not self.confirm(action):
-            outcome = Outcome(action, DECLINED, "declined at the prompt")
+        elif self.confirm is not None and not (answer := self.confirm(action)):
+            # None: the admin quit (or did not answer in time) before this unit was asked about.
+            outcome = Outcome(action, DECLINED, "declined at the prompt" if answer is False else
+                              "not asked: the prompt was quit before it")
         else:
             outcome = self._intended(action) or self._carry_out(action)
         outcome = outcome._replace(seconds=time.monotonic() - started)
@@ -468,15 +472,59 @@ class Session(NamedTuple):
     user: str
     tty: str        # e.g. "pts/3" or "tty1", "" if none
     graphical: bool
+    id: str = ""          # logind's session id ("3", "c1")
+    klass: str = "user"   # logind's CLASS: user | greeter | lock-screen | background | manager ...
 
 
-def sessions(run_dir: Path) -> list[Session]:
-    """Logged-in sessions from logind's records in /run/systemd/sessions (plain KEY=VALUE files)."""
+# glibc's struct utmp on Linux (64-bit and x32 alike): type, pid, line, id, user, host, exit, session,
+# tv (two int32), addr_v6, reserved: 384 bytes.
+UTMP_RECORD = struct.Struct("<hxxi32s4s32s256shhiii16s20s")
+UTMP_USER_PROCESS = 7
+UTMP_MAX = 1 << 20  # bytes read of utmp: thousands of logins
+_TTY_RE = re.compile(r"pts/\d{1,7}|tty[A-Za-z0-9]{1,12}")
+
+
+def utmp_terminals(run_dir: Path, proc: Path) -> dict[str, str]:
+    """Session id -> terminal, found as logind does for sessions that did not say theirs (ssh):
+    each login record in utmp names a terminal and a process; that process's cgroup names its
+    session.  Read from the struct records of ``/run/utmp``, bounded; nothing is run."""
+    try:
+        fd = os.open(run_dir / "utmp", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        data = os.read(fd, UTMP_MAX)
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    found: dict[str, str] = {}
+    for offset in range(0, len(data) - UTMP_RECORD.size + 1, UTMP_RECORD.size):
+        kind, pid, line = UTMP_RECORD.unpack_from(data, offset)[:3]
+        tty = line.partition(b"\0")[0].decode("ascii", "replace")
+        if kind != UTMP_USER_PROCESS or pid <= 0 or not _TTY_RE.fullmatch(tty):
+            continue
+        try:
+            cgroup = (proc / str(pid) / "cgroup").read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError:
+            continue  # the login is over (a stale record)
+        unit = resolve(cgroup_path(cgroup))
+        if unit.kind == SESSION and unit.name:
+            found.setdefault(unit.name.removeprefix("session-").removesuffix(".scope"), tty)
+    return found
+
+
+def sessions(run_dir: Path, proc: Path = Path("/proc")) -> list[Session]:
+    """Logged-in sessions from logind's records in /run/systemd/sessions (plain KEY=VALUE files),
+    with the terminal from utmp where logind's record names none (an ssh login)."""
     out = []
     try:
         entries = sorted(os.scandir(run_dir / "systemd" / "sessions"), key=lambda e: e.name)
     except OSError:
         return []
+    terminals: dict[str, str] | None = None
     for entry in entries:
         if not entry.is_file(follow_symlinks=False) or entry.name.endswith(".ref"):
             continue
@@ -487,8 +535,14 @@ def sessions(run_dir: Path) -> list[Session]:
             continue
         if not fields.get("UID", "").isdigit():
             continue
-        out.append(Session(int(fields["UID"]), fields.get("USER", ""), fields.get("TTY", ""),
-                           fields.get("TYPE") in ("x11", "wayland") or bool(fields.get("DISPLAY"))))
+        tty = fields.get("TTY", "")
+        if not _TTY_RE.fullmatch(tty):
+            if terminals is None:
+                terminals = utmp_terminals(run_dir, proc)
+            tty = terminals.get(entry.name, "")
+        out.append(Session(int(fields["UID"]), fields.get("USER", ""), tty,
+                           fields.get("TYPE") in ("x11", "wayland") or bool(fields.get("DISPLAY")),
+                           entry.name, fields.get("CLASS", "user")))
     return out
 
 
@@ -537,9 +591,18 @@ def app_names(exes: set[str], applications: Path = Path("/usr/share/applications
     return names
 
 
+# Sessions a person sits at; logind's other classes (a lingering user's manager, background jobs,
+# greeters, lock screens) have nobody to read a notice.
+PERSON_CLASSES = ("user",)
+
+
 def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
-           applications: Path = Path("/usr/share/applications")) -> int:
-    """Tell each affected logged-in user what to restart; returns how many messages went out."""
+           applications: Path = Path("/usr/share/applications"), proc: Path = Path("/proc")) -> int:
+    """Tell each affected logged-in user what to restart; returns how many messages went out.
+
+    The log says "told" only for a notice really written to a terminal or accepted by the
+    desktop, and why for every session of an affected user that got none.
+    """
     by_uid: dict[int, list[UnitGroup]] = {}
     for g in groups:
         uids = {g.uid} if g.uid is not None else {m.process.uid for m in g.members}
@@ -551,25 +614,67 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
     names = app_names(exes, applications)
     sent = 0
     on_desktop: set[int] = set()  # one notice per user's bus, however many graphical sessions share it
-    for s in sessions(run_dir):
-        if s.uid not in by_uid:
+    for s in sessions(run_dir, proc):
+        if s.uid not in by_uid or s.klass not in PERSON_CLASSES:
             continue
         what = sorted({printable(names.get(os.path.basename(m.process.exe or ""), m.process.comm))
                        for g in by_uid[s.uid] for m in g.members})
         text = (f"restartctl: a software update replaced files that these programs still use: "
                 f"{', '.join(what)}. Restart them (or log out and in again) to finish the update.")
-        if s.tty and write_to_tty(Path("/dev") / s.tty, s.uid, f"\n{text}\n"):
-            sent += 1
-        if s.graphical and s.user and s.uid not in on_desktop and os.access(NOTIFY_SEND, os.X_OK):
-            on_desktop.add(s.uid)
-            argv, env = desktop_argv(s.uid, s.user, "Restart needed after an update", text)
-            try:
-                if run(argv, 5, env=env, quiet=True).returncode == 0:
-                    sent += 1
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        log(f"told user {s.user or s.uid} ({s.tty or 'desktop'}) to restart: {', '.join(what)}")
+        told, why = [], []
+        if s.tty:
+            if write_to_tty(Path("/dev") / s.tty, s.uid, f"\n{text}\n"):
+                told.append(s.tty)
+                sent += 1
+            else:
+                why.append(f"could not write to /dev/{s.tty}")
+        if s.graphical and s.uid in on_desktop:
+            told.append("desktop (one notice per user)")
+        elif s.graphical:
+            result = _notify_desktop(s, text)
+            if result is None:
+                on_desktop.add(s.uid)
+                told.append("desktop")
+                sent += 1
+            else:
+                why.append(result)
+        if not s.tty and not s.graphical:
+            why.append("no terminal and no desktop")
+        who = f"user {s.user or s.uid} (session {s.id})"
+        if told:
+            log(f"told {who} on {', '.join(told)} to restart: {', '.join(what)}")
+        else:
+            log(f"could not tell {who} to restart {', '.join(what)}: {'; '.join(why)}")
     return sent
+
+
+def _notify_desktop(s: Session, text: str) -> str | None:
+    """One desktop notice through notify-send as that user; None when it was accepted, else why not."""
+    if not s.user:
+        return "no user name for the desktop notice"
+    if not os.access(NOTIFY_SEND, os.X_OK):
+        return f"{NOTIFY_SEND} is not installed"
+    argv, env = desktop_argv(s.uid, s.user, "Restart needed after an update", text)
+    try:
+        result = run(argv, 5, env=env, quiet=True)
+    except subprocess.TimeoutExpired:
+        return "notify-send did not answer in time"
+    except OSError as e:
+        return f"could not run notify-send: {e}"
+    return None if result.returncode == 0 else f"notify-send failed (exit status {result.returncode})"
+
+
+def would_skip(actions: list[Action], settings: Settings, *, proc: Path) -> dict[int, str]:
+    """For a dry run: ``id(action)`` -> why the real run would skip it, by the executor's own checks."""
+    executor = Executor(settings, proc=proc, deadline=time.monotonic() + settings.timeout * len(actions) + 1,
+                        still_stale=lambda group, pids, until: Recheck([]))
+    skips = {}
+    for action in actions:
+        if action.action in EXECUTABLE and action.argv is not None:
+            reason = executor._why_not(action)  # the same checks; nothing is carried out
+            if reason is not None:
+                skips[id(action)] = reason
+    return skips
 
 
 class Applied(NamedTuple):
@@ -579,7 +684,7 @@ class Applied(NamedTuple):
 
 def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Path, deadline: float,
           still_stale: StillStale,
-          confirm: Callable[[Action], bool] | None,
+          confirm: Callable[[Action], bool | None] | None,
           report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS,
           intend: Callable[[Action], None] | None = None, earlier: Earlier | None = None) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart.
@@ -590,4 +695,4 @@ def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Pat
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == "notify" and a.group.kind not in (SYSTEM, INIT)]
     for_users += executor.told
-    return Applied(outcomes, notify(for_users, run_dir, log))
+    return Applied(outcomes, notify(for_users, run_dir, log, proc=proc) if settings.notify_users else 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -58,13 +59,22 @@ class Log:
         syslog.openlog("restartctl", syslog.LOG_PID, syslog.LOG_DAEMON)
 
     def info(self, line: str, *, show: bool = True) -> None:
-        syslog.syslog(syslog.LOG_INFO, printable(line))
+        if line:
+            syslog.syslog(syslog.LOG_INFO, printable(line))
         if show and not self.quiet:
-            print(f"restartctl: {printable(line)}", file=self.out, flush=True)
+            self._show(self.out, f"restartctl: {printable(line)}" if line else "")
 
     def error(self, line: str) -> None:
         syslog.syslog(syslog.LOG_ERR, printable(line))
-        print(f"restartctl: error: {printable(line)}", file=self.err, flush=True)
+        self._show(self.err, f"restartctl: error: {printable(line)}")
+
+    def _show(self, stream: TextIO, text: str) -> None:
+        """A terminal that went away (apt interrupted, the session closed) stops nothing: the system
+        log still gets every line, and the run still records what it did."""
+        try:
+            print(text, file=stream, flush=True)
+        except OSError:
+            self.quiet = True
 
 
 def process_start(proc: Path, pid: int) -> int | None:
@@ -361,11 +371,13 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
         raise Timeout()
 
     previous: Callable[..., object] | int | None = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, budget)
+    signal.setitimer(signal.ITIMER_REAL, max(budget, 0.001))  # 0 would disable the watchdog
     try:
         _run(roots, trigger, log, budget)
     except Timeout:
         log.error(f"gave up after {budget:g} s; the findings stay pending for the next run")
+    except KeyboardInterrupt:
+        log.error("interrupted; what this run did not handle stays pending for the next run")
     except OSError as e:  # its message names the file
         log.error(str(e))
     except Exception as e:
@@ -409,32 +421,58 @@ def interactive() -> bool:
             and os.environ.get("DEBIAN_FRONTEND") != "noninteractive")
 
 
-def asker(answers: TextIO, prompts: TextIO) -> Callable[[plan.Action], bool]:
-    """The ``ask`` mode prompt: yes / no / all / quit, the policy's default preselected."""
-    remembered: list[bool] = []
+ASK_LEGEND = ("y: restart it; n: leave it running as it is; a: restart it and all the rest without asking; "
+              "q: restart nothing more (the rest stays pending); ?: this help")
 
-    def confirm(action: plan.Action) -> bool:
+
+def _answer_ready(answers: TextIO, seconds: float) -> bool:
+    """Whether an answer can be read before ``seconds`` pass (always, for input that is not a file)."""
+    try:
+        fd = answers.fileno()
+    except (AttributeError, OSError, ValueError):
+        return True
+    return bool(select.select([fd], [], [], max(seconds, 0))[0])
+
+
+def asker(answers: TextIO, prompts: TextIO, *, default_yes: bool = True,
+          deadline: float | None = None) -> Callable[[plan.Action], bool | None]:
+    """The ``ask`` mode prompt: yes / no / all / quit / help, Enter giving the policy's default.
+
+    Returns True (restart), False (leave it) or None: the admin quit, input ended or no answer
+    came before ``deadline``; then no later unit is asked about either (they stay pending).
+    """
+    remembered: list[bool | None] = []
+    choices = "[Y/n/a/q/?]" if default_yes else "[y/N/a/q/?]"
+
+    def confirm(action: plan.Action) -> bool | None:
         if remembered:
             return remembered[0]
         while True:
             prompts.write(f"restartctl: {printable(action.group.name or '?')}: "
-                          f"{report.command(action.argv or ())}? [Y/n/a/q] ")
+                          f"{report.command(action.argv or ())}? {choices} ")
             prompts.flush()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and not _answer_ready(answers, left):
+                prompts.write("\nrestartctl: no answer in time: nothing more is restarted\n")
+                remembered.append(None)
+                return None
             raw = answers.readline()
             if not raw:  # end of input: nobody is there to say yes
-                remembered.append(False)
-                return False
+                prompts.write("\n")
+                remembered.append(None)
+                return None
             answer = raw.strip().lower()
-            if answer in ("", "y", "yes"):
+            if answer in ("y", "yes") or (answer == "" and default_yes):
                 return True
-            if answer in ("n", "no"):
+            if answer in ("n", "no") or answer == "":
                 return False
             if answer in ("a", "all"):
                 remembered.append(True)
                 return True
             if answer in ("q", "quit"):
-                remembered.append(False)
-                return False
+                remembered.append(None)
+                return None
+            prompts.write(f"restartctl: {ASK_LEGEND}\n")
     return confirm
 
 
@@ -456,12 +494,28 @@ class Progress(NamedTuple):
 
 def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_files: dict[str, str] | None,
         failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None,
-        progress: Progress | None = None) -> int:
+        progress: Progress | None = None, preview: bool = False, assume_yes: bool = False,
+        fresh: frozenset[str] | None = None) -> int:
     """Find, plan and, as the mode says, restart; record what is still pending (and, for a hook
-    run, how far it read the journal, in the same write).  1 if a restart failed."""
+    run, how far it read the journal, in the same write).
+
+    Returns 130 when interrupted (Ctrl-C; what was done is recorded, the rest stays pending),
+    2 when the scan was cut short (the findings are not the whole truth), else 1 when a restart
+    failed or, in list mode, when the plan has something to do (as ``plan``), else 0.
+    ``preview`` (a dry run) also says which restarts the executor would skip, and why;
+    ``assume_yes`` (apt's ``-y``) answers yes for every unit instead of asking; ``fresh`` (the
+    hook's) are this transaction's packages: units only earlier runs' packages lead to are the
+    backlog, shown in one line.
+    """
     pol, usable = host_policy(roots, log)
     mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
-    if not usable or (mode == "ask" and not interactive()):
+    if mode == "ask" and assume_yes:
+        log.info("apt was told to assume yes (-y): restarting without asking (mode auto)")
+        mode = "auto"
+    if mode == "ask" and not interactive():
+        log.info("mode ask needs a terminal and there is none: only listing (mode list)")
+        mode = "list"
+    if not usable:
         mode = "list"
     # The scan may take half the time left; restarts and their checks need the rest.
     findings = find(roots, only_packages=scope, old_files=old_files,
@@ -471,44 +525,116 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         log.error(report.unscanned_note(findings.scan))
     actions = plan.make_plan(findings.groups, pol)
     actions = hold_unconfigured(actions, packages.unconfigured(
-        roots.admindir, {p for a in actions if a.action in execute.EXECUTABLE for p in a.group.packages}))
+        roots.admindir, {p for a in actions if a.action in plan.EXECUTABLE for p in a.group.packages}))
     recovered = recover(roots, log, findings)
     outcomes: list[execute.Outcome] = []
-    if mode == "list" or not actions:
-        lines = report.hook_lines(actions, failed=failed)
-    else:
-        def still_stale(group: units.UnitGroup, pids: list[int] | None, until: float) -> execute.Recheck:
-            # pids None: a guessed unit (no systemd): only root's and system accounts' processes can be it.
-            again = find(roots, only_packages=list(group.packages), pids=pids, deadline=until,
-                         users=pids is not None)
-            same = (group.kind, group.name, group.uid)
-            return execute.Recheck([m for g in again.groups if (g.kind, g.name, g.uid) == same for m in g.members],
-                                   again.scan.unscanned)
-        confirm = asker(answers or sys.stdin, sys.stdout) if mode == "ask" else None
-        record = ActionLog(roots, trigger, log)
-        applied = execute.apply(actions, pol.settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
-                                still_stale=still_stale, confirm=confirm, report=record.outcome,
-                                cgroupfs=roots.root / "sys" / "fs" / "cgroup",
-                                log=lambda line: log.info(line, show=False), intend=record.intend,
-                                earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)))
-        outcomes = applied.outcomes
-        lines = report.applied_lines(actions, outcomes, failed=failed)
-    for line in lines:
-        log.info(line)
-    for line in report.detail_lines(findings.groups):
-        log.info(line, show=False)
-    done = {id(o.action) for o in outcomes if o.status == execute.DONE}
-    still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
-    # Not all looked at: the next run looks again at every package changed since the last complete run.
-    missed = [report.unscanned_note(findings.scan)] if findings.scan.unscanned else []
-    state.save_pending(roots.state, state.boot_id(roots.proc), trigger=trigger, packages=still,
-                       units=recovered + report.run_units(actions, outcomes),
-                       journal=progress.journal if progress else None,
-                       started=progress.started if progress and not missed else None,
-                       incomplete=missed if progress or missed else None)
-    state.clear_actions(roots.state)  # they are in the record now
-    publish(roots, [a for a in actions if id(a) not in done], findings, log)
+    interrupted = False
+    fresh_names = {p.partition(":")[0] for p in fresh or ()}
+    earlier = {id(a) for a in actions if fresh is not None
+               and not any(p.partition(":")[0] in fresh_names for p in a.group.packages)}
+    # The policy's quiet: on the hook's terminal only what needs someone (failures, the next step).
+    quiet = pol.settings.quiet and trigger != "manual" and mode != "ask"
+    with Interrupts():
+        if mode == "list" or not actions:
+            skips = execute.would_skip(actions, pol.settings, proc=roots.proc) if preview else {}
+            lines = report.hook_lines(actions, failed=failed, skips=skips, earlier=earlier)
+        else:
+            interrupted = _carry_out(roots, trigger, log, actions, pol.settings, outcomes, failed=failed,
+                                     deadline=deadline, earlier=earlier, quiet=quiet,
+                                     confirm=asker(answers or sys.stdin, sys.stdout, deadline=deadline,
+                                                   default_yes=pol.settings.ask_default == "yes")
+                                     if mode == "ask" else None)
+            lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True, earlier=earlier)
+            if interrupted:
+                left = sum(1 for a in actions if a.action in plan.EXECUTABLE and a.argv is not None) - len(outcomes)
+                lines.append(f"interrupted: {left} unit{'s' if left != 1 else ''} not handled "
+                             f"stay{'s' if left == 1 else ''} pending")
+        done = {id(o.action) for o in outcomes if o.status == execute.DONE}
+        still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
+        # Not all looked at: the next run looks again at every package changed since the last complete run.
+        missed = [report.unscanned_note(findings.scan)] if findings.scan.unscanned else []
+        boot = state.boot_id(roots.proc)
+        units_now = state.with_processes(recovered + report.run_units(actions, outcomes), roots.proc)
+        still, recorded = state.merge_pending(state.read_json(roots.state, state.PENDING), boot, scope=scope,
+                                              complete=not missed, packages=still, units=units_now)
+        state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded,
+                           journal=progress.journal if progress else None,
+                           started=progress.started if progress and not missed else None,
+                           incomplete=missed if progress or missed else None)
+        state.clear_actions(roots.state)  # they are in the record now
+        for line in lines:
+            log.info(line, show=not quiet)
+        for line in report.detail_lines(findings.groups):
+            log.info(line, show=False)
+        reboot = publish(roots, [a for a in actions if id(a) not in done], findings, log, quiet=quiet)
+        step = report.next_step(actions, outcomes, listing=mode == "list", reboot=reboot) if actions else None
+        if step:
+            log.info(step)
+    if interrupted:
+        return 130
+    if missed:
+        return 2
+    if mode == "list":
+        return 1 if any(a.action != "ignore" for a in actions) else 0
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
+
+
+class Interrupts:
+    """While restarting: the first Ctrl-C (SIGINT) or hang-up (SIGHUP: the terminal went away, apt
+    interrupted too) stops the run as KeyboardInterrupt; later ones are ignored, so that what was
+    done is always recorded."""
+
+    def __enter__(self) -> Interrupts:
+        self.seen = False
+        self.previous = {signum: signal.signal(signum, self._stop) for signum in (signal.SIGINT, signal.SIGHUP)}
+        return self
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if not self.seen:
+            self.seen = True
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action], settings: policy.Settings,
+               outcomes: list[execute.Outcome], *, failed: list[str], deadline: float,
+               confirm: Callable[[plan.Action], bool | None] | None, earlier: set[int], quiet: bool) -> bool:
+    """Restart as planned, one progress line as each unit is done; returns whether it was interrupted.
+
+    ``outcomes`` fills as the restarts finish, so that an interrupted run still records them; each
+    action is also on record before it is taken (:class:`ActionLog`).
+    """
+    for line in report.intro_lines(actions, failed=failed, asking=confirm is not None, earlier=earlier,
+                                   seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
+        log.info(line, show=not quiet)
+
+    def still_stale(group: units.UnitGroup, pids: list[int] | None, until: float) -> execute.Recheck:
+        # pids None: a guessed unit (no systemd): only root's and system accounts' processes can be it.
+        again = find(roots, only_packages=list(group.packages), pids=pids, deadline=until,
+                     users=pids is not None)
+        same = (group.kind, group.name, group.uid)
+        return execute.Recheck([m for g in again.groups if (g.kind, g.name, g.uid) == same for m in g.members],
+                               again.scan.unscanned)
+
+    record = ActionLog(roots, trigger, log)
+
+    def progress(outcome: execute.Outcome) -> None:
+        outcomes.append(outcome)
+        record.outcome(outcome)
+        log.info(report.outcome_line(outcome), show=not quiet or outcome.status == execute.FAILED)
+
+    try:
+        execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
+                      still_stale=still_stale, confirm=confirm, report=progress,
+                      cgroupfs=roots.root / "sys" / "fs" / "cgroup", log=lambda line: log.info(line, show=False),
+                      intend=record.intend, earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)))
+    except KeyboardInterrupt:
+        log.info("")  # after the ^C the terminal echoed
+        return True
+    return False
 
 
 class ActionLog:
@@ -581,7 +707,7 @@ def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) ->
     held = []
     for a in actions:
         waiting = sorted(f"{p} is {unfinished[p]}" for p in a.group.packages if p in unfinished)
-        if waiting and a.action in execute.EXECUTABLE:
+        if waiting and a.action in plan.EXECUTABLE:
             a = a._replace(action="defer", argv=None, suggested=a.argv,
                            reason=f"not restarted: dpkg has not finished configuring it ({', '.join(waiting)}); "
                                   "after 'dpkg --configure -a'")
@@ -589,24 +715,28 @@ def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) ->
     return held
 
 
-def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log) -> None:
+def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log, *, quiet: bool = False) -> bool:
     """Tell the rest of the system: /run/reboot-required(.pkgs) when a reboot is the cure (what
-    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile."""
+    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile.
+    Returns whether a reboot is needed."""
     from restart import formats, reboot
 
+    found: list[reboot.RebootReason] = []
     try:
         found, _ = reboot.for_host(left, proc=roots.proc, root=roots.root, admindir=roots.admindir)
         if found:
             written = reboot.write_reboot_required(roots.run, found)
             if written.added or written.flag_created:
-                log.info("a reboot is needed: " + ", ".join(
-                    sorted({f"{r.kind} {r.package}" if r.package else r.kind for r in found})))
+                for line in report.reboot_lines(found):
+                    log.info(line, show=not quiet)
         record = state.read_json(roots.state, state.PENDING)
         text = formats.openmetrics(left, findings.groups, findings.scan, found + reboot.flagged(roots.run, known=found),
                                    last_run=record, current_boot=True)
         formats.write_textfile(text)
     except OSError as e:
         log.error(f"could not publish the reboot flag or the metrics: {e}")
+    return bool(found)
+
 
 
 def boot_time(proc: Path) -> float:
@@ -641,7 +771,20 @@ def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
         act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,
-            deadline=deadline, progress=progress)
+            deadline=deadline, progress=progress, assume_yes=consume_assume_yes(rundir), fresh=txn.packages)
     elif missed or txn.journal != cursor:
         state.save_progress(roots.state, boot, trigger=trigger, journal=txn.journal, started=started)
     transaction.release_markers([rundir, roots.state])
+
+
+ASSUME_YES = "assume-yes"
+
+
+def consume_assume_yes(rundir: Path) -> bool:
+    """Whether apt ran with ``-y`` (``APT::Get::Assume-Yes``): the Pre-Install-Pkgs hook saw it in
+    apt's configuration and left this marker in our own directory.  Used once."""
+    try:
+        os.unlink(rundir / ASSUME_YES)
+    except OSError:
+        return False
+    return True

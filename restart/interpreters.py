@@ -46,10 +46,18 @@ means later than *start* plus :data:`TOLERANCE`.
     contributes nothing; of an upgraded package only the files of its old file list
     (kept by apt's hook before its last transaction) count; a file replaced by
     identical content (same md5sum) does not count.
-``module``, ``likely`` (evidence ``search-path``)
+``module``, ``likely`` (evidence ``imports``)
     the same for a process whose script lies where no package installs (``/usr/local``,
-    ``/opt``, ``/home``...) or that has none (``python3 -c``, a REPL, a rewritten command
-    line), taken over every package on that search path.  A script elsewhere that none
+    ``/opt``, ``/home``...) or whose command line carries its code (``python3 -c``,
+    ``perl -e``): :mod:`restart.imports` reads that source statically, as the process's
+    user, and the closure is that of the packages shipping the modules it imports on
+    Debian's path (plus the interpreter's own).  Read only when a module package of the
+    interpreter changed after the process started.
+``module``, ``likely`` (evidence ``search-path``)
+    the same when the imports are not known (unreadable, unparseable, built at run time,
+    a REPL, a rewritten command line), taken over every package on that search path; the
+    vendor policy lists these findings (``list_evidence``) instead of restarting for
+    them.  A script elsewhere that none
     of the packages depending on a changed module package owns gets no module finding:
     telling an unowned file in ``/usr/bin`` from an unrelated package's would take a
     search of every dpkg list (8 MB, 20 ms), for a layout Debian Policy forbids.
@@ -71,22 +79,24 @@ from __future__ import annotations
 
 import bisect
 import functools
+import glob
 import os
 import posixpath
 import re
 import stat
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
 from restart import transaction
+from restart.imports import Imports, Reader, Source, gather, identity_of
 from restart.packages import DpkgDatabase, fs_decode, fs_encode, spellings
 from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, ProcessGone, StaleFile, exe_of, read_proc
 
 SCRIPT, MODULE = "script", "module"
-NEWER, DEPENDS, SEARCH_PATH = "newer", "depends", "search-path"  # evidence of the likely kinds
+NEWER, DEPENDS, SEARCH_PATH, IMPORTS = "newer", "depends", "search-path", "imports"  # evidence of the likely kinds
 REPLACED, UNLINKED, FRESH = "replaced", "unlinked", "fresh"      # what a held script says
 PYTHON, PERL, RUBY, NODE, SHELL, JAVA = "python", "perl", "ruby", "node", "shell", "java"
 
@@ -582,6 +592,7 @@ class Observation(NamedTuple):
     path: str | None          # that file, resolved inside the process's root; None if not found
     ctime: float | None       # ctime of the regular file now at ``path``
     held: str | None          # the process holds it open: fresh | replaced | unlinked
+    imports: Imports | None = None  # what its unowned script or -c code imports (read only when it matters)
 
 
 def start_ticks(stat_text: bytes) -> int:
@@ -734,7 +745,53 @@ def _same_root(dfd: int, host: Host) -> bool:
     return (st.st_dev, st.st_ino) == host.root
 
 
-def observe(dfd: int, pid: int, exe: str | None, host: Host, cmdline: bytes | None = None) -> Observation | None:
+def inline_code(family: str, argv: Sequence[str]) -> str | None:
+    """The program text a command line carries (``python3 -c``, ``perl -e``, ``ruby -e``, ``node -e``)."""
+    flags = {PYTHON: ("-c",), PERL: ("-e", "-E"), RUBY: ("-e",), NODE: ("-e", "--eval", "-p", "--print")}
+    wanted = flags.get(family, ())
+    parts = []
+    for i, arg in enumerate(argv[1:], 1):
+        if arg in wanted and i + 1 < len(argv):
+            parts.append(argv[i + 1])
+        elif family == PYTHON and arg.startswith("-c") and len(arg) > 2:
+            parts.append(arg[2:])
+        if family == PYTHON and parts:
+            break  # -c ends python's options: the rest are the program's arguments
+    return "\n".join(parts) if parts else None
+
+
+# Whether a process's imports are worth reading: (interpreter, start, script path) -> bool.
+WantsImports = Callable[[Interpreter, float, str | None], bool]
+
+
+def _read_imports(dfd: int, interpreter: Interpreter, argv: Sequence[str], path: str | None) -> Imports | None:
+    """What the unowned script (or the command line's code) imports, read as its user (see imports)."""
+    code = inline_code(interpreter.family, argv) if path is None else None
+    if path is None and code is None:
+        return None  # a REPL, a script on stdin, a rewritten command line: nothing to read
+    who = identity_of(read_proc(dfd, "status"))
+    if who is None:
+        return Imports(problem="the process's user is unknown")
+    try:
+        rootfd = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        return Imports(problem="its root cannot be opened")
+    try:
+        read = Reader(rootfd, who)
+        if path is not None:
+            data = read(path)
+            if isinstance(data, str):
+                return Imports(problem=f"{path}: {data}")
+            sources = [Source(data, posixpath.dirname(path))]
+        else:
+            sources = [Source(fs_encode(code or ""), None)]
+        return gather(interpreter.family, sources, read)
+    finally:
+        os.close(rootfd)
+
+
+def observe(dfd: int, pid: int, exe: str | None, host: Host, cmdline: bytes | None = None,
+            wants: WantsImports | None = None) -> Observation | None:
     """Read what an interpreter process runs, through its ``/proc/PID`` directory handle.
 
     None for anything that is not an interpreter path (nothing else is read then), for
@@ -752,12 +809,16 @@ def observe(dfd: int, pid: int, exe: str | None, host: Host, cmdline: bytes | No
         start = host.wall(start_ticks(read_proc(dfd, "stat")))
     except (ValueError, IndexError):
         return None
-    script = script_of(interpreter, argv_of(cmdline))
+    argv = argv_of(cmdline)
+    script = script_of(interpreter, argv)
     found = _locate(dfd, interpreter, script) if script is not None else None
+    path = found[0] if found else None
+    imports = (_read_imports(dfd, interpreter, argv, path)
+               if wants is not None and (found or script is None) and wants(interpreter, start, path) else None)
     if found is None:
-        return Observation(pid, interpreter, start, script, None, None, None)
+        return Observation(pid, interpreter, start, script, None, None, None, imports)
     path, st = found
-    return Observation(pid, interpreter, start, script, path, st.st_ctime_ns / 1e9, _held(dfd, path, st))
+    return Observation(pid, interpreter, start, script, path, st.st_ctime_ns / 1e9, _held(dfd, path, st), imports)
 
 
 # ---------------------------------------------------------------------------- judging, per run
@@ -787,6 +848,7 @@ class Context:
         self.unchanged = unchanged or {}  # canonical path -> since when its (identical) content was on disk
         self.history = history      # the hooks' run directory (journal, old file lists), if any
         self._old_files: dict[str, frozenset[str] | None] = {}
+        self._listings: dict[str, tuple[str, ...]] = {}
         self.in_scope = in_scope
         self.host = host or Host.of(db.root)
         self.tolerance = tolerance
@@ -952,6 +1014,81 @@ class Context:
                 found[package] = files[0]
         return found
 
+    # -- what an unowned script imports (restart.imports reads it; here: which packages ship those modules)
+
+    def wants_imports(self, interpreter: Interpreter, start: float, path: str | None) -> bool:
+        """Read a process's imports only when it matters: its script is nobody's (or it runs
+        command-line code) and a module package of its interpreter changed after it started."""
+        if interpreter.family not in INFER_MODULES:
+            return False
+        if path is not None and not self.db.canonical(path).startswith(self.unowned):
+            return False
+        return bool(self.changed_modules(interpreter, start))
+
+    @cached_property
+    def _module_dirs(self) -> dict[str, tuple[str, ...]]:
+        """Debian's default module directories per family, as they exist on this root."""
+        root = str(self.db.root).rstrip("/")
+
+        def existing(*patterns: str) -> tuple[str, ...]:
+            found: list[str] = []
+            for pattern in patterns:
+                found += sorted(p[len(root):] for p in glob.glob(root + pattern) if os.path.isdir(p))
+            return tuple(found)
+
+        return {
+            PERL: existing("/etc/perl", "/usr/share/perl5", "/usr/lib/*/perl5/*", "/usr/lib/*/perl-base",
+                           "/usr/lib/*/perl/*", "/usr/share/perl/*"),
+            RUBY: existing("/usr/lib/ruby/vendor_ruby", "/usr/lib/ruby/vendor_ruby/*", "/usr/lib/ruby/*",
+                           "/usr/lib/*/ruby/vendor_ruby/*", "/usr/lib/*/ruby/*"),
+            NODE: existing("/usr/share/nodejs", "/usr/lib/nodejs", "/usr/lib/*/nodejs"),
+        }
+
+    def _module_paths(self, interpreter: Interpreter, name: str) -> list[str]:
+        """Where Debian's default search path finds module ``name`` (files or package directories)."""
+        family = interpreter.family
+        if family == PYTHON:
+            top = name.split(".")[0]
+            dirs = ("/usr/lib/python3/dist-packages", f"/usr/lib/python{interpreter.version}",
+                    f"/usr/lib/python{interpreter.version}/lib-dynload")
+            out = []
+            for d in dirs:
+                out += [f"{d}/{top}/__init__.py", f"{d}/{top}.py", f"{d}/{top}"]
+                out += [f"{d}/{n}" for n in self._listing(d) if n.startswith(top + ".") and n.endswith(".so")]
+            return out
+        if family == PERL:
+            rel = name.replace("::", "/") + ".pm"
+            return [f"{d}/{rel}" for d in self._module_dirs[PERL]]
+        if family == RUBY:
+            return [f"{d}/{name}{ext}" for d in self._module_dirs[RUBY] for ext in (".rb", ".so")]
+        if family == NODE:
+            if name.startswith("/"):
+                return [name, f"{name}.js", f"{name}/index.js"]
+            parts = name.removeprefix("node:").split("/")
+            top = "/".join(parts[:2]) if name.startswith("@") else parts[0]
+            return [f"{d}/{top}{ext}" for d in self._module_dirs[NODE] for ext in ("", ".js")]
+        return []
+
+    def _listing(self, directory: str) -> tuple[str, ...]:
+        if directory not in self._listings:
+            try:
+                self._listings[directory] = tuple(os.listdir(f"{str(self.db.root).rstrip('/')}{directory}"))
+            except OSError:
+                self._listings[directory] = ()
+        return self._listings[directory]
+
+    def import_closure(self, interpreter: Interpreter, names: Iterable[str]) -> frozenset[str]:
+        """The packages a script importing ``names`` can run code of: the packages that ship those
+        modules on Debian's path and the interpreter's own, with their dependency closures."""
+        root = str(self.db.root).rstrip("/")
+        paths = []
+        for name in sorted(names):
+            found = next((p for p in self._module_paths(interpreter, name) if os.path.lexists(root + p)), None)
+            if found is not None:
+                paths.append(self.db.canonical(found))
+        owners = set(self.db.owners(paths).values()) | {interpreter.package}
+        return frozenset().union(*(self.closure(p) for p in owners))
+
     # -- dependencies
 
     @cached_property
@@ -1046,7 +1183,10 @@ def findings(obs: Observation, ctx: Context, stale: Sequence[StaleFile] = ()) ->
         elif owner is not None:
             within = ctx.closure(owner)
             changed = {p: f for p, f in changed.items() if p in within}
-        evidence = DEPENDS if owner else SEARCH_PATH
+        elif obs.imports is not None and obs.imports.problem is None:
+            within = ctx.import_closure(obs.interpreter, obs.imports.names)
+            changed = {p: f for p, f in changed.items() if p in within}
+        evidence = DEPENDS if owner else IMPORTS if obs.imports and obs.imports.problem is None else SEARCH_PATH
         for package, path in sorted(changed.items()):
             files = ctx.files(package)
             if path not in out and not proven & files:

@@ -54,9 +54,22 @@ def _can_restart(group: UnitGroup) -> bool:
     return valid_unit_name(group.name) and unit_type(group.name) == "service"
 
 
+def _ignored_program(group: UnitGroup, globs: tuple[str, ...]) -> str | None:
+    """The ``ignore_exe`` glob when every stale process of the group runs a program it matches."""
+    if not globs or not group.members:
+        return None
+    found = [next((g for g in globs if m.process.exe and fnmatchcase(m.process.exe, g)), None)
+             for m in group.members]
+    return found[0] if all(found) else None
+
+
 def decide(group: UnitGroup, policy: Policy) -> Action:
     """One action for one group: the built-in default, unless a policy rule says otherwise."""
     default = _default(group)
+    ignored = _ignored_program(group, policy.settings.ignore_exe)
+    if ignored is not None:
+        return Action(group, "ignore", None, f"the program is ignored (setting ignore_exe {ignored!r})",
+                      default.suggested or default.argv)
     if group.kind not in (SYSTEM, USER, USER_MANAGER, INIT) or group.name is None or not group.valid:
         return default
     rule = policy.decide(group.name, scope_of(group.kind), group.packages)
@@ -114,6 +127,11 @@ def _default(group: UnitGroup) -> Action:
         return Action(group, "reexec", ("systemctl", "--user", "-M", f"{uid}@", "daemon-reexec"),
                       f"the service manager of user {uid} uses replaced files")
     if group.kind == USER:
+        if name == f"user@{uid}.service":
+            return Action(group, "notify", None,
+                          f"part of {name} (the PAM helper \"(sd-pam)\" of user {uid}'s service manager): "
+                          "it is renewed when that unit stops, after the user's last session ends "
+                          "(or with a reboot); a re-exec of the manager does not replace it")
         if name is not None and group.valid and _can_restart(group):
             return Action(group, "notify", None, f"a unit of user {uid}: left to its owner",
                           _restart_argv(group, "restart"))
@@ -125,14 +143,22 @@ def _default(group: UnitGroup) -> Action:
     return Action(group, "notify", None, "not managed by any service manager: restart it by hand")
 
 
-_ACTS = (*_RESTARTS, "reexec", "exec")
+EXECUTABLE = (*_RESTARTS, "reexec", "exec")  # the actions restartctl carries out itself
 
 
-def _listed_only(action: Action, kinds: tuple[str, ...]) -> Action:
-    """A unit whose only stale files are of kinds the policy does not restart for (data, fd)."""
-    found = {o.stale.kind for m in action.group.members for o in m.files}
-    if action.argv is None or action.action not in _ACTS or not found or found & set(kinds):
+def _listed_only(action: Action, kinds: tuple[str, ...], listed: tuple[str, ...] = ()) -> Action:
+    """A unit whose only stale files are of kinds the policy does not restart for (data, fd), or
+    whose findings that are have evidence it only lists (``search-path``: imports not read)."""
+    files = [o.stale for m in action.group.members for o in m.files]
+    found = {f.kind for f in files}
+    if action.argv is None or action.action not in EXECUTABLE or not found or any(
+            f.kind in kinds and f.evidence not in listed for f in files):
         return action
+    if found & set(kinds):
+        return Action(action.group, "notify", None,
+                      "only modules guessed from the whole search path (the script's imports could not be "
+                      f"read: evidence {'/'.join(sorted({f.evidence for f in files} & set(listed)))}); "
+                      "the policy lists those, never restarts for them", action.argv, action.rule)
     return Action(action.group, "notify", None,
                   f"only {'/'.join(sorted(found))} files are stale; the policy restarts for "
                   f"{'/'.join(kinds)}", action.argv, action.rule)
@@ -149,5 +175,6 @@ def _position(action: Action, settings: Settings) -> tuple[int, int]:
 
 def make_plan(groups: list[UnitGroup], policy: Policy) -> list[Action]:
     """One action per group, in the order they would be carried out (stable within a band)."""
-    actions = [_listed_only(decide(g, policy), policy.settings.restart_on) for g in groups]
+    actions = [_listed_only(decide(g, policy), policy.settings.restart_on, policy.settings.list_evidence)
+               for g in groups]
     return sorted(actions, key=lambda a: _position(a, policy.settings))

@@ -15,9 +15,11 @@ import re
 import stat
 import syslog
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
+
+from restart.processes import STARTTIME, stat_field
 
 STATE_SCHEMA = "restartctl-state/1"
 PENDING = "pending.json"
@@ -284,3 +286,83 @@ def save_waiting(directory: Path, boot: str, pid: int, start: int) -> None:
     """Remember that a run waits for unattended-upgrade process ``pid`` (started at ``start``), for ``status``."""
     write_json(directory, WAITING, {"schema": STATE_SCHEMA, "boot_id": boot, "time": int(time.time()),
                                     "after": [pid, start]})
+
+
+def with_processes(units: list[dict[str, Any]], proc: Path) -> list[dict[str, Any]]:
+    """Each unit of a run's record with ``processes``: [PID, start time] of its processes, which
+    name them for good (a PID alone may be reused), so that ``status`` can tell they are gone."""
+    out = []
+    for unit in units:
+        pids = [p for p in unit.get("pids", []) if isinstance(p, int)]
+        named = [[pid, start] for pid in pids if (start := stat_field(proc, pid, STARTTIME)) is not None]
+        out.append({**unit, "processes": named})
+    return out
+
+
+def still_true(record: dict[str, Any], proc: Path) -> dict[str, Any]:
+    """The record without the pending units all of whose processes have exited since (a PID
+    and start time that no longer match): one ``stat`` read per process, no scan.  Counted
+    in ``exited``.  Units recorded without ``processes`` (older records) are kept."""
+    kept, exited = [], 0
+    for unit in record.get("units", []):
+        named = unit.get("processes") if isinstance(unit, dict) else None
+        if (isinstance(named, list) and unit.get("status") != "done"
+                and not any(isinstance(p, list) and len(p) == 2 and isinstance(p[0], int)
+                            and stat_field(proc, p[0], STARTTIME) == p[1] for p in named)):
+            exited += 1
+            continue
+        kept.append(unit)
+    return {**record, "units": kept, "exited": exited}
+
+
+def _unit_key(unit: dict[str, Any]) -> tuple[Any, ...]:
+    name = unit.get("unit")
+    return (unit.get("kind"), name, unit.get("uid"), None if name else tuple(unit.get("pids") or ()))
+
+
+def merge_pending(earlier: dict[str, Any] | None, boot: str, *, scope: Collection[str] | None, complete: bool,
+                  packages: frozenset[str], units: list[dict[str, Any]]) -> tuple[frozenset[str], list[dict[str, Any]]]:
+    """What stays pending after a run that looked at ``scope`` (None: every package).
+
+    A run only settles what it looked at: a package outside its scope, a unit with such a
+    package and, when the scan was cut short, everything it did not find again stay as the
+    earlier run of this boot left them.  Nothing is ever narrowed away unseen.
+    """
+    from restart.packages import package_matches
+
+    if earlier is None or not boot or earlier.get("boot_id") != boot or (scope is None and complete):
+        return packages, units
+
+    def settled(package: object) -> bool:
+        return complete and isinstance(package, str) and (
+            scope is None or any(package_matches(package, w) for w in scope))
+
+    old_packages = earlier.get("packages")
+    kept = frozenset(p for p in old_packages if isinstance(p, str) and not settled(p)) \
+        if isinstance(old_packages, list) else frozenset()
+    seen = {_unit_key(u) for u in units}
+    old_units = earlier.get("units")
+    carried = [u for u in old_units if isinstance(u, dict) and _unit_key(u) not in seen
+               and not all(settled(p) for p in u.get("packages") or [None])] if isinstance(old_units, list) else []
+    return packages | kept, units + carried
+
+
+def problem(directory: Path, name: str) -> str | None:
+    """Why a record that is there cannot be trusted, so that it is never taken for "no run yet".
+
+    Its contents are :func:`read_json`'s to judge (it says why, through its ``log``)."""
+    path = directory / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"{path}: {e.strerror}"
+    if not usable_dir(directory, create=False):
+        return f"{directory}: not a root-owned directory writable only by root; its records are ignored"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path}: not a regular file; ignored"
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        return (f"{path}: could have been written by someone other than root "
+                f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); ignored")
+    return None

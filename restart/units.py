@@ -259,9 +259,9 @@ def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | 
         unit = resolve(cgroup_path(proc.cgroup), pid_namespace=proc.pid_namespace)
         if unit.kind == USER_MANAGER and not _is_manager(proc, unit.uid):
             # Not the manager but a helper it forked, like "(sd-pam)", or a process of hers she
-            # moved into her manager's own cgroup (AttachProcessesToUnit): a re-exec of the
-            # manager leaves it as it is; it is hers, and goes when she ends it or her sessions end.
-            unit = Unit(USER, None, unit.uid, valid=False, cgroup=unit.cgroup)
+            # moved into her manager's own cgroup (AttachProcessesToUnit): part of user@UID.service,
+            # which a re-exec of the manager leaves as it is.  Named after it, never acted on.
+            unit = Unit(USER, unit.name, unit.uid, valid=False, cgroup=unit.cgroup)
         if unit.kind == NONE and not systemd and owned and 0 <= proc.uid < FIRST_USER_UID:
             # Only system daemons (root or a system account) lead to an init script: a user's own
             # run of a daemon's binary must never make root (re)start the service.

@@ -56,8 +56,8 @@ def test_sessions_from_logind_records(tmp_path: Path) -> None:
     (d / "4").write_text("UID=1001\nUSER=bob\nTYPE=wayland\n")
     (d / "5.ref").write_text("")
     (d / "6").write_text("UID=evil\nTTY=../../etc/passwd\n")
-    assert execute.sessions(tmp_path) == [execute.Session(1000, "alice", "pts/2", False),
-                                          execute.Session(1001, "bob", "", True)]
+    assert execute.sessions(tmp_path) == [execute.Session(1000, "alice", "pts/2", False, "3"),
+                                          execute.Session(1001, "bob", "", True, "4")]
 
 
 def test_terminal_writes_only_to_the_users_own_terminal(tmp_path: Path) -> None:

@@ -197,9 +197,6 @@ def test_a_scan_cut_short_makes_the_next_run_look_again(tmp_path: Path, capsys: 
     assert "complete" not in record and record["incomplete"][0].startswith("1 process was not scanned")
 
 
-    assert record is not None and sorted(record["packages"]) == ["demod", "libdemo1"]
-
-
 def test_the_watchdog_is_never_swallowed_by_a_scan(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Why: the scan counts an odd process's error and goes on; the watchdog must not be such an error.

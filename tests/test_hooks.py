@@ -19,7 +19,7 @@ pytestmark = pytest.mark.real
 REPO = Path(__file__).resolve().parent.parent
 ALL = ("rctl-libdemo1", "rctl-demod", "rctl-sleeper", "rctl-oldlib1", "rctl-olduser", "rctl-failpost")
 LIST_ONLY = '[settings]\nmode = "list"\nunattended_mode = "list"\n'
-REPORT = re.compile(r"^restartctl: \d+ units? still uses? replaced files of", re.MULTILINE)
+REPORT = re.compile(r"^restartctl: \d+ units?, \d+ packages? \(.*\) uses? replaced files:$", re.MULTILINE)
 
 
 def apt(c: Container, cfg: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

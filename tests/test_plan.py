@@ -81,11 +81,34 @@ def test_invalid_unit_name_never_reaches_an_argv() -> None:
 
 @pytest.mark.parametrize("name", ["dbus.service", "systemd-logind.service", "gdm3.service", "getty@tty1.service",
                                   "NetworkManager.service", "docker.service", "apt-daily-upgrade.service",
-                                  "unattended-upgrades.service", "serial-getty@ttyS0.service"])
+                                  "serial-getty@ttyS0.service"])
 def test_vendor_policy_defers_what_must_not_be_restarted_casually(name: str) -> None:
     action, argv, suggested = one(Unit(SYSTEM, name))
     assert action == "defer" and argv is None
     assert suggested == ("systemctl", "restart", "--", name)
+
+
+@pytest.mark.parametrize("name", ["packagekit.service", "unattended-upgrades.service"])
+def test_vendor_policy_restarts_the_package_daemons_like_any_service(name: str) -> None:
+    """They are not deferred as "the very job that runs this transaction": when they are, the
+    executor's ancestor check skips them; otherwise they stay stale until restarted."""
+    assert one(Unit(SYSTEM, name)) == ("restart", ("systemctl", "restart", "--", name), None)
+
+
+@pytest.mark.parametrize("name", ["dbus.service", "systemd-logind.service", "getty@tty1.service",
+                                  "NetworkManager.service"])
+def test_vendor_defer_rules_are_for_system_units_only(name: str) -> None:
+    """A user's own dbus.service (systemctl --user) is not the system bus."""
+    action, _, _ = one(Unit(USER, name, 1000))
+    assert action == "notify"
+    assert "system bus" not in decide(group([affected(1, Unit(USER, name, 1000))])[0], VENDOR).reason
+
+
+def test_sd_pam_is_part_of_its_user_manager_and_never_acted_on() -> None:
+    action, argv, suggested = one(Unit(USER, "user@1000.service", 1000, valid=False))
+    [g] = group([affected(1, Unit(USER, "user@1000.service", 1000, valid=False))])
+    assert (action, argv, suggested) == ("notify", None, None)
+    assert "part of user@1000.service" in decide(g, VENDOR).reason
 
 
 def test_policy_rule_can_opt_a_user_unit_into_restart() -> None:
@@ -173,3 +196,19 @@ def test_policy_files_others_could_write_are_refused(tmp_path: Path) -> None:
     os.chmod(good / "policy.toml", 0o666)
     with pytest.raises(PolicyError, match="writable only by root"):
         load([good / "policy.toml"])
+
+
+def test_findings_guessed_from_the_search_path_are_listed_not_restarted() -> None:
+    """A module guessed from the whole search path (the script's imports could not be read) is
+    listed by the vendor policy; one found through the imports that were read is restarted for."""
+    proc = ProcessInfo(10, 1, 0, "python3", "/usr/bin/python3.11", "", None, ())
+    unit = Unit(SYSTEM, "app.service")
+
+    def plan_for(evidence: str) -> str:
+        stale = StaleFile("module", "/usr/lib/python3/dist-packages/x.py", "likely", evidence)
+        [action] = make_plan(group([Affected(proc, unit, (OwnedFile(stale, "python3-x"),), ())]), VENDOR)
+        return action.action
+
+    assert plan_for("search-path") == "notify"
+    assert plan_for("imports") == "restart"
+    assert plan_for("depends") == "restart"

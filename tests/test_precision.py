@@ -7,6 +7,7 @@ way a finding used to be untrue (the transaction's own processes, unchanged cont
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.checkout import install_hooks
-from tests.support.container import Container
-from tests.support.debs import multiarch
+from tests.support.container import Container, wait_for
+from tests.support.debs import cached_debs, multiarch
 
 pytestmark = pytest.mark.real
 
@@ -126,3 +127,59 @@ def test_identical_content_is_judged_against_what_the_process_can_have_loaded(ho
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(c.exec(["/usr/sbin/restartctl", "scan", "--all", "--json"]).stdout)
     assert old in {p["pid"] for p in doc["processes"]}, doc  # maps 2.0: not the content now installed
+
+
+def test_status_shows_only_what_is_still_true(host: tuple[Container, str]) -> None:
+    """A service left stale (list mode) is pending; once its processes are gone (stopped by
+    hand), status drops it without a scan, and says so."""
+    c, cfg = host
+    c.systemctl("start", "rctl-demod.service")
+    c.wait_active("rctl-demod.service")
+    r = apt(c, cfg, "install", "rctl-libdemo1=2.0", "rctl-demod=2.0")
+    assert r.returncode == 0 and "rctl-demod.service" in r.stdout, r.stdout
+    st = c.exec(["/usr/sbin/restartctl", "status"])
+    assert st.returncode == 1 and "rctl-demod.service (system): listed" in st.stdout, st.stdout
+    c.systemctl("stop", "rctl-demod.service")
+    st = c.exec(["/usr/sbin/restartctl", "status"])
+    assert st.returncode == 0, st.stdout
+    assert "rctl-demod.service" not in st.stdout and "1 unit(s) pending at that run" in st.stdout, st.stdout
+    doc = json.loads(c.exec(["/usr/sbin/restartctl", "status", "--json"]).stdout)
+    assert doc["last_run"]["units"] == [] and doc["last_run"]["exited"] == 1, doc
+
+
+SSH_DEBS = ("openssh-client", "openssh-sftp-server", "runit-helper", "libwrap0", "openssh-server")
+
+
+def test_an_ssh_login_is_told_on_its_terminal(container_factory: Callable[..., Container],
+                                              demo_debs: dict[str, dict[str, Path]]) -> None:
+    """A real ssh login (openssh-server, PAM, logind) runs a program of the upgraded package: logind's
+    record of the session names no terminal, the notice still reaches its pts (found through utmp,
+    as loginctl finds it), and the log says so."""
+    c = container_factory("rctl-ssh", boot=True)
+    install_hooks(c)
+    c.write_file("/etc/restartctl/policy.toml", LIST_ONLY)
+    c.install_debs([demo_debs["1.0"][n] for n in ("rctl-libdemo1", "rctl-demod")])
+    c.install_debs(cached_debs(*SSH_DEBS))
+    c.create_user("bob")
+    c.systemctl("start", "systemd-user-sessions.service", "ssh.service")  # (removes /run/nologin)
+    c.wait_active("ssh.service")
+    c.check(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", "/root/.ssh/id"])
+    c.check(["install", "-d", "-m", "700", "-o", "bob", "-g", "bob", "/home/bob/.ssh"])
+    c.check(["install", "-m", "600", "-o", "bob", "-g", "bob", "/root/.ssh/id.pub", "/home/bob/.ssh/authorized_keys"])
+    c.spawn(["ssh", "-tt", "-i", "/root/.ssh/id", "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes",
+             "bob@127.0.0.1", "exec /usr/sbin/rctl-demod"])
+    try:
+        wait_for(lambda: "session-" in c.exec(["sh", "-c", "cat /proc/$(pgrep -x -u bob rctl-demod)/cgroup"]).stdout,
+                 "an ssh session running rctl-demod", 30)
+    except AssertionError as e:  # say why: the client's output and sshd's log
+        why = c.exec(["sh", "-c", "cat /srv/rctl/spawn-*.log; journalctl -u ssh --no-pager | tail"]).stdout
+        raise AssertionError(why) from e
+    records = c.exec(["sh", "-c", "grep -D skip -l '^USER=bob' /run/systemd/sessions/* | xargs -r cat"]).stdout
+    assert "REMOTE=1" in records and "TTY=" not in records, records  # logind names no terminal
+    c.install_debs([demo_debs["2.0"][n] for n in ("rctl-libdemo1", "rctl-demod")])
+    r = c.exec(["/usr/sbin/restartctl", "apply", "--yes"], timeout=120)
+    assert "login session of user" in r.stdout, r.stdout + r.stderr
+    wait_for(lambda: "software update replaced files" in c.exec(["sh", "-c", "cat /srv/rctl/spawn-*.log"]).stdout,
+             "the notice on the ssh client's terminal", 10)
+    journal = c.exec(["journalctl", "--no-pager", "-o", "cat", "-t", "restartctl"]).stdout
+    assert re.search(r"told user bob \(session \w+\) on pts/\d+ to restart: rctl-demod", journal), journal

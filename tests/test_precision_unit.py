@@ -62,3 +62,132 @@ def test_unchanged_says_since_when_that_content_was_on_disk(tmp_path: Path) -> N
     (lists / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\n")
     os.utime(lists / "liba.md5sums", (1_700_000_000, 1_700_000_000))
     assert transaction.unchanged(run, db, ["liba"]) == {"/usr/lib/liba.so": 1_700_000_000}
+
+
+def test_status_drops_pending_units_whose_processes_have_exited(tmp_path: Path) -> None:
+    """PID and start time name a process for good: a unit whose every process is gone (or
+    whose PID now names another process) is no longer pending; one still running stays."""
+    import subprocess
+
+    from restart import state
+
+    child = subprocess.Popen(["/usr/bin/sleep", "60"])
+    try:
+        proc = Path("/proc")
+        units = state.with_processes([
+            {"unit": "a.service", "pids": [child.pid], "status": "listed"},
+            {"unit": "b.service", "pids": [os.getpid()], "status": "listed"},
+            {"unit": "c.service", "pids": [child.pid], "status": "done"},
+        ], proc)
+        assert units[0]["processes"][0][0] == child.pid
+        units[1]["processes"] = [[os.getpid(), units[1]["processes"][0][1] + 1]]  # a reused PID
+        legacy = {"unit": "d.service", "pids": [1], "status": "listed"}
+        record = {"units": [*units, legacy]}
+        kept = state.still_true(record, proc)
+        assert [u["unit"] for u in kept["units"]] == ["a.service", "c.service", "d.service"]
+        assert kept["exited"] == 1
+    finally:
+        child.kill()
+        child.wait()
+    assert [u["unit"] for u in state.still_true(record, proc)["units"]] == ["c.service", "d.service"]
+
+
+# ---- notices: sessions found as loginctl finds them, and logs that say what happened
+
+def _utmp_record(kind: int, pid: int, line: bytes, user: bytes = b"bob") -> bytes:
+    from restart.execute import UTMP_RECORD
+
+    return UTMP_RECORD.pack(kind, pid, line, b"ts/0", user, b"10.0.0.1", 0, 0, 0, 0, 0, b"", b"")
+
+
+def _session_tree(tmp_path: Path, cgroups: dict[int, str], records: list[bytes], sessions: dict[str, str]) -> Path:
+    run = tmp_path / "run"
+    (run / "systemd" / "sessions").mkdir(parents=True)
+    for name, text in sessions.items():
+        (run / "systemd" / "sessions" / name).write_text(text)
+    (run / "utmp").write_bytes(b"".join(records))
+    for pid, cg in cgroups.items():
+        (tmp_path / "proc" / str(pid)).mkdir(parents=True)
+        (tmp_path / "proc" / str(pid) / "cgroup").write_text(f"0::{cg}\n")
+    return run
+
+
+def test_an_ssh_sessions_terminal_comes_from_utmp(tmp_path: Path) -> None:
+    """logind's record of an ssh login has no TTY= line (loginctl shows pts/1 all the same)."""
+    from restart import execute
+
+    assert execute.UTMP_RECORD.size == 384  # glibc's struct utmp
+    run = _session_tree(tmp_path, {
+        40: "/user.slice/user-1000.slice/session-5.scope",
+        41: "/user.slice/user-1000.slice/user@1000.service/app.slice/x.service",  # not a session: ignored
+    }, [
+        _utmp_record(8, 39, b"pts/0"),              # DEAD_PROCESS: a login that is over
+        _utmp_record(7, 41, b"pts/9"),
+        _utmp_record(7, 40, b"pts/1"),
+        _utmp_record(7, 42, b"../../etc/passwd"),  # never a terminal name
+        _utmp_record(7, 43, b"pts/4"),              # its process is gone
+    ], {"5": "UID=1000\nUSER=bob\nTYPE=tty\nCLASS=user\nREMOTE=1\n",
+        "c1": "UID=1000\nUSER=bob\nTYPE=unspecified\nCLASS=manager\n"})
+    got = execute.sessions(run, tmp_path / "proc")
+    assert got == [execute.Session(1000, "bob", "pts/1", False, "5", "user"),
+                   execute.Session(1000, "bob", "", False, "c1", "manager")]
+    (run / "utmp").write_bytes(b"\0" * 100)  # a torn file: no whole record, nothing found
+    assert execute.utmp_terminals(run, tmp_path / "proc") == {}
+
+
+def test_the_log_says_told_only_for_notices_that_went_out(tmp_path: Path) -> None:
+    """A manager session (a lingering user's, systemd >= 256) gets nothing and is not logged
+    as told; a session whose terminal cannot be written is logged as not told, with why."""
+    from restart import execute
+    from restart.processes import ProcessInfo, StaleFile
+    from restart.units import SESSION, Affected, OwnedFile, Unit, UnitGroup
+
+    run = _session_tree(tmp_path, {}, [], {
+        "c1": "UID=1000\nUSER=bob\nCLASS=manager\n",
+        "7": "UID=1000\nUSER=bob\nTTY=pts/4242\nCLASS=user\n",  # no such terminal
+    })
+    stale = StaleFile("code", "/usr/lib/libx.so.1", "certain", "replaced")
+    proc = ProcessInfo(10, 1, 1000, "demo", "/usr/bin/demo", "", None, (stale,))
+    unit = Unit(SESSION, "session-7.scope", 1000)
+    group = UnitGroup(SESSION, "session-7.scope", 1000, False, True, (10,), ("libx1",),
+                      (Affected(proc, unit, (OwnedFile(stale, "libx1"),), ()),))
+    lines: list[str] = []
+    assert execute.notify([group], run, lines.append, tmp_path / "no-apps", tmp_path / "proc") == 0
+    assert lines == ["could not tell user bob (session 7) to restart demo: could not write to /dev/pts/4242"]
+
+
+# ---- the transaction's own processes
+
+def _proc(tmp_path: Path, procs: dict[int, tuple[int, str, dict[str, str]]]) -> Path:
+    """A /proc fixture: pid -> (ppid, exe, {fd: target}), locks in fdinfo for the lock files."""
+    proc = tmp_path / "proc"
+    for pid, (ppid, exe, fds) in procs.items():
+        d = proc / str(pid)
+        (d / "fd").mkdir(parents=True)
+        (d / "fdinfo").mkdir()
+        (d / "stat").write_text(f"{pid} (x) S {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0\n")
+        (d / "exe").symlink_to(exe)
+        for fd, target in fds.items():
+            (d / "fd" / fd).symlink_to(target)
+            lock = "lock:\t1: POSIX  ADVISORY  WRITE 7 08:01:1234 0 EOF\n" if target.endswith("lock-frontend") else ""
+            (d / "fdinfo" / fd).write_text(f"pos:\t0\nflags:\t02\nmnt_id:\t1\n{lock}")
+    return proc
+
+
+def test_the_transactions_own_processes_are_the_hooks_ancestors_up_to_the_frontend(tmp_path: Path) -> None:
+    from restart import hook
+
+    admin = Path("/var/lib/dpkg")
+    # sshd -> bash -> sudo -> apt-get (holds the frontend lock) -> sh -c -> restartctl hook (pid 60)
+    proc = _proc(tmp_path, {
+        10: (1, "/usr/sbin/sshd", {}), 20: (10, "/usr/bin/bash", {}), 30: (20, "/usr/bin/sudo", {}),
+        40: (30, "/usr/bin/apt-get", {"3": "/dev/null", "4": "/var/lib/dpkg/lock-frontend"}),
+        50: (40, "/usr/bin/dash", {}), 60: (50, "/usr/bin/python3.11", {}),
+    })
+    assert hook.transaction_pids(proc, admin, 60) == {40, 50}  # never the admin's shell or sshd
+    # An open lock file without a lock is no frontend; a plain dpkg run is its own transaction.
+    (proc / "40" / "fdinfo" / "4").write_text("pos:\t0\nflags:\t02\n")
+    assert hook.transaction_pids(proc, admin, 60) == frozenset()
+    (proc / "30" / "exe").unlink()
+    (proc / "30" / "exe").symlink_to("/usr/bin/dpkg")
+    assert hook.transaction_pids(proc, admin, 60) == {30, 40, 50}

@@ -131,7 +131,9 @@ def test_helpers_of_a_user_manager_are_not_the_manager(tmp_path: Path) -> None:
     db = DpkgDatabase(tmp_path, tmp_path)
     [manager, helper] = attribute(scan, db, in_scope={"/usr/lib/libx.so": "libx"}, systemd=True, init_d=set())
     assert (manager.unit.kind, manager.unit.name) == (USER_MANAGER, "user@1000.service")
-    assert (helper.unit.kind, helper.unit.name, helper.unit.uid) == (USER, None, 1000)
+    # It is part of user@1000.service (it ends when that unit stops), never acted on.
+    assert (helper.unit.kind, helper.unit.name, helper.unit.uid, helper.unit.valid) == (
+        USER, "user@1000.service", 1000, False)
 
 
 @pytest.mark.parametrize("sep", ["\r", "\x0b", "\x0c", "\x1c", "\u2028", "\u0085"])
