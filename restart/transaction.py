@@ -150,19 +150,23 @@ def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> d
     return files
 
 
-def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> frozenset[str]:
-    """Canonical paths whose content is the same now as before this boot's first transaction of their package.
+MD5SUMS_MAX = 16 << 20  # bytes of one package's kept checksums (every transaction of a boot appends)
 
-    apt's hook keeps a package's ``md5sums`` the first time in a boot that it changes the
-    package (never overwritten, and left empty when a plain dpkg run changed it first, so
-    unknown content counts as changed).  A replaced file with the same checksum before and
-    after is no reason to restart anything: ``apt-get install --reinstall``.
+
+def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> frozenset[str]:
+    """Canonical paths whose content has been the same in every version this boot has seen.
+
+    apt's hook appends a package's ``md5sums`` before each transaction changes it, and the
+    dpkg status logger a line ``unknown`` when a plain dpkg run upgrades it (content no hook
+    saw).  A running process maps one of those versions; a replaced file whose every recorded
+    checksum equals the new one is no reason to restart anything (``apt-get install
+    --reinstall``).  A package with an ``unknown`` or no record has no unchanged file.
     """
     lists = run / LISTS
     if not _secure_dir(lists):
         return frozenset()
     wanted = None if packages is None else {p.partition(":")[0] for p in packages}
-    old: dict[str, str] = {}
+    old: dict[str, set[str]] = {}
     names = []
     try:
         entries = [e for e in os.scandir(lists) if e.name.endswith(".md5sums") and not e.is_symlink()]
@@ -174,14 +178,19 @@ def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> fr
             continue
         try:
             with open(entry.path, "rb") as f:
-                old.update(parse_md5sums(f.read(), db.aliases))
+                data = f.read(MD5SUMS_MAX + 1)
         except OSError:
             continue
+        if len(data) > MD5SUMS_MAX or re.search(rb"(?m)^unknown$", data):
+            continue
+        for line in data.split(b"\n"):
+            for path, digest in parse_md5sums(line, db.aliases).items():
+                old.setdefault(path, set()).add(digest)
         names.append(name)
     if not old:
         return frozenset()
     new = db.md5sums(names)
-    return frozenset(path for path, digest in old.items() if new.get(path) == digest)
+    return frozenset(path for path, digests in old.items() if digests == {new.get(path)})
 
 
 JOURNAL_HEAD = 4 << 20  # bytes of the journal read for first events: the earliest lines are the ones that count

@@ -37,8 +37,8 @@ def test_only_files_with_the_same_checksum_before_and_after_are_unchanged(tmp_pa
 
 
 def test_unknown_old_content_is_never_unchanged(tmp_path: Path) -> None:
-    """An empty snapshot (a plain dpkg run changed the package first), a missing one, a
-    symlinked or others-writable directory: nothing is unchanged."""
+    """No record, one version of the boot that differed (whichever a process maps), content
+    no hook saw (a plain dpkg upgrade: "unknown"), an others-writable directory: not unchanged."""
     run, db = _tree(tmp_path)
     info, lists = db.admindir / "info", run / "lists"
     (info / "liba.list").write_text("/usr/lib/liba.so\n")
@@ -46,6 +46,14 @@ def test_unknown_old_content_is_never_unchanged(tmp_path: Path) -> None:
     (lists / "liba.md5sums").write_text("")
     assert transaction.unchanged(run, db, ["liba"]) == frozenset()
     (lists / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\n")
+    assert transaction.unchanged(run, db, ["liba"]) == {"/usr/lib/liba.so"}
+    # A -> B -> A: a process started under B maps B; back to A is a change for it.
+    (lists / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\n{B}  usr/lib/liba.so\n")
+    assert transaction.unchanged(run, db, ["liba"]) == frozenset()
+    # A plain dpkg upgrade replaced content no hook saw.
+    (lists / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\nunknown\n{A}  usr/lib/liba.so\n")
+    assert transaction.unchanged(run, db, ["liba"]) == frozenset()
+    (lists / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\n{A}  usr/lib/liba.so\n")
     assert transaction.unchanged(run, db, ["liba"]) == {"/usr/lib/liba.so"}
     os.chmod(lists, 0o777)
     assert transaction.unchanged(run, db, ["liba"]) == frozenset()
