@@ -195,11 +195,12 @@ def with_processes(units: list[dict[str, Any]], proc: Path) -> list[dict[str, An
 def still_true(record: dict[str, Any], proc: Path) -> dict[str, Any]:
     """The record without the pending units all of whose processes have exited since (a PID
     and start time that no longer match): one ``stat`` read per process, no scan.  Counted
-    in ``exited``.  Units recorded without ``processes`` (older records) are kept."""
+    in ``exited``.  A failed restart stays (its processes are gone, the service may be down);
+    units recorded without ``processes`` (older records) are kept."""
     kept, exited = [], 0
     for unit in record.get("units", []):
         named = unit.get("processes") if isinstance(unit, dict) else None
-        if (isinstance(named, list) and unit.get("status") != "done"
+        if (isinstance(named, list) and unit.get("status") not in ("done", "failed")
                 and not any(isinstance(p, list) and len(p) == 2 and isinstance(p[0], int)
                             and stat_field(proc, p[0], STARTTIME) == p[1] for p in named)):
             exited += 1
