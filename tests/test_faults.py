@@ -31,7 +31,9 @@ COUNTING = ("[Service]\nExecStartPre=/bin/sh -c 'echo start >> /srv/rctl/demod-s
             "ExecStop=/bin/sleep {stop}\n")
 
 
-SLOWD_C = "#include <unistd.h>\nint main(void) { for (;;) pause(); }  /* %s */\n"
+# The version is in the binary, not in a comment: 1.0 and 2.0 must differ in content, or the
+# upgrade replaces the daemon by an identical file, which is no reason to restart it (issue 12).
+SLOWD_C = '#include <unistd.h>\nconst char *rctl_slowd_version = "%s";\nint main(void) { for (;;) pause(); }\n'
 SLOWD_UNIT = "[Service]\nExecStart=/usr/bin/rctl-slowd\n"
 # 2.0's postinst takes its time while /srv/rctl/slow exists, leaving dpkg's PID for the test to kill.
 SLOW_POSTINST = ("#!/bin/sh\nif [ -e /srv/rctl/slow ]; then echo $PPID > /srv/rctl/dpkg.pid; "
