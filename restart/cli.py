@@ -7,36 +7,65 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from restart import __version__, plan, policy, report, transaction
 from restart.roots import Roots
 from restart.scan import find
-from restart.text import printable
+from restart.text import printable, tolerant_streams
 
-EXIT_OK, EXIT_STALE, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_STALE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 APPLY_SCHEMA = "restartctl-apply/1"
 DEFAULT_TEXTFILE = Path("(default)")
 APPLY_LOCK_WAIT = transaction.HOOK_BUDGET + 10  # longer than a hook run may take
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2); for ``check``, a Nagios UNKNOWN line (exit 3)."""
+
+    command = ""  # the top-level parser also reports a command's unknown options
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("restartctl").strip() or self.command
+        if command == "check":
+            from restart import formats
+
+            code, out = formats.nagios_unknown(f"usage: {message}")
+            self.exit(code, out)
+        self.exit(EXIT_ERROR, f"restartctl: {message} (see 'restartctl {command + ' ' if command else ''}--help')\n")
+
+
+def _at_least_zero(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {'whole ' if kind is int else ''}number: {text!r}") from None
+        if value < 0 or value != value:  # NaN is not a number of anything
+            raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+        return value
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
+# Alternative roots, for tests and chroots: option -> default.  Hidden from --help and completion.
+ROOT_OPTIONS: dict[str, Path | None] = {
+    "--proc": Path("/proc"), "--root": Path("/"), "--admindir": Path("/var/lib/dpkg"), "--run": Path("/run"),
+    "--etc": Path("/etc"), "--state": Path("/var/lib/restartctl"), "--data": None,  # None: roots' own default
+}
+
+
 def _roots_options(p: argparse.ArgumentParser) -> None:
-    roots = p.add_argument_group("alternative roots (for tests and chroots)")
-    roots.add_argument("--proc", type=Path, default=Path("/proc"), help="procfs (default /proc)")
-    roots.add_argument("--root", type=Path, default=Path("/"), help="host root (default /)")
-    roots.add_argument("--admindir", type=Path, default=Path("/var/lib/dpkg"),
-                       help="dpkg database (default /var/lib/dpkg)")
-    roots.add_argument("--run", type=Path, default=Path("/run"), help="runtime directory (default /run)")
-    roots.add_argument("--etc", type=Path, default=Path("/etc"), help="configuration directory (default /etc)")
-    roots.add_argument("--state", type=Path, default=Path("/var/lib/restartctl"),
-                       help="state directory (default /var/lib/restartctl)")
-    roots.add_argument("--data", type=Path, default=None,
-                       help="vendor data directory (default /usr/share/restartctl)")
+    """Accepted by every command, documented in restartctl(8), never offered by --help or completion."""
+    for option, default in ROOT_OPTIONS.items():
+        p.add_argument(option, type=Path, default=default, help=argparse.SUPPRESS)
 
 
-def _common_options(p: argparse.ArgumentParser) -> None:
+def _common_options(p: argparse.ArgumentParser, *,
+                    json_help: str | None = "print the restartctl/1 JSON document") -> None:
     _roots_options(p)
-    p.add_argument("--json", action="store_true", help="print the restartctl/1 JSON document")
+    if json_help is not None:
+        p.add_argument("--json", action="store_true", help=json_help)
     p.add_argument("--packages", nargs="+", metavar="PKG", help="only files of these packages (name or name:arch)")
 
 
@@ -52,22 +81,23 @@ def _listing_options(p: argparse.ArgumentParser) -> None:
 
 
 def _check_options(p: argparse.ArgumentParser) -> None:
-    _common_options(p)
+    _common_options(p, json_help=None)
     for what, warn in (("services", 1), ("sessions", 0)):
-        p.add_argument(f"--{what}-warning", type=int, default=warn, metavar="N",
+        p.add_argument(f"--{what}-warning", type=_at_least_zero(int), default=warn, metavar="N",
                        help=f"WARNING from N pending {what} (default {warn or 'off'})")
-        p.add_argument(f"--{what}-critical", type=int, default=0, metavar="N",
+        p.add_argument(f"--{what}-critical", type=_at_least_zero(int), default=0, metavar="N",
                        help=f"CRITICAL from N pending {what} (default off)")
     p.add_argument("--reboot-critical", action="store_true", help="a needed reboot is CRITICAL (default WARNING)")
 
 
 def _apply_options(p: argparse.ArgumentParser) -> None:
-    _common_options(p)
+    _common_options(p, json_help=f"after the run, print the {APPLY_SCHEMA} JSON document (what became of each "
+                                 "unit, what is still pending) instead of text")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--yes", action="store_true", help="restart without asking (mode auto)")
     how.add_argument("--dry-run", action="store_true", help="only show what would be done (mode list)")
     how.add_argument("--mode", choices=policy.MODES, help="override the policy's mode")
-    p.add_argument("--budget", type=float, default=600.0, metavar="SECONDS",
+    p.add_argument("--budget", type=_at_least_zero(float), default=600.0, metavar="SECONDS",
                    help="stop starting restarts after this long (default 600)")
 
 
@@ -95,7 +125,7 @@ def _hook_options(p: argparse.ArgumentParser) -> None:
                    help="who runs it: apt, dpkg, unattended-upgrades or manual (default)")
     p.add_argument("--after", type=_after, metavar="PID:START",
                    help="first wait (bounded) until this process has exited")
-    p.add_argument("--budget", type=float, default=transaction.HOOK_BUDGET, metavar="SECONDS",
+    p.add_argument("--budget", type=_at_least_zero(float), default=transaction.HOOK_BUDGET, metavar="SECONDS",
                    help=f"give up after this long (default {transaction.HOOK_BUDGET:.0f})")
 
 
@@ -116,8 +146,9 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
                "instant, no scan.", _status_options),
     "policy": ("check, show or explain the policy", "Check, show or explain the restart policy.", _policy_options),
     "hook": ("run after a package transaction (called by the apt/dpkg hooks)",
-             "Report what the package transactions recorded since the last run left stale. "
-             "Always exits 0; never prompts; bounded in time.", _hook_options),
+             "Report what the package transactions recorded since the last run left stale, and act "
+             "as the policy's mode says. Always exits 0; asks only in mode ask on a terminal (and not "
+             "under apt -y); bounded in time.", _hook_options),
 }
 
 
@@ -128,10 +159,11 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     more than a third of a small scan's own time, so a run builds only its own.
     """
     named = argv[0] if argv else None
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="restartctl",
         description="Find processes that still use files replaced by a package upgrade, "
                     "and what to restart to fix them.")
+    parser.command = named if named in COMMANDS else ""
     parser.add_argument("--version", action="version", version=f"restartctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (summary, description, add_options) in COMMANDS.items():
@@ -176,6 +208,7 @@ def run() -> None:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    tolerant_streams()
     args = _parser(argv).parse_args(argv)
     roots = _roots(args)
     if args.command == "hook":
@@ -183,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         after = hook.Process(*args.after) if args.after else None
         return hook.run(roots, args.trigger, after=after, budget=args.budget)
     try:
+        if args.command in ("scan", "plan", "check", "apply"):
+            _usable(roots, args)
         if args.command == "apply":
             return _apply(roots, args)
         if args.command == "status":
@@ -194,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         return _scan_or_plan(roots, args)
     except BrokenPipeError:
         raise  # the reader went away (| head): not an error to report, see run()
+    except KeyboardInterrupt:
+        print("\nrestartctl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (OSError, ValueError, policy.PolicyError) as e:
         if args.command == "check" or getattr(args, "format", None) == "nagios":
             from restart import formats
@@ -202,6 +240,31 @@ def main(argv: list[str] | None = None) -> int:
             return code
         print(f"restartctl: {printable(str(e))}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _usable(roots: Roots, args: argparse.Namespace) -> None:
+    """Refuse, in one line, what would otherwise end in a silent all-clear or a traceback."""
+    if args.command == "apply" and os.geteuid() != 0:
+        raise ValueError("apply must run as root (it restarts services and records what is pending); "
+                         "'restartctl plan' shows what it would do")
+    if not (roots.admindir / "info").is_dir():
+        raise ValueError(f"{roots.admindir}: not a dpkg database (no info directory)")
+    if getattr(args, "textfile", None) is not None:
+        if args.format != "openmetrics":
+            raise ValueError("--textfile writes the OpenMetrics text: it needs --format openmetrics")
+        if args.textfile == DEFAULT_TEXTFILE:
+            from restart import formats
+
+            if formats.default_textfile() is None:
+                raise ValueError(f"node-exporter's textfile directory {formats.TEXTFILE_DIR} does not exist: "
+                                 "name the file (--textfile PATH)")
+    if args.packages:
+        from restart.packages import DpkgDatabase
+
+        found = DpkgDatabase(roots.admindir, roots.root).resolve_names(args.packages)
+        unknown = [printable(name) for name, installed in found.items() if not installed]
+        if unknown:
+            raise ValueError(f"not an installed package: {', '.join(unknown)}")
 
 
 def _reboot_reasons(roots: Roots, actions: list[plan.Action]) -> tuple[list[Any], Any]:
@@ -220,7 +283,9 @@ def _nagios(roots: Roots, packages: list[str] | None, **thresholds: Any) -> int:
     findings = find(roots, only_packages=packages)
     actions = plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
     reasons, _ = _reboot_reasons(roots, actions)
-    code, out = formats.nagios(actions, reasons, is_root=os.geteuid() == 0, scan=findings.scan, **thresholds)
+    down = _left_down(roots, *_last_run(roots))
+    code, out = formats.nagios(actions, reasons, is_root=os.geteuid() == 0, scan=findings.scan, down=down,
+                               **thresholds)
     sys.stdout.write(out)
     return code
 
@@ -290,7 +355,7 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
             print(f"restartctl: another run still holds the lock ({lock.holder}); nothing done", file=sys.stderr)
             return EXIT_ERROR
         code = hook.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
-                        deadline=time.monotonic() + args.budget)
+                        deadline=time.monotonic() + args.budget, preview=args.dry_run)
     if args.json:
         import json
 
@@ -311,20 +376,58 @@ def _last_run(roots: Roots) -> tuple[dict[str, Any] | None, bool]:
     return (state.still_true(record, roots.proc) if record is not None and current else record), current
 
 
+def _left_down(roots: Roots, record: dict[str, Any] | None, current: bool) -> list[str]:
+    """System units whose restart failed in this boot's last run and that are not running now."""
+    from restart.units import valid_unit_name
+
+    units = record.get("units") if record is not None and current else None
+    names = [u["unit"] for u in units if isinstance(u, dict) and u.get("status") == "failed"
+             and u.get("kind") == "system" and isinstance(u.get("unit"), str) and valid_unit_name(u["unit"])
+             ] if isinstance(units, list) else []
+    if not names or not roots.systemd_booted():
+        return []
+    from restart import execute
+
+    return [n for n in names
+            if execute.active_state("system", n, None) not in ("active", "reloading", "activating", "unknown")]
+
+
 def _status(roots: Roots, args: argparse.Namespace) -> int:
-    """Exit 0 when nothing is pending, 1 when something is."""
-    record, current = _last_run(roots)
+    """Exit 0 when nothing is pending and no reboot is needed, 1 when something is (or a run waits for
+    unattended-upgrades), 2 for an unusable record."""
+    from restart import hook, state
+
+    said: list[str] = []  # why read_json found the record unusable (and set it aside)
+    trouble = state.problem(roots.state, state.PENDING)
+    record = state.read_json(roots.state, state.PENDING, log=said.append) if trouble is None else None
+    trouble = trouble or (said[0] if said else None)
+    current = record is not None and record.get("boot_id") == state.boot_id(roots.proc)
+    reasons, kernel = _reboot_reasons(roots, [])
+    down = _left_down(roots, record, current)
+    waiting = hook.waiting_for(roots)
     if args.json:
         import json
 
-        from restart import state
+        from restart import formats
 
-        sys.stdout.write(json.dumps({"schema": state.STATE_SCHEMA, "current_boot": current,
-                                     "last_run": record}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"schema": state.STATE_SCHEMA, "current_boot": current, "last_run": record,
+                                     "problem": trouble, "down": down,
+                                     "reboot": formats.reboot_json(reasons, kernel),
+                                     "waiting_for_unattended_upgrades":
+                                     None if waiting is None else {"pid": waiting[0].pid, "since": waiting[1]}},
+                                    indent=2) + "\n")
     else:
-        sys.stdout.write(report.status_text(record, current_boot=current))
-    pending = current and record is not None and any(u.get("status") != "done" for u in record.get("units", []))
-    return EXIT_STALE if pending else EXIT_OK
+        sys.stdout.write(report.status_text(record, current_boot=current, reboot=reasons, down=down,
+                                            unusable=trouble is not None))
+        if waiting is not None:
+            sys.stdout.write(f"A run waits for unattended-upgrades (pid {waiting[0].pid}) to finish; "
+                             "its restarts and report follow then.\n")
+    if trouble is not None:
+        print(f"restartctl: {printable(trouble)}", file=sys.stderr)
+        return EXIT_ERROR
+    units = record.get("units", []) if record is not None and current else []
+    pending = any(isinstance(u, dict) and u.get("status") != "done" for u in units)
+    return EXIT_STALE if pending or reasons or waiting is not None else EXIT_OK
 
 
 def _policy(roots: Roots, args: argparse.Namespace) -> int:

@@ -10,31 +10,57 @@ anything ``/usr/sbin/policy-rc.d`` forbids (exit 101), as invoke-rc.d would.
 
 from __future__ import annotations
 
+import html
 import os
 import re
+import selectors
 import stat
 import struct
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from restart.plan import Action
+from restart.plan import EXECUTABLE, Action
 from restart.policy import Settings
-from restart.processes import PPID, stat_field
+from restart.processes import FIRST_USER_UID, PPID, stat_field
 from restart.text import printable
-from restart.units import INIT, SESSION, SYSTEM, USER, USER_MANAGER, Affected, UnitGroup, cgroup_path, resolve
+from restart.units import (
+    INIT,
+    SESSION,
+    SYSTEM,
+    USER,
+    USER_MANAGER,
+    Affected,
+    UnitGroup,
+    cgroup_path,
+    resolve,
+    valid_unit_name,
+)
 
 PROGRAMS = {"systemctl": "/usr/bin/systemctl", "invoke-rc.d": "/usr/sbin/invoke-rc.d"}
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 RUNUSER = "/usr/sbin/runuser"
 NOTIFY_SEND = "/usr/bin/notify-send"
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-EXECUTABLE = ("restart", "try-restart", "reload-or-restart", "reexec", "exec")
 DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
 SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup"
 CGROUPFS = Path("/sys/fs/cgroup")
+MANAGER_PROBE = 5.0  # seconds a user's manager has to answer before it counts as not answering
+OUTPUT_LIMIT = 1 << 20  # bytes kept of a program's stdout, and of its stderr
+
+
+class Recheck(NamedTuple):
+    """What the check after a restart found: processes still stale, and how many it could not look at."""
+
+    left: list[Affected]
+    unscanned: int = 0
+
+
+# The check after a restart: the group, the processes to look at (None: root's and system accounts'
+# processes), and the deadline (time.monotonic) it must keep.
+StillStale = Callable[[UnitGroup, list[int] | None, float], Recheck]
 
 
 class Outcome(NamedTuple):
@@ -42,12 +68,63 @@ class Outcome(NamedTuple):
     status: str        # done | failed | skipped | declined
     detail: str        # why it was skipped, or what went wrong
     seconds: float = 0.0
+    left: tuple[int, ...] = ()  # processes still stale after the restart (or after one in an earlier run)
 
 
-def run(argv: list[str], timeout: float, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """One program, by absolute path, clean environment, no stdin, bounded."""
-    return subprocess.run(argv, env=env or CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=max(timeout, 0.1), check=False)
+# A unit (kind, name, uid) -> the processes its check found still stale after a restart in an
+# earlier run of this boot: it is not restarted again while those are all that is left.
+Earlier = Mapping[tuple[str, str | None, int | None], frozenset[int]]
+
+
+def guests(members: Iterable[Affected], main_pid: int, main_uid: int) -> list[Affected]:
+    """A system unit's stale processes that are users', not the service's.
+
+    A cron job (Debian's cron PAM stack has no pam_systemd), an ``at`` job, an MTA's pipe to a
+    user's program, ``su`` in a service: they live in the service's cgroup, but restarting the
+    service cures none of them.  A process of a user account counts for the service only if it
+    runs as the service's main process does, or is that main process or its child.
+    """
+    return [m for m in members if m.process.uid >= FIRST_USER_UID and m.process.uid != main_uid
+            and main_pid not in (m.process.pid, m.process.ppid)]
+
+
+def run(argv: list[str], timeout: float, *, env: dict[str, str] | None = None,
+        quiet: bool = False) -> subprocess.CompletedProcess[str]:
+    """One program, by absolute path, clean environment, no stdin, bounded in time and in what is kept
+    of its output (``OUTPUT_LIMIT`` per stream).  ``quiet``: its output goes to /dev/null (a program
+    run as a user, whose pipes that user could take over and fill)."""
+    timeout = max(timeout, 0.1)
+    deadline = time.monotonic() + timeout
+    sink = subprocess.DEVNULL if quiet else subprocess.PIPE
+    with subprocess.Popen(argv, env=env or CLEAN_ENV, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink) as p:
+        try:
+            out, err = _bounded_output(p, deadline) if not quiet else (b"", b"")
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise subprocess.TimeoutExpired(argv, timeout) from None
+    return subprocess.CompletedProcess(argv, p.returncode, out.decode("utf-8", "replace"),
+                                       err.decode("utf-8", "replace"))
+
+
+def _bounded_output(p: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
+    """Both pipes read to their end by ``deadline``; past ``OUTPUT_LIMIT`` a stream is read and dropped."""
+    assert p.stdout is not None and p.stderr is not None  # noqa: S101 - run() made both pipes
+    kept: dict[int, bytearray] = {p.stdout.fileno(): bytearray(), p.stderr.fileno(): bytearray()}
+    with selectors.DefaultSelector() as sel:
+        for fd in kept:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(p.args, 0)
+            for key, _ in sel.select(left):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fd)
+                elif len(kept[key.fd]) < OUTPUT_LIMIT:
+                    kept[key.fd] += chunk[:OUTPUT_LIMIT - len(kept[key.fd])]
+    return bytes(kept[p.stdout.fileno()]), bytes(kept[p.stderr.fileno()])
 
 
 def resolved(argv: tuple[str, ...]) -> list[str]:
@@ -73,6 +150,17 @@ def unit_state(group: UnitGroup, timeout: float) -> dict[str, str]:
     name = group.name or ""
     result = run([PROGRAMS["systemctl"], *_manager(group), "show", "-p", SHOW_PROPS, "--", name], timeout)
     return parse_show(result.stdout, [name]).get(name, {})
+
+
+def active_state(kind: str, name: str, uid: int | None, timeout: float = 5) -> str:
+    """systemd's ``ActiveState`` of a system or user unit named in a record; "unknown" when it cannot say."""
+    if kind not in (SYSTEM, USER) or not valid_unit_name(name) or (kind == USER) != isinstance(uid, int):
+        return "unknown"
+    try:
+        state = unit_state(UnitGroup(kind, name, uid, False, True, (), (), ()), timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return state.get("ActiveState") or "unknown"
 
 
 def status_excerpt(group: UnitGroup, timeout: float = 5) -> str:
@@ -116,6 +204,38 @@ def policy_rc_d_forbids(name: str, timeout: float) -> bool:
         return True  # it could not say yes: do nothing rather than something forbidden
 
 
+def daemon_not_running(script: str, timeout: float, run_dir: Path) -> str | None:
+    """Why a guessed unit's daemon counts as not running (None when it runs): a restart of
+    a stopped init-script service would start it.
+
+    Its init script's LSB status (``invoke-rc.d NAME status``: 0 running, 1-3 not running);
+    a script that cannot say (4, a usage error, policy-rc.d's 101) is judged by its pidfile
+    ``/run/NAME.pid``, which must name a live process.
+    """
+    try:
+        code = run([PROGRAMS["invoke-rc.d"], script, "status"], timeout).returncode
+    except subprocess.TimeoutExpired:
+        return "its init script did not say in time whether it runs"
+    except OSError as e:
+        return f"could not ask its init script whether it runs: {e}"
+    if code == 0:
+        return None
+    if code in (1, 2, 3):
+        return f"not running (init script status {code}); never started by restartctl"
+    try:
+        fd = os.open(run_dir / f"{script}.pid", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            pid = int(os.read(fd, 64).split()[0]) if stat.S_ISREG(os.fstat(fd).st_mode) else 0
+        finally:
+            os.close(fd)
+        if pid > 1:
+            os.kill(pid, 0)
+            return None
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"not running (no live process in {run_dir / script}.pid); never started by restartctl"
+
+
 def unit_pids(cgroupfs: Path, control_group: str) -> list[int] | None:
     """The processes in a unit's cgroup and every cgroup below it (a delegated subtree).
 
@@ -152,10 +272,16 @@ class Executor:
     """Carries out actions in order with the policy's timeout, verification and circuit breaker."""
 
     def __init__(self, settings: Settings, *, proc: Path, deadline: float,
-                 still_stale: Callable[[UnitGroup, list[int] | None], list[Affected]],
-                 confirm: Callable[[Action], bool] | None = None,
-                 report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS) -> None:
+                 still_stale: StillStale,
+                 confirm: Callable[[Action], bool | None] | None = None,
+                 report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
+                 run_dir: Path = Path("/run"), intend: Callable[[Action], None] | None = None,
+                 earlier: Earlier | None = None) -> None:
         self.settings = settings
+        self.run_dir = run_dir
+        self.intend = intend  # records an action before it is taken (raises OSError when it cannot)
+        self.earlier = earlier or {}
+        self.told: list[UnitGroup] = []  # users' processes found inside system units: told, not restarted
         self.proc = proc
         self.cgroupfs = cgroupfs
         self.deadline = deadline
@@ -163,6 +289,7 @@ class Executor:
         self.confirm = confirm
         self.report = report or (lambda outcome: None)
         self.failures = 0
+        self.silent: set[int | None] = set()  # users whose manager did not answer: asked once per run
         self.done: set[tuple[str, str | None, int | None]] = set()
         self.ancestors = ancestor_units(proc, os.getpid())
 
@@ -174,18 +301,40 @@ class Executor:
 
     def one(self, action: Action) -> Outcome:
         started = time.monotonic()
-        reason = self._why_not(action)
-        if reason is not None:
+        g = action.group
+        again = self.earlier.get((g.kind, g.name, g.uid))
+        if again is not None and set(g.pids) <= again:
+            # Restarting it again would fail again for the same reason: no restart loop, run after run.
+            outcome = Outcome(action, SKIPPED, "its check failed in an earlier run for these same processes "
+                                               f"(pid {', '.join(map(str, g.pids))}): not restarted again",
+                              left=g.pids)
+        elif (reason := self._why_not(action)) is not None:
             outcome = Outcome(action, SKIPPED, reason)
-        elif self.confirm is not None and not self.confirm(action):
-            outcome = Outcome(action, DECLINED, "declined at the prompt")
+        elif self.confirm is not None and not (answer := self.confirm(action)):
+            # None: the admin quit (or did not answer in time) before this unit was asked about.
+            outcome = Outcome(action, DECLINED, "declined at the prompt" if answer is False else
+                              "not asked: the prompt was quit before it")
         else:
-            outcome = self._carry_out(action)
+            outcome = self._intended(action) or self._carry_out(action)
         outcome = outcome._replace(seconds=time.monotonic() - started)
-        if outcome.status == FAILED:
+        if outcome.status == FAILED and action.group.kind in (USER, USER_MANAGER):
+            # A user's manager is hers to stop or break: her failure never stops the system's restarts.
+            self.silent.add(action.group.uid)
+        elif outcome.status == FAILED:
             self.failures += 1
         self.report(outcome)
         return outcome
+
+    def _intended(self, action: Action) -> Outcome | None:
+        """None once the action is on record (or nothing records); an action that cannot be recorded
+        first is not taken: a run killed during it would leave no trace of it."""
+        if self.intend is None:
+            return None
+        try:
+            self.intend(action)
+        except OSError as e:
+            return Outcome(action, SKIPPED, f"not recorded before acting ({e})")
+        return None
 
     def _why_not(self, action: Action) -> str | None:
         g = action.group
@@ -199,20 +348,44 @@ class Executor:
         self.done.add(key)
         if g.kind == SYSTEM and g.name in self.ancestors:
             return "restartctl itself runs inside this unit"
-        if g.kind not in (SYSTEM, USER) or g.guessed:
+        if g.kind in (USER, USER_MANAGER) and g.uid in self.silent:
+            return f"the service manager of user {g.uid} did not answer or failed earlier in this run"
+        if g.kind == USER_MANAGER and not self._answers(g.uid):
+            return f"the service manager of user {g.uid} does not answer"
+        if g.guessed:
+            return daemon_not_running(g.name or "", min(self.settings.timeout, self.remaining()), self.run_dir)
+        if g.kind not in (SYSTEM, USER):
             return None
-        timeout = min(self.settings.timeout, self.remaining())
+        timeout = min(self.settings.timeout, self.remaining(), *([MANAGER_PROBE] if g.kind == USER else []))
         try:
             state = unit_state(g, timeout)
         except subprocess.TimeoutExpired:
+            if g.kind == USER:
+                self.silent.add(g.uid)
+                return f"the service manager of user {g.uid} does not answer"
             return "systemctl show did not answer in time"
         if state.get("RefuseManualStop") == "yes":
             return "the unit refuses manual stops (RefuseManualStop=yes)"
         if state.get("ActiveState") != "active":
             return f"not active ({state.get('ActiveState', 'unknown')})"
+        if g.kind == SYSTEM and len(visitors := self._guests(g, g.members, state)) == len(g.members):
+            return (f"only processes of users run on replaced files in it (pid "
+                    f"{', '.join(str(m.process.pid) for m in visitors)}): they are told; the service is left alone")
         if g.kind == SYSTEM and policy_rc_d_forbids(g.name or "", timeout):
             return "forbidden by /usr/sbin/policy-rc.d"
         return None
+
+    def _answers(self, uid: int | None) -> bool:
+        """Whether a user's manager answers at all, asked once, briefly: she may have stopped it."""
+        try:
+            run([PROGRAMS["systemctl"], "--user", "-M", f"{uid}@", "show", "-p", "Version"],
+                min(MANAGER_PROBE, self.remaining()))
+        except subprocess.TimeoutExpired:
+            self.silent.add(uid)
+            return False
+        except OSError:
+            pass  # no systemctl: the re-exec itself will say so
+        return True
 
     def _carry_out(self, action: Action) -> Outcome:
         g = action.group
@@ -246,12 +419,50 @@ class Executor:
                 if state.get("ActiveState") == "failed" or time.monotonic() >= limit:
                     return Outcome(action, FAILED, f"{not_restarted(state)}\n{status_excerpt(g)}")
                 time.sleep(0.1)
-        # Only the unit's own processes are looked at again, when its cgroup says which they are.
-        left = self.still_stale(g, unit_pids(self.cgroupfs, state.get("ControlGroup", "")))
+        check = self.still_stale(g, self._check_scope(g, state), limit)
+        left = check.left
+        if g.kind == SYSTEM and not g.guessed:
+            visitors = self._guests(g, left, state)
+            left = [m for m in left if m not in visitors]
         if left:
-            pids = ", ".join(str(a.process.pid) for a in left)
-            return Outcome(action, FAILED, f"still uses replaced files after the restart (pid {pids})")
+            pids = tuple(a.process.pid for a in left)
+            return Outcome(action, FAILED, f"still uses replaced files after the restart "
+                                           f"(pid {', '.join(map(str, pids))})", left=pids)
+        if check.unscanned:
+            return Outcome(action, FAILED, f"not verified: {check.unscanned} of its processes could not be "
+                                           "looked at in time")
         return Outcome(action, DONE, "verified" if g.kind in (SYSTEM, USER, INIT, USER_MANAGER) else "")
+
+    def _guests(self, g: UnitGroup, members: Iterable[Affected], state: dict[str, str]) -> list[Affected]:
+        """Users' processes among ``members`` of system unit ``g`` (see :func:`guests`); they are told."""
+        main = int(state["MainPID"]) if state.get("MainPID", "").isdigit() else 0
+        try:
+            main_uid = os.stat(self.proc / str(main)).st_uid if main > 0 else -1
+        except OSError:
+            main_uid = -1
+        visitors = guests(members, main, main_uid)
+        if visitors:
+            self.told.append(g._replace(members=tuple(visitors)))
+        return visitors
+
+    def _check_scope(self, g: UnitGroup, state: dict[str, str]) -> list[int] | None:
+        """Which processes the check after a restart looks at: never every process.
+
+        The unit's own cgroup (systemd's ``ControlGroup``) when systemd names one.  After a
+        re-execution (PID 1, a user's manager: no ``ControlGroup`` to ask for), the processes
+        re-executed, which keep their PIDs, and what shares their cgroup (``init.scope``).
+        None for a guessed unit (no systemd): root's and system accounts' processes, since only
+        those lead to an init script.
+        """
+        pids = unit_pids(self.cgroupfs, state.get("ControlGroup", ""))
+        if pids is not None:
+            return pids
+        if g.guessed:
+            return None
+        own = {m.process.pid for m in g.members}
+        for cgroup in {m.unit.cgroup for m in g.members if m.unit.cgroup}:
+            own.update(unit_pids(self.cgroupfs, "/" + cgroup.lstrip("/")) or ())
+        return sorted(own)
 
 
 # ---- telling people -------------------------------------------------------------------------
@@ -356,7 +567,9 @@ def write_to_tty(dev: Path, uid: int, message: str) -> bool:
 def desktop_argv(uid: int, user: str, title: str, body: str) -> tuple[list[str], dict[str, str]]:
     """notify-send as that user, on the bus derived from the UID (never from a process's environment)."""
     env = {**CLEAN_ENV, "DBUS_SESSION_BUS_ADDRESS": f"unix:path=/run/user/{uid}/bus"}
-    return [RUNUSER, "-u", user, "--", NOTIFY_SEND, "--app-name=restartctl", "--", title, body], env
+    # Notification servers read the body as markup: a program named "<a href=...>" stays text.
+    return [RUNUSER, "-u", user, "--", NOTIFY_SEND, "--app-name=restartctl", "--", title,
+            html.escape(body, quote=False)], env
 
 
 def app_names(exes: set[str], applications: Path = Path("/usr/share/applications")) -> dict[str, str]:
@@ -443,12 +656,25 @@ def _notify_desktop(s: Session, text: str) -> str | None:
         return f"{NOTIFY_SEND} is not installed"
     argv, env = desktop_argv(s.uid, s.user, "Restart needed after an update", text)
     try:
-        result = run(argv, 5, env=env)
+        result = run(argv, 5, env=env, quiet=True)
     except subprocess.TimeoutExpired:
         return "notify-send did not answer in time"
     except OSError as e:
         return f"could not run notify-send: {e}"
     return None if result.returncode == 0 else f"notify-send failed (exit status {result.returncode})"
+
+
+def would_skip(actions: list[Action], settings: Settings, *, proc: Path) -> dict[int, str]:
+    """For a dry run: ``id(action)`` -> why the real run would skip it, by the executor's own checks."""
+    executor = Executor(settings, proc=proc, deadline=time.monotonic() + settings.timeout * len(actions) + 1,
+                        still_stale=lambda group, pids, until: Recheck([]))
+    skips = {}
+    for action in actions:
+        if action.action in EXECUTABLE and action.argv is not None:
+            reason = executor._why_not(action)  # the same checks; nothing is carried out
+            if reason is not None:
+                skips[id(action)] = reason
+    return skips
 
 
 class Applied(NamedTuple):
@@ -457,12 +683,16 @@ class Applied(NamedTuple):
 
 
 def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Path, deadline: float,
-          still_stale: Callable[[UnitGroup, list[int] | None], list[Affected]],
-          confirm: Callable[[Action], bool] | None,
-          report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS) -> Applied:
-    """Restart what the plan says, then tell the users about what only they can restart."""
+          still_stale: StillStale,
+          confirm: Callable[[Action], bool | None] | None,
+          report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS,
+          intend: Callable[[Action], None] | None = None, earlier: Earlier | None = None) -> Applied:
+    """Restart what the plan says, then tell the users about what only they can restart.
+
+    ``intend`` records each action before it is taken, ``report`` each outcome after."""
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, confirm=confirm,
-                        report=report, cgroupfs=cgroupfs)
+                        report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend, earlier=earlier)
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == "notify" and a.group.kind not in (SYSTEM, INIT)]
-    return Applied(outcomes, notify(for_users, run_dir, log, proc=proc))
+    for_users += executor.told
+    return Applied(outcomes, notify(for_users, run_dir, log, proc=proc) if settings.notify_users else 0)

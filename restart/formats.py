@@ -32,7 +32,7 @@ from typing import Any
 
 from restart.plan import Action
 from restart.policy import ACTIONS
-from restart.processes import ScanResult
+from restart.processes import OVER_BUDGET_SHOWN, ScanResult
 from restart.reboot import KernelStatus, RebootReason, required_since
 from restart.text import clean, printable
 from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, USER_MANAGER, UnitGroup
@@ -101,12 +101,14 @@ def nagios(actions: Sequence[Action], reasons: Sequence[RebootReason], *, is_roo
            scan: ScanResult | None = None,
            services_warning: int | None = 1, services_critical: int | None = None,
            sessions_warning: int | None = None, sessions_critical: int | None = None,
-           reboot_status: int = WARNING) -> tuple[int, str]:
+           reboot_status: int = WARNING, down: Sequence[str] = ()) -> tuple[int, str]:
     """The plugin result: (exit code, output).  The first line is status and perfdata; later lines
     (Nagios "long output") name each pending unit and reboot reason.
 
     Thresholds are counts that trigger the state ("warn at >= 1"); None disables one.  As non-root
     the scan cannot see other users' processes, so the answer is UNKNOWN rather than a false OK.
+    ``down`` names units the last run failed to restart and that are not running now: CRITICAL,
+    since no scan can see the processes of a service that is down.
     """
     if not is_root:
         return nagios_unknown("must run as root: other users' processes cannot be read, a scan would miss them")
@@ -116,8 +118,12 @@ def nagios(actions: Sequence[Action], reasons: Sequence[RebootReason], *, is_roo
     reboot = 1 if reasons else 0
     code = max(_level(len(services), services_warning, services_critical),
                _level(len(sessions), sessions_warning, sessions_critical),
-               reboot_status if reboot else OK)
+               reboot_status if reboot else OK, CRITICAL if down else OK)
     parts = []
+    if down:
+        shown = ", ".join(printable(n) for n in down[:_SHOWN_UNITS])
+        parts.append(f"{len(down)} unit{'s' if len(down) != 1 else ''} down after a failed restart ({shown}"
+                     f"{f' and {len(down) - _SHOWN_UNITS} more' if len(down) > _SHOWN_UNITS else ''})")
     if services:
         parts.append(f"{len(services)} service{'s' if len(services) != 1 else ''} "
                      f"need{'s' if len(services) == 1 else ''} a restart ({_names(services)})")
@@ -139,6 +145,7 @@ def nagios(actions: Sequence[Action], reasons: Sequence[RebootReason], *, is_roo
     for a in todo:
         lines.append(_plugin_text(f"{a.group.kind} {_label(a.group)}: {a.action}: {a.reason} "
                                   f"[{', '.join(a.group.packages)}]"))
+    lines.extend(_plugin_text(f"down: {name}: its restart failed in the last run") for name in down)
     for r in reasons:
         lines.append(_plugin_text(f"reboot: {r.kind}{' ' + r.package if r.package else ''}: {r.detail}"))
     return code, "\n".join(lines) + "\n"
@@ -207,7 +214,12 @@ def openmetrics(actions: Sequence[Action] | None, groups: Sequence[UnitGroup], s
     w.family("restartctl_scanned_processes", "Processes the scan looked at.", [({}, scan.scanned)])
     w.family("restartctl_unreadable_processes", "Processes the scan could not read, by why.",
              [({"why": "denied"}, scan.denied), ({"why": "vanished"}, scan.vanished),
-              ({"why": "error"}, scan.errors), ({"why": "deadline"}, scan.unscanned)])
+              ({"why": "error"}, scan.errors), ({"why": "deadline"}, scan.unscanned - len(scan.over_budget)),
+              ({"why": "budget"}, len(scan.over_budget))])
+    if scan.over_budget:
+        w.family("restartctl_unscanned_process", "A process not scanned because reading it would exceed a "
+                 "per-process budget (bytes, lines, time): never taken for clean.",
+                 [({"pid": str(u.pid), "uid": str(u.uid)}, 1) for u in scan.over_budget[:OVER_BUDGET_SHOWN]])
     w.family("restartctl_reboot_required", "1 when the host needs a reboot (see restartctl_reboot_reason).",
              [({}, 1 if reasons else 0)])
     seen = dict.fromkeys((r.kind, r.package or "") for r in reasons)

@@ -13,21 +13,23 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal
+import stat
 import subprocess
 import sys
 import syslog
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from restart import execute, packages, plan, policy, report, state, transaction, units
-from restart.processes import PPID, STARTTIME, stat_field
+from restart.processes import PPID, STARTTIME, ProcessGone, parse_status, read_proc, stat_field
 from restart.roots import Roots
 from restart.scan import Findings, find
-from restart.text import printable
+from restart.text import clean, printable
 
 AFTER_UU_MAX_WAIT = 6 * 3600.0
 DEFERRED_UNIT = "restartctl-after-unattended-upgrades.service"
@@ -37,8 +39,11 @@ SYSTEMD_RUN = "/usr/bin/systemd-run"
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
-class Timeout(Exception):
-    """The run's budget is spent."""
+class Timeout(BaseException):
+    """The run's budget is spent.
+
+    A ``BaseException``: no per-process ``except Exception`` on the way (a scan's "one odd
+    process must not stop the rest") can swallow the watchdog."""
 
 
 class Process(NamedTuple):
@@ -54,27 +59,89 @@ class Log:
         syslog.openlog("restartctl", syslog.LOG_PID, syslog.LOG_DAEMON)
 
     def info(self, line: str, *, show: bool = True) -> None:
-        syslog.syslog(syslog.LOG_INFO, printable(line))
+        if line:
+            syslog.syslog(syslog.LOG_INFO, printable(line))
         if show and not self.quiet:
-            print(f"restartctl: {printable(line)}", file=self.out, flush=True)
+            self._show(self.out, f"restartctl: {printable(line)}" if line else "")
 
     def error(self, line: str) -> None:
         syslog.syslog(syslog.LOG_ERR, printable(line))
-        print(f"restartctl: error: {printable(line)}", file=self.err, flush=True)
+        self._show(self.err, f"restartctl: error: {printable(line)}")
+
+    def _show(self, stream: TextIO, text: str) -> None:
+        """A terminal that went away (apt interrupted, the session closed) stops nothing: the system
+        log still gets every line, and the run still records what it did."""
+        try:
+            print(text, file=stream, flush=True)
+        except OSError:
+            self.quiet = True
 
 
 def process_start(proc: Path, pid: int) -> int | None:
     return stat_field(proc, pid, STARTTIME)
 
 
-def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int) -> Process | None:
+def uu_interpreter(root: Path) -> os.stat_result | None:
+    """The interpreter named by the ``#!`` line of the package's own ``/usr/bin/unattended-upgrade``.
+
+    The script is root's (from the package): the line is only read, and the interpreter only
+    ``stat``ed, to know which executable a genuine run has.  None when not installed.
+    """
+    try:
+        fd = os.open(root / UU_SCRIPT.lstrip("/"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            first = os.read(fd, 256).split(b"\n")[0]
+        finally:
+            os.close(fd)
+        interpreter = first[2:].split()[0] if first.startswith(b"#!") and first[2:].split() else b""
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022 or not interpreter.startswith(b"/"):
+            return None
+        return os.stat(root / os.fsdecode(interpreter).lstrip("/"))
+    except OSError:
+        return None
+
+
+def proven_uu_run(proc: Path, pid: int, interpreter: os.stat_result) -> bool:
+    """Whether a process is a genuine unattended-upgrade run, not a user's look-alike.
+
+    Its executable is the interpreter of the package's script (same inode) and that script is
+    its first argument; it runs as root; and it was not started from another user's session
+    or manager (apt-daily-upgrade.service, or root's own session).  Facts are read through one
+    ``/proc/PID`` descriptor; only compared, never used for anything else.
+    """
+    try:
+        dfd = os.open(proc / str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        argv = read_proc(dfd, "cmdline").split(b"\0")
+        uid = parse_status(read_proc(dfd, "status"))[2]
+        exe = os.stat("exe", dir_fd=dfd)
+        cgroup = read_proc(dfd, "cgroup").decode("utf-8", "surrogateescape")
+    except (OSError, ProcessGone, ValueError):
+        return False
+    finally:
+        os.close(dfd)
+    if uid != 0 or argv[1:2] != [UU_SCRIPT.encode()] or \
+            (exe.st_dev, exe.st_ino) != (interpreter.st_dev, interpreter.st_ino):
+        return False
+    unit = units.resolve(units.cgroup_path(cgroup))
+    return unit.kind in (units.SYSTEM, units.INIT, units.NONE) or (
+        unit.kind in (units.SESSION, units.USER, units.USER_MANAGER) and unit.uid == 0)
+
+
+def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int, root: Path = Path("/")) -> Process | None:
     """The unattended-upgrade run this process descends from, if any.
 
-    Recognised by its command line (``python3 /usr/bin/unattended-upgrade``) or by its
-    pid file; only compared, never used for anything else.  unattended-upgrade may
-    fork for a step, so the outermost such ancestor (the one the pid file names, if
-    it is an ancestor) is the run that must be over before the report.
+    Only a proven run counts (see :func:`proven_uu_run`): a user who may ``sudo apt-get`` must
+    not make root wait for her own process named like it.  unattended-upgrade may fork for a
+    step, so the outermost proven ancestor (the one the pid file names, if it is one) is the
+    run that must be over before the report.
     """
+    interpreter = uu_interpreter(root)
+    if interpreter is None:
+        return None
     try:
         pidfile = int((run / "unattended-upgrades.pid").read_text(encoding="ascii").split()[0])
     except (OSError, ValueError, IndexError):
@@ -84,20 +151,25 @@ def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int) -> Process | N
     for _ in range(64):
         if current is None or current <= 1:
             break
-        try:
-            argv = (proc / str(current) / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            argv = []
-        if current == pidfile:
+        if proven_uu_run(proc, current, interpreter):
             found = current
-            break
-        if UU_SCRIPT.encode() in argv[:2]:
-            found = current
+            if current == pidfile:
+                break
         current = stat_field(proc, current, PPID)
     if found is None:
         return None
     start = process_start(proc, found)
     return Process(found, start) if start is not None else None
+
+
+def waiting_for(roots: Roots) -> tuple[Process, int] | None:
+    """The unattended-upgrade run a deferred run still waits for, and since when (for ``status``)."""
+    record = state.read_json(roots.state, state.WAITING)
+    after = record.get("after") if record and record.get("boot_id") == state.boot_id(roots.proc) else None
+    if not (isinstance(after, list) and len(after) == 2 and all(type(n) is int for n in after)):
+        return None
+    uu = Process(after[0], after[1])
+    return (uu, record.get("time", 0)) if record and process_start(roots.proc, uu.pid) == uu.start else None
 
 
 DPKG = "/usr/bin/dpkg"
@@ -201,8 +273,9 @@ def locked(path: Path, timeout: float, *, who: str = "restartctl",
                     waiting(holder(fd))
                     waiting = None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {who}\n".encode(), 0)
+        with suppress(OSError):  # who holds it is a courtesy: a full /run must not stop the run
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {who}\n".encode(), 0)
         yield Lock(True, "")
     finally:
         os.close(fd)
@@ -225,8 +298,7 @@ def run_lock(roots: Roots, timeout: float, *, who: str,
 
 
 def _run_quietly(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return execute.run(argv, timeout)
 
 
 def system_state() -> str:
@@ -260,6 +332,11 @@ def defer_until_exit(roots: Roots, uu: Process, log: Log) -> None:
                                f"--working-directory={cwd}",
                                "--description=restartctl: report once unattended-upgrades has finished",
                                "--", *argv], 15)
+        if result.returncode == 0 or "already" in result.stderr:
+            try:
+                state.save_waiting(roots.state, state.boot_id(roots.proc), uu.pid, uu.start)
+            except OSError as e:
+                log.error(f"could not record the waiting run: {e}")
         if result.returncode == 0:
             # Shown, so that unattended-upgrades' log and mail say where the report will be.
             log.info(f"unattended-upgrades (pid {uu.pid}) is running: restarts and one report follow when "
@@ -294,11 +371,15 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
         raise Timeout()
 
     previous: Callable[..., object] | int | None = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, budget)
+    signal.setitimer(signal.ITIMER_REAL, max(budget, 0.001))  # 0 would disable the watchdog
     try:
         _run(roots, trigger, log, budget)
     except Timeout:
         log.error(f"gave up after {budget:g} s; the findings stay pending for the next run")
+    except KeyboardInterrupt:
+        log.error("interrupted; what this run did not handle stays pending for the next run")
+    except OSError as e:  # its message names the file
+        log.error(str(e))
     except Exception as e:
         log.error(f"{type(e).__name__}: {e}")
     finally:
@@ -313,7 +394,7 @@ def _run(roots: Roots, trigger: str, log: Log, budget: float) -> None:
         log.info("suspended by RESTARTCTL_SUSPEND=1; the transaction stays pending", show=False)
         return
     if trigger != "unattended-upgrades":
-        uu = unattended_upgrades_ancestor(roots.proc, roots.run, os.getpid())
+        uu = unattended_upgrades_ancestor(roots.proc, roots.run, os.getpid(), roots.root)
         if uu is not None:
             defer_until_exit(roots, uu, log)
             return
@@ -340,32 +421,58 @@ def interactive() -> bool:
             and os.environ.get("DEBIAN_FRONTEND") != "noninteractive")
 
 
-def asker(answers: TextIO, prompts: TextIO) -> Callable[[plan.Action], bool]:
-    """The ``ask`` mode prompt: yes / no / all / quit, the policy's default preselected."""
-    remembered: list[bool] = []
+ASK_LEGEND = ("y: restart it; n: leave it running as it is; a: restart it and all the rest without asking; "
+              "q: restart nothing more (the rest stays pending); ?: this help")
 
-    def confirm(action: plan.Action) -> bool:
+
+def _answer_ready(answers: TextIO, seconds: float) -> bool:
+    """Whether an answer can be read before ``seconds`` pass (always, for input that is not a file)."""
+    try:
+        fd = answers.fileno()
+    except (AttributeError, OSError, ValueError):
+        return True
+    return bool(select.select([fd], [], [], max(seconds, 0))[0])
+
+
+def asker(answers: TextIO, prompts: TextIO, *, default_yes: bool = True,
+          deadline: float | None = None) -> Callable[[plan.Action], bool | None]:
+    """The ``ask`` mode prompt: yes / no / all / quit / help, Enter giving the policy's default.
+
+    Returns True (restart), False (leave it) or None: the admin quit, input ended or no answer
+    came before ``deadline``; then no later unit is asked about either (they stay pending).
+    """
+    remembered: list[bool | None] = []
+    choices = "[Y/n/a/q/?]" if default_yes else "[y/N/a/q/?]"
+
+    def confirm(action: plan.Action) -> bool | None:
         if remembered:
             return remembered[0]
         while True:
             prompts.write(f"restartctl: {printable(action.group.name or '?')}: "
-                          f"{report.command(action.argv or ())}? [Y/n/a/q] ")
+                          f"{report.command(action.argv or ())}? {choices} ")
             prompts.flush()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and not _answer_ready(answers, left):
+                prompts.write("\nrestartctl: no answer in time: nothing more is restarted\n")
+                remembered.append(None)
+                return None
             raw = answers.readline()
             if not raw:  # end of input: nobody is there to say yes
-                remembered.append(False)
-                return False
+                prompts.write("\n")
+                remembered.append(None)
+                return None
             answer = raw.strip().lower()
-            if answer in ("", "y", "yes"):
+            if answer in ("y", "yes") or (answer == "" and default_yes):
                 return True
-            if answer in ("n", "no"):
+            if answer in ("n", "no") or answer == "":
                 return False
             if answer in ("a", "all"):
                 remembered.append(True)
                 return True
             if answer in ("q", "quit"):
-                remembered.append(False)
-                return False
+                remembered.append(None)
+                return None
+            prompts.write(f"restartctl: {ASK_LEGEND}\n")
     return confirm
 
 
@@ -378,12 +485,37 @@ def host_policy(roots: Roots, log: Log) -> tuple[policy.Policy, bool]:
         return policy.vendor(roots.data), False
 
 
+class Progress(NamedTuple):
+    """How far a hook run read the journal (inode, offset), and when it started."""
+
+    journal: tuple[int, int]
+    started: float
+
+
 def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_files: dict[str, str] | None,
-        failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None) -> int:
-    """Find, plan and, as the mode says, restart; record what is still pending.  1 if a restart failed."""
+        failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None,
+        progress: Progress | None = None, preview: bool = False, assume_yes: bool = False,
+        fresh: frozenset[str] | None = None) -> int:
+    """Find, plan and, as the mode says, restart; record what is still pending (and, for a hook
+    run, how far it read the journal, in the same write).
+
+    Returns 130 when interrupted (Ctrl-C; what was done is recorded, the rest stays pending),
+    2 when the scan was cut short (the findings are not the whole truth), else 1 when a restart
+    failed or, in list mode, when the plan has something to do (as ``plan``), else 0.
+    ``preview`` (a dry run) also says which restarts the executor would skip, and why;
+    ``assume_yes`` (apt's ``-y``) answers yes for every unit instead of asking; ``fresh`` (the
+    hook's) are this transaction's packages: units only earlier runs' packages lead to are the
+    backlog, shown in one line.
+    """
     pol, usable = host_policy(roots, log)
     mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
-    if not usable or (mode == "ask" and not interactive()):
+    if mode == "ask" and assume_yes:
+        log.info("apt was told to assume yes (-y): restarting without asking (mode auto)")
+        mode = "auto"
+    if mode == "ask" and not interactive():
+        log.info("mode ask needs a terminal and there is none: only listing (mode list)")
+        mode = "list"
+    if not usable:
         mode = "list"
     # The scan may take half the time left; restarts and their checks need the rest.
     findings = find(roots, only_packages=scope, old_files=old_files,
@@ -393,34 +525,176 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         log.error(report.unscanned_note(findings.scan))
     actions = plan.make_plan(findings.groups, pol)
     actions = hold_unconfigured(actions, packages.unconfigured(
-        roots.admindir, {p for a in actions if a.action in execute.EXECUTABLE for p in a.group.packages}))
+        roots.admindir, {p for a in actions if a.action in plan.EXECUTABLE for p in a.group.packages}))
+    recovered = recover(roots, log, findings)
     outcomes: list[execute.Outcome] = []
-    if mode == "list" or not actions:
-        lines = report.hook_lines(actions, failed=failed)
-    else:
-        def still_stale(group: units.UnitGroup, pids: list[int] | None) -> list[units.Affected]:
-            again = find(roots, only_packages=list(group.packages), pids=pids)
-            return [m for g in again.groups if (g.kind, g.name, g.uid) == (group.kind, group.name, group.uid)
-                    for m in g.members]
-        confirm = asker(answers or sys.stdin, sys.stdout) if mode == "ask" else None
-        applied = execute.apply(actions, pol.settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
-                                still_stale=still_stale, confirm=confirm, report=lambda o: None,
-                                cgroupfs=roots.root / "sys" / "fs" / "cgroup",
-                                log=lambda line: log.info(line, show=False))
-        outcomes = applied.outcomes
-        lines = report.applied_lines(actions, outcomes, failed=failed)
-    for line in lines:
-        log.info(line)
-    for line in report.detail_lines(findings.groups):
-        log.info(line, show=False)
-    done = {id(o.action) for o in outcomes if o.status == execute.DONE}
-    still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
-    if findings.scan.unscanned:
-        still |= frozenset(scope or ())  # not all looked at: the whole transaction stays pending
-    state.save_pending(roots.state, state.boot_id(roots.proc), trigger=trigger, packages=still,
-                       units=state.with_processes(report.run_units(actions, outcomes), roots.proc))
-    publish(roots, [a for a in actions if id(a) not in done], findings, log)
+    interrupted = False
+    fresh_names = {p.partition(":")[0] for p in fresh or ()}
+    earlier = {id(a) for a in actions if fresh is not None
+               and not any(p.partition(":")[0] in fresh_names for p in a.group.packages)}
+    # The policy's quiet: on the hook's terminal only what needs someone (failures, the next step).
+    quiet = pol.settings.quiet and trigger != "manual" and mode != "ask"
+    with Interrupts():
+        if mode == "list" or not actions:
+            skips = execute.would_skip(actions, pol.settings, proc=roots.proc) if preview else {}
+            lines = report.hook_lines(actions, failed=failed, skips=skips, earlier=earlier)
+        else:
+            interrupted = _carry_out(roots, trigger, log, actions, pol.settings, outcomes, failed=failed,
+                                     deadline=deadline, earlier=earlier, quiet=quiet,
+                                     confirm=asker(answers or sys.stdin, sys.stdout, deadline=deadline,
+                                                   default_yes=pol.settings.ask_default == "yes")
+                                     if mode == "ask" else None)
+            lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True, earlier=earlier)
+            if interrupted:
+                left = sum(1 for a in actions if a.action in plan.EXECUTABLE and a.argv is not None) - len(outcomes)
+                lines.append(f"interrupted: {left} unit{'s' if left != 1 else ''} not handled "
+                             f"stay{'s' if left == 1 else ''} pending")
+        done = {id(o.action) for o in outcomes if o.status == execute.DONE}
+        still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
+        # Not all looked at: the next run looks again at every package changed since the last complete run.
+        missed = [report.unscanned_note(findings.scan)] if findings.scan.unscanned else []
+        boot = state.boot_id(roots.proc)
+        units_now = state.with_processes(recovered + report.run_units(actions, outcomes), roots.proc)
+        still, recorded = state.merge_pending(state.read_json(roots.state, state.PENDING), boot, scope=scope,
+                                              complete=not missed, packages=still, units=units_now)
+        state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded,
+                           journal=progress.journal if progress else None,
+                           started=progress.started if progress and not missed else None,
+                           incomplete=missed if progress or missed else None)
+        state.clear_actions(roots.state)  # they are in the record now
+        for line in lines:
+            log.info(line, show=not quiet)
+        for line in report.detail_lines(findings.groups):
+            log.info(line, show=False)
+        reboot = publish(roots, [a for a in actions if id(a) not in done], findings, log, quiet=quiet)
+        step = report.next_step(actions, outcomes, listing=mode == "list", reboot=reboot) if actions else None
+        if step:
+            log.info(step)
+    if interrupted:
+        return 130
+    if missed:
+        return 2
+    if mode == "list":
+        return 1 if any(a.action != "ignore" for a in actions) else 0
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
+
+
+class Interrupts:
+    """While restarting: the first Ctrl-C (SIGINT) or hang-up (SIGHUP: the terminal went away, apt
+    interrupted too) stops the run as KeyboardInterrupt; later ones are ignored, so that what was
+    done is always recorded."""
+
+    def __enter__(self) -> Interrupts:
+        self.seen = False
+        self.previous = {signum: signal.signal(signum, self._stop) for signum in (signal.SIGINT, signal.SIGHUP)}
+        return self
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if not self.seen:
+            self.seen = True
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action], settings: policy.Settings,
+               outcomes: list[execute.Outcome], *, failed: list[str], deadline: float,
+               confirm: Callable[[plan.Action], bool | None] | None, earlier: set[int], quiet: bool) -> bool:
+    """Restart as planned, one progress line as each unit is done; returns whether it was interrupted.
+
+    ``outcomes`` fills as the restarts finish, so that an interrupted run still records them; each
+    action is also on record before it is taken (:class:`ActionLog`).
+    """
+    for line in report.intro_lines(actions, failed=failed, asking=confirm is not None, earlier=earlier,
+                                   seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
+        log.info(line, show=not quiet)
+
+    def still_stale(group: units.UnitGroup, pids: list[int] | None, until: float) -> execute.Recheck:
+        # pids None: a guessed unit (no systemd): only root's and system accounts' processes can be it.
+        again = find(roots, only_packages=list(group.packages), pids=pids, deadline=until,
+                     users=pids is not None)
+        same = (group.kind, group.name, group.uid)
+        return execute.Recheck([m for g in again.groups if (g.kind, g.name, g.uid) == same for m in g.members],
+                               again.scan.unscanned)
+
+    record = ActionLog(roots, trigger, log)
+
+    def progress(outcome: execute.Outcome) -> None:
+        outcomes.append(outcome)
+        record.outcome(outcome)
+        log.info(report.outcome_line(outcome), show=not quiet or outcome.status == execute.FAILED)
+
+    try:
+        execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
+                      still_stale=still_stale, confirm=confirm, report=progress,
+                      cgroupfs=roots.root / "sys" / "fs" / "cgroup", log=lambda line: log.info(line, show=False),
+                      intend=record.intend, earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)))
+    except KeyboardInterrupt:
+        log.info("")  # after the ^C the terminal echoed
+        return True
+    return False
+
+
+class ActionLog:
+    """Each action on record in the state before it is taken (an intent) and after (its outcome),
+    so that a run killed at any point leaves what it did, or was doing, for the next run."""
+
+    def __init__(self, roots: Roots, trigger: str, log: Log) -> None:
+        self.directory, self.boot, self.trigger, self.log = roots.state, state.boot_id(roots.proc), trigger, log
+        self.entries: list[dict[str, object]] = []
+        self.index: dict[int, int] = {}
+
+    def intend(self, action: plan.Action) -> None:
+        """Raises OSError when it cannot be recorded: then the action is not taken."""
+        self.entries.append({**report.action_json(action), "status": "started", "detail": ""})
+        try:
+            self._save()
+        except OSError:
+            self.entries.pop()
+            raise
+        self.index[id(action)] = len(self.entries) - 1
+
+    def outcome(self, o: execute.Outcome) -> None:
+        i = self.index.get(id(o.action))
+        if i is None:
+            return
+        self.entries[i] = {**self.entries[i], "status": o.status, "detail": clean(o.detail)}
+        try:
+            self._save()
+        except OSError as e:
+            self.log.error(str(e))
+
+    def _save(self) -> None:
+        state.save_actions(self.directory, self.boot, pid=os.getpid(), trigger=self.trigger, entries=self.entries)
+
+
+def recover(roots: Roots, log: Log, findings: Findings) -> list[dict[str, object]]:
+    """Report, once, what a run that never finished (killed, out of time) restarted or was restarting.
+
+    Each such unit is checked again: still on replaced files (it is among this run's
+    findings, which this run then handles), or active again.  Returns their records.
+    """
+    pid, entries = state.interrupted(roots.state, state.boot_id(roots.proc), log=log.error)
+    stale = {(g.kind, g.name, g.uid) for g in findings.groups}
+    records: list[dict[str, object]] = []
+    for e in entries:
+        unit, kind, uid = e.get("unit"), e.get("kind"), e.get("uid")
+        if e.get("status") not in ("started", execute.DONE) or not isinstance(unit, str) or not isinstance(kind, str):
+            continue
+        if (kind, unit, uid) in stale:
+            status = execute.FAILED
+            detail = f"an interrupted run (pid {pid}) was restarting it; still uses replaced files"
+        else:
+            active = execute.active_state(kind, unit, uid if isinstance(uid, int) else None)
+            verified = "verified again: active, no replaced files in use" if active == "active" else \
+                f"checked again: {active}"
+            status = execute.DONE if active == "active" else execute.FAILED
+            detail = f"restarted by an interrupted run (pid {pid}); {verified}"
+        log.info(f"  {printable(unit)}: {detail}")
+        records.append({**e, "status": status, "detail": detail})
+    return records
 
 
 def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) -> list[plan.Action]:
@@ -433,7 +707,7 @@ def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) ->
     held = []
     for a in actions:
         waiting = sorted(f"{p} is {unfinished[p]}" for p in a.group.packages if p in unfinished)
-        if waiting and a.action in execute.EXECUTABLE:
+        if waiting and a.action in plan.EXECUTABLE:
             a = a._replace(action="defer", argv=None, suggested=a.argv,
                            reason=f"not restarted: dpkg has not finished configuring it ({', '.join(waiting)}); "
                                   "after 'dpkg --configure -a'")
@@ -441,31 +715,76 @@ def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) ->
     return held
 
 
-def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log) -> None:
+def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log, *, quiet: bool = False) -> bool:
     """Tell the rest of the system: /run/reboot-required(.pkgs) when a reboot is the cure (what
-    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile."""
+    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile.
+    Returns whether a reboot is needed."""
     from restart import formats, reboot
 
+    found: list[reboot.RebootReason] = []
     try:
         found, _ = reboot.for_host(left, proc=roots.proc, root=roots.root, admindir=roots.admindir)
         if found:
             written = reboot.write_reboot_required(roots.run, found)
             if written.added or written.flag_created:
-                log.info("a reboot is needed: " + ", ".join(
-                    sorted({f"{r.kind} {r.package}" if r.package else r.kind for r in found})))
+                for line in report.reboot_lines(found):
+                    log.info(line, show=not quiet)
         record = state.read_json(roots.state, state.PENDING)
         text = formats.openmetrics(left, findings.groups, findings.scan, found + reboot.flagged(roots.run, known=found),
                                    last_run=record, current_boot=True)
         formats.write_textfile(text)
     except OSError as e:
         log.error(f"could not publish the reboot flag or the metrics: {e}")
+    return bool(found)
+
+
+
+def boot_time(proc: Path) -> float:
+    """When this system booted (epoch), from the kernel's ``btime``; 0 when it cannot say."""
+    try:
+        for line in (proc / "stat").read_text(encoding="ascii").splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float) -> None:
-    txn = transaction.read(rundir)
-    scope = txn.packages | state.pending_packages(roots.state, state.boot_id(roots.proc), log=log.error)
+    started = time.time()
+    boot = state.boot_id(roots.proc)
+    record = state.this_boot(roots.state, boot, log=log.error)
+    cursor = state.journal_cursor(record)
+    txn = transaction.read(rundir, cursor)
+    markers = transaction.claim_markers([rundir, roots.state])
+    since, missed_before = state.last_complete(record)
+    missed = [*txn.incomplete, *(f"{m} says the hooks could not record every event" for m in markers),
+              *(f"the last run: {why}" for why in missed_before)]
+    scope = txn.packages | state.pending_packages(roots.state, boot, log=log.error)
+    if missed:
+        since = since or boot_time(roots.proc)
+        changed = packages.changed_since(roots.admindir, since)
+        log.info(f"{'; '.join(missed)}: looking at every package changed since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} ({len(changed)})")
+        scope |= changed
+    progress = Progress(txn.journal, started)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
         act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,
-            deadline=deadline)
-    transaction.consume(rundir, txn)
+            deadline=deadline, progress=progress, assume_yes=consume_assume_yes(rundir), fresh=txn.packages)
+    elif missed or txn.journal != cursor:
+        state.save_progress(roots.state, boot, trigger=trigger, journal=txn.journal, started=started)
+    transaction.release_markers([rundir, roots.state])
+
+
+ASSUME_YES = "assume-yes"
+
+
+def consume_assume_yes(rundir: Path) -> bool:
+    """Whether apt ran with ``-y`` (``APT::Get::Assume-Yes``): the Pre-Install-Pkgs hook saw it in
+    apt's configuration and left this marker in our own directory.  Used once."""
+    try:
+        os.unlink(rundir / ASSUME_YES)
+    except OSError:
+        return False
+    return True

@@ -842,10 +842,10 @@ class Context:
 
     def __init__(self, db: DpkgDatabase, *, in_scope: Mapping[str, str] | None = None,
                  host: Host | None = None, tolerance: float = TOLERANCE,
-                 unowned: tuple[str, ...] = RESERVED, unchanged: frozenset[str] = frozenset(),
+                 unowned: tuple[str, ...] = RESERVED, unchanged: Mapping[str, float] | None = None,
                  history: Path | None = None) -> None:
         self.db = db
-        self.unchanged = unchanged  # canonical paths replaced by identical content
+        self.unchanged = unchanged or {}  # canonical path -> since when its (identical) content was on disk
         self.history = history      # the hooks' run directory (journal, old file lists), if any
         self._old_files: dict[str, frozenset[str] | None] = {}
         self._listings: dict[str, tuple[str, ...]] = {}
@@ -1009,7 +1009,7 @@ class Context:
                 continue  # none of it existed when the process started
             old = self._old(package)
             files = [f for f in self.modules(interpreter, package)
-                     if f not in self.unchanged and (old is None or f in old)]
+                     if not (f in self.unchanged and start >= self.unchanged[f]) and (old is None or f in old)]
             if files:
                 found[package] = files[0]
         return found

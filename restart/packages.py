@@ -12,7 +12,7 @@ Paths are compared in their canonical merged-/usr form: the database may say
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
@@ -77,6 +77,13 @@ def parse_md5sums(data: bytes, aliases: frozenset[str]) -> dict[str, str]:
         if sep and len(digest) == 32 and rel and not rel.startswith(b"/"):
             sums[canonical("/" + fs_decode(rel), aliases)] = digest.decode("ascii", "replace").lower()
     return sums
+
+
+def _matcher(wanted: Iterable[str]) -> Callable[[str], bool]:
+    """:func:`package_matches` against all of ``wanted`` at once, by set lookup."""
+    exact = set(wanted)
+    bare = {w for w in exact if ":" not in w}
+    return lambda installed: installed in exact or installed.partition(":")[0] in bare
 
 
 class Diversion(NamedTuple):
@@ -158,15 +165,18 @@ class DpkgDatabase:
 
     def resolve_names(self, wanted: Iterable[str]) -> dict[str, list[str]]:
         """Map each requested name to the installed ``pkg[:arch]`` names it designates."""
-        installed = self.installed_packages()
-        return {w: [p for p in installed if package_matches(p, w)] for w in wanted}
+        by_name: dict[str, list[str]] = {}
+        for p in self.installed_packages():
+            by_name.setdefault(p.partition(":")[0], []).append(p)
+        # package_matches, by lookup: a journal may name thousands of packages, the system as many.
+        return {w: [p for p in by_name.get(w.partition(":")[0], []) if package_matches(p, w)] for w in wanted}
 
     def files_of(self, packages: Iterable[str]) -> dict[str, str]:
         """Canonical path -> package for the named installed packages, diversions applied."""
-        wanted = list(packages)
+        wanted = _matcher(packages)
         result: dict[str, str] = {}
         for name, path in self._lists:
-            if not any(package_matches(name, w) for w in wanted):
+            if not wanted(name):
                 continue
             for raw in self._read_list(name, path).split(b"\n"):
                 if not raw.startswith(b"/") or raw == b"/.":
@@ -180,10 +190,10 @@ class DpkgDatabase:
 
     def md5sums(self, packages: Iterable[str]) -> dict[str, str]:
         """Canonical path -> checksum of the named installed packages' files, as dpkg recorded them."""
-        wanted = list(packages)
+        wanted = _matcher(packages)
         sums: dict[str, str] = {}
         for name, _ in self._lists:
-            if any(package_matches(name, w) for w in wanted):
+            if wanted(name):
                 try:
                     with open(self.admindir / "info" / f"{name}.md5sums", "rb") as f:
                         sums.update(parse_md5sums(f.read(), self.aliases))
@@ -299,3 +309,23 @@ def unconfigured(admindir: Path, wanted: Iterable[str]) -> dict[str, str]:
             for key in {name, f"{name}:{arch}"} & names:
                 found.setdefault(key, state)
     return found
+
+
+def changed_since(admindir: Path, since: float) -> frozenset[str]:
+    """Installed packages dpkg unpacked since ``since`` (epoch): it rewrites a package's file list then.
+
+    What a run falls back to when the journal lost events.  A package removed meanwhile
+    has no list any more; its files are gone, and the file lists apt's hook kept say the rest.
+    """
+    changed = set()
+    try:
+        with os.scandir(admindir / "info") as entries:
+            for e in entries:
+                try:
+                    if e.name.endswith(".list") and e.stat(follow_symlinks=False).st_mtime >= since - 1:
+                        changed.add(e.name[:-5])
+                except OSError:
+                    continue  # removed meanwhile
+    except OSError:
+        pass
+    return frozenset(changed)

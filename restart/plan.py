@@ -54,9 +54,22 @@ def _can_restart(group: UnitGroup) -> bool:
     return valid_unit_name(group.name) and unit_type(group.name) == "service"
 
 
+def _ignored_program(group: UnitGroup, globs: tuple[str, ...]) -> str | None:
+    """The ``ignore_exe`` glob when every stale process of the group runs a program it matches."""
+    if not globs or not group.members:
+        return None
+    found = [next((g for g in globs if m.process.exe and fnmatchcase(m.process.exe, g)), None)
+             for m in group.members]
+    return found[0] if all(found) else None
+
+
 def decide(group: UnitGroup, policy: Policy) -> Action:
     """One action for one group: the built-in default, unless a policy rule says otherwise."""
     default = _default(group)
+    ignored = _ignored_program(group, policy.settings.ignore_exe)
+    if ignored is not None:
+        return Action(group, "ignore", None, f"the program is ignored (setting ignore_exe {ignored!r})",
+                      default.suggested or default.argv)
     if group.kind not in (SYSTEM, USER, USER_MANAGER, INIT) or group.name is None or not group.valid:
         return default
     rule = policy.decide(group.name, scope_of(group.kind), group.packages)
@@ -71,6 +84,12 @@ def _with_rule(action: Action, rule: Rule) -> Action:
 
 
 def _apply_rule(group: UnitGroup, rule: Rule, default: Action) -> Action:
+    if rule.action == "reboot" and scope_of(group.kind) == USER and rule.scope != USER:
+        # A reboot for the whole host on account of one user's own unit only when the rule says so:
+        # /run/reboot-required makes Automatic-Reboot and kured reboot the host.
+        return Action(group, default.action, default.argv, f"{default.reason} (rule {rule.source} reboots "
+                      "for system units; for users' units only with scope = \"user\")", default.suggested,
+                      rule.source)
     if rule.action in _RESTARTS:
         if group.kind in (SYSTEM, USER) and _can_restart(group):
             return Action(group, rule.action, _restart_argv(group, rule.action),
@@ -124,7 +143,7 @@ def _default(group: UnitGroup) -> Action:
     return Action(group, "notify", None, "not managed by any service manager: restart it by hand")
 
 
-_ACTS = (*_RESTARTS, "reexec", "exec")
+EXECUTABLE = (*_RESTARTS, "reexec", "exec")  # the actions restartctl carries out itself
 
 
 def _listed_only(action: Action, kinds: tuple[str, ...], listed: tuple[str, ...] = ()) -> Action:
@@ -132,7 +151,7 @@ def _listed_only(action: Action, kinds: tuple[str, ...], listed: tuple[str, ...]
     whose findings that are have evidence it only lists (``search-path``: imports not read)."""
     files = [o.stale for m in action.group.members for o in m.files]
     found = {f.kind for f in files}
-    if action.argv is None or action.action not in _ACTS or not found or any(
+    if action.argv is None or action.action not in EXECUTABLE or not found or any(
             f.kind in kinds and f.evidence not in listed for f in files):
         return action
     if found & set(kinds):

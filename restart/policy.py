@@ -21,7 +21,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from restart.units import SYSTEM, USER
+from restart.units import SYSTEM, UNIT_TYPES, USER
 
 ACTIONS = ("restart", "try-restart", "reload-or-restart", "defer", "ignore", "notify", "reexec", "reboot",
            "exec")
@@ -50,12 +50,16 @@ class Settings(NamedTuple):
     list_evidence: tuple[str, ...] = ("search-path",)
     restart_first: tuple[str, ...] = ()  # unit globs restarted before all others
     restart_last: tuple[str, ...] = ()   # unit globs restarted after all others
+    ask_default: str = "yes"        # what Enter answers at the ask prompt: yes | no
+    ignore_exe: tuple[str, ...] = ()  # globs over executable paths: units only such programs make stale are ignored
+    quiet: bool = False             # the hook shows only what needs someone (failures, the next step)
+    notify_users: bool = True       # tell logged-in users about what only they can restart
 
 
 _SETTING_TYPES: dict[str, type] = {"mode": str, "unattended_mode": str, "timeout": float, "verify": bool,
                                    "max_failures": int, "restart_on": tuple, "list_evidence": tuple,
-                                   "restart_first": tuple,
-                                   "restart_last": tuple}
+                                   "restart_first": tuple, "restart_last": tuple, "ask_default": str,
+                                   "ignore_exe": tuple, "quiet": bool, "notify_users": bool}
 
 
 class Rule(NamedTuple):
@@ -181,10 +185,19 @@ def _rules(raw_rules: object, text: str, source: str) -> list[Rule]:
             value = _globs(raw[key]) if key in raw else ()
             if value is None:
                 raise fail(key, f"key {key!r} must be a string or a list of strings")
+            never = next((g for g in value if key == "unit" and not _may_name_a_unit(g)), None)
+            if never is not None:
+                raise fail(key, f"unit {never!r} can never match: unit names end in a type such as "
+                                f"'.service' (did you mean '{never}.service'?)")
             globs[key] = value
         rules.append(Rule(globs["unit"], scope, globs["package"], action, reason,
                           f"{source}:{_line_of(text, n, None)}", argv))
     return rules
+
+
+def _may_name_a_unit(glob: str) -> bool:
+    """A unit glob that could match some unit name: it ends in a unit type, or in a wildcard."""
+    return glob[-1:] in ("*", "?", "]") or glob.rpartition(".")[2] in UNIT_TYPES
 
 
 def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
@@ -205,6 +218,8 @@ def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
                 raise fail(key, f"key 'restart_on' takes kinds among {', '.join(KINDS)}")
             if key == "list_evidence" and not set(items) <= set(EVIDENCE):
                 raise fail(key, f"key 'list_evidence' takes evidence among {', '.join(EVIDENCE)}")
+            if key == "ignore_exe" and not all(g.startswith(("/", "*")) for g in items):
+                raise fail(key, "key 'ignore_exe' takes globs over absolute executable paths")
             out[key] = items
         elif kind is float:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
@@ -219,7 +234,8 @@ def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
                 raise fail(key, f"key {key!r} must be true or false")
             out[key] = value
         else:
-            allowed = ("auto", "list") if key == "unattended_mode" else MODES
+            allowed = ("auto", "list") if key == "unattended_mode" else ("yes", "no") if key == "ask_default" \
+                else MODES
             if value not in allowed:
                 raise fail(key, f"key {key!r} must be one of {', '.join(allowed)}")
             out[key] = value

@@ -21,7 +21,7 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,6 +39,21 @@ _MISSING = (errno.ENOENT, errno.ENOTDIR)
 # From any other line (vsyscall's 16 digits) comes a key that is not exactly "dev inode path":
 # such a key is never remembered, and its process gets the careful look.
 _OFFSET_ENDS_AFTER = 31
+PATH_MAX = 4096  # no file at a longer path can be opened by it, so none is a package's
+# A maps line longer than this holds a path longer than PATH_MAX (each byte is at most four, "\012"):
+# dropped unread, as a path no package can have.
+_LINE_MAX = 4 * PATH_MAX + 256
+# Per-process budgets while reading its maps and fds: a user chooses how much and how deep her
+# processes map (a file 16,000 directories deep, 65,000 times, is 2 GB of maps text that takes the
+# kernel a minute to write).  A process that would exceed one is not scanned, never taken for clean.
+PROCESS_SECONDS = 10.0
+PROCESS_BYTES = 128 << 20
+PROCESS_LINES = 1 << 20
+# What a scan remembers (lines known fresh, decoded paths, stat results) is bounded whatever users
+# map: entries up to this long, up to this many bytes in all; past that, work is redone, not kept.
+OVER_BUDGET_SHOWN = 20  # processes over a budget named in text and metrics (JSON lists them all)
+_KEEP_MAX = 512
+_KEEP_BYTES = 32 << 20
 
 
 # Called for every process with its /proc directory handle, its PID and its executable.
@@ -47,6 +62,43 @@ Observer = Callable[[int, int, str | None], object | None]
 
 class ProcessGone(Exception):
     """The process exited (or was never there) while we read it."""
+
+
+class OverBudget(Exception):
+    """Reading the process would exceed a per-process budget (or the scan's deadline)."""
+
+
+class Budget:
+    """What reading one process may still cost: bytes, lines, CPU time (ours, the kernel's writing
+    of its ``maps`` included, so a loaded host does not cut a big process short) and the scan's
+    deadline (on its clock)."""
+
+    __slots__ = ("bytes", "clock", "cpu", "cpu_until", "lines", "until")
+
+    def __init__(self, until: float, clock: Callable[[], float], cpu: Callable[[], float]) -> None:
+        self.until, self.clock, self.cpu, self.bytes, self.lines = until, clock, cpu, 0, 0
+        self.cpu_until = cpu() + PROCESS_SECONDS
+
+    def spend(self, nbytes: int, lines: int) -> None:
+        self.bytes += nbytes
+        self.lines += lines
+        if self.bytes > PROCESS_BYTES:
+            raise OverBudget(f"more than {PROCESS_BYTES >> 20} MiB to read")
+        if self.lines > PROCESS_LINES:
+            raise OverBudget(f"more than {PROCESS_LINES} mappings or open files")
+        if self.cpu() > self.cpu_until:
+            raise OverBudget(f"reading it took more than {PROCESS_SECONDS:g} s")
+        if self.clock() > self.until:
+            raise OverBudget("the time for this run ran out while it was read")
+
+
+class Unscanned(NamedTuple):
+    """A process that was not scanned because it would exceed a budget: named, never clean."""
+
+    pid: int
+    uid: int
+    comm: str
+    reason: str
 
 
 class StaleFile(NamedTuple):
@@ -74,7 +126,8 @@ class ScanResult(NamedTuple):
     denied: int       # not readable by us (another user's process, as non-root)
     errors: int = 0   # data no kernel writes (seen only in hostile fixtures): skipped, counted
     observed: tuple[tuple[ProcessInfo, object], ...] = ()  # what an observer (stage 2b) noted, per process
-    unscanned: int = 0  # never looked at: the deadline came first (users' processes go last)
+    unscanned: int = 0  # not looked at (or not to the end): the deadline came first, or a budget
+    over_budget: tuple[Unscanned, ...] = ()  # those of them a per-process budget stopped, named
 
 
 class Selection(NamedTuple):
@@ -127,26 +180,60 @@ def _translate(e: OSError) -> Exception:
     return e
 
 
-def parse_maps(data: bytes) -> dict[tuple[bytes, bytes, bytes], bool]:
-    """File-backed mappings of one ``maps`` file: (raw path, inode, device) -> any executable.
+def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[list[bytes]]:
+    """The whole lines of a /proc file, a batch per read(), never the whole text at once.
+
+    The budget is spent as the bytes arrive, so a process whose ``maps`` the kernel writes
+    slowly, or endlessly, is given up on while it is read.  A line longer than
+    ``_LINE_MAX`` is dropped, and only its first ``_LINE_MAX`` bytes are ever held.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError as e:
+        raise _translate(e) from e
+    try:
+        carry = b""
+        dropping = False
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except OSError as e:
+                raise _translate(e) from e
+            if not chunk:
+                break
+            budget.spend(len(chunk), chunk.count(b"\n"))
+            lines = chunk.split(b"\n")
+            if dropping:
+                if len(lines) == 1:
+                    continue
+                lines[0] = b""
+                dropping = False
+            lines[0] = carry + lines[0]
+            carry = lines.pop()
+            if len(carry) > _LINE_MAX:
+                carry, dropping = b"", True
+            yield [line for line in lines if len(line) <= _LINE_MAX]
+        if carry and not dropping:
+            yield [carry]
+    finally:
+        os.close(fd)
+
+
+def parse_map_line(line: bytes) -> tuple[bytes, bytes, bytes, bool] | None:
+    """A file-backed mapping's (raw path, inode, device, executable), or None.
 
     A line is ``start-end perms offset dev inode   path``; the path (the rest of the
     line, spaces and all) begins at the first " /", since no earlier field holds a
     slash.  The kernel escapes a newline in a path as ``\\012``; that is undone when
     the path is decoded.  Numbers stay bytes until a mapping turns out to matter.
     """
-    files: dict[tuple[bytes, bytes, bytes], bool] = {}
-    for line in data.split(b"\n"):
-        i = line.find(b" /")
-        if i < 0:
-            continue
-        head = line[:i].split()
-        if len(head) != 5 or not head[4].isdigit() or head[4] == b"0":
-            continue
-        key = (line[i + 1:], head[4], head[3])
-        if not files.get(key):
-            files[key] = b"x" in head[1]
-    return files
+    i = line.find(b" /")
+    if i < 0:
+        return None
+    head = line[:i].split()
+    if len(head) != 5 or not head[4].isdigit() or head[4] == b"0":
+        return None
+    return line[i + 1:], head[4], head[3], b"x" in head[1]
 
 
 def decode_path(raw: bytes) -> str:
@@ -190,11 +277,15 @@ class _View:
     (a container, a service with PrivateTmp=) we look through ``/proc/PID/root``.
     """
 
-    __slots__ = ("cache", "direct")
+    __slots__ = ("cache", "direct", "root_device", "users_mounts")
 
-    def __init__(self, direct: bool) -> None:
+    def __init__(self, direct: bool, users_mounts: bool = False) -> None:
         self.direct = direct
         self.cache: dict[str, _Stat] = {}
+        # Owned by another user namespace than ours: its mounts may be an unprivileged user's own
+        # (``unshare -Urm``), so a file found there must also lie where a package's file can.
+        self.users_mounts = users_mounts
+        self.root_device: int | None = None  # the device of the namespace's root filesystem
 
 
 class _Scanner:
@@ -208,6 +299,10 @@ class _Scanner:
         self.selection = selection
         self.check_fds = check_fds
         self.self_pid, self.self_mnt, self.self_depth = self._identity()
+        try:
+            self.self_user = os.readlink(self.proc / "self" / "ns" / "user")
+        except OSError:
+            self.self_user = ""
         self.views: dict[str, _View] = {}
         self.ours = self.views[self.self_mnt] = _View(direct=True)
         self.devices: dict[bytes, int] = {}
@@ -215,46 +310,63 @@ class _Scanner:
         # maps lines ("dev inode path") known to need no look -> whether the path lies where
         # interpreters live (stage 2b wants those processes)
         self.settled: dict[bytes, bool] = {}
+        self.room = _KEEP_BYTES  # bytes left for remembering (settled lines, decoded paths, stats)
 
-    def glance(self, maps: bytes) -> tuple[bool, list[bytes]]:
-        """Whether a known line of this maps text lies under an interpreter's directory, and the
-        lines not known fresh or out of scope (none, in the common case): only those need a look."""
+    def keeps(self, key: bytes | str) -> bool:
+        """Whether there is room to remember something this long (and take that room)."""
+        if len(key) > _KEEP_MAX or self.room < len(key):
+            return False
+        self.room -= len(key) + 64
+        return True
+
+    def _maps(self, dfd: int, budget: Budget) -> tuple[bool, dict[str, StaleFile], _View | None]:
+        """The stale mappings of one process, read as a stream; and whether one of its mapped paths
+        lies where interpreters live (stage 2b wants those processes).
+
+        Most lines are known at a glance: their "dev inode path" (past "start-end perms offset ",
+        which differ between the processes mapping a file, and between the pieces of one file
+        within a process) was settled earlier in the scan.  Of the others, each (device, inode) is
+        looked at once per process, before its path is decoded or kept.
+        """
         settled = self.settled
+        hints = self.observe_hints
         hinted = False
-        pending = []
-        for line in maps.split(b"\n"):
-            # "dev inode path": past "start-end perms offset ", which differ between the
-            # processes mapping a file, and between the pieces of one file within a process.
-            key = line[line.find(b" ", _OFFSET_ENDS_AFTER) + 1:]
-            try:
-                if settled[key]:
-                    hinted = True
-                continue
-            except KeyError:
-                pass
-            hint = self._settle(key)
-            if hint is None:
-                pending.append(line)
-            elif hint:
-                hinted = True
-        return hinted, pending
-
-    def _settle(self, key: bytes) -> bool | None:
-        """None if this "dev inode path" of a maps line needs a look; else remembered, with its hint."""
-        i = key.find(b" /")
-        hint = False
-        if i >= 0:
-            head = key[:i].split()
-            if len(head) != 2 or not head[1].isdigit():
-                return None
-            raw = key[i + 1:]
-            if head[1] != b"0":
+        found: dict[str, StaleFile] = {}
+        view: _View | None = None
+        seen: dict[tuple[bytes, bytes], bool] = {}
+        for batch in read_lines(dfd, "maps", budget):
+            for line in batch:
+                key = line[line.find(b" ", _OFFSET_ENDS_AFTER) + 1:]
+                known = settled.get(key)
+                if known is not None:
+                    hinted = hinted or known
+                    continue
+                entry = parse_map_line(line)
+                if entry is None:
+                    if b" /" not in key and self.keeps(key):
+                        settled[key] = False  # no file: anonymous memory, [heap], [stack]
+                    continue
+                raw, inode_text, dev_text, executable = entry
+                hint = raw.startswith(hints)
+                hinted = hinted or hint
+                ident = (dev_text, inode_text)
+                before = seen.get(ident)
+                if before is not None and (before or not executable):
+                    continue  # this file was looked at already (as code, or this is data too)
+                seen[ident] = executable
                 cand = self.candidate(raw)
-                if cand is not None and not self.unchanged_here(cand.path, int(head[1]), self.device(head[0])):
-                    return None
-            hint = raw.startswith(self.observe_hints)
-        self.settled[key] = hint
-        return hint
+                inode = int(inode_text)
+                if cand is None or self.unchanged_here(cand.path, inode, self.device(dev_text)):
+                    # Remembered only when the key is exactly "dev inode path" (not so past a
+                    # vsyscall-like line's longer addresses).
+                    if key.startswith(b"%s %s " % ident) and self.keeps(key):
+                        settled[key] = hint
+                    continue
+                view = view or self.view(dfd)
+                verdict = self.judge(dfd, view, cand, inode, self.device(dev_text))
+                if verdict:
+                    _add(found, StaleFile(CODE if executable else DATA, *verdict))
+        return hinted, found, view
 
     def _identity(self) -> tuple[int, str, int]:
         try:
@@ -279,7 +391,9 @@ class _Scanner:
         path = decode_path(raw[: -len(_DELETED)] if hinted else raw)
         literal = decode_path(raw) if hinted else None
         wanted = self.selection.wants(path) or (literal is not None and self.selection.wants(literal))
-        found = self.candidates[raw] = _Candidate(path, literal) if wanted else None
+        found = _Candidate(path, literal) if wanted else None
+        if self.keeps(raw):
+            self.candidates[raw] = found
         return found
 
     def device(self, text: bytes) -> int:
@@ -304,11 +418,34 @@ class _Scanner:
         now = self.stat_path(-1, self.ours, path)
         return isinstance(now, tuple) and now[0] == inode and now[2] == device
 
+    def reachable(self, dfd: int, view: _View, path: str, device: int) -> bool:
+        """Seen through a mount namespace of another user namespace, whether a mapped file can be a
+        package's file at all.
+
+        It can when it lies on that namespace's root filesystem (a rootless container's own) or on
+        the filesystem that holds its directory here.  A file on some other filesystem mounted at
+        that place inside the namespace (a user's own tmpfs over a library directory, in
+        ``unshare -Urm``) is not the package's, replaced or not.
+        """
+        if view.root_device is None:
+            try:
+                view.root_device = os.stat("root", dir_fd=dfd).st_dev
+            except OSError as e:
+                raise ProcessGone() from e
+        if device == view.root_device:
+            return True
+        here = self.stat_path(-1, self.ours, os.path.dirname(path))
+        return isinstance(here, tuple) and here[2] == device
+
     def view(self, dfd: int) -> _View:
         mnt = _readlink(dfd, "ns/mnt")
         view = self.views.get(mnt)
         if view is None:
-            view = self.views[mnt] = _View(direct=mnt == self.self_mnt)
+            try:
+                users = os.readlink("ns/user", dir_fd=dfd) != self.self_user
+            except OSError:
+                users = False
+            view = self.views[mnt] = _View(direct=mnt == self.self_mnt, users_mounts=users and mnt != self.self_mnt)
         return view
 
     def stat_path(self, dfd: int, view: _View, path: str) -> _Stat:
@@ -328,12 +465,15 @@ class _Scanner:
                 except OSError as gone:
                     raise ProcessGone() from gone
             result = e.errno or errno.EIO
-        view.cache[path] = result
+        if self.keeps(path):
+            view.cache[path] = result
         return result
 
-    def judge(self, dfd: int, view: _View, cand: _Candidate, inode: int,
+    def judge(self, dfd: int, view: _View, cand: _Candidate, inode: int, device: int,
               link_count: int | None = None) -> tuple[str, str, str] | None:
         """Is the inode behind ``cand`` stale?  (path, confidence, evidence), or None."""
+        if view.users_mounts and not self.reachable(dfd, view, cand.path, device):
+            return None
         now = self.stat_path(dfd, view, cand.path)
         if isinstance(now, tuple) and now[0] == inode:
             return None
@@ -350,28 +490,12 @@ class _Scanner:
         # We could not look (EACCES, ELOOP, ...): fall back to the kernel's word.
         return (cand.path, LIKELY, "deleted-hint") if cand.literal is not None else None
 
-    def scan_process(self, pid: int, dfd: int) -> tuple[ProcessInfo | None, object | None]:
-        maps = read_proc(dfd, "maps")
-        if not maps:
-            return None, None  # kernel thread or zombie
-        found: dict[str, StaleFile] = {}
-        view: _View | None = None
-        hinted, pending = self.glance(maps)
-        mappings = parse_maps(b"\n".join(pending)) if pending else {}
-        hinted = hinted or any(raw.startswith(self.observe_hints) for raw, _, _ in mappings)
-        for (raw, inode_text, dev_text), executable in mappings.items():
-            cand = self.candidate(raw)
-            if cand is None:
-                continue
-            inode = int(inode_text)
-            if self.unchanged_here(cand.path, inode, self.device(dev_text)):
-                continue
-            view = view or self.view(dfd)
-            verdict = self.judge(dfd, view, cand, inode)
-            if verdict:
-                _add(found, StaleFile(CODE if executable else DATA, *verdict))
+    def scan_process(self, pid: int, dfd: int, budget: Budget) -> tuple[ProcessInfo | None, object | None]:
+        hinted, found, view = self._maps(dfd, budget)
+        if not budget.bytes:
+            return None, None  # empty maps: a kernel thread or a zombie
         if self.check_fds:
-            self._stale_fds(dfd, found, view)
+            self._stale_fds(dfd, found, view, budget)
         # An interpreter maps its own executable; without hints, every process is observed.
         seen = self._observe(dfd, pid) if hinted or not self.observe_hints else None
         if not found and seen is None:
@@ -389,33 +513,36 @@ class _Scanner:
         except (OSError, ValueError, IndexError):
             return None  # odd data about one process costs only this extra look
 
-    def _stale_fds(self, dfd: int, found: dict[str, StaleFile], view: _View | None) -> None:
+    def _stale_fds(self, dfd: int, found: dict[str, StaleFile], view: _View | None, budget: Budget) -> None:
         """Regular files held open whose inode is no longer the one at their path."""
         try:
             fdd = os.open("fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
         except OSError as e:
             raise _translate(e) from e
         try:
-            for name in os.listdir(fdd):
-                try:
-                    target = os.fsencode(os.readlink(name, dir_fd=fdd))
-                except OSError:
-                    continue  # closed meanwhile
-                if target[:1] != b"/":
-                    continue  # socket:, pipe:, anon_inode:
-                cand = self.candidate(target)
-                if cand is None:
-                    continue
-                try:
-                    st = os.stat(name, dir_fd=fdd)
-                except OSError:
-                    continue
-                if not stat.S_ISREG(st.st_mode) or self.unchanged_here(cand.path, st.st_ino, st.st_dev):
-                    continue
-                view = view or self.view(dfd)
-                verdict = self.judge(dfd, view, cand, st.st_ino, st.st_nlink)
-                if verdict:
-                    _add(found, StaleFile(FD, *verdict))
+            with os.scandir(fdd) as entries:  # listed as read, not all at once: a process may hold 1M
+                for entry in entries:
+                    name = entry.name
+                    budget.spend(len(name), 1)
+                    try:
+                        target = os.fsencode(os.readlink(name, dir_fd=fdd))
+                    except OSError:
+                        continue  # closed meanwhile
+                    if target[:1] != b"/":
+                        continue  # socket:, pipe:, anon_inode:
+                    cand = self.candidate(target)
+                    if cand is None:
+                        continue
+                    try:
+                        st = os.stat(name, dir_fd=fdd)
+                    except OSError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode) or self.unchanged_here(cand.path, st.st_ino, st.st_dev):
+                        continue
+                    view = view or self.view(dfd)
+                    verdict = self.judge(dfd, view, cand, st.st_ino, st.st_dev, st.st_nlink)
+                    if verdict:
+                        _add(found, StaleFile(FD, *verdict))
         finally:
             os.close(fdd)
 
@@ -465,7 +592,8 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
          pids: Iterable[int] | None = None, observe: Observer | None = None,
          observe_hints: tuple[bytes, ...] = (),
          on_error: Callable[[int, Exception], None] | None = None,
-         deadline: float | None = None, clock: Callable[[], float] = time.monotonic) -> ScanResult:
+         deadline: float | None = None, clock: Callable[[], float] = time.monotonic,
+         cpu_clock: Callable[[], float] = time.thread_time, users: bool = True) -> ScanResult:
     """Scan every process under ``proc`` (or just ``pids``) for stale files.
 
     ``observe`` sees each process that maps a path starting with one of ``observe_hints``
@@ -474,21 +602,29 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
     With a ``deadline`` (on ``clock``), root's and system accounts' processes are scanned
     first and the scan stops when the deadline passes, counting the rest as unscanned: a
     user with many processes that map many files can slow a scan, not starve the services.
+    Each process is read within a :class:`Budget` (bytes, lines, ``PROCESS_SECONDS`` of CPU time on
+    ``cpu_clock``, and the deadline), checked as it is read; one that would exceed it is counted
+    unscanned and named.
+    ``users=False`` looks only at root's and system accounts' processes.
     """
     scanner = _Scanner(proc, selection, check_fds, observe, observe_hints)
     found: list[ProcessInfo] = []
     observed: list[tuple[ProcessInfo, object]] = []
+    over: list[Unscanned] = []
     scanned = vanished = denied = errors = unscanned = 0
     procfd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         candidates = sorted(pids) if pids is not None else sorted(
             int(n) for n in os.listdir(procfd) if n.isdigit())
         candidates = [p for p in candidates if p != scanner.self_pid]
-        if deadline is not None:
+        if not users:
+            candidates = [p for p in candidates if not _owned_by_a_user(procfd, p)]
+        elif deadline is not None:
             candidates.sort(key=lambda p: (_owned_by_a_user(procfd, p), p))
         for n, pid in enumerate(candidates):
-            if deadline is not None and clock() > deadline:
-                unscanned = len(candidates) - n
+            now = clock()
+            if deadline is not None and now > deadline:
+                unscanned += len(candidates) - n
                 break
             scanned += 1
             try:
@@ -496,13 +632,18 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
             except OSError:
                 vanished += 1
                 continue
+            budget = Budget(deadline if deadline is not None else float("inf"), clock, cpu_clock)
             try:
-                info, seen = scanner.scan_process(pid, dfd)
+                info, seen = scanner.scan_process(pid, dfd, budget)
             except ProcessGone:
                 vanished += 1
                 continue
             except PermissionError:
                 denied += 1
+                continue
+            except OverBudget as e:
+                unscanned += 1
+                over.append(_unscanned(dfd, pid, str(e)))
                 continue
             except Exception as e:  # one odd process must not stop the scan of the rest
                 if on_error is not None:
@@ -517,7 +658,17 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
                 observed.append((info, seen))
     finally:
         os.close(procfd)
-    return ScanResult(found, scanned, vanished, denied, errors, tuple(observed), unscanned)
+    return ScanResult(found, scanned, vanished, denied, errors, tuple(observed), unscanned, tuple(over))
+
+
+def _unscanned(dfd: int, pid: int, reason: str) -> Unscanned:
+    """Who a process over budget is, for the report (its name is its own choice: printed escaped)."""
+    try:
+        uid = os.fstat(dfd).st_uid
+        comm = fs_decode(read_proc(dfd, "comm").rstrip(b"\n"))
+    except (OSError, ProcessGone):
+        uid, comm = -1, ""
+    return Unscanned(pid, uid, comm, reason)
 
 
 def _owned_by_a_user(procfd: int, pid: int) -> bool:

@@ -7,15 +7,16 @@ reaches a terminal: a process name can carry terminal escape sequences.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
-from restart.plan import Action, make_plan
+from restart.plan import EXECUTABLE, Action, make_plan
 from restart.policy import Policy, Rule
-from restart.processes import ScanResult
-from restart.text import clean, printable
+from restart.processes import OVER_BUDGET_SHOWN, ScanResult
+from restart.text import clean, printable, quoted
 from restart.units import (
     CONTAINER,
     INIT,
@@ -26,6 +27,7 @@ from restart.units import (
     USER_MANAGER,
     Affected,
     UnitGroup,
+    resolve,
     valid_unit_name,
 )
 
@@ -82,7 +84,8 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
         "processes": [_process_json(a, unowned=False) for a in affected if a.files],
         "units": [_group_json(g) for g in groups],
         "stats": {"scanned": scan.scanned, "vanished": scan.vanished, "denied": scan.denied,
-                  "errors": scan.errors, "unscanned": scan.unscanned},
+                  "errors": scan.errors, "unscanned": scan.unscanned,
+                  "over_budget": [{**u._asdict(), "comm": clean(u.comm)} for u in scan.over_budget]},
     }
     if show_unowned:
         doc["unowned"] = [_process_json(a, unowned=True) for a in affected if a.unowned]
@@ -97,15 +100,22 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
 # ---- text ---------------------------------------------------------------------------------
 
 def _title(g: UnitGroup) -> str:
+    """How a unit is named in text.  A name a user chose (her units, a machine scope) is quoted, so
+    that no name can pass for restartctl's own words ("x.service: restarted" plus spaces)."""
     name = printable(g.name) if g.name else ""
+    if g.kind == USER and not name and g.members and all(
+            a.unit.cgroup.endswith(f"/user@{g.uid}.service/init.scope") for a in g.members):
+        # A helper the user's service manager forked, such as "(sd-pam)": not a unit of its own.
+        comms = ", ".join(sorted({printable(a.process.comm) for a in g.members}))
+        return f"{comms} of the service manager of user {g.uid} (user@{g.uid}.service)"
     if g.kind == USER:
-        return f"{name or '(no unit)'} (user {g.uid})"
+        return f"{quoted(g.name) if g.name else '(no unit)'} (user {g.uid})"
     if g.kind == USER_MANAGER:
         return f"{name} (service manager of user {g.uid})"
     if g.kind == SESSION:
         return f"{name} (login session of user {g.uid})"
     if g.kind == CONTAINER:
-        return f"container {name}"
+        return f"container {quoted(g.name or '')}"
     if g.kind == INIT:
         return "PID 1 (systemd)"
     if g.kind == NONE:
@@ -117,7 +127,7 @@ def _process_lines(members: Iterable[Affected], *, unowned: bool = False, unchan
     lines = []
     for a in sorted(members, key=lambda m: m.process.pid):
         p = a.process
-        lines.append(f"    pid {p.pid} {printable(p.comm)} (uid {p.uid})")
+        lines.append(f"    pid {p.pid} {quoted(p.comm)} (uid {p.uid})")
         files: list[tuple[str, str, str | None, str]]
         files = ([(f.kind, f.path, None, f.confidence) for f in a.unowned] if unowned else
                  [(o.stale.kind, o.stale.path, o.package, o.stale.confidence)
@@ -129,6 +139,12 @@ def _process_lines(members: Iterable[Affected], *, unowned: bool = False, unchan
     return lines
 
 
+def _packages_shown(packages: list[str], shown: int = 3) -> str:
+    """The first few names, then how many more: one short line however big the upgrade."""
+    more = f", … {len(packages) - shown} more" if len(packages) > shown else ""
+    return ", ".join(printable(p) for p in packages[:shown]) + more
+
+
 def _summary(groups: list[UnitGroup], affected: list[Affected]) -> str:
     procs = sum(len(g.pids) for g in groups)
     packages = sorted({p for g in groups for p in g.packages})
@@ -136,7 +152,7 @@ def _summary(groups: list[UnitGroup], affected: list[Affected]) -> str:
     parts = ", ".join(f"{n} {k}" for k, n in kinds.items())
     return (f"{procs} process{'es' if procs != 1 else ''} in {len(groups)} "
             f"unit{'s' if len(groups) != 1 else ''} ({parts}) use replaced files of "
-            f"{len(packages)} package{'s' if len(packages) != 1 else ''}: {', '.join(packages)}.")
+            f"{len(packages)} package{'s' if len(packages) != 1 else ''}: {_packages_shown(packages)}.")
 
 
 def scan_text(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult, *,
@@ -153,50 +169,96 @@ def scan_text(affected: list[Affected], groups: list[UnitGroup], scan: ScanResul
 
 def plan_text(affected: list[Affected], actions: list[Action], scan: ScanResult, *,
               show_unowned: bool, reboot: Iterable[RebootReason] = ()) -> str:
-    out: list[str] = []
+    """``restartctl plan``: the summary and why a reboot is needed first, then each unit with its
+    action, the rule that decided it (``file:line``) and its processes."""
+    if not actions:
+        out = ["No process uses replaced package files: nothing to do.", *_reboot_lines(reboot)]
+        out.extend(_unowned_text(affected, show_unowned))
+        out.extend(_stats_text(scan))
+        return "\n".join(out) + "\n"
+    counts = Counter(a.action for a in actions)
+    out = [_summary([a.group for a in actions], affected),
+           "Plan: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ".",
+           *_reboot_lines(reboot)]
     for a in actions:
         g = a.group
+        out.append("")
         out.append(f"{_title(g)}  [{', '.join(g.packages)}]")
+        decided = f"rule {printable(a.rule)}" if a.rule else "built-in default"
         if a.argv is not None:
-            out.append(f"  {a.action}: {command(a.argv)}")
+            out.append(f"  {a.action}: {command(a.argv)}  ({decided})")
         else:
-            out.append(f"  {a.action}: {printable(a.reason)}")
+            out.append(f"  {a.action}: {printable(a.reason)}  ({decided})")
             if a.suggested:
                 out.append(f"    suggested: {command(a.suggested)}")
         out.extend(_process_lines(g.members))
     out.extend(_unowned_text(affected, show_unowned))
-    if actions:
-        counts = Counter(a.action for a in actions)
-        out.append(_summary([a.group for a in actions], affected))
-        out.append("Plan: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ".")
-    else:
-        out.append("No process uses replaced package files: nothing to do.")
-    out.extend(_reboot_lines(reboot))
     out.extend(_stats_text(scan))
     return "\n".join(out) + "\n"
 
 
-def _reboot_lines(reasons: Iterable[RebootReason]) -> list[str]:
-    """One line per reason, the packages of one cause together (a unit's reason is one per package)."""
+def _reboot_lines(reasons: Iterable[RebootReason], *, lead: str = "Reboot needed: ") -> list[str]:
+    """One line per cause, its packages together (a unit's reason is one per package)."""
     merged: dict[tuple[str, str], list[str]] = {}
     for r in reasons:
         merged.setdefault((r.kind, r.detail), []).extend([r.package] if r.package else [])
-    return [f"Reboot needed: {kind}{' (' + ', '.join(packages) + ')' if packages else ''}: {printable(detail)}"
+    return [f"{lead}{kind}{' (' + _packages_shown(packages) + ')' if packages else ''}: {printable(detail)}"
             for (kind, detail), packages in merged.items()]
 
 
-def hook_lines(actions: list[Action], *, failed: list[str]) -> list[str]:
-    """What a package transaction's hook shows: a summary, then one line per unit; or nothing."""
+def reboot_lines(reasons: Iterable[RebootReason]) -> list[str]:
+    """For the apt terminal: why a reboot is needed, one line per cause."""
+    return _reboot_lines(reasons, lead="a reboot is needed: ")
+
+
+def next_step(actions: list[Action], outcomes: list[Outcome], *, listing: bool, reboot: bool) -> str | None:
+    """The closing line: what the admin should do now, or None when nothing is left."""
+    by_action = {id(o.action): o for o in outcomes}
+    failed = [o.action.group for o in outcomes if o.status == "failed"]
+    to_run = [a for a in actions if a.action in EXECUTABLE and a.argv is not None
+              and (id(a) not in by_action or by_action[id(a)].status == "declined")]
+    to_people = [a for a in actions if a.action not in EXECUTABLE and a.action != "ignore"]
+    steps = []
+    if failed:
+        steps.append(f"see why {_title(failed[0])}{' and others' if len(failed) > 1 else ''} failed "
+                     f"('systemctl status {printable(failed[0].name or '')}'), then 'restartctl apply'")
+    if to_run:
+        n = len(to_run)
+        steps.append(f"'restartctl apply' {'restarts' if listing else 'retries'} the {n} unit{'s' if n != 1 else ''} "
+                     f"{'listed' if listing else 'not restarted'}")
+    if to_people:
+        n = len(to_people)
+        steps.append(f"'restartctl status' lists the {n} unit{'s' if n != 1 else ''} left to people")
+    if reboot:
+        steps.append("reboot when convenient")
+    return "next: " + "; ".join(steps) if steps else None
+
+
+def earlier_line(count: int) -> str:
+    """The backlog in one line: units earlier runs left pending, which this transaction did not touch."""
+    return (f"{count} unit{'s' if count != 1 else ''} still pending from earlier runs "
+            "('restartctl status' lists them)")
+
+
+def hook_lines(actions: list[Action], *, failed: list[str], skips: dict[int, str] | None = None,
+               earlier: Collection[int] = ()) -> list[str]:
+    """What a package transaction's hook shows: a summary, then one line per unit; or nothing.
+
+    ``skips`` (a dry run's): ``id(action)`` -> why the real run would skip that restart;
+    ``earlier``: the ``id`` of actions only earlier runs' pending packages led to (one line for all)."""
     lines = [f"dpkg reported errors for: {', '.join(failed)}"] if failed else []
     if not actions:
         return lines
-    packages = sorted({p for a in actions for p in a.group.packages})
-    n = len(actions)
-    lines.append(f"{n} unit{'s' if n != 1 else ''} still use{'s' if n == 1 else ''} replaced files of "
-                 f"{', '.join(packages)}:")
-    for a in actions:
+    now = [a for a in actions if id(a) not in earlier]
+    if now:
+        lines.append(headline(now))
+    for a in now:
         what = command(a.argv) if a.argv is not None else printable(a.reason)
-        lines.append(f"  {_title(a.group)}: {a.action}: {what}")
+        skip = (skips or {}).get(id(a))
+        lines.append(f"  {_title(a.group)}: {a.action}: {what}"
+                     + (f" (would be skipped: {printable(skip)})" if skip else ""))
+    if len(now) < len(actions):
+        lines.append(earlier_line(len(actions) - len(now)))
     lines.append("nothing was restarted (list mode); 'restartctl plan' shows the details")
     return lines
 
@@ -217,22 +279,53 @@ def run_units(actions: list[Action], outcomes: list[Outcome]) -> list[dict[str, 
     for a in actions:
         o = by_action.get(id(a))
         units.append({**action_json(a), "status": o.status if o else "listed",
-                      "detail": clean(o.detail) if o else ""})
+                      "detail": clean(o.detail) if o else "", **({"left_pids": list(o.left)} if o and o.left else {})})
     return units
 
 
-def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: list[str]) -> list[str]:
-    """What an acting run shows: a summary, one line per unit, and each failure's detail."""
+def headline(actions: list[Action], *, shown: int = 3) -> str:
+    """One short line for many units: "11 units, 28 packages (libssl3, libc6, zlib1g, … 25 more)"."""
+    packages = sorted({p for a in actions for p in a.group.packages})
+    n, m = len(actions), len(packages)
+    return (f"{n} unit{'s' if n != 1 else ''}, {m} package{'s' if m != 1 else ''} "
+            f"({_packages_shown(packages, shown)}) use{'s' if n == 1 else ''} replaced files:")
+
+
+def intro_lines(actions: list[Action], *, failed: list[str], asking: bool, seconds: float,
+                default_yes: bool = True, earlier: Collection[int] = ()) -> list[str]:
+    """What an acting run shows before its first restart (or question): the summary and, when it
+    asks, every unit with what would be done and why, and how to answer."""
     lines = [f"dpkg reported errors for: {', '.join(failed)}"] if failed else []
+    now = [a for a in actions if id(a) not in earlier]
+    if now:
+        lines.append(headline(now))
+    if len(now) < len(actions):
+        lines.append(earlier_line(len(actions) - len(now)))
+    if asking:
+        for a in actions:
+            what = command(a.argv) if a.argv is not None else command(a.suggested) if a.suggested else ""
+            lines.append(f"  {_title(a.group)}: {a.action}: {printable(a.reason)}{' (' + what + ')' if what else ''}")
+        lines.append(f"Asking before each restart; Enter means {'yes' if default_yes else 'no'}, ? explains the "
+                     f"answers; within {max(seconds, 0):.0f} s, after which the rest stays pending.")
+    return lines
+
+
+def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: list[str],
+                  progress_shown: bool = False, earlier: Collection[int] = ()) -> list[str]:
+    """What an acting run shows: a summary, one line per unit, and each failure's detail.
+
+    With ``progress_shown`` the summary and each outcome's line were already shown as they came
+    (:func:`intro_lines`, :func:`outcome_line`): only what is left to people and the totals follow."""
+    lines = [f"dpkg reported errors for: {', '.join(failed)}"] if failed and not progress_shown else []
     if not actions:
         return lines
-    packages = sorted({p for a in actions for p in a.group.packages})
-    lines.append(f"{len(actions)} unit{'s' if len(actions) != 1 else ''} used replaced files of "
-                 f"{', '.join(packages)}:")
+    if not progress_shown:
+        lines.append(headline(actions))
+        lines.extend(outcome_line(o) for o in outcomes)
     done_ids = {id(o.action) for o in outcomes}
-    lines.extend(outcome_line(o) for o in outcomes)
+    executable = {id(a) for a in actions if a.action in EXECUTABLE and a.argv is not None}
     for a in actions:
-        if id(a) not in done_ids:
+        if id(a) not in done_ids and id(a) not in executable and id(a) not in earlier:
             what = command(a.suggested) if a.suggested else printable(a.reason)
             lines.append(f"  {_title(a.group)}: {a.action}: {what}" if a.suggested is None else
                          f"  {_title(a.group)}: {a.action}: {printable(a.reason)} ({what})")
@@ -241,33 +334,57 @@ def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: lis
             lines.append(f"restart of {_title(o.action.group)} failed:")
             lines.extend(f"    {printable(line)}" for line in o.detail.splitlines())
     counts = Counter(o.status for o in outcomes)
+    left = sum(1 for a in actions if id(a) not in executable)
     lines.append(f"{counts['done']} restarted, {counts['failed']} failed, {counts['skipped']} skipped, "
-                 f"{len(actions) - len(outcomes)} left to people")
+                 f"{counts['declined']} left alone, {left} left to people")
     return lines
 
 
-def status_text(record: dict[str, Any] | None, *, current_boot: bool) -> str:
-    """``restartctl status``: the last run, from the state file."""
+def status_text(record: dict[str, Any] | None, *, current_boot: bool, reboot: Iterable[RebootReason] = (),
+                down: Iterable[str] = (), unusable: bool = False) -> str:
+    """``restartctl status``: the last run, from the state file, and whether a reboot is needed.
+
+    ``unusable``: a record is there but cannot be used (the caller says why, on standard error)."""
+    lines = (["Last run: unknown (its record cannot be used)"] if unusable else
+             _last_run_lines(record, current_boot=current_boot, down=set(down)))
+    lines.extend(_reboot_lines(reboot))
+    return "\n".join(lines) + "\n"
+
+
+def _unit_word(u: dict[str, Any]) -> tuple[str, str]:
+    """What became of a unit, in the words the run used: its action when only listed (defer, notify,
+    restart), else its outcome, with the reason or the detail (why skipped, what failed)."""
+    status = str(u.get("status"))
+    if status == "listed":
+        return str(u.get("action") or "listed"), str(u.get("reason") or "")
+    word = {"done": "restarted", "failed": "restart FAILED", "declined": "left alone"}.get(status, status)
+    return word, (str(u.get("detail") or "").splitlines() or [str(u.get("reason") or "")])[0]
+
+
+def _last_run_lines(record: dict[str, Any] | None, *, current_boot: bool, down: set[str]) -> list[str]:
     if record is None:
-        return "No run recorded yet.\n"
+        return ["No run recorded yet."]
     import time
 
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(record.get("time", 0)))
     lines = [f"Last run: {when} ({printable(str(record.get('trigger', '?')))})"]
     if not current_boot:
         lines.append("It was before the last reboot: nothing from it is pending any more.")
-        return "\n".join(lines) + "\n"
+        return lines
     units = [u for u in record.get("units", []) if isinstance(u, dict)]
     pending = [u for u in units if u.get("status") != "done"]
     done = [u for u in units if u.get("status") == "done"]
     lines.append(f"Found {len(units)} unit(s): {len(done)} restarted, {len(pending)} pending.")
     for u in pending:
         name = printable(str(u.get("unit") or f"pid {u.get('pids')}"))
-        lines.append(f"  {name} ({u.get('kind')}): {u.get('status')}: {printable(str(u.get('reason', '')))}")
+        word, why = _unit_word(u)
+        lines.append(f"  {name} ({u.get('kind')}): {word}{': ' + printable(why) if why else ''}")
+        if u.get("unit") in down:
+            lines.append(f"    {name} is not running now: see 'systemctl status {name}'")
     exited = record.get("exited")
     if isinstance(exited, int) and exited:
         lines.append(f"Not shown: {exited} unit(s) pending at that run whose processes have all exited since.")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def policy_text(pol: Policy) -> str:
@@ -298,14 +415,27 @@ def _rule_text(r: Rule) -> str:
     return f"{', '.join(match) or 'any unit'} -> {what}" + (f" ({printable(r.reason)})" if r.reason else "")
 
 
+def _explained_group(unit: str, scope: str, packages: tuple[str, ...]) -> UnitGroup:
+    """The group a plan would have for this unit, classified as the scan classifies a cgroup:
+    ``init.scope`` is PID 1 and ``user@UID.service`` a user's service manager, not services."""
+    if scope == "user":
+        return UnitGroup(USER, unit, 0, False, valid_unit_name(unit), (0,), packages, ())
+    manager = re.fullmatch(r"user@(\d+)\.service", unit)
+    path = (f"/user.slice/user-{manager[1]}.slice/{unit}" if manager else
+            f"/{unit}" if unit == "init.scope" else f"/system.slice/{unit}")
+    found = resolve(path)
+    if found.kind not in (INIT, USER_MANAGER):
+        return UnitGroup(SYSTEM, unit, None, False, valid_unit_name(unit), (0,), packages, ())
+    return UnitGroup(found.kind, found.name, found.uid, False, True, (0,), packages, ())
+
+
 def explain_text(pol: Policy, unit: str, scope: str, packages: list[str]) -> str:
     """``restartctl policy explain UNIT``: which rule decides, and what would be done."""
-    kind = USER if scope == "user" else SYSTEM
-    group = UnitGroup(kind, unit, 0 if kind == USER else None, False, valid_unit_name(unit), (0,),
-                      tuple(packages), ())
+    group = _explained_group(unit, scope, tuple(packages))
     [action] = make_plan([group], pol)
     rule = next((r for r in pol.rules if r.source == action.rule), None)
-    lines = [f"{printable(unit)} ({scope} unit{', packages ' + ', '.join(packages) if packages else ''})"]
+    what = _title(group) if group.kind in (INIT, USER_MANAGER) else f"{printable(unit)} ({scope} unit)"
+    lines = [what + (f", packages {', '.join(packages)}" if packages else "")]
     if not group.valid:
         lines.append("  not a valid systemd unit name: never acted on")
     lines.append(f"  decided by: {rule.source + ': ' + _rule_text(rule) if rule else 'the built-in default'}")
@@ -351,6 +481,12 @@ def _stats_text(scan: ScanResult) -> list[str]:
 
 
 def unscanned_note(scan: ScanResult) -> str:
-    n = scan.unscanned
-    return (f"{n} process{'es were' if n != 1 else ' was'} not scanned before the time ran out "
-            "(users' processes go last); what they use is checked again on the next run.")
+    """What was not scanned, in one line; a process over a budget by PID, owner and (quoted) name."""
+    n = scan.unscanned - len(scan.over_budget)
+    parts = [f"{n} process{'es were' if n != 1 else ' was'} not scanned before the time ran out "
+             "(users' processes go last)"] if n else []
+    shown = scan.over_budget[:OVER_BUDGET_SHOWN]
+    parts += [f"process {u.pid} {quoted(u.comm)} of uid {u.uid} was not scanned: {u.reason}" for u in shown]
+    if len(scan.over_budget) > len(shown):
+        parts.append(f"and {len(scan.over_budget) - len(shown)} more over a budget")
+    return "; ".join(parts) + "; what they use is checked again on the next run."

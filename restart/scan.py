@@ -7,6 +7,7 @@ call :func:`find` and only differ in what they do with the result.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -21,10 +22,25 @@ class Findings(NamedTuple):
     groups: list[units.UnitGroup]
 
 
-def never_packaged(data: Path) -> tuple[str, ...]:
-    """Path prefixes that are never package files (vendor classification data)."""
-    path = data / "never-packaged"
-    lines = path.read_text(encoding="utf-8").splitlines()
+def never_packaged(data: Path, etc: Path | None = None) -> tuple[str, ...]:
+    """Path prefixes that are never package files: the vendor's list, then the administrator's
+    ``/etc/restartctl/never-packaged`` when there is one (same format; it must be root's alone,
+    since what it names is never looked at)."""
+    prefixes = _prefixes(data / "never-packaged", (data / "never-packaged").read_bytes())
+    admin = etc / "restartctl" / "never-packaged" if etc is not None else None
+    if admin is None or not os.path.lexists(admin):
+        return prefixes
+    fd = os.open(admin, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or any(s.st_uid not in (0, os.geteuid()) or s.st_mode & 0o022
+                                               for s in (st, os.stat(admin.parent))):
+            raise ValueError(f"{admin}: must be a regular file owned by root and writable only by root")
+        return prefixes + _prefixes(admin, f.read(1 << 20))
+
+
+def _prefixes(path: Path, data: bytes) -> tuple[str, ...]:
+    lines = data.decode("utf-8").splitlines()
     prefixes = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
     if not all(p.startswith("/") for p in prefixes):
         raise ValueError(f"{path}: every prefix must be an absolute path")
@@ -48,15 +64,18 @@ def _with_interpreted(scanned: processes.ScanResult, ctx: interpreters.Context,
 
 def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool = False,
          old_files: Mapping[str, str] | None = None, check_fds: bool = True,
-         interpreted: bool = True, deadline: float | None = None, pids: Iterable[int] | None = None) -> Findings:
+         interpreted: bool = True, deadline: float | None = None, pids: Iterable[int] | None = None,
+         users: bool = True) -> Findings:
     """Find stale processes, restricted to ``only_packages`` when given.
 
     ``old_files`` (canonical path -> package) adds files the packages had before
     this transaction (removed packages, files a new version dropped), which the
     dpkg database no longer lists.  ``deadline`` (``time.monotonic``) bounds the
     process scan, system processes first (see :func:`processes.scan`); ``pids``
-    limits it to those processes (a restarted unit's).  Replaced files whose content
-    did not change (:func:`transaction.unchanged`) are set apart, never acted on.
+    limits it to those processes (a restarted unit's); ``users=False`` leaves out users'
+    processes (a check after restarting a guessed unit, which only system daemons lead to).
+    Replaced files whose content did not change (:func:`transaction.unchanged`) are set
+    apart, never acted on.
     """
     db = packages.DpkgDatabase(roots.admindir, roots.root)
     in_scope = None
@@ -65,7 +84,7 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
         in_scope = {**(old_files or {}), **db.files_of(names)}
     selection = processes.Selection(
         aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
-        skip_prefixes=never_packaged(roots.data), everything=everything)
+        skip_prefixes=never_packaged(roots.data, roots.etc), everything=everything)
     rundir = roots.run / "restartctl"
     same = transaction.unchanged(rundir, db, only_packages)
     ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes,
@@ -73,13 +92,18 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     observe = ((lambda dfd, pid, exe: interpreters.observe(dfd, pid, exe, ctx.host, wants=ctx.wants_imports))
                if interpreted else None)
     scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe,
-                          observe_hints=interpreters.MAPPED_HINTS, deadline=deadline, pids=pids)
+                          observe_hints=interpreters.MAPPED_HINTS, deadline=deadline, pids=pids,
+                          users=users)
     if interpreted:
         scan = _with_interpreted(scan, ctx, selection)
     try:
         init_d = set(os.listdir(roots.etc / "init.d"))
     except OSError:
         init_d = set()
+    def started(pid: int) -> float | None:
+        ticks = processes.stat_field(roots.proc, pid, processes.STARTTIME)
+        return None if ticks is None else ctx.host.wall(ticks)
+
     affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d,
-                               unchanged=same)
+                               unchanged=same, started=started)
     return Findings(scan, affected, units.group(affected))

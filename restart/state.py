@@ -15,7 +15,7 @@ import re
 import stat
 import syslog
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from restart.processes import STARTTIME, stat_field
 
 STATE_SCHEMA = "restartctl-state/1"
 PENDING = "pending.json"
+WAITING = "waiting.json"  # the run deferred until unattended-upgrades exits: {"after": [pid, start]}
 MAX_BYTES = 16 << 20  # far above any real record (10,000 units are about 5 MB)
 MAX_DEPTH = 32        # a record nests 4 deep; json's C parser recurses once per level
 # The types of the fields restartctl reads back; other fields are kept as they are.
@@ -32,6 +33,9 @@ _FIELDS: dict[str, Callable[[Any], bool]] = {
     "time": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 40,
     "packages": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
     "units": lambda v: isinstance(v, list) and all(isinstance(u, dict) for u in v),
+    "journal": lambda v: isinstance(v, dict) and all(type(v.get(k)) is int and v[k] >= 0 for k in ("inode", "offset")),
+    "complete": lambda v: type(v) in (int, float) and 0 <= v < 1 << 40,
+    "incomplete": lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v),
 }
 
 
@@ -57,19 +61,30 @@ def usable_dir(path: Path, *, create: bool) -> bool:
 
 
 def write_json(directory: Path, name: str, doc: dict[str, Any]) -> None:
-    """Replace ``directory/name`` atomically; refuses a directory that is not safely ours."""
+    """Replace ``directory/name`` atomically and durably (fsync of the file, then of the directory);
+    refuses a directory that is not safely ours.  An error names the file."""
     if not usable_dir(directory, create=True):
         raise OSError(f"{directory}: not a root-owned directory writable only by root")
     tmp = directory / f".{name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, directory / name)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, directory / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        raise OSError(f"cannot write {directory / name}: {e.strerror or e}") from e
 
 
 class BadState(Exception):
@@ -174,11 +189,103 @@ def pending_packages(directory: Path, boot: str, *, log: Callable[[str], None] =
     return frozenset(doc.get("packages", []))
 
 
+def this_boot(directory: Path, boot: str, *, log: Callable[[str], None] = _syslog) -> dict[str, Any] | None:
+    """The last run's record, if it is of this boot."""
+    doc = read_json(directory, PENDING, log=log)
+    return doc if doc is not None and boot and doc.get("boot_id") == boot else None
+
+
+def journal_cursor(record: dict[str, Any] | None) -> tuple[int, int] | None:
+    """The journal's inode and how far this boot's runs have read it; None when no run recorded it."""
+    cursor = record.get("journal") if record is not None else None
+    return (cursor["inode"], cursor["offset"]) if cursor is not None else None
+
+
+def last_complete(record: dict[str, Any] | None) -> tuple[float | None, list[str]]:
+    """When this boot's last run that missed nothing started, and why the runs since missed something."""
+    if record is None:
+        return None, []
+    return record.get("complete"), list(record.get("incomplete", []))
+
+
+def failed_checks(directory: Path, boot: str) -> dict[tuple[str, str | None, int | None], frozenset[int]]:
+    """Units whose check after a restart found processes still stale, in the last run of this boot."""
+    doc = read_json(directory, PENDING)
+    if doc is None or doc.get("boot_id") != boot or not boot or not isinstance(doc.get("units"), list):
+        return {}
+    found = {}
+    for u in doc["units"]:
+        left = u.get("left_pids") if isinstance(u, dict) else None
+        if isinstance(left, list) and all(type(p) is int for p in left) and left:
+            found[(str(u.get("kind")), u.get("unit"), u.get("uid"))] = frozenset(left)
+    return found
+
+
 def save_pending(directory: Path, boot: str, *, trigger: str, packages: frozenset[str],
-                 units: list[dict[str, Any]]) -> None:
-    write_json(directory, PENDING, {
+                 units: list[dict[str, Any]], journal: tuple[int, int] | None = None,
+                 started: float | None = None, incomplete: list[str] | None = None) -> None:
+    """One record of the run: its findings, and (for a run that read the journal) how far it read,
+    in the same atomic write, so that the cursor never moves without the findings or back.
+
+    ``started`` is when a run that missed nothing began; ``incomplete`` says what a run missed
+    (the next run then looks at every package changed since the last complete one).  A run
+    that did not read the journal (``apply``) carries both over from the record it replaces.
+    """
+    doc: dict[str, Any] = {
         "schema": STATE_SCHEMA, "boot_id": boot, "time": int(time.time()), "trigger": trigger,
-        "packages": sorted(packages), "units": units})
+        "packages": sorted(packages), "units": units}
+    previous = read_json(directory, PENDING)
+    if previous is not None and previous.get("boot_id") == boot:
+        carried = ("journal", "complete", "incomplete") if journal is None else ("complete",)
+        doc.update({k: previous[k] for k in carried if k in previous})
+    if journal is not None:
+        doc["journal"] = {"inode": journal[0], "offset": journal[1]}
+    if started is not None:
+        doc["complete"] = started
+    if incomplete is not None:
+        doc["incomplete"] = incomplete
+    write_json(directory, PENDING, doc)
+
+
+def save_progress(directory: Path, boot: str, *, trigger: str, journal: tuple[int, int], started: float) -> None:
+    """A complete run that found nothing to look at: only the cursor moves (the last findings stay)."""
+    previous = read_json(directory, PENDING)
+    if previous is None or previous.get("boot_id") != boot:
+        save_pending(directory, boot, trigger=trigger, packages=frozenset(), units=[], journal=journal,
+                     started=started, incomplete=[])
+        return
+    write_json(directory, PENDING, {**previous, "journal": {"inode": journal[0], "offset": journal[1]},
+                                    "complete": started, "incomplete": []})
+
+
+ACTIONS = "actions.json"  # what the run in progress is doing: each action before it is taken, and after
+
+
+def save_actions(directory: Path, boot: str, *, pid: int, trigger: str, entries: list[dict[str, Any]]) -> None:
+    """The run's actions so far; the one in progress has ``status`` "started" (an intent)."""
+    write_json(directory, ACTIONS, {"schema": STATE_SCHEMA, "boot_id": boot, "pid": pid, "trigger": trigger,
+                                    "time": int(time.time()), "units": entries})
+
+
+def interrupted(directory: Path, boot: str, *,
+                log: Callable[[str], None] = _syslog) -> tuple[int, list[dict[str, Any]]]:
+    """What a run of this boot that never finished did or was doing: its PID and its actions."""
+    doc = read_json(directory, ACTIONS, log=log)
+    if doc is None or not boot or doc.get("boot_id") != boot or type(doc.get("pid")) is not int:
+        return 0, []
+    return doc["pid"], list(doc.get("units", []))
+
+
+def clear_actions(directory: Path) -> None:
+    """The run's record is written: its actions are in it."""
+    if usable_dir(directory, create=False):
+        (directory / ACTIONS).unlink(missing_ok=True)
+
+
+def save_waiting(directory: Path, boot: str, pid: int, start: int) -> None:
+    """Remember that a run waits for unattended-upgrade process ``pid`` (started at ``start``), for ``status``."""
+    write_json(directory, WAITING, {"schema": STATE_SCHEMA, "boot_id": boot, "time": int(time.time()),
+                                    "after": [pid, start]})
 
 
 def with_processes(units: list[dict[str, Any]], proc: Path) -> list[dict[str, Any]]:
@@ -207,3 +314,56 @@ def still_true(record: dict[str, Any], proc: Path) -> dict[str, Any]:
             continue
         kept.append(unit)
     return {**record, "units": kept, "exited": exited}
+
+
+def _unit_key(unit: dict[str, Any]) -> tuple[Any, ...]:
+    name = unit.get("unit")
+    return (unit.get("kind"), name, unit.get("uid"), None if name else tuple(unit.get("pids") or ()))
+
+
+def merge_pending(earlier: dict[str, Any] | None, boot: str, *, scope: Collection[str] | None, complete: bool,
+                  packages: frozenset[str], units: list[dict[str, Any]]) -> tuple[frozenset[str], list[dict[str, Any]]]:
+    """What stays pending after a run that looked at ``scope`` (None: every package).
+
+    A run only settles what it looked at: a package outside its scope, a unit with such a
+    package and, when the scan was cut short, everything it did not find again stay as the
+    earlier run of this boot left them.  Nothing is ever narrowed away unseen.
+    """
+    from restart.packages import package_matches
+
+    if earlier is None or not boot or earlier.get("boot_id") != boot or (scope is None and complete):
+        return packages, units
+
+    def settled(package: object) -> bool:
+        return complete and isinstance(package, str) and (
+            scope is None or any(package_matches(package, w) for w in scope))
+
+    old_packages = earlier.get("packages")
+    kept = frozenset(p for p in old_packages if isinstance(p, str) and not settled(p)) \
+        if isinstance(old_packages, list) else frozenset()
+    seen = {_unit_key(u) for u in units}
+    old_units = earlier.get("units")
+    carried = [u for u in old_units if isinstance(u, dict) and _unit_key(u) not in seen
+               and not all(settled(p) for p in u.get("packages") or [None])] if isinstance(old_units, list) else []
+    return packages | kept, units + carried
+
+
+def problem(directory: Path, name: str) -> str | None:
+    """Why a record that is there cannot be trusted, so that it is never taken for "no run yet".
+
+    Its contents are :func:`read_json`'s to judge (it says why, through its ``log``)."""
+    path = directory / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"{path}: {e.strerror}"
+    if not usable_dir(directory, create=False):
+        return f"{directory}: not a root-owned directory writable only by root; its records are ignored"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path}: not a regular file; ignored"
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        return (f"{path}: could have been written by someone other than root "
+                f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); ignored")
+    return None

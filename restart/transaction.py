@@ -4,9 +4,15 @@ While apt or dpkg run, ``hook/dpkg-hook`` (plain sh: restartctl's own Python may
 half unpacked then) appends one line per event to ``/run/restartctl/journal``:
 ``<epoch> <source> <event> <package>``, and keeps copies of the file lists of
 packages apt is about to change in ``/run/restartctl/lists/``.  Here we read what
-was appended since the last run (a byte cursor) so that every event is consumed
-exactly once, whichever run comes next.  /run is emptied at boot, when nothing
-can be stale any more.
+was appended since the last run (the journal's inode and a byte offset, which the
+state record keeps together with that run's findings) so that every event is
+consumed exactly once, whichever run comes next.  /run is emptied at boot, when
+nothing can be stale any more.
+
+When the journal cannot tell the whole story (the hooks left an ``incomplete``
+marker because an append failed, lines are no valid event, or it grew beyond what
+one run reads), the run is told why and falls back to every package dpkg changed
+since the last complete run.
 """
 
 from __future__ import annotations
@@ -15,18 +21,25 @@ import os
 import re
 import stat
 from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from restart.packages import DpkgDatabase, canonical, fs_decode, parse_md5sums
 
 TRIGGERS = ("apt", "dpkg", "unattended-upgrades", "manual")  # who runs `restartctl hook`
 HOOK_BUDGET = 60.0  # seconds a hook run may take, waits included
 JOURNAL = "journal"
-CURSOR = "cursor"
 LISTS = "lists"
 _PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9-]+){0,2}")
 EVENTS = ("install", "upgrade", "downgrade", "configure", "remove", "purge", "error")
+
+
+MARKER = "incomplete"  # created by dpkg-hook when it could not record an event (run or state directory)
+CLAIMED = "incomplete.claimed"  # a marker a run has taken on; removed once that run has recorded its result
+MAX_READ = 16 << 20  # journal bytes one run reads; beyond, the rest is skipped and the run falls back
+MAX_PACKAGES = 4096  # distinct packages one run takes from the journal; beyond, it falls back
+_CHUNK = 1 << 20
 
 
 class Transaction(NamedTuple):
@@ -36,7 +49,9 @@ class Transaction(NamedTuple):
     removed: frozenset[str]
     failed: frozenset[str]     # packages dpkg reported an error for
     sources: frozenset[str]    # "apt", "dpkg"
-    end: int                   # journal offset just after the last complete line read
+    journal: tuple[int, int]   # the journal's inode and the offset just after the last complete line read
+    incomplete: tuple[str, ...] = ()  # why the journal does not tell the whole story, if it does not
+    invalid: int = 0           # lines that were no valid event (dropped)
 
 
 def package_name(text: str) -> str | None:
@@ -81,47 +96,98 @@ def _secure_dir(path: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
 
 
-def _read_cursor(run: Path) -> int:
+def _legacy_cursor(run: Path) -> int:
+    """The byte cursor an earlier restartctl kept in ``/run/restartctl/cursor`` (an upgrade mid-boot)."""
     try:
-        return int((run / CURSOR).read_text(encoding="ascii").strip() or 0)
+        return int((run / "cursor").read_text(encoding="ascii").strip() or 0)
     except (OSError, ValueError):
         return 0
 
 
-def read(run: Path) -> Transaction:
-    """Everything appended to the journal since the last :func:`consume`."""
-    empty = Transaction(frozenset(), frozenset(), frozenset(), frozenset(), 0)
+def read(run: Path, cursor: tuple[int, int] | None) -> Transaction:
+    """Everything appended to the journal since ``cursor`` (its inode and offset, as the state recorded it).
+
+    Bounded: at most :data:`MAX_READ` bytes and :data:`MAX_PACKAGES` distinct packages
+    are taken; a journal beyond either is summarised (the rest skipped, the run told
+    that the journal is incomplete), and so are lines that are no valid event, which
+    a failed or interrupted append leaves (counted).
+    """
+    empty = Transaction(frozenset(), frozenset(), frozenset(), frozenset(), (0, 0))
     if not _secure_dir(run):
         return empty
-    cursor = _read_cursor(run)
     try:
         fd = os.open(run / JOURNAL, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return empty
-    with os.fdopen(fd, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if cursor > size:
-            cursor = 0  # the journal was recreated: read it all
-        f.seek(cursor)
-        data = f.read()
-    events, used = parse_journal(data)
     by_event: dict[str, set[str]] = {}
-    for _, event, package in events:
-        by_event.setdefault(event, set()).add(package)
+    sources: set[str] = set()
+    incomplete: list[str] = []
+    invalid = 0
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        offset = cursor[1] if cursor is not None and cursor[0] == st.st_ino else (
+            _legacy_cursor(run) if cursor is None else 0)
+        if offset > st.st_size:
+            offset = 0  # the journal was recreated: read it all
+        f.seek(offset)
+        left, carry = min(st.st_size - offset, MAX_READ), b""
+        while left > 0:
+            chunk = f.read(min(_CHUNK, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            events, used = parse_journal(carry + chunk)
+            invalid += (carry + chunk)[:used].count(b"\n") - len(events)
+            offset += used - len(carry)
+            carry = (carry + chunk)[used:]
+            if len(carry) > _CHUNK:  # no line is that long: skip it
+                offset, carry, invalid = offset + len(carry), b"", invalid + 1
+            for source, event, package in events:
+                sources.add(source)
+                by_event.setdefault(event, set()).add(package)
+            if sum(len(v) for v in by_event.values()) > MAX_PACKAGES:
+                incomplete.append(f"the journal names more than {MAX_PACKAGES} packages")
+                offset, by_event = _skip_to_last_line(f, st.st_size), {}
+                break
+        else:
+            if st.st_size - offset > MAX_READ:
+                incomplete.append(f"the journal grew by more than {MAX_READ >> 20} MiB")
+                offset = _skip_to_last_line(f, st.st_size)
+    if invalid:
+        incomplete.append(f"{invalid} journal line{'s were' if invalid != 1 else ' was'} no valid event")
     changed = set().union(*(v for k, v in by_event.items() if k != "error"))
     return Transaction(frozenset(changed), frozenset(by_event.get("remove", set()) | by_event.get("purge", set())),
-                       frozenset(by_event.get("error", set())), frozenset(s for s, _, _ in events), cursor + used)
+                       frozenset(by_event.get("error", set())), frozenset(sources), (st.st_ino, offset),
+                       tuple(incomplete), invalid)
 
 
-def consume(run: Path, txn: Transaction) -> None:
-    """Mark the journal as read up to ``txn.end`` (atomically: write, then rename)."""
-    if not _secure_dir(run) or txn.end == 0:
-        return
-    tmp = run / f".{CURSOR}.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(f"{txn.end}\n")
-    os.replace(tmp, run / CURSOR)
+def _skip_to_last_line(f: BinaryIO, size: int) -> int:
+    """The offset just after the journal's last complete line (what is past it is still being appended)."""
+    f.seek(max(0, size - _CHUNK))
+    tail = f.read(_CHUNK)
+    return size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else size - len(tail)
+
+
+def claim_markers(directories: list[Path]) -> list[Path]:
+    """Take on the markers of lost events in these directories (renamed, so that a marker the
+    hooks create meanwhile stays for the next run); returns the ones found, claimed earlier included."""
+    found = []
+    for d in directories:
+        if not _secure_dir(d):
+            continue
+        with suppress(OSError):
+            os.rename(d / MARKER, d / CLAIMED)
+        if os.path.lexists(d / CLAIMED):
+            found.append(d / MARKER)
+    return found
+
+
+def release_markers(directories: list[Path]) -> None:
+    """The run that claimed them has recorded its result: the loss they marked is made good."""
+    for d in directories:
+        if _secure_dir(d):
+            with suppress(FileNotFoundError):
+                os.unlink(d / CLAIMED)
 
 
 def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> dict[str, str]:
@@ -150,47 +216,43 @@ def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> d
     return files
 
 
-MD5SUMS_MAX = 16 << 20  # bytes of one package's kept checksums (every transaction of a boot appends)
+def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> dict[str, float]:
+    """Canonical path -> since when (epoch) the content now installed there was already on disk.
 
-
-def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> frozenset[str]:
-    """Canonical paths whose content has been the same in every version this boot has seen.
-
-    apt's hook appends a package's ``md5sums`` before each transaction changes it, and the
-    dpkg status logger a line ``unknown`` when a plain dpkg run upgrades it (content no hook
-    saw).  A running process maps one of those versions; a replaced file whose every recorded
-    checksum equals the new one is no reason to restart anything (``apt-get install
-    --reinstall``).  A package with an ``unknown`` or no record has no unchanged file.
+    apt's hook keeps each package's ``md5sums`` as they were before the transaction
+    (``cp -p``: the file's mtime is when dpkg unpacked that older version); a plain dpkg
+    upgrade leaves it empty (unknown content counts as changed).  A file whose checksum
+    is the same before and after was replaced by identical content: a process that
+    started after that older version was unpacked has loaded exactly this content, so it
+    is no reason to restart anything (``apt-get install --reinstall``).  A process that
+    started earlier may map a still older version: the caller compares start times.
     """
     lists = run / LISTS
     if not _secure_dir(lists):
-        return frozenset()
+        return {}
     wanted = None if packages is None else {p.partition(":")[0] for p in packages}
-    old: dict[str, set[str]] = {}
+    old: dict[str, tuple[str, float]] = {}
     names = []
     try:
         entries = [e for e in os.scandir(lists) if e.name.endswith(".md5sums") and not e.is_symlink()]
     except OSError:
-        return frozenset()
+        return {}
     for entry in entries:
         name = entry.name[:-len(".md5sums")]
         if wanted is not None and name.partition(":")[0] not in wanted:
             continue
         try:
-            with open(entry.path, "rb") as f:
-                data = f.read(MD5SUMS_MAX + 1)
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                since = os.fstat(f.fileno()).st_mtime
+                old.update((path, (digest, since)) for path, digest in parse_md5sums(f.read(), db.aliases).items())
         except OSError:
             continue
-        if len(data) > MD5SUMS_MAX or re.search(rb"(?m)^unknown$", data):
-            continue
-        for line in data.split(b"\n"):
-            for path, digest in parse_md5sums(line, db.aliases).items():
-                old.setdefault(path, set()).add(digest)
         names.append(name)
     if not old:
-        return frozenset()
+        return {}
     new = db.md5sums(names)
-    return frozenset(path for path, digests in old.items() if digests == {new.get(path)})
+    return {path: since for path, (digest, since) in old.items() if new.get(path) == digest}
 
 
 JOURNAL_HEAD = 4 << 20  # bytes of the journal read for first events: the earliest lines are the ones that count

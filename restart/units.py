@@ -9,6 +9,7 @@ name a cgroup ``sshd.service`` or ``init.scope`` there).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from restart.packages import DpkgDatabase
@@ -165,7 +166,8 @@ def guess_init_script(exe: str | None, package_scripts: list[str], existing: set
 
     ``package_scripts`` are the ``/etc/init.d`` scripts the executable's package ships;
     ``existing`` those present in ``/etc/init.d``.  Prefer the script named like the
-    executable, else the package's only script.
+    executable, else the package's only script.  Never a script of another package (or of
+    none) merely named like the executable: that would restart something unrelated.
     """
     base = (exe or "").rpartition("/")[2]
     scripts = [s for s in package_scripts if s in existing and valid_init_script(s)]
@@ -173,8 +175,6 @@ def guess_init_script(exe: str | None, package_scripts: list[str], existing: set
         return base
     if len(scripts) == 1:
         return scripts[0]
-    if not scripts and base in existing and valid_init_script(base):
-        return base
     return None
 
 
@@ -233,28 +233,34 @@ def group(affected: list[Affected]) -> list[UnitGroup]:
 
 
 def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | None,
-              systemd: bool, init_d: set[str], unchanged: frozenset[str] = frozenset()) -> list[Affected]:
+              systemd: bool, init_d: set[str], unchanged: Mapping[str, float] | None = None,
+              started: Callable[[int], float | None] = lambda pid: None) -> list[Affected]:
     """Attach owning packages and managing units to every stale process.
 
     ``in_scope`` maps canonical paths to packages when the run is restricted to some
     packages (a transaction); otherwise owners are looked up for the stale paths only.
     Without systemd, a process's unit is guessed from its executable's package.
-    Package files in ``unchanged`` (canonical paths) were replaced by identical content.
+    Package files in ``unchanged`` (canonical path -> since when that content was on
+    disk) were replaced by identical content: set apart for a process that ``started``
+    (epoch) since then, which cannot have loaded another version.
     """
+    unchanged = unchanged or {}
     paths = {db.canonical(f.path) for p in scan.processes for f in p.stale}
     owners = {p: in_scope[p] for p in paths if p in in_scope} if in_scope is not None else db.owners(paths)
     guesses: dict[str | None, str | None] = {}
     result = []
     for proc in scan.processes:
         mine = [(f, c) for f in proc.stale if (c := db.canonical(f.path)) in owners]
-        owned = tuple(OwnedFile(f, owners[c]) for f, c in mine if c not in unchanged)
-        same = tuple(OwnedFile(f, owners[c]) for f, c in mine if c in unchanged)
+        start = started(proc.pid) if any(c in unchanged for _, c in mine) else None
+        alike = {c for _, c in mine if c in unchanged and start is not None and start >= unchanged[c]}
+        owned = tuple(OwnedFile(f, owners[c]) for f, c in mine if c not in alike)
+        same = tuple(OwnedFile(f, owners[c]) for f, c in mine if c in alike)
         unowned = tuple(f for f in proc.stale if db.canonical(f.path) not in owners)
         unit = resolve(cgroup_path(proc.cgroup), pid_namespace=proc.pid_namespace)
-        if unit.kind == USER_MANAGER and proc.ppid != 1:
-            # Not the manager (PID 1 starts that) but a helper it forked, like "(sd-pam)": part of
-            # user@UID.service, which a re-exec of the manager leaves as it is; it goes when that
-            # unit stops.  Named after it, never acted on (a user can put a process there).
+        if unit.kind == USER_MANAGER and not _is_manager(proc, unit.uid):
+            # Not the manager but a helper it forked, like "(sd-pam)", or a process of hers she
+            # moved into her manager's own cgroup (AttachProcessesToUnit): part of user@UID.service,
+            # which a re-exec of the manager leaves as it is.  Named after it, never acted on.
             unit = Unit(USER, unit.name, unit.uid, valid=False, cgroup=unit.cgroup)
         if unit.kind == NONE and not systemd and owned and 0 <= proc.uid < FIRST_USER_UID:
             # Only system daemons (root or a system account) lead to an init script: a user's own
@@ -266,6 +272,18 @@ def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | 
                 unit = Unit(SYSTEM, script, guessed=True, cgroup=unit.cgroup)
         result.append(Affected(proc, unit, owned, unowned, same))
     return result
+
+
+SYSTEMD = ("/usr/lib/systemd/systemd", "/lib/systemd/systemd")
+
+
+def _is_manager(proc: ProcessInfo, uid: int | None) -> bool:
+    """A user's service manager: started by PID 1, running systemd's own binary, as that user.
+
+    A process in ``user@UID.service``'s own cgroup is not enough: the user may move any of
+    her processes there (PID 1 lets her, over D-Bus), and may orphan them to PID 1.
+    """
+    return proc.ppid == 1 and proc.exe in SYSTEMD and proc.uid == uid
 
 
 def _guess(db: DpkgDatabase, exe: str | None, init_d: set[str]) -> str | None:

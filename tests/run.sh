@@ -6,44 +6,55 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export DEBIAN_FRONTEND=noninteractive
+# Wait (up to 10 min) for another apt or unattended-upgrades holding the dpkg lock, rather than fail at once.
+apt_get=(apt-get -o DPkg::Lock::Timeout=600)
 [ "$(id -u)" = 0 ] || { echo "tests/run.sh: the suite needs root (it builds containers and installs .debs inside them)" >&2; exit 2; }
 
 # Debian packages: the runtime dependencies plus the tools the real tests drive.
 debs=(python3 python3-apt python3-xdg python3-venv gcc libc6-dev dpkg-dev apt-utils fakeroot
       systemd systemd-container dbus util-linux procps
       build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools bash-completion
-      lintian man-db nodejs ruby default-jdk-headless)
+      lintian man-db nodejs ruby default-jdk-headless git debootstrap)
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}"
-    apt-get update -q; updated=1
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    "${apt_get[@]}" update -q; updated=1
+    "${apt_get[@]}" install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 # Packages the tests install only inside throw-away containers (never on this host, where
 # unattended-upgrades would start upgrading the machine): downloaded, not installed.
 container_debs=(unattended-upgrades python3-distro-info python3-dbus
                 libnotify-bin libnotify4 python3-gi gir1.2-glib-2.0 libgirepository-1.0-1
+                cron cron-daemon-common
                 openssh-server openssh-client openssh-sftp-server runit-helper libwrap0)
 mkdir -p tests/.cache/debs
-for p in "${container_debs[@]}"; do
-    if ! ls tests/.cache/debs/"${p}"_*.deb >/dev/null 2>&1; then
-        [ -n "${updated:-}" ] || { apt-get update -q; updated=1; }
-        (cd tests/.cache/debs && apt-get download -q "$p")
-    fi
-done
+if [ ! -e tests/.cache/debs/.complete ] || [ tests/run.sh -nt tests/.cache/debs/.complete ]; then
+    [ -n "${updated:-}" ] || { "${apt_get[@]}" update -q; updated=1; }
+    # ... and the dependencies this host's release adds that the host lacks (Debian 13's
+    # unattended-upgrades wants lsb-release, its libnotify4 libgdk-pixbuf-2.0-0), as apt would install them.
+    mapfile -t closure < <(apt-get -s -q install --no-install-recommends "${container_debs[@]}" |
+                           sed -n 's/^Inst \([^ ]*\) .*/\1/p')
+    for p in "${container_debs[@]}" "${closure[@]}"; do
+        ls tests/.cache/debs/"${p}"_*.deb >/dev/null 2>&1 || (cd tests/.cache/debs && apt-get download -q "$p")
+    done
+    touch tests/.cache/debs/.complete
+fi
 
-# promtool, to validate the metrics and alert rules: taken from Debian's prometheus package,
-# unpacked, never installed (installing it would start a Prometheus server on systemd hosts).
+# promtool, to validate the metrics and alert rules: taken from Debian's promtool package (Debian 13)
+# or its prometheus package (Debian 12), unpacked, never installed (installing prometheus would start
+# a Prometheus server on systemd hosts).
 if [ ! -x tests/.cache/promtool/usr/bin/promtool ]; then
-    if ! ls tests/.cache/debs/prometheus_*.deb >/dev/null 2>&1; then
-        [ -n "${updated:-}" ] || { apt-get update -q; updated=1; }
-        (cd tests/.cache/debs && apt-get download -q prometheus)
+    if ! compgen -G 'tests/.cache/debs/promtool_*.deb' >/dev/null && ! compgen -G 'tests/.cache/debs/prometheus_*.deb' >/dev/null; then
+        [ -n "${updated:-}" ] || { "${apt_get[@]}" update -q; updated=1; }
+        if apt-cache show promtool >/dev/null 2>&1; then promtool_deb=promtool; else promtool_deb=prometheus; fi
+        (cd tests/.cache/debs && apt-get download -q "$promtool_deb")
     fi
-    dpkg-deb -x "$(ls tests/.cache/debs/prometheus_*.deb | tail -n 1)" tests/.cache/promtool
+    dpkg-deb -x "$(ls tests/.cache/debs/promtool_*.deb tests/.cache/debs/prometheus_*.deb 2>/dev/null | tail -n 1)" \
+        tests/.cache/promtool
 fi
 
 # Test-only Python tools in a venv that still sees Debian's apt_pkg.

@@ -117,7 +117,7 @@ def test_text_output_is_grouped_quoted_and_stripped(tmp_path: Path, capsys: pyte
     assert "restart: systemctl restart -- demod.service" in out
     assert "defer: restarting the system bus" in out
     assert "suggested: systemctl --user -M 1000@ restart -- x.service" in out
-    assert out.rstrip().splitlines()[-2:] == [
+    assert out.splitlines()[1:3] == [  # the summary first
         "Plan: 1 defer, 1 notify, 1 restart.",
         "Reboot needed: service (libdemo1:amd64): dbus.service: restarting the system bus disconnects "
         "every client; reboot instead"]
@@ -194,13 +194,14 @@ def test_machine_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert code == 3 and out.startswith("RESTARTCTL UNKNOWN - ")
 
 
-def test_plan_text_ends_with_the_reboot_reasons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_text_starts_with_the_summary_and_the_reboot_reasons(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     host = Host(tmp_path, systemd=True)
     host.add(10)
     (tmp_path / "run" / "reboot-required").write_text("*** System restart required ***\n")
     (tmp_path / "run" / "reboot-required.pkgs").write_text("libssl3\n")
     code, out = host.run(capsys, "plan")
     assert code == 1
-    assert out.splitlines()[-1] == f"Reboot needed: flag (libssl3): {tmp_path}/run/reboot-required.pkgs lists libssl3"
+    assert out.splitlines()[2] == f"Reboot needed: flag (libssl3): {tmp_path}/run/reboot-required.pkgs lists libssl3"
     _, scanned = host.run(capsys, "scan")
     assert "Reboot needed" not in scanned  # scan is about processes only

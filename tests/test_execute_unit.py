@@ -4,11 +4,17 @@ test_apply.py)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from restart import execute
+from restart.plan import Action
+from restart.policy import Settings
+from restart.processes import ProcessInfo, StaleFile
+from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, OwnedFile, Unit, UnitGroup, group
 
 
 def test_parse_show_blocks_follow_the_argument_order() -> None:
@@ -95,3 +101,140 @@ def test_a_units_processes_come_from_its_cgroup_and_the_cgroups_below(tmp_path: 
     assert sorted(execute.unit_pids(tmp_path, "/system.slice/demo.service") or []) == [10, 11, 12]
     for odd in ("", "system.slice/demo.service", "/system.slice/../system.slice/demo.service", "/gone.service"):
         assert execute.unit_pids(tmp_path, odd) is None, odd
+
+
+def test_an_action_that_cannot_be_recorded_first_is_not_taken(tmp_path: Path) -> None:
+    """Why: a run killed during a restart nobody recorded would leave no trace of it."""
+    from restart.plan import Action
+    from restart.policy import Settings
+    from restart.units import UnitGroup
+
+    group = UnitGroup("process", None, 0, False, True, (1,), ("p",), ())  # no unit: nothing to ask systemd
+    action = Action(group, "exec", ("/bin/true",), "test")
+
+    def full(a: Action) -> None:
+        raise OSError("cannot write /var/lib/restartctl/actions.json: No space left on device")
+    executor = execute.Executor(Settings(verify=False), proc=tmp_path, deadline=float("inf"),
+                                still_stale=lambda g, pids, until: execute.Recheck([]), intend=full)
+    outcome = executor.one(action)
+    assert (outcome.status, outcome.detail) == (execute.SKIPPED, "not recorded before acting (cannot write "
+                                                "/var/lib/restartctl/actions.json: No space left on device)")
+    taken: list[Action] = []
+    executor = execute.Executor(Settings(verify=False), proc=tmp_path, deadline=float("inf"),
+                                still_stale=lambda g, pids, until: execute.Recheck([]), intend=taken.append)
+    assert executor.one(action).status == execute.DONE and taken == [action]
+
+
+def _member(pid: int, unit: Unit) -> Affected:
+    return Affected(ProcessInfo(pid, 0, 0, "x", "/usr/lib/systemd/systemd", f"0::{unit.cgroup}\n", None, ()),
+                    unit, (OwnedFile(StaleFile("code", "/usr/lib/libc.so.6", "certain", "replaced"), "libc6"),), ())
+
+
+def test_the_check_after_a_restart_looks_only_at_what_was_restarted(tmp_path: Path) -> None:
+    """Why: after a daemon-reexec there is no ControlGroup to ask for; a check of every process let a
+    user's slow processes stall the run (issue 20, point 1).  PID 1, a user's manager: the processes
+    re-executed and their cgroup's; a guessed unit: root's and system accounts' processes (None)."""
+    (tmp_path / "init.scope").mkdir()
+    (tmp_path / "init.scope" / "cgroup.procs").write_text("1\n")
+    manager = tmp_path / "user.slice" / "user-1000.slice" / "user@1000.service" / "init.scope"
+    manager.mkdir(parents=True)
+    (manager / "cgroup.procs").write_text("400\n")
+    (tmp_path / "system.slice" / "demo.service").mkdir(parents=True)
+    (tmp_path / "system.slice" / "demo.service" / "cgroup.procs").write_text("70\n71\n")
+    ex = execute.Executor(Settings(), proc=tmp_path / "no-proc", deadline=0.0, cgroupfs=tmp_path,
+                          still_stale=lambda g, pids, until: execute.Recheck([]))
+    pid1 = group([_member(1, Unit(INIT, "init.scope", cgroup="/init.scope"))])[0]
+    assert ex._check_scope(pid1, {}) == [1]
+    mgr = group([_member(400, Unit(USER_MANAGER, "user@1000.service", 1000,
+                                   cgroup="/user.slice/user-1000.slice/user@1000.service/init.scope"))])[0]
+    assert ex._check_scope(mgr, {}) == [400]
+    service = group([_member(60, Unit(SYSTEM, "demo.service", cgroup="/system.slice/demo.service"))])[0]
+    assert ex._check_scope(service, {"ControlGroup": "/system.slice/demo.service"}) == [70, 71]
+    guessed = group([_member(60, Unit(SYSTEM, "demo", guessed=True))])[0]
+    assert ex._check_scope(guessed, {}) is None
+
+
+def test_a_check_that_runs_out_of_time_is_not_a_verified_restart(tmp_path: Path) -> None:
+    """Why: what the check could not look at is never taken for clean; and it is given a deadline."""
+    deadlines: list[float] = []
+
+    def check(g: UnitGroup, pids: list[int] | None, until: float) -> execute.Recheck:
+        deadlines.append(until)
+        return execute.Recheck([], unscanned=2)
+    ex = execute.Executor(Settings(timeout=5), proc=tmp_path, deadline=time.monotonic() + 60, cgroupfs=tmp_path,
+                          still_stale=check)
+    g = group([_member(1, Unit(INIT, "init.scope", cgroup="/init.scope"))])[0]
+    action = Action(g, "reexec", ("systemctl", "daemon-reexec"), "")
+    outcome = ex._verify(action, {})
+    assert outcome.status == execute.FAILED and "2 of its processes could not be looked at" in outcome.detail
+    assert deadlines and deadlines[0] <= time.monotonic() + 5
+
+
+def test_users_processes_inside_a_system_unit_are_theirs_not_the_services() -> None:
+    """Why: a cron job (no pam_systemd), an at job, an MTA's pipe or su live in a system unit's cgroup;
+    a process of a user account counts for the unit only if it runs as the main process does, or is the
+    main process or its child (a service with User=alice, or one whose main process forks her worker)."""
+    def member(pid: int, ppid: int, uid: int) -> Affected:
+        return Affected(ProcessInfo(pid, ppid, uid, "x", "/usr/sbin/x", "", None, ()),
+                        Unit(SYSTEM, "cron.service"), (), ())
+    cron_job, root_child, worker, users_own = member(30, 21, 1001), member(21, 20, 0), member(40, 20, 1002), \
+        member(50, 1, 1001)
+    assert execute.guests([cron_job, root_child, worker, users_own], 20, 0) == [cron_job, users_own]
+    assert execute.guests([cron_job, users_own], 50, 1001) == []  # the unit runs as her (User=)
+
+
+def test_a_unit_whose_check_failed_is_not_restarted_again_for_the_same_processes(tmp_path: Path) -> None:
+    """Why: a restart that leaves the same processes stale fails every time; repeating it every run is a
+    restart loop that also feeds the circuit breaker.  Skipped, pending, with the reason."""
+    g = group([_member(60, Unit(SYSTEM, "leaky.service", cgroup="/system.slice/leaky.service"))])[0]
+    action = Action(g, "restart", ("systemctl", "restart", "--", "leaky.service"), "")
+    ex = execute.Executor(Settings(), proc=tmp_path, deadline=time.monotonic() + 60, cgroupfs=tmp_path,
+                          still_stale=lambda g, pids, until: execute.Recheck([]),
+                          earlier={(SYSTEM, "leaky.service", None): frozenset({60, 61})})
+    outcome = ex.one(action)  # no systemctl here: it would fail if the executor tried to run one
+    assert outcome.status == execute.SKIPPED and outcome.left == (60,)
+    assert "check failed in an earlier run for these same processes (pid 60)" in outcome.detail
+    # The record of this run keeps what is left, so the run after it skips it too.
+    from restart import report, state
+    state.save_pending(tmp_path, "boot", trigger="apt", packages=frozenset({"libc6"}),
+                       units=report.run_units([action], [outcome]))
+    assert state.failed_checks(tmp_path, "boot") == {(SYSTEM, "leaky.service", None): frozenset({60})}
+    assert state.failed_checks(tmp_path, "another boot") == {}
+
+
+def test_notification_bodies_are_markup_escaped() -> None:
+    """Why: notification servers read the body as markup; a program's name is its own choice."""
+    argv, _ = execute.desktop_argv(1000, "alice", "t", 'restart <a href="x">me</a> & <b>now</b>')
+    assert argv[-1] == 'restart &lt;a href="x"&gt;me&lt;/a&gt; &amp; &lt;b&gt;now&lt;/b&gt;'
+
+
+def test_what_a_program_writes_is_kept_only_up_to_a_bound_and_in_time() -> None:
+    """Why: a user who can reach a program's pipes (notify-send runs as her; pidfd_getfd) wrote 5.7 GB
+    into root's capture_output within its 5 s timeout.  Output is read with a bound, and a program that
+    never stops writing is ended at its timeout."""
+    big = execute.run(["/usr/bin/head", "-c", str(3 * execute.OUTPUT_LIMIT), "/dev/zero"], 30)
+    assert big.returncode == 0 and len(big.stdout) == execute.OUTPUT_LIMIT
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        execute.run(["/usr/bin/yes"], 0.5)
+    assert time.monotonic() - started < 3
+    both = execute.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], 10)
+    assert (both.returncode, both.stdout, both.stderr) == (3, "out\n", "err\n")
+    assert execute.run(["/bin/sh", "-c", "echo out; echo err >&2"], 10, quiet=True).stdout == ""
+
+
+def test_notify_send_writes_to_dev_null(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: notify-send runs as the user, who could take its pipes over: nothing of it is read."""
+    sessions = tmp_path / "systemd" / "sessions"
+    sessions.mkdir(parents=True)
+    (sessions / "1").write_text("UID=1000\nUSER=alice\nTYPE=x11\n")
+    calls: list[dict[str, object]] = []
+
+    def fake_run(argv: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        calls.append(kwargs)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+    monkeypatch.setattr(execute, "run", fake_run)
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
+    g = group([_member(60, Unit(USER, "app.service", 1000, cgroup="/user.slice/x"))])[0]
+    execute.notify([g], tmp_path, lambda line: None, applications=tmp_path)
+    assert calls and all(c.get("quiet") is True for c in calls)

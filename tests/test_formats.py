@@ -32,11 +32,10 @@ from tests.test_cli import Host
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "data" / "restartctl-1.schema.json"
 PROMTOOL = REPO / "tests" / ".cache" / "promtool" / "usr" / "bin" / "promtool"
-PROMTOOL_HINT = """promtool is missing: tests/run.sh downloads Debian's prometheus .deb (never installs it):
-  if ! ls tests/.cache/debs/prometheus_*.deb >/dev/null 2>&1; then [ -n "${updated:-}" ] || apt-get update -q; updated=1
-      (cd tests/.cache/debs && apt-get download -q prometheus); fi
-  [ -x tests/.cache/promtool/usr/bin/promtool ] || \\
-      dpkg-deb -x "$(ls tests/.cache/debs/prometheus_*.deb | tail -n 1)" tests/.cache/promtool"""
+PROMTOOL_HINT = """promtool is missing: run tests/run.sh, which downloads Debian's promtool .deb (Debian 13;
+prometheus on Debian 12) and unpacks it, never installs it:
+  (cd tests/.cache/debs && apt-get download -q promtool)   # or: apt-get download -q prometheus
+  dpkg-deb -x tests/.cache/debs/promtool_*.deb tests/.cache/promtool"""
 
 
 # ---------------------------------------------------------------- tools the checks need
@@ -278,7 +277,7 @@ def test_promtool_really_checks() -> None:
 
 def test_missing_tools_fail_never_skip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(sys.modules[__name__], "PROMTOOL", tmp_path / "promtool")
-    with pytest.raises(pytest.fail.Exception, match="apt-get download -q prometheus"):
+    with pytest.raises(pytest.fail.Exception, match="apt-get download -q promtool"):
         promtool("--version")
     with pytest.raises(pytest.fail.Exception, match="jsonschema==4.26.0"):
         _module("no_such_module_restartctl", "jsonschema==4.26.0")

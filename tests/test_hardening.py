@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,7 +17,7 @@ import pytest
 
 from tests.support import PrerequisiteError
 from tests.support.checkout import install_hooks
-from tests.support.container import Container
+from tests.support.container import Container, wait_for
 
 pytestmark = pytest.mark.real
 
@@ -170,3 +170,235 @@ def test_a_restart_that_kept_the_main_process_says_so(box: Box) -> None:
     finally:
         c.check(["rm", "-rf", f"/etc/systemd/system/{UNIT}.d", "/etc/restartctl/policy.toml"])
         c.systemctl("daemon-reload")
+
+
+SUDO_C = r"""
+/* What `sudo apt-get ...` gives a user the admin allowed it: apt-get as root, with her arguments. */
+#include <stdio.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    char cfg[512], *args[32];
+    int n = 0;
+    if (argc < 3)
+        return 2;
+    snprintf(cfg, sizeof cfg, "APT_CONFIG=%s", argv[1]);
+    char *env[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", cfg, "DEBIAN_FRONTEND=noninteractive", NULL};
+    if (setgid(0) != 0 || setuid(0) != 0) {
+        perror("setuid");
+        return 1;
+    }
+    args[n++] = "apt-get";
+    args[n++] = "-q";
+    args[n++] = "-y";
+    args[n++] = "-o";
+    args[n++] = "Dpkg::Use-Pty=0";
+    for (int i = 2; i < argc && n < 31; i++)
+        args[n++] = argv[i];
+    args[n] = NULL;
+    execve("/usr/bin/apt-get", args, env);
+    perror("execve");
+    return 1;
+}
+"""
+# Run first by python3 (it imports sitecustomize from PYTHONPATH before the script): whatever this
+# process then does, its executable and its argv are those of a genuine unattended-upgrade run.
+SPOOF_PY = """\
+import os, subprocess, sys, time
+subprocess.run([*{argv!r}, "install", "rctl-demod=2.0", "rctl-libdemo1=2.0"], check=False)
+sys.stdout.flush()
+time.sleep({linger})
+os._exit(0)
+"""
+DEFERRED = "restartctl-after-unattended-upgrades.service"
+
+
+@pytest.fixture
+def uu_installed(box: Box, tmp_path: Path) -> Box:
+    """unattended-upgrades installed (so /usr/bin/unattended-upgrade names its interpreter), and `rctl-sudo`."""
+    from tests.support.debs import cached_debs, compile_c
+
+    c = box.c
+    if c.exec(["test", "-x", "/usr/bin/unattended-upgrade"]).returncode != 0:
+        c.install_debs(cached_debs("unattended-upgrades", "python3-distro-info", "python3-dbus"))
+        c.write_file("/usr/local/bin/rctl-sudo", compile_c(SUDO_C, tmp_path / "rctl-sudo").read_bytes(), mode=0o755)
+        c.check(["chmod", "4755", "/usr/local/bin/rctl-sudo"])
+    return box
+
+
+def _downgrade(box: Box) -> None:
+    r = apt(box, "install", *(f"{n}=1.0" for n in DEMO), env={"RESTARTCTL_SUSPEND": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    box.c.systemctl("restart", UNIT)
+    box.c.wait_active(UNIT)
+
+
+def test_her_process_that_looks_like_unattended_upgrades_is_not_taken_for_it(uu_installed: Box) -> None:
+    """Issue 20 point 3: mallory, allowed `sudo apt-get`, ran it from a process that looked like
+    unattended-upgrade (here: the genuine python3 running /usr/bin/unattended-upgrade, her code loaded
+    through PYTHONPATH); root's hook then deferred everything until her process exited."""
+    box = uu_installed
+    c = box.c
+    spoof = f"/home/{USER}/spoof"
+    as_user(box, "mkdir", "-p", spoof)
+    c.write_file(f"{spoof}/sitecustomize.py", SPOOF_PY.format(argv=["/usr/local/bin/rctl-sudo", box.cfg], linger=0))
+    _downgrade(box)
+    before = c.main_pid(UNIT)
+    r = c.exec(["runuser", "-u", USER, "--", "env", f"PYTHONPATH={spoof}", "/usr/bin/python3",
+                "/usr/bin/unattended-upgrade"], timeout=180)
+    out = r.stdout + r.stderr
+    assert "Setting up rctl-demod (2.0)" in out, out  # her "sudo apt-get" really upgraded it
+    assert "is running: restarts and one report follow" not in out, out
+    assert RESTARTED in out and c.main_pid(UNIT) not in (0, before), out
+
+
+def test_a_genuine_unattended_upgrades_run_is_waited_for_and_status_says_so(uu_installed: Box) -> None:
+    """Issue 20 point 3: the run deferred until unattended-upgrades exits is visible in `status` (it said
+    "0 pending" meanwhile).  Root's run of the genuine interpreter and script, still running, is waited for."""
+    box = uu_installed
+    c = box.c
+    hook_dir = "/srv/rctl/uu-root"
+    c.write_file(f"{hook_dir}/sitecustomize.py",
+                 SPOOF_PY.format(argv=["/usr/bin/env", f"APT_CONFIG={box.cfg}", "DEBIAN_FRONTEND=noninteractive",
+                                       "apt-get", "-q", "-y", "-o", "Dpkg::Use-Pty=0"], linger=8))
+    _downgrade(box)
+    before = c.main_pid(UNIT)
+    pid = c.spawn(["env", f"PYTHONPATH={hook_dir}", "/usr/bin/python3", "/usr/bin/unattended-upgrade"])
+    try:
+        wait_for(lambda: c.exec(["systemctl", "is-active", DEFERRED]).stdout.strip() == "active",
+                 "the deferred run", 60)
+        status = c.exec(["/usr/sbin/restartctl", "status"])
+        assert status.returncode == 1 and f"waits for unattended-upgrades (pid {pid})" in status.stdout, status.stdout
+        assert c.main_pid(UNIT) == before  # nothing restarted while it runs
+        wait_for(lambda: c.main_pid(UNIT) not in (0, before), "the restart after it", 60)
+        assert "waits for" not in c.exec(["/usr/sbin/restartctl", "status"]).stdout
+    finally:
+        c.exec(["kill", str(pid)])
+
+
+def test_her_process_moved_into_her_managers_cgroup_is_hers(box: Box) -> None:
+    """Issue 20 point 4 (A4): mallory orphaned a process of hers to PID 1 and moved it into her manager's
+    own cgroup with PID 1's unprivileged D-Bus call AttachProcessesToUnit; root then ran `systemctl --user
+    -M UID@ daemon-reexec` for it on every run (and it failed every time)."""
+    c = box.c
+    _downgrade(box)
+    as_user(box, "sh", "-c", "setsid -f /usr/sbin/rctl-demod </dev/null >/dev/null 2>&1")
+    wait_for(lambda: c.exec(["pgrep", "-u", USER, "-x", "rctl-demod"]).stdout.strip(), "her rctl-demod", 20)
+    [pid] = c.exec(["pgrep", "-u", USER, "-x", "rctl-demod"]).stdout.split()
+    try:
+        assert c.check(["ps", "-o", "ppid=", "-p", pid]).strip() == "1"
+        as_user(box, "busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager", "AttachProcessesToUnit", "ssau",
+                f"user@{box.uid}.service", "/init.scope", "1", pid)
+        assert c.read_file(f"/proc/{pid}/cgroup").decode().endswith(f"/user@{box.uid}.service/init.scope\n")
+        r = apt(box, "install", *(f"{n}=2.0" for n in DEMO))
+        out = r.stdout + r.stderr
+        assert r.returncode == 0 and RESTARTED in out, out
+        assert "daemon-reexec" not in out and f"user@{box.uid}.service" not in out, out
+        doc = json.loads(c.exec(["/usr/sbin/restartctl", "plan", "--json"]).stdout)
+        [hers] = [p for p in doc["processes"] if p["pid"] == int(pid)]
+        assert hers["unit"]["kind"] == "user" and hers["unit"]["uid"] == box.uid, hers
+    finally:
+        c.exec(["kill", pid])
+
+
+def test_a_manager_she_stopped_counts_once_and_never_trips_the_breaker(box: Box) -> None:
+    """Issue 20 point 5: with her `systemd --user` stopped (kill -STOP), the re-exec of her manager waited
+    the whole timeout and counted a failure; a few such users tripped `max_failures` and stopped the
+    restarts of system services.  Here one failure is the limit, and her manager and two of her units
+    are stale (libsystemd-shared replaced the way dpkg does it), so before the fix her one failure
+    stopped the restart of rctl-demod.service."""
+    c = box.c
+    _downgrade(box)
+    units = [c.run_user_unit(USER, ["/usr/sbin/rctl-demod"], unit=f"rctl-hers-{n}.service") for n in (1, 2)]
+    lib = "/usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so"
+    c.check(["sh", "-c", f"cp -p {lib} {lib}.dpkg-new && mv {lib}.dpkg-new {lib}"])
+    c.write_file("/etc/restartctl/policy.toml", '[settings]\nmax_failures = 1\ntimeout = 5\n'
+                 'restart_last = ["rctl-demod.service"]\n\n'
+                 '[[rule]]\nscope = "user"\nunit = "rctl-hers-*.service"\naction = "restart"\n')
+    manager = str(c.main_pid(f"user@{box.uid}.service"))
+    r = apt(box, "install", *(f"{n}=2.0" for n in DEMO), env={"RESTARTCTL_SUSPEND": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    c.check(["kill", "-STOP", manager])
+    try:
+        r = c.exec(["/usr/sbin/restartctl", "apply", "--yes", "--packages", "rctl-demod", "rctl-libdemo1",
+                    "libsystemd-shared"], timeout=200)
+        out = r.stdout + r.stderr
+        assert "Traceback" not in out, out
+        assert "rctl-demod.service: restarted" in out, out
+        assert out.count(f"the service manager of user {box.uid}") == 3, out  # asked once, then known
+        assert "circuit breaker" not in out, out
+    finally:
+        c.exec(["kill", "-CONT", manager])
+        c.exec(["rm", "-f", "/etc/restartctl/policy.toml"])
+        for u in units:
+            c.user_systemctl(USER, "stop", u, check=False)
+
+
+SU_C = r"""
+/* Like exim4: a setuid-root program any user may run, which becomes a system account (here daemon,
+   uid 1) and then runs the package's daemon binary, not as the daemon the init script manages. */
+#include <stdio.h>
+#include <unistd.h>
+
+int main(void) {
+    if (setgid(1) != 0 || setuid(1) != 0) {
+        perror("setuid");
+        return 1;
+    }
+    execl("/usr/sbin/rctl-demod", "rctl-demod", (char *)NULL);
+    perror("execl");
+    return 1;
+}
+"""
+LOCAL_SCRIPT = "#!/bin/sh\necho \"$0 $*\" >> /srv/rctl/local-script-ran\n"
+
+
+def test_without_systemd_a_guessed_unit_is_never_started(container_factory: Callable[..., Container],
+                                                          demo_debs: dict[str, dict[str, Path]],
+                                                          tmp_path: Path) -> None:
+    """Issue 20 point 2 (A6, C6): without systemd, mallory ran a setuid program that becomes a system account
+    and runs the package's daemon binary (exim4 -bs) while the daemon itself was stopped; after an upgrade of
+    a library it maps, root ran `invoke-rc.d rctl-demod restart`, which started the stopped daemon.  And the
+    executable-basename fallback picked /etc/init.d/rctl-sleeper, a script no package of rctl-sleeper's
+    ships, for a system account's run of /usr/bin/rctl-sleeper."""
+    from tests.support.debs import compile_c
+
+    c = container_factory("rctl-hard-plain", boot=False)
+    install_hooks(c)
+    c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])
+    c.check(["useradd", "--create-home", "--user-group", "--", USER])
+    names = (*DEMO, "rctl-sleeper")
+    c.install_debs([demo_debs["1.0"][n] for n in names])
+    # As on a sysvinit host: runlevel 2 in utmp, and the service enabled there (else invoke-rc.d does nothing).
+    c.check(["sh", "-c", "printf '[1] [20018] [~~  ] [runlevel] [~~          ] [6.1.0] [0.0.0.0] "
+                         "[2026-12-03T16:00:00,000000+00:00]\\n' | utmpdump -r > /var/run/utmp"])
+    assert c.check(["runlevel"]).split() == ["N", "2"]
+    c.check(["update-rc.d", "rctl-demod", "defaults"])
+    c.write_file("/usr/local/bin/rctl-su", compile_c(SU_C, tmp_path / "rctl-su").read_bytes(), mode=0o755)
+    c.check(["chmod", "4755", "/usr/local/bin/rctl-su"])
+    c.write_file("/etc/init.d/rctl-sleeper", LOCAL_SCRIPT, mode=0o755)
+    hers = c.spawn(["runuser", "-u", USER, "--", "/usr/local/bin/rctl-su"])
+    sleeper = c.spawn(["runuser", "-u", "daemon", "--", "/usr/bin/rctl-sleeper"])
+    wait_for(lambda: all(c.exec(["pgrep", "-P", str(p)]).stdout.strip() for p in (hers, sleeper)),
+             "her rctl-demod and daemon's rctl-sleeper", 20)
+    [demod] = c.check(["pgrep", "-P", str(hers)]).split()
+    assert c.check(["ps", "-o", "uid=", "-p", demod]).strip() == "1"
+    assert c.exec(["/etc/init.d/rctl-demod", "status"]).returncode != 0  # the daemon is stopped
+
+    r = c.exec(["dpkg", "-i", *(c.copy_in(demo_debs["2.0"][n]) for n in names)])
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Traceback" not in out, out
+    assert "rctl-demod (guessed from its package): skipped: not running (init script status 3)" in out, out
+    assert c.exec(["/etc/init.d/rctl-demod", "status"]).returncode != 0, "the stopped daemon was started"
+    assert c.exec(["test", "-e", "/srv/rctl/local-script-ran"]).returncode != 0, "an unrelated script ran"
+
+    # A daemon that runs is still restarted by its init script.
+    c.check(["/etc/init.d/rctl-demod", "start"])
+    wait_for(lambda: c.exec(["test", "-s", "/run/rctl-demod.pid"]).returncode == 0, "rctl-demod's pidfile", 10)
+    c.check(["kill", demod])
+    daemon = c.read_file("/run/rctl-demod.pid").decode().strip()
+    r = c.exec(["dpkg", "-i", *(c.copy_in(demo_debs["2.0"][n]) for n in DEMO)])  # new inodes, same version
+    out = r.stdout + r.stderr
+    assert "rctl-demod (guessed from its package): restarted" in out, out
+    assert c.read_file("/run/rctl-demod.pid").decode().strip() != daemon

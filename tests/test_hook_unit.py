@@ -30,14 +30,54 @@ def test_cursor_consumes_each_event_once(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir(mode=0o755)
     (run / "journal").write_bytes(b"1 apt upgrade a:amd64\n2 dpkg remove b\n")
-    first = transaction.read(run)
+    first = transaction.read(run, None)
     assert first.packages == {"a:amd64", "b"} and first.removed == {"b"}
-    transaction.consume(run, first)
-    assert transaction.read(run).packages == frozenset()
+    assert first.journal == ((run / "journal").stat().st_ino, 38) and first.incomplete == ()
+    assert transaction.read(run, first.journal).packages == frozenset()
     with open(run / "journal", "ab") as f:
-        f.write(b"3 dpkg upgrade c\n4 dpkg error c\n")
-    second = transaction.read(run)
+        f.write(b"3 dpkg upgrade c\n4 dpkg error c\n5 dpkg upgrade d")  # d: still being appended
+    second = transaction.read(run, first.journal)
     assert second.packages == {"c"} and second.failed == {"c"}
+    assert second.journal[1] == 38 + 32
+    (run / "journal").unlink()
+    (run / "journal").write_bytes(b"6 dpkg upgrade e\n")  # recreated: another inode, read from the start
+    assert transaction.read(run, second.journal).packages == {"e"}
+    (run / "cursor").write_text("17\n")  # an earlier version's cursor, when the state has none
+    assert transaction.read(run, None).packages == frozenset()
+
+
+def test_a_journal_that_lost_events_or_grew_too_large_says_so(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    # A failed append (a full disk) left half a line, which the next append completed into junk.
+    (run / "journal").write_bytes(b"1 apt upgrade a\n2 dpkg upgr3 dpkg upgrade b\n4 dpkg upgrade c\n")
+    txn = transaction.read(run, None)
+    assert txn.packages == {"a", "c"} and txn.invalid == 1
+    assert txn.incomplete == ("1 journal line was no valid event",)
+    monkeypatch.setattr(transaction, "MAX_PACKAGES", 1)
+    txn = transaction.read(run, None)
+    assert txn.packages == frozenset() and txn.journal[1] == (run / "journal").stat().st_size
+    assert txn.incomplete[0] == "the journal names more than 1 packages"
+    monkeypatch.setattr(transaction, "MAX_PACKAGES", 4096)
+    monkeypatch.setattr(transaction, "MAX_READ", 20)
+    txn = transaction.read(run, None)
+    assert txn.incomplete[0] == "the journal grew by more than 0 MiB"
+    assert txn.journal[1] == (run / "journal").stat().st_size
+
+
+def test_markers_are_claimed_then_released(tmp_path: Path) -> None:
+    run, lib = tmp_path / "run", tmp_path / "lib"
+    for d in (run, lib):
+        d.mkdir(mode=0o755)
+    (lib / "incomplete").touch()
+    assert transaction.claim_markers([run, lib]) == [lib / "incomplete"]
+    (lib / "incomplete").touch()  # the hooks lose another event meanwhile: kept for the next run
+    transaction.release_markers([run, lib])
+    assert transaction.claim_markers([run, lib]) == [lib / "incomplete"]
+    assert transaction.claim_markers([run, lib]) == [lib / "incomplete"]  # claimed, not yet released
+    transaction.release_markers([run, lib])
+    assert transaction.claim_markers([run, lib]) == []
 
 
 def test_world_writable_run_directory_is_not_trusted(tmp_path: Path) -> None:
@@ -45,7 +85,7 @@ def test_world_writable_run_directory_is_not_trusted(tmp_path: Path) -> None:
     run.mkdir()
     os.chmod(run, 0o777)
     (run / "journal").write_bytes(b"1 apt upgrade a\n")
-    assert transaction.read(run).packages == frozenset()
+    assert transaction.read(run, None).packages == frozenset()
 
 
 def test_symlinked_journal_is_not_followed(tmp_path: Path) -> None:
@@ -53,7 +93,7 @@ def test_symlinked_journal_is_not_followed(tmp_path: Path) -> None:
     run.mkdir(mode=0o755)
     (tmp_path / "elsewhere").write_bytes(b"1 apt upgrade a\n")
     (run / "journal").symlink_to(tmp_path / "elsewhere")
-    assert transaction.read(run).packages == frozenset()
+    assert transaction.read(run, None).packages == frozenset()
 
 
 def test_errors_are_one_line_and_the_hook_still_exits_zero(tmp_path: Path,
@@ -90,27 +130,55 @@ def test_shutdown_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_unattended_upgrades_is_found_among_the_ancestors(tmp_path: Path) -> None:
-    proc = tmp_path / "proc"
-    chain = {300: (200, b"sh\0-c\0restartctl hook\0"),
-             200: (100, b"/usr/bin/python3\0/usr/bin/unattended-upgrade\0-v\0"),
-             100: (1, b"/usr/bin/python3\0/usr/bin/unattended-upgrade\0")}
-    for pid, (ppid, cmdline) in chain.items():
-        (proc / str(pid)).mkdir(parents=True)
-        (proc / str(pid) / "cmdline").write_bytes(cmdline)
-        (proc / str(pid) / "stat").write_bytes(
-            f"{pid} (a) b) S {ppid} 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 {pid * 10} 0\n".encode())
+    """Only a proven run counts: the script's own interpreter, the script as first argument, uid 0,
+    not from another user's session or manager (issue 20 point 3)."""
+    proc, root = tmp_path / "proc", tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/python3.11").write_bytes(b"ELF")
+    (root / "usr/bin/python3").symlink_to("python3.11")
+    (root / "usr/bin/unattended-upgrade").write_bytes(b"#!/usr/bin/python3\nimport apt\n")
+    os.chmod(root / "usr/bin/unattended-upgrade", 0o755)
+    (root / "home").mkdir()
+    (root / "home/eve-python3").write_bytes(b"ELF")
+    uu = b"/usr/bin/python3\0/usr/bin/unattended-upgrade\0"
+    chain = {300: (200, b"sh\0-c\0restartctl hook\0", 0, "/usr/bin/python3", "/system.slice/x.service"),
+             200: (100, uu + b"-v\0", 0, "/usr/bin/python3.11", "/system.slice/apt-daily-upgrade.service"),
+             100: (1, uu, 0, "/usr/bin/python3", "/system.slice/apt-daily-upgrade.service")}
+
+    def make(pid: int, ppid: int, cmdline: bytes, uid: int, exe: str, cgroup: str) -> None:
+        d = proc / str(pid)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cmdline").write_bytes(cmdline)
+        (d / "stat").write_bytes(f"{pid} (a) b) S {ppid} 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 {pid * 10} 0\n".encode())
+        (d / "status").write_bytes(f"Name:\ta\nPPid:\t{ppid}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n".encode())
+        (d / "cgroup").write_text(f"0::{cgroup}\n")
+        (d / "exe").unlink(missing_ok=True)
+        (d / "exe").symlink_to(root / exe.lstrip("/"))
+
+    for pid, fields in chain.items():
+        make(pid, *fields)
     # u-u may fork for a step: the outermost unattended-upgrade is the run to wait for.
-    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300) == hook.Process(100, 1000)
-    (proc / "200" / "cmdline").write_bytes(b"/home/eve/unattended-upgrade\0")
-    (proc / "100" / "cmdline").write_bytes(b"python3\0/tmp/usr/bin/unattended-upgrade\0")
-    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300) is None
-    (tmp_path / "unattended-upgrades.pid").write_text("100\n")
-    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300) == hook.Process(100, 1000)
+    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) == hook.Process(100, 1000)
+    (tmp_path / "unattended-upgrades.pid").write_text("200\n")
+    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) == hook.Process(200, 2000)
+    (tmp_path / "unattended-upgrades.pid").unlink()
+    # Look-alikes: her uid; her copy of python; argv[0] only; from her session; from her manager.
+    for fake in [(1, uu, 1001, "/usr/bin/python3", "/system.slice/apt-daily-upgrade.service"),
+                 (1, uu, 0, "/home/eve-python3", "/system.slice/apt-daily-upgrade.service"),
+                 (1, b"/usr/bin/unattended-upgrade\0", 0, "/usr/bin/python3", "/init.scope"),
+                 (1, uu, 0, "/usr/bin/python3", "/user.slice/user-1001.slice/session-3.scope"),
+                 (1, uu, 0, "/usr/bin/python3", "/user.slice/user-1001.slice/user@1001.service/app.slice/u.service")]:
+        make(200, *fake)
+        assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) is None, fake
+    make(200, 1, uu, 0, "/usr/bin/python3", "/user.slice/user-0.slice/session-1.scope")  # root's own session
+    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) == hook.Process(200, 2000)
+    (root / "usr/bin/unattended-upgrade").unlink()  # not installed: nothing is a run of it
+    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) is None
 
 
-def test_a_scan_cut_short_keeps_the_whole_transaction_pending(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """The hook's scan gets half the time left; what it could not look at is said and stays pending."""
+def test_a_scan_cut_short_makes_the_next_run_look_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The hook's scan gets half the time left; what it could not look at is said, and recorded as
+    incomplete (not as an unbounded package list): the next run looks at every package changed since."""
     from restart import state
     from tests.test_cli import Host
 
@@ -121,11 +189,33 @@ def test_a_scan_cut_short_keeps_the_whole_transaction_pending(tmp_path: Path,
                   run=tmp_path / "run", etc=host.root / "etc", state=tmp_path / "state")
     log = hook.Log(sys.stdout, sys.stderr, quiet=False)
     hook.act(roots, "apt", log, scope=["demod", "libdemo1"], old_files=None, failed=[], mode="list",
-             deadline=time.monotonic() - 1)
+             deadline=time.monotonic() - 1, progress=hook.Progress((1, 10), 1000.0))
     err = capsys.readouterr().err
     assert "1 process was not scanned before the time ran out" in err
     record = state.read_json(roots.state, state.PENDING)
-    assert record is not None and sorted(record["packages"]) == ["demod", "libdemo1"]
+    assert record is not None and record["packages"] == [] and record["journal"] == {"inode": 1, "offset": 10}
+    assert "complete" not in record and record["incomplete"][0].startswith("1 process was not scanned")
+
+
+def test_the_watchdog_is_never_swallowed_by_a_scan(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: the scan counts an odd process's error and goes on; the watchdog must not be such an error.
+
+    A 0.3 s budget over 60 processes that take 0.05 s each: the run ends at the budget, not after 3 s."""
+    from restart import processes
+    from tests.fakeproc import FakeProcess, build
+
+    proc = build(tmp_path / "proc", [FakeProcess(pid, maps=b"x\n") for pid in range(10, 70)])
+
+    def slow(*args: object) -> tuple[None, None]:
+        time.sleep(0.05)
+        return None, None
+    monkeypatch.setattr(processes._Scanner, "scan_process", slow)
+    monkeypatch.setattr(hook, "_run", lambda *args: processes.scan(proc, processes.Selection()))
+    started = time.monotonic()
+    assert hook.run(Roots(run=tmp_path), "manual", budget=0.3) == 0
+    assert time.monotonic() - started < 1.0
+    assert "gave up after 0.3 s" in capsys.readouterr().err
 
 
 def test_package_names_are_read_tolerantly_and_strictly() -> None:

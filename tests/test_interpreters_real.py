@@ -27,6 +27,8 @@ runs it.  Most tests call the stage directly; the last one goes through ``restar
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,17 @@ PLMOD = "/usr/share/perl5/RctlMod.pm"
 JSMOD = "/usr/share/nodejs/rctl-jsmod/index.js"
 RBMOD = "/usr/lib/ruby/vendor_ruby/rctl_rbmod.rb"
 JLIB, JD = "/usr/share/java/rctl-lib.jar", "/usr/share/java/rctl-jd.jar"
-JRE = "openjdk-17-jre-headless"
+# The host's Python (python3.X) and Java runtime package (openjdk-N-jre-headless): each release has its own.
+PYTHON = os.path.realpath("/usr/bin/python3")
+
+
+def java_runtime_package() -> str:
+    """The package that ships the host's java (the containers overlay the host's /)."""
+    java = os.path.realpath("/usr/bin/java")
+    out = subprocess.run(["/usr/bin/dpkg-query", "-S", java], capture_output=True, text=True, timeout=60,
+                         check=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}).stdout
+    return out.split(":", 1)[0].strip()
+
 CANARY = "/srv/rctl/canary"
 EVIL = "/srv/rctl/evil"
 HOSTILE_SCRIPT = "/tmp/$(touch /srv/rctl/canary/CANARY-shell)"
@@ -169,6 +181,7 @@ def build(outdir: Path, v: str) -> dict[str, Path]:
     """The test packages of version ``v``: name -> .deb."""
     native = compile_c(NATIVE_C % v, outdir / f"build-{v}" / "librctlnative.so", shared=True,
                        soname="librctlnative.so")
+    jre = java_runtime_package()
 
     def unit(name: str, exec_start: str | None = None) -> dict[str, bytes]:
         text = UNIT.format(name=name)
@@ -194,8 +207,8 @@ def build(outdir: Path, v: str) -> dict[str, Path]:
         "rctl-jsd": ({"/usr/bin/rctl-jsd": JSD.format(v=v).encode(), **unit("rctl-jsd")}, "nodejs, rctl-jsmod"),
         "rctl-rbmod": ({RBMOD: RBMOD_RB.format(v=v).encode()}, "ruby"),
         "rctl-rbd": ({"/usr/bin/rctl-rbd": RBD.format(v=v).encode(), **unit("rctl-rbd")}, "ruby, rctl-rbmod"),
-        "rctl-jlib": ({JLIB: jlib}, JRE),
-        "rctl-jd": ({JD: jd, **unit("rctl-jd", f"/usr/bin/java -Xmx32m -jar {JD}")}, f"{JRE}, rctl-jlib"),
+        "rctl-jlib": ({JLIB: jlib}, jre),
+        "rctl-jd": ({JD: jd, **unit("rctl-jd", f"/usr/bin/java -Xmx32m -jar {JD}")}, f"{jre}, rctl-jlib"),
     }
     return {name: build_deb(outdir, name, v, files, depends=depends, arch="all" if name != "rctl-pynative" else None)
             for name, (files, depends) in specs.items()}
@@ -237,8 +250,8 @@ def story(systemd_container: Container, tmp_path_factory: pytest.TempPathFactory
     c.check(["install", "-d", "-m", "0755", CANARY, f"{EVIL}/py", f"{EVIL}/pl", f"{EVIL}/rb", "/home/mallory",
              "/tmp/usr/bin", "/tmp/ready"])
     c.check(["chmod", "1777", "/tmp/ready"])
-    for path in ("/home/mallory/python3", "/tmp/usr/bin/python3.11", "/usr/bin/python3.99"):
-        c.check(["cp", "/usr/bin/python3.11", path])  # a real, working Python under a bait name
+    for path in ("/home/mallory/python3", f"/tmp{PYTHON}", "/usr/bin/python3.99"):
+        c.check(["cp", PYTHON, path])  # a real, working Python under a bait name
     for name in ("sitecustomize.py", "usercustomize.py"):
         c.write_file(f"{EVIL}/py/{name}", PY_CANARY)
     c.write_file(f"{EVIL}/py/rctl_mod/__init__.py", PY_CANARY + 'VERSION = "planted"\n')
@@ -249,7 +262,7 @@ def story(systemd_container: Container, tmp_path_factory: pytest.TempPathFactory
     c.write_file(HOSTILE_SCRIPT, SLEEPER_PY + "\n", mode=0o755)
     pids["bait-home"] = spawn_ready(c, [*SETPRIV, "/home/mallory/python3", "/usr/bin/rctl-pyd", "/tmp/ready/home"],
                                     "/tmp/ready/home")
-    pids["bait-tmp"] = spawn_ready(c, [*SETPRIV, "/tmp/usr/bin/python3.11", "/usr/bin/rctl-pyd", "/tmp/ready/tmp"],
+    pids["bait-tmp"] = spawn_ready(c, [*SETPRIV, f"/tmp{PYTHON}", "/usr/bin/rctl-pyd", "/tmp/ready/tmp"],
                                    "/tmp/ready/tmp")
     pids["unowned-exe"] = spawn_ready(c, [*SETPRIV, "/usr/bin/python3.99", "/usr/bin/rctl-pyd",
                                           "/tmp/ready/unowned"], "/tmp/ready/unowned")

@@ -124,6 +124,22 @@ def test_policy_matches_on_package() -> None:
     assert (a.action, a.reason, a.rule) == ("reboot", "glibc", "t:1")
 
 
+def test_a_reboot_rule_acts_on_users_units_only_when_it_says_scope_user() -> None:
+    """Why (issue 13): the README's own `package = "libc6" action = "reboot"` fired for one user's unit
+    alone; /run/reboot-required then has Automatic-Reboot or kured reboot the host for her process."""
+    from restart.reboot import reasons
+    rule = '[[rule]]\npackage="libc6"\naction="reboot"\n'
+    hers = group([affected(1, Unit(USER, "app.service", 1000))])[0]
+    for text in (rule, rule + 'scope="any"\n'):
+        a = decide(hers, Policy(tuple(parse_rules(text, "t"))))
+        assert a.action == "notify" and 'only with scope = "user"' in a.reason, a
+        assert reasons([a]) == []
+    explicit = decide(hers, Policy(tuple(parse_rules(rule + 'scope="user"\n', "t"))))
+    assert explicit.action == "reboot" and [r.kind for r in reasons([explicit])] == ["policy"]
+    root = decide(group([affected(2, Unit(SYSTEM, "a.service"))])[0], Policy(tuple(parse_rules(rule, "t"))))
+    assert root.action == "reboot"
+
+
 def test_grouping_and_order() -> None:
     items = [affected(30, Unit(NONE, None)), affected(31, Unit(NONE, None)),
              affected(20, Unit(INIT, "init.scope")), affected(11, Unit(SYSTEM, "b.service")),

@@ -93,6 +93,42 @@ def test_a_reinstall_restarts_nothing_and_lists_the_files_as_unchanged(host: tup
     assert "rctl-demod.service: restarted" in r.stdout, r.stdout
 
 
+def test_identical_content_is_judged_against_what_the_process_can_have_loaded(host: tuple[Container, str]) -> None:
+    """The checksums kept are those from just before the transaction, with the time that older version
+    was unpacked: a downgrade back to content a restarted service no longer maps is no "unchanged"
+    file (keeping the first checksums of the boot made it one, and the restart was missed), and
+    a process older than the last version still maps an older one even when a reinstall changes nothing."""
+    c, cfg = host
+    c.write_file("/etc/restartctl/policy.toml", "")  # the vendor default: auto, restarts
+    unit = "rctl-demod.service"
+    c.systemctl("start", unit)
+    c.wait_active(unit)
+    # 2.0 arrives while the hook is suspended; the service is then restarted by hand onto 2.0.
+    r = c.exec(["env", "RESTARTCTL_SUSPEND=1", "APT_CONFIG=" + cfg, "DEBIAN_FRONTEND=noninteractive",
+                "apt-get", "-q", "-o", "Dpkg::Use-Pty=0", "install", "rctl-libdemo1=2.0", "rctl-demod=2.0"],
+               timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    c.systemctl("restart", unit)
+    c.wait_active(unit)
+    pid = c.main_pid(unit)
+    # Back to 1.0: its content equals what the boot had first, but not what the service maps.
+    r = apt(c, cfg, "install", "--allow-downgrades", "rctl-libdemo1=1.0", "rctl-demod=1.0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{unit}: restarted" in r.stdout, r.stdout
+    assert c.main_pid(unit) not in (0, pid)
+    # An older process (started on 1.0, before 2.0 and back) is still on other content after a reinstall.
+    lib = f"/usr/lib/{multiarch()}/librctldemo.so.1"
+    r = apt(c, cfg, "install", "rctl-libdemo1=2.0", "rctl-demod=2.0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    old = c.spawn(["env", f"LD_PRELOAD={lib}", "sleep", "1000"])  # maps 2.0
+    r = apt(c, cfg, "install", "--allow-downgrades", "rctl-libdemo1=1.0", "rctl-demod=1.0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = apt(c, cfg, "install", "--reinstall", "rctl-libdemo1=1.0", "rctl-demod=1.0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(c.exec(["/usr/sbin/restartctl", "scan", "--all", "--json"]).stdout)
+    assert old in {p["pid"] for p in doc["processes"]}, doc  # maps 2.0: not the content now installed
+
+
 def test_status_shows_only_what_is_still_true(host: tuple[Container, str]) -> None:
     """A service left stale (list mode) is pending; once its processes are gone (stopped by
     hand), status drops it without a scan, and says so."""

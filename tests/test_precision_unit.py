@@ -31,33 +31,37 @@ def test_only_files_with_the_same_checksum_before_and_after_are_unchanged(tmp_pa
     (info / "libx1:amd64.md5sums").write_text(f"{A}  lib/libx.so.1\n{A}  usr/lib/liby.so.1\n")
     (lists / "libx1:amd64.md5sums").write_text(f"{A}  lib/libx.so.1\n{B}  usr/lib/liby.so.1\n")
     # the merged-/usr spelling of the database is the one maps show
-    assert transaction.unchanged(run, db, ["libx1:amd64"]) == {"/usr/lib/libx.so.1"}
-    assert transaction.unchanged(run, db, None) == {"/usr/lib/libx.so.1"}
-    assert transaction.unchanged(run, db, ["other"]) == frozenset()
+    assert set(transaction.unchanged(run, db, ["libx1:amd64"])) == {"/usr/lib/libx.so.1"}
+    assert set(transaction.unchanged(run, db, None)) == {"/usr/lib/libx.so.1"}
+    assert not transaction.unchanged(run, db, ["other"])
 
 
 def test_unknown_old_content_is_never_unchanged(tmp_path: Path) -> None:
-    """No record, one version of the boot that differed (whichever a process maps), content
-    no hook saw (a plain dpkg upgrade: "unknown"), an others-writable directory: not unchanged."""
+    """An empty snapshot (a plain dpkg run changed the package first), a missing one, a
+    symlinked or others-writable directory: nothing is unchanged."""
     run, db = _tree(tmp_path)
     info, lists = db.admindir / "info", run / "lists"
     (info / "liba.list").write_text("/usr/lib/liba.so\n")
     (info / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\n")
     (lists / "liba.md5sums").write_text("")
-    assert transaction.unchanged(run, db, ["liba"]) == frozenset()
+    assert not transaction.unchanged(run, db, ["liba"])
     (lists / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\n")
-    assert transaction.unchanged(run, db, ["liba"]) == {"/usr/lib/liba.so"}
-    # A -> B -> A: a process started under B maps B; back to A is a change for it.
-    (lists / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\n{B}  usr/lib/liba.so\n")
-    assert transaction.unchanged(run, db, ["liba"]) == frozenset()
-    # A plain dpkg upgrade replaced content no hook saw.
-    (lists / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\nunknown\n{A}  usr/lib/liba.so\n")
-    assert transaction.unchanged(run, db, ["liba"]) == frozenset()
-    (lists / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\n{A}  usr/lib/liba.so\n")
-    assert transaction.unchanged(run, db, ["liba"]) == {"/usr/lib/liba.so"}
+    assert set(transaction.unchanged(run, db, ["liba"])) == {"/usr/lib/liba.so"}
     os.chmod(lists, 0o777)
-    assert transaction.unchanged(run, db, ["liba"]) == frozenset()
+    assert not transaction.unchanged(run, db, ["liba"])
 
+
+
+def test_unchanged_says_since_when_that_content_was_on_disk(tmp_path: Path) -> None:
+    """The snapshot's mtime (cp -p keeps dpkg's: when the older version was unpacked) is the time
+    after which a process can only have loaded that content; the caller compares start times."""
+    run, db = _tree(tmp_path)
+    info, lists = db.admindir / "info", run / "lists"
+    (info / "liba.list").write_text("/usr/lib/liba.so\n")
+    (info / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\n")
+    (lists / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\n")
+    os.utime(lists / "liba.md5sums", (1_700_000_000, 1_700_000_000))
+    assert transaction.unchanged(run, db, ["liba"]) == {"/usr/lib/liba.so": 1_700_000_000}
 
 
 def test_status_drops_pending_units_whose_processes_have_exited(tmp_path: Path) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from restart.processes import CODE, DATA, EXE, Selection, parse_maps, parse_status, scan
+from restart import formats, processes, report
+from restart.processes import CODE, DATA, EXE, Selection, parse_map_line, parse_status, scan
 from tests.fakeproc import FakeProcess, build, ino, map_line, rootfs
 
 LIB = "/usr/lib/x86_64-linux-gnu/libdemo.so.1"
@@ -125,13 +127,14 @@ def test_hostile_maps_lines_do_not_crash() -> None:
     junk = (b"\x00\xff garbage\n" b"7f-80 r-xp 0 fe:01 notanumber /x\n" b"7f-80 r-xp 0 fe:01 0 /zero-inode\n"
             b"7f-80 r-xp 0 fe:01 12\n" b"7f-80 rw-p 0 00:00 0 [heap]\n" b"\n\n" b"7f-80 r-xp 0 fe:01 5 /ok\n"
             b"7f-80 rw-p 0 fe:01 5 /ok\n")
-    assert parse_maps(junk) == {(b"/ok", b"5", b"fe:01"): True}
+    parsed = [m for line in junk.split(b"\n") if (m := parse_map_line(line))]
+    assert parsed == [(b"/ok", b"5", b"fe:01", True), (b"/ok", b"5", b"fe:01", False)]
 
 
 def test_huge_maps(tmp_path: Path, root: Path) -> None:
     maps = b"".join(map_line(f"/usr/lib/l{i % 500}.so", 1000 + i % 500, start=0x10000 * i)
                     for i in range(100_000))
-    assert len(parse_maps(maps)) == 500
+    assert len({m[:3] for line in maps.split(b"\n") if (m := parse_map_line(line))}) == 500
     proc = build(tmp_path / "proc", [FakeProcess(10, maps, root=root)])
     [p] = scan(proc, EVERYTHING).processes
     assert len(p.stale) == 500
@@ -197,9 +200,9 @@ def test_with_a_deadline_system_processes_go_first_and_the_rest_is_counted(tmp_p
     proc = build(tmp_path / "proc", procs)
     for pid, uid in ((10, 1000), (30, 1001), (40, 101)):
         os.chown(proc / str(pid), uid, uid)
-    ticks = iter(range(100))
-    result = scan(proc, EVERYTHING, deadline=2.5, clock=lambda: next(ticks))
-    assert [p.pid for p in result.processes] == [20, 40, 10]  # 0, 1, 2 <= 2.5; then 3 > 2.5
+    ticks = iter(range(100))  # the clock is read before each process and as its maps are read
+    result = scan(proc, EVERYTHING, deadline=2.5, clock=lambda: next(ticks) / 2)
+    assert [p.pid for p in result.processes] == [20, 40, 10]  # started at 0, 1, 2 <= 2.5; then 3 > 2.5
     assert (result.scanned, result.unscanned) == (3, 1)
     unbounded = scan(proc, EVERYTHING)
     assert [p.pid for p in unbounded.processes] == [10, 20, 30, 40] and unbounded.unscanned == 0
@@ -211,7 +214,8 @@ def test_mount_points_are_never_looked_at(tmp_path: Path, root: Path) -> None:
     from restart.scan import never_packaged
 
     prefixes = never_packaged(default_data_dir())
-    maps = b"".join(map_line(f"{d}/host/lib.so (deleted)", 7) for d in ("/net", "/mnt", "/media", "/afs", "/misc"))
+    maps = b"".join(map_line(f"{d}/host/lib.so (deleted)", 7 + i)
+                    for i, d in enumerate(("/net", "/mnt", "/media", "/afs", "/misc")))
     proc = build(tmp_path / "proc", [FakeProcess(10, maps, root=root)])
     assert scan(proc, Selection(skip_prefixes=prefixes)).processes == []
     assert len(scan(proc, EVERYTHING).processes[0].stale) == 5
@@ -227,3 +231,39 @@ def test_lines_of_any_layout_are_judged_by_dev_inode_and_path(tmp_path: Path) ->
                  FakeProcess(12, fresh, mnt="mnt:[1]")]
         result = scan(build(tmp_path / f"proc-{start:x}", procs), EVERYTHING)
         assert [p.pid for p in result.processes] == [11], hex(start)
+
+
+@pytest.mark.parametrize("budget", ["PROCESS_BYTES", "PROCESS_LINES", "PROCESS_SECONDS"])
+def test_a_process_over_a_budget_is_named_unscanned_never_clean(tmp_path: Path, root: Path, budget: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: a user decides how long her maps are and how slowly the kernel writes them; the budget is
+    checked while they are read, and what was read of a process over it is never a finding."""
+    stale = map_line(LIB, ino(root, LIB) + 1)
+    filler = b"".join(map_line(f"/home/m/f{i}", 100 + i, start=0x10000 * (i + 1)) for i in range(20_000))
+    proc = build(tmp_path / "proc", [FakeProcess(10, stale, root=root), FakeProcess(20, stale + filler, root=root),
+                                     FakeProcess(30, stale, root=root)])
+    (proc / "20" / "comm").write_bytes(b"big\x1b[1m\n")
+    ticks = iter(range(10_000))  # CPU seconds: one per read() and per look at the clock
+    cpu = (lambda: next(ticks)) if budget == "PROCESS_SECONDS" else time.thread_time
+    monkeypatch.setattr(processes, budget, {"PROCESS_BYTES": 200_000, "PROCESS_LINES": 10_000,
+                                            "PROCESS_SECONDS": 5}[budget])
+    result = scan(proc, EVERYTHING, cpu_clock=cpu)
+    assert [p.pid for p in result.processes] == [10, 30]  # the run goes on past it
+    assert result.unscanned == 1 and [(u.pid, u.comm) for u in result.over_budget] == [(20, "big\x1b[1m")]
+    # Named in the report (its name quoted and escaped) and in the metrics.
+    assert 'process 20 "big\\x1b[1m" of uid 0 was not scanned: ' in report.unscanned_note(result)
+    metrics = formats.openmetrics(None, [], result, [], last_run=None, current_boot=True)
+    assert 'restartctl_unscanned_process{pid="20",uid="0"} 1' in metrics
+    assert 'restartctl_unreadable_processes{why="budget"} 1' in metrics
+    monkeypatch.undo()
+    assert [p.pid for p in scan(proc, EVERYTHING).processes] == [10, 20, 30]
+
+
+def test_an_overlong_maps_line_is_dropped_without_being_held(tmp_path: Path, root: Path) -> None:
+    """Why: no package file has a path longer than PATH_MAX; such a line (a user's file 16,000
+    directories deep) is skipped, and the line after it is still read whole."""
+    deep = "/srv" + "/d" * 20_000 + "/lib.so"
+    stale = map_line(LIB, ino(root, LIB) + 1, start=0x20000)
+    proc = build(tmp_path / "proc", [FakeProcess(10, map_line(deep, 77) * 3 + stale, root=root)])
+    [p] = scan(proc, EVERYTHING).processes
+    assert [s.path for s in p.stale] == [LIB]

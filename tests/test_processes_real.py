@@ -12,13 +12,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from restart.processes import CODE, DATA, EXE, FD, ScanResult, Selection, scan
 from restart.units import CONTAINER, SYSTEM, cgroup_path, resolve
+from tests.support.container import cgroup_roots
 
 EVERYTHING = Selection(everything=True)
 PYTHON = "/usr/bin/python3"
@@ -183,7 +184,9 @@ def test_private_mount_namespace_is_a_host_process(work: Path, spawn: list[subpr
     assert p.pid_namespace is None and p.stale[0].kind == EXE
 
 
-def test_child_pid_namespace_is_a_container(work: Path, spawn: list[subprocess.Popen[bytes]]) -> None:
+@pytest.mark.real  # root: it makes a cgroup in the host's hierarchies
+def test_child_pid_namespace_is_a_container(work: Path, spawn: list[subprocess.Popen[bytes]],
+                                            own_cgroup: Callable[[str], list[Path]]) -> None:
     exe = gcc(SLEEPER_C, work / "sleeper")
     start(spawn, ["/usr/bin/unshare", "--pid", "--fork", "--kill-child", str(exe)], "unshare")
     deadline = time.monotonic() + 10
@@ -193,46 +196,58 @@ def test_child_pid_namespace_is_a_container(work: Path, spawn: list[subprocess.P
         child = int(kids[0]) if kids else None
         time.sleep(0.02)
     assert child is not None
+    # In a cgroup of its own, as a container manager would put it (pytest itself may run in a login
+    # session, and a session's processes stay the user's whatever namespace they make).
+    for d in own_cgroup(f"rctl-test-{os.getpid()}.ns"):
+        (d / "cgroup.procs").write_text(str(child))
     replace(exe, exe.read_bytes() + b"\0")
     [p] = scan_pid(child).processes
     assert p.pid_namespace is not None and p.pid_namespace.startswith("pid:[")
     assert resolve(cgroup_path(p.cgroup), pid_namespace=p.pid_namespace).kind == CONTAINER
 
 
-CGROUP_ROOTS = [Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified")]
-
-
 @pytest.fixture
-def fake_unit_cgroup() -> Iterator[str]:
-    """A system.slice/NAME.service cgroup in the host's hierarchies (systemd is not PID 1 here)."""
-    name = f"rctl-test-{os.getpid()}.service"
-    roots = [r for r in CGROUP_ROOTS if (r / "cgroup.procs").exists()]
-    assert roots, "no writable cgroup hierarchy on this host"
-    made = []  # every directory this fixture created, removed deepest first
-    for r in roots:
-        for d in (r / "system.slice", r / "system.slice" / name):
-            if not d.exists():
-                d.mkdir()
-                made.append(d)
-    yield name
-    for d in reversed(made):
-        top = next(r for r in roots if d.is_relative_to(r))
+def own_cgroup() -> Iterator[Callable[[str], list[Path]]]:
+    """Make cgroup ``REL`` (e.g. ``system.slice/x.service``) in each of the host's hierarchies.
+
+    The hierarchies come from mountinfo (tests/support/container.py): cgroup2 alone on a pure v2 host,
+    plus the ``name=systemd`` v1 one on a hybrid host. Returns the directories made; at the end, their
+    processes go back to the hierarchy's root and the directories this fixture created are removed.
+    """
+    made: list[tuple[Path, Path]] = []  # (hierarchy, directory this fixture created), deepest last
+
+    def make(rel: str) -> list[Path]:
+        dirs = []
+        for top in cgroup_roots():
+            d = top
+            for part in rel.split("/"):
+                d = d / part
+                if not d.exists():
+                    d.mkdir()
+                    made.append((top, d))
+            dirs.append(d)
+        return dirs
+
+    yield make
+    for top, d in reversed(made):
         for pid in (d / "cgroup.procs").read_text().split():
-            (top / "cgroup.procs").write_text(pid)
+            with contextlib.suppress(ProcessLookupError):
+                (top / "cgroup.procs").write_text(pid)
         d.rmdir()
 
 
-def test_real_cgroup_names_the_unit(work: Path, spawn: list[subprocess.Popen[bytes]], fake_unit_cgroup: str) -> None:
+@pytest.mark.real  # root: it makes cgroups in the host's hierarchies
+def test_real_cgroup_names_the_unit(work: Path, spawn: list[subprocess.Popen[bytes]],
+                                    own_cgroup: Callable[[str], list[Path]]) -> None:
+    name = f"rctl-test-{os.getpid()}.service"
     exe = gcc(SLEEPER_C, work / "sleeper")
     pid = start(spawn, [str(exe)], str(exe))
-    for r in CGROUP_ROOTS:
-        procs = r / "system.slice" / fake_unit_cgroup / "cgroup.procs"
-        if procs.exists():
-            procs.write_text(str(pid))
+    for d in own_cgroup(f"system.slice/{name}"):
+        (d / "cgroup.procs").write_text(str(pid))
     replace(exe, exe.read_bytes() + b"\0")
     [p] = scan_pid(pid).processes
     unit = resolve(cgroup_path(p.cgroup))
-    assert (unit.kind, unit.name) == (SYSTEM, fake_unit_cgroup)
+    assert (unit.kind, unit.name) == (SYSTEM, name)
 
 
 def test_scan_of_the_whole_host_terminates_and_skips_itself() -> None:

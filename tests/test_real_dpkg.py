@@ -157,7 +157,7 @@ def test_text_report(upgraded_systemd_host: dict[str, Any]) -> None:
     assert r.returncode == 1
     assert "restart: systemctl restart -- rctl-sleep.service" in r.stdout
     assert "(login session of user" in r.stdout
-    assert r.stdout.splitlines()[-1].startswith("Plan: ")
+    assert r.stdout.splitlines()[1].startswith("Plan: ")  # the summary first
 
 
 # ---------------------------------------------------------------- without systemd

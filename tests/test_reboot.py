@@ -243,6 +243,7 @@ def _status_in(c: Container) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.real  # root and systemd-nspawn: dpkg runs in a container
 def test_kernel_packages_installed_by_real_dpkg(plain_container: Container, tmp_path: Path) -> None:
     """Kernel image packages named after the running release, installed by dpkg in a container."""
     c = plain_container

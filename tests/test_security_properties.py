@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from restart import plan, policy, units
 from restart.packages import fs_decode, parse_diversions
-from restart.processes import ProcessInfo, StaleFile, parse_maps, parse_status
+from restart.processes import ProcessInfo, StaleFile, parse_map_line, parse_status
 from restart.text import printable
 from restart.units import (
     CONTAINER,
@@ -66,7 +66,7 @@ any_bytes = st.one_of(st.binary(max_size=400),
 @given(any_bytes)
 def test_parse_maps_never_raises(data: bytes) -> None:
     """Why: a process chooses its mapped file names; nothing in them may stop the scan."""
-    for (path, inode, _dev), executable in parse_maps(data).items():
+    for path, inode, _dev, executable in filter(None, map(parse_map_line, data.split(b"\n"))):
         assert path.startswith(b"/") and b"\n" not in path
         assert inode.isdigit() and inode != b"0"
         assert isinstance(executable, bool)
@@ -82,7 +82,7 @@ def test_parse_maps_keeps_any_path_whole(entries: list[tuple[bytes, int, str]]) 
     """Why: spaces, '(deleted)' or escapes in a name must not split or shorten the path we check."""
     data = b"".join(b"7f00-7f01 %s 00000000 fe:01 %d                   /%s\n" % (p.encode(), i, raw)
                     for raw, i, p in entries)
-    parsed = parse_maps(data)
+    parsed = {m[:3] for line in data.split(b"\n") if (m := parse_map_line(line))}
     for raw, inode, _perms in entries:
         assert (b"/" + raw, str(inode).encode(), b"fe:01") in parsed
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.container import HARNESS_CGROUP, Container, cgroup_roots
+from tests.support.container import HARNESS_CGROUP, HOST_LEAKS, Container, cgroup_roots
 from tests.support.debs import host_arch, multiarch
 
 pytestmark = pytest.mark.real
@@ -249,6 +249,26 @@ def test_container_factory_and_binds(container_factory: Callable[..., Container]
     assert c.read_file("/mnt/ro/f") == b"host\n"
     assert c.exec(["touch", "/mnt/ro/g"]).returncode != 0
     assert c.check(["cat", "/proc/self/mountinfo"]).count(" /mnt/ro ") == 1
+
+
+def test_host_configuration_never_leaks_in(container_factory: Callable[..., Container]) -> None:
+    """The host's policy-rc.d and needrestart hooks are hidden by default; ``hide`` says what is hidden."""
+    c = container_factory("rctl-hidden", boot=False)
+    assert [p for p in HOST_LEAKS if c.exec(["test", "-e", p]).returncode == 0] == []
+    # The mechanism, on a file every Debian host has: hidden inside, untouched on the host.
+    c = container_factory("rctl-shown", boot=False, hide=("/etc/debian_version",))
+    assert c.exec(["test", "-e", "/etc/debian_version"]).returncode == 1
+    assert Path("/etc/debian_version").is_file()
+    assert [p for p in HOST_LEAKS if c.exec(["test", "-e", p]).returncode == 0] == \
+        [p for p in HOST_LEAKS if Path(p).exists()]
+
+
+def test_forbid_service_starts(plain_container: Container) -> None:
+    c = plain_container
+    assert c.exec(["test", "-e", "/usr/sbin/policy-rc.d"]).returncode == 1
+    c.forbid_service_starts()
+    assert c.exec(["/usr/sbin/policy-rc.d", "x", "start"]).returncode == 101
+    c.check(["rm", "/usr/sbin/policy-rc.d"])
 
 
 # ---------------------------------------------------------------------------------------- cleanup

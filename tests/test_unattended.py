@@ -39,8 +39,6 @@ def test_one_report_after_a_minimal_steps_run(container_factory: Callable[..., C
     c = container_factory("rctl-uu", boot=True)
     install_hooks(c)
     c.write_file("/etc/restartctl/policy.toml", f'[settings]\nunattended_mode = "{mode}"\n')
-    if mode == "auto":
-        c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])  # the host image's Docker-style "forbid everything"
     names = ("rctl-libdemo1", "rctl-demod", "rctl-sleeper")
     repo = c.scratch / "uurepo"
     make_local_repo(repo, [demo_debs[v][n] for v in ("1.0", "2.0") for n in names])

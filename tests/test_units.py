@@ -115,7 +115,7 @@ def test_guess_init_script() -> None:
                              {"apache2", "apache-htcacheclean"}) == "apache2"
     assert guess_init_script("/usr/sbin/smbd", ["smbd"], {"smbd"}) == "smbd"
     assert guess_init_script("/usr/sbin/x", ["a", "b"], {"a", "b"}) is None
-    assert guess_init_script("/usr/bin/foo", [], {"foo"}) == "foo"
+    assert guess_init_script("/usr/bin/foo", [], {"foo"}) is None  # another package's (or no package's) script
     assert guess_init_script("/usr/bin/foo", [], set()) is None
     assert guess_init_script("/usr/bin/foo", ["gone"], set()) is None
     assert guess_init_script("/tmp/;reboot", [], {";reboot"}) is None

@@ -19,6 +19,8 @@ How (one mechanism for both flavours):
   ``payload/rctl-harness/exec-N`` (``spawn-N`` for background processes), so a timed-out command and
   everything it forked can be killed by cgroup; inside, such a process's cgroup reads
   ``/rctl-harness/exec-N`` (not a systemd unit).
+- The lower root's host configuration (HOST_LEAKS: a Docker-style ``policy-rc.d``, needrestart's
+  apt/dpkg hooks) is hidden by whiteouts, so every container starts as a plain Debian system.
 - The repository checkout is bind-mounted read-only at its own path; a host temporary directory is
   bind-mounted read-write at ``/srv/rctl`` (nspawn puts a tmpfs on the container's ``/tmp``).
 """
@@ -74,8 +76,20 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/rctl-ovl/upper /run/rctl-ovl/work /run/rctl-ovl/root
 mount -t overlay -o "lowerdir=$lower,upperdir=/run/rctl-ovl/upper,workdir=/run/rctl-ovl/work" \
     overlay /run/rctl-ovl/root
+while [ "$1" != -- ]; do rm -f -- "/run/rctl-ovl/root$1"; shift; done; shift
 exec "$@"
 """
+
+# Files of the lower root that never show inside a container (whiteouts in the overlay's upper layer):
+# host configuration that would change what the tests measure. A test that wants one writes it itself
+# (:meth:`Container.forbid_service_starts` for the Docker-style policy-rc.d).
+HOST_LEAKS = (
+    "/usr/sbin/policy-rc.d",  # a Docker-style "exit 101": every service start and restart forbidden
+    "/etc/apt/apt.conf.d/99needrestart",  # needrestart's own apt and dpkg hooks
+    "/etc/dpkg/dpkg.cfg.d/needrestart",
+)
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+FORBID_ALL = "#!/bin/sh\n# Docker-style: no service may be started or restarted by package tooling.\nexit 101\n"
 
 # Joins the given cgroups, then execs the rest (argv: cgroup.procs files, "--", command).
 _JOIN_SCRIPT = r"""
@@ -223,12 +237,18 @@ class Container:
         init_args: Sequence[str] = ("--unit=basic.target",),
         nspawn_args: Sequence[str] = (),
         start_timeout: float = START_TIMEOUT,
+        hide: Sequence[str] = HOST_LEAKS,
+        unified: bool = False,
     ) -> None:
         """Describe a container; nothing starts before :meth:`start` / ``with``.
 
         ``binds``: ``"SRC[:DST]"`` (read-write), ``(src, dst)`` or ``(src, dst, read_only)``.
         ``lower``: the overlay's lower directory (host ``/``, or e.g. a debootstrap tree).
         ``init_args``: arguments for the container's systemd (``boot=True`` only).
+        ``hide``: absolute paths of the lower root that do not exist inside (default: HOST_LEAKS).
+        ``unified``: a pure cgroup v2 container even on a hybrid host (systemd-nspawn's
+        ``SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1``, as Debian 13 boots); the harness then stays out of
+        the v1 ``name=systemd`` hierarchy, so no process inside shows a v1 systemd path.
         """
         if not _NAME_RE.match(name):
             raise ValueError(f"container name must match {_NAME_RE.pattern}: {name!r}")
@@ -241,6 +261,10 @@ class Container:
         self.init_args = list(init_args)
         self.nspawn_args = list(nspawn_args)
         self.start_timeout = start_timeout
+        if any(not h.startswith("/") or "/../" in f"{h}/" or "\n" in h for h in hide):
+            raise ValueError(f"hidden paths must be absolute, without '..' or newline: {hide!r}")
+        self.hide = list(hide)
+        self.unified = unified
         self._bind_args = [self._bind_arg(b) for b in binds]
         self.cgroup_name = f"rctl-test.{name}.{os.getpid()}.{next(_counter)}"
         self._cg_tops: list[Path] = []  # our cgroup dirs, cgroup2 first
@@ -330,7 +354,7 @@ class Container:
     def _start(self) -> None:
         v2, v1 = _cgroup_mounts()
         for hierarchy in (v2, v1):
-            if hierarchy is None:
+            if hierarchy is None or (self.unified and hierarchy is v1):
                 continue
             top = hierarchy / self.cgroup_name
             top.mkdir()  # fails if it exists: never adopt a directory we did not create
@@ -362,14 +386,14 @@ class Container:
             argv += ["--as-pid2", "--", SLEEP, "infinity"]
         procs = [str(top / "cgroup.procs") for top in self._cg_tops]
         full = [UNSHARE, "--mount", "--propagation", "private", SH, "-ec", _START_SCRIPT, "sh"]
-        full += [*procs, "--", str(self.lower), *argv]
+        full += [*procs, "--", str(self.lower), *self.hide, "--", *argv]
         with open(self._console, "wb") as console:
             self._proc = subprocess.Popen(
                 full,
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
-                env=CLEAN_ENV,
+                env={**CLEAN_ENV, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"} if self.unified else CLEAN_ENV,
                 start_new_session=True,  # a ^C to the test run must not hit nspawn before stop()
             )
         deadline = time.monotonic() + self.start_timeout
@@ -405,7 +429,8 @@ class Container:
                 lines = f.read().splitlines()
         except OSError:
             return False
-        paths = [line.split(":", 2)[2] for line in lines if line.startswith("0::") or ":name=systemd:" in line]
+        v1 = ":name=systemd:"  # our v1 directory exists only for a hybrid container
+        paths = [line.split(":", 2)[2] for line in lines if line.startswith("0::") or (v1 in line and not self.unified)]
         # systemd as PID 1 soon moves itself on to payload/init.scope
         return len(paths) == len(self._cg_tops) and all(p == want or p.startswith(want + "/") for p in paths)
 
@@ -658,6 +683,10 @@ class Container:
             raise OSError(f"read {path_inside} in {self.name}: {r.stderr.decode(errors='replace')}")
         return r.stdout
 
+    def forbid_service_starts(self) -> None:
+        """Install a Docker-style policy-rc.d that forbids every start (as container images ship)."""
+        self.write_file(POLICY_RC_D, FORBID_ALL, mode=0o755)
+
     def copy_in(self, src: Path, name: str | None = None) -> str:
         """Copy a host file into the scratch dir; return its path inside (``/srv/rctl/...``)."""
         dest = self.scratch / (name or src.name)
@@ -874,6 +903,7 @@ def apt_config(repo_dir: Path, *, seen_at: str | None = None) -> str:
 __all__ = [
     "CLEAN_ENV",
     "HARNESS_CGROUP",
+    "HOST_LEAKS",
     "REPO_ROOT",
     "SCRATCH",
     "Bind",

@@ -106,7 +106,32 @@ def cached_debs(*names: str) -> list[Path]:
     missing = [n for n, f in zip(names, found, strict=True) if not f]
     if missing:
         pytest.fail(f"{missing} not downloaded to {CACHE}: run tests/run.sh (it fetches them)", pytrace=False)
-    return [f[-1] for f in found]
+    return _with_cached_dependencies([f[-1] for f in found])
+
+
+def _with_cached_dependencies(debs: list[Path]) -> list[Path]:
+    """``debs`` plus the cached .debs of their dependencies that this host does not have installed.
+
+    Why: the container overlays the host, whose release decides what is missing (Debian 13's
+    unattended-upgrades needs lsb-release, its libnotify4 libgdk-pixbuf-2.0-0); tests/run.sh
+    downloads exactly those, and dpkg -i needs them in the same run.
+    """
+    chosen = {_run([DPKG_DEB, "-f", str(d), "Package"]).strip(): d for d in debs}
+    todo = list(debs)
+    while todo:
+        depends = _run([DPKG_DEB, "-f", str(todo.pop()), "Pre-Depends", "Depends"])
+        for name in re.findall(r"(?:^|[,|:]\s*)([a-z0-9][a-z0-9+.-]+)", depends, re.MULTILINE):
+            cached = sorted(CACHE.glob(f"{name}_*.deb"))
+            if name in chosen or not cached or _installed(name):
+                continue
+            chosen[name] = cached[-1]
+            todo.append(cached[-1])
+    return list(chosen.values())
+
+
+def _installed(name: str) -> bool:
+    proc = subprocess.run([DPKG, "-s", name], env=_CLEAN_ENV, capture_output=True, timeout=60, check=False)
+    return proc.returncode == 0 and b"Status: install ok installed" in proc.stdout
 
 
 def compile_jar(sources: Mapping[str, str], out: Path, *, class_path: Sequence[Path] = (),

@@ -8,15 +8,19 @@ Missing prerequisites make the requesting test FAIL with the reason, never skip.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from . import PrerequisiteError
 from .container import Bind, Container
 from .debs import demo_packages
+from .package import BuildError, Built, build_package
+from .rootfs import REAL_ARCHIVE_TIER, TRIXIE_TIER, debootstrap_root, updates_for
 
 DEMO_VERSIONS = ("1.0", "2.0")
 
@@ -67,6 +71,68 @@ def demo_debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, P
     pytest.fail(missing, pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """restartctl's own .deb, built once per session from a copy of the checkout (support/package.py)."""
+    try:
+        return build_package(tmp_path_factory.mktemp("rctl-pkg"))
+    except BuildError as e:
+        message = str(e)
+    pytest.fail(message, pytrace=False)
+
+
+def _root(suite: str, packages: Sequence[str]) -> Path:
+    """The cached root of a tier (built now if no run built it before; see prepare_roots)."""
+    _require_root()
+    try:
+        return debootstrap_root(suite, packages)
+    except PrerequisiteError as e:
+        missing = str(e)
+    pytest.fail(missing, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def trixie_root() -> Path:
+    """The Debian 13 tier's root (tests/test_trixie.py): read-only, an overlay's lower layer."""
+    return _root(*TRIXIE_TIER)
+
+
+@pytest.fixture(scope="session")
+def real_archive_root() -> Path:
+    """The real-archive tier's root (tests/test_real_archive.py): read-only, an overlay's lower layer."""
+    return _root(*REAL_ARCHIVE_TIER)
+
+
+_ROOT_FIXTURES = {"real_archive_root": REAL_ARCHIVE_TIER, "trixie_root": TRIXIE_TIER}  # in the order tests run
+
+
+def prepare_roots(items: Sequence[pytest.Item]) -> threading.Thread | None:
+    """Build the roots (and fetch the updates) the selected tests will need, in a background thread.
+
+    Why: a cold cache (a fresh clone in CI) costs minutes of debootstrap, mostly downloads and dpkg
+    waiting on the disk; built while the other tests run, the tiers find them ready (their fixtures
+    wait on the same lock). A failure here is not reported: the fixture builds again and fails
+    with the reason.
+    """
+    used = {name for i in items for name in getattr(i, "fixturenames", ())}
+    wanted = [tier for name, tier in _ROOT_FIXTURES.items() if name in used]
+    if not wanted or os.geteuid() != 0:
+        return None
+
+    def build() -> None:
+        for suite, packages in wanted:
+            try:
+                root = debootstrap_root(suite, packages)
+                if (suite, packages) == REAL_ARCHIVE_TIER:
+                    updates_for(root, suite)
+            except Exception:
+                return
+
+    thread = threading.Thread(target=build, name="rctl-prepare-roots", daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.fixture(scope="module")
 def systemd_container() -> Iterator[Container]:
     """A container with systemd 252 as PID 1 (basic.target), shared by the tests of one module."""
@@ -95,12 +161,15 @@ def plain_container() -> Iterator[Container]:
 def container_factory() -> Iterator[Callable[..., Container]]:
     """Start fresh containers for one test: ``container_factory("name", boot=True, binds=...)``.
 
+    Further keywords go to :class:`Container` (``repo``, ``unified``, ``hide``, ...).
+
     Every container it started is stopped when the test ends, even on failure.
     """
     started: list[Container] = []
 
-    def make(name: str, *, boot: bool, binds: Sequence[Bind] = (), lower: Path = Path("/")) -> Container:
-        c = Container(name, boot=boot, binds=binds, lower=lower)
+    def make(name: str, *, boot: bool, binds: Sequence[Bind] = (), lower: Path = Path("/"),
+             **options: Any) -> Container:
+        c = Container(name, boot=boot, binds=binds, lower=lower, **options)
         started.append(c)
         return _start(c)
 
@@ -117,4 +186,5 @@ def container_factory() -> Iterator[Callable[..., Container]]:
             raise RuntimeError("; ".join(errors))
 
 
-__all__ = ["TIMINGS", "container_factory", "demo_debs", "plain_container", "systemd_container"]
+__all__ = ["TIMINGS", "built", "container_factory", "demo_debs", "plain_container", "real_archive_root",
+           "systemd_container", "trixie_root"]

@@ -1,0 +1,264 @@
+"""The admin's view for real: restartctl in a systemd 252 container, driven through a real
+pseudo-terminal (python's pty module, inside the container) like an admin at the keyboard."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.container import Container
+from tests.test_apply import NAMES, RCTL, apply, setup, unit_file
+
+pytestmark = pytest.mark.real
+
+# Runs inside the container: starts argv on a new pseudo-terminal, then for each step waits for a
+# text ("expect") or types ("send"); prints the transcript and the exit status as JSON.
+DRIVER = r"""
+import json, os, pty, select, sys, time
+argv, steps = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+pid, fd = pty.fork()
+if pid == 0:
+    os.execve(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TERM": "dumb",
+                              **json.loads(sys.argv[3])})
+out, missing = b"", None
+
+def more(timeout):
+    global out
+    if not select.select([fd], [], [], timeout)[0]:
+        return False
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return False
+    out += data
+    return bool(data)
+
+for kind, arg in steps:
+    if kind == "send":
+        os.write(fd, arg.encode())
+        continue
+    end = time.monotonic() + 90
+    while arg.encode() not in out:
+        if time.monotonic() > end or not more(end - time.monotonic()):
+            missing = arg
+            break
+    if missing is not None:
+        break
+while more(90):
+    pass
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"missing": missing, "out": out.decode("utf-8", "replace"),
+                  "code": os.waitstatus_to_exitcode(status)}))
+"""
+
+
+def at_terminal(c: Container, argv: Sequence[str], steps: list[tuple[str, str]],
+                env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``argv`` on a pseudo-terminal in the container; every expected text must appear."""
+    c.write_file("/srv/rctl/pty-driver.py", DRIVER)
+    r = c.exec(["/usr/bin/python3", "/srv/rctl/pty-driver.py", json.dumps(list(argv)), json.dumps(steps),
+                json.dumps(env or {})], timeout=300)
+    assert r.returncode == 0, r.stderr
+    result: dict[str, Any] = json.loads(r.stdout)
+    out = result["out"].replace("\r\n", "\n")
+    assert result["missing"] is None, f"never saw {result['missing']!r} in:\n{out}"
+    assert "Traceback" not in out, out
+    return result["code"], out
+
+
+def status(c: Container) -> tuple[int, str]:
+    r = c.exec([*RCTL, "status"])
+    return r.returncode, r.stdout + r.stderr
+
+
+def pending_units(c: Container) -> dict[str, str]:
+    doc = json.loads(c.exec([*RCTL, "status", "--json"]).stdout)
+    return {u["unit"]: u["status"] for u in doc["last_run"]["units"]}
+
+
+@pytest.fixture
+def c(container_factory: Callable[..., Container]) -> Container:
+    return container_factory("rctl-admin", boot=True)
+
+
+SLOW = unit_file("/usr/bin/rctl-sleeper", "ExecStop=/bin/sleep 8")
+ORDER = '[settings]\nunattended_mode = "list"\nrestart_first = ["rctl-demod.service"]\n' \
+        'restart_last = ["rctl-other.service"]\n'
+
+
+def test_ctrl_c_during_a_slow_restart_records_the_partial_outcome(c: Container,
+                                                                   demo_debs: dict[str, dict[str, Path]]) -> None:
+    setup(c, demo_debs, units={"rctl-slow.service": SLOW, "rctl-other.service": unit_file("/usr/bin/rctl-sleeper")})
+    c.write_file("/etc/restartctl/policy.toml", ORDER)
+    code, out = at_terminal(c, [*RCTL, "apply", "--yes"], [
+        ("expect", "3 units, 3 packages"),               # the summary comes first,
+        ("expect", "rctl-demod.service: restarted"),      # then a line as each restart finishes
+        ("send", "\x03"),                                 # Ctrl-C while rctl-slow.service stops (8 s)
+        ("expect", "interrupted: 2 units not handled stay pending")])
+    assert code == 130, out
+    assert out.index("3 units, 3 packages") < out.index("rctl-demod.service: restarted")
+    units = pending_units(c)
+    assert units["rctl-demod.service"] == "done" and units["rctl-other.service"] != "done", units
+    code, text = status(c)
+    assert code == 1 and "1 restarted, 2 pending" in text, text
+    c.wait_active("rctl-slow.service")  # systemd finishes the restart it was asked for
+
+
+def test_ask_mode_summary_legend_progress_and_ctrl_c(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    setup(c, demo_debs, units={"rctl-other.service": unit_file("/usr/bin/rctl-sleeper")})
+    c.write_file("/etc/restartctl/policy.toml", ORDER)
+    code, out = at_terminal(c, [*RCTL, "apply", "--mode", "ask"], [
+        ("expect", "rctl-demod.service: systemctl restart -- rctl-demod.service? [Y/n/a/q/?] "),
+        ("send", "?\n"),
+        ("expect", "q: restart nothing more"),
+        ("expect", "rctl-demod.service? [Y/n/a/q/?] "),  # asked again
+        ("send", "y\n"),
+        ("expect", "rctl-demod.service: restarted"),      # progress before the next question
+        ("expect", "rctl-other.service? [Y/n/a/q/?] "),
+        ("send", "\x03"),
+        ("expect", "interrupted: 1 unit not handled stays pending")])
+    assert code == 130, out
+    first_question = out.index("? [Y/n/a/q/?]")
+    summary = out[:first_question]
+    assert "2 units, 3 packages" in summary, out
+    assert "rctl-other.service: restart: service uses replaced files" in summary, out  # the reason per unit
+    assert re.search(r"Enter means yes, \? explains the answers; within \d+ s", summary), out
+    assert pending_units(c) == {"rctl-demod.service": "done", "rctl-other.service": "listed"}
+
+
+def test_ask_mode_default_no_and_end_of_input(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    setup(c, demo_debs, units={"rctl-other.service": unit_file("/usr/bin/rctl-sleeper")})
+    c.write_file("/etc/restartctl/policy.toml", ORDER + 'ask_default = "no"\n')
+    old = c.main_pid("rctl-demod.service")
+    code, out = at_terminal(c, [*RCTL, "apply", "--mode", "ask"], [
+        ("expect", "rctl-demod.service? [y/N/a/q/?] "),
+        ("send", "\n"),                                   # Enter: no
+        ("expect", "rctl-demod.service: left alone"),
+        ("expect", "rctl-other.service? [y/N/a/q/?] "),
+        ("send", "\x04"),                                 # Ctrl-D: end of input
+        ("expect", "left alone")])
+    assert code == 0, out
+    assert c.main_pid("rctl-demod.service") == old
+    assert "rctl-other.service: left alone: not asked: the prompt was quit before it" in out, out
+    assert "Enter means no" in out
+
+
+def test_ask_mode_without_a_terminal_says_it_only_lists(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    setup(c, demo_debs)
+    code, out = apply(c, "--mode", "ask")
+    assert "mode ask needs a terminal and there is none: only listing (mode list)" in out, out
+    assert "[Y/n/a/q" not in out
+
+
+def test_the_hook_ask_mode_on_the_apt_terminal(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    """apt at a terminal, the policy asks: Ctrl-C at the hook's prompt is recorded, never a traceback;
+    the next apt run with -y does not stop at the prompt."""
+    setup(c, demo_debs)
+    c.write_file("/etc/restartctl/policy.toml", '[settings]\nmode = "ask"\n')
+    c.install_debs([demo_debs["1.0"][n] for n in NAMES])   # back to v1, restarted onto it
+    c.systemctl("restart", "rctl-demod.service")
+    c.wait_active("rctl-demod.service")
+    c.exec(["rm", "-f", "/var/lib/restartctl/pending.json"])
+    cfg = c.local_repo([demo_debs["2.0"][n] for n in NAMES])
+    c.check(["apt-get", "-q", "update"], env={"APT_CONFIG": cfg})
+    # The harness's apt configuration assumes yes: this first run is told not to.
+    apt = ["/usr/bin/apt-get", "-q", "-o", "Dpkg::Use-Pty=0", "-o", "APT::Get::Assume-Yes=false", "install", *NAMES]
+    code, out = at_terminal(c, apt, [("expect", "rctl-demod.service? [Y/n/a/q/?] "), ("send", "\x03"),
+                                     ("expect", "not handled stay")], env={"APT_CONFIG": cfg})
+    assert "interrupted: 1 unit not handled stays pending" in out, out
+    assert pending_units(c) == {"rctl-demod.service": "listed"}
+    # -y: apt was told to assume yes, so the hook does not ask either.
+    c.install_debs([demo_debs["1.0"][n] for n in NAMES])
+    c.systemctl("restart", "rctl-demod.service")
+    c.wait_active("rctl-demod.service")
+    old = c.main_pid("rctl-demod.service")
+    code, out = at_terminal(c, ["/usr/bin/apt-get", "-q", "-o", "Dpkg::Use-Pty=0", "-y", "install", *NAMES],
+                            [("expect", "restarted")],
+                            env={"APT_CONFIG": cfg})
+    assert "[Y/n/a/q" not in out and "assume yes (-y): restarting without asking" in out, out
+    assert c.main_pid("rctl-demod.service") not in (0, old)
+
+
+def restartctl_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("restartctl: ")]
+
+
+def test_the_apt_terminal_summary_backlog_and_next_step(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    """What a real apt upgrade prints: a short summary, a line per unit, the next step; the next apt run
+    names this transaction's units only and the earlier backlog in one line."""
+    from tests.support.checkout import install_hooks
+
+    install_hooks(c)
+    c.check(["rm", "-f", "/usr/sbin/policy-rc.d"])
+    c.write_file("/etc/restartctl/policy.toml", '[settings]\nunattended_mode = "list"\n')
+    c.install_debs([demo_debs["1.0"][n] for n in NAMES])
+    c.write_file("/etc/systemd/system/rctl-other.service", unit_file("/usr/bin/rctl-sleeper"))
+    c.systemctl("daemon-reload")
+    for unit in ("rctl-demod.service", "rctl-other.service"):
+        c.systemctl("start", unit)
+        c.wait_active(unit)
+    cfg = c.local_repo([demo_debs["2.0"][n] for n in (*NAMES, "rctl-oldlib1")])
+    c.check(["apt-get", "-q", "update"], env={"APT_CONFIG": cfg})
+    apt = ["apt-get", "-q", "-o", "Dpkg::Use-Pty=0", "install"]
+    r = c.exec([*apt, *NAMES], env={"APT_CONFIG": cfg}, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = restartctl_lines(r.stdout)
+    assert lines[0] == ("restartctl: 2 units, 3 packages (rctl-demod, rctl-libdemo1:amd64, rctl-sleeper) "
+                        "use replaced files:"), r.stdout
+    assert sorted(lines[1:3]) == [
+        "restartctl:   rctl-demod.service: restart: systemctl restart -- rctl-demod.service",
+        "restartctl:   rctl-other.service: restart: systemctl restart -- rctl-other.service"], r.stdout
+    assert lines[-1] == "restartctl: next: 'restartctl apply' restarts the 2 units listed", r.stdout
+    # The next transaction touches nothing those units use: they are the backlog, in one line.
+    r = c.exec([*apt, "rctl-oldlib1"], env={"APT_CONFIG": cfg}, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert restartctl_lines(r.stdout) == [
+        "restartctl: 2 units still pending from earlier runs ('restartctl status' lists them)",
+        "restartctl: nothing was restarted (list mode); 'restartctl plan' shows the details",
+        "restartctl: next: 'restartctl apply' restarts the 2 units listed"], r.stdout
+    code, text = status(c)
+    assert code == 1 and "rctl-demod.service (system): restart: service uses replaced files" in text, text
+
+
+def test_dry_run_agrees_with_the_real_run(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    script = ("/usr/bin/rctl-sleeper & while [ ! -e /srv/rctl/go ]; do sleep 0.1; done; "
+              "/usr/sbin/restartctl apply --dry-run > /srv/rctl/admin.out 2>&1; echo $? > /srv/rctl/admin.rc; "
+              "sleep 600")
+    setup(c, demo_debs, units={"rctl-admin.service": unit_file(f"/bin/sh -c '{script}'")})
+    c.write_file("/srv/rctl/go", "")
+    deadline = 60
+    while c.exec(["test", "-s", "/srv/rctl/admin.rc"]).returncode != 0:
+        deadline -= 1
+        assert deadline > 0, c.exec(["cat", "/srv/rctl/admin.out"]).stdout
+        c.exec(["sleep", "1"])
+    out = c.read_file("/srv/rctl/admin.out").decode()
+    assert ("rctl-admin.service: restart: systemctl restart -- rctl-admin.service "
+            "(would be skipped: restartctl itself runs inside this unit)") in out, out
+    assert "rctl-demod.service: restart: systemctl restart -- rctl-demod.service\n" in out, out
+    assert c.read_file("/srv/rctl/admin.rc").decode().strip() == "1"  # as plan: something to do
+    assert c.exec([*RCTL, "plan"]).returncode == 1
+
+
+def test_check_and_status_after_a_failed_restart(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    breakable = unit_file("/usr/bin/rctl-sleeper", "ExecStartPre=/bin/sh -c 'test ! -e /srv/rctl/break'")
+    setup(c, demo_debs, units={"rctl-bad.service": breakable})
+    c.write_file("/srv/rctl/break", "")
+    code, out = apply(c, "--yes")
+    assert code == 1 and "rctl-bad.service: FAILED" in out, out
+    assert "next: see why rctl-bad.service failed ('systemctl status rctl-bad.service')" in out, out
+    r = c.exec([*RCTL, "check"])
+    assert r.returncode == 2, r.stdout
+    assert r.stdout.startswith("RESTARTCTL CRITICAL - 1 unit down after a failed restart (rctl-bad.service)"), r.stdout
+    code, text = status(c)
+    assert code == 1 and "rctl-bad.service (system): restart FAILED" in text, text
+    assert "rctl-bad.service is not running now" in text, text
+    c.exec(["rm", "/srv/rctl/break"])
+    c.systemctl("start", "rctl-bad.service")
+    c.wait_active("rctl-bad.service")
+    r = c.exec([*RCTL, "check"])
+    assert "down after a failed restart" not in r.stdout, r.stdout
