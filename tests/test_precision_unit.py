@@ -154,6 +154,11 @@ def test_the_log_says_told_only_for_notices_that_went_out(tmp_path: Path) -> Non
     lines: list[str] = []
     assert execute.notify([group], run, lines.append, tmp_path / "no-apps", tmp_path / "proc") == 0
     assert lines == ["could not tell user bob (session 7) to restart demo: could not write to /dev/pts/4242"]
+    (run / "systemd" / "sessions" / "7").unlink()  # only the lingering manager's session is left
+    lines.clear()
+    assert execute.notify([group], run, lines.append, tmp_path / "no-apps", tmp_path / "proc") == 0
+    assert lines == ["could not tell user 1000: no login session a person sits at (a lingering manager or "
+                     "background sessions only); it stays pending"]
 
 
 # ---- the transaction's own processes
