@@ -170,7 +170,7 @@ def test_user_unit_restarted_only_when_the_policy_says_so(c: Container,
     old = c.main_pid("rctl-userd.service", user="alice")
     c.install_debs([demo_debs["2.0"][n] for n in NAMES])
     code, out = apply(c, "--yes")
-    assert code == 0 and "rctl-userd.service (user " in out and "notify" in out, out
+    assert code == 0 and '"rctl-userd.service" (user ' in out and "notify" in out, out
     assert c.main_pid("rctl-userd.service", user="alice") == old
     code, out = apply(c, "--yes", policy='[[rule]]\nscope = "user"\nunit = "rctl-*"\naction = "restart"\n')
     assert code == 0, out
