@@ -115,7 +115,8 @@ def test_lingering_users_unit(c: Container, demo_debs: dict[str, dict[str, Path]
     managers = c.exec(["sh", "-c", "grep -D skip -l '^CLASS=manager' /run/systemd/sessions/*"]).stdout
     assert managers.strip(), "no manager session: not systemd >= 256?"
     journal = c.exec(["journalctl", "--no-pager", "-o", "cat", "-t", "restartctl"]).stdout
-    assert "told user alice" not in journal, journal
+    assert "told user alice" not in journal and "could not tell user alice (session" not in journal, journal
+    assert f"could not tell user {uid}: no login session a person sits at" in journal, journal
     out = apply(c, "--yes", policy='[[rule]]\nscope = "user"\nunit = "rctl-*"\naction = "restart"\n')
     assert f'"rctl-userd.service" (user {uid}): restarted' in out, out
     assert c.main_pid("rctl-userd.service", user="alice") not in (0, old)
