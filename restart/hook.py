@@ -549,6 +549,11 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
                 left = sum(1 for a in actions if a.action in plan.EXECUTABLE and a.argv is not None) - len(outcomes)
                 lines.append(f"interrupted: {left} unit{'s' if left != 1 else ''} not handled "
                              f"stay{'s' if left == 1 else ''} pending")
+        # Said before the record is written: a full state directory must not silence the report.
+        for line in lines:
+            log.info(line, show=not quiet)
+        for line in report.detail_lines(findings.groups):
+            log.info(line, show=False)
         done = {id(o.action) for o in outcomes if o.status == execute.DONE}
         still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
         # Not all looked at: the next run looks again at every package changed since the last complete run.
@@ -562,10 +567,6 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
                            started=progress.started if progress and not missed else None,
                            incomplete=missed if progress or missed else None)
         state.clear_actions(roots.state)  # they are in the record now
-        for line in lines:
-            log.info(line, show=not quiet)
-        for line in report.detail_lines(findings.groups):
-            log.info(line, show=False)
         reboot = publish(roots, [a for a in actions if id(a) not in done], findings, log, quiet=quiet)
         step = report.next_step(actions, outcomes, listing=mode == "list", reboot=reboot) if actions else None
         if step:
@@ -761,17 +762,19 @@ def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float)
     missed = [*txn.incomplete, *(f"{m} says the hooks could not record every event" for m in markers),
               *(f"the last run: {why}" for why in missed_before)]
     scope = txn.packages | state.pending_packages(roots.state, boot, log=log.error)
+    fresh = txn.packages  # this transaction's, as against the backlog of earlier runs
     if missed:
         since = since or boot_time(roots.proc)
         changed = packages.changed_since(roots.admindir, since)
         log.info(f"{'; '.join(missed)}: looking at every package changed since "
                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} ({len(changed)})")
         scope |= changed
+        fresh |= changed  # events the hooks could not record are this transaction's too
     progress = Progress(txn.journal, started)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
         act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,
-            deadline=deadline, progress=progress, assume_yes=consume_assume_yes(rundir), fresh=txn.packages)
+            deadline=deadline, progress=progress, assume_yes=consume_assume_yes(rundir), fresh=fresh)
     elif missed or txn.journal != cursor:
         state.save_progress(roots.state, boot, trigger=trigger, journal=txn.journal, started=started)
     transaction.release_markers([rundir, roots.state])

@@ -302,8 +302,8 @@ def with_processes(units: list[dict[str, Any]], proc: Path) -> list[dict[str, An
 def still_true(record: dict[str, Any], proc: Path) -> dict[str, Any]:
     """The record without the pending units all of whose processes have exited since (a PID
     and start time that no longer match): one ``stat`` read per process, no scan.  Counted
-    in ``exited``.  A failed restart stays (its processes are gone, the service may be down);
-    units recorded without ``processes`` (older records) are kept."""
+    in ``exited``.  Units recorded without ``processes`` (older records) are kept, and so are
+    failed restarts: a unit that failed and is down has no processes, and that is the news."""
     kept, exited = [], 0
     for unit in record.get("units", []):
         named = unit.get("processes") if isinstance(unit, dict) else None

@@ -403,7 +403,7 @@ def test_users_are_not_notified_when_the_policy_says_so(tmp_path: Path, monkeypa
 
     told: list[object] = []
 
-    def notify(groups: object, run_dir: object, log: object, **where: object) -> int:
+    def notify(groups: object, run_dir: object, log: object, **kwargs: object) -> int:
         told.append(groups)
         return 1
     monkeypatch.setattr(execute, "notify", notify)

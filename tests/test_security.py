@@ -384,8 +384,8 @@ NOISE = [f"$(touch {CANARY}/CANARY-cmdline)", "; reboot", "`id`", "/usr/sbin/ssh
 
 # Forged cgroups below user@UID.service (made with mkdir), and the unit restartctl must report for each.
 FORGED: dict[bytes, tuple[str, str | None]] = {
-    # In her manager's own cgroup, but not the manager (not started by PID 1): part of user@UID.service
-    # like its "(sd-pam)", reported under that name and never acted on (not a valid unit of hers).
+    # In her manager's own cgroup, but not the manager (not started by PID 1): hers, named after her
+    # user@UID.service (as "(sd-pam)" is), never acted on.
     b"init.scope": ("user", "user@{uid}.service"),
     b"app.slice/init.scope": ("user", "init.scope"),
     b"system.slice/sshd.service": ("user", "sshd.service"),
