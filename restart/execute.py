@@ -670,9 +670,11 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
     names = app_names(exes, applications)
     sent = 0
     on_desktop: set[int] = set()  # one notice per user's bus, however many graphical sessions share it
+    present: set[int] = set()     # users with a session a person sits at
     for s in sessions(run_dir, proc):
         if s.uid not in by_uid or s.klass not in PERSON_CLASSES:
             continue
+        present.add(s.uid)
         what = sorted({printable(names.get(os.path.basename(m.process.exe or ""), m.process.comm))
                        for g in by_uid[s.uid] for m in g.members})
         text = (f"restartctl: a software update replaced files that these programs still use: "
@@ -701,6 +703,9 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
             log(f"told {who} on {', '.join(told)} to restart: {', '.join(what)}")
         else:
             log(f"could not tell {who} to restart {', '.join(what)}: {'; '.join(why)}")
+    for uid in sorted(set(by_uid) - present):
+        log(f"could not tell user {uid}: no login session a person sits at (a lingering manager or "
+            "background sessions only); it stays pending")
     return sent
 
 
