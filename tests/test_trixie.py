@@ -13,7 +13,6 @@ unattended-upgrades acting once after its run.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
