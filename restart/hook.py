@@ -718,8 +718,8 @@ def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) ->
 
 def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log, *, quiet: bool = False) -> bool:
     """Tell the rest of the system: /run/reboot-required(.pkgs) when a reboot is the cure (what
-    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile.
-    Returns whether a reboot is needed."""
+    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile, both
+    from what is ``left`` after this run's restarts.  Returns whether a reboot is needed."""
     from restart import formats, reboot
 
     found: list[reboot.RebootReason] = []
@@ -731,13 +731,13 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log,
                 for line in report.reboot_lines(found):
                     log.info(line, show=not quiet)
         record = state.read_json(roots.state, state.PENDING)
-        text = formats.openmetrics(left, findings.groups, findings.scan, found + reboot.flagged(roots.run, known=found),
-                                   last_run=record, current_boot=True)
+        text = formats.host_metrics(left, [a.group for a in left], findings.scan,
+                                    found + reboot.flagged(roots.run, known=found), admindir=roots.admindir,
+                                    last_run=record, current_boot=True)
         formats.write_textfile(text)
     except OSError as e:
         log.error(f"could not publish the reboot flag or the metrics: {e}")
     return bool(found)
-
 
 
 def boot_time(proc: Path) -> float:

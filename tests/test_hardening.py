@@ -317,7 +317,7 @@ def test_a_manager_she_stopped_counts_once_and_never_trips_the_breaker(box: Box)
     c = box.c
     _downgrade(box)
     units = [c.run_user_unit(USER, ["/usr/sbin/rctl-demod"], unit=f"rctl-hers-{n}.service") for n in (1, 2)]
-    lib = "/usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so"
+    lib = c.systemd_shared_library()
     c.check(["sh", "-c", f"cp -p {lib} {lib}.dpkg-new && mv {lib}.dpkg-new {lib}"])
     c.write_file("/etc/restartctl/policy.toml", '[settings]\nmax_failures = 1\ntimeout = 5\n'
                  'restart_last = ["rctl-demod.service"]\n\n'

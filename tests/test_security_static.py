@@ -136,9 +136,9 @@ ALLOWED_STARTERS: dict[str, set[str]] = {
     "bench/interpreters.py": {"bench"},
     "bench/scan.py": {"enter_namespace", "hyperfine", "run", "spawn"},
     "tests/support/container.py": {"Container._run", "Container._start", "make_local_repo"},
-    "tests/support/debs.py": {"_run", "_installed"},
-    "tests/support/package.py": {"run", "_source_files"},
-    "tests/support/rootfs.py": {"_indextargets", "host_arch", "debootstrap_root", "updates_for"},
+    "tests/support/debs.py": {"_run"},
+    "tests/support/package.py": {"run"},
+    "tests/support/rootfs.py": {"_run"},
 }
 # Fixed scripts only: the harness's nsenter/spawn/write glue, the benchmarks' floor and fillers.
 ALLOWED_SHELLS: dict[str, set[str]] = {

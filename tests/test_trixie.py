@@ -13,6 +13,7 @@ unattended-upgrades acting once after its run.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +31,13 @@ pytestmark = [pytest.mark.real, pytest.mark.timeout(1500)]
 
 SUITE = TRIXIE_TIER[0]
 NAMES = ("rctl-libdemo1", "rctl-demod", "rctl-sleeper")
-REPORT = "restartctl: 1 unit used replaced files"
 LIST_ONLY = '[settings]\nmode = "list"\nunattended_mode = "list"\n'
+
+
+def reports(text: str) -> int:
+    """How many reports ``text`` holds: each has one headline naming the replaced files."""
+    return len([line for line in text.splitlines() if "replaced files" in line])
+
 
 
 @pytest.fixture
@@ -87,7 +93,7 @@ def test_apt_hook_once_per_run_with_a_verified_restart(c: Container,
     r = c.exec(["apt-get", "-q", "-o", "Dpkg::Use-Pty=0", "install", "-y", *(f"{n}=2.0" for n in NAMES)],
                env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count(REPORT) == 1, r.stdout  # apt ran dpkg more than once: one report
+    assert reports(r.stdout) == 1, r.stdout  # apt ran dpkg more than once: one report
     assert "restartctl:   rctl-demod.service: restarted" in r.stdout, r.stdout
     new = c.main_pid("rctl-demod.service")
     assert new not in (0, old)
@@ -108,7 +114,7 @@ def test_lingering_users_unit(c: Container, demo_debs: dict[str, dict[str, Path]
     old = c.main_pid("rctl-userd.service", user="alice")
     c.install_debs([demo_debs["2.0"][n] for n in NAMES])
     out = apply(c, "--yes")
-    assert '"rctl-userd.service" (user ' in out and "notify" in out, out
+    assert re.search(r'rctl-userd\.service"? \(user \d+\): notify', out), out
     assert c.main_pid("rctl-userd.service", user="alice") == old
     # systemd >= 256: the lingering manager has a logind session of its own (CLASS=manager). Nobody
     # sits at it: it gets no notice, and the log claims none (issue 12).
@@ -118,7 +124,7 @@ def test_lingering_users_unit(c: Container, demo_debs: dict[str, dict[str, Path]
     assert "told user alice" not in journal and "could not tell user alice (session" not in journal, journal
     assert f"could not tell user {uid}: no login session a person sits at" in journal, journal
     out = apply(c, "--yes", policy='[[rule]]\nscope = "user"\nunit = "rctl-*"\naction = "restart"\n')
-    assert f'"rctl-userd.service" (user {uid}): restarted' in out, out
+    assert re.search(rf'rctl-userd\.service"? \(user {uid}\): restarted', out), out
     assert c.main_pid("rctl-userd.service", user="alice") not in (0, old)
     assert c.show("rctl-userd.service", "Type", user="alice") == "notify"
 
@@ -205,7 +211,7 @@ def test_replaced_executable_through_the_dpkg_only_path(c: Container,
     old = c.main_pid("rctl-sleep.service")
     r = c.exec(["dpkg", "-i", c.copy_in(demo_debs["2.0"]["rctl-sleeper"])], timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("still use") == 1 and "rctl-sleep.service" in r.stdout, r.stdout
+    assert reports(r.stdout) == 1 and "rctl-sleep.service: restart" in r.stdout, r.stdout
     assert "rctl-demod.service" not in r.stdout
     doc = plan(c)
     assert planned(doc)["rctl-sleep.service"]["packages"] == ["rctl-sleeper"], doc
@@ -252,10 +258,10 @@ def test_unattended_upgrades_acts_once(c: Container, demo_debs: dict[str, dict[s
     def journal(*args: str) -> str:
         return c.exec(["journalctl", "--no-pager", "-o", "cat", "--since", since, *args]).stdout
 
-    wait_for(lambda: "used replaced files" in journal("-u", DEFERRED)
+    wait_for(lambda: reports(journal("-u", DEFERRED)) == 1
              and c.show(DEFERRED, "ActiveState") in ("inactive", "failed"), "the deferred run", 60)
     text = journal("-t", "restartctl")
-    assert len([line for line in text.splitlines() if "used replaced files" in line]) == 1, text
+    assert reports(text) == 1, text
     for unit in units:
         assert text.count(f"{unit}: restarted") == 1, text
         assert c.main_pid(unit) not in (0, before[unit])

@@ -687,6 +687,11 @@ class Container:
         """Install a Docker-style policy-rc.d that forbids every start (as container images ship)."""
         self.write_file(POLICY_RC_D, FORBID_ALL, mode=0o755)
 
+    def systemd_shared_library(self) -> str:
+        """libsystemd-shared-VERSION.so inside: PID 1 and every user manager map it (named per release)."""
+        [lib] = self.check(["find", "/usr/lib", "-maxdepth", "3", "-path", "*/systemd/libsystemd-shared-*.so"]).split()
+        return lib
+
     def copy_in(self, src: Path, name: str | None = None) -> str:
         """Copy a host file into the scratch dir; return its path inside (``/srv/rctl/...``)."""
         dest = self.scratch / (name or src.name)

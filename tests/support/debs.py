@@ -24,6 +24,7 @@ JAVAC = "/usr/bin/javac"
 JAR = "/usr/bin/jar"
 DPKG = "/usr/bin/dpkg"
 DPKG_DEB = "/usr/bin/dpkg-deb"
+DPKG_QUERY = "/usr/bin/dpkg-query"
 DPKG_ARCHITECTURE = "/usr/bin/dpkg-architecture"
 
 # Fixed mtime for every packaged file: unchanged files (unit files, init scripts) look identical
@@ -122,16 +123,18 @@ def _with_cached_dependencies(debs: list[Path]) -> list[Path]:
         depends = _run([DPKG_DEB, "-f", str(todo.pop()), "Pre-Depends", "Depends"])
         for name in re.findall(r"(?:^|[,|:]\s*)([a-z0-9][a-z0-9+.-]+)", depends, re.MULTILINE):
             cached = sorted(CACHE.glob(f"{name}_*.deb"))
-            if name in chosen or not cached or _installed(name):
+            if name in chosen or not cached or name in _installed():
                 continue
             chosen[name] = cached[-1]
             todo.append(cached[-1])
     return list(chosen.values())
 
 
-def _installed(name: str) -> bool:
-    proc = subprocess.run([DPKG, "-s", name], env=_CLEAN_ENV, capture_output=True, timeout=60, check=False)
-    return proc.returncode == 0 and b"Status: install ok installed" in proc.stdout
+@functools.cache
+def _installed() -> frozenset[str]:
+    """The packages installed on this host (their names, without architecture)."""
+    out = _run([DPKG_QUERY, "-W", "-f=${Package} ${db:Status-Abbrev}\n"])
+    return frozenset(line.split()[0] for line in out.splitlines() if line.split()[1:2] == ["ii"])
 
 
 def compile_jar(sources: Mapping[str, str], out: Path, *, class_path: Sequence[Path] = (),

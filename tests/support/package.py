@@ -30,9 +30,10 @@ def run(argv: list[str], *, cwd: Path | None = None, timeout: float = 120) -> su
 
 def _source_files() -> list[str]:
     """The checkout's files as git sees them: tracked ones and new ones not ignored (never .venv etc.)."""
-    out = subprocess.run(["git", "-C", str(REPO_ROOT), "ls-files", "-z", "--cached", "--others",
-                          "--exclude-standard"], capture_output=True, check=True, timeout=60).stdout
-    return sorted({name.decode() for name in out.split(b"\0") if name})
+    r = run(["git", "-C", str(REPO_ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+    if r.returncode != 0:
+        raise BuildError(f"git ls-files failed: {r.stderr}")
+    return sorted({name for name in r.stdout.split("\0") if name})
 
 
 def _copy_tree(files: list[str], dest: Path) -> None:

@@ -52,13 +52,19 @@ REAL_ARCHIVE_TIER = ("trixie", (*BASE_PACKAGES, "openssh-server", "openssh-clien
 TIMINGS: dict[str, float] = {}
 
 
+def _run(argv: Sequence[str], *, timeout: float = 60, env: dict[str, str] | None = None,
+         check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The one place this module starts a program: an argv list, a clean environment, a time limit."""
+    r = subprocess.run(list(argv), capture_output=True, text=True, env=env or _ENV, timeout=timeout, check=False)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}):\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+    return r
+
+
 def _indextargets() -> list[dict[str, str]]:
     """The host apt's configured Debian index targets, one dict of fields per target."""
     require_program(APT_GET)
-    out = subprocess.run(
-        [APT_GET, "indextargets", "--format", "$(REPO_URI)\t$(ORIGIN)\t$(LABEL)\t$(CODENAME)"],
-        capture_output=True, text=True, env=_ENV, timeout=60, check=True,
-    ).stdout
+    out = _run([APT_GET, "indextargets", "--format", "$(REPO_URI)\t$(ORIGIN)\t$(LABEL)\t$(CODENAME)"]).stdout
     rows = []
     for line in out.splitlines():
         uri, origin, label, codename = [*line.split("\t"), "", "", "", ""][:4]
@@ -80,8 +86,7 @@ def debian_mirror(*, security: bool = False) -> str:
 
 
 def host_arch() -> str:
-    return subprocess.run(["/usr/bin/dpkg", "--print-architecture"], capture_output=True, text=True,
-                          env=_ENV, timeout=30, check=True).stdout.strip()
+    return _run(["/usr/bin/dpkg", "--print-architecture"]).stdout.strip()
 
 
 @contextlib.contextmanager
@@ -122,7 +127,7 @@ def debootstrap_root(suite: str, packages: Sequence[str] = BASE_PACKAGES) -> Pat
         t0 = time.monotonic()
         argv = [DEBOOTSTRAP, "--variant=minbase", f"--include={','.join(sorted(set(packages)))}",
                 f"--cache-dir={DOWNLOADS}", suite, str(tmp), mirror]
-        r = subprocess.run(argv, capture_output=True, text=True, env=_ENV, timeout=BUILD_TIMEOUT, check=False)
+        r = _run(argv, timeout=BUILD_TIMEOUT, check=False)
         if r.returncode != 0:
             log = tmp / "debootstrap" / "debootstrap.log"
             detail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
@@ -179,9 +184,7 @@ def updates_for(root: Path, suite: str) -> list[Path]:
                 'APT::Install-Recommends "false";\n', encoding="utf-8")
             env = {**_ENV, "APT_CONFIG": str(state / "apt.conf")}
             for argv in ([APT_GET, "-q", "update"], [APT_GET, "-q", "-y", "--download-only", "dist-upgrade"]):
-                r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT, check=False)
-                if r.returncode != 0:
-                    raise RuntimeError(f"{' '.join(argv)} (APT_CONFIG={state}/apt.conf) failed:\n{r.stdout}{r.stderr}")
+                _run(argv, timeout=BUILD_TIMEOUT, env=env)
             (state / ".complete").write_text("", encoding="utf-8")
     return sorted(debs.glob("*.deb"))
 
