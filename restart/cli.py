@@ -446,7 +446,7 @@ def _status(roots: Roots, args: argparse.Namespace) -> int:
     trouble = trouble or (said[0] if said else None)
     current = record is not None and record.get("boot_id") == state.boot_id(roots.proc)
     if record is not None and current:
-        record = state.still_true(record, roots.proc)
+        record = state.still_true(record, roots.proc)  # only what is still true: gone processes are dropped
     reasons, kernel = _reboot_reasons(roots, [])
     down = _left_down(roots, record, current)
     waiting = hook.waiting_for(roots)

@@ -138,7 +138,7 @@ def test_status_shows_only_what_is_still_true(host: tuple[Container, str]) -> No
     r = apt(c, cfg, "install", "rctl-libdemo1=2.0", "rctl-demod=2.0")
     assert r.returncode == 0 and "rctl-demod.service" in r.stdout, r.stdout
     st = c.exec(["/usr/sbin/restartctl", "status"])
-    assert st.returncode == 1 and "rctl-demod.service (system): restart: " in st.stdout, st.stdout  # listed for
+    assert st.returncode == 1 and "rctl-demod.service (system): restart: service uses" in st.stdout, st.stdout
     c.systemctl("stop", "rctl-demod.service")
     st = c.exec(["/usr/sbin/restartctl", "status"])
     assert st.returncode == 0, st.stdout
