@@ -78,6 +78,10 @@ def _listing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--textfile", type=Path, metavar="PATH", nargs="?", const=DEFAULT_TEXTFILE,
                    help="with --format openmetrics, also write it atomically to PATH (default: "
                         "node-exporter's textfile directory, when it exists)")
+    p.add_argument("--refresh", action="store_true",
+                   help="with --textfile: when the file says nothing is pending and neither the dpkg database "
+                        "nor restartctl's state changed since, only renew its report time, without a scan "
+                        "(the report timer)")
 
 
 def _check_options(p: argparse.ArgumentParser) -> None:
@@ -283,7 +287,7 @@ def _nagios(roots: Roots, packages: list[str] | None, **thresholds: Any) -> int:
     findings = find(roots, only_packages=packages)
     actions = plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
     reasons, _ = _reboot_reasons(roots, actions)
-    down = _left_down(roots, *_last_run(roots))
+    down = _left_down(roots, *_whole_record(roots))
     code, out = formats.nagios(actions, reasons, is_root=os.geteuid() == 0, scan=findings.scan, down=down,
                                **thresholds)
     sys.stdout.write(out)
@@ -306,18 +310,20 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
     if args.format == "nagios":
         return _nagios(roots, args.packages)
     fmt = args.format or ("json" if args.json else "text")
+    if fmt == "openmetrics" and args.refresh and args.textfile is not None and _renew_textfile(roots, args.textfile):
+        return EXIT_OK
     findings = find(roots, only_packages=args.packages, everything=args.all)
     actions = (plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
                if args.command == "plan" else None)
     if fmt in ("json", "openmetrics") or actions is not None:
         reasons, kernel = _reboot_reasons(roots, actions or [])
+    failed = _failed(roots) if actions is not None and fmt in ("json", "text") else []
     if fmt == "openmetrics":
-        from restart import formats, reboot
+        from restart import formats
 
         record, current = _last_run(roots)
-        out = formats.openmetrics(actions, findings.groups, findings.scan, reasons, last_run=record,
-                                  current_boot=current, pending_since=reboot.unpacked_at(
-                                      roots.admindir, formats.service_packages(actions or [])))
+        out = formats.host_metrics(actions, findings.groups, findings.scan, reasons, admindir=roots.admindir,
+                                   last_run=record, current_boot=current)
         if args.textfile is not None:
             formats.write_textfile(out, None if args.textfile == DEFAULT_TEXTFILE else args.textfile)
     elif fmt == "json":
@@ -325,15 +331,52 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
 
         out = report.to_json(findings.affected, findings.groups, findings.scan, actions=actions,
                              show_unowned=args.all, packages=args.packages,
-                             reboot=formats.reboot_json(reasons, kernel))
+                             reboot=formats.reboot_json(reasons, kernel),
+                             failed=failed if actions is not None else None)
     elif actions is not None:
         out = report.plan_text(findings.affected, actions, findings.scan, show_unowned=args.all, reboot=reasons)
+        out += "".join(f"{line}\n" for line in report.failed_lines(failed))
     else:
         out = report.scan_text(findings.affected, findings.groups, findings.scan, show_unowned=args.all)
     sys.stdout.write(out)
     if actions is not None:
-        return EXIT_STALE if any(a.action != "ignore" for a in actions) else EXIT_OK
+        return EXIT_STALE if failed or any(a.action != "ignore" for a in actions) else EXIT_OK
     return EXIT_STALE if findings.groups else EXIT_OK
+
+
+def _failed(roots: Roots) -> list[dict[str, Any]]:
+    """Units whose restart failed in the last run of this boot and that are not healthy since."""
+    from restart import execute
+
+    record, current = _whole_record(roots)
+    return execute.last_failures(record) if current and roots.systemd_booted() else []
+
+
+def _whole_record(roots: Roots) -> tuple[dict[str, Any] | None, bool]:
+    """The last run's record as written, and whether it is of this boot: a failed unit's processes
+    have exited, so the units ``_last_run`` drops for that are exactly the ones asked about here."""
+    from restart import state
+
+    record = state.read_json(roots.state, state.PENDING)
+    return record, record is not None and record.get("boot_id") == state.boot_id(roots.proc)
+
+
+def _renew_textfile(roots: Roots, textfile: Path) -> bool:
+    """``--refresh``: renew the textfile's report time instead of a scan, when nothing can have changed."""
+    import time
+
+    from restart import formats, state
+
+    path = formats.default_textfile() if textfile == DEFAULT_TEXTFILE else textfile
+    booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    text = None if path is None else formats.renewed(
+        path, since=[roots.admindir / "status", roots.state / state.PENDING, roots.run / "reboot-required"],
+        booted=booted)
+    if text is None:
+        return False
+    formats.write_textfile(text, path)
+    sys.stdout.write(text)
+    return True
 
 
 def _apply(roots: Roots, args: argparse.Namespace) -> int:
@@ -402,6 +445,8 @@ def _status(roots: Roots, args: argparse.Namespace) -> int:
     record = state.read_json(roots.state, state.PENDING, log=said.append) if trouble is None else None
     trouble = trouble or (said[0] if said else None)
     current = record is not None and record.get("boot_id") == state.boot_id(roots.proc)
+    if record is not None and current:
+        record = state.still_true(record, roots.proc)  # only what is still true: gone processes are dropped
     reasons, kernel = _reboot_reasons(roots, [])
     down = _left_down(roots, record, current)
     waiting = hook.waiting_for(roots)

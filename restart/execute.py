@@ -20,7 +20,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from restart.plan import EXECUTABLE, Action
 from restart.policy import Settings
@@ -45,7 +45,7 @@ RUNUSER = "/usr/sbin/runuser"
 NOTIFY_SEND = "/usr/bin/notify-send"
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
-SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup"
+SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup,NRestarts"
 CGROUPFS = Path("/sys/fs/cgroup")
 MANAGER_PROBE = 5.0  # seconds a user's manager has to answer before it counts as not answering
 OUTPUT_LIMIT = 1 << 20  # bytes kept of a program's stdout, and of its stderr
@@ -171,6 +171,35 @@ def status_excerpt(group: UnitGroup, timeout: float = 5) -> str:
     except subprocess.TimeoutExpired:
         return "(systemctl status did not answer)"
     return (result.stdout or result.stderr).strip()
+
+
+def last_failures(record: dict[str, Any] | None, timeout: float = 5) -> list[dict[str, Any]]:
+    """Units whose restart failed in the last run (``record``: the state file, of this boot) and that
+    have not been healthy since: not active now, or restarted by systemd after a failure.
+
+    A failed restart leaves the unit without processes, so no scan finds it stale any more; the
+    host must still say it, or the next report calls a broken host clean.
+    """
+    out = []
+    for u in (record or {}).get("units", [])[:1000]:
+        if not isinstance(u, dict) or u.get("status") != FAILED or u.get("kind") not in (SYSTEM, USER):
+            continue
+        name, uid = u.get("unit"), u.get("uid")
+        if not isinstance(name, str) or not valid_unit_name(name) or (u["kind"] == USER and not isinstance(uid, int)):
+            continue
+        group = UnitGroup(u["kind"], name, uid if u["kind"] == USER else None, False, True, (), (), ())
+        try:
+            now = unit_state(group, timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            now = {}
+        if now.get("ActiveState") == "active" and now.get("NRestarts", "0") == "0":
+            continue  # someone fixed it since
+        detail = u.get("detail")
+        out.append({"unit": name, "kind": u["kind"], "uid": group.uid,
+                    "detail": detail.splitlines()[0] if isinstance(detail, str) and detail else "",
+                    "active_state": now.get("ActiveState", "unknown"), "sub_state": now.get("SubState", "unknown"),
+                    "restarts": int(now["NRestarts"]) if now.get("NRestarts", "").isdigit() else None})
+    return out
 
 
 def ancestor_units(proc: Path, pid: int) -> set[str]:
@@ -431,7 +460,34 @@ class Executor:
         if check.unscanned:
             return Outcome(action, FAILED, f"not verified: {check.unscanned} of its processes could not be "
                                            "looked at in time")
-        return Outcome(action, DONE, "verified" if g.kind in (SYSTEM, USER, INIT, USER_MANAGER) else "")
+        done = Outcome(action, DONE, "verified" if g.kind in (SYSTEM, USER, INIT, USER_MANAGER) else "")
+        return self._settle(done, state)
+
+    def _settle(self, done: Outcome, verified: dict[str, str]) -> Outcome:
+        """Healthy means staying up: for ``settle`` seconds after the check, the unit stays active with
+        the main process the check saw, and systemd restarts it on no failure (``NRestarts`` unchanged).
+
+        A service that dies a moment after its start passes the check above; with ``Restart=`` systemd
+        brings it back with another main PID, without it the unit is failed.  Bounded by the run's time.
+        """
+        g = done.action.group
+        watch = min(self.settings.settle, self.remaining() - 1)
+        if not verified or watch <= 0:
+            return done
+        end = time.monotonic() + watch
+        while True:
+            time.sleep(max(min(0.2, end - time.monotonic()), 0))
+            try:
+                now = unit_state(g, min(self.settings.timeout, max(self.remaining(), 1)))
+            except subprocess.TimeoutExpired:
+                return done._replace(status=FAILED, detail="systemctl show did not answer after the restart")
+            moved = [f"{key} {verified.get(key)} -> {now.get(key)}" for key in ("ActiveState", "MainPID", "NRestarts")
+                     if now.get(key) != verified.get(key)]
+            if moved:
+                return done._replace(status=FAILED, detail=f"did not stay up for {watch:g} s after the restart "
+                                                           f"({', '.join(moved)})\n{status_excerpt(g)}")
+            if time.monotonic() >= end:
+                return done._replace(detail=f"{done.detail}, up for {watch:g} s")
 
     def _guests(self, g: UnitGroup, members: Iterable[Affected], state: dict[str, str]) -> list[Affected]:
         """Users' processes among ``members`` of system unit ``g`` (see :func:`guests`); they are told."""
@@ -614,9 +670,11 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
     names = app_names(exes, applications)
     sent = 0
     on_desktop: set[int] = set()  # one notice per user's bus, however many graphical sessions share it
+    present: set[int] = set()     # users with a session a person sits at
     for s in sessions(run_dir, proc):
         if s.uid not in by_uid or s.klass not in PERSON_CLASSES:
             continue
+        present.add(s.uid)
         what = sorted({printable(names.get(os.path.basename(m.process.exe or ""), m.process.comm))
                        for g in by_uid[s.uid] for m in g.members})
         text = (f"restartctl: a software update replaced files that these programs still use: "
@@ -645,6 +703,9 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
             log(f"told {who} on {', '.join(told)} to restart: {', '.join(what)}")
         else:
             log(f"could not tell {who} to restart {', '.join(what)}: {'; '.join(why)}")
+    for uid in sorted(set(by_uid) - present):
+        log(f"could not tell user {uid}: no login session a person sits at (a lingering manager or "
+            "background sessions only); it stays pending")
     return sent
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from restart.plan import Action
 from restart.policy import ACTIONS
 from restart.processes import OVER_BUDGET_SHOWN, ScanResult
-from restart.reboot import KernelStatus, RebootReason, required_since
+from restart.reboot import KernelStatus, RebootReason, required_since, unpacked_at
 from restart.text import clean, printable
 from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, USER_MANAGER, UnitGroup
 
@@ -245,6 +245,65 @@ def openmetrics(actions: Sequence[Action] | None, groups: Sequence[UnitGroup], s
     w.family("restartctl_report_timestamp_seconds", "When this report was made (Unix time).",
              [({}, round(time.time() if now is None else now, 3))], unit="seconds")
     return "\n".join([*w.lines, "# EOF"]) + "\n"
+
+
+def host_metrics(actions: Sequence[Action] | None, groups: Sequence[UnitGroup], scan: ScanResult,
+                 reasons: Sequence[RebootReason], *, admindir: Path, last_run: Mapping[str, Any] | None,
+                 current_boot: bool) -> str:
+    """The textfile every writer writes (the hooks, ``apply``, ``plan --format openmetrics``, the
+    report timer): the same series from the same facts, ``pending_since`` included.  An acting run
+    passes what is left after its restarts, so the counts are those after the restarts."""
+    services = (service_packages(actions) if actions is not None else
+                {p for g in groups if g.kind in SERVICE_KINDS for p in g.packages})
+    return openmetrics(actions, groups, scan, reasons, last_run=last_run, current_boot=current_boot,
+                       pending_since=unpacked_at(admindir, services))
+
+
+_RENEWABLE_MAX = 1 << 20  # bytes: a textfile of ours is a few KiB
+
+
+def renewed(path: Path, *, since: Sequence[Path], booted: float, now: float | None = None) -> str | None:
+    """The report timer's cheap path: the textfile at ``path`` with only its report timestamp renewed,
+    or None when a scan is due.
+
+    A scan is due unless the last report said nothing is pending, no reboot is needed and every
+    process was looked at, and nothing it depends on changed since: no reboot (``booted``, wall
+    clock) and none of ``since`` (the dpkg database, restartctl's state, the reboot flag) is newer.
+    Pending units may have been restarted by hand, so a host with something pending is always
+    looked at again.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            text = f.read(_RENEWABLE_MAX + 1).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    samples: dict[str, float] = {}
+    for line in text.splitlines()[:10_000] if len(text) <= _RENEWABLE_MAX else []:
+        name, _, value = line.rpartition(" ")
+        if name and not line.startswith("#"):
+            try:
+                samples[name] = float(value)
+            except ValueError:
+                return None
+    stamp = samples.get("restartctl_report_timestamp_seconds")
+    clear = ("restartctl_reboot_required", 'restartctl_unreadable_processes{why="deadline"}',
+             *(f'restartctl_pending_units{{scope="{scope}"}}' for scope in SCOPES))
+    if stamp is None or not text.endswith("# EOF\n") or any(samples.get(name, 1) != 0 for name in clear):
+        return None
+    for dependency in since:
+        try:
+            if os.stat(dependency).st_mtime >= stamp:
+                return None
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    if booted >= stamp:
+        return None
+    old = f"restartctl_report_timestamp_seconds {_number(stamp)}\n"
+    new = f"restartctl_report_timestamp_seconds {_number(round(time.time() if now is None else now, 3))}\n"
+    return text.replace(old, new) if old in text else None
 
 
 def default_textfile(directory: Path = TEXTFILE_DIR) -> Path | None:

@@ -549,11 +549,6 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
                 left = sum(1 for a in actions if a.action in plan.EXECUTABLE and a.argv is not None) - len(outcomes)
                 lines.append(f"interrupted: {left} unit{'s' if left != 1 else ''} not handled "
                              f"stay{'s' if left == 1 else ''} pending")
-        # Said before the record is written: a full state directory must not silence the report.
-        for line in lines:
-            log.info(line, show=not quiet)
-        for line in report.detail_lines(findings.groups):
-            log.info(line, show=False)
         done = {id(o.action) for o in outcomes if o.status == execute.DONE}
         still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
         # Not all looked at: the next run looks again at every package changed since the last complete run.
@@ -562,15 +557,25 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         units_now = state.with_processes(recovered + report.run_units(actions, outcomes), roots.proc)
         still, recorded = state.merge_pending(state.read_json(roots.state, state.PENDING), boot, scope=scope,
                                               complete=not missed, packages=still, units=units_now)
-        state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded,
-                           journal=progress.journal if progress else None,
-                           started=progress.started if progress and not missed else None,
-                           incomplete=missed if progress or missed else None)
-        state.clear_actions(roots.state)  # they are in the record now
+        unsaved: OSError | None = None
+        try:
+            state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded,
+                               journal=progress.journal if progress else None,
+                               started=progress.started if progress and not missed else None,
+                               incomplete=missed if progress or missed else None)
+            state.clear_actions(roots.state)  # they are in the record now
+        except OSError as e:  # a full /var/lib: still shown, then the error (and the journal is read again)
+            unsaved = e
+        for line in lines:
+            log.info(line, show=not quiet)
+        for line in report.detail_lines(findings.groups):
+            log.info(line, show=False)
         reboot = publish(roots, [a for a in actions if id(a) not in done], findings, log, quiet=quiet)
         step = report.next_step(actions, outcomes, listing=mode == "list", reboot=reboot) if actions else None
         if step:
             log.info(step)
+        if unsaved is not None:
+            raise unsaved
     if interrupted:
         return 130
     if missed:
@@ -718,8 +723,8 @@ def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) ->
 
 def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log, *, quiet: bool = False) -> bool:
     """Tell the rest of the system: /run/reboot-required(.pkgs) when a reboot is the cure (what
-    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile.
-    Returns whether a reboot is needed."""
+    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile, both
+    from what is ``left`` after this run's restarts.  Returns whether a reboot is needed."""
     from restart import formats, reboot
 
     found: list[reboot.RebootReason] = []
@@ -731,13 +736,13 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log,
                 for line in report.reboot_lines(found):
                     log.info(line, show=not quiet)
         record = state.read_json(roots.state, state.PENDING)
-        text = formats.openmetrics(left, findings.groups, findings.scan, found + reboot.flagged(roots.run, known=found),
-                                   last_run=record, current_boot=True)
+        text = formats.host_metrics(left, [a.group for a in left], findings.scan,
+                                    found + reboot.flagged(roots.run, known=found), admindir=roots.admindir,
+                                    last_run=record, current_boot=True)
         formats.write_textfile(text)
     except OSError as e:
         log.error(f"could not publish the reboot flag or the metrics: {e}")
     return bool(found)
-
 
 
 def boot_time(proc: Path) -> float:
@@ -762,14 +767,14 @@ def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float)
     missed = [*txn.incomplete, *(f"{m} says the hooks could not record every event" for m in markers),
               *(f"the last run: {why}" for why in missed_before)]
     scope = txn.packages | state.pending_packages(roots.state, boot, log=log.error)
-    fresh = txn.packages  # this transaction's, as against the backlog of earlier runs
+    fresh = txn.packages  # this transaction's, as far as anyone can tell
     if missed:
         since = since or boot_time(roots.proc)
         changed = packages.changed_since(roots.admindir, since)
         log.info(f"{'; '.join(missed)}: looking at every package changed since "
                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} ({len(changed)})")
         scope |= changed
-        fresh |= changed  # events the hooks could not record are this transaction's too
+        fresh |= changed  # what the journal lost is this transaction's too, not an earlier run's backlog
     progress = Progress(txn.journal, started)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))

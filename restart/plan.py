@@ -129,9 +129,9 @@ def _default(group: UnitGroup) -> Action:
     if group.kind == USER:
         if name == f"user@{uid}.service":
             return Action(group, "notify", None,
-                          f"part of {name} (the PAM helper \"(sd-pam)\" of user {uid}'s service manager): "
-                          "it is renewed when that unit stops, after the user's last session ends "
-                          "(or with a reboot); a re-exec of the manager does not replace it")
+                          f"part of {name} but not its manager (such as its PAM helper \"(sd-pam)\"): "
+                          "a re-exec of the manager does not replace it; it ends when that unit stops, "
+                          "after the user's last session ends (or at a reboot)")
         if name is not None and group.valid and _can_restart(group):
             return Action(group, "notify", None, f"a unit of user {uid}: left to its owner",
                           _restart_argv(group, "restart"))

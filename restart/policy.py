@@ -43,6 +43,7 @@ class Settings(NamedTuple):
     unattended_mode: str = "auto"   # no terminal, DEBIAN_FRONTEND=noninteractive, unattended-upgrades
     timeout: float = 30.0           # seconds one restart (and its verification) may take
     verify: bool = True             # re-check each restarted unit: active again, nothing stale left
+    settle: float = 3.0             # seconds a restarted unit must then stay up (same main PID), 0: off
     max_failures: int = 3           # circuit breaker: stop after this many failed restarts in one run
     restart_on: tuple[str, ...] = ("exe", "code", "script", "module")  # other kinds are listed only
     # Findings with this evidence are listed only: a module guessed from the whole search path
@@ -57,7 +58,7 @@ class Settings(NamedTuple):
 
 
 _SETTING_TYPES: dict[str, type] = {"mode": str, "unattended_mode": str, "timeout": float, "verify": bool,
-                                   "max_failures": int, "restart_on": tuple, "list_evidence": tuple,
+                                   "settle": float, "max_failures": int, "restart_on": tuple, "list_evidence": tuple,
                                    "restart_first": tuple, "restart_last": tuple, "ask_default": str,
                                    "ignore_exe": tuple, "quiet": bool, "notify_users": bool}
 
@@ -222,7 +223,8 @@ def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
                 raise fail(key, "key 'ignore_exe' takes globs over absolute executable paths")
             out[key] = items
         elif kind is float:
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf \
+                    or (value == 0 and key != "settle"):  # settle = 0 turns the settle time off
                 raise fail(key, f"key {key!r} must be a positive, finite number of seconds")
             out[key] = float(value)
         elif kind is int:

@@ -76,7 +76,7 @@ def action_json(a: Action) -> dict[str, Any]:
 
 def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult, *,
             actions: list[Action] | None, show_unowned: bool, packages: list[str] | None,
-            reboot: dict[str, Any] | None = None) -> str:
+            reboot: dict[str, Any] | None = None, failed: list[dict[str, Any]] | None = None) -> str:
     import json  # only JSON runs pay for the import
     doc: dict[str, Any] = {
         "schema": SCHEMA,
@@ -94,7 +94,16 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
         doc["actions"] = [action_json(a) for a in actions]
     if reboot is not None:
         doc["reboot"] = reboot
+    if failed is not None:
+        doc["failed"] = failed
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
+
+
+def failed_lines(failed: list[dict[str, Any]]) -> list[str]:
+    """The last run's failed restarts that are still not healthy (``execute.last_failures``)."""
+    return [f"Restart FAILED in the last run: {printable(str(f['unit']))} (now {f['active_state']}/{f['sub_state']}"
+            f"{', restarted ' + str(f['restarts']) + ' times by systemd' if f['restarts'] else ''})"
+            f"{': ' + printable(str(f['detail'])) if f['detail'] else ''}" for f in failed]
 
 
 # ---- text ---------------------------------------------------------------------------------
@@ -106,7 +115,7 @@ def _title(g: UnitGroup) -> str:
     if g.kind == USER and not name and g.members and all(
             a.unit.cgroup.endswith(f"/user@{g.uid}.service/init.scope") for a in g.members):
         # A helper the user's service manager forked, such as "(sd-pam)": not a unit of its own.
-        comms = ", ".join(sorted({printable(a.process.comm) for a in g.members}))
+        comms = ", ".join(sorted({quoted(a.process.comm) for a in g.members}))  # a name its owner can choose
         return f"{comms} of the service manager of user {g.uid} (user@{g.uid}.service)"
     if g.kind == USER:
         return f"{quoted(g.name) if g.name else '(no unit)'} (user {g.uid})"

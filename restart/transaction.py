@@ -17,6 +17,7 @@ since the last complete run.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -217,42 +218,56 @@ def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> d
 
 
 def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> dict[str, float]:
-    """Canonical path -> since when (epoch) the content now installed there was already on disk.
+    """Canonical path -> since when (epoch) the content now installed there has been on disk, unchanged.
 
-    apt's hook keeps each package's ``md5sums`` as they were before the transaction
-    (``cp -p``: the file's mtime is when dpkg unpacked that older version); a plain dpkg
-    upgrade leaves it empty (unknown content counts as changed).  A file whose checksum
-    is the same before and after was replaced by identical content: a process that
-    started after that older version was unpacked has loaded exactly this content, so it
-    is no reason to restart anything (``apt-get install --reinstall``).  A process that
-    started earlier may map a still older version: the caller compares start times.
+    apt's hook keeps each package's ``md5sums`` as they were before each transaction
+    (``cp -p``: the file's mtime is when dpkg unpacked that older version; the earlier
+    transactions' copies stay beside it as ``NAME.md5sums.old.*``); a plain dpkg upgrade
+    leaves the latest empty (unknown content counts as changed).  Walking back from the
+    latest copy while the checksum equals the new one gives the earliest unpack since which
+    the content was continuously this: a process that started after it has loaded exactly
+    this content, so it is no reason to restart anything (``apt-get install --reinstall``,
+    twice).  A process that started earlier may map an older version: the caller compares
+    start times.
     """
     lists = run / LISTS
     if not _secure_dir(lists):
         return {}
     wanted = None if packages is None else {p.partition(":")[0] for p in packages}
-    old: dict[str, tuple[str, float]] = {}
-    names = []
+    # package -> (order, sums, unpacked): the latest copy first, then the set-aside ones by unpack time
+    copies: dict[str, list[tuple[float, dict[str, str], float]]] = {}
     try:
-        entries = [e for e in os.scandir(lists) if e.name.endswith(".md5sums") and not e.is_symlink()]
+        entries = [e for e in os.scandir(lists) if ".md5sums" in e.name and not e.is_symlink()]
     except OSError:
         return {}
     for entry in entries:
-        name = entry.name[:-len(".md5sums")]
-        if wanted is not None and name.partition(":")[0] not in wanted:
+        name, _, rest = entry.name.partition(".md5sums")
+        if (rest and not rest.startswith(".old.")) or (wanted is not None and name.partition(":")[0] not in wanted):
             continue
         try:
             fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             with os.fdopen(fd, "rb") as f:
-                since = os.fstat(f.fileno()).st_mtime
-                old.update((path, (digest, since)) for path, digest in parse_md5sums(f.read(), db.aliases).items())
+                mtime = os.fstat(f.fileno()).st_mtime
+                sums = parse_md5sums(f.read(), db.aliases)
         except OSError:
             continue
-        names.append(name)
-    if not old:
+        # the latest copy is never older than the ones set aside before it
+        copies.setdefault(name, []).append((math.inf if not rest else mtime, sums, mtime))
+    if not copies:
         return {}
-    new = db.md5sums(names)
-    return {path: since for path, (digest, since) in old.items() if new.get(path) == digest}
+    new = db.md5sums(list(copies))
+    found: dict[str, float] = {}
+    for versions in copies.values():
+        latest_first = sorted(versions, key=lambda v: v[0], reverse=True)
+        for path in latest_first[0][1]:
+            since: float | None = None
+            for _, sums, unpacked in latest_first:
+                if sums.get(path) is None or sums.get(path) != new.get(path):
+                    break
+                since = unpacked
+            if since is not None:
+                found[path] = since
+    return found
 
 
 JOURNAL_HEAD = 4 << 20  # bytes of the journal read for first events: the earliest lines are the ones that count

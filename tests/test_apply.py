@@ -170,7 +170,7 @@ def test_user_unit_restarted_only_when_the_policy_says_so(c: Container,
     old = c.main_pid("rctl-userd.service", user="alice")
     c.install_debs([demo_debs["2.0"][n] for n in NAMES])
     code, out = apply(c, "--yes")
-    assert code == 0 and "rctl-userd.service (user " in out and "notify" in out, out
+    assert code == 0 and '"rctl-userd.service" (user ' in out and "notify" in out, out
     assert c.main_pid("rctl-userd.service", user="alice") == old
     code, out = apply(c, "--yes", policy='[[rule]]\nscope = "user"\nunit = "rctl-*"\naction = "restart"\n')
     assert code == 0, out
@@ -355,3 +355,43 @@ def test_pid1_and_user_manager_are_re_executed(c: Container) -> None:
     left = after.get(f"user@{uid}.service")
     assert left is None or (left["kind"], left["action"], left["argv"]) == ("user", "notify", None), after
     assert c.exec(["systemctl", "is-system-running"]).stdout.strip() in ("running", "degraded")
+
+
+def test_a_service_that_dies_after_its_restart_has_failed(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    """Healthy means staying up (policy ``settle``): a service that crashes 1.5 s after its restart
+    passes the first check (active, new main PID) but not the settle time; one that systemd restarts
+    by itself (Restart=always) is caught by its NRestarts/MainPID moving; a steady one is done."""
+    crashing = ("/bin/sh -c 'if [ -e /srv/rctl/crash ]; then (sleep 1.5; kill -KILL $$$$) & fi; "
+                "exec /usr/bin/rctl-sleeper'")
+    setup(c, demo_debs, units={"rctl-crash.service": unit_file(crashing),
+                               "rctl-flap.service": unit_file(crashing, "Restart=always\nRestartSec=0.2")})
+    c.write_file("/srv/rctl/crash", "")
+    t0 = time.monotonic()
+    code, out = apply(c, "--yes", policy='[settings]\nsettle = 3\n')
+    assert code == 1, out
+    assert re.search(r"rctl-crash\.service: FAILED: did not stay up for 3 s after the restart \(ActiveState "
+                     r"active -> failed", out), out
+    assert re.search(r"rctl-flap\.service: FAILED: did not stay up for 3 s after the restart \(.*MainPID \d+ -> ",
+                     out), out
+    assert "rctl-demod.service: restarted" in out
+    assert time.monotonic() - t0 < 30
+    status = c.exec([*RCTL, "status", "--json"])
+    units = {u["unit"]: u["status"] for u in json.loads(status.stdout)["last_run"]["units"]}
+    assert units["rctl-crash.service"] == units["rctl-flap.service"] == "failed"
+    assert units["rctl-demod.service"] == "done"
+    # No stale process is left (the crashed units have new ones, or none), yet the host is not clean:
+    # plan says which restarts failed, until the units are healthy again.
+    r = c.exec([*RCTL, "plan", "--json"])
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and not doc["actions"], r.stdout + r.stderr
+    failed = {f["unit"]: f for f in doc["failed"]}
+    assert set(failed) == {"rctl-crash.service", "rctl-flap.service"}
+    assert failed["rctl-crash.service"]["active_state"] == "failed"
+    assert failed["rctl-flap.service"]["restarts"] >= 1
+    assert failed["rctl-crash.service"]["detail"].startswith("did not stay up for 3 s")
+    text = c.exec([*RCTL, "plan"])
+    assert "Restart FAILED in the last run: rctl-crash.service (now failed/failed)" in text.stdout
+    c.check(["rm", "/srv/rctl/crash"])
+    c.systemctl("restart", "rctl-crash.service", "rctl-flap.service")  # an administrator fixes both
+    r = c.exec([*RCTL, "plan", "--json"])
+    assert r.returncode == 0 and json.loads(r.stdout)["failed"] == [], r.stdout

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -438,6 +439,72 @@ def test_schema_requires_the_contract_and_allows_additions(tmp_path: Path, capsy
     assert errors({**doc, "processes": [{**proc, "stale": [{**proc["stale"][0], "evidence": "vibes"}]}]}) != []
     assert errors({**doc, "processes": [{**proc, "stale": [{**proc["stale"][0], "package": None}]}]}) != []
     assert errors({**doc, "reboot": {"required": "yes", "reasons": []}}) != []
+
+
+# ---------------------------------------------------------------- the report timer's cheap path
+
+def test_refresh_renews_the_textfile_without_a_scan_only_when_nothing_can_have_changed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``plan --format openmetrics --textfile --refresh`` (restartctl-report.service): a scan when the
+    file says something is pending or the dpkg database / state / reboot flag changed, else only a
+    new report time."""
+    from tests.test_fleet import fixture_host
+
+    prom = tmp_path / "prom"
+    prom.mkdir(mode=0o755)
+    textfile = prom / "restartctl.prom"
+    argv = ["plan", "--format", "openmetrics", "--textfile", str(textfile), "--refresh"]
+    clean = fixture_host(tmp_path / "clean", stale=False)
+    scans: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> scan.Findings:
+        scans.append(1)
+        return scan.find(*args, **kwargs)
+    monkeypatch.setattr("restart.cli.find", counted)
+    assert main([*argv, *clean]) == 0 and len(scans) == 1  # no file yet: a scan
+    first = textfile.read_text()
+    assert om_sample(first, "restartctl_pending_units", scope="system") == 0
+    stamp = om_sample(first, "restartctl_report_timestamp_seconds")
+    time.sleep(0.01)
+    assert main([*argv, *clean]) == 0 and len(scans) == 1  # nothing changed: renewed, no scan
+    second = textfile.read_text()
+    assert om_sample(second, "restartctl_report_timestamp_seconds") > stamp
+    strip = re.compile(r"^restartctl_report_timestamp_seconds .*$", re.M)
+    assert strip.sub("", second) == strip.sub("", first)
+    check_metrics(second)
+    capsys.readouterr()
+    # The dpkg database changed since: a scan.
+    (tmp_path / "clean" / "admin" / "status").write_text("")
+    assert main([*argv, *clean]) == 0 and len(scans) == 2
+    # Something pending: always a scan (it may have been restarted by hand since).
+    stale = fixture_host(tmp_path / "stale")
+    argv[4] = str(prom / "stale.prom")
+    assert main([*argv, *stale]) == 1 and len(scans) == 3
+    assert main([*argv, *stale]) == 1 and len(scans) == 4
+    assert om_sample((prom / "stale.prom").read_text(), "restartctl_pending_units", scope="system") == 2
+    capsys.readouterr()
+
+
+def test_renewal_needs_our_own_complete_file_and_no_reboot_since(tmp_path: Path) -> None:
+    path = tmp_path / "restartctl.prom"
+    text = formats.openmetrics([], [], ScanResult([], 5, 0, 0, 0), [], now=1_000)
+    path.write_text(text)
+    assert formats.renewed(path, since=[], booted=900, now=2_000) == text.replace(
+        "restartctl_report_timestamp_seconds 1000", "restartctl_report_timestamp_seconds 2000")
+    assert formats.renewed(path, since=[], booted=1_500, now=2_000) is None  # rebooted since
+    assert formats.renewed(tmp_path / "absent", since=[], booted=0) is None
+    path.write_text(text.replace("# EOF\n", ""))
+    assert formats.renewed(path, since=[], booted=0) is None  # cut short
+    path.write_text(text.replace('restartctl_unreadable_processes{why="deadline"} 0',
+                                 'restartctl_unreadable_processes{why="deadline"} 3'))
+    assert formats.renewed(path, since=[], booted=0) is None  # not everything was looked at
+    reboot_text = formats.openmetrics([], [], ScanResult([], 5, 0, 0, 0), [KERNEL], now=1_000)
+    path.write_text(reboot_text)
+    assert formats.renewed(path, since=[], booted=0) is None
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_text(text)
+    assert formats.renewed(path, since=[], booted=0) is None
 
 
 # ---------------------------------------------------------------- real dpkg upgrade in a container

@@ -198,6 +198,16 @@ def test_policy_files_others_could_write_are_refused(tmp_path: Path) -> None:
         load([good / "policy.toml"])
 
 
+def test_settle_takes_seconds_and_zero_turns_it_off() -> None:
+    from restart.policy import parse
+    assert parse("[settings]\nsettle = 0\n", "t")[1] == {"settle": 0.0}
+    assert parse("[settings]\nsettle = 2.5\n", "t")[1] == {"settle": 2.5}
+    with pytest.raises(PolicyError, match="settle"):
+        parse("[settings]\nsettle = -1\n", "t")
+    with pytest.raises(PolicyError, match="timeout"):
+        parse("[settings]\ntimeout = 0\n", "t")
+
+
 def test_findings_guessed_from_the_search_path_are_listed_not_restarted() -> None:
     """A module guessed from the whole search path (the script's imports could not be read) is
     listed by the vendor policy; one found through the imports that were read is restarted for."""

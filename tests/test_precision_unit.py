@@ -154,6 +154,11 @@ def test_the_log_says_told_only_for_notices_that_went_out(tmp_path: Path) -> Non
     lines: list[str] = []
     assert execute.notify([group], run, lines.append, tmp_path / "no-apps", tmp_path / "proc") == 0
     assert lines == ["could not tell user bob (session 7) to restart demo: could not write to /dev/pts/4242"]
+    (run / "systemd" / "sessions" / "7").unlink()  # only the lingering manager's session is left
+    lines.clear()
+    assert execute.notify([group], run, lines.append, tmp_path / "no-apps", tmp_path / "proc") == 0
+    assert lines == ["could not tell user 1000: no login session a person sits at (a lingering manager or "
+                     "background sessions only); it stays pending"]
 
 
 # ---- the transaction's own processes
@@ -191,3 +196,22 @@ def test_the_transactions_own_processes_are_the_hooks_ancestors_up_to_the_fronte
     (proc / "30" / "exe").unlink()
     (proc / "30" / "exe").symlink_to("/usr/bin/dpkg")
     assert hook.transaction_pids(proc, admin, 60) == {30, 40, 50}
+
+
+def test_unchanged_since_the_earliest_of_the_identical_copies(tmp_path: Path) -> None:
+    """Two identical transactions in a row (a reinstall, then a rebuild with the same content): the
+    content has been the same since the first copy's unpack; A -> B -> A is the same only since B's."""
+    run, db = _tree(tmp_path)
+    info, lists = db.admindir / "info", run / "lists"
+    (info / "liba.list").write_text("/usr/lib/liba.so\n")
+    (info / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\n")
+    (lists / "liba.md5sums.old.1700000100.7").write_text(f"{A}  usr/lib/liba.so\n")
+    os.utime(lists / "liba.md5sums.old.1700000100.7", (1_700_000_000, 1_700_000_000))
+    (lists / "liba.md5sums").write_text(f"{A}  usr/lib/liba.so\n")
+    os.utime(lists / "liba.md5sums", (1_700_000_200, 1_700_000_200))
+    assert transaction.unchanged(run, db, ["liba"]) == {"/usr/lib/liba.so": 1_700_000_000}
+    (lists / "liba.md5sums.old.1700000100.7").write_text(f"{B}  usr/lib/liba.so\n")
+    os.utime(lists / "liba.md5sums.old.1700000100.7", (1_700_000_000, 1_700_000_000))
+    assert transaction.unchanged(run, db, ["liba"]) == {"/usr/lib/liba.so": 1_700_000_200}
+    (lists / "liba.md5sums").write_text("")  # a plain dpkg upgrade since: unknown
+    assert transaction.unchanged(run, db, ["liba"]) == {}

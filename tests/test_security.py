@@ -384,7 +384,9 @@ NOISE = [f"$(touch {CANARY}/CANARY-cmdline)", "; reboot", "`id`", "/usr/sbin/ssh
 
 # Forged cgroups below user@UID.service (made with mkdir), and the unit restartctl must report for each.
 FORGED: dict[bytes, tuple[str, str | None]] = {
-    b"init.scope": ("user", None),  # in her manager's own cgroup, but not the manager (not started by PID 1)
+    # In her manager's own cgroup, but not the manager (not started by PID 1): hers, named after her
+    # user@UID.service (as "(sd-pam)" is), never acted on.
+    b"init.scope": ("user", "user@{uid}.service"),
     b"app.slice/init.scope": ("user", "init.scope"),
     b"system.slice/sshd.service": ("user", "sshd.service"),
     b"user.slice/user-0.slice/session-1.scope": ("user", "session-1.scope"),
