@@ -77,9 +77,8 @@ def package_files() -> dict[str, str]:
 
 # ------------------------------------------------------------------------ build, lintian, contents
 @pytest.mark.real
-def test_build_is_quick_and_leaves_no_trace(built: Built) -> None:
+def test_build_leaves_no_trace(built: Built) -> None:
     assert built.deb.is_file() and built.changes.is_file()
-    assert built.seconds < 60, f"the package took {built.seconds:.0f} s to build"
     # debian/rules clean (make deb runs it: --post-clean) removes everything the build made ...
     leftovers = sorted(built.after_clean - built.before)
     assert not leftovers, f"debian/rules clean leaves build products behind: {leftovers}"
