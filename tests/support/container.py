@@ -486,6 +486,11 @@ class Container:
                     problems.append(f"nspawn PID {proc.pid} survived SIGKILL")
             for top in reversed(self._cg_tops):
                 problems += _rmdir_tree(top)
+            v1 = _cgroup_mounts()[1]
+            if self.unified and v1 is not None:
+                # On a hybrid host nspawn mirrors a pure-v2 container's cgroup path into name=systemd:
+                # our own (uniquely named) directories there go too.
+                problems += _rmdir_tree(v1 / self.cgroup_name)
             self._cg_tops = [top for top in self._cg_tops if top.exists()]
             self._leader = 0
             if self._hostdir is not None:
