@@ -216,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser(argv).parse_args(argv)
     roots = _roots(args)
     if args.command == "hook":
-        from restart import hook  # the scan commands need none of its imports
-        after = hook.Process(*args.after) if args.after else None
+        from restart import hook  # only this command needs it
+        from restart.apply import Process
+        after = Process(*args.after) if args.after else None
         return hook.run(roots, args.trigger, after=after, budget=args.budget)
     try:
         if args.command in ("scan", "plan", "check", "apply"):
@@ -383,21 +384,21 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
     """Exit 0 when every restart it tried succeeded (or there was nothing to do), 1 when one failed."""
     import time
 
-    from restart import hook
+    from restart import apply
 
     mode = "auto" if args.yes else "list" if args.dry_run else args.mode
-    log = hook.Log(sys.stdout, sys.stderr, quiet=args.json)
+    log = apply.Log(sys.stdout, sys.stderr, quiet=args.json)
     wait = min(args.budget, APPLY_LOCK_WAIT)
 
     def waiting(holder: str) -> None:
         print(f"restartctl: waiting (at most {wait:g} s) for the run that holds the lock: {holder}",
               file=sys.stderr, flush=True)
 
-    with hook.run_lock(roots, wait, who="apply", waiting=waiting) as lock:
+    with apply.run_lock(roots, wait, who="apply", waiting=waiting) as lock:
         if not lock.held:
             print(f"restartctl: another run still holds the lock ({lock.holder}); nothing done", file=sys.stderr)
             return EXIT_ERROR
-        code = hook.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
+        code = apply.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
                         deadline=time.monotonic() + args.budget, preview=args.dry_run)
     if args.json:
         import json
@@ -438,7 +439,7 @@ def _left_down(roots: Roots, record: dict[str, Any] | None, current: bool) -> li
 def _status(roots: Roots, args: argparse.Namespace) -> int:
     """Exit 0 when nothing is pending and no reboot is needed, 1 when something is (or a run waits for
     unattended-upgrades), 2 for an unusable record."""
-    from restart import hook, state
+    from restart import apply, state
 
     said: list[str] = []  # why read_json found the record unusable (and set it aside)
     trouble = state.problem(roots.state, state.PENDING)
@@ -449,7 +450,7 @@ def _status(roots: Roots, args: argparse.Namespace) -> int:
         record = state.still_true(record, roots.proc)  # only what is still true: gone processes are dropped
     reasons, kernel = _reboot_reasons(roots, [])
     down = _left_down(roots, record, current)
-    waiting = hook.waiting_for(roots)
+    waiting = apply.waiting_for(roots)
     if args.json:
         import json
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from restart import hook, state
+from restart import apply, hook, state
 from restart.cli import main
 from restart.roots import Roots
 from tests.test_cli import REPO, Host
@@ -41,7 +41,7 @@ def earlier_record(roots: Roots) -> None:
 
 
 def act(roots: Roots, scope: list[str] | None, *, deadline: float) -> int:
-    return hook.act(roots, "manual", hook.Log(sys.stdout, sys.stderr, quiet=True), scope=scope, old_files=None,
+    return apply.act(roots, "manual", apply.Log(sys.stdout, sys.stderr, quiet=True), scope=scope, old_files=None,
                     failed=[], mode="list", deadline=deadline)
 
 
@@ -206,7 +206,7 @@ def ask(answers: str, *, default_yes: bool = True, units: int = 2) -> tuple[list
     from restart.units import SYSTEM, UnitGroup
 
     prompts = io.StringIO()
-    confirm = hook.asker(io.StringIO(answers), prompts, default_yes=default_yes, deadline=time.monotonic() + 60)
+    confirm = apply.asker(io.StringIO(answers), prompts, default_yes=default_yes, deadline=time.monotonic() + 60)
     actions = [Action(UnitGroup(SYSTEM, f"u{i}.service", None, False, True, (i,), ("p",), ()), "restart",
                       ("systemctl", "restart", "--", f"u{i}.service"), "") for i in range(units)]
     return [confirm(a) for a in actions], prompts.getvalue()
@@ -238,7 +238,7 @@ def test_ask_gives_up_when_no_answer_comes_in_time(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()  # nobody ever writes: the admin went away
     prompts = io.StringIO()
     with os.fdopen(read_end) as answers:
-        confirm = hook.asker(answers, prompts, deadline=time.monotonic() + 0.3)
+        confirm = apply.asker(answers, prompts, deadline=time.monotonic() + 0.3)
         started = time.monotonic()
         action = Action(UnitGroup(SYSTEM, "u.service", None, False, True, (1,), ("p",), ()), "restart",
                         ("systemctl", "restart", "--", "u.service"), "")
@@ -293,13 +293,13 @@ def test_reboot_reasons_are_one_line_per_cause() -> None:
 def test_the_backlog_is_one_line_and_the_run_ends_with_the_next_step(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     host, roots = fixture_host(tmp_path)
-    hook.act(roots, "apt", hook.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1", "libother1"],
+    apply.act(roots, "apt", apply.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1", "libother1"],
              old_files=None, failed=[], mode="list", deadline=time.monotonic() + 60, fresh=frozenset({"libother1"}))
     out = capsys.readouterr().out.splitlines()
     assert out == ["restartctl: 1 unit still pending from earlier runs ('restartctl status' lists them)",
                    "restartctl: nothing was restarted (list mode); 'restartctl plan' shows the details",
                    "restartctl: next: 'restartctl apply' restarts the 1 unit listed"], out
-    hook.act(roots, "apt", hook.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1"],
+    apply.act(roots, "apt", apply.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1"],
              old_files=None, failed=[], mode="list", deadline=time.monotonic() + 60,
              fresh=frozenset({"libdemo1:amd64"}))
     out = capsys.readouterr().out.splitlines()
@@ -392,7 +392,7 @@ def test_quiet_shows_only_the_next_step_on_the_apt_terminal(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     _, roots = fixture_host(tmp_path)
     admin_policy(roots, "[settings]\nquiet = true\n")
-    hook.act(roots, "apt", hook.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1"], old_files=None,
+    apply.act(roots, "apt", apply.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1"], old_files=None,
              failed=[], mode="list", deadline=time.monotonic() + 60, fresh=frozenset({"libdemo1:amd64"}))
     assert capsys.readouterr().out == "restartctl: next: 'restartctl apply' restarts the 1 unit listed\n"
 
