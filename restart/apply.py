@@ -318,7 +318,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         roots.admindir, {p for a in actions if a.action in plan.EXECUTABLE for p in a.group.packages}))
     recovered = recover(roots, log, findings)
     outcomes: list[execute.Outcome] = []
-    interrupted = False
+    interrupted = ""  # "interrupted" (Ctrl-C, hang-up) or "out of time" (the hook's watchdog)
     fresh_names = {p.partition(":")[0] for p in fresh or ()}
     earlier = {id(a) for a in actions if fresh is not None
                and not any(p.partition(":")[0] in fresh_names for p in a.group.packages)}
@@ -336,9 +336,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
                                      if mode == "ask" else None)
             lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True, earlier=earlier)
             if interrupted:
-                left = sum(1 for a in actions if a.action in plan.EXECUTABLE and a.argv is not None) - len(outcomes)
-                lines.append(f"interrupted: {left} unit{'s' if left != 1 else ''} not handled "
-                             f"stay{'s' if left == 1 else ''} pending")
+                lines.append(report.cut_short_line(actions, outcomes, interrupted))
         done = {id(o.action) for o in outcomes if o.status == execute.DONE}
         still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
         # Not all looked at: the next run looks again at every package changed since the last complete run.
@@ -366,7 +364,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
             log.info(step)
         if unsaved is not None:
             raise unsaved
-    if interrupted:
+    if interrupted == "interrupted":
         return 130
     if missed:
         return 2
@@ -397,8 +395,10 @@ class Interrupts:
 
 def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action], settings: policy.Settings,
                outcomes: list[execute.Outcome], *, failed: list[str], deadline: float,
-               confirm: Callable[[plan.Action], bool | None] | None, earlier: set[int], quiet: bool) -> bool:
-    """Restart as planned, one progress line as each unit is done; returns whether it was interrupted.
+               confirm: Callable[[plan.Action], bool | None] | None, earlier: set[int], quiet: bool) -> str:
+    """Restart as planned, one progress line as each unit is done; returns what cut it short, if anything:
+    "interrupted" (Ctrl-C, a hang-up) or "out of time" (the hook's watchdog; the time left to record
+    what was done is the watchdog's grace).
 
     ``outcomes`` fills as the restarts finish, so that an interrupted run still records them; each
     action is also on record before it is taken (:class:`ActionLog`).
@@ -429,8 +429,10 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
                       intend=record.intend, earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)))
     except KeyboardInterrupt:
         log.info("")  # after the ^C the terminal echoed
-        return True
-    return False
+        return "interrupted"
+    except Timeout:
+        return "out of time"
+    return ""
 
 
 class ActionLog:

@@ -17,7 +17,7 @@ from restart.text import printable, tolerant_streams
 EXIT_OK, EXIT_STALE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 APPLY_SCHEMA = "restartctl-apply/1"
 DEFAULT_TEXTFILE = Path("(default)")
-APPLY_LOCK_WAIT = transaction.HOOK_BUDGET + 10  # longer than a hook run may take
+APPLY_LOCK_WAIT = policy.Settings().hook_budget + 10  # longer than a hook run takes by default
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,8 +129,9 @@ def _hook_options(p: argparse.ArgumentParser) -> None:
                    help="who runs it: apt, dpkg, unattended-upgrades or manual (default)")
     p.add_argument("--after", type=_after, metavar="PID:START",
                    help="first wait (bounded) until this process has exited")
-    p.add_argument("--budget", type=_at_least_zero(float), default=transaction.HOOK_BUDGET, metavar="SECONDS",
-                   help=f"give up after this long (default {transaction.HOOK_BUDGET:.0f})")
+    p.add_argument("--budget", type=_at_least_zero(float), default=None, metavar="SECONDS",
+                   help="give up after this long (default: the policy's hook_budget, "
+                        f"{policy.Settings().hook_budget:.0f} unless set)")
 
 
 # command -> (one-line help, description, its options)

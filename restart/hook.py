@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from restart import execute, packages, state, transaction, units
+from restart import execute, packages, policy, state, transaction, units
 from restart.apply import LOCK, Log, Process, Progress, Timeout, act, process_start, run_lock
 from restart.processes import PPID, ProcessGone, parse_status, read_proc, stat_field
 from restart.roots import Roots
@@ -32,6 +32,7 @@ DEFERRED_UNIT = "restartctl-after-unattended-upgrades.service"
 UU_SCRIPT = "/usr/bin/unattended-upgrade"
 SYSTEMCTL = "/usr/bin/systemctl"
 SYSTEMD_RUN = "/usr/bin/systemd-run"
+GRACE = 10.0  # seconds a run cut short by its watchdog has to record what it did
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -185,16 +186,25 @@ def defer_until_exit(roots: Roots, uu: Process, log: Log) -> None:
     log.info(f"unattended-upgrades (pid {uu.pid}) is running: restarts and one report follow when it is done")
 
 
-def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: float = transaction.HOOK_BUDGET,
+def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: float | None = None,
         out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """The whole hook run; always returns 0."""
+    """The whole hook run; always returns 0.  ``budget``: the watchdog's seconds (None: the policy's
+    ``hook_budget``)."""
     log = Log(out or sys.stdout, err or sys.stderr, quiet=False)
     if after is not None:
         wait_for_exit(roots.proc, after, AFTER_UU_MAX_WAIT)
+    if budget is None:
+        budget = hook_budget(roots)
 
     def expire(signum: int, frame: object) -> None:
+        # The first expiry cuts the restarts short; the run then has GRACE seconds to record what it
+        # did and name what it did not attempt.  A second one ends the run wherever it is.
+        if grace:
+            grace.pop()
+            signal.setitimer(signal.ITIMER_REAL, GRACE)
         raise Timeout()
 
+    grace = [GRACE]
     previous: Callable[..., object] | int | None = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, max(budget, 0.001))  # 0 would disable the watchdog
     try:
@@ -211,6 +221,14 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     return 0
+
+
+def hook_budget(roots: Roots) -> float:
+    """The policy's ``hook_budget`` (the vendor default when the policy cannot be read: the run says why later)."""
+    try:
+        return policy.for_host(roots.etc, roots.data).settings.hook_budget
+    except (OSError, policy.PolicyError):
+        return policy.Settings().hook_budget
 
 
 def _run(roots: Roots, trigger: str, log: Log, budget: float) -> None:

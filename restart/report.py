@@ -278,7 +278,19 @@ def outcome_line(o: Outcome) -> str:
     verb = {"done": "restarted" if o.action.action != "reexec" else "re-executed", "failed": "FAILED",
             "skipped": "skipped", "declined": "left alone"}[o.status]
     first = o.detail.splitlines()[0] if o.detail else ""
-    return f"  {_title(g)}: {verb}{': ' + printable(first) if first and o.status != 'done' else ''}"
+    took = f" ({o.seconds:.1f} s)" if o.status in ("done", "failed") else ""
+    return f"  {_title(g)}: {verb}{': ' + printable(first) if first and o.status != 'done' else ''}{took}"
+
+
+def cut_short_line(actions: list[Action], outcomes: list[Outcome], why: str, *, shown: int = 10) -> str:
+    """A run cut short (``why``: "interrupted", "out of time"): which restarts it never got to."""
+    handled = {id(o.action) for o in outcomes}
+    left = [a for a in actions if a.action in EXECUTABLE and a.argv is not None and id(a) not in handled]
+    n = len(left)
+    names = ", ".join(printable(a.group.name or "?") for a in left[:shown]) + \
+        (f", and {n - shown} more" if n > shown else "")
+    return (f"{why}: {n} unit{'s' if n != 1 else ''} not handled stay{'s' if n == 1 else ''} pending"
+            f"{': ' + names if n else ''}")
 
 
 def run_units(actions: list[Action], outcomes: list[Outcome]) -> list[dict[str, Any]]:
@@ -288,7 +300,8 @@ def run_units(actions: list[Action], outcomes: list[Outcome]) -> list[dict[str, 
     for a in actions:
         o = by_action.get(id(a))
         units.append({**action_json(a), "status": o.status if o else "listed",
-                      "detail": clean(o.detail) if o else "", **({"left_pids": list(o.left)} if o and o.left else {})})
+                      "detail": clean(o.detail) if o else "", **({"left_pids": list(o.left)} if o and o.left else {}),
+                      **({"seconds": round(o.seconds, 3), "wave": o.wave} if o else {})})
     return units
 
 
@@ -344,8 +357,10 @@ def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: lis
             lines.extend(f"    {printable(line)}" for line in o.detail.splitlines())
     counts = Counter(o.status for o in outcomes)
     left = sum(1 for a in actions if id(a) not in executable)
+    waves = len({o.wave for o in outcomes if o.status in ("done", "failed")})
     lines.append(f"{counts['done']} restarted, {counts['failed']} failed, {counts['skipped']} skipped, "
-                 f"{counts['declined']} left alone, {left} left to people")
+                 f"{counts['declined']} left alone, {left} left to people"
+                 + (f", in {waves} wave{'s' if waves != 1 else ''}" if waves else ""))
     return lines
 
 
