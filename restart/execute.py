@@ -623,7 +623,8 @@ class Executor:
         up += [(a, {}) for a, before in pairs if not before]  # nothing to ask systemd: PID 1, a manager, a script
         checked = []
         for a, state in up:
-            outcome = self._clean(a, state, limit)
+            # Each check its own time: a sibling in the wave that was slow to start spent the limit.
+            outcome = self._clean(a, state, max(limit, time.monotonic() + min(self.settings.timeout, self.remaining())))
             if outcome.status == DONE and state:
                 checked.append((outcome, state))
             else:

@@ -29,8 +29,8 @@ class Systemd:
     """System units as ``systemctl`` would report them; each restart gives a unit a new main PID,
     unless it is ``broken`` (the restart fails) or ``keeps`` its main process (nothing happens)."""
 
-    def __init__(self, names: list[str], *, broken: set[str] = frozenset(), keeps: set[str] = frozenset(),
-                 refuses: set[str] = frozenset(), forbidden: set[str] = frozenset(),
+    def __init__(self, names: list[str], *, broken: frozenset[str] = frozenset(), keeps: frozenset[str] = frozenset(),
+                 refuses: frozenset[str] = frozenset(), forbidden: frozenset[str] = frozenset(),
                  fail_at: int | None = None, error: BaseException | None = None) -> None:
         self.units = {n: {"ActiveState": "active", "SubState": "running", "MainPID": str(100 + i),
                           "RefuseManualStop": "yes" if n in refuses else "no", "NRestarts": "0",
@@ -109,7 +109,7 @@ def test_canary_alone_then_waves_of_max_parallel(tmp_path: Path) -> None:
 
 def test_max_parallel_one_is_the_old_order_one_unit_at_a_time(tmp_path: Path) -> None:
     units = names(4)
-    systemd = Systemd(units, broken={units[0]})
+    systemd = Systemd(units, broken=frozenset({units[0]}))
     outcomes = executor(tmp_path, systemd, max_parallel=1).run_all([action(n, 10 + i) for i, n in enumerate(units)])
     assert systemd.restarts() == [[n] for n in units]  # a failed first unit is no canary here
     assert [o.status for o in outcomes] == [execute.FAILED, execute.DONE, execute.DONE, execute.DONE]
@@ -117,7 +117,7 @@ def test_max_parallel_one_is_the_old_order_one_unit_at_a_time(tmp_path: Path) ->
 
 def test_a_failed_canary_stops_every_later_restart(tmp_path: Path) -> None:
     units = names(5)
-    systemd = Systemd(units, broken={units[0]})
+    systemd = Systemd(units, broken=frozenset({units[0]}))
     outcomes = executor(tmp_path, systemd, max_parallel=8).run_all([action(n, 10 + i) for i, n in enumerate(units)])
     assert systemd.restarts() == [units[:1]]
     assert outcomes[0].status == execute.FAILED
@@ -127,7 +127,7 @@ def test_a_failed_canary_stops_every_later_restart(tmp_path: Path) -> None:
 
 def test_failures_in_a_wave_trip_the_breaker_for_later_waves(tmp_path: Path) -> None:
     units = names(7)
-    systemd = Systemd(units, broken={units[1], units[2]})
+    systemd = Systemd(units, broken=frozenset({units[1], units[2]}))
     outcomes = executor(tmp_path, systemd, max_parallel=3, max_failures=2).run_all(
         [action(n, 10 + i) for i, n in enumerate(units)])
     assert systemd.restarts() == [units[:1], units[1:4]]
@@ -142,12 +142,12 @@ def test_a_restart_that_keeps_its_main_pid_is_not_verified(tmp_path: Path) -> No
     """Why: ``systemctl restart`` exits 0 for a unit whose restart did nothing we asked for (a
     reload-only wrapper, an ExecStop that returns at once); active alone is not restarted."""
     units = names(3)
-    systemd = Systemd(units, keeps={units[0], units[2]})
+    systemd = Systemd(units, keeps=frozenset({units[0], units[2]}))
     outcomes = executor(tmp_path, systemd, max_parallel=1, timeout=0.5).run_all(
         [action(n, 10 + i) for i, n in enumerate(units)])
     assert [o.status for o in outcomes] == [execute.FAILED, execute.DONE, execute.FAILED]
     assert outcomes[0].detail.startswith("still active with the same main process (pid 100)")
-    systemd = Systemd(units, keeps={units[2]})
+    systemd = Systemd(units, keeps=frozenset({units[2]}))
     outcomes = executor(tmp_path, systemd, max_parallel=3, timeout=0.5).run_all(
         [action(n, 10 + i) for i, n in enumerate(units)])
     assert systemd.restarts() == [units[:1], units[1:]]
@@ -157,7 +157,7 @@ def test_a_restart_that_keeps_its_main_pid_is_not_verified(tmp_path: Path) -> No
 
 def test_in_a_wave_ancestors_refusals_and_policy_rc_d_are_skipped(tmp_path: Path, no_policy_rc_d: Path) -> None:
     units = names(5)
-    systemd = Systemd(units, refuses={units[2]}, forbidden={units[3]})
+    systemd = Systemd(units, refuses=frozenset({units[2]}), forbidden=frozenset({units[3]}))
     ex = executor(tmp_path, systemd, max_parallel=8)
     ex.ancestors = {units[1]}
     outcomes = ex.run_all([action(n, 10 + i) for i, n in enumerate(units)])
