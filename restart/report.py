@@ -327,8 +327,9 @@ def intro_lines(actions: list[Action], *, failed: list[str], asking: bool, secon
         for a in actions:
             what = command(a.argv) if a.argv is not None else command(a.suggested) if a.suggested else ""
             lines.append(f"  {_title(a.group)}: {a.action}: {printable(a.reason)}{' (' + what + ')' if what else ''}")
-        lines.append(f"Asking before each restart; Enter means {'yes' if default_yes else 'no'}, ? explains the "
-                     f"answers; within {max(seconds, 0):.0f} s, after which the rest stays pending.")
+        lines.append(f"Asking about every unit first, then restarting the chosen ones; Enter means "
+                     f"{'yes' if default_yes else 'no'}, ? explains the answers; within {max(seconds, 0):.0f} s, "
+                     "after which the rest stays pending.")
     return lines
 
 
