@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 from tests.support.checkout import install_hooks
@@ -411,7 +412,10 @@ def apply_json(c: Container, *args: str, policy: str) -> tuple[int, dict[str, di
     r = c.exec([*RCTL, "apply", "--yes", "--json", *args], timeout=300)
     assert "Traceback" not in r.stderr, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["schema"] == "restartctl-apply/1"
+    schema = json.loads((REPO / "data" / "restartctl-apply-1.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    assert not list(validator.iter_errors(doc)), list(validator.iter_errors(doc))
     return r.returncode, {u["unit"]: u for u in doc["applied"]}
 
 
