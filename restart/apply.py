@@ -407,13 +407,15 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
                                    seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
         log.info(line, show=not quiet)
 
-    def still_stale(group: units.UnitGroup, pids: list[int] | None, until: float) -> execute.Recheck:
+    def still_stale(checks: list[tuple[units.UnitGroup, list[int] | None]], until: float) -> list[execute.Recheck]:
         # pids None: a guessed unit (no systemd): only root's and system accounts' processes can be it.
-        again = find(roots, only_packages=list(group.packages), pids=pids, deadline=until,
-                     users=pids is not None)
-        same = (group.kind, group.name, group.uid)
-        return execute.Recheck([m for g in again.groups if (g.kind, g.name, g.uid) == same for m in g.members],
-                               again.scan.unscanned)
+        # The units of a wave are looked at again in one scan; what it could not look at counts for each.
+        if len(checks) > 1 and all(pids is not None for _, pids in checks):
+            again = find(roots, only_packages=sorted({p for g, _ in checks for p in g.packages}),
+                         pids=sorted({pid for _, pids in checks for pid in pids or ()}), deadline=until, users=True)
+            return [_left(again, g) for g, _ in checks]
+        return [_left(find(roots, only_packages=list(g.packages), pids=pids, deadline=until,
+                           users=pids is not None), g) for g, pids in checks]
 
     record = ActionLog(roots, trigger, log)
 
@@ -435,6 +437,13 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
     return ""
 
 
+def _left(again: Findings, group: units.UnitGroup) -> execute.Recheck:
+    """What a scan after a restart found of this unit: its processes still stale."""
+    same = (group.kind, group.name, group.uid)
+    return execute.Recheck([m for g in again.groups if (g.kind, g.name, g.uid) == same for m in g.members],
+                           again.scan.unscanned)
+
+
 class ActionLog:
     """Each action on record in the state before it is taken (an intent) and after (its outcome),
     so that a run killed at any point leaves what it did, or was doing, for the next run."""
@@ -444,15 +453,17 @@ class ActionLog:
         self.entries: list[dict[str, object]] = []
         self.index: dict[int, int] = {}
 
-    def intend(self, action: plan.Action) -> None:
-        """Raises OSError when it cannot be recorded: then the action is not taken."""
-        self.entries.append({**report.action_json(action), "status": "started", "detail": ""})
+    def intend(self, actions: list[plan.Action]) -> None:
+        """Raises OSError when they cannot be recorded: then none of them is taken.  (A wave's are
+        recorded in one write.)"""
+        self.entries += [{**report.action_json(a), "status": "started", "detail": ""} for a in actions]
         try:
             self._save()
         except OSError:
-            self.entries.pop()
+            del self.entries[len(self.entries) - len(actions):]
             raise
-        self.index[id(action)] = len(self.entries) - 1
+        for i, a in enumerate(actions, len(self.entries) - len(actions)):
+            self.index[id(a)] = i
 
     def outcome(self, o: execute.Outcome) -> None:
         i = self.index.get(id(o.action))

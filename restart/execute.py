@@ -64,9 +64,10 @@ class Recheck(NamedTuple):
     unscanned: int = 0
 
 
-# The check after a restart: the group, the processes to look at (None: root's and system accounts'
-# processes), and the deadline (time.monotonic) it must keep.
-StillStale = Callable[[UnitGroup, list[int] | None, float], Recheck]
+# The check after a restart, for the units of one restart (a wave's together): each group with the
+# processes to look at (None: root's and system accounts' processes), and the deadline (time.monotonic)
+# it must keep; one Recheck per group, in order.
+StillStale = Callable[[list[tuple[UnitGroup, list[int] | None]], float], list[Recheck]]
 
 
 class Outcome(NamedTuple):
@@ -334,11 +335,11 @@ class Executor:
                  still_stale: StillStale,
                  confirm: Callable[[Action], bool | None] | None = None,
                  report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
-                 run_dir: Path = Path("/run"), intend: Callable[[Action], None] | None = None,
+                 run_dir: Path = Path("/run"), intend: Callable[[list[Action]], None] | None = None,
                  earlier: Earlier | None = None, runner: Runner | None = None) -> None:
         self.settings = settings
         self.run_dir = run_dir
-        self.intend = intend  # records an action before it is taken (raises OSError when it cannot)
+        self.intend = intend  # records actions before they are taken (raises OSError when it cannot)
         self.earlier = earlier or {}
         self.told: list[UnitGroup] = []  # users' processes found inside system units: told, not restarted
         self.proc = proc
@@ -420,7 +421,7 @@ class Executor:
                 outcome = Outcome(action, DECLINED, "declined at the prompt" if answer is False else
                                   "not asked: the prompt was quit before it")
             else:
-                outcome = self._intended(action) or self._carry_out(action, state)
+                outcome = next(iter(self._intended([action])), None) or self._carry_out(action, state)
         return self._finish(outcome, started)
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
@@ -443,16 +444,16 @@ class Executor:
         return Outcome(action, SKIPPED, "its check failed in an earlier run for these same processes "
                                         f"(pid {', '.join(map(str, g.pids))}): not restarted again", left=g.pids)
 
-    def _intended(self, action: Action) -> Outcome | None:
-        """None once the action is on record (or nothing records); an action that cannot be recorded
-        first is not taken: a run killed during it would leave no trace of it."""
-        if self.intend is None:
-            return None
+    def _intended(self, actions: list[Action]) -> list[Outcome]:
+        """Nothing once the actions are on record (or nothing records); actions that cannot be recorded
+        first are not taken: a run killed during them would leave no trace of them."""
+        if self.intend is None or not actions:
+            return []
         try:
-            self.intend(action)
+            self.intend(actions)
         except OSError as e:
-            return Outcome(action, SKIPPED, f"not recorded before acting ({e})")
-        return None
+            return [Outcome(a, SKIPPED, f"not recorded before acting ({e})") for a in actions]
+        return []
 
     def _why_not(self, action: Action) -> str | None:
         return self._check(action)[0]
@@ -578,13 +579,15 @@ class Executor:
         go = []
         for a in ready:
             state = states.get(a.group.name or "", {})
-            outcome = (Outcome(a, SKIPPED, reason) if (reason := self._refusal(a.group, state, timeout)) is not None
-                       else self._intended(a))
-            if outcome is not None:
-                finish(outcome)
+            reason = self._refusal(a.group, state, timeout)
+            if reason is not None:
+                finish(Outcome(a, SKIPPED, reason))
             else:
                 go.append((a, state))
-        if go:
+        unrecorded = self._intended([a for a, _ in go])
+        for outcome in unrecorded:
+            finish(outcome)
+        if go and not unrecorded:
             self._restart_together(go, finish)
         return outcomes
 
@@ -621,10 +624,12 @@ class Executor:
         ``finish`` as soon as it is known.  Units of one manager (a wave, or a single unit)."""
         up = self._await([(a, before) for a, before in pairs if before], limit, finish)
         up += [(a, {}) for a, before in pairs if not before]  # nothing to ask systemd: PID 1, a manager, a script
+        until = max(limit, time.monotonic() + min(self.settings.timeout, self.remaining()))  # its own time:
+        checks = self.still_stale([(a.group, self._check_scope(a.group, state)) for a, state in up], until) \
+            if up else []  # a sibling in the wave that was slow to start spent the limit
         checked = []
-        for a, state in up:
-            # Each check its own time: a sibling in the wave that was slow to start spent the limit.
-            outcome = self._clean(a, state, max(limit, time.monotonic() + min(self.settings.timeout, self.remaining())))
+        for (a, state), check in zip(up, checks, strict=True):
+            outcome = self._clean(a, state, check)
             if outcome.status == DONE and state:
                 checked.append((outcome, state))
             else:
@@ -659,10 +664,9 @@ class Executor:
                 time.sleep(0.1)
         return up
 
-    def _clean(self, action: Action, state: dict[str, str], limit: float) -> Outcome:
+    def _clean(self, action: Action, state: dict[str, str], check: Recheck) -> Outcome:
         """None of its processes still on replaced files (users' processes in a system unit are told)."""
         g = action.group
-        check = self.still_stale(g, self._check_scope(g, state), limit)
         left = check.left
         if g.kind == SYSTEM and not g.guessed:
             visitors = self._guests(g, left, state)
@@ -949,7 +953,7 @@ def _notify_desktop(s: Session, text: str) -> str | None:
 def would_skip(actions: list[Action], settings: Settings, *, proc: Path) -> dict[int, str]:
     """For a dry run: ``id(action)`` -> why the real run would skip it, by the executor's own checks."""
     executor = Executor(settings, proc=proc, deadline=time.monotonic() + settings.timeout * len(actions) + 1,
-                        still_stale=lambda group, pids, until: Recheck([]))
+                        still_stale=lambda checks, until: [Recheck([]) for _ in checks])
     skips = {}
     for action in actions:
         if action.action in EXECUTABLE and action.argv is not None:
@@ -968,10 +972,10 @@ def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Pat
           still_stale: StillStale,
           confirm: Callable[[Action], bool | None] | None,
           report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS,
-          intend: Callable[[Action], None] | None = None, earlier: Earlier | None = None) -> Applied:
+          intend: Callable[[list[Action]], None] | None = None, earlier: Earlier | None = None) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart.
 
-    ``intend`` records each action before it is taken, ``report`` each outcome after."""
+    ``intend`` records actions before they are taken, ``report`` each outcome after."""
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, confirm=confirm,
                         report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend, earlier=earlier)
     outcomes = executor.run_all(actions)

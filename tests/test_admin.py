@@ -255,7 +255,8 @@ def test_a_quit_is_reported_as_not_asked(tmp_path: Path) -> None:
 
     group = UnitGroup(NONE, None, None, False, True, (1,), ("p",), ())
     executor = execute.Executor(Settings(), proc=tmp_path, deadline=time.monotonic() + 60,
-                                still_stale=lambda g, p, until: execute.Recheck([]), confirm=lambda a: None)
+                                still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks],
+                                confirm=lambda a: None)
     outcome = executor.one(Action(group, "restart", ("/bin/true",), ""))
     assert (outcome.status, outcome.detail) == ("declined", "not asked: the prompt was quit before it")
 
@@ -410,8 +411,9 @@ def test_users_are_not_notified_when_the_policy_says_so(tmp_path: Path, monkeypa
     action = plan_action("session-1.scope", ("p",), kind="session", action="notify", uid=1000)
     for setting, expected in ((True, 1), (False, 0)):
         applied = execute.apply([action], Settings(notify_users=setting), proc=tmp_path, run_dir=tmp_path,
-                                deadline=time.monotonic() + 60, still_stale=lambda g, p, until: execute.Recheck([]),
-                                confirm=None, report=lambda o: None, log=lambda line: None)
+                                deadline=time.monotonic() + 60,
+                                still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks], confirm=None,
+                                report=lambda o: None, log=lambda line: None)
         assert applied.notified == expected
     assert len(told) == 1
 
