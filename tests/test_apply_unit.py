@@ -1,0 +1,47 @@
+"""The acting run (restart/apply.py) cut short, without systemd: what it records and says."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from restart import apply, execute, report, state
+from restart.plan import Action
+from restart.policy import Settings
+from restart.processes import ProcessInfo, StaleFile
+from restart.roots import Roots
+from restart.units import SYSTEM, Affected, OwnedFile, Unit, group
+
+
+def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attempt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why (issue 14): a run the hook's watchdog ends in the middle of a restart must still say which
+    units it never got to (they stay pending), and the one it was restarting is on record for the next run."""
+    def run(argv: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        if argv[1] == "restart":
+            raise apply.Timeout  # the watchdog, while systemctl restart runs
+        return subprocess.CompletedProcess(argv, 0, "ActiveState=active\nMainPID=5\n", "")
+    monkeypatch.setattr(execute, "run", run)
+    monkeypatch.setattr(execute, "POLICY_RC_D", str(tmp_path / "no-policy-rc.d"))
+    roots = Roots(proc=tmp_path / "proc", run=tmp_path / "run", state=tmp_path / "state", root=tmp_path)
+    for d in (roots.proc, roots.run, roots.state):
+        d.mkdir(mode=0o755)
+    (roots.proc / "sys" / "kernel" / "random").mkdir(parents=True)
+    (roots.proc / "sys" / "kernel" / "random" / "boot_id").write_text("7d3e4c3a-0000-4000-8000-000000000001\n")
+    stale = (OwnedFile(StaleFile("code", "/usr/lib/libdemo.so.1", "certain", "replaced"), "libdemo1"),)
+    actions = [Action(group([Affected(ProcessInfo(10 + i, 1, 0, "d", "/usr/sbin/d", "", None, ()), Unit(SYSTEM, n),
+                                      stale, ())])[0], "restart", ("systemctl", "restart", "--", n), "")
+               for i, n in enumerate(("a.service", "b.service"))]
+    outcomes: list[execute.Outcome] = []
+    log = apply.Log(io.StringIO(), io.StringIO(), quiet=True)
+    why = apply._carry_out(roots, "apt", log, actions, Settings(), outcomes, failed=[], confirm=None,
+                           deadline=time.monotonic() + 60, earlier=set(), quiet=True)
+    assert why == "out of time" and outcomes == []
+    assert report.cut_short_line(actions, outcomes, why) == \
+        "out of time: 2 units not handled stay pending: a.service, b.service"
+    pid, entries = state.interrupted(roots.state, state.boot_id(roots.proc))
+    assert [(e["unit"], e["status"]) for e in entries] == [("a.service", "started")]  # the next run checks it
