@@ -10,8 +10,9 @@ then timed inside the container, in one run:
 - the floor: one ``systemctl restart -- <all N>`` (systemd runs the jobs in parallel; nothing checked);
 - ``needrestart -r a`` when its .deb (and its Perl libraries) are in tests/.cache/debs/needrestart
   (installed inside the container only, never on the host);
-- ``restartctl apply --yes`` with the vendor policy, then with ``settle = 0``, and one unit at a time
-  (``max_parallel = 1``, ``settle = 0``: the order and pace before waves).
+- ``restartctl apply --yes`` with the vendor policy, then with ``settle = 0``, with ``settle = 0`` and
+  waves as large as N (``max_parallel = 128``), and one unit at a time (``max_parallel = 1``,
+  ``settle = 0``: the order and pace before waves; only up to ``--sequential-up-to`` units).
 
 After each restartctl run every service must have a new main process and ``restartctl plan`` must
 find none of them stale (every restart verified).  Target: restartctl <= 2 x the floor.
@@ -53,6 +54,7 @@ TIMER = ("import subprocess, sys, time\n"
 # The restartctl configurations timed, name -> [settings].
 CONFIGS = {"restartctl (vendor policy)": "",
            "restartctl, settle = 0": "settle = 0\n",
+           "restartctl, settle = 0, max_parallel = 128 (one wave after the canary)": "settle = 0\nmax_parallel = 128\n",
            "restartctl, one at a time (max_parallel = 1, settle = 0)": "max_parallel = 1\nsettle = 0\n"}
 
 
