@@ -43,6 +43,8 @@ from tests.support.container import Container  # noqa: E402
 from tests.support.debs import demo_packages  # noqa: E402
 
 TARGET = 2.0
+UNIT = ("[Unit]\nDescription=restartctl bench service\nStartLimitIntervalSec=0\n"
+        "[Service]\nExecStartPre=/bin/sleep 0.5\nExecStart=/usr/sbin/rctl-demod\n")
 NEEDRESTART = REPO / "tests" / ".cache" / "debs" / "needrestart"
 PACKAGES = ("rctl-libdemo1", "rctl-demod")
 # Times a command inside the container, without the cost of entering it.
@@ -90,8 +92,7 @@ def measure(c: Container, debs: dict[str, dict[str, Path]], n: int, runs: int,
             needrestart: bool, sequential_up_to: int) -> dict[str, list[float]]:
     names = unit_names(n)
     for name in names:
-        c.write_file(f"/etc/systemd/system/{name}", "[Unit]\nDescription=restartctl bench service\nStartLimitIntervalSec=0\n[Service]\n"
-                                                    "ExecStartPre=/bin/sleep 0.5\nExecStart=/usr/sbin/rctl-demod\n")
+        c.write_file(f"/etc/systemd/system/{name}", UNIT)
     c.check(["systemctl", "daemon-reload"])
     c.check(["systemctl", "start", "--", *names], timeout=300)
     results: dict[str, list[float]] = {}
