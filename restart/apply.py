@@ -1,10 +1,10 @@
-"""Stage 6 on, the acting run: find, plan, restart (in waves), record and publish, for ``apply`` and the hook.
+"""Stages 1-7 composed for a run that acts: find, plan, restart (in waves), record and publish.
 
 The orchestrator both edges share (``restartctl apply`` and ``restartctl hook``), after the
-executor in the pipeline: it wires scan, plan and execute together and writes what became of
-each unit.  Also what every acting run needs: the one lock (``/run/restartctl/lock``), the log
-(terminal and system log), the ask-mode prompt, and the record of a run that waits for
-unattended-upgrades (for ``status``).
+executor and the report in the pipeline: it wires scan, plan, execute and report together and
+writes what became of each unit.  Also what every acting run needs: the one lock
+(``/run/restartctl/lock``), the log (terminal and system log), the ask-mode prompt, and the
+record of a run that waits for unattended-upgrades (for ``status``).
 """
 
 from __future__ import annotations
