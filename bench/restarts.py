@@ -106,7 +106,7 @@ def measure(c: Container, debs: dict[str, dict[str, Path]], n: int, runs: int,
             assert restarted_all(c, names, before), f"needrestart (exit status {code}) left some: {err}"
             results.setdefault("needrestart -r a", []).append(seconds)
         for label, settings in CONFIGS.items():
-            if "max_parallel = 1" in settings and n > sequential_up_to:
+            if settings.startswith("max_parallel = 1\n") and n > sequential_up_to:
                 continue
             before = make_stale(c, debs, names)
             c.write_file("/etc/restartctl/policy.toml", f"[settings]\n{settings}")
