@@ -51,6 +51,15 @@ JAVA = Interpreter("java", "/usr/lib/jvm/java-17-openjdk-amd64/bin/java", "openj
 def test_interpreter_paths(exe: str, family: str, package: str) -> None:
     found = I.interpreter_of(exe)
     assert found is not None and (found.family, found.package, found.exe) == (family, package, exe)
+    assert exe.encode().startswith(I.MAPPED_HINTS)  # the scanner hands such a process to the stage
+
+
+@pytest.mark.parametrize("mapped", ["/usr/bin/sleep", "/usr/bin/python3", "/bin/sh", "/usr/sbin/sshd",
+                                    "/usr/lib/x86_64-linux-gnu/libc.so.6"])
+def test_ordinary_programs_are_not_handed_to_the_interpreter_stage(mapped: str) -> None:
+    """Why: on a real host most processes live in /usr/bin; reading their exe, cmdline and stat for
+    the stage cost ~8 % of a scan of 1,000 processes of which 100 were interpreters."""
+    assert not mapped.encode().startswith(I.MAPPED_HINTS)
 
 
 @pytest.mark.parametrize("exe", [

@@ -146,7 +146,18 @@ def test_missing_database_is_empty(tmp_path: Path) -> None:
     assert db.diversions == []
 
 
-def test_many_owner_queries_use_one_index(merged_root: Path, tmp_path: Path) -> None:
+def test_many_owner_queries_read_only_the_newest_lists(merged_root: Path, tmp_path: Path) -> None:
+    """Why: after an upgrade the stale files are the newest lists' (dpkg rewrites a list at unpack); a
+    scan by hand must not pay for the whole database (an index of every list cost 0.2 s on a real host)."""
+    lists = {f"pkg{i}": [f"/usr/lib/lib{i}.so"] for i in range(100)}
+    admin = write_db(tmp_path / "admin", lists, ages={f"pkg{i}": i for i in range(100)})
+    db = DpkgDatabase(admin, merged_root)
+    queries = [f"/usr/lib/lib{i}.so" for i in range(70, 100)]
+    assert db.owners(queries) == {q: f"pkg{q[12:-3]}" for q in queries}
+    assert len(db._list_cache) == 30  # the 30 newest lists answered; no older one was read
+
+
+def test_many_owner_queries_answer_as_one_at_a_time(merged_root: Path, tmp_path: Path) -> None:
     lists = {f"pkg{i}": [f"/usr/lib/lib{i}.so"] for i in range(40)}
     lists["libc6:amd64"] = ["/lib/x86_64-linux-gnu/libc.so.6"]
     admin = write_db(tmp_path / "admin", lists,
