@@ -859,6 +859,7 @@ class Context:
         self._lists: dict[str, bytes] = {}
         self._files: dict[str, frozenset[str]] = {}
         self._modules: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._with_modules: dict[tuple[str, str, int], list[str]] = {}
         self._closures: dict[str, frozenset[str]] = {}
         self._dependents: dict[frozenset[str], frozenset[str]] = {}
         self._owners: dict[tuple[str, frozenset[str]], str | None] = {}
@@ -994,6 +995,19 @@ class Context:
                                               and _is_module(f, suffixes)))
         return self._modules[key]
 
+    def _module_packages_after(self, interpreter: Interpreter, start: float) -> list[str]:
+        """Of the packages unpacked after ``start``, those with modules on the interpreter's path.
+
+        The same for every process started between the same two unpacks: worked out once per
+        interval, so that a host of many interpreters after a library upgrade (packages without
+        modules) pays a lookup per process.
+        """
+        after = self.changed_after(start)  # a tail of one list: its length says which
+        key = (interpreter.family, interpreter.version, len(after))
+        if key not in self._with_modules:
+            self._with_modules[key] = [p for p in after if self.modules(interpreter, p)]
+        return self._with_modules[key]
+
     def changed_modules(self, interpreter: Interpreter, start: float) -> dict[str, str]:
         """Module packages of this interpreter unpacked after ``start``: package -> one of its module files
         that the process can have loaded and whose content changed.
@@ -1006,7 +1020,7 @@ class Context:
         if interpreter.family not in INFER_MODULES:
             return {}
         found = {}
-        for package in self.changed_after(start):
+        for package in self._module_packages_after(interpreter, start):
             when, event = self._first_events.get(package, (0, ""))
             if event == "install" and when > start:
                 continue  # none of it existed when the process started

@@ -1,0 +1,312 @@
+#!/usr/bin/python3
+"""Benchmark restartctl on a real upgrade state, next to needrestart (issue 15).
+
+In a booted systemd 252 container over an overlay of this host's ``/`` (tests/support; the host is
+never written): the host's own dpkg database (~900 packages), needrestart installed inside only,
+``--units`` units of ``--per-unit`` python3 processes each mapping real libraries through ctypes,
+``--idle`` sleeps; then ``dpkg -i`` of 23 real library packages (libssl3, zlib1g, libpam0g,
+libgnutls30, krb5, glib, libxml2, curl, ...) downloaded once into ``tests/.cache/debs/real-state``.
+
+    sudo /usr/bin/python3 bench/realstate.py [--rounds 15] [--before /work/main]
+
+Timed inside the container, interleaved round by round (so drift hits every command alike), each
+command's wall time and peak RSS from ``wait4``: the floor (``cat /proc/*/maps``), restartctl
+``scan --json``, ``plan --json`` and the hook's view (``scan --json --packages <the 23>``) from this
+checkout and, with ``--before``, from another checkout; ``needrestart -b`` (libraries, interpreters,
+kernel, microcode: beside ``plan``) and ``needrestart -b -l`` (libraries only: beside ``scan``).
+Before the upgrade it also times the apt hook with nothing stale: ``apt-get install --reinstall``
+of a tiny local package with and without restartctl's hooks, interleaved, ``--hook-runs`` each.
+
+Writes bench/results/<date>-realstate.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / "tests" / ".cache" / "debs"
+LIBRARY_PACKAGES = (
+    "libssl3", "zlib1g", "libpam0g", "libgnutls30", "libkrb5-3", "libk5crypto3", "libkrb5support0",
+    "libgssapi-krb5-2", "libglib2.0-0", "libxml2", "libcurl4", "libcurl3-gnutls", "libsqlite3-0", "libexpat1",
+    "libffi8", "liblzma5", "libbz2-1.0", "libzstd1", "libnettle8", "libhogweed6", "libp11-kit0", "libidn2-0",
+    "libtasn1-6")
+SONAMES = (
+    "libssl.so.3", "libcrypto.so.3", "libz.so.1", "libpam.so.0", "libgnutls.so.30", "libkrb5.so.3",
+    "libk5crypto.so.3", "libgssapi_krb5.so.2", "libglib-2.0.so.0", "libxml2.so.2", "libcurl.so.4",
+    "libcurl-gnutls.so.4", "libsqlite3.so.0", "libexpat.so.1", "liblzma.so.5", "libbz2.so.1.0", "libzstd.so.1",
+    "libidn2.so.0")
+PEER_PACKAGES = ("needrestart", "libsort-naturally-perl", "libmodule-find-perl", "libintl-perl",
+                 "libmodule-scandeps-perl")
+PEER_HOOKS = ("/etc/apt/apt.conf.d/99needrestart", "/etc/dpkg/dpkg.cfg.d/needrestart")
+HOOK_FILES = ("/etc/apt/apt.conf.d/20restartctl", "/etc/dpkg/dpkg.cfg.d/restartctl")
+TARGETS = {"floor": 2.0, "needrestart": 0.5, "rss_mb": 50.0, "hook_s": 0.08}
+
+# A unit's main process: forks PER_UNIT - 1 children; each maps its libraries and waits.
+WORKER = """import ctypes, os, signal, sys
+n, libs = int(sys.argv[1]), sys.argv[2:]
+for _ in range(n - 1):
+    if os.fork() == 0:
+        break
+for lib in libs:
+    ctypes.CDLL(lib)
+signal.pause()
+"""
+
+
+def download(directory: Path, names: tuple[str, ...]) -> list[Path]:
+    """The candidate .debs of ``names`` from the host's apt sources, fetched once (never installed here)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    have = {p.name.split("_")[0]: p for p in directory.glob("*.deb")}
+    missing = [n for n in names if n not in have]
+    if missing:
+        subprocess.run(["/usr/bin/apt-get", "-q", "-o", "APT::Sandbox::User=root", "download", *missing],
+                       cwd=directory, check=True, capture_output=True, timeout=600)
+    return sorted(p for p in directory.glob("*.deb") if p.name.split("_")[0] in names)
+
+
+# ---------------------------------------------------------------- inside the container
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS (KiB, of the command itself) and exit status of one run."""
+    t0 = time.perf_counter()
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=[
+        (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0), (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
+    _, status, usage = os.wait4(pid, 0)
+    return time.perf_counter() - t0, usage.ru_maxrss, os.waitstatus_to_exitcode(status)
+
+
+def driver(spec_path: str) -> int:
+    """Run the interleaved rounds described in ``spec_path``; print the raw samples as JSON."""
+    spec = json.loads(Path(spec_path).read_text())
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+    samples: dict[str, list[list[float]]] = {name: [] for name in spec["commands"]}
+    toggles = spec.get("toggle", {})  # command -> files moved aside while it runs
+    for _ in range(spec["warmup"]):
+        for argv in spec["commands"].values():
+            timed(argv, env)
+    for _ in range(spec["rounds"]):
+        for name, argv in spec["commands"].items():
+            moved = [(f, f + ".rctl-off") for f in toggles.get(name, ())]
+            for a, b in moved:
+                os.rename(a, b)
+            try:
+                wall, rss, code = timed(argv, env)
+            finally:
+                for a, b in moved:
+                    os.rename(b, a)
+            samples[name].append([wall, rss, code])
+    print(json.dumps(samples))
+    return 0
+
+
+# ---------------------------------------------------------------- on the host
+
+def summary(rows: list[list[float]]) -> dict[str, float]:
+    walls = [r[0] for r in rows]
+    return {"median": statistics.median(walls), "min": min(walls), "mean": statistics.fmean(walls),
+            "stdev": statistics.pstdev(walls), "rss_mb": max(r[1] for r in rows) / 1024,
+            "exit": max(int(r[2]) for r in rows)}
+
+
+def setup(c: object, args: argparse.Namespace) -> None:
+    from tests.support.container import Container
+
+    assert isinstance(c, Container)
+    c.install_debs(download(CACHE / "needrestart", PEER_PACKAGES), timeout=300)
+    c.check(["rm", "-f", *PEER_HOOKS])
+    c.write_file("/srv/rctl/worker.py", WORKER)
+    for i in range(args.units):
+        libs = [SONAMES[(i + k) % len(SONAMES)] for k in range(12)]
+        c.check(["systemd-run", f"--unit=rctl-real-{i:02d}", "/usr/bin/python3", "/srv/rctl/worker.py",
+                 str(args.per_unit), *libs])
+    c.check(["systemd-run", "--unit=rctl-real-idle", "/bin/sh", "-c",
+             f"i=0; while [ $i -lt {args.idle} ]; do sleep infinity & i=$((i+1)); done; wait"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        n = int(c.check(["sh", "-c", "ls -d /proc/[0-9]* | wc -l"]).strip())
+        mapped = int(c.check(["sh", "-c", "grep -l libxml2 /proc/[0-9]*/maps 2>/dev/null | wc -l"]).strip())
+        if n >= args.idle + args.units * args.per_unit and mapped >= args.units * args.per_unit * 12 // 18 - 5:
+            break
+        time.sleep(1)
+
+
+def hook_overhead(c: object, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+    from tests.support.checkout import install_hooks
+    from tests.support.container import Container
+    from tests.support.debs import demo_packages
+
+    assert isinstance(c, Container)
+    debs = demo_packages(tmp, "1.0")
+    install_hooks(c)
+    cfg = c.local_repo([debs["rctl-sleeper"]])
+    c.check(["apt-get", "-q", "update"], env={"APT_CONFIG": cfg})
+    c.check(["apt-get", "-q", "install", "-y", "rctl-sleeper"], env={"APT_CONFIG": cfg})
+    apt = ["/usr/bin/env", f"APT_CONFIG={cfg}", "/usr/bin/apt-get", "-q", "-o", "Dpkg::Use-Pty=0",
+           "install", "--reinstall", "-y", "rctl-sleeper"]
+    raw = run_driver(c, {"commands": {"with hook": apt, "without": apt}, "toggle": {"without": list(HOOK_FILES)},
+                         "rounds": args.hook_runs, "warmup": 2})
+    res = {k: summary(v) for k, v in raw.items()}
+    c.check(["rm", "-f", *HOOK_FILES])
+    return {"runs": res, "overhead": res["with hook"]["median"] - res["without"]["median"]}
+
+
+def run_driver(c: object, spec: dict[str, object]) -> dict[str, list[list[float]]]:
+    from tests.support.container import Container
+
+    assert isinstance(c, Container)
+    c.write_file("/srv/rctl/spec.json", json.dumps(spec))
+    out = c.check(["/usr/bin/python3", str(REPO / "bench" / "realstate.py"), "driver", "/srv/rctl/spec.json"],
+                  timeout=3600)
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def commands(checkouts: dict[str, str], packages: list[str]) -> dict[str, list[str]]:
+    py = "/usr/bin/python3"
+    cmds = {"floor (cat maps)": ["/bin/sh", "-c", "cat /proc/[0-9]*/maps >/dev/null 2>&1"]}
+    for label, path in checkouts.items():
+        run = ["/usr/bin/env", f"PYTHONPATH={path}", py, "-m", "restart"]
+        cmds[f"{label}: scan --json"] = [*run, "scan", "--json"]
+        cmds[f"{label}: scan --json --packages (hook's view)"] = [*run, "scan", "--json", "--packages", *packages]
+        cmds[f"{label}: plan --json"] = [*run, "plan", "--json"]
+    cmds["needrestart -b -l (libraries)"] = ["/usr/sbin/needrestart", "-b", "-l"]
+    cmds["needrestart -b"] = ["/usr/sbin/needrestart", "-b"]
+    return cmds
+
+
+PROFILE = """import cProfile, pstats, sys
+from restart import cli
+cProfile.run("cli.main(sys.argv[1:])", "/srv/rctl/scan.prof")
+pstats.Stats("/srv/rctl/scan.prof", stream=sys.stderr).sort_stats("cumulative").print_stats(35)
+"""
+
+
+def profile(c: object, checkout: str, extra: list[str]) -> str:
+    """cProfile of ``scan --json`` through ``cli.main`` (``python3 -m restart`` leaves by ``os._exit``)."""
+    from tests.support.container import Container
+
+    assert isinstance(c, Container)
+    return c.exec(["env", f"PYTHONPATH={checkout}", "/usr/bin/python3", "-c", PROFILE, "scan", "--json",
+                   *extra]).stderr
+
+
+def render(result: dict[str, object]) -> str:
+    rows = result["scan"]
+    assert isinstance(rows, dict)
+    floor = rows["floor (cat maps)"]["median"]
+    nr = rows["needrestart -b"]["median"]
+    lines = [f"# restartctl on a real upgrade state, {result['when']}", "", str(result["state"]), "",
+             "| command | median ms | min ms | × floor | × needrestart -b | peak RSS MB | exit |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, s in rows.items():
+        lines.append(f"| {name} | {s['median'] * 1000:.1f} | {s['min'] * 1000:.1f} | {s['median'] / floor:.2f} "
+                     f"| {s['median'] / nr:.2f} | {s['rss_mb']:.1f} | {s['exit']} |")
+    hook = result.get("hook")
+    if isinstance(hook, dict):
+        runs = hook["runs"]
+        lines += ["", "Hook with nothing stale (apt-get install --reinstall of a tiny package, interleaved):",
+                  f"with {runs['with hook']['median']:.3f} s, without {runs['without']['median']:.3f} s (medians), "
+                  f"overhead **{hook['overhead']:.3f} s** (target ≤ {TARGETS['hook_s']} s)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["driver"]:
+        return driver(argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--units", type=int, default=20)
+    parser.add_argument("--per-unit", type=int, default=5)
+    parser.add_argument("--idle", type=int, default=900)
+    parser.add_argument("--hook-runs", type=int, default=20)
+    parser.add_argument("--before", type=Path, help="another checkout to time beside this one (e.g. /work/main)")
+    parser.add_argument("--profile", action="store_true", help="also print a cProfile of scan --json")
+    parser.add_argument("--keep", action="store_true",
+                        help="after the upgrade, print the container's leader PID and wait for SIGTERM (to profile)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    import tempfile
+
+    from tests.support.container import Container
+
+    libs = download(CACHE / "real-state", LIBRARY_PACKAGES)
+    result: dict[str, object] = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    with tempfile.TemporaryDirectory(prefix="rctl-bench-real-") as tmp:
+        # Compiled as the Debian package compiles at install (the checkout is read-only inside).
+        binds = []
+        if args.before:
+            shutil.copytree(args.before / "restart", Path(tmp) / "before" / "restart",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            binds.append((str(Path(tmp) / "before"), "/srv/before", True))
+        for tree in (REPO / "restart", Path(tmp) / "before" / "restart"):
+            if tree.exists():
+                subprocess.run(["/usr/bin/python3", "-m", "compileall", "-q", str(tree)], check=True)
+        checkouts = {"restartctl": str(REPO), **({"before": "/srv/before"} if args.before else {})}
+        with Container("rctl-bench-real", boot=True, binds=binds) as c:
+            measure(c, args, libs, checkouts, result, Path(tmp))
+    save(result)
+    return 0
+
+
+def measure(c: object, args: argparse.Namespace, libs: list[Path], checkouts: dict[str, str],
+            result: dict[str, object], tmp: Path) -> None:
+    """The hook with nothing stale on the freshly booted container, then the real state and the rounds."""
+    from tests.support.container import Container
+
+    assert isinstance(c, Container)
+    if args.hook_runs:
+        result["hook"] = hook_overhead(c, args, tmp)
+    setup(c, args)
+    upgrade = c.install_debs(libs, timeout=600)
+    packages = [p.name.split("_")[0] for p in libs]
+    nprocs = int(c.check(["sh", "-c", "ls -d /proc/[0-9]* | wc -l"]).strip())
+    ndpkg = int(c.check(["sh", "-c", "ls /var/lib/dpkg/info/*.list | wc -l"]).strip())
+    stale = json.loads(c.exec(["env", f"PYTHONPATH={REPO}", "/usr/bin/python3", "-m", "restart", "scan",
+                               "--json"]).stdout or "{}")
+    nr = c.exec(["/usr/sbin/needrestart", "-b"]).stdout
+    result["state"] = (f"{ndpkg} packages, {len(libs)} library packages upgraded by one dpkg run "
+                       f"({upgrade.returncode=}), {nprocs} processes: {args.units} units × {args.per_unit} "
+                       f"python3 mapping 12 of {len(SONAMES)} libraries, {args.idle} sleeps. restartctl names "
+                       f"{len(stale.get('units', []))} units; needrestart "
+                       f"{nr.count('NEEDRESTART-SVC:')} services.")
+    if args.keep:
+        print(f"container leader {c.leader}: sudo nsenter -t {c.leader} -a ...; kill -TERM {os.getpid()} "
+              "to stop", flush=True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        return
+    raw = run_driver(c, {"commands": commands(checkouts, packages), "rounds": args.rounds, "warmup": 2})
+    result["scan"] = {k: summary(v) for k, v in raw.items()}
+    if args.profile:
+        result["profile"] = profile(c, str(REPO), [])
+        result["profile_packages"] = profile(c, str(REPO), ["--packages", *packages])
+
+
+def save(result: dict[str, object]) -> None:
+    if "scan" not in result:
+        return
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+    result["commit"] = commit
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    (out / f"{day}-realstate.json").write_text(json.dumps(result, indent=1))
+    (out / f"{day}-realstate.md").write_text(render(result))
+    print(render(result))
+    for key in ("profile", "profile_packages"):
+        if key in result:
+            print(result[key])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
