@@ -244,8 +244,9 @@ def main(argv: list[str]) -> int:
         # Compiled as the Debian package compiles at install (the checkout is read-only inside).
         binds = []
         if args.before:
-            shutil.copytree(args.before / "restart", Path(tmp) / "before" / "restart",
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            for part in ("restart", "data"):
+                shutil.copytree(args.before / part, Path(tmp) / "before" / part,
+                                ignore=shutil.ignore_patterns("__pycache__"))
             binds.append((str(Path(tmp) / "before"), "/srv/before", True))
         for tree in (REPO / "restart", Path(tmp) / "before" / "restart"):
             if tree.exists():
