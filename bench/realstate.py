@@ -244,9 +244,10 @@ def main(argv: list[str]) -> int:
         # Compiled as the Debian package compiles at install (the checkout is read-only inside).
         binds = []
         if args.before:
-            for part in ("restart", "data"):
+            for part in ("restart", "data"):  # with setup.cfg: run from a checkout, it uses the checkout's data
                 shutil.copytree(args.before / part, Path(tmp) / "before" / part,
                                 ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copy(args.before / "setup.cfg", Path(tmp) / "before")
             binds.append((str(Path(tmp) / "before"), "/srv/before", True))
         for tree in (REPO / "restart", Path(tmp) / "before" / "restart"):
             if tree.exists():

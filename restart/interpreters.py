@@ -92,7 +92,7 @@ from typing import NamedTuple
 
 from restart import transaction
 from restart.imports import Imports, Reader, Source, gather, identity_of
-from restart.packages import DpkgDatabase, fs_decode, fs_encode, spellings
+from restart.packages import DpkgDatabase, PackageGraph, closure, fs_decode, fs_encode, list_paths, spellings
 from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, ProcessGone, StaleFile, exe_of, read_proc
 
 SCRIPT, MODULE = "script", "module"
@@ -486,82 +486,6 @@ def search_path(interpreter: Interpreter) -> re.Pattern[str] | None:
     return re.compile(pattern) if pattern else None
 
 
-# ---------------------------------------------------------------------------- the dependency graph
-
-class PackageGraph(NamedTuple):
-    """Installed packages (names without architecture) and what they depend on."""
-
-    depends: dict[str, frozenset[str]]   # package -> every name in its Depends and Pre-Depends
-    provides: dict[str, frozenset[str]]  # virtual name -> installed packages that provide it
-
-
-_FIELD = rb"\n(Package|Status|Depends|Pre-Depends|Provides):[ \t]*([^\n]*)"
-_NAME = r"(?:^|[,|])\s*([a-z0-9][a-z0-9+.-]*)"  # each alternative's name; versions and :arch dropped
-_NOT_INSTALLED = (b"not-installed", b"config-files")
-
-
-def _names(field: str) -> list[str]:
-    """Package names of a relation field, every alternative."""
-    return re.findall(_NAME, field)
-
-
-def parse_status(text: bytes) -> PackageGraph:
-    """The dependency graph of the installed packages in a dpkg ``status`` file.
-
-    Five fields matter, so one regex pass over the text does (2 ms for 900 packages, less
-    than importing apt_pkg): dpkg writes ``Package`` first in every stanza and each
-    relation field on one line; continuation lines (descriptions) start with a space.
-    """
-    depends: dict[str, set[str]] = {}
-    provides: dict[str, set[str]] = {}
-    package: str | None = None
-    relations: list[bytes] = []
-    offers: list[bytes] = []
-
-    def close() -> None:
-        if package is not None:
-            deps = depends.setdefault(package, set())  # Multi-Arch: same: a stanza per architecture
-            for field in relations:
-                deps.update(_names(fs_decode(field)))
-            for field in offers:
-                for virtual in _names(fs_decode(field)):
-                    provides.setdefault(virtual, set()).add(package)
-
-    installed = False
-    for key, value in re.findall(_FIELD, b"\n" + text):
-        if key == b"Package":
-            if installed:
-                close()
-            package, installed, relations, offers = fs_decode(value.rstrip()), False, [], []
-        elif key == b"Status":
-            state = value.split()
-            installed = len(state) == 3 and state[2] not in _NOT_INSTALLED
-        elif key == b"Provides":
-            offers.append(value)
-        else:
-            relations.append(value)
-    if installed:
-        close()
-    return PackageGraph({k: frozenset(v) for k, v in depends.items()},
-                        {k: frozenset(v) for k, v in provides.items()})
-
-
-def closure(graph: PackageGraph, package: str) -> frozenset[str]:
-    """``package`` and every installed package it depends on, directly or not (all alternatives)."""
-    start = package.partition(":")[0]
-    seen = {start}
-    todo = [start]
-    while todo:
-        for name in graph.depends.get(todo.pop(), ()):
-            targets = graph.provides.get(name, frozenset())
-            if name in graph.depends:
-                targets = targets | {name}
-            for t in targets - seen:
-                seen.add(t)
-                todo.append(t)
-    return frozenset(seen)
-
-
 # ---------------------------------------------------------------------------- reading one process
 
 class Host(NamedTuple):
@@ -856,7 +780,6 @@ class Context:
         self.host = host or Host.of(db.root)
         self.tolerance = tolerance
         self.unowned = unowned
-        self._lists: dict[str, bytes] = {}
         self._files: dict[str, frozenset[str]] = {}
         self._modules: dict[tuple[str, str], tuple[str, ...]] = {}
         self._with_modules: dict[tuple[str, str, int], list[str]] = {}
@@ -864,44 +787,16 @@ class Context:
         self._dependents: dict[frozenset[str], frozenset[str]] = {}
         self._owners: dict[tuple[str, frozenset[str]], str | None] = {}
 
-    # -- the dpkg lists, one package at a time (never all of them: 8 MB on a small server)
-
-    @cached_property
-    def _list_names(self) -> dict[str, list[str]]:
-        """Package (without architecture) -> its .list names (``libfoo:amd64``, ``libfoo:i386``)."""
-        names: dict[str, list[str]] = {}
-        for name in self.db.installed_packages():
-            names.setdefault(name.partition(":")[0], []).append(name)
-        return names
-
-    def _list(self, package: str) -> bytes:
-        """A package's file lists, every architecture, each line between newlines."""
-        base = package.partition(":")[0]
-        if base not in self._lists:
-            info = f"{self.db.admindir}/info"
-            try:  # most packages: one list, named without architecture
-                parts = [_read_file(f"{info}/{base}.list")]
-            except OSError:  # Multi-Arch: same ones have one per architecture
-                parts = []
-                for name in self._list_names.get(base, ()):
-                    try:
-                        parts.append(_read_file(f"{info}/{name}.list"))
-                    except OSError:
-                        continue
-            self._lists[base] = b"\n" + b"\n".join(parts) + b"\n"
-        return self._lists[base]
-
     def owns(self, package: str, path: str) -> bool:
         """Does ``package``'s list name ``path`` (canonical), in any merged-/usr spelling?"""
-        data = self._list(package)
+        data = self.db.package_list(package)
         return any(b"\n" + fs_encode(s) + b"\n" in data for s in spellings(path, self.db.aliases))
 
     def files(self, package: str) -> frozenset[str]:
         """A package's paths, canonical (directories included)."""
         base = package.partition(":")[0]
         if base not in self._files:
-            lines = self._list(base).split(b"\n")
-            self._files[base] = frozenset(self.db.canonical(fs_decode(x)) for x in lines if x.startswith(b"/"))
+            self._files[base] = frozenset(list_paths(self.db.package_list(base), self.db.aliases))
         return self._files[base]
 
     @cached_property
@@ -943,31 +838,8 @@ class Context:
     @cached_property
     def _unpacked(self) -> tuple[list[float], list[str]]:
         """When dpkg last unpacked each package (in scope), oldest first: the mtime of its .list."""
-        info = f"{self.db.admindir}/info"
-        times: dict[str, float] = {}
-
-        def note(name: str, mtime: float) -> None:
-            base = name.partition(":")[0]
-            times[base] = max(mtime, times.get(base, mtime))
-
-        if self.in_scope is not None:
-            for name in set(self.in_scope.values()):
-                try:
-                    note(name, os.stat(f"{info}/{name}.list").st_mtime)
-                except (OSError, ValueError):
-                    continue  # removed by the transaction: nothing left to run old code of
-        else:
-            try:
-                with os.scandir(info) as entries:
-                    for e in entries:
-                        if e.name.endswith(".list"):
-                            try:
-                                note(e.name[:-5], e.stat().st_mtime)
-                            except OSError:
-                                continue
-            except OSError:
-                pass
-        ordered = sorted((t, n) for n, t in times.items())
+        names = None if self.in_scope is None else set(self.in_scope.values())
+        ordered = sorted((t, n) for n, t in self.db.unpack_times(names).items())
         return [t for t, _ in ordered], [n for _, n in ordered]
 
     def changed_after(self, start: float) -> list[str]:
@@ -1108,13 +980,9 @@ class Context:
 
     # -- dependencies
 
-    @cached_property
+    @property
     def graph(self) -> PackageGraph:
-        try:
-            text = (self.db.admindir / "status").read_bytes()
-        except OSError:
-            text = b""
-        return parse_status(text)
+        return self.db.graph
 
     def closure(self, package: str) -> frozenset[str]:
         base = package.partition(":")[0]

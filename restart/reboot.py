@@ -47,6 +47,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import NamedTuple
 
+from restart.packages import unpack_time
 from restart.plan import Action
 from restart.units import CONTAINER, INIT, NONE, SYSTEM, USER_MANAGER
 
@@ -133,24 +134,6 @@ def flavour(release: str) -> str | None:
     """``6.1.0-26-cloud-amd64`` -> ``cloud-amd64``; None for a release without Debian's ABI form."""
     m = _ABI_RE.fullmatch(release)
     return m["flavour"] if m else None
-
-
-def _list_mtime(admindir: Path, package: str) -> float | None:
-    """When dpkg last unpacked ``package``: the mtime of its file list (rewritten at every unpack)."""
-    name, _, arch = package.partition(":")
-    candidates = [f"{name}:{arch}.list", f"{name}.list"] if arch else [f"{name}.list"]
-    for entry in candidates:
-        try:
-            return os.stat(admindir / "info" / entry).st_mtime
-        except OSError:
-            continue
-    if not arch:
-        try:
-            for found in sorted((admindir / "info").glob(f"{name}:*.list")):
-                return found.stat().st_mtime
-        except OSError:
-            return None
-    return None
 
 
 # ---- microcode ----------------------------------------------------------------------------
@@ -266,7 +249,7 @@ def microcode_status(proc: Path = Path("/proc"), firmware: Path = Path("/lib/fir
         return None
     package = MICROCODE_PACKAGES[cpu.vendor]
     if admindir is not None:
-        since = _list_mtime(admindir, package) or since
+        since = unpack_time(admindir, package) or since
     return RebootReason(MICROCODE, package, f"CPU microcode revision {installed:#x} is installed, "
                                             f"{cpu.revision:#x} is running", since)
 
@@ -295,7 +278,7 @@ def _installed_kernels(admindir: Path) -> dict[str, _Kernel]:
                 continue
             version = section.get("Version") or None
             if release not in found or not name.endswith("-unsigned"):  # the signed image wins
-                found[release] = _Kernel(release, version, name, _list_mtime(admindir, name))
+                found[release] = _Kernel(release, version, name, unpack_time(admindir, name))
     return found
 
 
@@ -425,7 +408,7 @@ def reasons(actions: Iterable[Action], kernel: KernelStatus | None = None, *, ad
     if microcode is not None:
         out.append(microcode)
     for (why, owner), texts in found.items():
-        since = _list_mtime(admindir, owner) if admindir is not None and owner else None
+        since = unpack_time(admindir, owner) if admindir is not None and owner else None
         out.append(RebootReason(why, owner, "; ".join(texts), since))
     return out
 
@@ -451,7 +434,7 @@ def flagged(run_dir: Path, *, known: Iterable[RebootReason] = ()) -> list[Reboot
 
 def unpacked_at(admindir: Path, packages: Iterable[str]) -> float | None:
     """When the earliest of ``packages`` was unpacked: when whatever still uses them became stale."""
-    times = [t for p in set(packages) if (t := _list_mtime(admindir, p)) is not None]
+    times = [t for p in set(packages) if (t := unpack_time(admindir, p)) is not None]
     return min(times) if times else None
 
 

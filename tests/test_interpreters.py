@@ -20,7 +20,7 @@ import pytest
 
 from restart import interpreters as I
 from restart.interpreters import Interpreter, Observation, Script, script_of
-from restart.packages import DpkgDatabase
+from restart.packages import DpkgDatabase, PackageGraph, closure, dependency_graph
 from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, StaleFile
 from tests.fakeproc import FakeProcess, build
 
@@ -303,28 +303,32 @@ Depends: libc6
 """
 
 
-def test_status_parsing() -> None:
-    g = I.parse_status(STATUS)
+def graph_of(tmp_path: Path, text: bytes) -> PackageGraph:
+    (tmp_path / "status").write_bytes(text)
+    return dependency_graph(tmp_path)
+
+
+def test_status_parsing(tmp_path: Path) -> None:
+    g = graph_of(tmp_path, STATUS)
     assert set(g.depends) == {"app", "libapp-mod", "libdeep", "provider", "python3", "libc6", "unrelated"}
     assert g.depends["app"] == {"libapp-mod", "python3", "virtual-x", "missing-pkg", "perl"}
     assert g.depends["libc6"] == {"libgcc-s1"}  # both architectures' stanzas
     assert g.provides == {"virtual-x": {"provider"}, "other-virtual": {"provider"}}
 
 
-def test_closure_follows_depends_predepends_provides_and_alternatives() -> None:
-    g = I.parse_status(STATUS)
-    assert I.closure(g, "app") == {"app", "libapp-mod", "libdeep", "libc6", "python3", "provider"}
-    assert I.closure(g, "app:amd64") == I.closure(g, "app")
-    assert I.closure(g, "unrelated") == {"unrelated", "libc6"}
-    assert I.closure(g, "not-installed") == {"not-installed"}
+def test_closure_follows_depends_predepends_provides_and_alternatives(tmp_path: Path) -> None:
+    g = graph_of(tmp_path, STATUS)
+    assert closure(g, "app") == {"app", "libapp-mod", "libdeep", "libc6", "python3", "provider"}
+    assert closure(g, "app:amd64") == closure(g, "app")
+    assert closure(g, "unrelated") == {"unrelated", "libc6"}
+    assert closure(g, "not-installed") == {"not-installed"}
 
 
 def test_status_parsing_agrees_with_apt_pkg_on_this_host() -> None:
-    """The regex parser against python-apt's own, on the real /var/lib/dpkg/status."""
+    """The relation names against python-apt's own relation parser, on the real /var/lib/dpkg/status."""
     import apt_pkg
 
-    text = Path("/var/lib/dpkg/status").read_bytes()
-    mine = I.parse_status(text)
+    mine = dependency_graph(Path("/var/lib/dpkg"))
     apt_pkg.init_config()
     depends: dict[str, set[str]] = {}
     provides: dict[str, set[str]] = {}
@@ -564,7 +568,7 @@ def test_owner_search_reads_only_the_lists_that_can_matter(admin: Path, monkeypa
     unpack(admin, "python3-app-mod", AFTER)
     ctx = context(admin)
     read: list[str] = []
-    real_list = ctx._list
+    real_list = ctx.db.package_list
 
     def spy(package: str) -> bytes:
         read.append(package)
@@ -573,7 +577,7 @@ def test_owner_search_reads_only_the_lists_that_can_matter(admin: Path, monkeypa
     def no_global_search(paths: object) -> dict[str, str]:
         raise AssertionError("db.owners() reads every list")
 
-    monkeypatch.setattr(ctx, "_list", spy)
+    monkeypatch.setattr(ctx.db, "package_list", spy)
     monkeypatch.setattr(ctx.db, "owners", no_global_search)
     found = I.judge([obs(pid=1), obs(path="/usr/bin/other", pid=2), obs(path="/usr/local/x", pid=3)], ctx)
     assert set(found) == {1, 3}
@@ -602,7 +606,7 @@ def test_a_diverted_script_is_looked_up_exactly(admin: Path) -> None:
 
 def test_nothing_is_read_when_dpkg_has_not_run_since_the_start(admin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = context(admin)
-    monkeypatch.setattr(ctx.db, "installed_packages", lambda: pytest.fail("the lists were listed"))
+    monkeypatch.setattr(ctx.db, "unpack_times", lambda *_: pytest.fail("the lists were listed"))
     assert ctx.changed_after(START) == []
     assert I.findings(obs(ctime=AFTER), ctx) == (StaleFile("script", "/usr/bin/app", LIKELY, "newer"),)
 

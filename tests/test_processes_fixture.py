@@ -279,7 +279,12 @@ def test_a_line_is_judged_once_per_mount_namespace(tmp_path: Path, root: Path,
     proc = build(tmp_path / "proc", [FakeProcess(pid, maps, root=root) for pid in range(10, 30)])
     parsed: list[bytes] = []
     real = processes.parse_map_line
-    monkeypatch.setattr(processes, "parse_map_line", lambda line: parsed.append(line) or real(line))
+
+    def spy(line: bytes) -> tuple[bytes, bytes, bytes, bool] | None:
+        parsed.append(line)
+        return real(line)
+
+    monkeypatch.setattr(processes, "parse_map_line", spy)
     found = scan(proc, EVERYTHING).processes
     assert [p.pid for p in found] == list(range(10, 30))
     assert {(s.kind, s.path, s.evidence) for p in found for s in p.stale} == {(CODE, LIB, "replaced")}
