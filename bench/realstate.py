@@ -133,11 +133,37 @@ def setup(c: object, args: argparse.Namespace) -> None:
              f"i=0; while [ $i -lt {args.idle} ]; do sleep infinity & i=$((i+1)); done; wait"])
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        n = int(c.check(["sh", "-c", "ls -d /proc/[0-9]* | wc -l"]).strip())
-        mapped = int(c.check(["sh", "-c", "grep -l libxml2 /proc/[0-9]*/maps 2>/dev/null | wc -l"]).strip())
+        n = count(c, "processes")
+        mapped = count(c, "libxml2")
         if n >= args.idle + args.units * args.per_unit and mapped >= args.units * args.per_unit * 12 // 18 - 5:
             break
         time.sleep(1)
+
+
+COUNT = """import os, sys
+def maps(pid):
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+pids = [n for n in os.listdir("/proc") if n.isdigit()]
+what = sys.argv[1]
+if what == "processes":
+    print(len(pids))
+elif what == "lists":
+    print(sum(n.endswith(".list") for n in os.listdir("/var/lib/dpkg/info")))
+else:
+    print(sum(what.encode() in maps(p) for p in pids))
+"""
+
+
+def count(c: object, what: str) -> int:
+    """Inside the container: how many processes, dpkg lists, or processes mapping ``what``."""
+    from tests.support.container import Container
+
+    assert isinstance(c, Container)
+    return int(c.check(["/usr/bin/python3", "-c", COUNT, what]).strip())
 
 
 def hook_overhead(c: object, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
@@ -270,8 +296,8 @@ def measure(c: object, args: argparse.Namespace, libs: list[Path], checkouts: di
     setup(c, args)
     upgrade = c.install_debs(libs, timeout=600)
     packages = [p.name.split("_")[0] for p in libs]
-    nprocs = int(c.check(["sh", "-c", "ls -d /proc/[0-9]* | wc -l"]).strip())
-    ndpkg = int(c.check(["sh", "-c", "ls /var/lib/dpkg/info/*.list | wc -l"]).strip())
+    nprocs = count(c, "processes")
+    ndpkg = count(c, "lists")
     stale = json.loads(c.exec(["env", f"PYTHONPATH={REPO}", "/usr/bin/python3", "-m", "restart", "scan",
                                "--json"]).stdout or "{}")
     nr = c.exec(["/usr/sbin/needrestart", "-b"]).stdout
