@@ -8,8 +8,7 @@ daemons, plus a filler of plain ``sleep`` processes.  Then one package at a time
 and after each step both tools say what needs a restart:
 
 * restartctl: ``scan.find``, whose process scan hands the interpreter stage each process that maps
-  something where interpreters live (and, for comparison, ``find_two_passes`` below: the scan, then
-  ``interpreters.scan`` as a second pass over /proc), run inside the container;
+  an interpreter's executable, run inside the container;
 * ``needrestart -b`` (Debian 12's 3.6, extracted under bench/.cache by bench/scan.py's helper,
   never installed), under ``strace -f`` to count the interpreters it executes.
 
@@ -43,7 +42,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(BENCH)]
 
-from restart import interpreters, packages, processes, scan, units  # noqa: E402
+from restart import scan  # noqa: E402
 from restart.roots import Roots  # noqa: E402
 
 SCRATCH = "/srv/rctl"
@@ -110,86 +109,10 @@ def log(msg: str) -> None:
 
 # --------------------------------------------------------------------------- the proposed wiring
 
-def memoize_owners(db: packages.DpkgDatabase) -> None:
-    """Emulates the proposed DpkgDatabase.owners() memo: interpreters and units ask for the same paths."""
-    real = db.owners
-    memo: dict[str, str | None] = {}
-
-    def owners(paths: Iterable[str]) -> dict[str, str]:
-        wanted = set(paths)
-        todo = wanted - memo.keys()
-        if todo:
-            found = real(todo)
-            memo.update({p: found.get(p) for p in todo})
-        return {p: o for p in wanted if (o := memo[p]) is not None}
-
-    db.owners = owners  # type: ignore[method-assign]
-
-
-def _read(dfd: int, name: str) -> bytes:
-    fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
-    try:
-        return os.read(fd, 1 << 20)
-    finally:
-        os.close(fd)
-
-
-def process_info(proc: Path, pid: int, stale: tuple[processes.StaleFile, ...]) -> processes.ProcessInfo | None:
-    """What the scanner would have read for an interpreter process it found nothing else on.
-
-    (Wired in, the scanner reads status and cgroup through its own handle; here a third open.)
-    """
-    try:
-        dfd = os.open(proc / str(pid), os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return None
-    try:
-        name, ppid, uid, depth = processes.parse_status(_read(dfd, "status"))
-        cgroup = packages.fs_decode(_read(dfd, "cgroup"))
-        exe = os.readlink("exe", dir_fd=dfd)
-        own = processes.parse_status((proc / "self" / "status").read_bytes())[3]
-        pidns = os.readlink("ns/pid", dir_fd=dfd) if depth > own else None
-    except OSError:
-        return None
-    finally:
-        os.close(dfd)
-    return processes.ProcessInfo(pid, ppid, uid, name, exe, cgroup, pidns, stale)
-
-
-def find_two_passes(roots: Roots, only_packages: list[str] | None) -> list[units.UnitGroup]:
-    """scan.find with the interpreter stage as a second pass over /proc (``interpreters.scan``),
-    the way it could be used before it was wired into the scanner's own pass: for comparison."""
-    db = packages.DpkgDatabase(roots.admindir, roots.root)
-    memoize_owners(db)
-    in_scope = None
-    if only_packages is not None:
-        names = sorted({n for found in db.resolve_names(only_packages).values() for n in found})
-        in_scope = db.files_of(names)
-    selection = processes.Selection(aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
-                                    skip_prefixes=scan.never_packaged(roots.data))
-    ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes)
-    result = processes.scan(roots.proc, selection)
-    found = interpreters.scan(roots.proc, ctx, stale={p.pid: p.stale for p in result.processes})
-    extra = {pid: kept for pid, fs in found.items() if (kept := tuple(f for f in fs if selection.wants(f.path)))}
-    merged = [p._replace(stale=interpreters.merge(p.stale, extra.pop(p.pid, ()))) for p in result.processes]
-    for pid, fs in sorted(extra.items()):
-        info = process_info(roots.proc, pid, fs)
-        if info is not None:
-            merged.append(info)
-    try:
-        init_d = set(os.listdir(roots.etc / "init.d"))
-    except OSError:
-        init_d = set()
-    affected = units.attribute(result._replace(processes=merged), db, in_scope=in_scope,
-                               systemd=roots.systemd_booted(), init_d=init_d)
-    return units.group(affected)
-
-
 def driver(args: argparse.Namespace) -> int:
     """Inside the container: one scan, printed as JSON (unit -> the kinds of its package files)."""
     roots = Roots()
-    groups = (find_two_passes(roots, args.packages) if args.two_pass
-              else scan.find(roots, only_packages=args.packages, interpreted=not args.plain).groups)
+    groups = scan.find(roots, only_packages=args.packages, interpreted=not args.plain).groups
     print(json.dumps({g.name or f"pid {g.pids[0]}": sorted({f"{f.stale.kind}/{f.stale.confidence}/{f.stale.evidence}"
                                                              for m in g.members for f in m.files})
                       for g in groups}, sort_keys=True))
@@ -256,7 +179,6 @@ def main() -> int:
     sub = parser.add_subparsers(dest="cmd")
     d = sub.add_parser("driver", help="(inside the container) one scan as JSON")
     d.add_argument("--plain", action="store_true", help="restartctl's scan.find without the interpreter stage")
-    d.add_argument("--two-pass", action="store_true", help="interpreters.scan after the scan, not within it")
     d.add_argument("--packages", nargs="+", default=None)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--filler", type=int, default=1000, help="plain sleep processes besides the daemons")
@@ -301,7 +223,6 @@ def bench(args: argparse.Namespace) -> int:
             cmds = {
                 "scan (no interpreters)": [*drive, "--plain"],
                 "scan + interpreters (one pass)": drive,
-                "scan + interpreters (two passes)": [*drive, "--two-pass"],
                 "scan --packages P (no interpreters)": [*drive, "--plain", "--packages", "rctl-bpymod"],
                 "scan --packages P + interpreters (one pass)": [*drive, "--packages", "rctl-bpymod"],
                 "restartctl scan --json (today's CLI)": ["/usr/bin/python3", "-m", "restart", "scan", "--json"],

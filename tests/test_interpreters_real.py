@@ -169,7 +169,9 @@ in_scope = db.files_of(names) if names is not None else None
 selection = processes.Selection(aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
                                 skip_prefixes=scan.never_packaged(Roots().data))
 stale = {p.pid: p.stale for p in processes.scan(Path("/proc"), selection).processes}
-found = interpreters.scan(Path("/proc"), interpreters.Context(db, in_scope=in_scope), stale=stale)
+merged = scan.find(Roots(), only_packages=names).scan.processes
+found = {p.pid: [f for f in p.stale if f.kind in (interpreters.SCRIPT, interpreters.MODULE)] for p in merged}
+found = {pid: fs for pid, fs in found.items() if fs}
 print(json.dumps({"found": {pid: [list(f) for f in fs] for pid, fs in found.items()},
                   "stale": {pid: [list(f) for f in fs] for pid, fs in stale.items()}}))
 """

@@ -477,8 +477,8 @@ PROCESS_CHOSEN = {"environ", "cmdline", "cwd"}
 # interpreter stage parses a genuine interpreter's command line (as data, with the interpreter's own
 # option grammar) and resolves a relative script against its cwd, only to lstat() that file inside the
 # process's root.  The environment stays forbidden everywhere.
-ALLOWED_PROCESS_CHOSEN = {("restart/hook.py", "cmdline"), ("restart/interpreters.py", "cmdline"),
-                          ("restart/interpreters.py", "cwd")}
+ALLOWED_PROCESS_CHOSEN = {("restart/hook.py", "cmdline"), ("restart/observation.py", "cmdline"),
+                          ("restart/observation.py", "cwd")}
 
 
 def test_process_environment_cmdline_and_cwd_are_never_read() -> None:
