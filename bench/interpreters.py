@@ -9,8 +9,8 @@ and after each step both tools say what needs a restart:
 
 * restartctl: ``scan.find``, whose process scan hands the interpreter stage each process that maps
   an interpreter's executable, run inside the container;
-* ``needrestart -b`` (Debian 12's 3.6, extracted under bench/.cache by bench/scan.py's helper,
-  never installed), under ``strace -f`` to count the interpreters it executes.
+* ``needrestart -b`` (Debian 12's 3.6, installed inside the container only by bench/scan.py's
+  helper), under ``strace -f`` to count the interpreters it executes.
 
 Then hyperfine (inside the container) times the scan without and with interpreter detection,
 for the whole host and for a one-package transaction, before and after a module upgrade::
@@ -18,8 +18,8 @@ for the whole host and for a one-package transaction, before and after a module 
     sudo /usr/bin/python3 bench/interpreters.py [--runs 10] [--filler 1000] [--daemons 10]
 
 Writes bench/results/<date>-interpreters.json and .md.  Needs what tests/run.sh installs
-(systemd-container, gcc, dpkg-dev), hyperfine, strace, and needrestart's Perl libraries
-(see bench/README.md).  ``driver`` is the part that runs inside the container.
+(systemd-container, gcc, dpkg-dev), hyperfine and strace (see bench/README.md).  ``driver`` is
+the part that runs inside the container.
 """
 
 from __future__ import annotations
@@ -192,19 +192,18 @@ def main() -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from scan import prepare_needrestart  # bench/scan.py: extracts needrestart under bench/.cache
+    from scan import install_needrestart  # bench/scan.py: needrestart installed inside the container only
 
     from tests.support.container import Container
 
-    nr = prepare_needrestart(False)
-    if not nr.available:
-        raise SystemExit(f"needrestart is not runnable: {nr.reason}")
+    nr_argv = ["/usr/sbin/needrestart", "-b"]
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "restart"), str(REPO / "bench")],
                    check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})  # the container's view is read-only
     now = dt.datetime.now(dt.UTC)
     results: dict[str, Any] = {"steps": [], "timings": {}, "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="rctl-bench-interp-") as tmp, Container("rctl-bench-i", boot=True) as c:
         v1, v2 = build(Path(tmp), "1.0"), build(Path(tmp), "2.0")
+        install_needrestart(c)
         c.install_debs(list(v1.values()))
         c.systemctl("daemon-reload")
         instances = [f"{t}@{i}.service" for t in TEMPLATES for i in range(1, args.daemons + 1)]
@@ -242,7 +241,7 @@ def bench(args: argparse.Namespace) -> int:
             r = c.check(in_container([*drive], strace_to=f"{SCRATCH}/rctl.strace"))
             mine = ours(json.loads(r))
             rctl_execs = execs(c, f"{SCRATCH}/rctl.strace")
-            n = c.exec(in_container(nr.argv, strace_to=f"{SCRATCH}/nr.strace"), timeout=600)
+            n = c.exec(in_container(nr_argv, strace_to=f"{SCRATCH}/nr.strace"), timeout=600)
             svc = re.findall(r"^NEEDRESTART-SVC: (\S+)$", n.stdout, re.M)
             nr_units = sorted(u for u in svc if UNIT_RE.fullmatch(u))
             progs = execs(c, f"{SCRATCH}/nr.strace")
@@ -262,9 +261,10 @@ def bench(args: argparse.Namespace) -> int:
             observe(package, what)
             if package == "rctl-bpymod":
                 timing("after a module upgrade")
+        nr_version = c.check(["dpkg-query", "-W", "-f", "${Version}", "needrestart"])
     results["meta"] = {"date": f"{now:%Y-%m-%d %H:%M} UTC", "commit": subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-        check=False).stdout.strip(), "needrestart": nr.notes}
+        check=False).stdout.strip(), "needrestart": nr_version}
     write(results, now)
     return 0
 

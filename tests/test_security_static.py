@@ -134,8 +134,7 @@ ALLOWED_STARTERS: dict[str, set[str]] = {
     "restart/hook.py": {"_run_quietly", "defer_until_exit"},
     "bench/hook.py": {"main"},
     "bench/interpreters.py": {"bench"},
-    "bench/realstate.py": {"download", "timed", "main", "save"},
-    "bench/scan.py": {"enter_namespace", "hyperfine", "run", "spawn"},
+    "bench/scan.py": {"download", "timed", "main", "save"},
     "tests/support/container.py": {"Container._run", "Container._start", "make_local_repo"},
     "tests/support/debs.py": {"_run"},
     "tests/support/package.py": {"run"},
@@ -144,8 +143,7 @@ ALLOWED_STARTERS: dict[str, set[str]] = {
 # Fixed scripts only: the harness's nsenter/spawn/write glue, the benchmarks' floor and fillers.
 ALLOWED_SHELLS: dict[str, set[str]] = {
     "bench/interpreters.py": {"bench"},
-    "bench/realstate.py": {"commands", "setup"},
-    "bench/scan.py": {"commands"},
+    "bench/scan.py": {"commands", "idle_unit"},
     "tests/support/container.py": {"Container._run", "Container.spawn", "Container.write_file"},
 }
 
