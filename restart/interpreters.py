@@ -10,7 +10,7 @@ is static, from ``/proc`` and the dpkg database:
   Debian interpreter package (``/usr/bin/python3.N``, ``/usr/bin/perl``, ...), and that
   very package must own the file, so a user's ``/home/u/python3`` is never one.
 - Its *script* comes from the command line, parsed with the interpreter's own option
-  grammar (:func:`script_of`), and is looked at inside the process's root with
+  grammar (:func:`restart.grammars.script_of`), and is looked at inside the process's root with
   ``lstat`` only: never opened, never read, never imported, never executed.  The
   process's environment is never read.
 - The *modules* it may use are the packages in the dependency closure of the script's
@@ -68,8 +68,9 @@ means later than *start* plus :data:`TOLERANCE`.
 Java processes and shells get only the proven kinds: the JVM keeps every jar it uses
 open, and shells have no modules.  Nothing here decides a unit: that stays the cgroup's.
 
-Costs: :func:`observe` reads ``cmdline`` and ``stat`` (and stats the script) only for
-processes whose exe is an interpreter path.  :class:`Context` reads nothing until asked,
+Costs: :func:`restart.observation.observe` reads ``cmdline`` and ``stat`` (and stats the
+script) only for processes that map an interpreter's own executable (the scanner's hint,
+:data:`restart.grammars.MAPPED_HINTS`).  :class:`Context` reads nothing until asked,
 and nothing but two inodes' times when dpkg has not run since the interpreters started;
 otherwise the dpkg status file (3 ms for 900 packages), the ``.list`` mtimes, and the
 lists of the few packages that matter, never all of them.
