@@ -26,7 +26,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from restart.packages import DpkgDatabase, canonical, fs_decode, parse_md5sums
+from restart.packages import DpkgDatabase, list_paths, parse_md5sums
 
 TRIGGERS = ("apt", "dpkg", "unattended-upgrades", "manual")  # who runs `restartctl hook`
 JOURNAL = "journal"
@@ -210,9 +210,8 @@ def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> d
                 data = f.read()
         except OSError:
             continue
-        for raw in data.split(b"\n"):
-            if raw.startswith(b"/") and raw != b"/.":
-                files.setdefault(canonical(fs_decode(raw), aliases), name)
+        for path in list_paths(data, aliases):
+            files.setdefault(path, name)
     return files
 
 
