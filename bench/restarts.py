@@ -8,8 +8,8 @@ are put on the old library (``rctl-libdemo1`` 1.0 installed, all restarted, 2.0 
 then timed inside the container, in one run:
 
 - the floor: one ``systemctl restart -- <all N>`` (systemd runs the jobs in parallel; nothing checked);
-- ``needrestart -r a`` when its .deb (and its Perl libraries) are in tests/.cache/debs/needrestart
-  (installed inside the container only, never on the host);
+- ``needrestart -r a`` (its .deb and Perl libraries fetched once into tests/.cache/debs/needrestart,
+  installed inside the container only, never on the host: bench/scan.py's ``install_needrestart``);
 - ``restartctl apply --yes`` with the vendor policy, then with ``settle = 0``, with ``settle = 0`` and
   waves as large as N (``max_parallel = 128``), and one unit at a time (``max_parallel = 1``,
   ``settle = 0``: the order and pace before waves; only up to ``--sequential-up-to`` units).
@@ -38,14 +38,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from scan import install_needrestart  # noqa: E402 - bench/scan.py's: needrestart inside the container only
+
 from tests.support.checkout import WRAPPER  # noqa: E402
 from tests.support.container import Container  # noqa: E402
 from tests.support.debs import demo_packages  # noqa: E402
 
 TARGET = 2.0
+NR_CONF = "$nrconf{kernelhints} = 0;\n$nrconf{ucodehints} = 0;\n$nrconf{sendnotify} = 0;\n"  # services only
 UNIT = ("[Unit]\nDescription=restartctl bench service\nStartLimitIntervalSec=0\n"
         "[Service]\nExecStartPre=/bin/sleep 0.5\nExecStart=/usr/sbin/rctl-demod\n")
-NEEDRESTART = REPO / "tests" / ".cache" / "debs" / "needrestart"
 PACKAGES = ("rctl-libdemo1", "rctl-demod")
 # Times a command inside the container, without the cost of entering it.
 TIMER = ("import subprocess, sys, time\n"
@@ -89,7 +91,7 @@ def restarted_all(c: Container, names: list[str], before: dict[str, str]) -> boo
 
 
 def measure(c: Container, debs: dict[str, dict[str, Path]], n: int, runs: int,
-            needrestart: bool, sequential_up_to: int) -> dict[str, list[float]]:
+            sequential_up_to: int) -> dict[str, list[float]]:
     names = unit_names(n)
     for name in names:
         c.write_file(f"/etc/systemd/system/{name}", UNIT)
@@ -100,11 +102,10 @@ def measure(c: Container, debs: dict[str, dict[str, Path]], n: int, runs: int,
         seconds, code, err = timed(c, ["/usr/bin/systemctl", "restart", "--", *names])
         assert code == 0, err
         results.setdefault("systemctl restart of all N (floor)", []).append(seconds)
-        if needrestart:
-            before = make_stale(c, debs, names)
-            seconds, code, err = timed(c, ["/usr/sbin/needrestart", "-r", "a", "-q"])
-            assert restarted_all(c, names, before), f"needrestart (exit status {code}) left some: {err}"
-            results.setdefault("needrestart -r a", []).append(seconds)
+        before = make_stale(c, debs, names)
+        seconds, code, err = timed(c, ["/usr/sbin/needrestart", "-r", "a", "-q"])
+        assert restarted_all(c, names, before), f"needrestart (exit status {code}) left some: {err}"
+        results.setdefault("needrestart -r a", []).append(seconds)
         for label, settings in CONFIGS.items():
             if settings.startswith("max_parallel = 1\n") and n > sequential_up_to:
                 continue
@@ -140,21 +141,17 @@ def main() -> int:
     parser.add_argument("--sequential-up-to", type=int, default=30,
                         help="time max_parallel = 1 only up to this many units (default 30)")
     args = parser.parse_args()
-    needrestart = sorted(NEEDRESTART.glob("*.deb"))
     load_before = os.getloadavg()
     all_results: dict[int, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="rctl-bench-restart-") as tmp, \
             Container("rctl-bench-restart", boot=True) as c:
         debs = {v: demo_packages(Path(tmp) / v, v) for v in ("1.0", "2.0")}
         c.write_file("/usr/sbin/restartctl", WRAPPER, mode=0o755)  # this checkout; no apt/dpkg hooks
-        if needrestart:
-            c.install_debs(needrestart)
-            # Services only: no kernel or microcode hints, no session notices.
-            c.write_file("/etc/needrestart/conf.d/bench.conf",
-                         "$nrconf{kernelhints} = 0;\n$nrconf{ucodehints} = 0;\n$nrconf{sendnotify} = 0;\n")
+        install_needrestart(c)
+        c.write_file("/etc/needrestart/conf.d/bench.conf", NR_CONF)
         c.install_debs([debs["1.0"][p] for p in PACKAGES])
         for n in args.units:
-            all_results[n] = measure(c, debs, n, args.runs, bool(needrestart), args.sequential_up_to)
+            all_results[n] = measure(c, debs, n, args.runs, args.sequential_up_to)
     load_after = os.getloadavg()
     now = dt.datetime.now(dt.UTC)
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
