@@ -55,3 +55,20 @@ def test_only_the_hook_command_imports_the_hook_module(tmp_path: Path) -> None:
                          capture_output=True, text=True, env={"PYTHONPATH": str(Path(__file__).parent.parent)},
                          check=False)
     assert out.stdout.splitlines()[-1] == "['restart.apply']", out.stdout + out.stderr
+
+
+def test_the_hooks_watchdog_is_the_policys_hook_budget(tmp_path: Path) -> None:
+    """Why (issue 14): the hook's time is sized by the policy (a large server needs more than 60 s);
+    a policy that cannot be read leaves the vendor default, never no watchdog."""
+    from restart import hook
+
+    data, etc = tmp_path / "data", tmp_path / "etc"
+    (etc / "restartctl").mkdir(parents=True)
+    data.mkdir()
+    (data / "policy.toml").write_text("[settings]\nhook_budget = 120\n")
+    roots = Roots(etc=etc, data=data)
+    assert hook.hook_budget(roots) == 120
+    (etc / "restartctl" / "policy.toml").write_text("[settings]\nhook_budget = 400\n")
+    assert hook.hook_budget(roots) == 400
+    (etc / "restartctl" / "policy.toml").write_text("[settings]\nhook_budget = -1\n")
+    assert hook.hook_budget(roots) == Settings().hook_budget == 120
