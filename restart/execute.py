@@ -610,7 +610,9 @@ class Executor:
             return
 
         def told(o: Outcome) -> None:
-            mine = [line for line in said.splitlines() if (o.action.group.name or "") in line or "answer" in line]
+            """A failed unit's detail gains systemctl's lines about it (a.service's, never ba.service's)."""
+            name = re.compile(rf"(?<![\w.@:\\-]){re.escape(o.action.group.name or '')}(?![\w.@:\\-])")
+            mine = [line for line in said.splitlines() if name.search(line) or "did not answer" in line]
             finish(o._replace(detail="\n".join([o.detail, *mine])) if o.status == FAILED and mine else o)
         self._verify(go, time.monotonic() + min(self.settings.timeout, self.remaining()), told)
 
@@ -624,9 +626,10 @@ class Executor:
         ``finish`` as soon as it is known.  Units of one manager (a wave, or a single unit)."""
         up = self._await([(a, before) for a, before in pairs if before], limit, finish)
         up += [(a, {}) for a, before in pairs if not before]  # nothing to ask systemd: PID 1, a manager, a script
-        until = max(limit, time.monotonic() + min(self.settings.timeout, self.remaining()))  # its own time:
+        # The check gets its own time: a sibling in the wave that was slow to start may have spent the limit.
+        until = max(limit, time.monotonic() + min(self.settings.timeout, self.remaining()))
         checks = self.still_stale([(a.group, self._check_scope(a.group, state)) for a, state in up], until) \
-            if up else []  # a sibling in the wave that was slow to start spent the limit
+            if up else []
         checked = []
         for (a, state), check in zip(up, checks, strict=True):
             outcome = self._clean(a, state, check)

@@ -155,6 +155,15 @@ def test_failures_in_a_wave_trip_the_breaker_for_later_waves(tmp_path: Path) -> 
     assert all(by_unit[n].detail == "circuit breaker: 2 restarts failed in this run" for n in units[4:])
 
 
+def test_a_failed_unit_of_a_wave_gets_systemctls_lines_about_it_only(tmp_path: Path) -> None:
+    units = ["0.service", "a.service", "ba.service", "c.service"]
+    systemd = Systemd(units, broken=frozenset({"a.service", "ba.service"}))
+    outcomes = executor(tmp_path, systemd, max_parallel=8).run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    detail = {o.action.group.name: o.detail for o in outcomes}
+    assert "Job for a.service failed." in detail["a.service"] and "ba.service" not in detail["a.service"]
+    assert "Job for ba.service failed." in detail["ba.service"]
+
+
 def test_a_restart_that_keeps_its_main_pid_is_not_verified(tmp_path: Path) -> None:
     """Why: ``systemctl restart`` exits 0 for a unit whose restart did nothing we asked for (a
     reload-only wrapper, an ExecStop that returns at once); active alone is not restarted."""
