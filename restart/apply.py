@@ -466,10 +466,14 @@ class ActionLog:
             self.index[id(a)] = i
 
     def outcome(self, o: execute.Outcome) -> None:
+        """A failure is written at once; a success with the next intent or the run's own record
+        (until then a killed run's next run finds it "started" and checks it again: active)."""
         i = self.index.get(id(o.action))
         if i is None:
             return
         self.entries[i] = {**self.entries[i], "status": o.status, "detail": clean(o.detail)}
+        if o.status == execute.DONE:
+            return
         try:
             self._save()
         except OSError as e:
