@@ -15,7 +15,7 @@ How (one mechanism for both flavours):
   enabled services stay off); ``boot=False`` with ``--as-pid2 /usr/bin/sleep infinity``, so PID 1 is
   nspawn's stub init (it reaps orphans; nothing creates ``/run/systemd/system``; nspawn's own tmpfs
   on ``/run`` hides the host's).
-- Commands run via ``nsenter -t LEADER -a`` with a fixed environment, each in its own cgroup
+- Commands run via ``nsenter -t LEADER -a -r -w`` with a fixed environment, each in its own cgroup
   ``payload/rctl-harness/exec-N`` (``spawn-N`` for background processes), so a timed-out command and
   everything it forked can be killed by cgroup; inside, such a process's cgroup reads
   ``/rctl-harness/exec-N`` (not a systemd unit).
@@ -545,7 +545,9 @@ class Container:
         leader = self.leader
         cgroups = self._new_cgroup(spawn_label or f"exec-{next(self._seq)}")
         full = [SH, "-c", _JOIN_SCRIPT, "sh", *(str(d / "cgroup.procs") for d in cgroups), "--"]
-        full += [NSENTER, f"--target={leader}", "--all", "--", *argv]
+        # --root/--wd: the container's root and cwd even when this process is itself chrooted (the
+        # mount namespace alone leaves a chrooted caller's root where it was: seen on a Debian 13 root)
+        full += [NSENTER, f"--target={leader}", "--all", "--root", "--wd", "--", *argv]
         try:
             with subprocess.Popen(
                 full,
