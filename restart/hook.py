@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from restart import execute, packages, plan, policy, report, state, transaction, units
+from restart import execute, fsutil, packages, plan, policy, report, state, transaction, units
 from restart.processes import PPID, STARTTIME, ProcessGone, parse_status, read_proc, stat_field
 from restart.roots import Roots
 from restart.scan import Findings, find
@@ -95,7 +95,7 @@ def uu_interpreter(root: Path) -> os.stat_result | None:
         finally:
             os.close(fd)
         interpreter = first[2:].split()[0] if first.startswith(b"#!") and first[2:].split() else b""
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022 or not interpreter.startswith(b"/"):
+        if not stat.S_ISREG(st.st_mode) or fsutil.untrusted(st) is not None or not interpreter.startswith(b"/"):
             return None
         return os.stat(root / os.fsdecode(interpreter).lstrip("/"))
     except OSError:

@@ -21,6 +21,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from restart import fsutil
 from restart.units import SYSTEM, UNIT_TYPES, USER
 
 ACTIONS = ("restart", "try-restart", "reload-or-restart", "defer", "ignore", "notify", "reexec", "reboot",
@@ -28,6 +29,7 @@ ACTIONS = ("restart", "try-restart", "reload-or-restart", "defer", "ignore", "no
 SCOPES = ("system", "user", "any")
 MODES = ("auto", "ask", "list")
 KINDS = ("exe", "code", "data", "fd", "script", "module")
+MAX_BYTES = 1 << 20  # a policy file is a few kB; a bigger one is a mistake, refused before it is parsed
 EVIDENCE = ("replaced", "missing", "unlinked", "deleted-hint", "newer", "depends", "imports", "search-path")
 RULE_KEYS = {"unit", "scope", "package", "action", "exec", "reason"}
 
@@ -245,33 +247,26 @@ def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
 
 
 def _trusted(path: Path, st: os.stat_result) -> None:
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-        raise PolicyError(f"{path}: must be owned by root and writable only by root "
-                          f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
+    why = fsutil.untrusted(st)
+    if why is not None:
+        raise PolicyError(f"{path}: must be owned by root and writable only by root ({why})")
 
 
 def read_trusted(path: Path) -> str:
-    """A policy file's text, refused if anyone but root could have written it or its directory.
-
-    Opened without following a symlink and judged by the descriptor actually opened, so
-    nothing can be swapped in between the check and the read.
-    """
-    _trusted(path.parent, os.stat(path.parent))
+    """A policy file's text, refused if anyone but root could have written it or its directory
+    (see :func:`fsutil.read_trusted`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = fsutil.read_trusted(path, MAX_BYTES + 1)
+    except fsutil.Untrusted as e:
+        raise PolicyError(str(e)) from e
     except OSError as e:
-        if os.path.islink(path):
-            raise PolicyError(f"{path}: is a symlink; policy files must be regular files") from e
         raise PolicyError(f"{path}: {e.strerror}") from e
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise PolicyError(f"{path}: not a regular file")
-        _trusted(path, st)
-        try:
-            return f.read().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise PolicyError(f"{path}: not UTF-8 ({e})") from e
+    if len(data) > MAX_BYTES:
+        raise PolicyError(f"{path}: larger than {MAX_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{path}: not UTF-8 ({e})") from e
 
 
 def trusted_program(argv: tuple[str, ...], source: str) -> None:

@@ -47,6 +47,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import NamedTuple
 
+from restart import fsutil
 from restart.plan import Action
 from restart.units import CONTAINER, INIT, NONE, SYSTEM, USER_MANAGER
 
@@ -494,16 +495,6 @@ def _read_all(fd: int) -> str:
     return b"".join(chunks).decode("utf-8", "surrogateescape")
 
 
-def _open_dir(run_dir: Path) -> int:
-    """The directory, opened once without following a symlink; it must be root's alone."""
-    dfd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    st = os.fstat(dfd)
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-        os.close(dfd)
-        raise PermissionError(errno.EPERM, "not a directory only root can write to", str(run_dir))
-    return dfd
-
-
 def _write_all(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data):]
@@ -516,22 +507,7 @@ def _create_flag(dfd: int) -> bool:
         return False
     except FileNotFoundError:
         pass
-    tmp = f".{FLAG_FILE}.{os.getpid()}.{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
-    try:
-        os.fchmod(fd, 0o644)
-        _write_all(fd, FLAG_TEXT.encode())
-        os.close(fd)
-        fd = -1
-        try:
-            os.link(tmp, FLAG_FILE, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        os.unlink(tmp, dir_fd=dfd)
+    return fsutil.write_at(dfd, FLAG_FILE, FLAG_TEXT.encode(), replace=False)
 
 
 def _append_packages(dfd: int, names: list[str]) -> tuple[str, ...]:
@@ -565,7 +541,7 @@ def write_reboot_required(run_dir: Path, found: Iterable[RebootReason]) -> Writt
     if not found:
         return Written(False, ())
     names = [bare(r.package) for r in found if r.package and _PACKAGE_RE.fullmatch(bare(r.package))]
-    dfd = _open_dir(run_dir)
+    dfd = fsutil.open_trusted_dir(run_dir)
     try:
         added = _append_packages(dfd, names) if names else ()
         return Written(_create_flag(dfd), added)
