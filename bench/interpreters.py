@@ -43,7 +43,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(BENCH)]
 
-from restart import interpreters, packages, processes, scan, units  # noqa: E402
+from restart import interpreters, packages, processes, procfs, scan, units  # noqa: E402
 from restart.roots import Roots  # noqa: E402
 
 SCRATCH = "/srv/rctl"
@@ -144,10 +144,10 @@ def process_info(proc: Path, pid: int, stale: tuple[processes.StaleFile, ...]) -
     except OSError:
         return None
     try:
-        name, ppid, uid, depth = processes.parse_status(_read(dfd, "status"))
+        name, ppid, uid, depth = procfs.parse_status(_read(dfd, "status"))
         cgroup = packages.fs_decode(_read(dfd, "cgroup"))
         exe = os.readlink("exe", dir_fd=dfd)
-        own = processes.parse_status((proc / "self" / "status").read_bytes())[3]
+        own = procfs.parse_status((proc / "self" / "status").read_bytes())[3]
         pidns = os.readlink("ns/pid", dir_fd=dfd) if depth > own else None
     except OSError:
         return None

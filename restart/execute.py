@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 
 from restart.plan import EXECUTABLE, Action
 from restart.policy import Settings
-from restart.processes import FIRST_USER_UID, PPID, stat_field
+from restart.processes import FIRST_USER_UID
+from restart.procfs import CLEAN_ENV, lineage
 from restart.text import printable
 from restart.units import (
     INIT,
@@ -43,7 +44,6 @@ PROGRAMS = {"systemctl": "/usr/bin/systemctl", "invoke-rc.d": "/usr/sbin/invoke-
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 RUNUSER = "/usr/sbin/runuser"
 NOTIFY_SEND = "/usr/bin/notify-send"
-CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
 SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup,NRestarts"
 CGROUPFS = Path("/sys/fs/cgroup")
@@ -205,10 +205,7 @@ def last_failures(record: dict[str, Any] | None, timeout: float = 5) -> list[dic
 def ancestor_units(proc: Path, pid: int) -> set[str]:
     """Units of this process and all its ancestors: restarting one would kill this very run."""
     units = set()
-    current: int | None = pid
-    for _ in range(64):
-        if current is None or current < 1:
-            break
+    for current in lineage(proc, pid):
         try:
             cgroup = (proc / str(current) / "cgroup").read_text(encoding="utf-8", errors="surrogateescape")
         except OSError:
@@ -216,9 +213,6 @@ def ancestor_units(proc: Path, pid: int) -> set[str]:
         unit = resolve(cgroup_path(cgroup))
         if unit.kind in (SYSTEM, USER_MANAGER) and unit.name:
             units.add(unit.name)
-        if current == 1:
-            break
-        current = stat_field(proc, current, PPID)
     return units
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from restart import execute, fsutil, packages, plan, policy, report, state, transaction, units
-from restart.processes import PPID, STARTTIME, ProcessGone, parse_status, read_proc, stat_field
+from restart.procfs import CLEAN_ENV, STARTTIME, ProcessGone, lineage, parse_status, read_proc, stat_field
 from restart.roots import Roots
 from restart.scan import Findings, find
 from restart.text import clean, printable
@@ -36,7 +36,6 @@ DEFERRED_UNIT = "restartctl-after-unattended-upgrades.service"
 UU_SCRIPT = "/usr/bin/unattended-upgrade"
 SYSTEMCTL = "/usr/bin/systemctl"
 SYSTEMD_RUN = "/usr/bin/systemd-run"
-CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
 class Timeout(BaseException):
@@ -147,15 +146,13 @@ def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int, root: Path = P
     except (OSError, ValueError, IndexError):
         pidfile = None
     found: int | None = None
-    current: int | None = pid
-    for _ in range(64):
-        if current is None or current <= 1:
+    for current in lineage(proc, pid):
+        if current == 1:
             break
         if proven_uu_run(proc, current, interpreter):
             found = current
             if current == pidfile:
                 break
-        current = stat_field(proc, current, PPID)
     if found is None:
         return None
     start = process_start(proc, found)
@@ -210,9 +207,8 @@ def transaction_pids(proc: Path, admindir: Path, pid: int) -> frozenset[int]:
     locks = tuple(str(admindir / name) for name in DPKG_LOCKS)
     chain: list[int] = []
     outermost = 0
-    current: int | None = stat_field(proc, pid, PPID)
-    for _ in range(64):
-        if current is None or current <= 1:
+    for current in list(lineage(proc, pid))[1:]:
+        if current == 1:
             break
         chain.append(current)
         try:
@@ -221,7 +217,6 @@ def transaction_pids(proc: Path, admindir: Path, pid: int) -> frozenset[int]:
             exe = ""
         if exe == DPKG or _holds_dpkg_lock(proc, current, locks):
             outermost = len(chain)
-        current = stat_field(proc, current, PPID)
     return frozenset(chain[:outermost])
 
 

@@ -93,7 +93,8 @@ from typing import NamedTuple
 from restart import transaction
 from restart.imports import Imports, Reader, Source, gather, identity_of
 from restart.packages import DpkgDatabase, fs_decode, fs_encode, spellings
-from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, ProcessGone, StaleFile, exe_of, read_proc
+from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, StaleFile
+from restart.procfs import STARTTIME, ProcessGone, exe_of, read_proc, stat_fields
 
 SCRIPT, MODULE = "script", "module"
 NEWER, DEPENDS, SEARCH_PATH, IMPORTS = "newer", "depends", "search-path", "imports"  # evidence of the likely kinds
@@ -597,7 +598,7 @@ class Observation(NamedTuple):
 
 def start_ticks(stat_text: bytes) -> int:
     """Field 22 of ``/proc/PID/stat``; the name field before it may hold spaces and parentheses."""
-    return int(stat_text.rpartition(b")")[2].split()[19])
+    return int(stat_fields(stat_text)[STARTTIME])
 
 
 def _read_file(path: str) -> bytes:

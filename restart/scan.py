@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from restart import fsutil, interpreters, packages, processes, transaction, units
+from restart import fsutil, interpreters, packages, processes, procfs, transaction, units
 from restart.roots import Roots
 
 
@@ -94,7 +94,7 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     except OSError:
         init_d = set()
     def started(pid: int) -> float | None:
-        ticks = processes.stat_field(roots.proc, pid, processes.STARTTIME)
+        ticks = procfs.stat_field(roots.proc, pid, procfs.STARTTIME)
         return None if ticks is None else ctx.host.wall(ticks)
 
     affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from restart import fsutil
-from restart.processes import STARTTIME, stat_field
+from restart.procfs import STARTTIME, stat_field
 
 STATE_SCHEMA = "restartctl-state/1"
 PENDING = "pending.json"

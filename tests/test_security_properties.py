@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from restart import plan, policy, units
 from restart.packages import fs_decode, parse_diversions
-from restart.processes import ProcessInfo, StaleFile, parse_map_line, parse_status
+from restart.processes import ProcessInfo, StaleFile, parse_map_line
+from restart.procfs import parse_status
 from restart.text import printable
 from restart.units import (
     CONTAINER,
