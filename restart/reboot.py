@@ -74,7 +74,7 @@ _INSTALLED_STATES = frozenset({"installed", "triggers-pending", "triggers-awaite
 
 
 class RebootReason(NamedTuple):
-    kind: str              # kernel | policy | init | service | library | flag
+    kind: str              # kernel | microcode | policy | init | service | library | flag
     package: str | None    # the package responsible (None: unknown, e.g. a kernel only in /boot)
     detail: str            # one sentence for people
     since: float | None = None  # when it became necessary (Unix time), if known
