@@ -140,15 +140,28 @@ def test_anything_below_a_user_manager_stays_that_users(uid: int, below: list[st
 
 
 @FAST
-@given(st.integers(1000, 2**31), st.lists(cgroup_name.map(lambda s: s.translate({ord(c): "x" for c in LINE_BREAKS})),
-                                          min_size=1, max_size=6))
+@given(st.integers(1000, 2**31), st.lists(cgroup_name, min_size=1, max_size=6))
 def test_a_kernel_cgroup_file_yields_its_unified_path(uid: int, below: list[str]) -> None:
-    """Why: the cgroup file must parse to exactly the path the kernel wrote (here: names without
-    line-break characters; with them: test_security_fixture.py::test_line_break_in_a_users_cgroup_name...)."""
+    """Why: the cgroup file must parse to exactly the path the kernel wrote, whatever the names hold:
+    \r, \v, U+2028 and the other characters ``str.splitlines`` ends lines at are name characters
+    (only "\n" ends a line; the kernel refuses it in names)."""
     path = f"/user.slice/user-{uid}.slice/user@{uid}.service/" + "/".join(below)
-    text = f"1:name=systemd:{path}\n0::{path}\n"
-    assert cgroup_path(text) == path
-    assert resolve(cgroup_path(text)).uid == uid
+    for text in (f"1:name=systemd:{path}\n0::{path}\n", f"0::{path}\n", f"1:name=systemd:{path}\n"):
+        assert cgroup_path(text) == path
+    assert resolve(cgroup_path(f"0::{path}\n")).uid == uid
+
+
+@pytest.mark.parametrize("sep", list(LINE_BREAKS), ids=[f"U+{ord(c):04X}" for c in LINE_BREAKS])
+def test_only_a_newline_ends_a_cgroup_line(sep: str) -> None:
+    """Why: pins the exact splitting that the property test above samples.  With ``splitlines`` (the
+    bug this suite once found) each of these texts holds two hierarchies of one kind, and the parse
+    changes: a system unit's own path is lost, a forged second line is read."""
+    system = f"/system.slice/a{sep}0::/system.slice/b.service"
+    assert cgroup_path(f"1:name=systemd:{system}\n0::{system}\n") == system
+    assert cgroup_path(f"0::/init.scope{sep}x\n") == f"/init.scope{sep}x"
+    assert cgroup_path(f"1:name=systemd:/system.slice/c.service{sep}1:name=systemd:/init.scope\n") == \
+        f"/system.slice/c.service{sep}1:name=systemd:/init.scope"
+    assert cgroup_path(f"0::/{sep}\n1:name=systemd:/system.slice/d.service\n") == f"/{sep}"
 
 
 # ---------------------------------------------------------------------------------- dpkg data
