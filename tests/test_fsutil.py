@@ -153,6 +153,7 @@ def test_the_file_is_fsynced_before_the_rename_and_the_directory_after(tmp_path:
     assert events == ["fsync-file", "rename", "fsync-dir"]
 
 
+@pytest.mark.timeout(20)  # a FIFO opened blocking would hang here: bounded, it fails instead
 def test_read_trusted_refuses_what_others_could_have_written(tmp_path: Path) -> None:
     d = tmp_path / "etc"
     d.mkdir(mode=0o755)
