@@ -15,7 +15,7 @@ import pytest
 from restart import hook, state
 from restart.cli import main
 from restart.roots import Roots
-from tests.test_cli import REPO, Host
+from tests.support.fixturehost import REPO, Host
 
 BOOT = "0f0e0d0c-0b0a-0908-0706-050403020100"
 

@@ -9,7 +9,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,29 +25,14 @@ from restart.reboot import RebootReason
 from restart.roots import Roots
 from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, UnitGroup
 from tests.fakeproc import map_line
+from tests.support import tools
 from tests.support.container import Container
+from tests.support.fixturehost import Host, fixture_host
 from tests.support.fixtures import run_demod_then_upgrade
-from tests.test_cli import Host
+from tests.support.tools import promtool
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "data" / "restartctl-1.schema.json"
-PROMTOOL = REPO / "tests" / ".cache" / "promtool" / "usr" / "bin" / "promtool"
-PROMTOOL_HINT = """promtool is missing: run tests/run.sh, which downloads Debian's promtool .deb (Debian 13;
-prometheus on Debian 12) and unpacks it, never installs it:
-  (cd tests/.cache/debs && apt-get download -q promtool)   # or: apt-get download -q prometheus
-  dpkg-deb -x tests/.cache/debs/promtool_*.deb tests/.cache/promtool"""
-
-
-# ---------------------------------------------------------------- tools the checks need
-
-def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The real promtool from the downloaded .deb; missing, the test FAILS with how to get it."""
-    if not os.access(PROMTOOL, os.X_OK):
-        pytest.fail(PROMTOOL_HINT, pytrace=False)
-    return subprocess.run([str(PROMTOOL), *args], input=stdin, capture_output=True, text=True, timeout=60,
-                          check=False)
-
-
 def check_metrics(text: str) -> None:
     assert text.strip(), "promtool accepts empty input: never check nothing"
     r = promtool("check", "metrics", stdin=text)
@@ -277,7 +261,7 @@ def test_promtool_really_checks() -> None:
 
 
 def test_missing_tools_fail_never_skip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(sys.modules[__name__], "PROMTOOL", tmp_path / "promtool")
+    monkeypatch.setattr(tools, "PROMTOOL", tmp_path / "promtool")
     with pytest.raises(pytest.fail.Exception, match="apt-get download -q promtool"):
         promtool("--version")
     with pytest.raises(pytest.fail.Exception, match="jsonschema==4.26.0"):
@@ -448,7 +432,6 @@ def test_refresh_renews_the_textfile_without_a_scan_only_when_nothing_can_have_c
     """``plan --format openmetrics --textfile --refresh`` (restartctl-report.service): a scan when the
     file says something is pending or the dpkg database / state / reboot flag changed, else only a
     new report time."""
-    from tests.test_fleet import fixture_host
 
     prom = tmp_path / "prom"
     prom.mkdir(mode=0o755)

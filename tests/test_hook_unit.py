@@ -16,6 +16,7 @@ import pytest
 from restart import hook, transaction
 from restart.cli import main
 from restart.roots import Roots
+from tests.support.fixturehost import Host
 
 
 def test_journal_parsing_keeps_only_complete_well_formed_lines() -> None:
@@ -184,7 +185,6 @@ def test_a_scan_cut_short_makes_the_next_run_look_again(tmp_path: Path, capsys: 
     """The hook's scan gets half the time left; what it could not look at is said, and recorded as
     incomplete (not as an unbounded package list): the next run looks at every package changed since."""
     from restart import state
-    from tests.test_cli import Host
 
     host = Host(tmp_path, systemd=True)
     host.add(10)
