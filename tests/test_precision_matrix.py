@@ -114,8 +114,9 @@ def apt(c: Container, cfg: str, *args: str) -> str:
     return r.stdout
 
 
-def run_matrix(c: Container, cfg: str, rctl: Sequence[str]) -> list[tuple[str, set[str], set[str]]]:
-    """Per step: the services the vendor policy would restart, and those that really run old code."""
+def run_matrix(c: Container, cfg: str, rctl: Sequence[str]) -> list[tuple[str, set[str], set[str], set[str]]]:
+    """Per step: the services the vendor policy would restart, those it names at all (restart, list,
+    notify), and those that really run old code."""
     apt(c, cfg, "install", *INITIAL)
     version = c.check(["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).strip()
     for path, text in LOCAL_FILES.items():
@@ -134,11 +135,12 @@ def run_matrix(c: Container, cfg: str, rctl: Sequence[str]) -> list[tuple[str, s
         r = c.exec([*rctl, "plan", "--json", "--packages", *scope])
         assert r.returncode in (0, 1), r.stdout + r.stderr
         doc = json.loads(r.stdout)
-        planned = {a["unit"].removesuffix(".service") for a in doc["actions"]
-                   if a["action"] == "restart" and a["unit"].removesuffix(".service") in SERVICES}
+        named = {a["unit"].removesuffix(".service"): a["action"] for a in doc["actions"]
+                 if a["unit"] and a["unit"].removesuffix(".service") in SERVICES}
+        planned = {n for n, action in named.items() if action == "restart"}
         needed = {n for n, (_, uses) in SERVICES.items() if uses & set(scope) and "install" not in what
                   and what not in ("reinstall", "identical-content upgrade")}
-        results.append((what, planned, needed))
+        results.append((what, planned, set(named), needed))
     return results
 
 
@@ -156,6 +158,73 @@ def matrix_host(container_factory: Callable[..., Container], tmp_path: Path) -> 
 def test_the_vendor_policy_restarts_exactly_what_runs_old_code(matrix_host: tuple[Container, str]) -> None:
     c, cfg = matrix_host
     results = run_matrix(c, cfg, ["/usr/sbin/restartctl"])
-    assert [(w, p) for w, p, _ in results] == [(w, n) for w, _, n in results], results
+    assert [(w, p, a) for w, p, a, _ in results] == [(w, n, n) for w, _, _, n in results], results
     for name in SERVICES:  # nothing was restarted: the same processes ran through every step
         wait_for(lambda name=name: c.show(f"{name}.service", "ActiveState") == "active", f"{name} active", 5)
+
+
+# Unowned Python daemons whose script becomes hostile after they started (the process keeps running
+# what it read): what the static import reader meets on a real host.  Each is replaced in place;
+# "exec" really imports the upgraded module, through code built at run time.
+HOSTILE_SCRIPT = "import time\nif False:\n    import os\n    os.system('touch /run/rctl-canary')\n" + PY_LOOP
+HOSTILE: dict[str, tuple[str, ...]] = {   # service -> shell commands run on its script (as {s}) after start
+    "h-fifo": ("rm {s}", "mkfifo {s}"),
+    "h-device": ("rm {s}", "mknod {s} c 1 3"),
+    "h-sparse": ("truncate -s 1G {s}",),
+    # h-symlink and h-private run as rctlh: root must never read for her what she cannot read (had it
+    # read root's /root/secret.py, it would see "import rctl_imp" and restart; h-private's own script,
+    # imports nothing of ours: it would not be named at all)
+    "h-symlink": ("rm {s}", "ln -s /root/secret.py {s}"),
+    "h-private": ("chmod 0600 {s}",),
+    "h-nonutf8": ("printf 'import rctl_imp\\n\\377\\376 = 1\\n' > {s}",),
+    "h-deep": ("/usr/bin/python3 -c \"print('x = ' + '(' * 100000 + ')' * 100000)\" > {s}",),
+    "h-exec": (),
+    "h-plain": (),
+}
+
+
+def test_hostile_scripts_of_running_daemons_are_listed_never_read_unsafely(
+        matrix_host: tuple[Container, str]) -> None:
+    """No hang, no crash, no leak, nothing executed; what cannot be read is listed, never restarted."""
+    c, cfg = matrix_host
+    apt(c, cfg, "install", "rctl-pyimp=1.0")
+    c.check(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "rctlh"])
+    c.check(["install", "-d", "-m", "0755", "/srv/hostile"])
+    c.write_file("/root/secret.py", "import rctl_imp\nSECRET = 'rctl-private-marker'\n")
+    c.check(["chmod", "0700", "/root"])
+    c.check(["chmod", "0600", "/root/secret.py"])
+    for name in HOSTILE:
+        body = "exec('import ' + 'rctl_imp')\n" if name == "h-exec" else "SECRET = 'rctl-private-marker'\n"
+        c.write_file(f"/srv/hostile/{name}.py", body + HOSTILE_SCRIPT)
+        user = "User=rctlh\n" if name in ("h-private", "h-symlink") else ""
+        c.write_file(f"/etc/systemd/system/{name}.service",
+                     f"[Service]\n{user}ExecStart=/usr/bin/python3 /srv/hostile/{name}.py\n")
+    c.systemctl("daemon-reload")
+    c.systemctl("start", *(f"{n}.service" for n in HOSTILE))
+    pids = {}
+    for name in HOSTILE:
+        c.wait_active(f"{name}.service")
+        pids[name] = c.main_pid(f"{name}.service")
+    time.sleep(2)  # imports done; the upgrade comes clearly later
+    for name, commands in HOSTILE.items():
+        for command in commands:
+            c.check(["/bin/sh", "-c", command.format(s=f"/srv/hostile/{name}.py")])
+    apt(c, cfg, "install", "rctl-pyimp=2.0")
+
+    scan = c.exec(["/usr/sbin/restartctl", "scan", "--all", "--json"], timeout=120)
+    plan = c.exec(["/usr/sbin/restartctl", "plan", "--json", "--packages", "rctl-pyimp"], timeout=120)
+    assert scan.returncode in (0, 1) and plan.returncode in (0, 1), scan.stderr + plan.stderr
+    assert "Traceback" not in scan.stderr + plan.stderr
+    assert "rctl-private-marker" not in scan.stdout + plan.stdout + scan.stderr + plan.stderr
+    actions = {a["unit"].removesuffix(".service"): a for a in json.loads(plan.stdout)["actions"]
+               if a["unit"] and a["unit"].removesuffix(".service") in HOSTILE}
+    unreadable = set(HOSTILE) - {"h-plain"}
+    assert set(actions) == unreadable, actions          # the readable one that imports nothing: not named
+    for name, a in actions.items():
+        assert a["action"] == "notify" and "search path" in a["reason"], (name, a)  # listed, never restarted
+    evidence = {p["unit"]["name"].removesuffix(".service"): {f["evidence"] for f in p["stale"]}
+                for p in json.loads(scan.stdout)["processes"]
+                if p["unit"] and p["unit"]["name"].removesuffix(".service") in HOSTILE}
+    assert all(evidence[n] == {"search-path"} for n in unreadable), evidence
+    assert c.exec(["test", "-e", "/run/rctl-canary"]).returncode == 1  # nothing of any script was run
+    assert {n: c.main_pid(f"{n}.service") for n in HOSTILE} == pids  # nothing restarted, nothing killed

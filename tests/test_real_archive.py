@@ -3,7 +3,8 @@
 Why: the rest of the suite proves restartctl on tiny packages built for the purpose; users run it on
 real daemons after real security updates. Here a Debian 13 root with daemons from the archive
 (openssh-server with an ssh login session, nginx, cron, rsyslog, exim4, redis-server, postgresql, a
-Python and a Perl daemon under systemd, packaged as Debian packages their daemons, and a lingering
+Python and a Perl daemon under systemd, packaged as Debian packages their daemons and once more as
+scripts no package owns in /usr/local, and a lingering
 user's unit) gets the updates pending for it
 (SUITE-updates and SUITE-security, fetched once into tests/.cache/updates; when none are pending, a
 reinstall of the image's own library packages, so that dpkg still replaces every file), through apt
@@ -71,6 +72,7 @@ rename("$ARGV[0].tmp", $ARGV[0]) or die;
 sleep(60) while 1;
 """
 UNIT = "[Service]\nExecStart={}\n"
+LOCAL_DAEMONS = ("rctl-local-pyd.service", "rctl-local-pld.service")
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +122,10 @@ def unit_of(path):
     return units[0] if units else None
 
 hz = os.sysconf("SC_CLK_TCK")
-btime = next(int(l.split()[1]) for l in open("/proc/stat") if l.startswith("btime"))
+import time
+# Boot's wall-clock time to the tick (/proc/stat's btime is rounded to whole seconds, which made a
+# script written in the second before its daemon started look changed after).
+btime = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 found = {}
 for pid in filter(str.isdigit, os.listdir("/proc")):
     if int(pid) == os.getpid():
@@ -197,7 +202,14 @@ def start_everything(c: Container, daemon_debs: list[Path]) -> dict[str, str]:
     c.check(["install", "-d", "-m", "0755", "/run/rctl-real"])
     c.install_debs(daemon_debs)
     c.systemctl("daemon-reload")
-    c.systemctl("start", "rctl-real-pyd.service", "rctl-real-pld.service")
+    # The same daemons as scripts no package owns (/usr/local): their module findings come from the
+    # static import reader, and a changed module package they do not import must not name them.
+    for name, script, interpreter in (("pyd", PYD, "/usr/bin/python3"), ("pld", PLD, "/usr/bin/perl")):
+        c.write_file(f"/usr/local/bin/rctl-local-{name}", script, mode=0o755)
+        c.write_file(f"/etc/systemd/system/rctl-local-{name}.service",
+                     UNIT.format(f"{interpreter} /usr/local/bin/rctl-local-{name} /run/rctl-real/local-{name}.json"))
+    c.systemctl("daemon-reload")
+    c.systemctl("start", *LOCAL_DAEMONS, "rctl-real-pyd.service", "rctl-real-pld.service")
     # A lingering user's own unit (a Python daemon too) and an ssh login session of another user.
     uid = c.create_user("ursula")
     c.check(["install", "-d", "-o", "ursula", "-m", "0755", "/run/rctl-real/ursula"])
@@ -212,10 +224,12 @@ def start_everything(c: Container, daemon_debs: list[Path]) -> dict[str, str]:
     wait_for(lambda: "sam" in c.exec(["loginctl", "list-sessions", "--no-legend"]).stdout, "sam's ssh session", 30)
     records = {"/run/rctl-real/pyd.json": c.main_pid("rctl-real-pyd.service"),
                "/run/rctl-real/pld.json": c.main_pid("rctl-real-pld.service"),
-               "/run/rctl-real/ursula/pyd.json": c.main_pid("rctl-real-userd.service", user="ursula")}
+               "/run/rctl-real/ursula/pyd.json": c.main_pid("rctl-real-userd.service", user="ursula"),
+               **{f"/run/rctl-real/{u.removeprefix('rctl-').removesuffix('.service')}.json": c.main_pid(u)
+                  for u in LOCAL_DAEMONS}}
     for path in records:
         wait_for(lambda path=path: c.exec(["test", "-s", path]).returncode == 0, path, 30)
-    for unit in (*services, "rctl-real-pyd.service", "rctl-real-pld.service"):
+    for unit in (*services, *LOCAL_DAEMONS, "rctl-real-pyd.service", "rctl-real-pld.service"):
         c.wait_active(unit)
     assert uid > 0
     return {str(pid): path for path, pid in records.items()}
@@ -268,12 +282,13 @@ def test_real_upgrade_against_ground_truth(container_factory: Callable[..., Cont
 
     misses = sorted(set(truth) - set(actions))
     unsupported = sorted(u for u, a in actions.items() if a["action"] in RESTARTS and u not in truth)
+    unfounded = sorted(set(actions) - set(truth))  # named at all (listed, deferred, notified) without truth
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps({
         "suite": SUITE, "upgrade": how, "packages": names, "upgrade_seconds": round(upgrade_seconds, 1),
         "systemd": c.check(["dpkg-query", "-W", "-f=${Version}", "systemd"]),
         "truth": truth, "restartctl": {u: {"action": a["action"], "kind": a["kind"]} for u, a in actions.items()},
-        "needrestart": theirs, "misses": misses, "unsupported": unsupported,
+        "needrestart": theirs, "misses": misses, "unsupported": unsupported, "unfounded": unfounded,
         "running": sorted(line.split()[0] for line in running.splitlines() if line.strip()),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -282,3 +297,4 @@ def test_real_upgrade_against_ground_truth(container_factory: Callable[..., Cont
     assert not misses, f"restartctl missed {misses}; truth {truth}; plan {actions}"
     why = {u: [f for p in doc["processes"] if p["pid"] in actions[u]["pids"] for f in p["stale"]] for u in unsupported}
     assert not unsupported, f"restartctl would restart {unsupported}, which the checker does not support: {why}"
+    assert not unfounded, f"restartctl names {unfounded}, which run no replaced code by the checker: {actions}"
