@@ -35,6 +35,7 @@ from restart.units import (
     USER_MANAGER,
     Affected,
     UnitGroup,
+    UnitKind,
     cgroup_path,
     resolve,
     valid_unit_name,
@@ -157,7 +158,7 @@ def active_state(kind: str, name: str, uid: int | None, timeout: float = 5) -> s
     if kind not in (SYSTEM, USER) or not valid_unit_name(name) or (kind == USER) != isinstance(uid, int):
         return "unknown"
     try:
-        state = unit_state(UnitGroup(kind, name, uid, False, True, (), (), ()), timeout)
+        state = unit_state(UnitGroup(UnitKind(kind), name, uid, False, True, (), (), ()), timeout)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return state.get("ActiveState") or "unknown"

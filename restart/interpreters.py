@@ -93,12 +93,12 @@ from typing import NamedTuple
 from restart import transaction
 from restart.imports import Imports, Reader, Source, gather, identity_of
 from restart.packages import DpkgDatabase, fs_decode, fs_encode, spellings
-from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, StaleFile
+from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, Evidence, FileKind, StaleFile
 from restart.procfs import STARTTIME, ProcessGone, exe_of, read_proc, stat_fields
 
-SCRIPT, MODULE = "script", "module"
-NEWER, DEPENDS, SEARCH_PATH, IMPORTS = "newer", "depends", "search-path", "imports"  # evidence of the likely kinds
-REPLACED, UNLINKED, FRESH = "replaced", "unlinked", "fresh"      # what a held script says
+SCRIPT, MODULE = FileKind.SCRIPT, FileKind.MODULE
+NEWER, DEPENDS, SEARCH_PATH, IMPORTS = Evidence.NEWER, Evidence.DEPENDS, Evidence.SEARCH_PATH, Evidence.IMPORTS
+REPLACED, UNLINKED, FRESH = Evidence.REPLACED, Evidence.UNLINKED, "fresh"  # what a held script says
 PYTHON, PERL, RUBY, NODE, SHELL, JAVA = "python", "perl", "ruby", "node", "shell", "java"
 
 # Seconds by which a change must follow a process's start to count: the start is known to
@@ -1173,7 +1173,7 @@ def findings(obs: Observation, ctx: Context, stale: Sequence[StaleFile] = ()) ->
             proven.add(path)
     if obs.path is not None and obs.path not in out:
         if obs.held in (REPLACED, UNLINKED):
-            out[obs.path] = StaleFile(SCRIPT, obs.path, CERTAIN, obs.held)
+            out[obs.path] = StaleFile(SCRIPT, obs.path, CERTAIN, Evidence(obs.held))
         elif obs.held != FRESH and obs.ctime is not None and obs.ctime > obs.start + ctx.tolerance:
             out[obs.path] = StaleFile(SCRIPT, obs.path, LIKELY, NEWER)
     changed = ctx.changed_modules(obs.interpreter, obs.start)

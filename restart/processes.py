@@ -22,15 +22,46 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
 from restart import procfs
 from restart.packages import canonical, fs_decode
 
-EXE, CODE, DATA, FD = "exe", "code", "data", "fd"
+
+class FileKind(StrEnum):
+    """How a process uses a stale file (``stale[].kind`` in the JSON)."""
+
+    EXE = "exe"        # its executable
+    CODE = "code"      # an executable mapping (a library)
+    DATA = "data"      # any other mapping
+    FD = "fd"          # an open file
+    SCRIPT = "script"  # an interpreter's script (stage 2b)
+    MODULE = "module"  # a file on an interpreter's search path (stage 2b)
+
+
+class Confidence(StrEnum):
+    CERTAIN = "certain"  # proven by inode
+    LIKELY = "likely"    # only a hint (the kernel's text, times, dependencies)
+
+
+class Evidence(StrEnum):
+    """Why a file counts as stale (``stale[].evidence``)."""
+
+    REPLACED = "replaced"          # another inode at the path
+    MISSING = "missing"            # no file at the path
+    UNLINKED = "unlinked"          # an open file with no links left
+    DELETED_HINT = "deleted-hint"  # only the kernel's " (deleted)" text
+    NEWER = "newer"                # a script's inode changed after the process started (stage 2b)
+    DEPENDS = "depends"            # a changed module package in the script package's dependencies (2b)
+    IMPORTS = "imports"            # a changed module package the script's own imports name (2b)
+    SEARCH_PATH = "search-path"    # a changed module package on the search path, imports unknown (2b)
+
+
+EXE, CODE, DATA, FD = FileKind.EXE, FileKind.CODE, FileKind.DATA, FileKind.FD
+CERTAIN, LIKELY = Confidence.CERTAIN, Confidence.LIKELY
 FIRST_USER_UID = 1000  # Debian's UID_MIN: below it are root and system accounts (daemons)
-CERTAIN, LIKELY = "certain", "likely"
 _DELETED = b" (deleted)"
 _STRENGTH = {EXE: 3, CODE: 2, DATA: 1, FD: 0}
 _MISSING = (errno.ENOENT, errno.ENOTDIR)
@@ -98,10 +129,10 @@ class Unscanned(NamedTuple):
 
 
 class StaleFile(NamedTuple):
-    kind: str        # exe | code | data | fd
-    path: str        # the path as the process sees it, without the " (deleted)" hint
-    confidence: str  # certain: proven by inode; likely: only the kernel's hint
-    evidence: str    # missing | replaced | unlinked | deleted-hint
+    kind: FileKind
+    path: str               # the path as the process sees it, without the " (deleted)" hint
+    confidence: Confidence
+    evidence: Evidence
 
 
 class ProcessInfo(NamedTuple):
@@ -415,7 +446,7 @@ class _Scanner:
         return result
 
     def judge(self, dfd: int, view: _View, cand: _Candidate, inode: int, device: int,
-              link_count: int | None = None) -> tuple[str, str, str] | None:
+              link_count: int | None = None) -> tuple[str, Confidence, Evidence] | None:
         """Is the inode behind ``cand`` stale?  (path, confidence, evidence), or None."""
         if view.users_mounts and not self.reachable(dfd, view, cand.path, device):
             return None
@@ -427,13 +458,13 @@ class _Scanner:
             if isinstance(literal, tuple) and literal[0] == inode:
                 return None  # a file really named "... (deleted)", still in place
         if link_count == 0:
-            return cand.path, CERTAIN, "unlinked"
+            return cand.path, CERTAIN, Evidence.UNLINKED
         if isinstance(now, tuple):
-            return cand.path, CERTAIN, "replaced"
+            return cand.path, CERTAIN, Evidence.REPLACED
         if now in _MISSING:
-            return cand.path, CERTAIN, "missing"
+            return cand.path, CERTAIN, Evidence.MISSING
         # We could not look (EACCES, ELOOP, ...): fall back to the kernel's word.
-        return (cand.path, LIKELY, "deleted-hint") if cand.literal is not None else None
+        return (cand.path, LIKELY, Evidence.DELETED_HINT) if cand.literal is not None else None
 
     def scan_process(self, pid: int, dfd: int, budget: Budget) -> tuple[ProcessInfo | None, object | None]:
         hinted, found, view = self._maps(dfd, budget)

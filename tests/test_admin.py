@@ -15,6 +15,7 @@ import pytest
 from restart import hook, state
 from restart.cli import main
 from restart.roots import Roots
+from restart.units import SYSTEM, UnitKind
 from tests.support.fixturehost import REPO, Host
 
 BOOT = "0f0e0d0c-0b0a-0908-0706-050403020100"
@@ -203,7 +204,7 @@ def ask(answers: str, *, default_yes: bool = True, units: int = 2) -> tuple[list
     import io
 
     from restart.plan import Action
-    from restart.units import SYSTEM, UnitGroup
+    from restart.units import UnitGroup
 
     prompts = io.StringIO()
     confirm = hook.asker(io.StringIO(answers), prompts, default_yes=default_yes, deadline=time.monotonic() + 60)
@@ -233,7 +234,7 @@ def test_ask_gives_up_when_no_answer_comes_in_time(tmp_path: Path) -> None:
     import io
 
     from restart.plan import Action
-    from restart.units import SYSTEM, UnitGroup
+    from restart.units import UnitGroup
 
     read_end, write_end = os.pipe()  # nobody ever writes: the admin went away
     prompts = io.StringIO()
@@ -262,7 +263,7 @@ def test_a_quit_is_reported_as_not_asked(tmp_path: Path) -> None:
 
 # ---- words ----------------------------------------------------------------------------------------
 
-def plan_action(name: str | None, packages: tuple[str, ...], *, kind: str = "system", action: str = "restart",
+def plan_action(name: str | None, packages: tuple[str, ...], *, kind: UnitKind = SYSTEM, action: str = "restart",
                 uid: int | None = None, members: tuple[Any, ...] = ()) -> Any:
     from restart.plan import Action
     from restart.units import UnitGroup
@@ -407,7 +408,7 @@ def test_users_are_not_notified_when_the_policy_says_so(tmp_path: Path, monkeypa
         told.append(groups)
         return 1
     monkeypatch.setattr(execute, "notify", notify)
-    action = plan_action("session-1.scope", ("p",), kind="session", action="notify", uid=1000)
+    action = plan_action("session-1.scope", ("p",), kind=UnitKind.SESSION, action="notify", uid=1000)
     for setting, expected in ((True, 1), (False, 0)):
         applied = execute.apply([action], Settings(notify_users=setting), proc=tmp_path, run_dir=tmp_path,
                                 deadline=time.monotonic() + 60, still_stale=lambda g, p, until: execute.Recheck([]),

@@ -13,8 +13,8 @@ import pytest
 from restart import execute
 from restart.plan import Action
 from restart.policy import Settings
-from restart.processes import ProcessInfo, StaleFile
-from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, OwnedFile, Unit, UnitGroup, group
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
+from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, OwnedFile, Unit, UnitGroup, UnitKind, group
 
 
 def test_parse_show_blocks_follow_the_argument_order() -> None:
@@ -109,7 +109,7 @@ def test_an_action_that_cannot_be_recorded_first_is_not_taken(tmp_path: Path) ->
     from restart.policy import Settings
     from restart.units import UnitGroup
 
-    group = UnitGroup("process", None, 0, False, True, (1,), ("p",), ())  # no unit: nothing to ask systemd
+    group = UnitGroup(UnitKind.NONE, None, 0, False, True, (1,), ("p",), ())  # no unit: nothing to ask systemd
     action = Action(group, "exec", ("/bin/true",), "test")
 
     def full(a: Action) -> None:
@@ -127,7 +127,8 @@ def test_an_action_that_cannot_be_recorded_first_is_not_taken(tmp_path: Path) ->
 
 def _member(pid: int, unit: Unit) -> Affected:
     return Affected(ProcessInfo(pid, 0, 0, "x", "/usr/lib/systemd/systemd", f"0::{unit.cgroup}\n", None, ()),
-                    unit, (OwnedFile(StaleFile("code", "/usr/lib/libc.so.6", "certain", "replaced"), "libc6"),), ())
+                    unit, (OwnedFile(StaleFile(FileKind.CODE, "/usr/lib/libc.so.6", Confidence.CERTAIN,
+                                               Evidence.REPLACED), "libc6"),), ())
 
 
 def test_the_check_after_a_restart_looks_only_at_what_was_restarted(tmp_path: Path) -> None:

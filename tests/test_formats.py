@@ -23,7 +23,7 @@ from restart.plan import Action
 from restart.processes import ScanResult
 from restart.reboot import RebootReason
 from restart.roots import Roots
-from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, UnitGroup
+from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, UnitGroup, UnitKind
 from tests.fakeproc import map_line
 from tests.support import tools
 from tests.support.container import Container
@@ -68,7 +68,7 @@ def errors(doc: Any) -> list[str]:
 
 # ---------------------------------------------------------------- synthetic plans
 
-def grp(kind: str, name: str | None, *pids: int, uid: int | None = None,
+def grp(kind: UnitKind, name: str | None, *pids: int, uid: int | None = None,
         packages: tuple[str, ...] = ("libc6:amd64",)) -> UnitGroup:
     return UnitGroup(kind, name, uid, False, True, pids or (100,), packages, ())
 

@@ -19,7 +19,7 @@ import pytest
 from restart import reboot
 from restart.plan import Action, make_plan
 from restart.policy import load
-from restart.processes import ProcessInfo, StaleFile
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
 from restart.reboot import RebootReason, kernel_status, reasons, write_reboot_required
 from restart.units import INIT, SESSION, SYSTEM, Affected, OwnedFile, Unit, UnitGroup, group
 from tests.support.container import Container
@@ -267,7 +267,7 @@ def test_kernel_packages_installed_by_real_dpkg(plain_container: Container, tmp_
 
 def affected(pid: int, unit: Unit, *packages: str) -> Affected:
     proc = ProcessInfo(pid, 1, 0, "x", "/usr/sbin/x", "", None, ())
-    stale = StaleFile("code", "/usr/lib/x86_64-linux-gnu/libc.so.6", "certain", "replaced")
+    stale = StaleFile(FileKind.CODE, "/usr/lib/x86_64-linux-gnu/libc.so.6", Confidence.CERTAIN, Evidence.REPLACED)
     return Affected(proc, unit, tuple(OwnedFile(stale, p) for p in packages), ())
 
 

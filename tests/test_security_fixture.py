@@ -35,7 +35,7 @@ import restart.procfs
 from restart import execute, policy, state
 from restart.cli import main
 from restart.packages import DpkgDatabase
-from restart.processes import ProcessInfo, Selection, StaleFile, scan
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, Selection, StaleFile, scan
 from restart.procfs import ProcessGone
 from restart.units import SESSION, Affected, OwnedFile, Unit, UnitGroup, valid_unit_name
 from tests.fakeproc import FakeProcess, build, ino, map_line, rootfs
@@ -406,7 +406,7 @@ def test_terminal_notifications_escape_process_names(tmp_path: Path) -> None:
         sessions = tmp_path / "systemd" / "sessions"
         sessions.mkdir(parents=True)
         (sessions / "7").write_text(f"UID={MALLORY}\nUSER=bob\nTTY={tty.removeprefix('/dev/')}\n")
-        stale = StaleFile("code", LIB, "certain", "replaced")
+        stale = StaleFile(FileKind.CODE, LIB, Confidence.CERTAIN, Evidence.REPLACED)
         intruder = ProcessInfo(10, 1, 2000, "x\x1b]0;pwned\x07", "/home/eve/x", "", None, (stale,))
         unit = Unit(SESSION, "session-7.scope", MALLORY)
         group = UnitGroup(SESSION, "session-7.scope", MALLORY, False, True, (10,), ("libdemo1:amd64",),

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from restart import plan, policy, units
 from restart.packages import fs_decode, parse_diversions
-from restart.processes import ProcessInfo, StaleFile, parse_map_line
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile, parse_map_line
 from restart.procfs import parse_status
 from restart.text import printable
 from restart.units import (
@@ -37,6 +37,7 @@ from restart.units import (
     Affected,
     OwnedFile,
     UnitGroup,
+    UnitKind,
     cgroup_path,
     resolve,
     valid_init_script,
@@ -319,7 +320,7 @@ def check_argv(action: plan.Action) -> None:
             assert action.argv[1:4] == ("--user", "-M", f"{g.uid}@"), action.argv
 
 
-def _group(kind: str, name: str | None, uid: int, guessed: bool, valid: bool) -> UnitGroup:
+def _group(kind: UnitKind, name: str | None, uid: int, guessed: bool, valid: bool) -> UnitGroup:
     owned = kind in (USER, USER_MANAGER, SESSION)
     return UnitGroup(kind, name, uid if owned else None, guessed and kind == SYSTEM, valid, (100,),
                      ("libc6:amd64",), ())
@@ -357,7 +358,7 @@ def test_from_cgroup_text_to_argv(cgroups: list[tuple[str, bool, int]], extra: p
     affected = []
     for pid, (text, in_pidns, uid) in enumerate(cgroups, 100):
         ns = "pid:[4026532000]" if in_pidns else None
-        stale = StaleFile("code", "/usr/lib/libx.so", "certain", "replaced")
+        stale = StaleFile(FileKind.CODE, "/usr/lib/libx.so", Confidence.CERTAIN, Evidence.REPLACED)
         proc = ProcessInfo(pid, 1, uid, "x", "/usr/bin/x", text, ns, (stale,))
         affected.append(Affected(proc, resolve(cgroup_path(text), pid_namespace=ns), (OwnedFile(stale, "x"),), ()))
     for action in plan.make_plan(units.group(affected), policy.Policy(extra.rules + VENDOR.rules)):
