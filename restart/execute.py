@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from restart.plan import EXECUTABLE, Action
-from restart.policy import Settings
+from restart.plan import EXECUTABLE, Action, Status
+from restart.policy import Act, Settings
 from restart.processes import FIRST_USER_UID
 from restart.procfs import CLEAN_ENV, lineage
 from restart.text import printable
@@ -45,7 +45,6 @@ PROGRAMS = {"systemctl": "/usr/bin/systemctl", "invoke-rc.d": "/usr/sbin/invoke-
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 RUNUSER = "/usr/sbin/runuser"
 NOTIFY_SEND = "/usr/bin/notify-send"
-DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
 SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup,NRestarts"
 CGROUPFS = Path("/sys/fs/cgroup")
 MANAGER_PROBE = 5.0  # seconds a user's manager has to answer before it counts as not answering
@@ -64,9 +63,12 @@ class Recheck(NamedTuple):
 StillStale = Callable[[UnitGroup, list[int] | None, float], Recheck]
 
 
+DONE, FAILED, SKIPPED, DECLINED = Status.DONE, Status.FAILED, Status.SKIPPED, Status.DECLINED
+
+
 class Outcome(NamedTuple):
     action: Action
-    status: str        # done | failed | skipped | declined
+    status: Status
     detail: str        # why it was skipped, or what went wrong
     seconds: float = 0.0
     left: tuple[int, ...] = ()  # processes still stale after the restart (or after one in an earlier run)
@@ -749,6 +751,6 @@ def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Pat
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, confirm=confirm,
                         report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend, earlier=earlier)
     outcomes = executor.run_all(actions)
-    for_users = [a.group for a in actions if a.action == "notify" and a.group.kind not in (SYSTEM, INIT)]
+    for_users = [a.group for a in actions if a.action == Act.NOTIFY and a.group.kind not in (SYSTEM, INIT)]
     for_users += executor.told
     return Applied(outcomes, notify(for_users, run_dir, log, proc=proc) if settings.notify_users else 0)

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from restart import fsutil
-from restart.plan import Action
-from restart.policy import ACTIONS
+from restart.plan import Action, Status
+from restart.policy import ACTIONS, Act
 from restart.processes import OVER_BUDGET_SHOWN, ScanResult
 from restart.reboot import KernelStatus, RebootReason, required_since, unpacked_at
 from restart.text import clean, printable
@@ -43,8 +43,8 @@ STATUS_NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 SERVICE_KINDS = (SYSTEM, INIT, USER_MANAGER, CONTAINER, NONE)
 SESSION_KINDS = (SESSION, USER)
 SCOPES = (SYSTEM, USER, SESSION, INIT, USER_MANAGER, CONTAINER, NONE)
-NOT_PENDING = ("ignore", "reboot")
-RESULTS = ("done", "failed", "skipped")
+NOT_PENDING = (Act.IGNORE, Act.REBOOT)
+RESULTS = (Status.DONE, Status.FAILED, Status.SKIPPED)
 
 TEXTFILE_DIR = Path("/var/lib/prometheus/node-exporter")
 TEXTFILE_NAME = "restartctl.prom"
@@ -237,9 +237,9 @@ def openmetrics(actions: Sequence[Action] | None, groups: Sequence[UnitGroup], s
         w.family("restartctl_last_run_duration_seconds", "How long the last run took.", [({}, duration)],
                  unit="seconds")
     statuses = _restarts(last_run, current_boot)
-    done = statuses["done"] if restarts_done is None else restarts_done
-    failed = statuses["failed"] if restarts_failed is None else restarts_failed
-    counts_by = {**statuses, "done": done, "failed": failed}
+    done = statuses[Status.DONE] if restarts_done is None else restarts_done
+    failed = statuses[Status.FAILED] if restarts_failed is None else restarts_failed
+    counts_by = {**statuses, Status.DONE: done, Status.FAILED: failed}
     w.family("restartctl_last_run_restarts", "Restarts in the last run of this boot, by result.",
              [({"result": result}, counts_by.get(result, 0)) for result in RESULTS])
     w.family("restartctl_report_timestamp_seconds", "When this report was made (Unix time).",

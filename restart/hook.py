@@ -576,7 +576,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     if missed:
         return 2
     if mode == "list":
-        return 1 if any(a.action != "ignore" for a in actions) else 0
+        return 1 if any(a.action != policy.Act.IGNORE for a in actions) else 0
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
 
 
@@ -709,7 +709,7 @@ def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) ->
     for a in actions:
         waiting = sorted(f"{p} is {unfinished[p]}" for p in a.group.packages if p in unfinished)
         if waiting and a.action in plan.EXECUTABLE:
-            a = a._replace(action="defer", argv=None, suggested=a.argv,
+            a = a._replace(action=policy.Act.DEFER, argv=None, suggested=a.argv,
                            reason=f"not restarted: dpkg has not finished configuring it ({', '.join(waiting)}); "
                                   "after 'dpkg --configure -a'")
         held.append(a)

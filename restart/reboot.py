@@ -49,6 +49,7 @@ from typing import NamedTuple
 
 from restart import fsutil
 from restart.plan import Action
+from restart.policy import Act
 from restart.units import CONTAINER, INIT, NONE, SYSTEM, USER_MANAGER
 
 KERNEL, POLICY, INIT_REASON, SERVICE, LIBRARY, FLAG = "kernel", "policy", "init", "service", "library", "flag"
@@ -403,13 +404,13 @@ def reasons(actions: Iterable[Action], kernel: KernelStatus | None = None, *, ad
     for a in actions:
         g = a.group
         picked: tuple[str, Iterable[str]] | None = None
-        if a.action == "reboot":
+        if a.action == Act.REBOOT:
             picked = (POLICY, g.packages)
-        elif a.action == "defer" and g.kind == INIT:
+        elif a.action == Act.DEFER and g.kind == INIT:
             picked = (INIT_REASON, g.packages)
-        elif a.action == "defer" and g.kind == SYSTEM and g.name and _matches(g.name, reboot_units):
+        elif a.action == Act.DEFER and g.kind == SYSTEM and g.name and _matches(g.name, reboot_units):
             picked = (SERVICE, g.packages)
-        elif a.action == "defer" and g.kind in (SYSTEM, USER_MANAGER, CONTAINER, NONE):
+        elif a.action == Act.DEFER and g.kind in (SYSTEM, USER_MANAGER, CONTAINER, NONE):
             core = [p for p in g.packages if _matches(p, core_packages)]
             picked = (LIBRARY, core) if core else None
         if picked is None:

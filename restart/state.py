@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from restart import fsutil
+from restart.plan import Status
 from restart.procfs import STARTTIME, stat_field
 
 STATE_SCHEMA = "restartctl-state/1"
@@ -288,7 +289,7 @@ def still_true(record: dict[str, Any], proc: Path) -> dict[str, Any]:
     kept, exited = [], 0
     for unit in record.get("units", []):
         named = unit.get("processes") if isinstance(unit, dict) else None
-        if (isinstance(named, list) and unit.get("status") not in ("done", "failed")
+        if (isinstance(named, list) and unit.get("status") not in (Status.DONE, Status.FAILED)
                 and not any(isinstance(p, list) and len(p) == 2 and isinstance(p[0], int)
                             and stat_field(proc, p[0], STARTTIME) == p[1] for p in named)):
             exited += 1

@@ -14,6 +14,8 @@ import pytest
 
 from restart import hook, state
 from restart.cli import main
+from restart.plan import Status
+from restart.policy import Act
 from restart.roots import Roots
 from restart.units import SYSTEM, UnitKind
 from tests.support.fixturehost import REPO, Host
@@ -208,7 +210,7 @@ def ask(answers: str, *, default_yes: bool = True, units: int = 2) -> tuple[list
 
     prompts = io.StringIO()
     confirm = hook.asker(io.StringIO(answers), prompts, default_yes=default_yes, deadline=time.monotonic() + 60)
-    actions = [Action(UnitGroup(SYSTEM, f"u{i}.service", None, False, True, (i,), ("p",), ()), "restart",
+    actions = [Action(UnitGroup(SYSTEM, f"u{i}.service", None, False, True, (i,), ("p",), ()), Act.RESTART,
                       ("systemctl", "restart", "--", f"u{i}.service"), "") for i in range(units)]
     return [confirm(a) for a in actions], prompts.getvalue()
 
@@ -241,7 +243,7 @@ def test_ask_gives_up_when_no_answer_comes_in_time(tmp_path: Path) -> None:
     with os.fdopen(read_end) as answers:
         confirm = hook.asker(answers, prompts, deadline=time.monotonic() + 0.3)
         started = time.monotonic()
-        action = Action(UnitGroup(SYSTEM, "u.service", None, False, True, (1,), ("p",), ()), "restart",
+        action = Action(UnitGroup(SYSTEM, "u.service", None, False, True, (1,), ("p",), ()), Act.RESTART,
                         ("systemctl", "restart", "--", "u.service"), "")
         assert confirm(action) is None
     os.close(write_end)
@@ -257,7 +259,7 @@ def test_a_quit_is_reported_as_not_asked(tmp_path: Path) -> None:
     group = UnitGroup(NONE, None, None, False, True, (1,), ("p",), ())
     executor = execute.Executor(Settings(), proc=tmp_path, deadline=time.monotonic() + 60,
                                 still_stale=lambda g, p, until: execute.Recheck([]), confirm=lambda a: None)
-    outcome = executor.one(Action(group, "restart", ("/bin/true",), ""))
+    outcome = executor.one(Action(group, Act.RESTART, ("/bin/true",), ""))
     assert (outcome.status, outcome.detail) == ("declined", "not asked: the prompt was quit before it")
 
 
@@ -269,7 +271,7 @@ def plan_action(name: str | None, packages: tuple[str, ...], *, kind: UnitKind =
     from restart.units import UnitGroup
 
     argv = ("systemctl", "restart", "--", name) if action == "restart" and name else None
-    return Action(UnitGroup(kind, name, uid, False, True, (1,), packages, members), action, argv, "why")
+    return Action(UnitGroup(kind, name, uid, False, True, (1,), packages, members), Act(action), argv, "why")
 
 
 def test_the_headline_is_short_however_many_packages() -> None:
@@ -314,12 +316,12 @@ def test_the_next_step_names_failures_units_left_to_people_and_a_reboot() -> Non
 
     failed, left, person = (plan_action("a.service", ("p",)), plan_action("b.service", ("p",)),
                             plan_action("c.service", ("p",), action="notify"))
-    step = report.next_step([failed, left, person], [Outcome(failed, "failed", "x"), Outcome(left, "declined", "")],
-                            listing=False, reboot=True)
+    outcomes = [Outcome(failed, Status.FAILED, "x"), Outcome(left, Status.DECLINED, "")]
+    step = report.next_step([failed, left, person], outcomes, listing=False, reboot=True)
     assert step == ("next: see why a.service failed ('systemctl status a.service'), then 'restartctl apply'; "
                     "'restartctl apply' retries the 1 unit not restarted; 'restartctl status' lists the 1 unit "
                     "left to people; reboot when convenient")
-    assert report.next_step([failed], [Outcome(failed, "done", "")], listing=False, reboot=False) is None
+    assert report.next_step([failed], [Outcome(failed, Status.DONE, "")], listing=False, reboot=False) is None
 
 
 def test_sd_pam_is_shown_as_a_helper_of_the_user_manager() -> None:

@@ -75,7 +75,7 @@ def grp(kind: UnitKind, name: str | None, *pids: int, uid: int | None = None,
 
 def act(g: UnitGroup, action: str = "restart", reason: str = "service uses replaced files") -> Action:
     argv = ("systemctl", action, "--", g.name or "") if action in ("restart", "try-restart") else None
-    return Action(g, action, argv, reason)
+    return Action(g, policy.Act(action), argv, reason)
 
 
 KERNEL = RebootReason("kernel", "linux-image-6.1.0-27-amd64", "running 6.1.0-26-amd64, a newer kernel is installed",

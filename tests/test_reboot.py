@@ -18,7 +18,7 @@ import pytest
 
 from restart import reboot
 from restart.plan import Action, make_plan
-from restart.policy import load
+from restart.policy import Act, load
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
 from restart.reboot import RebootReason, kernel_status, reasons, write_reboot_required
 from restart.units import INIT, SESSION, SYSTEM, Affected, OwnedFile, Unit, UnitGroup, group
@@ -328,7 +328,7 @@ def test_plain_pid1_reexec_and_ignored_units_are_not_reasons(tmp_path: Path) -> 
 
 def test_reason_kinds_and_units_are_configurable() -> None:
     g = UnitGroup(SYSTEM, "postgresql.service", None, False, True, (5,), ("libssl3:amd64",), ())
-    deferred = [Action(g, "defer", None, "maintenance window")]
+    deferred = [Action(g, Act.DEFER, None, "maintenance window")]
     assert reasons(deferred) == []
     assert [r.kind for r in reasons(deferred, core_packages=("libssl3*",))] == ["library"]
     assert [r.kind for r in reasons(deferred, reboot_units=("postgres*",))] == ["service"]

@@ -329,7 +329,7 @@ def _group(kind: UnitKind, name: str | None, uid: int, guessed: bool, valid: boo
 EXEC_ARGV = ("/usr/local/sbin/fix-unit", "--", "{unit}")
 
 
-def _rule(units: tuple[str, ...], scope: str, action: str, reason: str) -> policy.Rule:
+def _rule(units: tuple[str, ...], scope: str, action: policy.Act, reason: str) -> policy.Rule:
     return policy.Rule(units, scope, (), action, reason, "gen.toml:1", EXEC_ARGV if action == "exec" else ())
 
 
