@@ -153,7 +153,8 @@ def process_info(proc: Path, pid: int, stale: tuple[processes.StaleFile, ...]) -
         return None
     finally:
         os.close(dfd)
-    return processes.ProcessInfo(pid, ppid, uid, name, exe, cgroup, pidns, stale)
+    return processes.ProcessInfo(pid=pid, ppid=ppid, uid=uid, comm=name, exe=exe, cgroup=cgroup, pid_namespace=pidns,
+                                 stale=stale)
 
 
 def find_two_passes(roots: Roots, only_packages: list[str] | None) -> list[units.UnitGroup]:

@@ -160,7 +160,7 @@ def active_state(kind: str, name: str, uid: int | None, timeout: float = 5) -> s
     if kind not in (SYSTEM, USER) or not valid_unit_name(name) or (kind == USER) != isinstance(uid, int):
         return "unknown"
     try:
-        state = unit_state(UnitGroup(UnitKind(kind), name, uid, False, True, (), (), ()), timeout)
+        state = unit_state(UnitGroup(kind=UnitKind(kind), name=name, uid=uid), timeout)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return state.get("ActiveState") or "unknown"
@@ -190,7 +190,7 @@ def last_failures(record: dict[str, Any] | None, timeout: float = 5) -> list[dic
         name, uid = u.get("unit"), u.get("uid")
         if not isinstance(name, str) or not valid_unit_name(name) or (u["kind"] == USER and not isinstance(uid, int)):
             continue
-        group = UnitGroup(u["kind"], name, uid if u["kind"] == USER else None, False, True, (), (), ())
+        group = UnitGroup(kind=UnitKind(u["kind"]), name=name, uid=uid if u["kind"] == USER else None)
         try:
             now = unit_state(group, timeout)
         except (OSError, subprocess.TimeoutExpired):

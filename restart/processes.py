@@ -533,7 +533,7 @@ def describe(dfd: int, pid: int, found: dict[str, StaleFile], self_depth: int) -
         found[exe] = StaleFile(EXE, old.path, old.confidence, old.evidence)
     pidns = procfs.readlink(dfd, "ns/pid") if depth > self_depth else None
     stale = tuple(sorted(found.values(), key=lambda s: (-_STRENGTH.get(s.kind, 2), s.path)))
-    return ProcessInfo(pid, ppid, uid, name, exe, cgroup, pidns, stale)
+    return ProcessInfo(pid=pid, ppid=ppid, uid=uid, comm=name, exe=exe, cgroup=cgroup, pid_namespace=pidns, stale=stale)
 
 
 def _add(found: dict[str, StaleFile], item: StaleFile) -> None:
@@ -614,7 +614,8 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
                 observed.append((info, seen))
     finally:
         os.close(procfd)
-    return ScanResult(found, scanned, vanished, denied, errors, tuple(observed), unscanned, tuple(over))
+    return ScanResult(processes=found, scanned=scanned, vanished=vanished, denied=denied, errors=errors,
+                      observed=tuple(observed), unscanned=unscanned, over_budget=tuple(over))
 
 
 def _unscanned(dfd: int, pid: int, reason: str) -> Unscanned:

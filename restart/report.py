@@ -429,14 +429,14 @@ def _explained_group(unit: str, scope: str, packages: tuple[str, ...]) -> UnitGr
     """The group a plan would have for this unit, classified as the scan classifies a cgroup:
     ``init.scope`` is PID 1 and ``user@UID.service`` a user's service manager, not services."""
     if scope == "user":
-        return UnitGroup(USER, unit, 0, False, valid_unit_name(unit), (0,), packages, ())
+        return UnitGroup(kind=USER, name=unit, uid=0, valid=valid_unit_name(unit), pids=(0,), packages=packages)
     manager = re.fullmatch(r"user@(\d+)\.service", unit)
     path = (f"/user.slice/user-{manager[1]}.slice/{unit}" if manager else
             f"/{unit}" if unit == "init.scope" else f"/system.slice/{unit}")
     found = resolve(path)
     if found.kind not in (INIT, USER_MANAGER):
-        return UnitGroup(SYSTEM, unit, None, False, valid_unit_name(unit), (0,), packages, ())
-    return UnitGroup(found.kind, found.name, found.uid, False, True, (0,), packages, ())
+        return UnitGroup(kind=SYSTEM, name=unit, uid=None, valid=valid_unit_name(unit), pids=(0,), packages=packages)
+    return UnitGroup(kind=found.kind, name=found.name, uid=found.uid, pids=(0,), packages=packages)
 
 
 def explain_text(pol: Policy, unit: str, scope: str, packages: list[str]) -> str:

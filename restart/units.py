@@ -216,11 +216,11 @@ class UnitGroup(NamedTuple):
     kind: UnitKind
     name: str | None
     uid: int | None
-    guessed: bool
-    valid: bool
-    pids: tuple[int, ...]
-    packages: tuple[str, ...]
-    members: tuple[Affected, ...]
+    guessed: bool = False
+    valid: bool = True
+    pids: tuple[int, ...] = ()
+    packages: tuple[str, ...] = ()
+    members: tuple[Affected, ...] = ()
 
     @property
     def key(self) -> tuple[int, str, str, int]:
@@ -239,9 +239,9 @@ def group(affected: list[Affected]) -> list[UnitGroup]:
     for (kind, name, uid, _), members in buckets.items():
         first = members[0].unit
         groups.append(UnitGroup(
-            kind, name, uid, first.guessed, all(m.unit.valid for m in members),
-            tuple(sorted(m.process.pid for m in members)),
-            tuple(sorted({f.package for m in members for f in m.files})), tuple(members)))
+            kind=kind, name=name, uid=uid, guessed=first.guessed, valid=all(m.unit.valid for m in members),
+            pids=tuple(sorted(m.process.pid for m in members)),
+            packages=tuple(sorted({f.package for m in members for f in m.files})), members=tuple(members)))
     return sorted(groups, key=lambda g: g.key)
 
 

@@ -284,9 +284,9 @@ def test_the_headline_is_short_however_many_packages() -> None:
 
 def test_reboot_reasons_are_one_line_per_cause() -> None:
     from restart import report
-    from restart.reboot import RebootReason
+    from restart.reboot import ReasonKind, RebootReason
 
-    found = [RebootReason("service", f"lib{i}", "dbus.service: restarting the system bus; reboot instead")
+    found = [RebootReason(ReasonKind.SERVICE, f"lib{i}", "dbus.service: restarting the system bus; reboot instead")
              for i in range(7)]
     assert report.reboot_lines(found) == [
         "a reboot is needed: service (lib0, lib1, lib2, … 4 more): dbus.service: restarting the system bus; "

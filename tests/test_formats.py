@@ -21,7 +21,7 @@ from restart import formats, plan, policy, reboot, scan
 from restart.cli import main
 from restart.plan import Action
 from restart.processes import ScanResult
-from restart.reboot import RebootReason
+from restart.reboot import ReasonKind, RebootReason
 from restart.roots import Roots
 from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, UnitGroup, UnitKind
 from tests.fakeproc import map_line
@@ -78,8 +78,8 @@ def act(g: UnitGroup, action: str = "restart", reason: str = "service uses repla
     return Action(g, policy.Act(action), argv, reason)
 
 
-KERNEL = RebootReason("kernel", "linux-image-6.1.0-27-amd64", "running 6.1.0-26-amd64, a newer kernel is installed",
-                      1_730_000_000)
+KERNEL = RebootReason(ReasonKind.KERNEL, "linux-image-6.1.0-27-amd64",
+                      "running 6.1.0-26-amd64, a newer kernel is installed", 1_730_000_000)
 PERFDATA = re.compile(r"^'?[a-z]+'?=\d+;(\d*);(\d*);(\d*);?(\d*)$")
 
 
@@ -184,8 +184,8 @@ def test_openmetrics_full_document_passes_promtool_and_the_openmetrics_parser() 
     actions = [act(grp(SYSTEM, "nginx.service", 10, 11)), act(grp(SYSTEM, "dbus.service", 12), "defer"),
                act(grp(SESSION, "session-3.scope", 13, uid=1000), "notify"),
                act(grp(SYSTEM, "cron.service", 14), "ignore"), act(grp(SYSTEM, "legacy.service", 15), "reboot")]
-    reasons = [KERNEL, RebootReason("service", "libc6:amd64", "dbus.service: reboot instead", 1_720_000_000),
-               RebootReason("flag", None, "/run/reboot-required exists")]
+    reasons = [KERNEL, RebootReason(ReasonKind.SERVICE, "libc6:amd64", "dbus.service: reboot instead", 1_720_000_000),
+               RebootReason(ReasonKind.FLAG, None, "/run/reboot-required exists")]
     record = {"schema": "restartctl-state/1", "time": 1_731_000_000, "units": [
         {"status": "done"}, {"status": "done"}, {"status": "failed"}, {"status": "listed"}, "junk"]}
     text = formats.openmetrics(actions, [a.group for a in actions], ScanResult([], 321, 2, 1, 0), reasons,
@@ -249,7 +249,7 @@ def test_restart_counts_from_the_record_or_the_caller() -> None:
 def test_label_values_are_escaped() -> None:
     assert formats.escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
     assert formats.escape_label("caf\udcc3") == "caf\\\\xc3"
-    weird = RebootReason("policy", 'we"ird\\pkg\nx', "d")
+    weird = RebootReason(ReasonKind.POLICY, 'we"ird\\pkg\nx', "d")
     text = formats.openmetrics([], [], ScanResult([], 1, 0, 0, 0), [weird], now=1)
     check_metrics(text)
     assert om_sample(text, "restartctl_reboot_reason", kind="policy", package='we"ird\\pkg\nx') == 1

@@ -20,7 +20,7 @@ from restart import reboot
 from restart.plan import Action, make_plan
 from restart.policy import Act, load
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
-from restart.reboot import RebootReason, kernel_status, reasons, write_reboot_required
+from restart.reboot import ReasonKind, RebootReason, kernel_status, reasons, write_reboot_required
 from restart.units import INIT, SESSION, SYSTEM, Affected, OwnedFile, Unit, UnitGroup, group
 from tests.support.container import Container
 from tests.support.debs import build_deb
@@ -90,7 +90,7 @@ def test_a_newer_kernel_is_installed(tmp_path: Path) -> None:
     assert (s.state, s.newest, s.newest_version, s.package, s.since) == (
         "newer-installed", "6.1.0-27-amd64", "6.1.115-1", "linux-image-6.1.0-27-amd64", 1_730_000_000)
     assert "6.1.0-27-amd64 (6.1.115-1)" in s.detail
-    assert reasons([], s) == [RebootReason("kernel", "linux-image-6.1.0-27-amd64", s.detail, 1_730_000_000)]
+    assert reasons([], s) == [RebootReason(ReasonKind.KERNEL, "linux-image-6.1.0-27-amd64", s.detail, 1_730_000_000)]
 
 
 @pytest.mark.parametrize(("running", "build", "state"), [
@@ -165,7 +165,7 @@ def test_locally_built_kernels_in_boot(tmp_path: Path) -> None:
     s = h.status()
     assert (s.state, s.newest, s.package, s.since, s.running_build) == (
         "newer-installed", "6.6.1", None, 1_720_000_000, None)
-    assert reasons([], s)[0] == RebootReason("kernel", None, s.detail, 1_720_000_000)
+    assert reasons([], s)[0] == RebootReason(ReasonKind.KERNEL, None, s.detail, 1_720_000_000)
 
 
 def test_no_kernel_managed_here_is_unknown(tmp_path: Path) -> None:
@@ -343,12 +343,12 @@ def run_dir(tmp_path: Path) -> Path:
     return d
 
 
-KERNEL = RebootReason("kernel", "linux-image-6.1.0-27-amd64", "newer kernel")
-LIBC = RebootReason("library", "libc6:amd64", "dbus.service")
+KERNEL = RebootReason(ReasonKind.KERNEL, "linux-image-6.1.0-27-amd64", "newer kernel")
+LIBC = RebootReason(ReasonKind.LIBRARY, "libc6:amd64", "dbus.service")
 
 
 def test_writes_the_flag_and_the_packages(run_dir: Path) -> None:
-    w = write_reboot_required(run_dir, [KERNEL, LIBC, RebootReason("init", "libc6:i386", "pid 1")])
+    w = write_reboot_required(run_dir, [KERNEL, LIBC, RebootReason(ReasonKind.INIT, "libc6:i386", "pid 1")])
     assert w == reboot.Written(True, ("linux-image-6.1.0-27-amd64", "libc6"))
     assert (run_dir / "reboot-required").read_text() == "*** System restart required ***\n"
     assert (run_dir / "reboot-required.pkgs").read_text() == "linux-image-6.1.0-27-amd64\nlibc6\n"
@@ -372,12 +372,13 @@ def test_appends_only_what_is_missing_and_never_truncates(run_dir: Path) -> None
 def test_nothing_without_reasons_and_no_list_without_packages(run_dir: Path) -> None:
     assert write_reboot_required(run_dir, []) == reboot.Written(False, ())
     assert list(run_dir.iterdir()) == []
-    assert write_reboot_required(run_dir, [RebootReason("kernel", None, "a kernel in /boot")]).flag_created
+    assert write_reboot_required(run_dir, [RebootReason(ReasonKind.KERNEL, None, "a kernel in /boot")]).flag_created
     assert [p.name for p in run_dir.iterdir()] == ["reboot-required"]
 
 
 def test_hostile_names_are_never_written(run_dir: Path) -> None:
-    w = write_reboot_required(run_dir, [RebootReason("policy", "evil\nroot", "x"), RebootReason("policy", "", "y")])
+    hostile = [RebootReason(ReasonKind.POLICY, "evil\nroot", "x"), RebootReason(ReasonKind.POLICY, "", "y")]
+    w = write_reboot_required(run_dir, hostile)
     assert w == reboot.Written(True, ())
     assert not (run_dir / "reboot-required.pkgs").exists()
 
@@ -417,7 +418,7 @@ def test_a_symlinked_directory_is_refused(run_dir: Path, tmp_path: Path) -> None
 
 def _writer(run_dir: str, names: list[str]) -> None:
     for name in names:
-        write_reboot_required(Path(run_dir), [RebootReason("policy", name, "x")])
+        write_reboot_required(Path(run_dir), [RebootReason(ReasonKind.POLICY, name, "x")])
 
 
 def test_concurrent_writers_and_readers(run_dir: Path) -> None:
