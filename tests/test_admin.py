@@ -26,12 +26,10 @@ BOOT = "0f0e0d0c-0b0a-0908-0706-050403020100"
 def fixture_host(tmp_path: Path) -> tuple[Host, Roots]:
     host = Host(tmp_path, systemd=True)
     host.add(10, cgroup="0::/system.slice/demod.service\n", name="demod")
-    argv = host.argv("scan")
-    proc = Path(argv[argv.index("--proc") + 1])
-    (proc / "sys" / "kernel" / "random").mkdir(parents=True)
-    (proc / "sys" / "kernel" / "random" / "boot_id").write_text(BOOT + "\n")
-    return host, Roots(proc=proc, root=host.root, admindir=tmp_path / "admin", run=tmp_path / "run",
-                       etc=host.root / "etc", state=tmp_path / "state")
+    roots = host.roots()
+    (roots.proc / "sys" / "kernel" / "random").mkdir(parents=True)
+    (roots.proc / "sys" / "kernel" / "random" / "boot_id").write_text(BOOT + "\n")
+    return host, roots
 
 
 def earlier_record(roots: Roots) -> None:

@@ -362,11 +362,7 @@ def _fixture_host(tmp_path: Path, *, memfd: bool = False) -> tuple[Host, Roots]:
     host.add(101, cgroup="0::/system.slice/dbus.service\n", name='dbus"\\\n')
     host.add(102, cgroup="0::/user.slice/user-1000.slice/session-4.scope\n", uid=1000)
     host.add(1, cgroup="0::/init.scope\n", name="systemd")
-    args = host.argv()
-    opts = dict(zip(args[::2], args[1::2], strict=True))
-    roots = Roots(proc=Path(opts["--proc"]), root=Path(opts["--root"]), admindir=Path(opts["--admindir"]),
-                  run=Path(opts["--run"]), etc=Path(opts["--etc"]), state=tmp_path / "state")
-    return host, roots
+    return host, host.roots()
 
 
 def test_formats_over_a_fixture_host(tmp_path: Path) -> None:

@@ -188,9 +188,7 @@ def test_a_scan_cut_short_makes_the_next_run_look_again(tmp_path: Path, capsys: 
 
     host = Host(tmp_path, systemd=True)
     host.add(10)
-    argv = host.argv("scan")
-    roots = Roots(proc=Path(argv[argv.index("--proc") + 1]), root=host.root, admindir=tmp_path / "admin",
-                  run=tmp_path / "run", etc=host.root / "etc", state=tmp_path / "state")
+    roots = host.roots()
     log = hook.Log(sys.stdout, sys.stderr, quiet=False)
     hook.act(roots, "apt", log, scope=["demod", "libdemo1"], old_files=None, failed=[], mode="list",
              deadline=time.monotonic() - 1, progress=hook.Progress((1, 10), 1000.0))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from restart.cli import main
+from restart.roots import Roots
 from tests.fakeproc import FakeProcess, build, ino, map_line, rootfs
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -47,6 +48,12 @@ class Host:
             build(proc, self.processes)
         return [*args, "--proc", str(proc), "--root", str(self.root), "--admindir", str(self.base / "admin"),
                 "--run", str(self.base / "run"), "--etc", str(self.root / "etc")]
+
+    def roots(self) -> Roots:
+        """The same host as :class:`Roots`, for calling the stages directly (its /proc built on first use)."""
+        self.argv()
+        return Roots(proc=self.base / "proc", root=self.root, admindir=self.base / "admin", run=self.base / "run",
+                     etc=self.root / "etc", state=self.base / "state")
 
     def run(self, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         code = main(self.argv(*args))
