@@ -196,6 +196,10 @@ def test_policy_files_others_could_write_are_refused(tmp_path: Path) -> None:
     os.chmod(good / "policy.toml", 0o666)
     with pytest.raises(PolicyError, match="writable only by root"):
         load([good / "policy.toml"])
+    os.chmod(good / "policy.toml", 0o644)
+    (good / "policy.toml").write_text("#" * (1 << 20) + '\n[settings]\nmode = "list"\n')  # comments: valid TOML
+    with pytest.raises(PolicyError, match="larger than"):  # read bounded, never parsed
+        load([good / "policy.toml"])
 
 
 def test_settle_takes_seconds_and_zero_turns_it_off() -> None:
