@@ -2,9 +2,9 @@
 
 Findings that no restart resolved stay *pending*: later runs include their packages
 again until the processes are gone.  A reboot ends all of it, so every record
-carries the boot id it was written under.  Files are written atomically (a
-temporary file, then rename), never through a symlink, in a directory that must
-be root's own.
+carries the boot id it was written under.  Files are written atomically and
+durably (:func:`fsutil.write_atomic`), never through a symlink, in a directory
+that must be root's own.
 """
 
 from __future__ import annotations
