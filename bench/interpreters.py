@@ -8,10 +8,9 @@ daemons, plus a filler of plain ``sleep`` processes.  Then one package at a time
 and after each step both tools say what needs a restart:
 
 * restartctl: ``scan.find``, whose process scan hands the interpreter stage each process that maps
-  something where interpreters live (and, for comparison, ``find_two_passes`` below: the scan, then
-  ``interpreters.scan`` as a second pass over /proc), run inside the container;
-* ``needrestart -b`` (Debian 12's 3.6, extracted under bench/.cache by bench/scan.py's helper,
-  never installed), under ``strace -f`` to count the interpreters it executes.
+  an interpreter's executable, run inside the container;
+* ``needrestart -b`` (Debian 12's 3.6, installed inside the container only by bench/scan.py's
+  helper), under ``strace -f`` to count the interpreters it executes.
 
 Then hyperfine (inside the container) times the scan without and with interpreter detection,
 for the whole host and for a one-package transaction, before and after a module upgrade::
@@ -19,8 +18,8 @@ for the whole host and for a one-package transaction, before and after a module 
     sudo /usr/bin/python3 bench/interpreters.py [--runs 10] [--filler 1000] [--daemons 10]
 
 Writes bench/results/<date>-interpreters.json and .md.  Needs what tests/run.sh installs
-(systemd-container, gcc, dpkg-dev), hyperfine, strace, and needrestart's Perl libraries
-(see bench/README.md).  ``driver`` is the part that runs inside the container.
+(systemd-container, gcc, dpkg-dev), hyperfine and strace (see bench/README.md).  ``driver`` is
+the part that runs inside the container.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(BENCH)]
 
-from restart import interpreters, packages, processes, procfs, scan, units  # noqa: E402
+from restart import scan  # noqa: E402
 from restart.roots import Roots  # noqa: E402
 
 SCRATCH = "/srv/rctl"
@@ -110,87 +109,10 @@ def log(msg: str) -> None:
 
 # --------------------------------------------------------------------------- the proposed wiring
 
-def memoize_owners(db: packages.DpkgDatabase) -> None:
-    """Emulates the proposed DpkgDatabase.owners() memo: interpreters and units ask for the same paths."""
-    real = db.owners
-    memo: dict[str, str | None] = {}
-
-    def owners(paths: Iterable[str]) -> dict[str, str]:
-        wanted = set(paths)
-        todo = wanted - memo.keys()
-        if todo:
-            found = real(todo)
-            memo.update({p: found.get(p) for p in todo})
-        return {p: o for p in wanted if (o := memo[p]) is not None}
-
-    db.owners = owners  # type: ignore[method-assign]
-
-
-def _read(dfd: int, name: str) -> bytes:
-    fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
-    try:
-        return os.read(fd, 1 << 20)
-    finally:
-        os.close(fd)
-
-
-def process_info(proc: Path, pid: int, stale: tuple[processes.StaleFile, ...]) -> processes.ProcessInfo | None:
-    """What the scanner would have read for an interpreter process it found nothing else on.
-
-    (Wired in, the scanner reads status and cgroup through its own handle; here a third open.)
-    """
-    try:
-        dfd = os.open(proc / str(pid), os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return None
-    try:
-        name, ppid, uid, depth = procfs.parse_status(_read(dfd, "status"))
-        cgroup = packages.fs_decode(_read(dfd, "cgroup"))
-        exe = os.readlink("exe", dir_fd=dfd)
-        own = procfs.parse_status((proc / "self" / "status").read_bytes())[3]
-        pidns = os.readlink("ns/pid", dir_fd=dfd) if depth > own else None
-    except OSError:
-        return None
-    finally:
-        os.close(dfd)
-    return processes.ProcessInfo(pid=pid, ppid=ppid, uid=uid, comm=name, exe=exe, cgroup=cgroup, pid_namespace=pidns,
-                                 stale=stale)
-
-
-def find_two_passes(roots: Roots, only_packages: list[str] | None) -> list[units.UnitGroup]:
-    """scan.find with the interpreter stage as a second pass over /proc (``interpreters.scan``),
-    the way it could be used before it was wired into the scanner's own pass: for comparison."""
-    db = packages.DpkgDatabase(roots.admindir, roots.root)
-    memoize_owners(db)
-    in_scope = None
-    if only_packages is not None:
-        names = sorted({n for found in db.resolve_names(only_packages).values() for n in found})
-        in_scope = db.files_of(names)
-    selection = processes.Selection(aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
-                                    skip_prefixes=scan.never_packaged(roots.data))
-    ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes)
-    result = processes.scan(roots.proc, selection)
-    found = interpreters.scan(roots.proc, ctx, stale={p.pid: p.stale for p in result.processes})
-    extra = {pid: kept for pid, fs in found.items() if (kept := tuple(f for f in fs if selection.wants(f.path)))}
-    merged = [p._replace(stale=interpreters.merge(p.stale, extra.pop(p.pid, ()))) for p in result.processes]
-    for pid, fs in sorted(extra.items()):
-        info = process_info(roots.proc, pid, fs)
-        if info is not None:
-            merged.append(info)
-    try:
-        init_d = set(os.listdir(roots.etc / "init.d"))
-    except OSError:
-        init_d = set()
-    affected = units.attribute(result._replace(processes=merged), db, in_scope=in_scope,
-                               systemd=roots.systemd_booted(), init_d=init_d)
-    return units.group(affected)
-
-
 def driver(args: argparse.Namespace) -> int:
     """Inside the container: one scan, printed as JSON (unit -> the kinds of its package files)."""
     roots = Roots()
-    groups = (find_two_passes(roots, args.packages) if args.two_pass
-              else scan.find(roots, only_packages=args.packages, interpreted=not args.plain).groups)
+    groups = scan.find(roots, only_packages=args.packages, interpreted=not args.plain).groups
     print(json.dumps({g.name or f"pid {g.pids[0]}": sorted({f"{f.stale.kind}/{f.stale.confidence}/{f.stale.evidence}"
                                                              for m in g.members for f in m.files})
                       for g in groups}, sort_keys=True))
@@ -257,7 +179,6 @@ def main() -> int:
     sub = parser.add_subparsers(dest="cmd")
     d = sub.add_parser("driver", help="(inside the container) one scan as JSON")
     d.add_argument("--plain", action="store_true", help="restartctl's scan.find without the interpreter stage")
-    d.add_argument("--two-pass", action="store_true", help="interpreters.scan after the scan, not within it")
     d.add_argument("--packages", nargs="+", default=None)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--filler", type=int, default=1000, help="plain sleep processes besides the daemons")
@@ -271,19 +192,18 @@ def main() -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from scan import prepare_needrestart  # bench/scan.py: extracts needrestart under bench/.cache
+    from scan import install_needrestart  # bench/scan.py: needrestart installed inside the container only
 
     from tests.support.container import Container
 
-    nr = prepare_needrestart(False)
-    if not nr.available:
-        raise SystemExit(f"needrestart is not runnable: {nr.reason}")
+    nr_argv = ["/usr/sbin/needrestart", "-b"]
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "restart"), str(REPO / "bench")],
                    check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})  # the container's view is read-only
     now = dt.datetime.now(dt.UTC)
     results: dict[str, Any] = {"steps": [], "timings": {}, "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="rctl-bench-interp-") as tmp, Container("rctl-bench-i", boot=True) as c:
         v1, v2 = build(Path(tmp), "1.0"), build(Path(tmp), "2.0")
+        install_needrestart(c)
         c.install_debs(list(v1.values()))
         c.systemctl("daemon-reload")
         instances = [f"{t}@{i}.service" for t in TEMPLATES for i in range(1, args.daemons + 1)]
@@ -302,7 +222,6 @@ def bench(args: argparse.Namespace) -> int:
             cmds = {
                 "scan (no interpreters)": [*drive, "--plain"],
                 "scan + interpreters (one pass)": drive,
-                "scan + interpreters (two passes)": [*drive, "--two-pass"],
                 "scan --packages P (no interpreters)": [*drive, "--plain", "--packages", "rctl-bpymod"],
                 "scan --packages P + interpreters (one pass)": [*drive, "--packages", "rctl-bpymod"],
                 "restartctl scan --json (today's CLI)": ["/usr/bin/python3", "-m", "restart", "scan", "--json"],
@@ -322,7 +241,7 @@ def bench(args: argparse.Namespace) -> int:
             r = c.check(in_container([*drive], strace_to=f"{SCRATCH}/rctl.strace"))
             mine = ours(json.loads(r))
             rctl_execs = execs(c, f"{SCRATCH}/rctl.strace")
-            n = c.exec(in_container(nr.argv, strace_to=f"{SCRATCH}/nr.strace"), timeout=600)
+            n = c.exec(in_container(nr_argv, strace_to=f"{SCRATCH}/nr.strace"), timeout=600)
             svc = re.findall(r"^NEEDRESTART-SVC: (\S+)$", n.stdout, re.M)
             nr_units = sorted(u for u in svc if UNIT_RE.fullmatch(u))
             progs = execs(c, f"{SCRATCH}/nr.strace")
@@ -342,9 +261,10 @@ def bench(args: argparse.Namespace) -> int:
             observe(package, what)
             if package == "rctl-bpymod":
                 timing("after a module upgrade")
+        nr_version = c.check(["dpkg-query", "-W", "-f", "${Version}", "needrestart"])
     results["meta"] = {"date": f"{now:%Y-%m-%d %H:%M} UTC", "commit": subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-        check=False).stdout.strip(), "needrestart": nr.notes}
+        check=False).stdout.strip(), "needrestart": nr_version}
     write(results, now)
     return 0
 

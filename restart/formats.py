@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from restart import fsutil
+from restart.kernel import KernelStatus
 from restart.plan import Action, Status
 from restart.policy import ACTIONS, Act
 from restart.processes import OVER_BUDGET_SHOWN, ScanResult
-from restart.reboot import KernelStatus, RebootReason, required_since, unpacked_at
+from restart.reboot import RebootReason, required_since, unpacked_at
 from restart.text import clean, printable
 from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, USER_MANAGER, UnitGroup
 

@@ -11,8 +11,11 @@ Paths are compared in their canonical merged-/usr form: the database may say
 
 from __future__ import annotations
 
+import glob
 import os
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +23,6 @@ from typing import NamedTuple
 # Top-level directories that a merged-/usr system turns into symlinks into /usr.
 _USR_ALIAS_CANDIDATES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libo32")
 LOCAL_DIVERSION = ":"
-INDEX_THRESHOLD = 16  # owner queries beyond which one index of all lists beats a search per path
 
 
 def fs_decode(raw: bytes) -> str:
@@ -79,6 +81,36 @@ def parse_md5sums(data: bytes, aliases: frozenset[str]) -> dict[str, str]:
     return sums
 
 
+def list_paths(data: bytes, aliases: frozenset[str]) -> Iterator[str]:
+    """The canonical paths of a ``.list`` text (dpkg's own, or a copy the hooks kept); ``/.`` skipped."""
+    for raw in data.split(b"\n"):
+        if raw.startswith(b"/") and raw != b"/.":
+            yield canonical(fs_decode(raw), aliases)
+
+
+def unpack_time(admindir: Path, package: str) -> float | None:
+    """When dpkg last unpacked ``package`` (``name`` or ``name:arch``): the mtime of its file list,
+    which dpkg rewrites at every unpack; for a bare name of a ``Multi-Arch: same`` package, the latest
+    of its architectures'."""
+    info = admindir / "info"
+    name, _, arch = package.partition(":")
+    for entry in ([f"{name}:{arch}.list", f"{name}.list"] if arch else [f"{name}.list"]):
+        try:
+            return os.stat(info / entry).st_mtime
+        except (OSError, ValueError):  # ValueError: a NUL, which no package name holds
+            continue
+    if arch:
+        return None
+    times = []
+    try:
+        for found in info.glob(f"{glob.escape(name)}:*.list"):
+            with suppress(OSError):
+                times.append(found.stat().st_mtime)
+    except OSError:
+        return None
+    return max(times, default=None)
+
+
 def _matcher(wanted: Iterable[str]) -> Callable[[str], bool]:
     """:func:`package_matches` against all of ``wanted`` at once, by set lookup."""
     exact = set(wanted)
@@ -110,6 +142,7 @@ class DpkgDatabase:
         self.admindir = admindir
         self.root = root
         self._list_cache: dict[str, bytes] = {}
+        self._package_lists: dict[str, bytes] = {}
 
     @cached_property
     def aliases(self) -> frozenset[str]:
@@ -178,10 +211,7 @@ class DpkgDatabase:
         for name, path in self._lists:
             if not wanted(name):
                 continue
-            for raw in self._read_list(name, path).split(b"\n"):
-                if not raw.startswith(b"/") or raw == b"/.":
-                    continue
-                file = self.canonical(fs_decode(raw))
+            for file in list_paths(self._read_list(name, path), self.aliases):
                 diversion = self._diverted_from.get(file)
                 if diversion and diversion.by != name.partition(":")[0]:
                     file = diversion.moved_to
@@ -204,18 +234,20 @@ class DpkgDatabase:
     def owners(self, paths: Iterable[str]) -> dict[str, str]:
         """Canonical path -> owning package for those paths that a package owns.
 
-        Searches the ``.list`` files newest first (dpkg rewrites a package's list
-        when it unpacks it, so a just-replaced file is usually found at once) and
-        stops as soon as every path is accounted for.  Past a handful of paths (a user
-        can map thousands of files of her own) one index of every list is cheaper than
-        a search per path, so the work stays linear.
+        Searches the ``.list`` files newest first (dpkg rewrites a package's list when it
+        unpacks it, so the files an upgrade just replaced are found in the first few lists)
+        and stops as soon as every path is accounted for.  Each list line is one dictionary
+        lookup, however many paths are asked for (a user can map thousands of files of her
+        own), so the work stays linear; no index of the whole database is ever built (on a
+        real upgrade that index cost 0.2 s, the search 10 ms; see bench/README.md).
         """
         found: dict[str, str] = {}
-        # What to look for, per queried path: (spelling in the lists, package to skip).
-        queries: dict[str, tuple[tuple[bytes, ...], str | None]] = {}
+        # Spelling in the lists -> the queried paths it answers, each with the package to skip.
+        wanted: dict[bytes, list[tuple[str, str | None]]] = {}
+        queried: set[str] = set()
         for path in set(paths):
             if "\n" in path:
-                continue  # dpkg never records such a name; a search could match two list lines
+                continue  # dpkg never records such a name; it could match two list lines
             diverted = self._diverted_from.get(path)
             if diverted is not None:
                 # The file at a diverted path is the diverter's own (or the admin's).
@@ -224,38 +256,67 @@ class DpkgDatabase:
                 continue
             moved = self._diverted_to.get(path)
             target, skip = (moved.path, moved.by) if moved else (path, None)
-            needles = tuple(b"\n" + fs_encode(s) + b"\n" for s in spellings(target, self.aliases))
-            queries[path] = (needles, skip)
-        if not queries:
-            return found
-        if len(queries) > INDEX_THRESHOLD:
-            return {**found, **self._owners_by_index(queries)}
-        for name, list_path in self._newest_first():
-            data = self._read_list(name, list_path) + b"\n"
+            queried.add(path)
+            for spelling in spellings(target, self.aliases):
+                wanted.setdefault(fs_encode(spelling), []).append((path, skip))
+        left = len(queried)
+        for name, list_path in self._newest_first() if left else ():
             base = name.partition(":")[0]
-            for path, (needles, skip) in list(queries.items()):
-                if base != skip and any(n in data for n in needles):
-                    found[path] = name
-                    del queries[path]
-            if not queries:
+            for line in self._read_list(name, list_path).split(b"\n"):
+                for path, skip in wanted.get(line, ()):
+                    if base != skip and path not in found:
+                        found[path] = name
+                        left -= 1
+            if not left:
                 break
         return found
 
-    def _owners_by_index(self, queries: dict[str, tuple[tuple[bytes, ...], str | None]]) -> dict[str, str]:
-        """One pass over every list: spelling -> packages, then a lookup per query."""
-        index: dict[bytes, list[str]] = {}
-        for name, list_path in self._lists:
-            for line in self._read_list(name, list_path).split(b"\n"):
-                if line.startswith(b"/"):
-                    index.setdefault(line, []).append(name)
-        found = {}
-        for path, (needles, skip) in queries.items():
-            for needle in needles:
-                owner = next((n for n in index.get(needle.strip(b"\n"), ()) if n.partition(":")[0] != skip), None)
-                if owner is not None:
-                    found[path] = owner
-                    break
-        return found
+    @cached_property
+    def _by_base(self) -> dict[str, list[tuple[str, str]]]:
+        """Package without architecture -> its installed names and ``.list`` files."""
+        names: dict[str, list[tuple[str, str]]] = {}
+        for name, path in self._lists:
+            names.setdefault(name.partition(":")[0], []).append((name, path))
+        return names
+
+    def package_list(self, package: str) -> bytes:
+        """A package's file lists, every architecture, each line between newlines.
+
+        Most packages have one list named without architecture: that one is opened directly,
+        and only a ``Multi-Arch: same`` package costs a listing of the database directory.
+        """
+        base = package.partition(":")[0]
+        if base not in self._package_lists:
+            plain = self.admindir / "info" / f"{base}.list"
+            try:
+                with open(plain, "rb") as f:
+                    parts = [f.read()]
+            except OSError:
+                parts = [self._read_list(name, path)[1:] for name, path in self._by_base.get(base, ())]
+            self._package_lists[base] = b"\n" + b"\n".join(parts) + b"\n"
+        return self._package_lists[base]
+
+    def unpack_times(self, packages: Iterable[str] | None = None) -> dict[str, float]:
+        """Package (without architecture) -> when dpkg last unpacked it (see :func:`unpack_time`),
+        for ``packages`` or, when None, every installed package."""
+        times: dict[str, float] = {}
+        if packages is not None:
+            for name in set(packages):
+                t = unpack_time(self.admindir, name)
+                base = name.partition(":")[0]
+                if t is not None:
+                    times[base] = max(t, times.get(base, t))
+            return times
+        for name, path in self._lists:
+            with suppress(OSError):
+                t = os.stat(path).st_mtime
+                base = name.partition(":")[0]
+                times[base] = max(t, times.get(base, t))
+        return times
+
+    @cached_property
+    def graph(self) -> PackageGraph:
+        return dependency_graph(self.admindir)
 
     def init_scripts(self, package: str) -> list[str]:
         """Names of the SysV init scripts a package ships (for the no-systemd fallback)."""
@@ -329,3 +390,62 @@ def changed_since(admindir: Path, since: float) -> frozenset[str]:
     except OSError:
         pass
     return frozenset(changed)
+
+
+# ---- the dependency graph ------------------------------------------------------------------
+
+class PackageGraph(NamedTuple):
+    """Installed packages (names without architecture) and what they depend on."""
+
+    depends: dict[str, frozenset[str]]   # package -> every name in its Depends and Pre-Depends
+    provides: dict[str, frozenset[str]]  # virtual name -> installed packages that provide it
+
+
+_NOT_INSTALLED = ("not-installed", "config-files")
+_NAME = re.compile(r"(?:^|[,|])\s*([a-z0-9][a-z0-9+.-]*)")  # each alternative's name
+
+
+def dependency_graph(admindir: Path) -> PackageGraph:
+    """The dependency graph of the installed packages, from dpkg's ``status`` file (python-apt's
+    parser, the one every other reader of the status file here uses)."""
+    import apt_pkg
+
+    depends: dict[str, set[str]] = {}
+    provides: dict[str, set[str]] = {}
+    try:
+        with apt_pkg.TagFile(str(admindir / "status")) as tags:
+            for section in tags:
+                state = (section.get("Status") or "").split()
+                package = section.get("Package") or ""
+                if not package or len(state) != 3 or state[2] in _NOT_INSTALLED:
+                    continue
+                deps = depends.setdefault(package, set())  # Multi-Arch: same: a stanza per architecture
+                for field in ("Depends", "Pre-Depends"):
+                    deps.update(_names(section.get(field) or ""))
+                for virtual in _names(section.get("Provides") or ""):
+                    provides.setdefault(virtual, set()).add(package)
+    except (OSError, SystemError):  # apt_pkg reports an unreadable file as SystemError
+        pass
+    return PackageGraph({k: frozenset(v) for k, v in depends.items()},
+                        {k: frozenset(v) for k, v in provides.items()})
+
+
+def _names(field: str) -> list[str]:
+    """Package names of a relation field, every alternative (versions and ``:arch`` dropped)."""
+    return re.findall(_NAME, field)
+
+
+def closure(graph: PackageGraph, package: str) -> frozenset[str]:
+    """``package`` and every installed package it depends on, directly or not (all alternatives)."""
+    start = package.partition(":")[0]
+    seen = {start}
+    todo = [start]
+    while todo:
+        for name in graph.depends.get(todo.pop(), ()):
+            targets = graph.provides.get(name, frozenset())
+            if name in graph.depends:
+                targets = targets | {name}
+            for t in targets - seen:
+                seen.add(t)
+                todo.append(t)
+    return frozenset(seen)

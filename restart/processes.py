@@ -253,7 +253,7 @@ class _View:
     (a container, a service with PrivateTmp=) we look through ``/proc/PID/root``.
     """
 
-    __slots__ = ("cache", "direct", "root_device", "users_mounts")
+    __slots__ = ("cache", "direct", "root_device", "users_mounts", "verdicts")
 
     def __init__(self, direct: bool, users_mounts: bool = False) -> None:
         self.direct = direct
@@ -262,6 +262,9 @@ class _View:
         # (``unshare -Urm``), so a file found there must also lie where a package's file can.
         self.users_mounts = users_mounts
         self.root_device: int | None = None  # the device of the namespace's root filesystem
+        # maps lines ("dev inode path") judged for a process of this namespace -> (under an
+        # interpreter's directory, the verdict): the same for every process here, so judged once
+        self.verdicts: dict[bytes, tuple[bool, tuple[str, Confidence, Evidence] | None]] = {}
 
 
 class _Scanner:
@@ -317,6 +320,14 @@ class _Scanner:
                 if known is not None:
                     hinted = hinted or known
                     continue
+                view = view or self.view(dfd)
+                judged = view.verdicts.get(key)
+                if judged is not None:  # a stale file, or one that stat shows on another device (overlayfs, btrfs)
+                    hinted = hinted or judged[0]
+                    if judged[1]:
+                        perms = line.find(b" ") + 3  # "start-end rwxp": is the x there?
+                        _add(found, StaleFile(CODE if line[perms:perms + 1] == b"x" else DATA, *judged[1]))
+                    continue
                 entry = parse_map_line(line)
                 if entry is None:
                     if b" /" not in key and self.keeps(key):
@@ -342,6 +353,8 @@ class _Scanner:
                 verdict = self.judge(dfd, view, cand, inode, self.device(dev_text))
                 if verdict:
                     _add(found, StaleFile(CODE if executable else DATA, *verdict))
+                if key.startswith(b"%s %s " % ident) and self.keeps(key):
+                    view.verdicts[key] = (hint, verdict)
         return hinted, found, view
 
     def _identity(self) -> tuple[int, str, int]:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from restart import fsutil, interpreters, packages, processes, procfs, transaction, units
+from restart import fsutil, grammars, interpreters, observation, packages, processes, procfs, transaction, units
 from restart.roots import Roots
 
 
@@ -43,7 +43,7 @@ def _prefixes(path: Path, data: bytes) -> tuple[str, ...]:
 def _with_interpreted(scanned: processes.ScanResult, ctx: interpreters.Context,
                       selection: processes.Selection) -> processes.ScanResult:
     """Fold the scripts and modules of interpreted programs (stage 2b) into the scan's findings."""
-    observed = [o for _, o in scanned.observed if isinstance(o, interpreters.Observation)]
+    observed = [o for _, o in scanned.observed if isinstance(o, observation.Observation)]
     if not observed:
         return scanned
     extra = interpreters.judge(observed, ctx, {info.pid: info.stale for info, _ in scanned.observed})
@@ -82,10 +82,10 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     same = transaction.unchanged(rundir, db, only_packages)
     ctx = interpreters.Context(db, in_scope=in_scope, unowned=interpreters.RESERVED + selection.skip_prefixes,
                                unchanged=same, history=rundir)
-    observe = ((lambda dfd, pid, exe: interpreters.observe(dfd, pid, exe, ctx.host, wants=ctx.wants_imports))
+    observe = ((lambda dfd, pid, exe: observation.observe(dfd, pid, exe, ctx.host, wants=ctx.wants_imports))
                if interpreted else None)
     scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe,
-                          observe_hints=interpreters.MAPPED_HINTS, deadline=deadline, pids=pids,
+                          observe_hints=grammars.MAPPED_HINTS, deadline=deadline, pids=pids,
                           users=users)
     if interpreted:
         scan = _with_interpreted(scan, ctx, selection)

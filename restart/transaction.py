@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from restart.fsutil import trusted_dir
-from restart.packages import DpkgDatabase, canonical, fs_decode, parse_md5sums
+from restart.packages import DpkgDatabase, list_paths, parse_md5sums
 
 TRIGGERS = ("apt", "dpkg", "unattended-upgrades", "manual")  # who runs `restartctl hook`
 HOOK_BUDGET = 60.0  # seconds a hook run may take, waits included
@@ -202,9 +202,8 @@ def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> d
                 data = f.read()
         except OSError:
             continue
-        for raw in data.split(b"\n"):
-            if raw.startswith(b"/") and raw != b"/.":
-                files.setdefault(canonical(fs_decode(raw), aliases), name)
+        for path in list_paths(data, aliases):
+            files.setdefault(path, name)
     return files
 
 

@@ -67,4 +67,7 @@ fi
 
 .venv/bin/ruff check restart tests bench
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+# Three workers on two cores: most real tests wait on containers, apt and systemd, not the CPU
+# (measured: 15 min serial, 9 min with three). A test file runs whole in one worker, so module-scoped
+# containers are shared as before. RCTL_TEST_WORKERS=0 runs everything in this one process.
+exec .venv/bin/python -m pytest -n "${RCTL_TEST_WORKERS:-3}" --dist loadfile "$@"

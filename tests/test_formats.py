@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from restart import formats, plan, policy, reboot, scan
+from restart import formats, kernel, plan, policy, reboot, scan
 from restart.cli import main
 from restart.plan import Action
 from restart.processes import ScanResult
@@ -396,7 +396,7 @@ def test_schema_over_fixture_host_output(tmp_path: Path, capsys: pytest.CaptureF
         main(host.argv(*command))
         doc = json.loads(capsys.readouterr().out)
         validate(doc)
-        validate({**doc, "reboot": formats.reboot_json([KERNEL], reboot.kernel_status(tmp_path, tmp_path))})
+        validate({**doc, "reboot": formats.reboot_json([KERNEL], kernel.kernel_status(tmp_path, tmp_path))})
         if "--all" in command:
             assert doc["unowned"][0]["stale"][0]["path"] == "/memfd:jit"
 
@@ -490,12 +490,12 @@ def test_renewal_needs_our_own_complete_file_and_no_reboot_since(tmp_path: Path)
 
 FORMATS_IN_CONTAINER = """
 import json, sys
-from restart import formats, plan, policy, reboot, scan
+from restart import formats, kernel, plan, policy, reboot, scan
 from restart.roots import Roots
 roots = Roots()
 findings = scan.find(roots, only_packages=None)
 actions = plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
-kernel = reboot.kernel_status(roots.proc, roots.admindir)
+kernel = kernel.kernel_status(roots.proc, roots.admindir)
 reasons = reboot.reasons(actions, kernel, admindir=roots.admindir)
 reasons += reboot.flagged(roots.run, known=reasons)
 code, nagios = formats.nagios(actions, reasons, is_root=True, scan=findings.scan)

@@ -159,9 +159,9 @@ SLEEPER_PY = "import signal\nwhile True:\n    signal.pause()\n"
 
 # Run inside the container, as root: the scanner (for its mapping/fd findings) and the module.
 SNIPPET = """
-import json, sys
+import json, os, sys
 from pathlib import Path
-from restart import interpreters, packages, processes, scan
+from restart import interpreters, observation, packages, processes, scan
 from restart.roots import Roots
 db = packages.DpkgDatabase(Path("/var/lib/dpkg"))
 names = json.loads(sys.argv[1])
@@ -169,7 +169,24 @@ in_scope = db.files_of(names) if names is not None else None
 selection = processes.Selection(aliases=db.aliases, only=frozenset(in_scope) if in_scope is not None else None,
                                 skip_prefixes=scan.never_packaged(Roots().data))
 stale = {p.pid: p.stale for p in processes.scan(Path("/proc"), selection).processes}
-found = interpreters.scan(Path("/proc"), interpreters.Context(db, in_scope=in_scope), stale=stale)
+ctx = interpreters.Context(db, in_scope=in_scope)
+observed = []  # every interpreter process, unfiltered by the selection (a script in /tmp too)
+for name in os.listdir("/proc"):
+    if not name.isdigit() or int(name) == os.getpid():
+        continue
+    try:
+        dfd = os.open(f"/proc/{name}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        continue
+    try:
+        seen = observation.observe(dfd, int(name), processes.exe_of(dfd), ctx.host)
+    except (processes.ProcessGone, OSError):
+        seen = None
+    finally:
+        os.close(dfd)
+    if seen is not None:
+        observed.append(seen)
+found = interpreters.judge(observed, ctx, stale)
 print(json.dumps({"found": {pid: [list(f) for f in fs] for pid, fs in found.items()},
                   "stale": {pid: [list(f) for f in fs] for pid, fs in stale.items()}}))
 """

@@ -19,13 +19,13 @@ ORDER = (
     # 1. what changed
     "packages", "transaction",
     # 2. which processes use it (2b: interpreted programs)
-    "processes", "imports", "interpreters",
+    "processes", "imports", "grammars", "observation", "interpreters",
     # 3. what manages them, and stages 1-3 composed
     "units", "scan",
     # 4.-6. what to do, and doing it
     "policy", "plan", "execute",
     # 7. reporting, reboot reasons, what is remembered
-    "reboot", "report", "formats", "state",
+    "kernel", "microcode", "reboot", "report", "formats", "state",
     # the entry points
     "hook", "cli", "__main__",
 )

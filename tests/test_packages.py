@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from restart.packages import DpkgDatabase, canonical, package_matches, parse_diversions, spellings
+from restart.packages import DpkgDatabase, canonical, list_paths, package_matches, parse_diversions, spellings
 
 MERGED = frozenset({"bin", "sbin", "lib", "lib64"})
 
@@ -146,7 +146,18 @@ def test_missing_database_is_empty(tmp_path: Path) -> None:
     assert db.diversions == []
 
 
-def test_many_owner_queries_use_one_index(merged_root: Path, tmp_path: Path) -> None:
+def test_many_owner_queries_read_only_the_newest_lists(merged_root: Path, tmp_path: Path) -> None:
+    """Why: after an upgrade the stale files are the newest lists' (dpkg rewrites a list at unpack); a
+    scan by hand must not pay for the whole database (an index of every list cost 0.2 s on a real host)."""
+    lists = {f"pkg{i}": [f"/usr/lib/lib{i}.so"] for i in range(100)}
+    admin = write_db(tmp_path / "admin", lists, ages={f"pkg{i}": i for i in range(100)})
+    db = DpkgDatabase(admin, merged_root)
+    queries = [f"/usr/lib/lib{i}.so" for i in range(70, 100)]
+    assert db.owners(queries) == {q: f"pkg{q[12:-3]}" for q in queries}
+    assert len(db._list_cache) == 30  # the 30 newest lists answered; no older one was read
+
+
+def test_many_owner_queries_answer_as_one_at_a_time(merged_root: Path, tmp_path: Path) -> None:
     lists = {f"pkg{i}": [f"/usr/lib/lib{i}.so"] for i in range(40)}
     lists["libc6:amd64"] = ["/lib/x86_64-linux-gnu/libc.so.6"]
     admin = write_db(tmp_path / "admin", lists,
@@ -186,3 +197,20 @@ def test_unconfigured_reads_status_then_the_updates_of_a_killed_dpkg(tmp_path: P
     assert found == {"demod": "half-configured", "lib1:i386": "unpacked", "broken": "reinstreq"}
     assert unconfigured(tmp_path, ["lib1"]) == {"lib1": "unpacked"}  # any architecture of it
     assert unconfigured(tmp_path / "missing", ["demod"]) == {}
+
+
+def test_one_layer_for_lists_and_unpack_times_of_multi_arch_packages(merged_root: Path, tmp_path: Path) -> None:
+    """Why: the interpreter stage and the reboot reasons each had their own list reader and unpack clock."""
+    from restart.packages import unpack_time
+
+    admin = write_db(tmp_path / "admin", {"libc6:amd64": ["/lib/x86_64-linux-gnu/libc.so.6"],
+                                          "libc6:i386": ["/lib/i386-linux-gnu/libc.so.6"], "app": ["/usr/bin/app"]},
+                     ages={"libc6:amd64": 5, "libc6:i386": 9, "app": 1})
+    db = DpkgDatabase(admin, merged_root)
+    assert unpack_time(admin, "libc6:amd64") == 1_700_000_005
+    assert unpack_time(admin, "libc6") == 1_700_000_009  # the latest of its architectures
+    assert unpack_time(admin, "gone") is None
+    assert db.unpack_times(["libc6:amd64", "app"]) == {"libc6": 1_700_000_005, "app": 1_700_000_001}
+    assert db.unpack_times() == {"libc6": 1_700_000_009, "app": 1_700_000_001}
+    assert set(list_paths(db.package_list("libc6:i386"), db.aliases)) == {
+        "/usr/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/i386-linux-gnu/libc.so.6"}  # every architecture

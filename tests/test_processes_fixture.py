@@ -268,3 +268,25 @@ def test_an_overlong_maps_line_is_dropped_without_being_held(tmp_path: Path, roo
     proc = build(tmp_path / "proc", [FakeProcess(10, map_line(deep, 77) * 3 + stale, root=root)])
     [p] = scan(proc, EVERYTHING).processes
     assert [s.path for s in p.stale] == [LIB]
+
+
+def test_a_line_is_judged_once_per_mount_namespace(tmp_path: Path, root: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: after a real upgrade, 100 processes mapped the same replaced libraries, and on overlayfs
+    (and btrfs) the device maps writes differs from stat's, so fresh lines could not be settled either:
+    every such line was parsed and judged again in every process (two thirds of a scan's time)."""
+    maps = map_line(LIB, ino(root, LIB) + 1) + map_line(LIB, ino(root, LIB) + 1, "r--p", start=0x7F0000002000)
+    maps += map_line("/usr/sbin/daemon", ino(root, "/usr/sbin/daemon"), dev="ab:cd")  # fresh; another device
+    proc = build(tmp_path / "proc", [FakeProcess(pid, maps, root=root) for pid in range(10, 30)])
+    parsed: list[bytes] = []
+    real = processes.parse_map_line
+
+    def spy(line: bytes) -> tuple[bytes, bytes, bytes, bool] | None:
+        parsed.append(line)
+        return real(line)
+
+    monkeypatch.setattr(processes, "parse_map_line", spy)
+    found = scan(proc, EVERYTHING).processes
+    assert [p.pid for p in found] == list(range(10, 30))
+    assert {(s.kind, s.path, s.evidence) for p in found for s in p.stale} == {(CODE, LIB, "replaced")}
+    assert len(parsed) == 2  # the first process's two distinct lines; the other 19 reuse the verdicts

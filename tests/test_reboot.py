@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from restart import reboot
+from restart import kernel, microcode, reboot
+from restart.kernel import kernel_status
 from restart.plan import Action, make_plan
 from restart.policy import Act, load
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
-from restart.reboot import ReasonKind, RebootReason, kernel_status, reasons, write_reboot_required
+from restart.reboot import ReasonKind, RebootReason, reasons, write_reboot_required
 from restart.units import INIT, SESSION, SYSTEM, Affected, OwnedFile, Unit, UnitGroup, group
 from tests.support.container import Container
 from tests.support.debs import build_deb
@@ -62,7 +63,7 @@ class KernelHost:
         if boot and release[:1].isdigit() and not name.endswith("-dbg"):
             (self.boot / f"vmlinuz-{release}").write_bytes(b"kernel")
 
-    def status(self) -> reboot.KernelStatus:
+    def status(self) -> kernel.KernelStatus:
         return kernel_status(self.proc, self.admin, self.boot)
 
 
@@ -201,7 +202,7 @@ def test_unreadable_sources_are_unknown(tmp_path: Path) -> None:
     ("garbage", None),
 ])
 def test_build_version_comes_only_after_the_build_number(text: str, build: str | None) -> None:
-    assert reboot.running_build(text) == build
+    assert kernel.running_build(text) == build
 
 
 def test_real_host_kernel_is_self_consistent() -> None:
@@ -236,7 +237,7 @@ def test_real_host_kernel_is_self_consistent() -> None:
 # ---------------------------------------------------------------- real dpkg, in a container
 
 def _status_in(c: Container) -> dict[str, Any]:
-    code = ("import json, sys; from restart import reboot; s = reboot.kernel_status(); "
+    code = ("import json, sys; from restart import kernel, reboot; s = kernel.kernel_status(); "
             "json.dump({**s._asdict(), 'reasons': [r._asdict() for r in reboot.reasons([], s)]}, sys.stdout)")
     out = c.check(["/usr/bin/python3", "-c", code], env={"PYTHONPATH": str(REPO)})
     result: dict[str, Any] = json.loads(out)
@@ -249,7 +250,7 @@ def test_kernel_packages_installed_by_real_dpkg(plain_container: Container, tmp_
     c = plain_container
     running = os.uname().release
     # A release of the same flavour (or, for a release without Debian's ABI form, any release).
-    newer = f"99.0.0-1-{reboot.flavour(running)}" if reboot.flavour(running) else "99.0.0"
+    newer = f"99.0.0-1-{kernel.flavour(running)}" if kernel.flavour(running) else "99.0.0"
     own = build_deb(tmp_path, f"linux-image-{running}", "1.0-1", {f"/boot/vmlinuz-{running}": b"old kernel"})
     c.install_debs([own])
     before = _status_in(c)
@@ -518,10 +519,10 @@ SKYLAKE_X = (6, 0x55, 4)  # family, model, stepping: CPUID signature 0x50654
 
 
 def test_cpuid_signature_as_microcode_files_name_processors() -> None:
-    cpu = reboot.Cpu("GenuineIntel", *SKYLAKE_X, 0x2006e05, False)
-    assert reboot.cpuid_signature(cpu) == 0x50654
-    assert reboot.cpuid_signature(reboot.Cpu("AuthenticAMD", 0x19, 0x21, 0, 0, False)) == 0xA20F10
-    assert reboot.cpuid_signature(reboot.Cpu("AuthenticAMD", 0x17, 0x31, 0, 0, False)) == 0x830F10
+    cpu = microcode.Cpu("GenuineIntel", *SKYLAKE_X, 0x2006e05, False)
+    assert microcode.cpuid_signature(cpu) == 0x50654
+    assert microcode.cpuid_signature(microcode.Cpu("AuthenticAMD", 0x19, 0x21, 0, 0, False)) == 0xA20F10
+    assert microcode.cpuid_signature(microcode.Cpu("AuthenticAMD", 0x17, 0x31, 0, 0, False)) == 0x830F10
 
 
 def test_newer_intel_microcode_installed_needs_a_reboot(tmp_path: Path) -> None:
@@ -585,7 +586,7 @@ def test_odd_cpuinfo_is_no_answer(tmp_path: Path) -> None:
 
 def test_real_host_microcode_check_runs() -> None:
     """This host's own answer: none inside a VM (the hypervisor flag), else consistent with its files."""
-    cpu = reboot.parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    cpu = microcode.parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     found = reboot.microcode_status()
     if cpu is None or cpu.virtual:
         assert found is None

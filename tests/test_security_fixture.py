@@ -589,3 +589,29 @@ def test_owner_lookup_is_linear(tmp_path: Path) -> None:
     small = owner_lookup_work(tmp_path / "n", 200)
     large = owner_lookup_work(tmp_path / "2n", 400)
     assert large <= 2.5 * small, (small, large)
+
+
+def test_a_transaction_reads_only_its_own_packages_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: the hook attributes from the lists of the packages the transaction changed; reading the whole
+    dpkg database (135,000 lines on a real host) would cost it more than everything else it does."""
+    host = Host(tmp_path)
+    for k in range(40):
+        host.add_package(f"other{k}", [f"/usr/share/other{k}/file"])
+    host.add(100, "/system.slice/demod.service", uid=0)
+    read: list[str] = []
+    real_read, real_package = DpkgDatabase._read_list, DpkgDatabase.package_list
+
+    def spy_read(self: DpkgDatabase, name: str, path: str) -> bytes:
+        read.append(name)
+        return real_read(self, name, path)
+
+    def spy_package(self: DpkgDatabase, package: str) -> bytes:
+        read.append(package)
+        return real_package(self, package)
+
+    monkeypatch.setattr(DpkgDatabase, "_read_list", spy_read)
+    monkeypatch.setattr(DpkgDatabase, "package_list", spy_package)
+    _, out = host.run(capsys, "scan", "--json", "--packages", "libdemo1")
+    assert [p["pid"] for p in json.loads(out)["processes"]] == [100]
+    assert set(read) == {"libdemo1:amd64"}

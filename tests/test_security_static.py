@@ -134,7 +134,7 @@ ALLOWED_STARTERS: dict[str, set[str]] = {
     "restart/hook.py": {"_run_quietly", "defer_until_exit"},
     "bench/hook.py": {"main"},
     "bench/interpreters.py": {"bench"},
-    "bench/scan.py": {"enter_namespace", "hyperfine", "run", "spawn"},
+    "bench/scan.py": {"download", "timed", "main", "save"},
     "tests/support/container.py": {"Container._run", "Container._start", "make_local_repo.index"},
     "tests/support/debs.py": {"_run"},
     "tests/support/package.py": {"run"},
@@ -144,7 +144,7 @@ ALLOWED_STARTERS: dict[str, set[str]] = {
 # Fixed scripts only: the harness's nsenter/spawn/write glue, the benchmarks' floor and fillers.
 ALLOWED_SHELLS: dict[str, set[str]] = {
     "bench/interpreters.py": {"bench"},
-    "bench/scan.py": {"commands"},
+    "bench/scan.py": {"commands", "idle_unit"},
     "tests/support/container.py": {"Container._run", "Container.spawn", "Container.write_file"},
 }
 
@@ -476,8 +476,8 @@ PROCESS_CHOSEN = {"environ", "cmdline", "cwd"}
 # interpreter stage parses a genuine interpreter's command line (as data, with the interpreter's own
 # option grammar) and resolves a relative script against its cwd, only to lstat() that file inside the
 # process's root.  The environment stays forbidden everywhere.
-ALLOWED_PROCESS_CHOSEN = {("restart/hook.py", "cmdline"), ("restart/interpreters.py", "cmdline"),
-                          ("restart/interpreters.py", "cwd")}
+ALLOWED_PROCESS_CHOSEN = {("restart/hook.py", "cmdline"), ("restart/observation.py", "cmdline"),
+                          ("restart/observation.py", "cwd")}
 
 
 def test_process_environment_cmdline_and_cwd_are_never_read() -> None:

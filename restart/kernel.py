@@ -1,0 +1,186 @@
+"""The kernel: is the running one the newest installed of its flavour, or rebuilt since it booted?
+
+No subprocess: the running kernel comes from ``/proc``, the installed ones from the dpkg status
+file and ``/boot``, versions are ordered by python-apt's ``apt_pkg.version_compare`` (imported
+lazily; without python3-apt the kernel state is ``unknown``, never a guess).  :mod:`restart.reboot`
+turns the answer into a reboot reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import NamedTuple
+
+from restart.packages import unpack_time
+
+
+class KernelState(StrEnum):
+    """The running kernel against the installed ones (``reboot.kernel.state``)."""
+
+    CURRENT = "current"
+    NEWER = "newer-installed"
+    REBUILT = "rebuilt"
+    UNKNOWN = "unknown"
+
+
+CURRENT, NEWER, REBUILT, UNKNOWN = KernelState
+
+_ABI_RE = re.compile(r"\d+\.\d+(?:\.\d+)?-\d+-(?P<flavour>[a-z0-9][a-z0-9-]*)")
+_BUILD_RE = re.compile(r"\) #\d+\S* (?P<rest>.*)$")
+_DEBIAN_RE = re.compile(r"\bDebian (?P<version>[0-9][^\s()]*)")
+_INSTALLED_STATES = frozenset({"installed", "triggers-pending", "triggers-awaited"})
+
+
+class KernelStatus(NamedTuple):
+    state: KernelState
+    running: str = ""                    # uname -r ("" if unreadable)
+    running_build: str | None = None     # the package version the running kernel was built as (/proc/version)
+    installed_build: str | None = None   # the installed version of linux-image-<running>
+    newest: str | None = None            # the newest installed release of the running flavour
+    newest_version: str | None = None    # its package version (None for a kernel only in /boot)
+    package: str | None = None           # the package a reboot would activate, if one is needed
+    since: float | None = None           # when that kernel was installed
+    detail: str = ""
+
+    @property
+    def reboot_needed(self) -> bool:
+        return self.state in (NEWER, REBUILT)
+
+
+class _Kernel(NamedTuple):
+    release: str
+    version: str | None
+    package: str | None
+    since: float | None
+
+
+def _version_compare() -> Callable[[str, str], int] | None:
+    """python-apt's dpkg ordering, initialised once; None when python3-apt is missing."""
+    try:
+        import apt_pkg
+    except ImportError:
+        return None
+    try:
+        apt_pkg.version_compare("0", "0")
+    except ValueError:  # "_system not initialized"
+        apt_pkg.init_config()
+        apt_pkg.init_system()
+    compare: Callable[[str, str], int] = apt_pkg.version_compare
+    return compare
+
+
+def running_build(version_text: str) -> str | None:
+    """The Debian package version in ``/proc/version`` (``... #1 SMP PREEMPT_DYNAMIC Debian 6.1.112-1 (...)``).
+
+    Only text after the build number counts: the compiler's ``(Debian 12.2.0-14)`` comes before it.
+    """
+    m = _BUILD_RE.search(version_text.strip())
+    found = _DEBIAN_RE.search(m["rest"]) if m else None
+    return found["version"] if found else None
+
+
+def flavour(release: str) -> str | None:
+    """``6.1.0-26-cloud-amd64`` -> ``cloud-amd64``; None for a release without Debian's ABI form."""
+    m = _ABI_RE.fullmatch(release)
+    return m["flavour"] if m else None
+
+
+def _installed_kernels(admindir: Path) -> dict[str, _Kernel]:
+    """release -> kernel, for every installed ``linux-image-<release>[-unsigned]`` package."""
+    import apt_pkg
+
+    found: dict[str, _Kernel] = {}
+    with apt_pkg.TagFile(str(admindir / "status")) as tags:
+        for section in tags:
+            name = section.get("Package") or ""
+            if not name.startswith("linux-image-") or name.endswith("-dbg"):
+                continue
+            release = name.removeprefix("linux-image-").removesuffix("-unsigned")
+            status = (section.get("Status") or "").split()
+            if not release[:1].isdigit() or len(status) != 3 or status[2] not in _INSTALLED_STATES:
+                continue
+            version = section.get("Version") or None
+            if release not in found or not name.endswith("-unsigned"):  # the signed image wins
+                found[release] = _Kernel(release, version, name, unpack_time(admindir, name))
+    return found
+
+
+def _boot_kernels(boot: Path) -> dict[str, _Kernel]:
+    """Kernels in /boot no package owns (locally built): releases only."""
+    found = {}
+    try:
+        entries = list(os.scandir(boot))
+    except OSError:
+        return {}
+    for entry in entries:
+        if entry.name.startswith("vmlinuz-") and entry.is_file(follow_symlinks=False):
+            release = entry.name.removeprefix("vmlinuz-")
+            found[release] = _Kernel(release, None, None, entry.stat(follow_symlinks=False).st_mtime)
+    return found
+
+
+def kernel_status(proc: Path = Path("/proc"), admindir: Path = Path("/var/lib/dpkg"),
+                  boot: Path = Path("/boot")) -> KernelStatus:
+    """Is a reboot needed for the kernel?  Compares the running kernel with the installed ones.
+
+    The newest kernel is looked for among those of the running flavour (``amd64``, ``cloud-amd64``,
+    ``rt-amd64``; all kernels when none shares it), ordered by package version when every candidate
+    has one, else by release.  A kernel that grub would not pick by default is not a reason.
+    """
+    try:
+        running = (proc / "sys" / "kernel" / "osrelease").read_text(encoding="utf-8", errors="replace").strip()
+        version_text = (proc / "version").read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        return KernelStatus(UNKNOWN, detail=f"cannot read the running kernel's release: {e.strerror}")
+    build = running_build(version_text)
+    compare = _version_compare()
+    if compare is None:
+        return KernelStatus(UNKNOWN, running=running, running_build=build,
+                            detail="python3-apt is not installed: kernel versions cannot be compared")
+    try:
+        packaged = _installed_kernels(admindir)
+    except (OSError, SystemError) as e:  # apt_pkg reports an unreadable status file as SystemError
+        return KernelStatus(UNKNOWN, running=running, running_build=build,
+                            detail=f"cannot read the dpkg status file: {e}")
+    kernels = {**_boot_kernels(boot), **packaged}
+    own = packaged.get(running)
+    installed_build = own.version if own else None
+    if not kernels:
+        return KernelStatus(UNKNOWN, running=running, running_build=build,
+                            detail=f"no installed kernel image package (linux-image-*) or /boot/vmlinuz-*: "
+                                   f"the running kernel {running} is not managed by this system's dpkg")
+    same = [k for k in kernels.values() if flavour(k.release) == flavour(running) and flavour(running)]
+    candidates = same or list(kernels.values())
+    me = _Kernel(running, build or installed_build, own.package if own else None, None)
+
+    def order(a: _Kernel, b: _Kernel) -> int:
+        if a.version and b.version:
+            by_version = compare(a.version, b.version)
+            if by_version:
+                return by_version
+        return compare(a.release, b.release)
+
+    newest = candidates[0]
+    for k in candidates[1:]:
+        if order(k, newest) > 0:
+            newest = k
+    found = KernelStatus(CURRENT, running=running, running_build=build, installed_build=installed_build,
+                         newest=newest.release, newest_version=newest.version)
+    if newest.release != running and order(newest, me) > 0:
+        shown = f"{newest.release} ({newest.version})" if newest.version else newest.release
+        return found._replace(state=NEWER, package=newest.package, since=newest.since,
+                              detail=f"running {running}, a newer kernel is installed: {shown}")
+    if own and build and installed_build and compare(installed_build, build) > 0:
+        return found._replace(state=REBUILT, package=own.package, since=own.since,
+                              detail=f"running {running} built as {build}; {own.package} {installed_build} is "
+                                     f"installed (same ABI, rebuilt)")
+    if own is None:
+        return found._replace(detail=f"running {running}, whose package is not installed; no newer kernel is")
+    if build is None:
+        return found._replace(detail=f"running {running}, the newest installed; /proc/version names no Debian "
+                                     f"build, so an ABI-compatible rebuild cannot be recognised")
+    return found._replace(detail=f"running {running} ({build}), the newest installed")
