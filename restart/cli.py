@@ -17,7 +17,7 @@ from restart.text import printable, tolerant_streams
 EXIT_OK, EXIT_STALE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 APPLY_SCHEMA = "restartctl-apply/1"
 DEFAULT_TEXTFILE = Path("(default)")
-APPLY_LOCK_WAIT = transaction.HOOK_BUDGET + 10  # longer than a hook run may take
+APPLY_LOCK_WAIT = policy.Settings().hook_budget + 10  # longer than a hook run takes by default
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,8 +129,9 @@ def _hook_options(p: argparse.ArgumentParser) -> None:
                    help="who runs it: apt, dpkg, unattended-upgrades or manual (default)")
     p.add_argument("--after", type=_after, metavar="PID:START",
                    help="first wait (bounded) until this process has exited")
-    p.add_argument("--budget", type=_at_least_zero(float), default=transaction.HOOK_BUDGET, metavar="SECONDS",
-                   help=f"give up after this long (default {transaction.HOOK_BUDGET:.0f})")
+    p.add_argument("--budget", type=_at_least_zero(float), default=None, metavar="SECONDS",
+                   help="give up after this long (default: the policy's hook_budget, "
+                        f"{policy.Settings().hook_budget:.0f} unless set)")
 
 
 # command -> (one-line help, description, its options)
@@ -216,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser(argv).parse_args(argv)
     roots = _roots(args)
     if args.command == "hook":
-        from restart import hook  # the scan commands need none of its imports
-        after = hook.Process(*args.after) if args.after else None
+        from restart import hook  # only this command needs it
+        from restart.apply import Process
+        after = Process(*args.after) if args.after else None
         return hook.run(roots, args.trigger, after=after, budget=args.budget)
     try:
         if args.command in ("scan", "plan", "check", "apply"):
@@ -383,21 +385,21 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
     """Exit 0 when every restart it tried succeeded (or there was nothing to do), 1 when one failed."""
     import time
 
-    from restart import hook
+    from restart import apply
 
     mode = "auto" if args.yes else "list" if args.dry_run else args.mode
-    log = hook.Log(sys.stdout, sys.stderr, quiet=args.json)
+    log = apply.Log(sys.stdout, sys.stderr, quiet=args.json)
     wait = min(args.budget, APPLY_LOCK_WAIT)
 
     def waiting(holder: str) -> None:
         print(f"restartctl: waiting (at most {wait:g} s) for the run that holds the lock: {holder}",
               file=sys.stderr, flush=True)
 
-    with hook.run_lock(roots, wait, who="apply", waiting=waiting) as lock:
+    with apply.run_lock(roots, wait, who="apply", waiting=waiting) as lock:
         if not lock.held:
             print(f"restartctl: another run still holds the lock ({lock.holder}); nothing done", file=sys.stderr)
             return EXIT_ERROR
-        code = hook.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
+        code = apply.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
                         deadline=time.monotonic() + args.budget, preview=args.dry_run)
     if args.json:
         import json
@@ -438,7 +440,7 @@ def _left_down(roots: Roots, record: dict[str, Any] | None, current: bool) -> li
 def _status(roots: Roots, args: argparse.Namespace) -> int:
     """Exit 0 when nothing is pending and no reboot is needed, 1 when something is (or a run waits for
     unattended-upgrades), 2 for an unusable record."""
-    from restart import hook, state
+    from restart import apply, state
 
     said: list[str] = []  # why read_json found the record unusable (and set it aside)
     trouble = state.problem(roots.state, state.PENDING)
@@ -449,7 +451,7 @@ def _status(roots: Roots, args: argparse.Namespace) -> int:
         record = state.still_true(record, roots.proc)  # only what is still true: gone processes are dropped
     reasons, kernel = _reboot_reasons(roots, [])
     down = _left_down(roots, record, current)
-    waiting = hook.waiting_for(roots)
+    waiting = apply.waiting_for(roots)
     if args.json:
         import json
 

@@ -1,4 +1,4 @@
-"""Stage 6, execute: carry out a plan, one unit at a time, each restart verified.
+"""Stage 6, execute: carry out a plan, a canary first and then in waves, each restart verified.
 
 The edge where restartctl acts.  Programs run by absolute path with an argv list
 and a fixed, clean environment; every wait is bounded by the per-restart timeout
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from restart.plan import EXECUTABLE, Action, Status
+from restart.plan import EXECUTABLE, RESTARTS, Action, Status, phase
 from restart.policy import Act, Settings
 from restart.processes import FIRST_USER_UID
 from restart.procfs import CLEAN_ENV, lineage
@@ -51,6 +51,12 @@ MANAGER_PROBE = 5.0  # seconds a user's manager has to answer before it counts a
 OUTPUT_LIMIT = 1 << 20  # bytes kept of a program's stdout, and of its stderr
 
 
+# How the executor runs a program: argv and timeout in, what it did out; raises OSError when it cannot
+# be run and subprocess.TimeoutExpired when it did not end in time (tests pass their own).
+Runner = Callable[[list[str], float], "subprocess.CompletedProcess[str]"]
+FAILURES = (OSError, subprocess.TimeoutExpired)  # what a Runner raises: every one becomes an outcome
+
+
 class Recheck(NamedTuple):
     """What the check after a restart found: processes still stale, and how many it could not look at."""
 
@@ -58,9 +64,10 @@ class Recheck(NamedTuple):
     unscanned: int = 0
 
 
-# The check after a restart: the group, the processes to look at (None: root's and system accounts'
-# processes), and the deadline (time.monotonic) it must keep.
-StillStale = Callable[[UnitGroup, list[int] | None, float], Recheck]
+# The check after a restart, for the units of one restart (a wave's together): each group with the
+# processes to look at (None: root's and system accounts' processes), and the deadline (time.monotonic)
+# it must keep; one Recheck per group, in order.
+StillStale = Callable[[list[tuple[UnitGroup, list[int] | None]], float], list[Recheck]]
 
 
 DONE, FAILED, SKIPPED, DECLINED = Status.DONE, Status.FAILED, Status.SKIPPED, Status.DECLINED
@@ -70,8 +77,9 @@ class Outcome(NamedTuple):
     action: Action
     status: Status
     detail: str        # why it was skipped, or what went wrong
-    seconds: float = 0.0
+    seconds: float = 0.0        # from the start of its restart (of its wave's) until it was known
     left: tuple[int, ...] = ()  # processes still stale after the restart (or after one in an earlier run)
+    wave: int = 0               # the restart (a wave counts once) it was part of, 1, 2, ...; 0: none
 
 
 # A unit (kind, name, uid) -> the processes its check found still stale after a restart in an
@@ -149,10 +157,15 @@ def _manager(group: UnitGroup) -> list[str]:
     return ["--user", "-M", f"{group.uid}@"] if group.kind == USER else []
 
 
-def unit_state(group: UnitGroup, timeout: float) -> dict[str, str]:
-    name = group.name or ""
-    result = run([PROGRAMS["systemctl"], *_manager(group), "show", "-p", SHOW_PROPS, "--", name], timeout)
-    return parse_show(result.stdout, [name]).get(name, {})
+def unit_states(groups: list[UnitGroup], timeout: float, runner: Runner = run) -> dict[str, dict[str, str]]:
+    """systemd's properties of units of one manager (the system's, or one user's), in one ``systemctl show``."""
+    names = [g.name or "" for g in groups]
+    result = runner([PROGRAMS["systemctl"], *_manager(groups[0]), "show", "-p", SHOW_PROPS, "--", *names], timeout)
+    return parse_show(result.stdout, names)
+
+
+def unit_state(group: UnitGroup, timeout: float, runner: Runner = run) -> dict[str, str]:
+    return unit_states([group], timeout, runner).get(group.name or "", {})
 
 
 def active_state(kind: str, name: str, uid: int | None, timeout: float = 5) -> str:
@@ -166,13 +179,15 @@ def active_state(kind: str, name: str, uid: int | None, timeout: float = 5) -> s
     return state.get("ActiveState") or "unknown"
 
 
-def status_excerpt(group: UnitGroup, timeout: float = 5) -> str:
+def status_excerpt(group: UnitGroup, timeout: float = 5, runner: Runner = run) -> str:
     """``systemctl status``-level detail for a failure report."""
     try:
-        result = run([PROGRAMS["systemctl"], *_manager(group), "status", "--no-pager", "--lines=8", "--",
-                      group.name or ""], timeout)
+        result = runner([PROGRAMS["systemctl"], *_manager(group), "status", "--no-pager", "--lines=8", "--",
+                         group.name or ""], timeout)
     except subprocess.TimeoutExpired:
         return "(systemctl status did not answer)"
+    except OSError as e:
+        return f"(could not run systemctl status: {e})"
     return (result.stdout or result.stderr).strip()
 
 
@@ -219,18 +234,18 @@ def ancestor_units(proc: Path, pid: int) -> set[str]:
     return units
 
 
-def policy_rc_d_forbids(name: str, timeout: float) -> bool:
+def policy_rc_d_forbids(name: str, timeout: float, runner: Runner = run) -> bool:
     """Debian's policy layer (``policy-rc.d``): exit 101 means "action forbidden"."""
     if not os.access(POLICY_RC_D, os.X_OK):
         return False
     script = name.removesuffix(".service")
     try:
-        return run([POLICY_RC_D, script, "restart"], timeout).returncode == 101
-    except (OSError, subprocess.TimeoutExpired):
+        return runner([POLICY_RC_D, script, "restart"], timeout).returncode == 101
+    except FAILURES:
         return True  # it could not say yes: do nothing rather than something forbidden
 
 
-def daemon_not_running(script: str, timeout: float, run_dir: Path) -> str | None:
+def daemon_not_running(script: str, timeout: float, run_dir: Path, runner: Runner = run) -> str | None:
     """Why a guessed unit's daemon counts as not running (None when it runs): a restart of
     a stopped init-script service would start it.
 
@@ -239,7 +254,7 @@ def daemon_not_running(script: str, timeout: float, run_dir: Path) -> str | None
     ``/run/NAME.pid``, which must name a live process.
     """
     try:
-        code = run([PROGRAMS["invoke-rc.d"], script, "status"], timeout).returncode
+        code = runner([PROGRAMS["invoke-rc.d"], script, "status"], timeout).returncode
     except subprocess.TimeoutExpired:
         return "its init script did not say in time whether it runs"
     except OSError as e:
@@ -294,18 +309,34 @@ def not_restarted(state: dict[str, str]) -> str:
     return f"not active again after the restart ({state.get('ActiveState')}/{state.get('SubState')})"
 
 
+def batchable(action: Action) -> bool:
+    """A system service's plain ``systemctl VERB -- NAME``: these go in waves, one ``systemctl`` call per
+    wave; everything else (PID 1, users' managers and units, init scripts, an admin's command) alone."""
+    argv, g = action.argv or (), action.group
+    return (g.kind == SYSTEM and not g.guessed and action.action in RESTARTS
+            and argv == ("systemctl", action.action, "--", g.name))
+
+
 class Executor:
-    """Carries out actions in order with the policy's timeout, verification and circuit breaker."""
+    """Carries out actions in order with the policy's timeout, verification and circuit breaker.
+
+    Phase by phase (:func:`restart.plan.phase`): the first system service restarted in a phase is
+    its canary, alone; once one is healthy, the phase's other system services go in waves of up to
+    ``max_parallel`` units, one ``systemctl VERB -- A B C`` each (systemd runs the jobs together and
+    orders units that depend on each other; systemctl waits for every job), then every unit of the
+    wave is verified together.  A failed canary stops every later restart (the breaker), as do
+    ``max_failures`` failures.  ``max_parallel = 1``: one unit at a time, in plan order, no canary.
+    """
 
     def __init__(self, settings: Settings, *, proc: Path, deadline: float,
                  still_stale: StillStale,
                  confirm: Callable[[Action], bool | None] | None = None,
                  report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
-                 run_dir: Path = Path("/run"), intend: Callable[[Action], None] | None = None,
-                 earlier: Earlier | None = None) -> None:
+                 run_dir: Path = Path("/run"), intend: Callable[[list[Action]], None] | None = None,
+                 earlier: Earlier | None = None, runner: Runner | None = None) -> None:
         self.settings = settings
         self.run_dir = run_dir
-        self.intend = intend  # records an action before it is taken (raises OSError when it cannot)
+        self.intend = intend  # records actions before they are taken (raises OSError when it cannot)
         self.earlier = earlier or {}
         self.told: list[UnitGroup] = []  # users' processes found inside system units: told, not restarted
         self.proc = proc
@@ -313,8 +344,12 @@ class Executor:
         self.deadline = deadline
         self.still_stale = still_stale
         self.confirm = confirm
+        self.answers: dict[int, bool | None] = {}  # ask mode: every answer, given before the first restart
         self.report = report or (lambda outcome: None)
+        self.runner = runner or run
         self.failures = 0
+        self.tripped = ""  # why the breaker stopped every later restart (a canary failed)
+        self.step = 0      # restarts carried out so far, a wave counting once: the "wave" of an outcome
         self.silent: set[int | None] = set()  # users whose manager did not answer: asked once per run
         self.done: set[tuple[str, str | None, int | None]] = set()
         self.ancestors = ancestor_units(proc, os.getpid())
@@ -323,48 +358,109 @@ class Executor:
         return self.deadline - time.monotonic()
 
     def run_all(self, actions: list[Action]) -> list[Outcome]:
-        return [self.one(a) for a in actions if a.action in EXECUTABLE and a.argv is not None]
+        todo = [a for a in actions if a.action in EXECUTABLE and a.argv is not None]
+        outcomes = self._ask(todo) if self.confirm is not None else []
+        phases: dict[tuple[int, int], list[Action]] = {}
+        for a in todo:
+            if self.answers.get(id(a), True):
+                phases.setdefault(phase(a, self.settings), []).append(a)
+        for members in phases.values():
+            outcomes += self._phase(members)
+        return outcomes
+
+    def _ask(self, todo: list[Action]) -> list[Outcome]:
+        """Ask mode: every question first, then the chosen units are restarted (in waves)."""
+        outcomes = []
+        for a in todo:
+            if self._again(a) is not None:
+                continue  # never asked: it is skipped, and one() says why
+            answer = self.answers[id(a)] = self.confirm(a) if self.confirm is not None else True
+            if not answer:
+                # None: the admin quit (or did not answer in time) before this unit was asked about.
+                outcomes.append(self._finish(Outcome(a, DECLINED, "declined at the prompt" if answer is False else
+                                                     "not asked: the prompt was quit before it"), time.monotonic()))
+        return outcomes
+
+    def _phase(self, members: list[Action]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        waves = self.settings.max_parallel > 1
+        healthy = False  # a canary of this phase was restarted and verified
+        queue = list(members)
+        while queue:
+            if waves and healthy and batchable(queue[0]):
+                wave = [queue.pop(0)]
+                while queue and len(wave) < self.settings.max_parallel and batchable(queue[0]) \
+                        and queue[0].action == wave[0].action:
+                    wave.append(queue.pop(0))
+                outcomes += self._wave(wave)
+                continue
+            action = queue.pop(0)
+            outcome = self.one(action)
+            outcomes.append(outcome)
+            if waves and batchable(action) and not healthy:
+                healthy = outcome.status == DONE
+                if outcome.status == FAILED:
+                    self.tripped = f"circuit breaker: the canary of its phase ({action.group.name}) failed"
+        return outcomes
 
     def one(self, action: Action) -> Outcome:
+        """One action alone: checked, asked about (unless already), recorded, carried out, verified."""
         started = time.monotonic()
-        g = action.group
-        again = self.earlier.get((g.kind, g.name, g.uid))
-        if again is not None and set(g.pids) <= again:
-            # Restarting it again would fail again for the same reason: no restart loop, run after run.
-            outcome = Outcome(action, SKIPPED, "its check failed in an earlier run for these same processes "
-                                               f"(pid {', '.join(map(str, g.pids))}): not restarted again",
-                              left=g.pids)
-        elif (reason := self._why_not(action)) is not None:
-            outcome = Outcome(action, SKIPPED, reason)
-        elif self.confirm is not None and not (answer := self.confirm(action)):
-            # None: the admin quit (or did not answer in time) before this unit was asked about.
-            outcome = Outcome(action, DECLINED, "declined at the prompt" if answer is False else
-                              "not asked: the prompt was quit before it")
-        else:
-            outcome = self._intended(action) or self._carry_out(action)
-        outcome = outcome._replace(seconds=time.monotonic() - started)
-        if outcome.status == FAILED and action.group.kind in (USER, USER_MANAGER):
+        self.step += 1
+        outcome = self._again(action)
+        if outcome is None:
+            reason, state = self._check(action)
+            answer = self.answers[id(action)] if id(action) in self.answers else \
+                self.confirm(action) if self.confirm is not None and reason is None else True
+            if reason is not None:
+                outcome = Outcome(action, SKIPPED, reason)
+            elif not answer:
+                outcome = Outcome(action, DECLINED, "declined at the prompt" if answer is False else
+                                  "not asked: the prompt was quit before it")
+            else:
+                outcome = next(iter(self._intended([action])), None) or self._carry_out(action, state)
+        return self._finish(outcome, started)
+
+    def _finish(self, outcome: Outcome, started: float) -> Outcome:
+        """An outcome is final: timed, counted for the breaker, reported."""
+        outcome = outcome._replace(seconds=time.monotonic() - started, wave=self.step)
+        if outcome.status == FAILED and outcome.action.group.kind in (USER, USER_MANAGER):
             # A user's manager is hers to stop or break: her failure never stops the system's restarts.
-            self.silent.add(action.group.uid)
+            self.silent.add(outcome.action.group.uid)
         elif outcome.status == FAILED:
             self.failures += 1
         self.report(outcome)
         return outcome
 
-    def _intended(self, action: Action) -> Outcome | None:
-        """None once the action is on record (or nothing records); an action that cannot be recorded
-        first is not taken: a run killed during it would leave no trace of it."""
-        if self.intend is None:
+    def _again(self, action: Action) -> Outcome | None:
+        """Restarting it again would fail again for the same reason: no restart loop, run after run."""
+        g = action.group
+        again = self.earlier.get((g.kind, g.name, g.uid))
+        if again is None or not set(g.pids) <= again:
             return None
+        return Outcome(action, SKIPPED, "its check failed in an earlier run for these same processes "
+                                        f"(pid {', '.join(map(str, g.pids))}): not restarted again", left=g.pids)
+
+    def _intended(self, actions: list[Action]) -> list[Outcome]:
+        """Nothing once the actions are on record (or nothing records); actions that cannot be recorded
+        first are not taken: a run killed during them would leave no trace of them."""
+        if self.intend is None or not actions:
+            return []
         try:
-            self.intend(action)
+            self.intend(actions)
         except OSError as e:
-            return Outcome(action, SKIPPED, f"not recorded before acting ({e})")
-        return None
+            return [Outcome(a, SKIPPED, f"not recorded before acting ({e})") for a in actions]
+        return []
 
     def _why_not(self, action: Action) -> str | None:
+        return self._check(action)[0]
+
+    def _quick(self, action: Action) -> str | None:
+        """The checks that run no program: the breaker, the time left, once per run, our own ancestry."""
         g = action.group
         key = (g.kind, g.name, g.uid)
+        if self.tripped:
+            return self.tripped
         if self.failures >= self.settings.max_failures:
             return f"circuit breaker: {self.failures} restarts failed in this run"
         if self.remaining() < 1:
@@ -376,20 +472,36 @@ class Executor:
             return "restartctl itself runs inside this unit"
         if g.kind in (USER, USER_MANAGER) and g.uid in self.silent:
             return f"the service manager of user {g.uid} did not answer or failed earlier in this run"
+        return None
+
+    def _check(self, action: Action) -> tuple[str | None, dict[str, str]]:
+        """Why not to carry it out (None: go ahead), and systemd's word on the unit before (``{}`` when
+        there is no unit to ask about)."""
+        g = action.group
+        reason = self._quick(action)
+        if reason is not None:
+            return reason, {}
         if g.kind == USER_MANAGER and not self._answers(g.uid):
-            return f"the service manager of user {g.uid} does not answer"
+            return f"the service manager of user {g.uid} does not answer", {}
         if g.guessed:
-            return daemon_not_running(g.name or "", min(self.settings.timeout, self.remaining()), self.run_dir)
+            return daemon_not_running(g.name or "", min(self.settings.timeout, self.remaining()), self.run_dir,
+                                      self.runner), {}
         if g.kind not in (SYSTEM, USER):
-            return None
+            return None, {}
         timeout = min(self.settings.timeout, self.remaining(), *([MANAGER_PROBE] if g.kind == USER else []))
         try:
-            state = unit_state(g, timeout)
+            state = unit_state(g, timeout, self.runner)
         except subprocess.TimeoutExpired:
             if g.kind == USER:
                 self.silent.add(g.uid)
-                return f"the service manager of user {g.uid} does not answer"
-            return "systemctl show did not answer in time"
+                return f"the service manager of user {g.uid} does not answer", {}
+            return "systemctl show did not answer in time", {}
+        except OSError as e:
+            return f"could not run systemctl show: {e}", {}
+        return self._refusal(g, state, timeout), state
+
+    def _refusal(self, g: UnitGroup, state: dict[str, str], timeout: float) -> str | None:
+        """What systemd (and Debian's policy layer) say against restarting this unit now."""
         if state.get("RefuseManualStop") == "yes":
             return "the unit refuses manual stops (RefuseManualStop=yes)"
         if state.get("ActiveState") != "active":
@@ -397,15 +509,15 @@ class Executor:
         if g.kind == SYSTEM and len(visitors := self._guests(g, g.members, state)) == len(g.members):
             return (f"only processes of users run on replaced files in it (pid "
                     f"{', '.join(str(m.process.pid) for m in visitors)}): they are told; the service is left alone")
-        if g.kind == SYSTEM and policy_rc_d_forbids(g.name or "", timeout):
+        if g.kind == SYSTEM and policy_rc_d_forbids(g.name or "", timeout, self.runner):
             return "forbidden by /usr/sbin/policy-rc.d"
         return None
 
     def _answers(self, uid: int | None) -> bool:
         """Whether a user's manager answers at all, asked once, briefly: she may have stopped it."""
         try:
-            run([PROGRAMS["systemctl"], "--user", "-M", f"{uid}@", "show", "-p", "Version"],
-                min(MANAGER_PROBE, self.remaining()))
+            self.runner([PROGRAMS["systemctl"], "--user", "-M", f"{uid}@", "show", "-p", "Version"],
+                        min(MANAGER_PROBE, self.remaining()))
         except subprocess.TimeoutExpired:
             self.silent.add(uid)
             return False
@@ -413,39 +525,148 @@ class Executor:
             pass  # no systemctl: the re-exec itself will say so
         return True
 
-    def _carry_out(self, action: Action) -> Outcome:
+    def _carry_out(self, action: Action, before: dict[str, str]) -> Outcome:
         g = action.group
         assert action.argv is not None  # noqa: S101 - run_all passes only actions with a command
         timeout = min(self.settings.timeout, self.remaining())
-        before = unit_state(g, timeout) if g.kind in (SYSTEM, USER) and not g.guessed else {}
         try:
-            result = run(resolved(action.argv), timeout)
+            result = self.runner(resolved(action.argv), timeout)
         except subprocess.TimeoutExpired:
-            return Outcome(action, FAILED, f"no answer within {timeout:.0f} s\n{status_excerpt(g)}")
+            return Outcome(action, FAILED, f"no answer within {timeout:.0f} s\n{self._excerpt(g)}")
         except OSError as e:
             return Outcome(action, FAILED, f"could not run {action.argv[0]}: {e}")
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip()
-            return Outcome(action, FAILED, f"exit status {result.returncode}: {detail}\n{status_excerpt(g)}")
+            return Outcome(action, FAILED, f"exit status {result.returncode}: {detail}\n{self._excerpt(g)}")
         if not self.settings.verify:
             return Outcome(action, DONE, "not verified (verify = false)")
-        return self._verify(action, before)
+        found: list[Outcome] = []
+        self._verify([(action, before)], time.monotonic() + min(self.settings.timeout, self.remaining()),
+                     found.append)
+        return found[0]
 
-    def _verify(self, action: Action, before: dict[str, str]) -> Outcome:
-        """Active again with a new main process, and none of its processes on replaced files."""
-        g = action.group
-        limit = time.monotonic() + min(self.settings.timeout, self.remaining())
-        state: dict[str, str] = {}
-        if before:
-            while True:
-                state = unit_state(g, max(limit - time.monotonic(), 1))
+    def _wave(self, wave: list[Action]) -> list[Outcome]:
+        """Restart these system services with one ``systemctl VERB -- A B C`` and verify them together;
+        each outcome is reported as it is known, timed from the start of the wave."""
+        self.step += 1
+        started = time.monotonic()
+        outcomes: list[Outcome] = []
+
+        def finish(o: Outcome) -> None:
+            outcomes.append(self._finish(o, started))
+        ready = []
+        for a in wave:
+            skip = self._again(a)
+            reason = self._quick(a) if skip is None else None
+            if skip is not None or reason is not None:
+                finish(skip or Outcome(a, SKIPPED, reason or ""))
+            else:
+                ready.append(a)
+        states: dict[str, dict[str, str]] = {}
+        timeout = min(self.settings.timeout, self.remaining())
+        if ready:
+            try:
+                states = unit_states([a.group for a in ready], timeout, self.runner)
+            except FAILURES as e:
+                why = "systemctl show did not answer in time" if isinstance(e, subprocess.TimeoutExpired) else \
+                    f"could not run systemctl show: {e}"
+                for a in ready:
+                    finish(Outcome(a, SKIPPED, why))
+                return outcomes
+        go = []
+        for a in ready:
+            state = states.get(a.group.name or "", {})
+            reason = self._refusal(a.group, state, timeout)
+            if reason is not None:
+                finish(Outcome(a, SKIPPED, reason))
+            else:
+                go.append((a, state))
+        unrecorded = self._intended([a for a, _ in go])
+        for outcome in unrecorded:
+            finish(outcome)
+        if go and not unrecorded:
+            self._restart_together(go, finish)
+        return outcomes
+
+    def _restart_together(self, go: list[tuple[Action, dict[str, str]]], finish: Callable[[Outcome], None]) -> None:
+        timeout = min(self.settings.timeout, self.remaining())
+        argv = [PROGRAMS["systemctl"], go[0][0].action, "--", *(a.group.name or "" for a, _ in go)]
+        said = ""  # what systemctl said when not every job succeeded (its lines name the units)
+        try:
+            result = self.runner(argv, timeout)
+            said = "" if result.returncode == 0 else f"exit status {result.returncode}: {result.stderr.strip()}"
+        except subprocess.TimeoutExpired:
+            said = f"systemctl did not answer within {timeout:.0f} s"
+        except OSError as e:
+            for a, _ in go:
+                finish(Outcome(a, FAILED, f"could not run systemctl: {e}"))
+            return
+        if not self.settings.verify:
+            for a, _ in go:
+                finish(Outcome(a, FAILED, said) if said else Outcome(a, DONE, "not verified (verify = false)"))
+            return
+
+        def told(o: Outcome) -> None:
+            """A failed unit's detail gains systemctl's lines about it (a.service's, never ba.service's)."""
+            name = re.compile(rf"(?<![\w.@:\\-]){re.escape(o.action.group.name or '')}(?![\w.@:\\-])")
+            mine = [line for line in said.splitlines() if name.search(line) or "did not answer" in line]
+            finish(o._replace(detail="\n".join([o.detail, *mine])) if o.status == FAILED and mine else o)
+        self._verify(go, time.monotonic() + min(self.settings.timeout, self.remaining()), told)
+
+    def _excerpt(self, g: UnitGroup) -> str:
+        return status_excerpt(g, max(min(5.0, self.remaining()), 0.1), self.runner)
+
+    def _verify(self, pairs: list[tuple[Action, dict[str, str]]], limit: float,
+                finish: Callable[[Outcome], None]) -> None:
+        """Each unit active again with a new main process, none of its processes on replaced files, and
+        it stays up (``settle``); one ``systemctl show`` per round for all of them, each outcome to
+        ``finish`` as soon as it is known.  Units of one manager (a wave, or a single unit)."""
+        up = self._await([(a, before) for a, before in pairs if before], limit, finish)
+        up += [(a, {}) for a, before in pairs if not before]  # nothing to ask systemd: PID 1, a manager, a script
+        # The check gets its own time: a sibling in the wave that was slow to start may have spent the limit.
+        until = max(limit, time.monotonic() + min(self.settings.timeout, self.remaining()))
+        checks = self.still_stale([(a.group, self._check_scope(a.group, state)) for a, state in up], until) \
+            if up else []
+        checked = []
+        for (a, state), check in zip(up, checks, strict=True):
+            outcome = self._clean(a, state, check)
+            if outcome.status == DONE and state:
+                checked.append((outcome, state))
+            else:
+                finish(outcome)
+        self._settle(checked, finish)
+
+    def _await(self, pairs: list[tuple[Action, dict[str, str]]], limit: float,
+               finish: Callable[[Outcome], None]) -> list[tuple[Action, dict[str, str]]]:
+        """Until ``limit``: which units are active again with a new main process (and systemd's word on
+        them); the others are failed."""
+        waiting = {a.group.name: (a, before) for a, before in pairs}
+        up: list[tuple[Action, dict[str, str]]] = []
+        while waiting:
+            try:
+                now = unit_states([a.group for a, _ in waiting.values()], max(limit - time.monotonic(), 1),
+                                  self.runner)
+            except FAILURES as e:
+                for a, _ in waiting.values():
+                    finish(Outcome(a, FAILED, "not verified: systemctl show did not answer after the restart"
+                                   if isinstance(e, subprocess.TimeoutExpired) else f"not verified: {e}"))
+                return up
+            for name, (a, before) in list(waiting.items()):
+                state = now.get(name or "", {})
                 new_main = before.get("MainPID") in ("0", None) or state.get("MainPID") != before.get("MainPID")
                 if state.get("ActiveState") == "active" and new_main:
-                    break
-                if state.get("ActiveState") == "failed" or time.monotonic() >= limit:
-                    return Outcome(action, FAILED, f"{not_restarted(state)}\n{status_excerpt(g)}")
+                    up.append((a, state))
+                    del waiting[name]
+                elif state.get("ActiveState") == "failed" or time.monotonic() >= limit:
+                    finish(Outcome(a, FAILED, f"{not_restarted(state)}\n{self._excerpt(a.group)}"))
+                    del waiting[name]
+            if waiting:
                 time.sleep(0.1)
-        check = self.still_stale(g, self._check_scope(g, state), limit)
+        return up
+
+    def _clean(self, action: Action, state: dict[str, str], check: Recheck) -> Outcome:
+        """None of its processes still on replaced files (users' processes in a system unit are told)."""
+        g = action.group
         left = check.left
         if g.kind == SYSTEM and not g.guessed:
             visitors = self._guests(g, left, state)
@@ -457,34 +678,41 @@ class Executor:
         if check.unscanned:
             return Outcome(action, FAILED, f"not verified: {check.unscanned} of its processes could not be "
                                            "looked at in time")
-        done = Outcome(action, DONE, "verified" if g.kind in (SYSTEM, USER, INIT, USER_MANAGER) else "")
-        return self._settle(done, state)
+        return Outcome(action, DONE, "verified" if g.kind in (SYSTEM, USER, INIT, USER_MANAGER) else "")
 
-    def _settle(self, done: Outcome, verified: dict[str, str]) -> Outcome:
-        """Healthy means staying up: for ``settle`` seconds after the check, the unit stays active with
+    def _settle(self, checked: list[tuple[Outcome, dict[str, str]]], finish: Callable[[Outcome], None]) -> None:
+        """Healthy means staying up: for ``settle`` seconds after the check, each unit stays active with
         the main process the check saw, and systemd restarts it on no failure (``NRestarts`` unchanged).
 
         A service that dies a moment after its start passes the check above; with ``Restart=`` systemd
-        brings it back with another main PID, without it the unit is failed.  Bounded by the run's time.
+        brings it back with another main PID, without it the unit is failed.  Bounded by the run's time;
+        the units of a wave are watched together.
         """
-        g = done.action.group
         watch = min(self.settings.settle, self.remaining() - 1)
-        if not verified or watch <= 0:
-            return done
+        watched = {o.action.group.name: (o, verified) for o, verified in checked}
         end = time.monotonic() + watch
-        while True:
+        while watched and watch > 0:
             time.sleep(max(min(0.2, end - time.monotonic()), 0))
             try:
-                now = unit_state(g, min(self.settings.timeout, max(self.remaining(), 1)))
-            except subprocess.TimeoutExpired:
-                return done._replace(status=FAILED, detail="systemctl show did not answer after the restart")
-            moved = [f"{key} {verified.get(key)} -> {now.get(key)}" for key in ("ActiveState", "MainPID", "NRestarts")
-                     if now.get(key) != verified.get(key)]
-            if moved:
-                return done._replace(status=FAILED, detail=f"did not stay up for {watch:g} s after the restart "
-                                                           f"({', '.join(moved)})\n{status_excerpt(g)}")
+                now = unit_states([o.action.group for o, _ in watched.values()],
+                                  min(self.settings.timeout, max(self.remaining(), 1)), self.runner)
+            except FAILURES:
+                for o, _ in watched.values():
+                    finish(o._replace(status=FAILED, detail="systemctl show did not answer after the restart"))
+                return
+            for name, (o, verified) in list(watched.items()):
+                state = now.get(name or "", {})
+                moved = [f"{key} {verified.get(key)} -> {state.get(key)}"
+                         for key in ("ActiveState", "MainPID", "NRestarts") if state.get(key) != verified.get(key)]
+                if moved:
+                    finish(o._replace(status=FAILED, detail=f"did not stay up for {watch:g} s after the restart "
+                                                            f"({', '.join(moved)})\n{self._excerpt(o.action.group)}"))
+                    del watched[name]
             if time.monotonic() >= end:
-                return done._replace(detail=f"{done.detail}, up for {watch:g} s")
+                break
+        for o, _ in watched.values():
+            finish(o._replace(detail=f"{o.detail}, up for {watch:g} s") if watch > 0 else o)
+
 
     def _guests(self, g: UnitGroup, members: Iterable[Affected], state: dict[str, str]) -> list[Affected]:
         """Users' processes among ``members`` of system unit ``g`` (see :func:`guests`); they are told."""
@@ -725,7 +953,7 @@ def _notify_desktop(s: Session, text: str) -> str | None:
 def would_skip(actions: list[Action], settings: Settings, *, proc: Path) -> dict[int, str]:
     """For a dry run: ``id(action)`` -> why the real run would skip it, by the executor's own checks."""
     executor = Executor(settings, proc=proc, deadline=time.monotonic() + settings.timeout * len(actions) + 1,
-                        still_stale=lambda group, pids, until: Recheck([]))
+                        still_stale=lambda checks, until: [Recheck([]) for _ in checks])
     skips = {}
     for action in actions:
         if action.action in EXECUTABLE and action.argv is not None:
@@ -744,10 +972,10 @@ def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Pat
           still_stale: StillStale,
           confirm: Callable[[Action], bool | None] | None,
           report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS,
-          intend: Callable[[Action], None] | None = None, earlier: Earlier | None = None) -> Applied:
+          intend: Callable[[list[Action]], None] | None = None, earlier: Earlier | None = None) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart.
 
-    ``intend`` records each action before it is taken, ``report`` each outcome after."""
+    ``intend`` records actions before they are taken, ``report`` each outcome after."""
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, confirm=confirm,
                         report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend, earlier=earlier)
     outcomes = executor.run_all(actions)

@@ -6,78 +6,33 @@ prompts, and what goes wrong is one line on stderr and in the system log, never 
 traceback on the apt terminal.  It reports once per transaction: events the
 dpkg-level hooks recorded are consumed exactly once (see ``transaction``), and an
 unattended-upgrades run, which invokes apt's hooks once per minimal step, is
-answered by a single run after unattended-upgrades has exited.
+answered by a single run after unattended-upgrades has exited.  What it does about
+the findings is :func:`restart.apply.act`'s, as for ``restartctl apply``.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-import select
 import signal
 import stat
 import subprocess
 import sys
-import syslog
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import TextIO
 
-from restart import execute, fsutil, packages, plan, policy, report, state, transaction, units
-from restart.procfs import CLEAN_ENV, STARTTIME, ProcessGone, lineage, parse_status, read_proc, stat_field
+from restart import execute, fsutil, packages, policy, state, transaction, units
+from restart.apply import LOCK, Log, Process, Progress, Timeout, act, process_start, run_lock
+from restart.procfs import CLEAN_ENV, ProcessGone, lineage, parse_status, read_proc
 from restart.roots import Roots
-from restart.scan import Findings, find
-from restart.text import clean, printable
 
 AFTER_UU_MAX_WAIT = 6 * 3600.0
 DEFERRED_UNIT = "restartctl-after-unattended-upgrades.service"
 UU_SCRIPT = "/usr/bin/unattended-upgrade"
 SYSTEMCTL = "/usr/bin/systemctl"
 SYSTEMD_RUN = "/usr/bin/systemd-run"
-
-
-class Timeout(BaseException):
-    """The run's budget is spent.
-
-    A ``BaseException``: no per-process ``except Exception`` on the way (a scan's "one odd
-    process must not stop the rest") can swallow the watchdog."""
-
-
-class Process(NamedTuple):
-    pid: int
-    start: int  # start time in clock ticks since boot: with the PID, names one process for good
-
-
-class Log:
-    """One line per message to the terminal (when asked) and always to the system log."""
-
-    def __init__(self, out: TextIO, err: TextIO, *, quiet: bool) -> None:
-        self.out, self.err, self.quiet = out, err, quiet
-        syslog.openlog("restartctl", syslog.LOG_PID, syslog.LOG_DAEMON)
-
-    def info(self, line: str, *, show: bool = True) -> None:
-        if line:
-            syslog.syslog(syslog.LOG_INFO, printable(line))
-        if show and not self.quiet:
-            self._show(self.out, f"restartctl: {printable(line)}" if line else "")
-
-    def error(self, line: str) -> None:
-        syslog.syslog(syslog.LOG_ERR, printable(line))
-        self._show(self.err, f"restartctl: error: {printable(line)}")
-
-    def _show(self, stream: TextIO, text: str) -> None:
-        """A terminal that went away (apt interrupted, the session closed) stops nothing: the system
-        log still gets every line, and the run still records what it did."""
-        try:
-            print(text, file=stream, flush=True)
-        except OSError:
-            self.quiet = True
-
-
-def process_start(proc: Path, pid: int) -> int | None:
-    return stat_field(proc, pid, STARTTIME)
+GRACE = 10.0  # seconds a run cut short by its watchdog has to record what it did
 
 
 def uu_interpreter(root: Path) -> os.stat_result | None:
@@ -159,137 +114,10 @@ def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int, root: Path = P
     return Process(found, start) if start is not None else None
 
 
-def waiting_for(roots: Roots) -> tuple[Process, int] | None:
-    """The unattended-upgrade run a deferred run still waits for, and since when (for ``status``)."""
-    record = state.read_json(roots.state, state.WAITING)
-    after = record.get("after") if record and record.get("boot_id") == state.boot_id(roots.proc) else None
-    if not (isinstance(after, list) and len(after) == 2 and all(type(n) is int for n in after)):
-        return None
-    uu = Process(after[0], after[1])
-    return (uu, record.get("time", 0)) if record and process_start(roots.proc, uu.pid) == uu.start else None
-
-
-DPKG = "/usr/bin/dpkg"
-DPKG_LOCKS = ("lock-frontend", "lock")
-
-
-def _holds_dpkg_lock(proc: Path, pid: int, locks: tuple[str, ...]) -> bool:
-    """Does the process hold a lock on one of dpkg's lock files (a frontend: apt, aptd, packagekitd)?
-
-    An open descriptor on the file whose ``fdinfo`` lists a lock; only the process's own
-    descriptors are looked at, never ``/proc/locks`` (whose device numbers differ on overlays).
-    """
-    fds = proc / str(pid) / "fd"
-    try:
-        names = os.listdir(fds)
-    except OSError:
-        return False
-    for name in names[:4096]:
-        try:
-            if os.readlink(fds / name) not in locks:
-                continue
-            info = (proc / str(pid) / "fdinfo" / name).read_bytes()
-        except OSError:
-            continue
-        if b"\nlock:" in info:
-            return True
-    return False
-
-
-def transaction_pids(proc: Path, admindir: Path, pid: int) -> frozenset[int]:
-    """The processes that run this package transaction: they are its means, not its findings.
-
-    The hook's ancestors up to the outermost one that holds dpkg's frontend lock or
-    database lock (apt-get, apt, unattended-upgrade, aptd, packagekitd, a python-apt
-    script) or is dpkg itself (a plain ``dpkg -i`` has unlocked when its post-invoke
-    hook runs), with the shells between.  Nothing when no ancestor is (a run by hand).
-    """
-    locks = tuple(str(admindir / name) for name in DPKG_LOCKS)
-    chain: list[int] = []
-    outermost = 0
-    for current in list(lineage(proc, pid))[1:]:
-        if current == 1:
-            break
-        chain.append(current)
-        try:
-            exe = os.readlink(proc / str(current) / "exe")
-        except OSError:
-            exe = ""
-        if exe == DPKG or _holds_dpkg_lock(proc, current, locks):
-            outermost = len(chain)
-    return frozenset(chain[:outermost])
-
-
-def without(findings: Findings, pids: frozenset[int]) -> Findings:
-    """The findings with these processes left out (the transaction's own)."""
-    if not pids:
-        return findings
-    affected = [a for a in findings.affected if a.process.pid not in pids]
-    return findings._replace(affected=affected, groups=units.group(affected))
-
-
 def wait_for_exit(proc: Path, target: Process, limit: float) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and process_start(proc, target.pid) == target.start:
         time.sleep(0.5)
-
-
-LOCK = "lock"  # in /run/restartctl: held by every run that acts (hook, apply)
-
-
-class Lock(NamedTuple):
-    """Whether this run holds the lock, and if not, which run does (as that run wrote it)."""
-
-    held: bool
-    holder: str
-
-
-@contextmanager
-def locked(path: Path, timeout: float, *, who: str = "restartctl",
-           waiting: Callable[[str], None] | None = None) -> Iterator[Lock]:
-    """An exclusive lock on ``path``, waited for at most ``timeout`` seconds.
-
-    The holder writes its PID and command into the file, so that a run that cannot get
-    the lock can say which run has it (``waiting`` is told once, when the wait begins).
-    The lock itself is the ``flock``: it ends with the holder, however the holder ends.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield Lock(False, holder(fd))
-                    return
-                if waiting is not None:
-                    waiting(holder(fd))
-                    waiting = None
-                time.sleep(0.05)
-        with suppress(OSError):  # who holds it is a courtesy: a full /run must not stop the run
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {who}\n".encode(), 0)
-        yield Lock(True, "")
-    finally:
-        os.close(fd)
-
-
-def holder(fd: int) -> str:
-    """``pid N (command)`` from the lock file, printable; "another run" when it says nothing usable."""
-    pid, _, who = os.pread(fd, 128, 0).decode("ascii", "replace").strip().partition(" ")
-    return f"pid {pid} ({printable(who[:32])})" if pid.isdigit() else "another run"
-
-
-def run_lock(roots: Roots, timeout: float, *, who: str,
-             waiting: Callable[[str], None] | None = None) -> AbstractContextManager[Lock]:
-    """The one lock of every command that acts, in ``/run/restartctl`` (created root-only if missing)."""
-    rundir = roots.run / "restartctl"
-    if not state.usable_dir(rundir, create=True):  # checked before the lock is taken in it
-        raise OSError(f"{rundir}: not a directory only root can write (a symlink, or group or world writable); "
-                      "nothing is done and the transaction stays pending")
-    return locked(rundir / LOCK, timeout, who=who, waiting=waiting)
 
 
 def _run_quietly(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -355,16 +183,25 @@ def defer_until_exit(roots: Roots, uu: Process, log: Log) -> None:
     log.info(f"unattended-upgrades (pid {uu.pid}) is running: restarts and one report follow when it is done")
 
 
-def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: float = transaction.HOOK_BUDGET,
+def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: float | None = None,
         out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """The whole hook run; always returns 0."""
+    """The whole hook run; always returns 0.  ``budget``: the watchdog's seconds (None: the policy's
+    ``hook_budget``)."""
     log = Log(out or sys.stdout, err or sys.stderr, quiet=False)
     if after is not None:
         wait_for_exit(roots.proc, after, AFTER_UU_MAX_WAIT)
+    if budget is None:
+        budget = hook_budget(roots)
 
     def expire(signum: int, frame: object) -> None:
+        # The first expiry cuts the restarts short; the run then has GRACE seconds to record what it
+        # did and name what it did not attempt.  A second one ends the run wherever it is.
+        if grace:
+            grace.pop()
+            signal.setitimer(signal.ITIMER_REAL, GRACE)
         raise Timeout()
 
+    grace = [GRACE]
     previous: Callable[..., object] | int | None = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, max(budget, 0.001))  # 0 would disable the watchdog
     try:
@@ -381,6 +218,14 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     return 0
+
+
+def hook_budget(roots: Roots) -> float:
+    """The policy's ``hook_budget`` (the vendor default when the policy cannot be read: the run says why later)."""
+    try:
+        return policy.for_host(roots.etc, roots.data).settings.hook_budget
+    except (OSError, policy.PolicyError):
+        return policy.Settings().hook_budget
 
 
 def _run(roots: Roots, trigger: str, log: Log, budget: float) -> None:
@@ -402,342 +247,6 @@ def _run(roots: Roots, trigger: str, log: Log, budget: float) -> None:
                       "this transaction stays pending for the next run")
             return
         _report(roots, rundir, trigger, log, time.monotonic() + budget - 1)
-
-
-def choose_mode(settings: policy.Settings, trigger: str, *, interactive: bool) -> str:
-    """The policy's ``mode`` on a terminal, ``unattended_mode`` everywhere else; never ask without a terminal."""
-    if trigger == "unattended-upgrades" or not interactive:
-        return settings.unattended_mode
-    return settings.mode
-
-
-def interactive() -> bool:
-    return (sys.stdin.isatty() and sys.stdout.isatty()
-            and os.environ.get("DEBIAN_FRONTEND") != "noninteractive")
-
-
-ASK_LEGEND = ("y: restart it; n: leave it running as it is; a: restart it and all the rest without asking; "
-              "q: restart nothing more (the rest stays pending); ?: this help")
-
-
-def _answer_ready(answers: TextIO, seconds: float) -> bool:
-    """Whether an answer can be read before ``seconds`` pass (always, for input that is not a file)."""
-    try:
-        fd = answers.fileno()
-    except (AttributeError, OSError, ValueError):
-        return True
-    return bool(select.select([fd], [], [], max(seconds, 0))[0])
-
-
-def asker(answers: TextIO, prompts: TextIO, *, default_yes: bool = True,
-          deadline: float | None = None) -> Callable[[plan.Action], bool | None]:
-    """The ``ask`` mode prompt: yes / no / all / quit / help, Enter giving the policy's default.
-
-    Returns True (restart), False (leave it) or None: the admin quit, input ended or no answer
-    came before ``deadline``; then no later unit is asked about either (they stay pending).
-    """
-    remembered: list[bool | None] = []
-    choices = "[Y/n/a/q/?]" if default_yes else "[y/N/a/q/?]"
-
-    def confirm(action: plan.Action) -> bool | None:
-        if remembered:
-            return remembered[0]
-        while True:
-            prompts.write(f"restartctl: {printable(action.group.name or '?')}: "
-                          f"{report.command(action.argv or ())}? {choices} ")
-            prompts.flush()
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and not _answer_ready(answers, left):
-                prompts.write("\nrestartctl: no answer in time: nothing more is restarted\n")
-                remembered.append(None)
-                return None
-            raw = answers.readline()
-            if not raw:  # end of input: nobody is there to say yes
-                prompts.write("\n")
-                remembered.append(None)
-                return None
-            answer = raw.strip().lower()
-            if answer in ("y", "yes") or (answer == "" and default_yes):
-                return True
-            if answer in ("n", "no") or answer == "":
-                return False
-            if answer in ("a", "all"):
-                remembered.append(True)
-                return True
-            if answer in ("q", "quit"):
-                remembered.append(None)
-                return None
-            prompts.write(f"restartctl: {ASK_LEGEND}\n")
-    return confirm
-
-
-def host_policy(roots: Roots, log: Log) -> tuple[policy.Policy, bool]:
-    """The administrator's policy; on an error, the vendor defaults in list mode (and say so)."""
-    try:
-        return policy.for_host(roots.etc, roots.data), True
-    except (OSError, policy.PolicyError) as e:
-        log.error(f"{e}; using the vendor defaults and restarting nothing")
-        return policy.vendor(roots.data), False
-
-
-class Progress(NamedTuple):
-    """How far a hook run read the journal (inode, offset), and when it started."""
-
-    journal: tuple[int, int]
-    started: float
-
-
-def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_files: dict[str, str] | None,
-        failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None,
-        progress: Progress | None = None, preview: bool = False, assume_yes: bool = False,
-        fresh: frozenset[str] | None = None) -> int:
-    """Find, plan and, as the mode says, restart; record what is still pending (and, for a hook
-    run, how far it read the journal, in the same write).
-
-    Returns 130 when interrupted (Ctrl-C; what was done is recorded, the rest stays pending),
-    2 when the scan was cut short (the findings are not the whole truth), else 1 when a restart
-    failed or, in list mode, when the plan has something to do (as ``plan``), else 0.
-    ``preview`` (a dry run) also says which restarts the executor would skip, and why;
-    ``assume_yes`` (apt's ``-y``) answers yes for every unit instead of asking; ``fresh`` (the
-    hook's) are this transaction's packages: units only earlier runs' packages lead to are the
-    backlog, shown in one line.
-    """
-    pol, usable = host_policy(roots, log)
-    mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
-    if mode == "ask" and assume_yes:
-        log.info("apt was told to assume yes (-y): restarting without asking (mode auto)")
-        mode = "auto"
-    if mode == "ask" and not interactive():
-        log.info("mode ask needs a terminal and there is none: only listing (mode list)")
-        mode = "list"
-    if not usable:
-        mode = "list"
-    # The scan may take half the time left; restarts and their checks need the rest.
-    findings = find(roots, only_packages=scope, old_files=old_files,
-                    deadline=time.monotonic() + max(0.0, deadline - time.monotonic()) / 2)
-    findings = without(findings, transaction_pids(roots.proc, roots.admindir, os.getpid()))
-    if findings.scan.unscanned:
-        log.error(report.unscanned_note(findings.scan))
-    actions = plan.make_plan(findings.groups, pol)
-    actions = hold_unconfigured(actions, packages.unconfigured(
-        roots.admindir, {p for a in actions if a.action in plan.EXECUTABLE for p in a.group.packages}))
-    recovered = recover(roots, log, findings)
-    outcomes: list[execute.Outcome] = []
-    interrupted = False
-    fresh_names = {p.partition(":")[0] for p in fresh or ()}
-    earlier = {id(a) for a in actions if fresh is not None
-               and not any(p.partition(":")[0] in fresh_names for p in a.group.packages)}
-    # The policy's quiet: on the hook's terminal only what needs someone (failures, the next step).
-    quiet = pol.settings.quiet and trigger != "manual" and mode != "ask"
-    with Interrupts():
-        if mode == "list" or not actions:
-            skips = execute.would_skip(actions, pol.settings, proc=roots.proc) if preview else {}
-            lines = report.hook_lines(actions, failed=failed, skips=skips, earlier=earlier)
-        else:
-            interrupted = _carry_out(roots, trigger, log, actions, pol.settings, outcomes, failed=failed,
-                                     deadline=deadline, earlier=earlier, quiet=quiet,
-                                     confirm=asker(answers or sys.stdin, sys.stdout, deadline=deadline,
-                                                   default_yes=pol.settings.ask_default == "yes")
-                                     if mode == "ask" else None)
-            lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True, earlier=earlier)
-            if interrupted:
-                left = sum(1 for a in actions if a.action in plan.EXECUTABLE and a.argv is not None) - len(outcomes)
-                lines.append(f"interrupted: {left} unit{'s' if left != 1 else ''} not handled "
-                             f"stay{'s' if left == 1 else ''} pending")
-        done = {id(o.action) for o in outcomes if o.status == execute.DONE}
-        still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
-        # Not all looked at: the next run looks again at every package changed since the last complete run.
-        missed = [report.unscanned_note(findings.scan)] if findings.scan.unscanned else []
-        boot = state.boot_id(roots.proc)
-        units_now = state.with_processes(recovered + report.run_units(actions, outcomes), roots.proc)
-        still, recorded = state.merge_pending(state.read_json(roots.state, state.PENDING), boot, scope=scope,
-                                              complete=not missed, packages=still, units=units_now)
-        unsaved: OSError | None = None
-        try:
-            state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded,
-                               journal=progress.journal if progress else None,
-                               started=progress.started if progress and not missed else None,
-                               incomplete=missed if progress or missed else None)
-            state.clear_actions(roots.state)  # they are in the record now
-        except OSError as e:  # a full /var/lib: still shown, then the error (and the journal is read again)
-            unsaved = e
-        for line in lines:
-            log.info(line, show=not quiet)
-        for line in report.detail_lines(findings.groups):
-            log.info(line, show=False)
-        reboot = publish(roots, [a for a in actions if id(a) not in done], findings, log, quiet=quiet)
-        step = report.next_step(actions, outcomes, listing=mode == "list", reboot=reboot) if actions else None
-        if step:
-            log.info(step)
-        if unsaved is not None:
-            raise unsaved
-    if interrupted:
-        return 130
-    if missed:
-        return 2
-    if mode == "list":
-        return 1 if any(a.action != policy.Act.IGNORE for a in actions) else 0
-    return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
-
-
-class Interrupts:
-    """While restarting: the first Ctrl-C (SIGINT) or hang-up (SIGHUP: the terminal went away, apt
-    interrupted too) stops the run as KeyboardInterrupt; later ones are ignored, so that what was
-    done is always recorded."""
-
-    def __enter__(self) -> Interrupts:
-        self.seen = False
-        self.previous = {signum: signal.signal(signum, self._stop) for signum in (signal.SIGINT, signal.SIGHUP)}
-        return self
-
-    def _stop(self, signum: int, frame: object) -> None:
-        if not self.seen:
-            self.seen = True
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-
-def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action], settings: policy.Settings,
-               outcomes: list[execute.Outcome], *, failed: list[str], deadline: float,
-               confirm: Callable[[plan.Action], bool | None] | None, earlier: set[int], quiet: bool) -> bool:
-    """Restart as planned, one progress line as each unit is done; returns whether it was interrupted.
-
-    ``outcomes`` fills as the restarts finish, so that an interrupted run still records them; each
-    action is also on record before it is taken (:class:`ActionLog`).
-    """
-    for line in report.intro_lines(actions, failed=failed, asking=confirm is not None, earlier=earlier,
-                                   seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
-        log.info(line, show=not quiet)
-
-    def still_stale(group: units.UnitGroup, pids: list[int] | None, until: float) -> execute.Recheck:
-        # pids None: a guessed unit (no systemd): only root's and system accounts' processes can be it.
-        again = find(roots, only_packages=list(group.packages), pids=pids, deadline=until,
-                     users=pids is not None)
-        same = (group.kind, group.name, group.uid)
-        return execute.Recheck([m for g in again.groups if (g.kind, g.name, g.uid) == same for m in g.members],
-                               again.scan.unscanned)
-
-    record = ActionLog(roots, trigger, log)
-
-    def progress(outcome: execute.Outcome) -> None:
-        outcomes.append(outcome)
-        record.outcome(outcome)
-        log.info(report.outcome_line(outcome), show=not quiet or outcome.status == execute.FAILED)
-
-    try:
-        execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
-                      still_stale=still_stale, confirm=confirm, report=progress,
-                      cgroupfs=roots.root / "sys" / "fs" / "cgroup", log=lambda line: log.info(line, show=False),
-                      intend=record.intend, earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)))
-    except KeyboardInterrupt:
-        log.info("")  # after the ^C the terminal echoed
-        return True
-    return False
-
-
-class ActionLog:
-    """Each action on record in the state before it is taken (an intent) and after (its outcome),
-    so that a run killed at any point leaves what it did, or was doing, for the next run."""
-
-    def __init__(self, roots: Roots, trigger: str, log: Log) -> None:
-        self.directory, self.boot, self.trigger, self.log = roots.state, state.boot_id(roots.proc), trigger, log
-        self.entries: list[dict[str, object]] = []
-        self.index: dict[int, int] = {}
-
-    def intend(self, action: plan.Action) -> None:
-        """Raises OSError when it cannot be recorded: then the action is not taken."""
-        self.entries.append({**report.action_json(action), "status": "started", "detail": ""})
-        try:
-            self._save()
-        except OSError:
-            self.entries.pop()
-            raise
-        self.index[id(action)] = len(self.entries) - 1
-
-    def outcome(self, o: execute.Outcome) -> None:
-        i = self.index.get(id(o.action))
-        if i is None:
-            return
-        self.entries[i] = {**self.entries[i], "status": o.status, "detail": clean(o.detail)}
-        try:
-            self._save()
-        except OSError as e:
-            self.log.error(str(e))
-
-    def _save(self) -> None:
-        state.save_actions(self.directory, self.boot, pid=os.getpid(), trigger=self.trigger, entries=self.entries)
-
-
-def recover(roots: Roots, log: Log, findings: Findings) -> list[dict[str, object]]:
-    """Report, once, what a run that never finished (killed, out of time) restarted or was restarting.
-
-    Each such unit is checked again: still on replaced files (it is among this run's
-    findings, which this run then handles), or active again.  Returns their records.
-    """
-    pid, entries = state.interrupted(roots.state, state.boot_id(roots.proc), log=log.error)
-    stale = {(g.kind, g.name, g.uid) for g in findings.groups}
-    records: list[dict[str, object]] = []
-    for e in entries:
-        unit, kind, uid = e.get("unit"), e.get("kind"), e.get("uid")
-        if e.get("status") not in ("started", execute.DONE) or not isinstance(unit, str) or not isinstance(kind, str):
-            continue
-        if (kind, unit, uid) in stale:
-            status = execute.FAILED
-            detail = f"an interrupted run (pid {pid}) was restarting it; still uses replaced files"
-        else:
-            active = execute.active_state(kind, unit, uid if isinstance(uid, int) else None)
-            verified = "verified again: active, no replaced files in use" if active == "active" else \
-                f"checked again: {active}"
-            status = execute.DONE if active == "active" else execute.FAILED
-            detail = f"restarted by an interrupted run (pid {pid}); {verified}"
-        log.info(f"  {printable(unit)}: {detail}")
-        records.append({**e, "status": status, "detail": detail})
-    return records
-
-
-def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) -> list[plan.Action]:
-    """Defer what would restart a unit whose package dpkg left unconfigured (killed, failed).
-
-    Its maintainer scripts, which may migrate its configuration, have not all run.  The
-    unit stays pending with the reason; the ``configure`` event of a later ``dpkg
-    --configure`` brings it back into that run's report.
-    """
-    held = []
-    for a in actions:
-        waiting = sorted(f"{p} is {unfinished[p]}" for p in a.group.packages if p in unfinished)
-        if waiting and a.action in plan.EXECUTABLE:
-            a = a._replace(action=policy.Act.DEFER, argv=None, suggested=a.argv,
-                           reason=f"not restarted: dpkg has not finished configuring it ({', '.join(waiting)}); "
-                                  "after 'dpkg --configure -a'")
-        held.append(a)
-    return held
-
-
-def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log, *, quiet: bool = False) -> bool:
-    """Tell the rest of the system: /run/reboot-required(.pkgs) when a reboot is the cure (what
-    unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile, both
-    from what is ``left`` after this run's restarts.  Returns whether a reboot is needed."""
-    from restart import formats, reboot
-
-    found: list[reboot.RebootReason] = []
-    try:
-        found, _ = reboot.for_host(left, proc=roots.proc, root=roots.root, admindir=roots.admindir)
-        if found:
-            written = reboot.write_reboot_required(roots.run, found)
-            if written.added or written.flag_created:
-                for line in report.reboot_lines(found):
-                    log.info(line, show=not quiet)
-        record = state.read_json(roots.state, state.PENDING)
-        text = formats.host_metrics(left, [a.group for a in left], findings.scan,
-                                    found + reboot.flagged(roots.run, known=found), admindir=roots.admindir,
-                                    last_run=record, current_boot=True)
-        formats.write_textfile(text)
-    except OSError as e:
-        log.error(f"could not publish the reboot flag or the metrics: {e}")
-    return bool(found)
 
 
 def boot_time(proc: Path) -> float:

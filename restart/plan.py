@@ -26,7 +26,7 @@ from restart.units import (
     valid_unit_name,
 )
 
-_RESTARTS = (Act.RESTART, Act.TRY_RESTART, Act.RELOAD_OR_RESTART)
+RESTARTS = (Act.RESTART, Act.TRY_RESTART, Act.RELOAD_OR_RESTART)
 
 
 class Status(StrEnum):
@@ -101,7 +101,7 @@ def _apply_rule(group: UnitGroup, rule: Rule, default: Action) -> Action:
         return Action(group, default.action, default.argv, f"{default.reason} (rule {rule.source} reboots "
                       "for system units; for users' units only with scope = \"user\")", default.suggested,
                       rule.source)
-    if rule.action in _RESTARTS:
+    if rule.action in RESTARTS:
         if group.kind in (SYSTEM, USER) and _can_restart(group):
             return Action(group, rule.action, _restart_argv(group, rule.action),
                           rule.reason or "policy", rule=rule.source)
@@ -154,7 +154,7 @@ def _default(group: UnitGroup) -> Action:
     return Action(group, Act.NOTIFY, None, "not managed by any service manager: restart it by hand")
 
 
-EXECUTABLE = (*_RESTARTS, Act.REEXEC, Act.EXEC)  # the actions restartctl carries out itself
+EXECUTABLE = (*RESTARTS, Act.REEXEC, Act.EXEC)  # the actions restartctl carries out itself
 
 
 def _listed_only(action: Action, kinds: tuple[str, ...], listed: tuple[str, ...] = ()) -> Action:
@@ -175,8 +175,9 @@ def _listed_only(action: Action, kinds: tuple[str, ...], listed: tuple[str, ...]
                   f"{'/'.join(kinds)}", action.argv, action.rule)
 
 
-def _position(action: Action, settings: Settings) -> tuple[int, int]:
-    """Run order: the policy's first globs, PID 1, system services, user managers and units, its last globs."""
+def phase(action: Action, settings: Settings) -> tuple[int, int]:
+    """Run order, and the executor's phases: the policy's first globs, PID 1, system services, user
+    managers and units, its last globs."""
     name = action.group.name or ""
     band = (0 if any(fnmatchcase(name, g) for g in settings.restart_first) else
             2 if any(fnmatchcase(name, g) for g in settings.restart_last) else 1)
@@ -188,4 +189,4 @@ def make_plan(groups: list[UnitGroup], policy: Policy) -> list[Action]:
     """One action per group, in the order they would be carried out (stable within a band)."""
     actions = [_listed_only(decide(g, policy), policy.settings.restart_on, policy.settings.list_evidence)
                for g in groups]
-    return sorted(actions, key=lambda a: _position(a, policy.settings))
+    return sorted(actions, key=lambda a: phase(a, policy.settings))

@@ -63,6 +63,8 @@ class Settings(NamedTuple):
     verify: bool = True             # re-check each restarted unit: active again, nothing stale left
     settle: float = 3.0             # seconds a restarted unit must then stay up (same main PID), 0: off
     max_failures: int = 3           # circuit breaker: stop after this many failed restarts in one run
+    max_parallel: int = 32          # system services restarted together in one wave, after a canary; 1: one by one
+    hook_budget: float = 120.0      # seconds a hook run may take (its watchdog), unless --budget says otherwise
     restart_on: tuple[str, ...] = ("exe", "code", "script", "module")  # other kinds are listed only
     # Findings with this evidence are listed only: a module guessed from the whole search path
     # because the script's imports could not be read.
@@ -76,7 +78,8 @@ class Settings(NamedTuple):
 
 
 _SETTING_TYPES: dict[str, type] = {"mode": str, "unattended_mode": str, "timeout": float, "verify": bool,
-                                   "settle": float, "max_failures": int, "restart_on": tuple, "list_evidence": tuple,
+                                   "settle": float, "max_failures": int, "max_parallel": int,
+                                   "hook_budget": float, "restart_on": tuple, "list_evidence": tuple,
                                    "restart_first": tuple, "restart_last": tuple, "ask_default": str,
                                    "ignore_exe": tuple, "quiet": bool, "notify_users": bool}
 

@@ -278,7 +278,19 @@ def outcome_line(o: Outcome) -> str:
     verb = {Status.DONE: "restarted" if o.action.action != Act.REEXEC else "re-executed", Status.FAILED: "FAILED",
             Status.SKIPPED: "skipped", Status.DECLINED: "left alone"}[o.status]
     first = o.detail.splitlines()[0] if o.detail else ""
-    return f"  {_title(g)}: {verb}{': ' + printable(first) if first and o.status != Status.DONE else ''}"
+    took = f" ({o.seconds:.1f} s)" if o.status in (Status.DONE, Status.FAILED) else ""
+    return f"  {_title(g)}: {verb}{': ' + printable(first) if first and o.status != Status.DONE else ''}{took}"
+
+
+def cut_short_line(actions: list[Action], outcomes: list[Outcome], why: str, *, shown: int = 10) -> str:
+    """A run cut short (``why``: "interrupted", "out of time"): which restarts it never got to."""
+    handled = {id(o.action) for o in outcomes}
+    left = [a for a in actions if a.action in EXECUTABLE and a.argv is not None and id(a) not in handled]
+    n = len(left)
+    names = ", ".join(printable(a.group.name or "?") for a in left[:shown]) + \
+        (f", and {n - shown} more" if n > shown else "")
+    return (f"{why}: {n} unit{'s' if n != 1 else ''} not handled stay{'s' if n == 1 else ''} pending"
+            f"{': ' + names if n else ''}")
 
 
 def run_units(actions: list[Action], outcomes: list[Outcome]) -> list[dict[str, Any]]:
@@ -288,7 +300,8 @@ def run_units(actions: list[Action], outcomes: list[Outcome]) -> list[dict[str, 
     for a in actions:
         o = by_action.get(id(a))
         units.append({**action_json(a), "status": o.status if o else Status.LISTED,
-                      "detail": clean(o.detail) if o else "", **({"left_pids": list(o.left)} if o and o.left else {})})
+                      "detail": clean(o.detail) if o else "", **({"left_pids": list(o.left)} if o and o.left else {}),
+                      **({"seconds": round(o.seconds, 3), "wave": o.wave} if o else {})})
     return units
 
 
@@ -314,8 +327,9 @@ def intro_lines(actions: list[Action], *, failed: list[str], asking: bool, secon
         for a in actions:
             what = command(a.argv) if a.argv is not None else command(a.suggested) if a.suggested else ""
             lines.append(f"  {_title(a.group)}: {a.action}: {printable(a.reason)}{' (' + what + ')' if what else ''}")
-        lines.append(f"Asking before each restart; Enter means {'yes' if default_yes else 'no'}, ? explains the "
-                     f"answers; within {max(seconds, 0):.0f} s, after which the rest stays pending.")
+        lines.append(f"Asking about every unit first, then restarting the chosen ones; Enter means "
+                     f"{'yes' if default_yes else 'no'}, ? explains the answers; within {max(seconds, 0):.0f} s, "
+                     "after which the rest stays pending.")
     return lines
 
 
@@ -344,8 +358,10 @@ def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: lis
             lines.extend(f"    {printable(line)}" for line in o.detail.splitlines())
     counts = Counter(o.status for o in outcomes)
     left = sum(1 for a in actions if id(a) not in executable)
+    waves = len({o.wave for o in outcomes if o.status in (Status.DONE, Status.FAILED)})
     lines.append(f"{counts[Status.DONE]} restarted, {counts[Status.FAILED]} failed, {counts[Status.SKIPPED]} skipped, "
-                 f"{counts[Status.DECLINED]} left alone, {left} left to people")
+                 f"{counts[Status.DECLINED]} left alone, {left} left to people"
+                 + (f", in {waves} wave{'s' if waves != 1 else ''}" if waves else ""))
     return lines
 
 

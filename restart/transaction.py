@@ -29,7 +29,6 @@ from restart.fsutil import trusted_dir
 from restart.packages import DpkgDatabase, list_paths, parse_md5sums
 
 TRIGGERS = ("apt", "dpkg", "unattended-upgrades", "manual")  # who runs `restartctl hook`
-HOOK_BUDGET = 60.0  # seconds a hook run may take, waits included
 JOURNAL = "journal"
 LISTS = "lists"
 _PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9-]+){0,2}")

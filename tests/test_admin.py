@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from restart import hook, state
+from restart import apply, hook, state
 from restart.cli import main
 from restart.plan import Status
 from restart.policy import Act
@@ -42,7 +42,7 @@ def earlier_record(roots: Roots) -> None:
 
 
 def act(roots: Roots, scope: list[str] | None, *, deadline: float) -> int:
-    return hook.act(roots, "manual", hook.Log(sys.stdout, sys.stderr, quiet=True), scope=scope, old_files=None,
+    return apply.act(roots, "manual", apply.Log(sys.stdout, sys.stderr, quiet=True), scope=scope, old_files=None,
                     failed=[], mode="list", deadline=deadline)
 
 
@@ -207,7 +207,7 @@ def ask(answers: str, *, default_yes: bool = True, units: int = 2) -> tuple[list
     from restart.units import UnitGroup
 
     prompts = io.StringIO()
-    confirm = hook.asker(io.StringIO(answers), prompts, default_yes=default_yes, deadline=time.monotonic() + 60)
+    confirm = apply.asker(io.StringIO(answers), prompts, default_yes=default_yes, deadline=time.monotonic() + 60)
     actions = [Action(UnitGroup(SYSTEM, f"u{i}.service", None, False, True, (i,), ("p",), ()), Act.RESTART,
                       ("systemctl", "restart", "--", f"u{i}.service"), "") for i in range(units)]
     return [confirm(a) for a in actions], prompts.getvalue()
@@ -239,7 +239,7 @@ def test_ask_gives_up_when_no_answer_comes_in_time(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()  # nobody ever writes: the admin went away
     prompts = io.StringIO()
     with os.fdopen(read_end) as answers:
-        confirm = hook.asker(answers, prompts, deadline=time.monotonic() + 0.3)
+        confirm = apply.asker(answers, prompts, deadline=time.monotonic() + 0.3)
         started = time.monotonic()
         action = Action(UnitGroup(SYSTEM, "u.service", None, False, True, (1,), ("p",), ()), Act.RESTART,
                         ("systemctl", "restart", "--", "u.service"), "")
@@ -256,7 +256,8 @@ def test_a_quit_is_reported_as_not_asked(tmp_path: Path) -> None:
 
     group = UnitGroup(NONE, None, None, False, True, (1,), ("p",), ())
     executor = execute.Executor(Settings(), proc=tmp_path, deadline=time.monotonic() + 60,
-                                still_stale=lambda g, p, until: execute.Recheck([]), confirm=lambda a: None)
+                                still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks],
+                                confirm=lambda a: None)
     outcome = executor.one(Action(group, Act.RESTART, ("/bin/true",), ""))
     assert (outcome.status, outcome.detail) == ("declined", "not asked: the prompt was quit before it")
 
@@ -294,13 +295,13 @@ def test_reboot_reasons_are_one_line_per_cause() -> None:
 def test_the_backlog_is_one_line_and_the_run_ends_with_the_next_step(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     host, roots = fixture_host(tmp_path)
-    hook.act(roots, "apt", hook.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1", "libother1"],
+    apply.act(roots, "apt", apply.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1", "libother1"],
              old_files=None, failed=[], mode="list", deadline=time.monotonic() + 60, fresh=frozenset({"libother1"}))
     out = capsys.readouterr().out.splitlines()
     assert out == ["restartctl: 1 unit still pending from earlier runs ('restartctl status' lists them)",
                    "restartctl: nothing was restarted (list mode); 'restartctl plan' shows the details",
                    "restartctl: next: 'restartctl apply' restarts the 1 unit listed"], out
-    hook.act(roots, "apt", hook.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1"],
+    apply.act(roots, "apt", apply.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1"],
              old_files=None, failed=[], mode="list", deadline=time.monotonic() + 60,
              fresh=frozenset({"libdemo1:amd64"}))
     out = capsys.readouterr().out.splitlines()
@@ -393,7 +394,7 @@ def test_quiet_shows_only_the_next_step_on_the_apt_terminal(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     _, roots = fixture_host(tmp_path)
     admin_policy(roots, "[settings]\nquiet = true\n")
-    hook.act(roots, "apt", hook.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1"], old_files=None,
+    apply.act(roots, "apt", apply.Log(sys.stdout, sys.stderr, quiet=False), scope=["libdemo1"], old_files=None,
              failed=[], mode="list", deadline=time.monotonic() + 60, fresh=frozenset({"libdemo1:amd64"}))
     assert capsys.readouterr().out == "restartctl: next: 'restartctl apply' restarts the 1 unit listed\n"
 
@@ -411,8 +412,9 @@ def test_users_are_not_notified_when_the_policy_says_so(tmp_path: Path, monkeypa
     action = plan_action("session-1.scope", ("p",), kind=UnitKind.SESSION, action="notify", uid=1000)
     for setting, expected in ((True, 1), (False, 0)):
         applied = execute.apply([action], Settings(notify_users=setting), proc=tmp_path, run_dir=tmp_path,
-                                deadline=time.monotonic() + 60, still_stale=lambda g, p, until: execute.Recheck([]),
-                                confirm=None, report=lambda o: None, log=lambda line: None)
+                                deadline=time.monotonic() + 60,
+                                still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks], confirm=None,
+                                report=lambda o: None, log=lambda line: None)
         assert applied.notified == expected
     assert len(told) == 1
 

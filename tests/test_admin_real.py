@@ -118,17 +118,17 @@ def test_ask_mode_summary_legend_progress_and_ctrl_c(c: Container, demo_debs: di
         ("expect", "q: restart nothing more"),
         ("expect", "rctl-demod.service? [Y/n/a/q/?] "),  # asked again
         ("send", "y\n"),
-        ("expect", "rctl-demod.service: restarted"),      # progress before the next question
-        ("expect", "rctl-other.service? [Y/n/a/q/?] "),
+        ("expect", "rctl-other.service? [Y/n/a/q/?] "),  # every question first, then the restarts (in waves)
         ("send", "\x03"),
-        ("expect", "interrupted: 1 unit not handled stays pending")])
+        ("expect", "interrupted: 2 units not handled stay pending: rctl-demod.service, rctl-other.service")])
     assert code == 130, out
+    assert "rctl-demod.service: restarted" not in out, out
     first_question = out.index("? [Y/n/a/q/?]")
     summary = out[:first_question]
     assert "2 units, 3 packages" in summary, out
     assert "rctl-other.service: restart: service uses replaced files" in summary, out  # the reason per unit
     assert re.search(r"Enter means yes, \? explains the answers; within \d+ s", summary), out
-    assert pending_units(c) == {"rctl-demod.service": "done", "rctl-other.service": "listed"}
+    assert pending_units(c) == {"rctl-demod.service": "listed", "rctl-other.service": "listed"}
 
 
 def test_ask_mode_default_no_and_end_of_input(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:

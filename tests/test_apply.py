@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 from tests.support.checkout import install_hooks
@@ -102,7 +103,8 @@ def test_failed_restarts_are_reported_and_trip_the_breaker(c: Container,
     units = {f"rctl-bad{i}.service": breakable for i in range(4)}
     setup(c, demo_debs, units=units)
     c.write_file("/srv/rctl/break", "")
-    policy = '[settings]\nmax_failures = 2\nrestart_first = ["rctl-bad*"]\n'
+    # max_parallel = 1: one unit at a time in plan order, as before waves (no canary): the breaker alone.
+    policy = '[settings]\nmax_failures = 2\nmax_parallel = 1\nrestart_first = ["rctl-bad*"]\n'
     code, out = apply(c, "--yes", policy=policy)
     assert code == 1, out
     assert len(re.findall(r"rctl-bad\d\.service: FAILED", out)) == 2, out
@@ -367,7 +369,8 @@ def test_a_service_that_dies_after_its_restart_has_failed(c: Container, demo_deb
                                "rctl-flap.service": unit_file(crashing, "Restart=always\nRestartSec=0.2")})
     c.write_file("/srv/rctl/crash", "")
     t0 = time.monotonic()
-    code, out = apply(c, "--yes", policy='[settings]\nsettle = 3\n')
+    # One unit at a time: with waves the failed first one (the canary) would stop the others.
+    code, out = apply(c, "--yes", policy='[settings]\nsettle = 3\nmax_parallel = 1\n')
     assert code == 1, out
     assert re.search(r"rctl-crash\.service: FAILED: did not stay up for 3 s after the restart \(ActiveState "
                      r"active -> failed", out), out
@@ -395,3 +398,141 @@ def test_a_service_that_dies_after_its_restart_has_failed(c: Container, demo_deb
     c.systemctl("restart", "rctl-crash.service", "rctl-flap.service")  # an administrator fixes both
     r = c.exec([*RCTL, "plan", "--json"])
     assert r.returncode == 0 and json.loads(r.stdout)["failed"] == [], r.stdout
+
+
+# ---- waves: a canary, then the rest of a phase together (max_parallel) --------------------------
+
+SLEEPER = unit_file("/usr/bin/rctl-sleeper")
+BREAKABLE = unit_file("/usr/bin/rctl-sleeper", "ExecStartPre=/bin/sh -c 'test ! -e /srv/rctl/break-%N'")
+
+
+def apply_json(c: Container, *args: str, policy: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    """``apply --yes --json``: the exit status and, per unit, what became of it (restartctl-apply/1)."""
+    c.write_file("/etc/restartctl/policy.toml", policy)
+    r = c.exec([*RCTL, "apply", "--yes", "--json", *args], timeout=300)
+    assert "Traceback" not in r.stderr, r.stderr
+    doc = json.loads(r.stdout)
+    schema = json.loads((REPO / "data" / "restartctl-apply-1.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    assert not list(validator.iter_errors(doc)), list(validator.iter_errors(doc))
+    return r.returncode, {u["unit"]: u for u in doc["applied"]}
+
+
+def pids(c: Container, names: list[str]) -> dict[str, int]:
+    return {n: c.main_pid(n) for n in names}
+
+
+def test_a_failing_canary_restarts_nothing_else(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    """rctl-a0.service sorts first among the system services: it is the phase's canary."""
+    names = [f"rctl-a{i}.service" for i in range(4)]
+    setup(c, demo_debs, units=dict.fromkeys(names, BREAKABLE))
+    c.write_file("/srv/rctl/break-rctl-a0", "")
+    before = pids(c, [*names[1:], "rctl-demod.service"])
+    code, units = apply_json(c, policy="[settings]\nmax_parallel = 8\nmax_failures = 3\nsettle = 0\n")
+    assert code == 1
+    assert units["rctl-a0.service"]["status"] == "failed" and units["rctl-a0.service"]["wave"] == 1, units
+    for name in before:
+        assert (units[name]["status"], units[name]["detail"]) == (
+            "skipped", "circuit breaker: the canary of its phase (rctl-a0.service) failed"), units[name]
+    assert pids(c, list(before)) == before  # nothing else was restarted
+
+
+def test_a_failure_in_a_wave_trips_the_breaker_and_the_rest_stays_pending(
+        c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    names = [f"rctl-a{i}.service" for i in range(6)]
+    setup(c, demo_debs, units=dict.fromkeys(names, BREAKABLE))
+    c.write_file("/srv/rctl/break-rctl-a2", "")
+    later = pids(c, [*names[3:], "rctl-demod.service"])
+    t0 = time.monotonic()
+    code, units = apply_json(c, policy="[settings]\nmax_parallel = 2\nmax_failures = 1\nsettle = 0\n")
+    assert code == 1, units
+    assert [units[n]["status"] for n in names[:3]] == ["done", "done", "failed"], units
+    assert [units[n]["wave"] for n in names[:3]] == [1, 2, 2], units  # the canary alone, then a wave of two
+    assert all(units[n]["seconds"] > 0 for n in names[:3])
+    for name in later:
+        assert (units[name]["status"], units[name]["detail"]) == (
+            "skipped", "circuit breaker: 1 restarts failed in this run"), units[name]
+    assert pids(c, list(later)) == later
+    status = json.loads(c.exec([*RCTL, "status", "--json"]).stdout)
+    pending = {u["unit"]: u["status"] for u in status["last_run"]["units"]}
+    assert pending["rctl-a5.service"] == "skipped" and status["last_run"]["packages"], status
+    assert time.monotonic() - t0 < 60
+
+
+def test_in_a_wave_refusals_policy_rc_d_and_the_own_unit_are_left_alone(
+        c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    """One wave holding a RefuseManualStop=yes unit, one policy-rc.d forbids, and the unit restartctl
+    itself runs in: each skipped with its reason, the others restarted together, verified."""
+    script = ("/usr/bin/rctl-sleeper & while [ ! -e /srv/rctl/go ]; do sleep 0.1; done; "
+              "/usr/sbin/restartctl apply --yes --json > /srv/rctl/admin.json 2>/srv/rctl/admin.err; sleep 600")
+    units = {"rctl-a0.service": SLEEPER, "rctl-a1.service": SLEEPER,
+             "rctl-a2.service": unit_file("/usr/bin/rctl-sleeper", "[Unit]\nRefuseManualStop=yes"),
+             "rctl-a3.service": SLEEPER, "rctl-a4.service": unit_file(f"/bin/sh -c '{script}'"),
+             "rctl-a5.service": SLEEPER}
+    setup(c, demo_debs, units=units)
+    c.write_file("/usr/sbin/policy-rc.d", '#!/bin/sh\n[ "$1" = rctl-a3 ] && exit 101\nexit 0\n', mode=0o755)
+    c.write_file("/etc/restartctl/policy.toml", "[settings]\nmax_parallel = 16\nsettle = 1\n")
+    old = pids(c, list(units))
+    c.write_file("/srv/rctl/go", "")
+    deadline = time.monotonic() + 120
+    while c.exec(["grep", "-q", "restartctl-apply/1", "/srv/rctl/admin.json"]).returncode != 0:
+        assert time.monotonic() < deadline, c.exec(["cat", "/srv/rctl/admin.err"]).stdout
+        time.sleep(0.2)
+    time.sleep(0.5)
+    assert "Traceback" not in c.read_file("/srv/rctl/admin.err").decode()
+    done = {u["unit"]: u for u in json.loads(c.read_file("/srv/rctl/admin.json"))["applied"]}
+    assert done["rctl-a2.service"]["detail"] == "the unit refuses manual stops (RefuseManualStop=yes)"
+    assert done["rctl-a3.service"]["detail"] == "forbidden by /usr/sbin/policy-rc.d"
+    assert done["rctl-a4.service"]["detail"] == "restartctl itself runs inside this unit"
+    restarted = ["rctl-a1.service", "rctl-a5.service", "rctl-demod.service"]
+    assert done["rctl-a0.service"]["status"] == "done" and done["rctl-a0.service"]["wave"] == 1, done
+    assert {done[n]["status"] for n in restarted} == {"done"}, done
+    assert len({done[n]["wave"] for n in restarted}) == 1 and done[restarted[0]]["wave"] > 1, done  # one wave
+    assert all(done[n]["detail"] == "verified, up for 1 s" for n in restarted), done
+    now = pids(c, list(units))
+    assert [n for n in units if now[n] != old[n]] == ["rctl-a0.service", "rctl-a1.service", "rctl-a5.service"]
+
+
+def test_a_restart_that_keeps_its_main_process_is_not_verified(c: Container,
+                                                               demo_debs: dict[str, dict[str, Path]]) -> None:
+    """reload-or-restart of a unit that can reload: systemctl succeeds, the main process stays (and
+    still maps the old library): not a verified restart, in a wave as alone."""
+    reloads = unit_file("/usr/bin/rctl-sleeper", "ExecReload=/bin/true")
+    setup(c, demo_debs, units={"rctl-a0.service": SLEEPER, "rctl-a1.service": reloads, "rctl-a2.service": SLEEPER})
+    old = c.main_pid("rctl-a1.service")
+    policy = ('[settings]\nmax_parallel = 8\nsettle = 0\ntimeout = 3\n\n'
+              '[[rule]]\nunit = "rctl-a*"\naction = "reload-or-restart"\n')
+    code, units = apply_json(c, policy=policy)
+    assert code == 1, units
+    assert units["rctl-a1.service"]["status"] == "failed", units
+    assert units["rctl-a1.service"]["detail"].startswith(f"still active with the same main process (pid {old})")
+    assert units["rctl-a0.service"]["status"] == units["rctl-a2.service"]["status"] == "done", units
+    assert units["rctl-a2.service"]["wave"] == units["rctl-a1.service"]["wave"] == 2, units
+    assert c.main_pid("rctl-a1.service") == old
+
+
+def test_max_parallel_one_restarts_in_the_old_order(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    names = [f"rctl-a{i}.service" for i in range(3)]
+    setup(c, demo_debs, units=dict.fromkeys(names, SLEEPER))
+    code, units = apply_json(c, policy="[settings]\nmax_parallel = 1\nsettle = 0\n")
+    assert code == 0, units
+    order = [*names, "rctl-demod.service"]
+    assert [units[n]["wave"] for n in order] == [1, 2, 3, 4], units
+    started = [int(c.show(n, "ExecMainStartTimestampMonotonic")) for n in order]
+    assert started == sorted(started), started  # each one restarted after the one before
+
+
+def test_a_timeout_inside_a_wave_is_an_outcome(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    """One unit of a wave takes longer to start than the policy's timeout: its restart is failed (no
+    traceback, exit 1); the others of the same wave are verified."""
+    slow = unit_file("/usr/bin/rctl-sleeper", "ExecStartPre=/bin/sh -c 'test ! -e /srv/rctl/slow || sleep 8'")
+    setup(c, demo_debs, units={"rctl-a0.service": SLEEPER, "rctl-a1.service": SLEEPER, "rctl-a2.service": slow})
+    c.write_file("/srv/rctl/slow", "")
+    code, out = apply(c, "--yes", policy="[settings]\nmax_parallel = 8\nsettle = 0\ntimeout = 3\n")
+    assert code == 1, out
+    assert re.search(r"rctl-a2\.service: FAILED: not active again after the restart \(activating/start-pre\)"
+                     r" \(\d+\.\d s\)", out), out
+    assert re.search(r"rctl-a1\.service: restarted \(\d+\.\d s\)", out), out
+    assert "rctl-demod.service: restarted" in out, out
+    c.wait_active("rctl-a2.service", timeout=30)  # systemd finishes the restart it was asked for

@@ -112,16 +112,17 @@ def test_an_action_that_cannot_be_recorded_first_is_not_taken(tmp_path: Path) ->
     group = UnitGroup(UnitKind.NONE, None, 0, False, True, (1,), ("p",), ())  # no unit: nothing to ask systemd
     action = Action(group, Act.EXEC, ("/bin/true",), "test")
 
-    def full(a: Action) -> None:
+    def full(a: list[Action]) -> None:
         raise OSError("cannot write /var/lib/restartctl/actions.json: No space left on device")
     executor = execute.Executor(Settings(verify=False), proc=tmp_path, deadline=float("inf"),
-                                still_stale=lambda g, pids, until: execute.Recheck([]), intend=full)
+                                still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks], intend=full)
     outcome = executor.one(action)
     assert (outcome.status, outcome.detail) == (execute.SKIPPED, "not recorded before acting (cannot write "
                                                 "/var/lib/restartctl/actions.json: No space left on device)")
     taken: list[Action] = []
     executor = execute.Executor(Settings(verify=False), proc=tmp_path, deadline=float("inf"),
-                                still_stale=lambda g, pids, until: execute.Recheck([]), intend=taken.append)
+                                still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks],
+                                intend=taken.extend)
     assert executor.one(action).status == execute.DONE and taken == [action]
 
 
@@ -143,7 +144,7 @@ def test_the_check_after_a_restart_looks_only_at_what_was_restarted(tmp_path: Pa
     (tmp_path / "system.slice" / "demo.service").mkdir(parents=True)
     (tmp_path / "system.slice" / "demo.service" / "cgroup.procs").write_text("70\n71\n")
     ex = execute.Executor(Settings(), proc=tmp_path / "no-proc", deadline=0.0, cgroupfs=tmp_path,
-                          still_stale=lambda g, pids, until: execute.Recheck([]))
+                          still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks])
     pid1 = group([_member(1, Unit(INIT, "init.scope", cgroup="/init.scope"))])[0]
     assert ex._check_scope(pid1, {}) == [1]
     mgr = group([_member(400, Unit(USER_MANAGER, "user@1000.service", 1000,
@@ -159,14 +160,16 @@ def test_a_check_that_runs_out_of_time_is_not_a_verified_restart(tmp_path: Path)
     """Why: what the check could not look at is never taken for clean; and it is given a deadline."""
     deadlines: list[float] = []
 
-    def check(g: UnitGroup, pids: list[int] | None, until: float) -> execute.Recheck:
+    def check(checks: list[tuple[UnitGroup, list[int] | None]], until: float) -> list[execute.Recheck]:
         deadlines.append(until)
-        return execute.Recheck([], unscanned=2)
+        return [execute.Recheck([], unscanned=2) for _ in checks]
     ex = execute.Executor(Settings(timeout=5), proc=tmp_path, deadline=time.monotonic() + 60, cgroupfs=tmp_path,
                           still_stale=check)
     g = group([_member(1, Unit(INIT, "init.scope", cgroup="/init.scope"))])[0]
     action = Action(g, Act.REEXEC, ("systemctl", "daemon-reexec"), "")
-    outcome = ex._verify(action, {})
+    found: list[execute.Outcome] = []
+    ex._verify([(action, {})], time.monotonic() + 5, found.append)
+    [outcome] = found
     assert outcome.status == execute.FAILED and "2 of its processes could not be looked at" in outcome.detail
     assert deadlines and deadlines[0] <= time.monotonic() + 5
 
@@ -190,7 +193,7 @@ def test_a_unit_whose_check_failed_is_not_restarted_again_for_the_same_processes
     g = group([_member(60, Unit(SYSTEM, "leaky.service", cgroup="/system.slice/leaky.service"))])[0]
     action = Action(g, Act.RESTART, ("systemctl", "restart", "--", "leaky.service"), "")
     ex = execute.Executor(Settings(), proc=tmp_path, deadline=time.monotonic() + 60, cgroupfs=tmp_path,
-                          still_stale=lambda g, pids, until: execute.Recheck([]),
+                          still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks],
                           earlier={(SYSTEM, "leaky.service", None): frozenset({60, 61})})
     outcome = ex.one(action)  # no systemctl here: it would fail if the executor tried to run one
     assert outcome.status == execute.SKIPPED and outcome.left == (60,)

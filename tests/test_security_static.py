@@ -133,6 +133,7 @@ ALLOWED_STARTERS: dict[str, set[str]] = {
     "restart/execute.py": {"run"},
     "restart/hook.py": {"_run_quietly", "defer_until_exit"},
     "bench/hook.py": {"main"},
+    "bench/restarts.py": {"main"},
     "bench/interpreters.py": {"bench"},
     "bench/scan.py": {"download", "timed", "main", "save"},
     "tests/support/container.py": {"Container._run", "Container._start", "make_local_repo.index"},

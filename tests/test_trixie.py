@@ -101,6 +101,36 @@ def test_apt_hook_once_per_run_with_a_verified_restart(c: Container,
     assert c.exec(["restartctl", "status"]).returncode == 0
 
 
+def test_canary_then_a_wave_with_a_failure_on_systemd_257(c: Container,
+                                                         demo_debs: dict[str, dict[str, Path]]) -> None:
+    """Waves on pure cgroup v2: rctl-a0 alone (the canary), then the rest of the phase in one
+    ``systemctl restart``; the unit that fails in the wave is failed, the others verified together."""
+    breakable = "[Service]\nExecStart=/usr/bin/rctl-sleeper\nExecStartPre=/bin/sh -c 'test ! -e /srv/rctl/break-%N'\n"
+    names = [f"rctl-a{i}.service" for i in range(4)]
+    c.install_debs([demo_debs["1.0"][n] for n in NAMES])
+    for name in names:
+        c.write_file(f"/etc/systemd/system/{name}", breakable)
+    c.systemctl("daemon-reload")
+    for name in [*names, "rctl-demod.service"]:
+        c.systemctl("start", name)
+        c.wait_active(name)
+    old = {n: c.main_pid(n) for n in [*names, "rctl-demod.service"]}
+    c.write_file("/etc/restartctl/policy.toml", LIST_ONLY + "max_parallel = 8\nsettle = 1\n")  # the hook lists
+    c.install_debs([demo_debs["2.0"][n] for n in NAMES])
+    c.write_file("/srv/rctl/break-rctl-a2", "")
+    r = c.exec(["restartctl", "apply", "--yes", "--json"], timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    units = {u["unit"]: u for u in json.loads(r.stdout)["applied"]}
+    assert (units["rctl-a0.service"]["status"], units["rctl-a0.service"]["wave"]) == ("done", 1), units
+    assert units["rctl-a2.service"]["status"] == "failed", units
+    wave = ["rctl-a1.service", "rctl-a2.service", "rctl-a3.service", "rctl-demod.service"]
+    assert {units[n]["wave"] for n in wave} == {2}, units
+    for name in ("rctl-a0.service", "rctl-a1.service", "rctl-a3.service", "rctl-demod.service"):
+        assert units[name]["status"] == "done" and units[name]["detail"] == "verified, up for 1 s", units[name]
+        assert c.main_pid(name) not in (0, old[name])
+        assert unified_cgroup(c, c.main_pid(name)) == f"/system.slice/{name}"
+
+
 def test_lingering_users_unit(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
     """A user unit of type notify under a lingering user's manager: told by default, restarted by a rule."""
     c.install_debs([demo_debs["1.0"][n] for n in NAMES])

@@ -1,0 +1,182 @@
+#!/usr/bin/python3
+"""Benchmark restarts: N services on an upgraded library, restarted by systemd alone, needrestart, restartctl.
+
+In a throw-away booted systemd container (an overlay of this host's /, from tests/support):
+N services ``rctl-bench-NNN.service``, each ``ExecStartPre=/bin/sleep 0.5`` (a realistic start time)
+and ``ExecStart=/usr/sbin/rctl-demod`` (maps the demo library).  Before each timed run the services
+are put on the old library (``rctl-libdemo1`` 1.0 installed, all restarted, 2.0 installed over it),
+then timed inside the container, in one run:
+
+- the floor: one ``systemctl restart -- <all N>`` (systemd runs the jobs in parallel; nothing checked);
+- ``needrestart -r a`` (its .deb and Perl libraries fetched once into tests/.cache/debs/needrestart,
+  installed inside the container only, never on the host: bench/scan.py's ``install_needrestart``);
+- ``restartctl apply --yes`` with the vendor policy, then with ``settle = 0``, with ``settle = 0`` and
+  waves as large as N (``max_parallel = 128``), and one unit at a time (``max_parallel = 1``,
+  ``settle = 0``: the order and pace before waves; only up to ``--sequential-up-to`` units).
+
+After each restartctl run every service must have a new main process and ``restartctl plan`` must
+find none of them stale (every restart verified).  Target: restartctl <= 2 x the floor.
+
+    sudo /usr/bin/python3 bench/restarts.py [--units 30 100] [--runs 3]
+
+Writes bench/results/<date>-restart.json and .md.  Needs what tests/run.sh installs
+(systemd-container, gcc, dpkg-dev).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from scan import install_needrestart  # noqa: E402 - bench/scan.py's: needrestart inside the container only
+
+from tests.support.checkout import WRAPPER  # noqa: E402
+from tests.support.container import Container  # noqa: E402
+from tests.support.debs import demo_packages  # noqa: E402
+
+TARGET = 2.0
+NR_CONF = "$nrconf{kernelhints} = 0;\n$nrconf{ucodehints} = 0;\n$nrconf{sendnotify} = 0;\n"  # services only
+UNIT = ("[Unit]\nDescription=restartctl bench service\nStartLimitIntervalSec=0\n"
+        "[Service]\nExecStartPre=/bin/sleep 0.5\nExecStart=/usr/sbin/rctl-demod\n")
+PACKAGES = ("rctl-libdemo1", "rctl-demod")
+# Times a command inside the container, without the cost of entering it.
+TIMER = ("import subprocess, sys, time\n"
+         "t = time.monotonic()\n"
+         "r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)\n"
+         "print(f'{time.monotonic() - t:.3f} {r.returncode}')\n"
+         "sys.stderr.write(r.stdout.decode(errors='replace')[-6000:])\n")
+# The restartctl configurations timed, name -> [settings].
+CONFIGS = {"restartctl (vendor policy)": "",
+           "restartctl, settle = 0": "settle = 0\n",
+           "restartctl, settle = 0, max_parallel = 128 (one wave after the canary)": "settle = 0\nmax_parallel = 128\n",
+           "restartctl, one at a time (max_parallel = 1, settle = 0)": "max_parallel = 1\nsettle = 0\n"}
+
+
+def unit_names(n: int) -> list[str]:
+    return [f"rctl-bench-{i:03d}.service" for i in range(n)]
+
+
+def timed(c: Container, argv: list[str], timeout: float = 900) -> tuple[float, int, str]:
+    r = c.exec(["/usr/bin/python3", "-c", TIMER, *argv], timeout=timeout)
+    seconds, code = r.stdout.split()
+    return float(seconds), int(code), r.stderr
+
+
+def main_pids(c: Container, names: list[str]) -> dict[str, str]:
+    out = c.check(["systemctl", "show", "-p", "MainPID", "--value", "--", *names])
+    return dict(zip(names, out.split(), strict=True))
+
+
+def make_stale(c: Container, debs: dict[str, dict[str, Path]], names: list[str]) -> dict[str, str]:
+    """Every service running on library 1.0, then 2.0 installed under them; returns their main PIDs."""
+    c.install_debs([debs["1.0"][p] for p in PACKAGES])
+    c.check(["systemctl", "restart", "--", *names], timeout=300)
+    c.install_debs([debs["2.0"][p] for p in PACKAGES])
+    return main_pids(c, names)
+
+
+def restarted_all(c: Container, names: list[str], before: dict[str, str]) -> bool:
+    now = main_pids(c, names)
+    return all(now[n] not in ("0", before[n]) for n in names)
+
+
+def measure(c: Container, debs: dict[str, dict[str, Path]], n: int, runs: int,
+            sequential_up_to: int) -> dict[str, list[float]]:
+    names = unit_names(n)
+    for name in names:
+        c.write_file(f"/etc/systemd/system/{name}", UNIT)
+    c.check(["systemctl", "daemon-reload"])
+    c.check(["systemctl", "start", "--", *names], timeout=300)
+    results: dict[str, list[float]] = {}
+    for _ in range(runs):
+        seconds, code, err = timed(c, ["/usr/bin/systemctl", "restart", "--", *names])
+        assert code == 0, err
+        results.setdefault("systemctl restart of all N (floor)", []).append(seconds)
+        before = make_stale(c, debs, names)
+        seconds, code, err = timed(c, ["/usr/sbin/needrestart", "-r", "a", "-q"])
+        assert restarted_all(c, names, before), f"needrestart (exit status {code}) left some: {err}"
+        results.setdefault("needrestart -r a", []).append(seconds)
+        for label, settings in CONFIGS.items():
+            if settings.startswith("max_parallel = 1\n") and n > sequential_up_to:
+                continue
+            before = make_stale(c, debs, names)
+            c.write_file("/etc/restartctl/policy.toml", f"[settings]\n{settings}")
+            seconds, code, err = timed(c, ["/usr/sbin/restartctl", "apply", "--yes"])
+            assert code == 0 and "Traceback" not in err, err
+            assert restarted_all(c, names, before), label
+            plan = json.loads(c.exec(["/usr/sbin/restartctl", "plan", "--json"]).stdout)
+            assert not {a["unit"] for a in plan["actions"]} & set(names), label  # every restart verified
+            results.setdefault(label, []).append(seconds)
+    c.check(["systemctl", "stop", "--", *names], timeout=300)
+    for name in names:
+        c.check(["rm", "-f", f"/etc/systemd/system/{name}"])
+    c.check(["systemctl", "daemon-reload"])
+    return results
+
+
+def table(all_results: dict[int, dict[str, list[float]]], runs: int) -> list[str]:
+    lines = ["| N | what | median s | min s | max s | × floor |", "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    for n, results in all_results.items():
+        floor = statistics.median(next(iter(results.values())))
+        for label, times in results.items():
+            med = statistics.median(times)
+            lines.append(f"| {n} | {label} | {med:.2f} | {min(times):.2f} | {max(times):.2f} | {med / floor:.1f} |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--units", type=int, nargs="+", default=[30, 100])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sequential-up-to", type=int, default=30,
+                        help="time max_parallel = 1 only up to this many units (default 30)")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    all_results: dict[int, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="rctl-bench-restart-") as tmp, \
+            Container("rctl-bench-restart", boot=True) as c:
+        debs = {v: demo_packages(Path(tmp) / v, v) for v in ("1.0", "2.0")}
+        c.write_file("/usr/sbin/restartctl", WRAPPER, mode=0o755)  # this checkout; no apt/dpkg hooks
+        install_needrestart(c)
+        c.write_file("/etc/needrestart/conf.d/bench.conf", NR_CONF)
+        c.install_debs([debs["1.0"][p] for p in PACKAGES])
+        for n in args.units:
+            all_results[n] = measure(c, debs, n, args.runs, args.sequential_up_to)
+    load_after = os.getloadavg()
+    now = dt.datetime.now(dt.UTC)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+    verdicts = []
+    for n, results in all_results.items():
+        floor = statistics.median(results["systemctl restart of all N (floor)"])
+        best = min(statistics.median(t) for label, t in results.items() if label.startswith("restartctl"))
+        verdicts.append(f"N = {n}: best restartctl configuration {best / floor:.1f} × the floor "
+                        f"(target <= {TARGET:g}: {'PASS' if best <= TARGET * floor else 'FAIL'})")
+    lines = [f"# restartctl apply vs the floor, {now:%Y-%m-%d %H:%M} UTC", "",
+             f"N services with ExecStartPre=/bin/sleep 0.5, each mapping an upgraded library, in a booted "
+             f"systemd container; {args.runs} runs each; restartctl at commit {commit}. Host load average "
+             f"(1/5/15 min) {' '.join(f'{x:.2f}' for x in load_before)} before, "
+             f"{' '.join(f'{x:.2f}' for x in load_after)} after; {os.cpu_count()} CPUs.", "",
+             *table(all_results, args.runs), "", *verdicts]
+    results_dir = REPO / "bench" / "results"
+    results_dir.mkdir(exist_ok=True)
+    (results_dir / f"{now:%Y-%m-%d}-restart.md").write_text("\n".join(lines) + "\n")
+    (results_dir / f"{now:%Y-%m-%d}-restart.json").write_text(json.dumps(
+        {"results": {str(n): r for n, r in all_results.items()}, "load_before": load_before,
+         "load_after": load_after, "commit": commit, "runs": args.runs}, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

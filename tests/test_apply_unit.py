@@ -1,0 +1,75 @@
+"""The acting run (restart/apply.py) cut short, without systemd: what it records and says."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from restart import apply, execute, report, state
+from restart.plan import Action
+from restart.policy import Act, Settings
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
+from restart.roots import Roots
+from restart.units import SYSTEM, Affected, OwnedFile, Unit, group
+
+
+def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attempt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why (issue 14): a run the hook's watchdog ends in the middle of a restart must still say which
+    units it never got to (they stay pending), and the one it was restarting is on record for the next run."""
+    def run(argv: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        if argv[1] == "restart":
+            raise apply.Timeout  # the watchdog, while systemctl restart runs
+        return subprocess.CompletedProcess(argv, 0, "ActiveState=active\nMainPID=5\n", "")
+    monkeypatch.setattr(execute, "run", run)
+    monkeypatch.setattr(execute, "POLICY_RC_D", str(tmp_path / "no-policy-rc.d"))
+    roots = Roots(proc=tmp_path / "proc", run=tmp_path / "run", state=tmp_path / "state", root=tmp_path)
+    for d in (roots.proc, roots.run, roots.state):
+        d.mkdir(mode=0o755)
+    (roots.proc / "sys" / "kernel" / "random").mkdir(parents=True)
+    (roots.proc / "sys" / "kernel" / "random" / "boot_id").write_text("7d3e4c3a-0000-4000-8000-000000000001\n")
+    lib = StaleFile(FileKind.CODE, "/usr/lib/libdemo.so.1", Confidence.CERTAIN, Evidence.REPLACED)
+    stale = (OwnedFile(lib, "libdemo1"),)
+    actions = [Action(group([Affected(ProcessInfo(10 + i, 1, 0, "d", "/usr/sbin/d", "", None, ()), Unit(SYSTEM, n),
+                                      stale, ())])[0], Act.RESTART, ("systemctl", "restart", "--", n), "")
+               for i, n in enumerate(("a.service", "b.service"))]
+    outcomes: list[execute.Outcome] = []
+    log = apply.Log(io.StringIO(), io.StringIO(), quiet=True)
+    why = apply._carry_out(roots, "apt", log, actions, Settings(), outcomes, failed=[], confirm=None,
+                           deadline=time.monotonic() + 60, earlier=set(), quiet=True)
+    assert why == "out of time" and outcomes == []
+    assert report.cut_short_line(actions, outcomes, why) == \
+        "out of time: 2 units not handled stay pending: a.service, b.service"
+    pid, entries = state.interrupted(roots.state, state.boot_id(roots.proc))
+    assert [(e["unit"], e["status"]) for e in entries] == [("a.service", "started")]  # the next run checks it
+
+
+def test_only_the_hook_command_imports_the_hook_module(tmp_path: Path) -> None:
+    """Why (issue 17): the orchestrator lives in restart/apply.py; hook.py is the package hook's edge only."""
+    code = ("import sys; from restart import cli; cli.main(sys.argv[1:]); "
+            "print(sorted(m for m in sys.modules if m in ('restart.hook', 'restart.apply')))")
+    out = subprocess.run(["/usr/bin/python3", "-c", code, "status", "--state", str(tmp_path), "--run", str(tmp_path)],
+                         capture_output=True, text=True, env={"PYTHONPATH": str(Path(__file__).parent.parent)},
+                         check=False)
+    assert out.stdout.splitlines()[-1] == "['restart.apply']", out.stdout + out.stderr
+
+
+def test_the_hooks_watchdog_is_the_policys_hook_budget(tmp_path: Path) -> None:
+    """Why (issue 14): the hook's time is sized by the policy (a large server needs more than 60 s);
+    a policy that cannot be read leaves the vendor default, never no watchdog."""
+    from restart import hook
+
+    data, etc = tmp_path / "data", tmp_path / "etc"
+    (etc / "restartctl").mkdir(parents=True)
+    data.mkdir()
+    (data / "policy.toml").write_text("[settings]\nhook_budget = 120\n")
+    roots = Roots(etc=etc, data=data)
+    assert hook.hook_budget(roots) == 120
+    (etc / "restartctl" / "policy.toml").write_text("[settings]\nhook_budget = 400\n")
+    assert hook.hook_budget(roots) == 400
+    (etc / "restartctl" / "policy.toml").write_text("[settings]\nhook_budget = -1\n")
+    assert hook.hook_budget(roots) == Settings().hook_budget == 120

@@ -1,0 +1,270 @@
+"""The executor's decisions through an injected runner: fast, no systemd, every failure an outcome.
+
+The runner stands in for the programs the executor runs (``systemctl show/restart/status``,
+``policy-rc.d``): a function from argv to a CompletedProcess, or an exception.  What systemd
+itself does is tested for real in test_apply.py and test_trixie.py; here: that no answer,
+however bad, escapes the executor as an exception, the order of canaries and waves, the
+breaker, and what counts as verified.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from restart import execute, procfs
+from restart.plan import Action
+from restart.policy import Act, Settings
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
+from restart.units import SYSTEM, Affected, OwnedFile, Unit, UnitGroup, group
+
+SHOW, RESTART, STATUS = "show", "restart", "status"
+
+
+class Systemd:
+    """System units as ``systemctl`` would report them; each restart gives a unit a new main PID,
+    unless it is ``broken`` (the restart fails) or ``keeps`` its main process (nothing happens)."""
+
+    def __init__(self, names: list[str], *, broken: frozenset[str] = frozenset(), keeps: frozenset[str] = frozenset(),
+                 refuses: frozenset[str] = frozenset(), forbidden: frozenset[str] = frozenset(),
+                 fail_at: int | None = None, error: BaseException | None = None) -> None:
+        self.units = {n: {"ActiveState": "active", "SubState": "running", "MainPID": str(100 + i),
+                          "RefuseManualStop": "yes" if n in refuses else "no", "NRestarts": "0",
+                          "ControlGroup": f"/system.slice/{n}"} for i, n in enumerate(names)}
+        self.broken, self.keeps, self.forbidden = broken, keeps, forbidden
+        self.fail_at, self.error = fail_at, error
+        self.calls: list[list[str]] = []
+        self.next_pid = 1000
+
+    def __call__(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        self.calls.append(argv)
+        if self.fail_at == len(self.calls) - 1 and self.error is not None:
+            raise self.error
+        if argv[0] == execute.POLICY_RC_D:
+            return subprocess.CompletedProcess(argv, 101 if f"{argv[1]}.service" in self.forbidden else 0, "", "")
+        assert argv[0] == "/usr/bin/systemctl", argv
+        verb, names = argv[1], argv[argv.index("--") + 1:]
+        if verb == SHOW:
+            blocks = ["\n".join(f"{k}={v}" for k, v in self.units[n].items()) for n in names]
+            return subprocess.CompletedProcess(argv, 0, "\n\n".join(blocks) + "\n", "")
+        if verb == STATUS:
+            return subprocess.CompletedProcess(argv, 3, f"x {names[0]} - status of it\n", "")
+        assert verb == RESTART, argv
+        for n in names:
+            if n in self.broken:
+                self.units[n].update(ActiveState="failed", SubState="failed", MainPID="0")
+            elif n not in self.keeps:
+                self.next_pid += 1
+                self.units[n]["MainPID"] = str(self.next_pid)
+        failed = [n for n in names if n in self.broken]
+        return subprocess.CompletedProcess(argv, 1 if failed else 0, "",
+                                           "".join(f"Job for {n} failed.\n" for n in failed))
+
+    def restarts(self) -> list[list[str]]:
+        """The units of each restart call, in order."""
+        return [c[3:] for c in self.calls if c[1:2] == [RESTART]]
+
+
+def action(name: str, pid: int) -> Action:
+    unit = Unit(SYSTEM, name, cgroup=f"/system.slice/{name}")
+    member = Affected(ProcessInfo(pid, 1, 0, "d", "/usr/sbin/d", f"0::/system.slice/{name}\n", None, ()), unit,
+                      (OwnedFile(StaleFile(FileKind.CODE, "/usr/lib/libdemo.so.1", Confidence.CERTAIN,
+                                           Evidence.REPLACED), "libdemo1"),), ())
+    return Action(group([member])[0], Act.RESTART, ("systemctl", "restart", "--", name), "service uses replaced files")
+
+
+def names(n: int) -> list[str]:
+    return [f"s{i}.service" for i in range(n)]
+
+
+def executor(tmp_path: Path, runner: Systemd, **settings: object) -> execute.Executor:
+    values: dict[str, object] = {"settle": 0.0, "timeout": 2.0, **settings}
+    return execute.Executor(Settings(**values), proc=tmp_path, deadline=time.monotonic() + 60,  # type: ignore[arg-type]
+                            cgroupfs=tmp_path, runner=runner,
+                            still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks])
+
+
+@pytest.fixture(autouse=True)
+def no_policy_rc_d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Debian's policy layer, present (executable) only in this test's directory."""
+    script = tmp_path / "policy-rc.d"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(execute, "POLICY_RC_D", str(script))
+    return script
+
+
+def test_canary_alone_then_waves_of_max_parallel(tmp_path: Path) -> None:
+    units = names(6)
+    systemd = Systemd(units)
+    outcomes = executor(tmp_path, systemd, max_parallel=3).run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    assert systemd.restarts() == [units[:1], units[1:4], units[4:]]
+    assert [o.status for o in outcomes] == [execute.DONE] * 6
+    assert [o.wave for o in outcomes] == [1, 2, 2, 2, 3, 3]
+    assert all(o.seconds >= 0 for o in outcomes)
+
+
+def test_a_waves_units_are_recorded_and_checked_again_together(tmp_path: Path) -> None:
+    """Why: a write of the record and a scan per unit cost a wave of 30 a third of a second."""
+    units = names(4)
+    systemd = Systemd(units)
+    intents: list[list[str | None]] = []
+    checked: list[list[str | None]] = []
+
+    def check(checks: list[tuple[UnitGroup, list[int] | None]], until: float) -> list[execute.Recheck]:
+        checked.append([g.name for g, _ in checks])
+        return [execute.Recheck([]) for _ in checks]
+    ex = execute.Executor(Settings(settle=0.0, max_parallel=8), proc=tmp_path, deadline=time.monotonic() + 60,
+                          cgroupfs=tmp_path, runner=systemd, still_stale=check,
+                          intend=lambda actions: intents.append([a.group.name for a in actions]))
+    ex.run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    assert intents == checked == [units[:1], units[1:]]
+
+
+def test_max_parallel_one_is_the_old_order_one_unit_at_a_time(tmp_path: Path) -> None:
+    units = names(4)
+    systemd = Systemd(units, broken=frozenset({units[0]}))
+    outcomes = executor(tmp_path, systemd, max_parallel=1).run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    assert systemd.restarts() == [[n] for n in units]  # a failed first unit is no canary here
+    assert [o.status for o in outcomes] == [execute.FAILED, execute.DONE, execute.DONE, execute.DONE]
+
+
+def test_a_failed_canary_stops_every_later_restart(tmp_path: Path) -> None:
+    units = names(5)
+    systemd = Systemd(units, broken=frozenset({units[0]}))
+    outcomes = executor(tmp_path, systemd, max_parallel=8).run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    assert systemd.restarts() == [units[:1]]
+    assert outcomes[0].status == execute.FAILED
+    assert {(o.status, o.detail) for o in outcomes[1:]} == {
+        (execute.SKIPPED, "circuit breaker: the canary of its phase (s0.service) failed")}
+
+
+def test_failures_in_a_wave_trip_the_breaker_for_later_waves(tmp_path: Path) -> None:
+    units = names(7)
+    systemd = Systemd(units, broken=frozenset({units[1], units[2]}))
+    outcomes = executor(tmp_path, systemd, max_parallel=3, max_failures=2).run_all(
+        [action(n, 10 + i) for i, n in enumerate(units)])
+    assert systemd.restarts() == [units[:1], units[1:4]]
+    by_unit = {o.action.group.name: o for o in outcomes}
+    assert [by_unit[n].status for n in units[:4]] == [execute.DONE, execute.FAILED, execute.FAILED, execute.DONE]
+    assert "Job for s1.service failed." in by_unit["s1.service"].detail  # systemctl's own line for that unit
+    assert "s2.service" not in by_unit["s1.service"].detail
+    assert all(by_unit[n].detail == "circuit breaker: 2 restarts failed in this run" for n in units[4:])
+
+
+def test_a_failed_unit_of_a_wave_gets_systemctls_lines_about_it_only(tmp_path: Path) -> None:
+    units = ["0.service", "a.service", "ba.service", "c.service"]
+    systemd = Systemd(units, broken=frozenset({"a.service", "ba.service"}))
+    outcomes = executor(tmp_path, systemd, max_parallel=8).run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    detail = {o.action.group.name: o.detail for o in outcomes}
+    assert "Job for a.service failed." in detail["a.service"] and "ba.service" not in detail["a.service"]
+    assert "Job for ba.service failed." in detail["ba.service"]
+
+
+def test_a_restart_that_keeps_its_main_pid_is_not_verified(tmp_path: Path) -> None:
+    """Why: ``systemctl restart`` exits 0 for a unit whose restart did nothing we asked for (a
+    reload-only wrapper, an ExecStop that returns at once); active alone is not restarted."""
+    units = names(3)
+    systemd = Systemd(units, keeps=frozenset({units[0], units[2]}))
+    outcomes = executor(tmp_path, systemd, max_parallel=1, timeout=0.5).run_all(
+        [action(n, 10 + i) for i, n in enumerate(units)])
+    assert [o.status for o in outcomes] == [execute.FAILED, execute.DONE, execute.FAILED]
+    assert outcomes[0].detail.startswith("still active with the same main process (pid 100)")
+    systemd = Systemd(units, keeps=frozenset({units[2]}))
+    outcomes = executor(tmp_path, systemd, max_parallel=3, timeout=0.5).run_all(
+        [action(n, 10 + i) for i, n in enumerate(units)])
+    assert systemd.restarts() == [units[:1], units[1:]]
+    assert {o.action.group.name: o.status for o in outcomes} == {
+        units[0]: execute.DONE, units[1]: execute.DONE, units[2]: execute.FAILED}
+
+
+def test_in_a_wave_ancestors_refusals_and_policy_rc_d_are_skipped(tmp_path: Path, no_policy_rc_d: Path) -> None:
+    units = names(5)
+    systemd = Systemd(units, refuses=frozenset({units[2]}), forbidden=frozenset({units[3]}))
+    ex = executor(tmp_path, systemd, max_parallel=8)
+    ex.ancestors = {units[1]}
+    outcomes = ex.run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    assert systemd.restarts() == [units[:1], [units[4]]]
+    by_unit = {o.action.group.name: (o.status, o.detail) for o in outcomes}
+    assert by_unit[units[1]] == (execute.SKIPPED, "restartctl itself runs inside this unit")
+    assert by_unit[units[2]] == (execute.SKIPPED, "the unit refuses manual stops (RefuseManualStop=yes)")
+    assert by_unit[units[3]] == (execute.SKIPPED, "forbidden by /usr/sbin/policy-rc.d")
+    assert by_unit[units[4]][0] == execute.DONE
+
+
+def test_ask_mode_asks_about_every_unit_before_the_first_restart(tmp_path: Path) -> None:
+    units = names(4)
+    systemd = Systemd(units)
+    asked: list[tuple[str | None, int]] = []
+
+    def confirm(a: Action) -> bool:
+        asked.append((a.group.name, len(systemd.restarts())))
+        return a.group.name != units[2]
+    ex = execute.Executor(Settings(settle=0.0, max_parallel=8), proc=tmp_path, deadline=time.monotonic() + 60,
+                          cgroupfs=tmp_path, runner=systemd, confirm=confirm,
+                          still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks])
+    outcomes = ex.run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    assert asked == [(n, 0) for n in units]  # every question before any restart
+    assert systemd.restarts() == [units[:1], [units[1], units[3]]]
+    assert {o.action.group.name: o.status for o in outcomes}[units[2]] == execute.DECLINED
+
+
+def test_settle_watches_a_wave_together(tmp_path: Path) -> None:
+    units = names(4)
+    systemd = Systemd(units)
+    started = time.monotonic()
+    outcomes = executor(tmp_path, systemd, max_parallel=8, settle=0.5).run_all(
+        [action(n, 10 + i) for i, n in enumerate(units)])
+    assert [o.status for o in outcomes] == [execute.DONE] * 4
+    assert all(o.detail == "verified, up for 0.5 s" for o in outcomes)
+    assert time.monotonic() - started < 2.5  # the canary's settle, then the wave's once: not once per unit
+
+
+def _calls_of_a_clean_run(tmp_path: Path, **settings: object) -> int:
+    units = names(4)
+    systemd = Systemd(units)
+    executor(tmp_path, systemd, **settings).run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    return len(systemd.calls)
+
+
+@pytest.mark.parametrize("error", [subprocess.TimeoutExpired(["/usr/bin/systemctl"], 1),
+                                   OSError(24, "Too many open files")], ids=["timeout", "oserror"])
+@pytest.mark.parametrize("how", [{"max_parallel": 1}, {"max_parallel": 8}, {"max_parallel": 8, "settle": 0.1}],
+                         ids=["one-by-one", "waves", "waves-settle"])
+def test_no_failure_of_any_program_run_escapes_the_executor(tmp_path: Path, error: BaseException,
+                                                            how: dict[str, object]) -> None:
+    """Why (issue 17): a ``systemctl show`` that timed out after the pre-checks escaped, so ``apply``
+    printed a traceback and the hook skipped the remaining restarts, the state and the metrics.
+    Every call of a run, in turn, times out or cannot be run: each time every unit has an outcome."""
+    units = names(4)
+    how = {**how, "timeout": 0.2}
+    for k in range(_calls_of_a_clean_run(tmp_path, **how)):
+        systemd = Systemd(units, fail_at=k, error=error)
+        outcomes = executor(tmp_path, systemd, **how).run_all([action(n, 10 + i) for i, n in enumerate(units)])
+        assert sorted(o.action.group.name or "" for o in outcomes) == units, (k, systemd.calls[k])
+        failed = [o for o in outcomes if o.status != execute.DONE]
+        assert failed, (k, systemd.calls[k])  # the failure shows, as a failure or a skip with its reason
+        assert all(o.detail for o in failed)
+
+
+def test_run_gives_a_clean_environment_and_no_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why (rule C1 of docs/security.md): a program root runs must not inherit root's (or sudo's, or
+    apt's) environment, nor read the terminal or apt's pipe."""
+    monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
+    monkeypatch.setenv("RCTL_SECRET", "x")
+    env = execute.run(["/usr/bin/env"], 10).stdout.splitlines()
+    assert sorted(env) == sorted(f"{k}={v}" for k, v in procfs.CLEAN_ENV.items())
+    read, write = os.pipe()
+    saved = os.dup(0)
+    try:
+        os.dup2(read, 0)  # this process's stdin is a pipe a child could read
+        seen = execute.run(["/usr/bin/readlink", "/proc/self/fd/0"], 10).stdout.strip()
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, read, write):
+            os.close(fd)
+    assert seen == "/dev/null"
