@@ -429,8 +429,10 @@ class Container:
                 lines = f.read().splitlines()
         except OSError:
             return False
-        v1 = ":name=systemd:"  # our v1 directory exists only for a hybrid container
-        paths = [line.split(":", 2)[2] for line in lines if line.startswith("0::") or (v1 in line and not self.unified)]
+        # Our v1 directory exists only for a hybrid container on a host that shows us the v1 tree (a
+        # pure-v2 host has none; a chroot that mounts only cgroup2 hides it though the kernel has it).
+        v1 = ":name=systemd:" if len(self._cg_tops) > 1 else None
+        paths = [line.split(":", 2)[2] for line in lines if line.startswith("0::") or (v1 and v1 in line)]
         # systemd as PID 1 soon moves itself on to payload/init.scope
         return len(paths) == len(self._cg_tops) and all(p == want or p.startswith(want + "/") for p in paths)
 
