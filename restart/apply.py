@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from restart import execute, packages, plan, policy, report, state, units
-from restart.processes import PPID, STARTTIME, stat_field
+from restart.procfs import STARTTIME, lineage, stat_field
 from restart.roots import Roots
 from restart.scan import Findings, find
 from restart.text import clean, printable
@@ -118,9 +118,8 @@ def transaction_pids(proc: Path, admindir: Path, pid: int) -> frozenset[int]:
     locks = tuple(str(admindir / name) for name in DPKG_LOCKS)
     chain: list[int] = []
     outermost = 0
-    current: int | None = stat_field(proc, pid, PPID)
-    for _ in range(64):
-        if current is None or current <= 1:
+    for current in list(lineage(proc, pid))[1:]:
+        if current == 1:
             break
         chain.append(current)
         try:
@@ -129,7 +128,6 @@ def transaction_pids(proc: Path, admindir: Path, pid: int) -> frozenset[int]:
             exe = ""
         if exe == DPKG or _holds_dpkg_lock(proc, current, locks):
             outermost = len(chain)
-        current = stat_field(proc, current, PPID)
     return frozenset(chain[:outermost])
 
 
@@ -369,7 +367,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     if missed:
         return 2
     if mode == "list":
-        return 1 if any(a.action != "ignore" for a in actions) else 0
+        return 1 if any(a.action != policy.Act.IGNORE for a in actions) else 0
     return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
 
 
@@ -521,7 +519,7 @@ def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) ->
     for a in actions:
         waiting = sorted(f"{p} is {unfinished[p]}" for p in a.group.packages if p in unfinished)
         if waiting and a.action in plan.EXECUTABLE:
-            a = a._replace(action="defer", argv=None, suggested=a.argv,
+            a = a._replace(action=policy.Act.DEFER, argv=None, suggested=a.argv,
                            reason=f"not restarted: dpkg has not finished configuring it ({', '.join(waiting)}); "
                                   "after 'dpkg --configure -a'")
         held.append(a)

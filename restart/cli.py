@@ -342,7 +342,7 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
         out = report.scan_text(findings.affected, findings.groups, findings.scan, show_unowned=args.all)
     sys.stdout.write(out)
     if actions is not None:
-        return EXIT_STALE if failed or any(a.action != "ignore" for a in actions) else EXIT_OK
+        return EXIT_STALE if failed or any(a.action != policy.Act.IGNORE for a in actions) else EXIT_OK
     return EXIT_STALE if findings.groups else EXIT_OK
 
 
@@ -426,7 +426,7 @@ def _left_down(roots: Roots, record: dict[str, Any] | None, current: bool) -> li
     from restart.units import valid_unit_name
 
     units = record.get("units") if record is not None and current else None
-    names = [u["unit"] for u in units if isinstance(u, dict) and u.get("status") == "failed"
+    names = [u["unit"] for u in units if isinstance(u, dict) and u.get("status") == plan.Status.FAILED
              and u.get("kind") == "system" and isinstance(u.get("unit"), str) and valid_unit_name(u["unit"])
              ] if isinstance(units, list) else []
     if not names or not roots.systemd_booted():
@@ -473,7 +473,7 @@ def _status(roots: Roots, args: argparse.Namespace) -> int:
         print(f"restartctl: {printable(trouble)}", file=sys.stderr)
         return EXIT_ERROR
     units = record.get("units", []) if record is not None and current else []
-    pending = any(isinstance(u, dict) and u.get("status") != "done" for u in units)
+    pending = any(isinstance(u, dict) and u.get("status") != plan.Status.DONE for u in units)
     return EXIT_STALE if pending or reasons or waiting is not None else EXIT_OK
 
 

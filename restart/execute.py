@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from restart.plan import EXECUTABLE, RESTARTS, Action, phase
-from restart.policy import Settings
-from restart.processes import FIRST_USER_UID, PPID, stat_field
+from restart.plan import EXECUTABLE, RESTARTS, Action, Status, phase
+from restart.policy import Act, Settings
+from restart.processes import FIRST_USER_UID
+from restart.procfs import CLEAN_ENV, lineage
 from restart.text import printable
 from restart.units import (
     INIT,
@@ -34,6 +35,7 @@ from restart.units import (
     USER_MANAGER,
     Affected,
     UnitGroup,
+    UnitKind,
     cgroup_path,
     resolve,
     valid_unit_name,
@@ -43,8 +45,6 @@ PROGRAMS = {"systemctl": "/usr/bin/systemctl", "invoke-rc.d": "/usr/sbin/invoke-
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 RUNUSER = "/usr/sbin/runuser"
 NOTIFY_SEND = "/usr/bin/notify-send"
-CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-DONE, FAILED, SKIPPED, DECLINED = "done", "failed", "skipped", "declined"
 SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup,NRestarts"
 CGROUPFS = Path("/sys/fs/cgroup")
 MANAGER_PROBE = 5.0  # seconds a user's manager has to answer before it counts as not answering
@@ -70,9 +70,12 @@ class Recheck(NamedTuple):
 StillStale = Callable[[list[tuple[UnitGroup, list[int] | None]], float], list[Recheck]]
 
 
+DONE, FAILED, SKIPPED, DECLINED = Status.DONE, Status.FAILED, Status.SKIPPED, Status.DECLINED
+
+
 class Outcome(NamedTuple):
     action: Action
-    status: str        # done | failed | skipped | declined
+    status: Status
     detail: str        # why it was skipped, or what went wrong
     seconds: float = 0.0        # from the start of its restart (of its wave's) until it was known
     left: tuple[int, ...] = ()  # processes still stale after the restart (or after one in an earlier run)
@@ -170,7 +173,7 @@ def active_state(kind: str, name: str, uid: int | None, timeout: float = 5) -> s
     if kind not in (SYSTEM, USER) or not valid_unit_name(name) or (kind == USER) != isinstance(uid, int):
         return "unknown"
     try:
-        state = unit_state(UnitGroup(kind, name, uid, False, True, (), (), ()), timeout)
+        state = unit_state(UnitGroup(kind=UnitKind(kind), name=name, uid=uid), timeout)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return state.get("ActiveState") or "unknown"
@@ -202,7 +205,7 @@ def last_failures(record: dict[str, Any] | None, timeout: float = 5) -> list[dic
         name, uid = u.get("unit"), u.get("uid")
         if not isinstance(name, str) or not valid_unit_name(name) or (u["kind"] == USER and not isinstance(uid, int)):
             continue
-        group = UnitGroup(u["kind"], name, uid if u["kind"] == USER else None, False, True, (), (), ())
+        group = UnitGroup(kind=UnitKind(u["kind"]), name=name, uid=uid if u["kind"] == USER else None)
         try:
             now = unit_state(group, timeout)
         except (OSError, subprocess.TimeoutExpired):
@@ -220,10 +223,7 @@ def last_failures(record: dict[str, Any] | None, timeout: float = 5) -> list[dic
 def ancestor_units(proc: Path, pid: int) -> set[str]:
     """Units of this process and all its ancestors: restarting one would kill this very run."""
     units = set()
-    current: int | None = pid
-    for _ in range(64):
-        if current is None or current < 1:
-            break
+    for current in lineage(proc, pid):
         try:
             cgroup = (proc / str(current) / "cgroup").read_text(encoding="utf-8", errors="surrogateescape")
         except OSError:
@@ -231,9 +231,6 @@ def ancestor_units(proc: Path, pid: int) -> set[str]:
         unit = resolve(cgroup_path(cgroup))
         if unit.kind in (SYSTEM, USER_MANAGER) and unit.name:
             units.add(unit.name)
-        if current == 1:
-            break
-        current = stat_field(proc, current, PPID)
     return units
 
 
@@ -982,6 +979,6 @@ def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Pat
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, confirm=confirm,
                         report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend, earlier=earlier)
     outcomes = executor.run_all(actions)
-    for_users = [a.group for a in actions if a.action == "notify" and a.group.kind not in (SYSTEM, INIT)]
+    for_users = [a.group for a in actions if a.action == Act.NOTIFY and a.group.kind not in (SYSTEM, INIT)]
     for_users += executor.told
     return Applied(outcomes, notify(for_users, run_dir, log, proc=proc) if settings.notify_users else 0)

@@ -22,7 +22,6 @@ collector, ``promtool check metrics``) reads it too: gauges only, no sample time
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections import Counter
@@ -30,9 +29,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from restart import fsutil
 from restart.kernel import KernelStatus
-from restart.plan import Action
-from restart.policy import ACTIONS
+from restart.plan import Action, Status
+from restart.policy import ACTIONS, Act
 from restart.processes import OVER_BUDGET_SHOWN, ScanResult
 from restart.reboot import RebootReason, required_since, unpacked_at
 from restart.text import clean, printable
@@ -44,8 +44,8 @@ STATUS_NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 SERVICE_KINDS = (SYSTEM, INIT, USER_MANAGER, CONTAINER, NONE)
 SESSION_KINDS = (SESSION, USER)
 SCOPES = (SYSTEM, USER, SESSION, INIT, USER_MANAGER, CONTAINER, NONE)
-NOT_PENDING = ("ignore", "reboot")
-RESULTS = ("done", "failed", "skipped")
+NOT_PENDING = (Act.IGNORE, Act.REBOOT)
+RESULTS = (Status.DONE, Status.FAILED, Status.SKIPPED)
 
 TEXTFILE_DIR = Path("/var/lib/prometheus/node-exporter")
 TEXTFILE_NAME = "restartctl.prom"
@@ -238,9 +238,9 @@ def openmetrics(actions: Sequence[Action] | None, groups: Sequence[UnitGroup], s
         w.family("restartctl_last_run_duration_seconds", "How long the last run took.", [({}, duration)],
                  unit="seconds")
     statuses = _restarts(last_run, current_boot)
-    done = statuses["done"] if restarts_done is None else restarts_done
-    failed = statuses["failed"] if restarts_failed is None else restarts_failed
-    counts_by = {**statuses, "done": done, "failed": failed}
+    done = statuses[Status.DONE] if restarts_done is None else restarts_done
+    failed = statuses[Status.FAILED] if restarts_failed is None else restarts_failed
+    counts_by = {**statuses, Status.DONE: done, Status.FAILED: failed}
     w.family("restartctl_last_run_restarts", "Restarts in the last run of this boot, by result.",
              [({"result": result}, counts_by.get(result, 0)) for result in RESULTS])
     w.family("restartctl_report_timestamp_seconds", "When this report was made (Unix time).",
@@ -315,40 +315,17 @@ def default_textfile(directory: Path = TEXTFILE_DIR) -> Path | None:
 def write_textfile(text: str, path: Path | None = None) -> Path | None:
     """Replace ``path`` (default: :func:`default_textfile`) atomically, mode 0644.
 
-    A temporary file in the same directory (a name the collector ignores: it reads ``*.prom``),
-    fsynced, then renamed over the target: a scrape sees the old file or the new one, never part.
-    Everything happens relative to the directory opened once without following a symlink, which must
-    be root's and writable by nobody else (``/var/lib/prometheus`` belongs to the prometheus user, who
-    could otherwise swap ``node-exporter`` for a link); the rename replaces a symlink at the target
-    rather than following it.  Returns None when there is no default directory.
+    Through :func:`fsutil.write_atomic`: a scrape sees the old file or the new one, never part (the
+    temporary file's name ends ``.tmp``, which the collector ignores: it reads ``*.prom``).  The
+    directory must be root's and writable by nobody else (``/var/lib/prometheus`` belongs to the
+    prometheus user, who could otherwise swap ``node-exporter`` for a link); a symlink at the target
+    is replaced, not followed.  Returns None when there is no default directory.
     """
     if path is None:
         path = default_textfile(TEXTFILE_DIR)
         if path is None:
             return None
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        st = os.fstat(dfd)
-        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-            raise PermissionError(errno.EPERM, "not a directory only root can write to", str(path.parent))
-        tmp = f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
-        try:
-            os.fchmod(fd, 0o644)
-            data = text.encode("utf-8")
-            while data:
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            os.unlink(tmp, dir_fd=dfd)
-            raise
-    finally:
-        os.close(dfd)
+    fsutil.write_atomic(path, text.encode("utf-8"))
     return path
 
 

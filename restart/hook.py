@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from restart import execute, packages, policy, state, transaction, units
+from restart import execute, fsutil, packages, policy, state, transaction, units
 from restart.apply import LOCK, Log, Process, Progress, Timeout, act, process_start, run_lock
-from restart.processes import PPID, ProcessGone, parse_status, read_proc, stat_field
+from restart.procfs import CLEAN_ENV, ProcessGone, lineage, parse_status, read_proc
 from restart.roots import Roots
 
 AFTER_UU_MAX_WAIT = 6 * 3600.0
@@ -33,7 +33,6 @@ UU_SCRIPT = "/usr/bin/unattended-upgrade"
 SYSTEMCTL = "/usr/bin/systemctl"
 SYSTEMD_RUN = "/usr/bin/systemd-run"
 GRACE = 10.0  # seconds a run cut short by its watchdog has to record what it did
-CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
 def uu_interpreter(root: Path) -> os.stat_result | None:
@@ -50,7 +49,7 @@ def uu_interpreter(root: Path) -> os.stat_result | None:
         finally:
             os.close(fd)
         interpreter = first[2:].split()[0] if first.startswith(b"#!") and first[2:].split() else b""
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022 or not interpreter.startswith(b"/"):
+        if not stat.S_ISREG(st.st_mode) or fsutil.untrusted(st) is not None or not interpreter.startswith(b"/"):
             return None
         return os.stat(root / os.fsdecode(interpreter).lstrip("/"))
     except OSError:
@@ -102,15 +101,13 @@ def unattended_upgrades_ancestor(proc: Path, run: Path, pid: int, root: Path = P
     except (OSError, ValueError, IndexError):
         pidfile = None
     found: int | None = None
-    current: int | None = pid
-    for _ in range(64):
-        if current is None or current <= 1:
+    for current in lineage(proc, pid):
+        if current == 1:
             break
         if proven_uu_run(proc, current, interpreter):
             found = current
             if current == pidfile:
                 break
-        current = stat_field(proc, current, PPID)
     if found is None:
         return None
     start = process_start(proc, found)

@@ -100,10 +100,10 @@ from restart.grammars import (
 )
 from restart.observation import FRESH, REPLACED, UNLINKED, Host, Observation
 from restart.packages import DpkgDatabase, PackageGraph, closure, fs_encode, list_paths, spellings
-from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, StaleFile
+from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, Evidence, FileKind, StaleFile
 
-SCRIPT, MODULE = "script", "module"
-NEWER, DEPENDS, SEARCH_PATH, IMPORTS = "newer", "depends", "search-path", "imports"  # evidence of the likely kinds
+SCRIPT, MODULE = FileKind.SCRIPT, FileKind.MODULE
+NEWER, DEPENDS, SEARCH_PATH, IMPORTS = Evidence.NEWER, Evidence.DEPENDS, Evidence.SEARCH_PATH, Evidence.IMPORTS
 
 # Seconds by which a change must follow a process's start to count: the start is known to
 # a clock tick (10 ms), file times are jiffy-coarse, and a change in the same instant as the
@@ -423,7 +423,7 @@ def findings(obs: Observation, ctx: Context, stale: Sequence[StaleFile] = ()) ->
             proven.add(path)
     if obs.path is not None and obs.path not in out:
         if obs.held in (REPLACED, UNLINKED):
-            out[obs.path] = StaleFile(SCRIPT, obs.path, CERTAIN, obs.held)
+            out[obs.path] = StaleFile(SCRIPT, obs.path, CERTAIN, Evidence(obs.held))
         elif obs.held != FRESH and obs.ctime is not None and obs.ctime > obs.start + ctx.tolerance:
             out[obs.path] = StaleFile(SCRIPT, obs.path, LIKELY, NEWER)
     changed = ctx.changed_modules(obs.interpreter, obs.start)

@@ -11,13 +11,23 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
 from restart.packages import unpack_time
 
-# Kernel states.
-CURRENT, NEWER, REBUILT, UNKNOWN = "current", "newer-installed", "rebuilt", "unknown"
+
+class KernelState(StrEnum):
+    """The running kernel against the installed ones (``reboot.kernel.state``)."""
+
+    CURRENT = "current"
+    NEWER = "newer-installed"
+    REBUILT = "rebuilt"
+    UNKNOWN = "unknown"
+
+
+CURRENT, NEWER, REBUILT, UNKNOWN = KernelState
 
 _ABI_RE = re.compile(r"\d+\.\d+(?:\.\d+)?-\d+-(?P<flavour>[a-z0-9][a-z0-9-]*)")
 _BUILD_RE = re.compile(r"\) #\d+\S* (?P<rest>.*)$")
@@ -26,15 +36,15 @@ _INSTALLED_STATES = frozenset({"installed", "triggers-pending", "triggers-awaite
 
 
 class KernelStatus(NamedTuple):
-    state: str                    # current | newer-installed | rebuilt | unknown
-    running: str                  # uname -r ("" if unreadable)
-    running_build: str | None     # the package version the running kernel was built as (/proc/version)
-    installed_build: str | None   # the installed version of linux-image-<running>
-    newest: str | None            # the newest installed release of the running flavour
-    newest_version: str | None    # its package version (None for a kernel only in /boot)
-    package: str | None           # the package a reboot would activate, if one is needed
-    since: float | None           # when that kernel was installed
-    detail: str
+    state: KernelState
+    running: str = ""                    # uname -r ("" if unreadable)
+    running_build: str | None = None     # the package version the running kernel was built as (/proc/version)
+    installed_build: str | None = None   # the installed version of linux-image-<running>
+    newest: str | None = None            # the newest installed release of the running flavour
+    newest_version: str | None = None    # its package version (None for a kernel only in /boot)
+    package: str | None = None           # the package a reboot would activate, if one is needed
+    since: float | None = None           # when that kernel was installed
+    detail: str = ""
 
     @property
     def reboot_needed(self) -> bool:
@@ -125,25 +135,24 @@ def kernel_status(proc: Path = Path("/proc"), admindir: Path = Path("/var/lib/dp
         running = (proc / "sys" / "kernel" / "osrelease").read_text(encoding="utf-8", errors="replace").strip()
         version_text = (proc / "version").read_text(encoding="utf-8", errors="replace")
     except OSError as e:
-        return KernelStatus(UNKNOWN, "", None, None, None, None, None, None,
-                            f"cannot read the running kernel's release: {e.strerror}")
+        return KernelStatus(UNKNOWN, detail=f"cannot read the running kernel's release: {e.strerror}")
     build = running_build(version_text)
     compare = _version_compare()
     if compare is None:
-        return KernelStatus(UNKNOWN, running, build, None, None, None, None, None,
-                            "python3-apt is not installed: kernel versions cannot be compared")
+        return KernelStatus(UNKNOWN, running=running, running_build=build,
+                            detail="python3-apt is not installed: kernel versions cannot be compared")
     try:
         packaged = _installed_kernels(admindir)
     except (OSError, SystemError) as e:  # apt_pkg reports an unreadable status file as SystemError
-        return KernelStatus(UNKNOWN, running, build, None, None, None, None, None,
-                            f"cannot read the dpkg status file: {e}")
+        return KernelStatus(UNKNOWN, running=running, running_build=build,
+                            detail=f"cannot read the dpkg status file: {e}")
     kernels = {**_boot_kernels(boot), **packaged}
     own = packaged.get(running)
     installed_build = own.version if own else None
     if not kernels:
-        return KernelStatus(UNKNOWN, running, build, None, None, None, None, None,
-                            f"no installed kernel image package (linux-image-*) or /boot/vmlinuz-*: "
-                            f"the running kernel {running} is not managed by this system's dpkg")
+        return KernelStatus(UNKNOWN, running=running, running_build=build,
+                            detail=f"no installed kernel image package (linux-image-*) or /boot/vmlinuz-*: "
+                                   f"the running kernel {running} is not managed by this system's dpkg")
     same = [k for k in kernels.values() if flavour(k.release) == flavour(running) and flavour(running)]
     candidates = same or list(kernels.values())
     me = _Kernel(running, build or installed_build, own.package if own else None, None)
@@ -159,20 +168,19 @@ def kernel_status(proc: Path = Path("/proc"), admindir: Path = Path("/var/lib/dp
     for k in candidates[1:]:
         if order(k, newest) > 0:
             newest = k
-    common = (running, build, installed_build, newest.release, newest.version)
+    found = KernelStatus(CURRENT, running=running, running_build=build, installed_build=installed_build,
+                         newest=newest.release, newest_version=newest.version)
     if newest.release != running and order(newest, me) > 0:
         shown = f"{newest.release} ({newest.version})" if newest.version else newest.release
-        return KernelStatus(NEWER, *common, newest.package, newest.since,
-                            f"running {running}, a newer kernel is installed: {shown}")
+        return found._replace(state=NEWER, package=newest.package, since=newest.since,
+                              detail=f"running {running}, a newer kernel is installed: {shown}")
     if own and build and installed_build and compare(installed_build, build) > 0:
-        return KernelStatus(REBUILT, *common, own.package, own.since,
-                            f"running {running} built as {build}; {own.package} {installed_build} is "
-                            f"installed (same ABI, rebuilt)")
+        return found._replace(state=REBUILT, package=own.package, since=own.since,
+                              detail=f"running {running} built as {build}; {own.package} {installed_build} is "
+                                     f"installed (same ABI, rebuilt)")
     if own is None:
-        return KernelStatus(CURRENT, *common, None, None,
-                            f"running {running}, whose package is not installed; no newer kernel is")
+        return found._replace(detail=f"running {running}, whose package is not installed; no newer kernel is")
     if build is None:
-        return KernelStatus(CURRENT, *common, None, None,
-                            f"running {running}, the newest installed; /proc/version names no Debian "
-                            f"build, so an ABI-compatible rebuild cannot be recognised")
-    return KernelStatus(CURRENT, *common, None, None, f"running {running} ({build}), the newest installed")
+        return found._replace(detail=f"running {running}, the newest installed; /proc/version names no Debian "
+                                     f"build, so an ABI-compatible rebuild cannot be recognised")
+    return found._replace(detail=f"running {running} ({build}), the newest installed")

@@ -21,9 +21,10 @@ from typing import NamedTuple
 from restart.grammars import NODE, PERL, PYTHON, RUBY, Interpreter, Script, interpreter_of, module_files, script_of
 from restart.imports import Imports, Reader, Source, gather, identity_of
 from restart.packages import fs_decode, fs_encode
-from restart.processes import read_proc
+from restart.processes import Evidence
+from restart.procfs import STARTTIME, read_proc, stat_fields
 
-REPLACED, UNLINKED, FRESH = "replaced", "unlinked", "fresh"      # what a held script says
+REPLACED, UNLINKED, FRESH = Evidence.REPLACED, Evidence.UNLINKED, "fresh"  # what a held script says
 MAX_SYMLINKS = 40  # as the kernel: more is a loop
 
 # Never walked into: no package ships a script there, and procfs links (/proc/self,
@@ -70,7 +71,7 @@ class Observation(NamedTuple):
 
 def start_ticks(stat_text: bytes) -> int:
     """Field 22 of ``/proc/PID/stat``; the name field before it may hold spaces and parentheses."""
-    return int(stat_text.rpartition(b")")[2].split()[19])
+    return int(stat_fields(stat_text)[STARTTIME])
 
 
 def argv_of(cmdline: bytes) -> list[str]:
@@ -265,7 +266,7 @@ def observe(dfd: int, pid: int, exe: str | None, host: Host, cmdline: bytes | No
     None for anything that is not an interpreter path (nothing else is read then), for
     a process in another root (a container: its interpreters are its own packages'),
     and for a ``stat`` no kernel writes.  ``cmdline`` is read here unless the caller
-    already has it.  Raises :class:`processes.ProcessGone` when the process exits
+    already has it.  Raises :class:`procfs.ProcessGone` when the process exits
     meanwhile, so that the scanner counts it as it counts any other.
     """
     interpreter = interpreter_of(exe)

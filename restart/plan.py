@@ -8,10 +8,11 @@ after ``--``.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from fnmatch import fnmatchcase
 from typing import NamedTuple
 
-from restart.policy import Policy, Rule, Settings, scope_of
+from restart.policy import Act, Policy, Rule, Settings, scope_of
 from restart.units import (
     CONTAINER,
     INIT,
@@ -25,12 +26,22 @@ from restart.units import (
     valid_unit_name,
 )
 
-RESTARTS = ("restart", "try-restart", "reload-or-restart")
+RESTARTS = (Act.RESTART, Act.TRY_RESTART, Act.RELOAD_OR_RESTART)
+
+
+class Status(StrEnum):
+    """What became of an action (``status`` in ``apply --json`` and in the state record)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"    # not tried: the circuit breaker, policy-rc.d, a unit that must not be restarted
+    DECLINED = "declined"  # the person asked said no
+    LISTED = "listed"      # not carried out by this run (list mode, or not an action restartctl runs)
 
 
 class Action(NamedTuple):
     group: UnitGroup
-    action: str                      # restart | try-restart | ... | notify | defer | ignore
+    action: Act
     argv: tuple[str, ...] | None     # what restartctl would run; None if it runs nothing
     reason: str
     suggested: tuple[str, ...] | None = None  # a command for a person, when restartctl runs nothing
@@ -68,7 +79,7 @@ def decide(group: UnitGroup, policy: Policy) -> Action:
     default = _default(group)
     ignored = _ignored_program(group, policy.settings.ignore_exe)
     if ignored is not None:
-        return Action(group, "ignore", None, f"the program is ignored (setting ignore_exe {ignored!r})",
+        return Action(group, Act.IGNORE, None, f"the program is ignored (setting ignore_exe {ignored!r})",
                       default.suggested or default.argv)
     if group.kind not in (SYSTEM, USER, USER_MANAGER, INIT) or group.name is None or not group.valid:
         return default
@@ -84,7 +95,7 @@ def _with_rule(action: Action, rule: Rule) -> Action:
 
 
 def _apply_rule(group: UnitGroup, rule: Rule, default: Action) -> Action:
-    if rule.action == "reboot" and scope_of(group.kind) == USER and rule.scope != USER:
+    if rule.action == Act.REBOOT and scope_of(group.kind) == USER and rule.scope != USER:
         # A reboot for the whole host on account of one user's own unit only when the rule says so:
         # /run/reboot-required makes Automatic-Reboot and kured reboot the host.
         return Action(group, default.action, default.argv, f"{default.reason} (rule {rule.source} reboots "
@@ -95,17 +106,17 @@ def _apply_rule(group: UnitGroup, rule: Rule, default: Action) -> Action:
             return Action(group, rule.action, _restart_argv(group, rule.action),
                           rule.reason or "policy", rule=rule.source)
         return _with_rule(default, rule)
-    if rule.action == "exec":
+    if rule.action == Act.EXEC:
         # Only for system units: a user unit's name is the user's choice, and the command runs as
         # root.  A name that looks like an option is never substituted either.
         if group.kind == SYSTEM and _can_restart(group) and not (group.name or "-").startswith("-"):
             argv = tuple(a.replace("{unit}", group.name or "") for a in rule.argv)
-            return Action(group, "exec", argv, rule.reason or "the administrator's command", rule=rule.source)
+            return Action(group, Act.EXEC, argv, rule.reason or "the administrator's command", rule=rule.source)
         return _with_rule(default, rule)
-    if rule.action == "reexec":
+    if rule.action == Act.REEXEC:
         if group.kind in (INIT, USER_MANAGER):
             return _with_rule(default, rule)
-        return Action(group, "notify", None, f"policy asks to re-execute, which only PID 1 and user "
+        return Action(group, Act.NOTIFY, None, f"policy asks to re-execute, which only PID 1 and user "
                       f"managers can do ({rule.source})", default.suggested or default.argv, rule.source)
     suggested = default.suggested or default.argv
     return Action(group, rule.action, None, rule.reason or f"policy: {rule.action}", suggested, rule.source)
@@ -115,35 +126,35 @@ def _default(group: UnitGroup) -> Action:
     name, uid = group.name, group.uid
     if group.kind == SYSTEM:
         if not group.valid or name is None:
-            return Action(group, "notify", None, "not a valid unit name: reported, never acted on")
+            return Action(group, Act.NOTIFY, None, "not a valid unit name: reported, never acted on")
         if _can_restart(group):
             reason = "guessed from the package's init script" if group.guessed else "service uses replaced files"
-            return Action(group, "restart", _restart_argv(group, "restart"), reason)
-        return Action(group, "notify", None,
+            return Action(group, Act.RESTART, _restart_argv(group, "restart"), reason)
+        return Action(group, Act.NOTIFY, None,
                       f"a {unit_type(name)} unit cannot be restarted; restart what started these processes")
     if group.kind == INIT:
-        return Action(group, "reexec", ("systemctl", "daemon-reexec"), "PID 1 uses replaced files")
+        return Action(group, Act.REEXEC, ("systemctl", "daemon-reexec"), "PID 1 uses replaced files")
     if group.kind == USER_MANAGER:
-        return Action(group, "reexec", ("systemctl", "--user", "-M", f"{uid}@", "daemon-reexec"),
+        return Action(group, Act.REEXEC, ("systemctl", "--user", "-M", f"{uid}@", "daemon-reexec"),
                       f"the service manager of user {uid} uses replaced files")
     if group.kind == USER:
         if name == f"user@{uid}.service":
-            return Action(group, "notify", None,
+            return Action(group, Act.NOTIFY, None,
                           f"part of {name} but not its manager (such as its PAM helper \"(sd-pam)\"): "
                           "a re-exec of the manager does not replace it; it ends when that unit stops, "
                           "after the user's last session ends (or at a reboot)")
         if name is not None and group.valid and _can_restart(group):
-            return Action(group, "notify", None, f"a unit of user {uid}: left to its owner",
+            return Action(group, Act.NOTIFY, None, f"a unit of user {uid}: left to its owner",
                           _restart_argv(group, "restart"))
-        return Action(group, "notify", None, f"processes of user {uid}'s service manager: left to its owner")
+        return Action(group, Act.NOTIFY, None, f"processes of user {uid}'s service manager: left to its owner")
     if group.kind == SESSION:
-        return Action(group, "notify", None, f"login session of user {uid}: log out and in again")
+        return Action(group, Act.NOTIFY, None, f"login session of user {uid}: log out and in again")
     if group.kind == CONTAINER:
-        return Action(group, "notify", None, f"in container {name}: restart the affected services inside it")
-    return Action(group, "notify", None, "not managed by any service manager: restart it by hand")
+        return Action(group, Act.NOTIFY, None, f"in container {name}: restart the affected services inside it")
+    return Action(group, Act.NOTIFY, None, "not managed by any service manager: restart it by hand")
 
 
-EXECUTABLE = (*RESTARTS, "reexec", "exec")  # the actions restartctl carries out itself
+EXECUTABLE = (*RESTARTS, Act.REEXEC, Act.EXEC)  # the actions restartctl carries out itself
 
 
 def _listed_only(action: Action, kinds: tuple[str, ...], listed: tuple[str, ...] = ()) -> Action:
@@ -155,11 +166,11 @@ def _listed_only(action: Action, kinds: tuple[str, ...], listed: tuple[str, ...]
             f.kind in kinds and f.evidence not in listed for f in files):
         return action
     if found & set(kinds):
-        return Action(action.group, "notify", None,
+        return Action(action.group, Act.NOTIFY, None,
                       "only modules guessed from the whole search path (the script's imports could not be "
                       f"read: evidence {'/'.join(sorted({f.evidence for f in files} & set(listed)))}); "
                       "the policy lists those, never restarts for them", action.argv, action.rule)
-    return Action(action.group, "notify", None,
+    return Action(action.group, Act.NOTIFY, None,
                   f"only {'/'.join(sorted(found))} files are stale; the policy restarts for "
                   f"{'/'.join(kinds)}", action.argv, action.rule)
 

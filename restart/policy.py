@@ -17,18 +17,36 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Sequence
+from enum import StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from restart import fsutil
+from restart.processes import Evidence, FileKind
 from restart.units import SYSTEM, UNIT_TYPES, USER
 
-ACTIONS = ("restart", "try-restart", "reload-or-restart", "defer", "ignore", "notify", "reexec", "reboot",
-           "exec")
+
+class Act(StrEnum):
+    """What is done about a unit (``action`` of a rule, ``actions[].action`` in the JSON)."""
+
+    RESTART = "restart"
+    TRY_RESTART = "try-restart"
+    RELOAD_OR_RESTART = "reload-or-restart"
+    DEFER = "defer"      # left for a person: restarting it needs care
+    IGNORE = "ignore"    # not even pending
+    NOTIFY = "notify"    # told to the user (or admin) whose it is
+    REEXEC = "reexec"    # PID 1's or a user manager's daemon-reexec
+    REBOOT = "reboot"    # only a reboot resolves it
+    EXEC = "exec"        # the administrator's command
+
+
+ACTIONS: tuple[Act, ...] = tuple(Act)
 SCOPES = ("system", "user", "any")
 MODES = ("auto", "ask", "list")
-KINDS = ("exe", "code", "data", "fd", "script", "module")
-EVIDENCE = ("replaced", "missing", "unlinked", "deleted-hint", "newer", "depends", "imports", "search-path")
+KINDS: tuple[FileKind, ...] = tuple(FileKind)
+MAX_BYTES = 1 << 20  # a policy file is a few kB; a bigger one is a mistake, refused before it is parsed
+EVIDENCE: tuple[Evidence, ...] = tuple(Evidence)
 RULE_KEYS = {"unit", "scope", "package", "action", "exec", "reason"}
 
 
@@ -70,7 +88,7 @@ class Rule(NamedTuple):
     units: tuple[str, ...]     # globs over unit names; empty matches every unit
     scope: str                 # system | user | any
     packages: tuple[str, ...]  # globs over package names; empty matches any package
-    action: str
+    action: Act
     reason: str
     source: str                # "file:LINE": where the rule is, for explain and reports
     argv: tuple[str, ...] = ()  # the administrator's command, for action "exec"
@@ -170,14 +188,15 @@ def _rules(raw_rules: object, text: str, source: str) -> list[Rule]:
             exec_argv = _globs(raw["exec"])
             if not isinstance(raw["exec"], list) or not exec_argv or not exec_argv[0].startswith("/"):
                 raise fail("exec", "key 'exec' must be a list of strings starting with an absolute program path")
-            if raw.get("action", "exec") != "exec":
+            if raw.get("action", Act.EXEC) != Act.EXEC:
                 raise fail("action", "a rule with 'exec' has action \"exec\" (or none)")
-            argv, action = exec_argv, "exec"
+            argv, action = exec_argv, Act.EXEC
         else:
-            action = str(raw.get("action"))
-            if action not in ACTIONS or action == "exec":
-                raise fail("action", f"key 'action' must be one of {', '.join(a for a in ACTIONS if a != 'exec')}"
+            named = str(raw.get("action"))
+            if named not in ACTIONS or named == Act.EXEC:
+                raise fail("action", f"key 'action' must be one of {', '.join(a for a in ACTIONS if a != Act.EXEC)}"
                                      " (or give 'exec')")
+            action = Act(named)
         scope = raw.get("scope", "any")
         if scope not in SCOPES:
             raise fail("scope", f"key 'scope' must be one of {', '.join(SCOPES)}")
@@ -248,33 +267,26 @@ def _settings(raw: object, text: str, source: str) -> dict[str, Any]:
 
 
 def _trusted(path: Path, st: os.stat_result) -> None:
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-        raise PolicyError(f"{path}: must be owned by root and writable only by root "
-                          f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
+    why = fsutil.untrusted(st)
+    if why is not None:
+        raise PolicyError(f"{path}: must be owned by root and writable only by root ({why})")
 
 
 def read_trusted(path: Path) -> str:
-    """A policy file's text, refused if anyone but root could have written it or its directory.
-
-    Opened without following a symlink and judged by the descriptor actually opened, so
-    nothing can be swapped in between the check and the read.
-    """
-    _trusted(path.parent, os.stat(path.parent))
+    """A policy file's text, refused if anyone but root could have written it or its directory
+    (see :func:`fsutil.read_trusted`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = fsutil.read_trusted(path, MAX_BYTES + 1)
+    except fsutil.Untrusted as e:
+        raise PolicyError(str(e)) from e
     except OSError as e:
-        if os.path.islink(path):
-            raise PolicyError(f"{path}: is a symlink; policy files must be regular files") from e
         raise PolicyError(f"{path}: {e.strerror}") from e
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise PolicyError(f"{path}: not a regular file")
-        _trusted(path, st)
-        try:
-            return f.read().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise PolicyError(f"{path}: not UTF-8 ({e})") from e
+    if len(data) > MAX_BYTES:
+        raise PolicyError(f"{path}: larger than {MAX_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{path}: not UTF-8 ({e})") from e
 
 
 def trusted_program(argv: tuple[str, ...], source: str) -> None:

@@ -22,17 +22,48 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
+from restart import procfs
 from restart.packages import canonical, fs_decode
 
-EXE, CODE, DATA, FD = "exe", "code", "data", "fd"
+
+class FileKind(StrEnum):
+    """How a process uses a stale file (``stale[].kind`` in the JSON)."""
+
+    EXE = "exe"        # its executable
+    CODE = "code"      # an executable mapping (a library)
+    DATA = "data"      # any other mapping
+    FD = "fd"          # an open file
+    SCRIPT = "script"  # an interpreter's script (stage 2b)
+    MODULE = "module"  # a file on an interpreter's search path (stage 2b)
+
+
+class Confidence(StrEnum):
+    CERTAIN = "certain"  # proven by inode
+    LIKELY = "likely"    # only a hint (the kernel's text, times, dependencies)
+
+
+class Evidence(StrEnum):
+    """Why a file counts as stale (``stale[].evidence``)."""
+
+    REPLACED = "replaced"          # another inode at the path
+    MISSING = "missing"            # no file at the path
+    UNLINKED = "unlinked"          # an open file with no links left
+    DELETED_HINT = "deleted-hint"  # only the kernel's " (deleted)" text
+    NEWER = "newer"                # a script's inode changed after the process started (stage 2b)
+    DEPENDS = "depends"            # a changed module package in the script package's dependencies (2b)
+    IMPORTS = "imports"            # a changed module package the script's own imports name (2b)
+    SEARCH_PATH = "search-path"    # a changed module package on the search path, imports unknown (2b)
+
+
+EXE, CODE, DATA, FD = FileKind.EXE, FileKind.CODE, FileKind.DATA, FileKind.FD
+CERTAIN, LIKELY = Confidence.CERTAIN, Confidence.LIKELY
 FIRST_USER_UID = 1000  # Debian's UID_MIN: below it are root and system accounts (daemons)
-CERTAIN, LIKELY = "certain", "likely"
 _DELETED = b" (deleted)"
 _STRENGTH = {EXE: 3, CODE: 2, DATA: 1, FD: 0}
-_GONE = (errno.ENOENT, errno.ESRCH)
 _MISSING = (errno.ENOENT, errno.ENOTDIR)
 # In a maps line of a user-space mapping ("%08lx-%08lx perms %08llx dev inode path", addresses
 # of 8 to 12 hex digits), the space after the offset is the first one at or past this column.
@@ -58,10 +89,6 @@ _KEEP_BYTES = 32 << 20
 
 # Called for every process with its /proc directory handle, its PID and its executable.
 Observer = Callable[[int, int, str | None], object | None]
-
-
-class ProcessGone(Exception):
-    """The process exited (or was never there) while we read it."""
 
 
 class OverBudget(Exception):
@@ -102,10 +129,10 @@ class Unscanned(NamedTuple):
 
 
 class StaleFile(NamedTuple):
-    kind: str        # exe | code | data | fd
-    path: str        # the path as the process sees it, without the " (deleted)" hint
-    confidence: str  # certain: proven by inode; likely: only the kernel's hint
-    evidence: str    # missing | replaced | unlinked | deleted-hint
+    kind: FileKind
+    path: str               # the path as the process sees it, without the " (deleted)" hint
+    confidence: Confidence
+    evidence: Evidence
 
 
 class ProcessInfo(NamedTuple):
@@ -146,40 +173,6 @@ class Selection(NamedTuple):
         return not path.startswith(self.skip_prefixes)
 
 
-def read_proc(dfd: int, name: str) -> bytes:
-    """Read one /proc file relative to the process directory, mapping errors once.
-
-    To the end: a /proc seq_file hands out about a page per read() whatever the buffer
-    size, so a short read is no sign of the end.
-    """
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
-    except OSError as e:
-        raise _translate(e) from e
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as e:
-        raise _translate(e) from e
-    finally:
-        os.close(fd)
-
-
-def _readlink(dfd: int, name: str) -> str:
-    try:
-        return os.readlink(name, dir_fd=dfd)
-    except OSError as e:
-        raise _translate(e) from e
-
-
-def _translate(e: OSError) -> Exception:
-    if e.errno in _GONE:
-        return ProcessGone()
-    return e
-
-
 def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[list[bytes]]:
     """The whole lines of a /proc file, a batch per read(), never the whole text at once.
 
@@ -190,7 +183,7 @@ def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[list[bytes]]:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
     except OSError as e:
-        raise _translate(e) from e
+        raise procfs.translate(e) from e
     try:
         carry = b""
         dropping = False
@@ -198,7 +191,7 @@ def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[list[bytes]]:
             try:
                 chunk = os.read(fd, 1 << 16)
             except OSError as e:
-                raise _translate(e) from e
+                raise procfs.translate(e) from e
             if not chunk:
                 break
             budget.spend(len(chunk), chunk.count(b"\n"))
@@ -240,23 +233,6 @@ def decode_path(raw: bytes) -> str:
     return fs_decode(raw.replace(b"\\012", b"\n"))
 
 
-def parse_status(data: bytes) -> tuple[str, int, int, int]:
-    """(name, ppid, real uid, PID-namespace depth) from ``/proc/PID/status``."""
-    name, ppid, uid, depth = "", 0, -1, 1
-    for line in data.split(b"\n"):
-        key, _, value = line.partition(b":")
-        if key == b"Name":
-            name = fs_decode(value.strip(b"\t "))
-        elif key == b"PPid":
-            ppid = int(value)
-        elif key == b"Uid":
-            fields = value.split()
-            uid = int(fields[0]) if fields else -1
-        elif key == b"NSpid":
-            depth = max(1, len(value.split()))
-    return name, ppid, uid, depth
-
-
 # A stat result we keep: (inode, link count, device), or the errno when stat failed.
 _Stat = tuple[int, int, int] | int
 
@@ -288,7 +264,7 @@ class _View:
         self.root_device: int | None = None  # the device of the namespace's root filesystem
         # maps lines ("dev inode path") judged for a process of this namespace -> (under an
         # interpreter's directory, the verdict): the same for every process here, so judged once
-        self.verdicts: dict[bytes, tuple[bool, tuple[str, str, str] | None]] = {}
+        self.verdicts: dict[bytes, tuple[bool, tuple[str, Confidence, Evidence] | None]] = {}
 
 
 class _Scanner:
@@ -391,7 +367,7 @@ class _Scanner:
         except OSError:
             mnt = ""
         try:
-            depth = parse_status((self.proc / "self" / "status").read_bytes())[3]
+            depth = procfs.parse_status((self.proc / "self" / "status").read_bytes())[3]
         except (OSError, ValueError):
             depth = 1
         return pid, mnt, depth
@@ -444,14 +420,14 @@ class _Scanner:
             try:
                 view.root_device = os.stat("root", dir_fd=dfd).st_dev
             except OSError as e:
-                raise ProcessGone() from e
+                raise procfs.ProcessGone() from e
         if device == view.root_device:
             return True
         here = self.stat_path(-1, self.ours, os.path.dirname(path))
         return isinstance(here, tuple) and here[2] == device
 
     def view(self, dfd: int) -> _View:
-        mnt = _readlink(dfd, "ns/mnt")
+        mnt = procfs.readlink(dfd, "ns/mnt")
         view = self.views.get(mnt)
         if view is None:
             try:
@@ -476,14 +452,14 @@ class _Scanner:
                 try:
                     os.stat("root", dir_fd=dfd)
                 except OSError as gone:
-                    raise ProcessGone() from gone
+                    raise procfs.ProcessGone() from gone
             result = e.errno or errno.EIO
         if self.keeps(path):
             view.cache[path] = result
         return result
 
     def judge(self, dfd: int, view: _View, cand: _Candidate, inode: int, device: int,
-              link_count: int | None = None) -> tuple[str, str, str] | None:
+              link_count: int | None = None) -> tuple[str, Confidence, Evidence] | None:
         """Is the inode behind ``cand`` stale?  (path, confidence, evidence), or None."""
         if view.users_mounts and not self.reachable(dfd, view, cand.path, device):
             return None
@@ -495,13 +471,13 @@ class _Scanner:
             if isinstance(literal, tuple) and literal[0] == inode:
                 return None  # a file really named "... (deleted)", still in place
         if link_count == 0:
-            return cand.path, CERTAIN, "unlinked"
+            return cand.path, CERTAIN, Evidence.UNLINKED
         if isinstance(now, tuple):
-            return cand.path, CERTAIN, "replaced"
+            return cand.path, CERTAIN, Evidence.REPLACED
         if now in _MISSING:
-            return cand.path, CERTAIN, "missing"
+            return cand.path, CERTAIN, Evidence.MISSING
         # We could not look (EACCES, ELOOP, ...): fall back to the kernel's word.
-        return (cand.path, LIKELY, "deleted-hint") if cand.literal is not None else None
+        return (cand.path, LIKELY, Evidence.DELETED_HINT) if cand.literal is not None else None
 
     def scan_process(self, pid: int, dfd: int, budget: Budget) -> tuple[ProcessInfo | None, object | None]:
         hinted, found, view = self._maps(dfd, budget)
@@ -520,8 +496,8 @@ class _Scanner:
         if self.observe is None:
             return None
         try:
-            return self.observe(dfd, pid, exe_of(dfd))
-        except ProcessGone:
+            return self.observe(dfd, pid, procfs.exe_of(dfd))
+        except procfs.ProcessGone:
             raise
         except (OSError, ValueError, IndexError):
             return None  # odd data about one process costs only this extra look
@@ -531,7 +507,7 @@ class _Scanner:
         try:
             fdd = os.open("fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
         except OSError as e:
-            raise _translate(e) from e
+            raise procfs.translate(e) from e
         try:
             with os.scandir(fdd) as entries:  # listed as read, not all at once: a process may hold 1M
                 for entry in entries:
@@ -562,35 +538,15 @@ class _Scanner:
 
 def describe(dfd: int, pid: int, found: dict[str, StaleFile], self_depth: int) -> ProcessInfo:
     """The facts reported about a stale process: read only for those, once each."""
-    name, ppid, uid, depth = parse_status(read_proc(dfd, "status"))
-    cgroup = fs_decode(read_proc(dfd, "cgroup"))
-    exe = exe_of(dfd)
+    name, ppid, uid, depth = procfs.parse_status(procfs.read_proc(dfd, "status"))
+    cgroup = fs_decode(procfs.read_proc(dfd, "cgroup"))
+    exe = procfs.exe_of(dfd)
     if exe is not None and exe in found and found[exe].kind in (CODE, DATA):
         old = found[exe]
         found[exe] = StaleFile(EXE, old.path, old.confidence, old.evidence)
-    pidns = _readlink(dfd, "ns/pid") if depth > self_depth else None
+    pidns = procfs.readlink(dfd, "ns/pid") if depth > self_depth else None
     stale = tuple(sorted(found.values(), key=lambda s: (-_STRENGTH.get(s.kind, 2), s.path)))
-    return ProcessInfo(pid, ppid, uid, name, exe, cgroup, pidns, stale)
-
-
-PPID, STARTTIME = 1, 19  # fields of /proc/PID/stat, counted from the state after the name
-
-
-def stat_field(proc: Path, pid: int, index: int) -> int | None:
-    """One numeric field of ``/proc/PID/stat`` (after the parenthesised name, which may hold anything)."""
-    try:
-        data = (proc / str(pid) / "stat").read_bytes()
-        return int(data[data.rfind(b")") + 2:].split()[index])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def exe_of(dfd: int) -> str | None:
-    """The executable's path (readlink writes names as they are: nothing to unescape); None if denied."""
-    try:
-        return _readlink(dfd, "exe").removesuffix(" (deleted)")
-    except PermissionError:
-        return None
+    return ProcessInfo(pid=pid, ppid=ppid, uid=uid, comm=name, exe=exe, cgroup=cgroup, pid_namespace=pidns, stale=stale)
 
 
 def _add(found: dict[str, StaleFile], item: StaleFile) -> None:
@@ -648,7 +604,7 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
             budget = Budget(deadline if deadline is not None else float("inf"), clock, cpu_clock)
             try:
                 info, seen = scanner.scan_process(pid, dfd, budget)
-            except ProcessGone:
+            except procfs.ProcessGone:
                 vanished += 1
                 continue
             except PermissionError:
@@ -671,15 +627,16 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
                 observed.append((info, seen))
     finally:
         os.close(procfd)
-    return ScanResult(found, scanned, vanished, denied, errors, tuple(observed), unscanned, tuple(over))
+    return ScanResult(processes=found, scanned=scanned, vanished=vanished, denied=denied, errors=errors,
+                      observed=tuple(observed), unscanned=unscanned, over_budget=tuple(over))
 
 
 def _unscanned(dfd: int, pid: int, reason: str) -> Unscanned:
     """Who a process over budget is, for the report (its name is its own choice: printed escaped)."""
     try:
         uid = os.fstat(dfd).st_uid
-        comm = fs_decode(read_proc(dfd, "comm").rstrip(b"\n"))
-    except (OSError, ProcessGone):
+        comm = fs_decode(procfs.read_proc(dfd, "comm").rstrip(b"\n"))
+    except (OSError, procfs.ProcessGone):
         uid, comm = -1, ""
     return Unscanned(pid, uid, comm, reason)
 

@@ -42,10 +42,12 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Sequence
+from enum import StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import NamedTuple
 
+from restart import fsutil
 from restart.kernel import KernelStatus, kernel_status
 from restart.microcode import (
     MICROCODE_PACKAGES,
@@ -57,11 +59,24 @@ from restart.microcode import (
 )
 from restart.packages import unpack_time
 from restart.plan import Action
+from restart.policy import Act
 from restart.units import CONTAINER, INIT, NONE, SYSTEM, USER_MANAGER
 
-KERNEL, POLICY, INIT_REASON, SERVICE, LIBRARY, FLAG = "kernel", "policy", "init", "service", "library", "flag"
-MICROCODE = "microcode"
-REASON_KINDS = (KERNEL, MICROCODE, POLICY, INIT_REASON, SERVICE, LIBRARY, FLAG)
+
+class ReasonKind(StrEnum):
+    """Why a reboot is needed (``reboot.reasons[].kind``; the module docstring says each)."""
+
+    KERNEL = "kernel"
+    MICROCODE = "microcode"
+    POLICY = "policy"
+    INIT = "init"
+    SERVICE = "service"
+    LIBRARY = "library"
+    FLAG = "flag"
+
+
+KERNEL, MICROCODE, POLICY, INIT_REASON, SERVICE, LIBRARY, FLAG = ReasonKind
+REASON_KINDS: tuple[ReasonKind, ...] = tuple(ReasonKind)
 
 REBOOT_UNITS = ("dbus.service", "dbus-broker.service")
 CORE_PACKAGES = ("libc6", "libc6:*")
@@ -74,7 +89,7 @@ _PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 
 
 class RebootReason(NamedTuple):
-    kind: str              # kernel | policy | init | service | library | flag
+    kind: ReasonKind
     package: str | None    # the package responsible (None: unknown, e.g. a kernel only in /boot)
     detail: str            # one sentence for people
     since: float | None = None  # when it became necessary (Unix time), if known
@@ -138,17 +153,17 @@ def reasons(actions: Iterable[Action], kernel: KernelStatus | None = None, *, ad
     ``reboot_units`` (service); a deferred system-level unit using a ``core_packages`` library
     (library).  ``admindir`` gives each package's unpack time as ``since``.
     """
-    found: dict[tuple[str, str | None], list[str]] = {}
+    found: dict[tuple[ReasonKind, str | None], list[str]] = {}
     for a in actions:
         g = a.group
-        picked: tuple[str, Iterable[str]] | None = None
-        if a.action == "reboot":
+        picked: tuple[ReasonKind, Iterable[str]] | None = None
+        if a.action == Act.REBOOT:
             picked = (POLICY, g.packages)
-        elif a.action == "defer" and g.kind == INIT:
+        elif a.action == Act.DEFER and g.kind == INIT:
             picked = (INIT_REASON, g.packages)
-        elif a.action == "defer" and g.kind == SYSTEM and g.name and _matches(g.name, reboot_units):
+        elif a.action == Act.DEFER and g.kind == SYSTEM and g.name and _matches(g.name, reboot_units):
             picked = (SERVICE, g.packages)
-        elif a.action == "defer" and g.kind in (SYSTEM, USER_MANAGER, CONTAINER, NONE):
+        elif a.action == Act.DEFER and g.kind in (SYSTEM, USER_MANAGER, CONTAINER, NONE):
             core = [p for p in g.packages if _matches(p, core_packages)]
             picked = (LIBRARY, core) if core else None
         if picked is None:
@@ -234,16 +249,6 @@ def _read_all(fd: int) -> str:
     return b"".join(chunks).decode("utf-8", "surrogateescape")
 
 
-def _open_dir(run_dir: Path) -> int:
-    """The directory, opened once without following a symlink; it must be root's alone."""
-    dfd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    st = os.fstat(dfd)
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-        os.close(dfd)
-        raise PermissionError(errno.EPERM, "not a directory only root can write to", str(run_dir))
-    return dfd
-
-
 def _write_all(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data):]
@@ -256,22 +261,7 @@ def _create_flag(dfd: int) -> bool:
         return False
     except FileNotFoundError:
         pass
-    tmp = f".{FLAG_FILE}.{os.getpid()}.{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
-    try:
-        os.fchmod(fd, 0o644)
-        _write_all(fd, FLAG_TEXT.encode())
-        os.close(fd)
-        fd = -1
-        try:
-            os.link(tmp, FLAG_FILE, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        os.unlink(tmp, dir_fd=dfd)
+    return fsutil.write_at(dfd, FLAG_FILE, FLAG_TEXT.encode(), replace=False)
 
 
 def _append_packages(dfd: int, names: list[str]) -> tuple[str, ...]:
@@ -305,7 +295,7 @@ def write_reboot_required(run_dir: Path, found: Iterable[RebootReason]) -> Writt
     if not found:
         return Written(False, ())
     names = [bare(r.package) for r in found if r.package and _PACKAGE_RE.fullmatch(bare(r.package))]
-    dfd = _open_dir(run_dir)
+    dfd = fsutil.open_trusted_dir(run_dir)
     try:
         added = _append_packages(dfd, names) if names else ()
         return Written(_create_flag(dfd), added)

@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
-from restart.plan import EXECUTABLE, Action, make_plan
-from restart.policy import Policy, Rule
+from restart.plan import EXECUTABLE, Action, Status, make_plan
+from restart.policy import Act, Policy, Rule
 from restart.processes import OVER_BUDGET_SHOWN, ScanResult
 from restart.text import clean, printable, quoted
 from restart.units import (
@@ -223,10 +223,10 @@ def reboot_lines(reasons: Iterable[RebootReason]) -> list[str]:
 def next_step(actions: list[Action], outcomes: list[Outcome], *, listing: bool, reboot: bool) -> str | None:
     """The closing line: what the admin should do now, or None when nothing is left."""
     by_action = {id(o.action): o for o in outcomes}
-    failed = [o.action.group for o in outcomes if o.status == "failed"]
+    failed = [o.action.group for o in outcomes if o.status == Status.FAILED]
     to_run = [a for a in actions if a.action in EXECUTABLE and a.argv is not None
-              and (id(a) not in by_action or by_action[id(a)].status == "declined")]
-    to_people = [a for a in actions if a.action not in EXECUTABLE and a.action != "ignore"]
+              and (id(a) not in by_action or by_action[id(a)].status == Status.DECLINED)]
+    to_people = [a for a in actions if a.action not in EXECUTABLE and a.action != Act.IGNORE]
     steps = []
     if failed:
         steps.append(f"see why {_title(failed[0])}{' and others' if len(failed) > 1 else ''} failed "
@@ -275,11 +275,11 @@ def hook_lines(actions: list[Action], *, failed: list[str], skips: dict[int, str
 def outcome_line(o: Outcome) -> str:
     """One line per carried-out action, for the terminal and the log."""
     g = o.action.group
-    verb = {"done": "restarted" if o.action.action != "reexec" else "re-executed", "failed": "FAILED",
-            "skipped": "skipped", "declined": "left alone"}[o.status]
+    verb = {Status.DONE: "restarted" if o.action.action != Act.REEXEC else "re-executed", Status.FAILED: "FAILED",
+            Status.SKIPPED: "skipped", Status.DECLINED: "left alone"}[o.status]
     first = o.detail.splitlines()[0] if o.detail else ""
-    took = f" ({o.seconds:.1f} s)" if o.status in ("done", "failed") else ""
-    return f"  {_title(g)}: {verb}{': ' + printable(first) if first and o.status != 'done' else ''}{took}"
+    took = f" ({o.seconds:.1f} s)" if o.status in (Status.DONE, Status.FAILED) else ""
+    return f"  {_title(g)}: {verb}{': ' + printable(first) if first and o.status != Status.DONE else ''}{took}"
 
 
 def cut_short_line(actions: list[Action], outcomes: list[Outcome], why: str, *, shown: int = 10) -> str:
@@ -299,7 +299,7 @@ def run_units(actions: list[Action], outcomes: list[Outcome]) -> list[dict[str, 
     units = []
     for a in actions:
         o = by_action.get(id(a))
-        units.append({**action_json(a), "status": o.status if o else "listed",
+        units.append({**action_json(a), "status": o.status if o else Status.LISTED,
                       "detail": clean(o.detail) if o else "", **({"left_pids": list(o.left)} if o and o.left else {}),
                       **({"seconds": round(o.seconds, 3), "wave": o.wave} if o else {})})
     return units
@@ -353,14 +353,14 @@ def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: lis
             lines.append(f"  {_title(a.group)}: {a.action}: {what}" if a.suggested is None else
                          f"  {_title(a.group)}: {a.action}: {printable(a.reason)} ({what})")
     for o in outcomes:
-        if o.status == "failed":
+        if o.status == Status.FAILED:
             lines.append(f"restart of {_title(o.action.group)} failed:")
             lines.extend(f"    {printable(line)}" for line in o.detail.splitlines())
     counts = Counter(o.status for o in outcomes)
     left = sum(1 for a in actions if id(a) not in executable)
-    waves = len({o.wave for o in outcomes if o.status in ("done", "failed")})
-    lines.append(f"{counts['done']} restarted, {counts['failed']} failed, {counts['skipped']} skipped, "
-                 f"{counts['declined']} left alone, {left} left to people"
+    waves = len({o.wave for o in outcomes if o.status in (Status.DONE, Status.FAILED)})
+    lines.append(f"{counts[Status.DONE]} restarted, {counts[Status.FAILED]} failed, {counts[Status.SKIPPED]} skipped, "
+                 f"{counts[Status.DECLINED]} left alone, {left} left to people"
                  + (f", in {waves} wave{'s' if waves != 1 else ''}" if waves else ""))
     return lines
 
@@ -380,9 +380,10 @@ def _unit_word(u: dict[str, Any]) -> tuple[str, str]:
     """What became of a unit, in the words the run used: its action when only listed (defer, notify,
     restart), else its outcome, with the reason or the detail (why skipped, what failed)."""
     status = str(u.get("status"))
-    if status == "listed":
-        return str(u.get("action") or "listed"), str(u.get("reason") or "")
-    word = {"done": "restarted", "failed": "restart FAILED", "declined": "left alone"}.get(status, status)
+    if status == Status.LISTED:
+        return str(u.get("action") or Status.LISTED), str(u.get("reason") or "")
+    words: dict[str, str] = {Status.DONE: "restarted", Status.FAILED: "restart FAILED", Status.DECLINED: "left alone"}
+    word = words.get(status, status)
     return word, (str(u.get("detail") or "").splitlines() or [str(u.get("reason") or "")])[0]
 
 
@@ -397,8 +398,8 @@ def _last_run_lines(record: dict[str, Any] | None, *, current_boot: bool, down: 
         lines.append("It was before the last reboot: nothing from it is pending any more.")
         return lines
     units = [u for u in record.get("units", []) if isinstance(u, dict)]
-    pending = [u for u in units if u.get("status") != "done"]
-    done = [u for u in units if u.get("status") == "done"]
+    pending = [u for u in units if u.get("status") != Status.DONE]
+    done = [u for u in units if u.get("status") == Status.DONE]
     lines.append(f"Found {len(units)} unit(s): {len(done)} restarted, {len(pending)} pending.")
     for u in pending:
         name = printable(str(u.get("unit") or f"pid {u.get('pids')}"))
@@ -429,7 +430,7 @@ def policy_text(pol: Policy) -> str:
 
 
 def _rule_text(r: Rule) -> str:
-    what = f"exec {command(r.argv)}" if r.action == "exec" else r.action
+    what = f"exec {command(r.argv)}" if r.action == Act.EXEC else r.action
     match = []
     if r.units:
         match.append(f"unit {' '.join(r.units)}")
@@ -444,14 +445,14 @@ def _explained_group(unit: str, scope: str, packages: tuple[str, ...]) -> UnitGr
     """The group a plan would have for this unit, classified as the scan classifies a cgroup:
     ``init.scope`` is PID 1 and ``user@UID.service`` a user's service manager, not services."""
     if scope == "user":
-        return UnitGroup(USER, unit, 0, False, valid_unit_name(unit), (0,), packages, ())
+        return UnitGroup(kind=USER, name=unit, uid=0, valid=valid_unit_name(unit), pids=(0,), packages=packages)
     manager = re.fullmatch(r"user@(\d+)\.service", unit)
     path = (f"/user.slice/user-{manager[1]}.slice/{unit}" if manager else
             f"/{unit}" if unit == "init.scope" else f"/system.slice/{unit}")
     found = resolve(path)
     if found.kind not in (INIT, USER_MANAGER):
-        return UnitGroup(SYSTEM, unit, None, False, valid_unit_name(unit), (0,), packages, ())
-    return UnitGroup(found.kind, found.name, found.uid, False, True, (0,), packages, ())
+        return UnitGroup(kind=SYSTEM, name=unit, uid=None, valid=valid_unit_name(unit), pids=(0,), packages=packages)
+    return UnitGroup(kind=found.kind, name=found.name, uid=found.uid, pids=(0,), packages=packages)
 
 
 def explain_text(pol: Policy, unit: str, scope: str, packages: list[str]) -> str:

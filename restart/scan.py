@@ -7,12 +7,11 @@ call :func:`find` and only differ in what they do with the result.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from restart import grammars, interpreters, observation, packages, processes, transaction, units
+from restart import fsutil, grammars, interpreters, observation, packages, processes, procfs, transaction, units
 from restart.roots import Roots
 
 
@@ -30,13 +29,7 @@ def never_packaged(data: Path, etc: Path | None = None) -> tuple[str, ...]:
     admin = etc / "restartctl" / "never-packaged" if etc is not None else None
     if admin is None or not os.path.lexists(admin):
         return prefixes
-    fd = os.open(admin, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or any(s.st_uid not in (0, os.geteuid()) or s.st_mode & 0o022
-                                               for s in (st, os.stat(admin.parent))):
-            raise ValueError(f"{admin}: must be a regular file owned by root and writable only by root")
-        return prefixes + _prefixes(admin, f.read(1 << 20))
+    return prefixes + _prefixes(admin, fsutil.read_trusted(admin, 1 << 20))
 
 
 def _prefixes(path: Path, data: bytes) -> tuple[str, ...]:
@@ -101,7 +94,7 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     except OSError:
         init_d = set()
     def started(pid: int) -> float | None:
-        ticks = processes.stat_field(roots.proc, pid, processes.STARTTIME)
+        ticks = procfs.stat_field(roots.proc, pid, procfs.STARTTIME)
         return None if ticks is None else ctx.host.wall(ticks)
 
     affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d,

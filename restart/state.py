@@ -2,9 +2,9 @@
 
 Findings that no restart resolved stay *pending*: later runs include their packages
 again until the processes are gone.  A reboot ends all of it, so every record
-carries the boot id it was written under.  Files are written atomically (a
-temporary file, then rename), never through a symlink, in a directory that must
-be root's own.
+carries the boot id it was written under.  Files are written atomically and
+durably (:func:`fsutil.write_atomic`), never through a symlink, in a directory
+that must be root's own.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from restart.processes import STARTTIME, stat_field
+from restart import fsutil
+from restart.plan import Status
+from restart.procfs import STARTTIME, stat_field
 
 STATE_SCHEMA = "restartctl-state/1"
 PENDING = "pending.json"
@@ -53,36 +55,16 @@ def usable_dir(path: Path, *, create: bool) -> bool:
             path.mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError:
             return False
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
+    return fsutil.trusted_dir(path)
 
 
 def write_json(directory: Path, name: str, doc: dict[str, Any]) -> None:
-    """Replace ``directory/name`` atomically and durably (fsync of the file, then of the directory);
-    refuses a directory that is not safely ours.  An error names the file."""
+    """Replace ``directory/name`` atomically and durably (:func:`fsutil.write_atomic`), creating the
+    directory if need be; refuses a directory that is not safely ours.  An error names the file."""
     if not usable_dir(directory, create=True):
         raise OSError(f"{directory}: not a root-owned directory writable only by root")
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, directory / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsutil.write_atomic(directory / name, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
     except OSError as e:
         raise OSError(f"cannot write {directory / name}: {e.strerror or e}") from e
 
@@ -307,7 +289,7 @@ def still_true(record: dict[str, Any], proc: Path) -> dict[str, Any]:
     kept, exited = [], 0
     for unit in record.get("units", []):
         named = unit.get("processes") if isinstance(unit, dict) else None
-        if (isinstance(named, list) and unit.get("status") not in ("done", "failed")
+        if (isinstance(named, list) and unit.get("status") not in (Status.DONE, Status.FAILED)
                 and not any(isinstance(p, list) and len(p) == 2 and isinstance(p[0], int)
                             and stat_field(proc, p[0], STARTTIME) == p[1] for p in named)):
             exited += 1
@@ -363,7 +345,7 @@ def problem(directory: Path, name: str) -> str | None:
         return f"{directory}: not a root-owned directory writable only by root; its records are ignored"
     if not stat.S_ISREG(st.st_mode):
         return f"{path}: not a regular file; ignored"
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-        return (f"{path}: could have been written by someone other than root "
-                f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); ignored")
+    why = fsutil.untrusted(st)
+    if why is not None:
+        return f"{path}: could have been written by someone other than root ({why}); ignored"
     return None

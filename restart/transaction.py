@@ -20,12 +20,12 @@ from __future__ import annotations
 import math
 import os
 import re
-import stat
 from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+from restart.fsutil import trusted_dir
 from restart.packages import DpkgDatabase, list_paths, parse_md5sums
 
 TRIGGERS = ("apt", "dpkg", "unattended-upgrades", "manual")  # who runs `restartctl hook`
@@ -87,15 +87,6 @@ def parse_journal(data: bytes) -> tuple[list[tuple[str, str, str]], int]:
     return events, end
 
 
-def _secure_dir(path: Path) -> bool:
-    """Ours to trust: a real directory owned by root (or by us, for tests as non-root)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
-
-
 def _legacy_cursor(run: Path) -> int:
     """The byte cursor an earlier restartctl kept in ``/run/restartctl/cursor`` (an upgrade mid-boot)."""
     try:
@@ -113,7 +104,7 @@ def read(run: Path, cursor: tuple[int, int] | None) -> Transaction:
     a failed or interrupted append leaves (counted).
     """
     empty = Transaction(frozenset(), frozenset(), frozenset(), frozenset(), (0, 0))
-    if not _secure_dir(run):
+    if not trusted_dir(run):
         return empty
     try:
         fd = os.open(run / JOURNAL, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -173,7 +164,7 @@ def claim_markers(directories: list[Path]) -> list[Path]:
     hooks create meanwhile stays for the next run); returns the ones found, claimed earlier included."""
     found = []
     for d in directories:
-        if not _secure_dir(d):
+        if not trusted_dir(d):
             continue
         with suppress(OSError):
             os.rename(d / MARKER, d / CLAIMED)
@@ -185,7 +176,7 @@ def claim_markers(directories: list[Path]) -> list[Path]:
 def release_markers(directories: list[Path]) -> None:
     """The run that claimed them has recorded its result: the loss they marked is made good."""
     for d in directories:
-        if _secure_dir(d):
+        if trusted_dir(d):
             with suppress(FileNotFoundError):
                 os.unlink(d / CLAIMED)
 
@@ -193,7 +184,7 @@ def release_markers(directories: list[Path]) -> None:
 def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> dict[str, str]:
     """Canonical path -> package from the file lists apt's hook saved before the change."""
     lists = run / LISTS
-    if not packages or not _secure_dir(lists):
+    if not packages or not trusted_dir(lists):
         return {}
     wanted = {p.partition(":")[0] for p in packages}
     files: dict[str, str] = {}
@@ -229,7 +220,7 @@ def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> di
     start times.
     """
     lists = run / LISTS
-    if not _secure_dir(lists):
+    if not trusted_dir(lists):
         return {}
     wanted = None if packages is None else {p.partition(":")[0] for p in packages}
     # package -> (order, sums, unpacked): the latest copy first, then the set-aside ones by unpack time
@@ -277,7 +268,7 @@ def first_events(run: Path) -> dict[str, tuple[int, str]]:
     A package whose first event is an ``install`` did not exist before then: nothing of it
     can be loaded in a process that started earlier.
     """
-    if not _secure_dir(run):
+    if not trusted_dir(run):
         return {}
     try:
         fd = os.open(run / JOURNAL, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -10,13 +10,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 from typing import NamedTuple
 
 from restart.packages import DpkgDatabase
 from restart.processes import FIRST_USER_UID, ProcessInfo, ScanResult, StaleFile
 
-SYSTEM, USER, SESSION, INIT, USER_MANAGER, CONTAINER, NONE = (
-    "system", "user", "session", "init", "user-manager", "container", "none")
+
+class UnitKind(StrEnum):
+    """What manages a process (``unit.kind`` in every output)."""
+
+    SYSTEM = "system"              # a system unit
+    USER = "user"                  # a unit of a user's own service manager
+    SESSION = "session"            # a login session's scope
+    INIT = "init"                  # PID 1 itself
+    USER_MANAGER = "user-manager"  # a user's service manager (user@UID.service)
+    CONTAINER = "container"        # a container or another PID namespace
+    NONE = "none"                  # nothing: a process no manager tracks
+
+
+SYSTEM, USER, SESSION, INIT, USER_MANAGER, CONTAINER, NONE = UnitKind  # the members, by the names every stage uses
 
 UNIT_TYPES = ("service", "socket", "target", "device", "mount", "automount", "swap",
               "timer", "path", "slice", "scope")
@@ -51,7 +64,7 @@ def unescape_unit(text: str) -> str:
 
 
 class Unit(NamedTuple):
-    kind: str                 # system | user | session | init | user-manager | container | none
+    kind: UnitKind
     name: str | None          # unit name (or container/machine name); None when nothing manages it
     uid: int | None = None    # the owning user for user units, user managers and sessions
     guessed: bool = False     # derived from package contents, not from the cgroup
@@ -200,14 +213,14 @@ KIND_ORDER = (SYSTEM, USER, USER_MANAGER, INIT, SESSION, CONTAINER, NONE)
 class UnitGroup(NamedTuple):
     """Everything stale under one manager: a unit, a session, a container, or a lone process."""
 
-    kind: str
+    kind: UnitKind
     name: str | None
     uid: int | None
-    guessed: bool
-    valid: bool
-    pids: tuple[int, ...]
-    packages: tuple[str, ...]
-    members: tuple[Affected, ...]
+    guessed: bool = False
+    valid: bool = True
+    pids: tuple[int, ...] = ()
+    packages: tuple[str, ...] = ()
+    members: tuple[Affected, ...] = ()
 
     @property
     def key(self) -> tuple[int, str, str, int]:
@@ -216,7 +229,7 @@ class UnitGroup(NamedTuple):
 
 def group(affected: list[Affected]) -> list[UnitGroup]:
     """Group stale processes by what manages them; processes with no package file are left out."""
-    buckets: dict[tuple[str, str | None, int | None, int | None], list[Affected]] = {}
+    buckets: dict[tuple[UnitKind, str | None, int | None, int | None], list[Affected]] = {}
     for a in affected:
         if not a.files:
             continue
@@ -226,9 +239,9 @@ def group(affected: list[Affected]) -> list[UnitGroup]:
     for (kind, name, uid, _), members in buckets.items():
         first = members[0].unit
         groups.append(UnitGroup(
-            kind, name, uid, first.guessed, all(m.unit.valid for m in members),
-            tuple(sorted(m.process.pid for m in members)),
-            tuple(sorted({f.package for m in members for f in m.files})), tuple(members)))
+            kind=kind, name=name, uid=uid, guessed=first.guessed, valid=all(m.unit.valid for m in members),
+            pids=tuple(sorted(m.process.pid for m in members)),
+            packages=tuple(sorted({f.package for m in members for f in m.files})), members=tuple(members)))
     return sorted(groups, key=lambda g: g.key)
 
 

@@ -14,8 +14,11 @@ import pytest
 
 from restart import apply, hook, state
 from restart.cli import main
+from restart.plan import Status
+from restart.policy import Act
 from restart.roots import Roots
-from tests.test_cli import REPO, Host
+from restart.units import SYSTEM, UnitKind
+from tests.support.fixturehost import REPO, Host
 
 BOOT = "0f0e0d0c-0b0a-0908-0706-050403020100"
 
@@ -23,12 +26,10 @@ BOOT = "0f0e0d0c-0b0a-0908-0706-050403020100"
 def fixture_host(tmp_path: Path) -> tuple[Host, Roots]:
     host = Host(tmp_path, systemd=True)
     host.add(10, cgroup="0::/system.slice/demod.service\n", name="demod")
-    argv = host.argv("scan")
-    proc = Path(argv[argv.index("--proc") + 1])
-    (proc / "sys" / "kernel" / "random").mkdir(parents=True)
-    (proc / "sys" / "kernel" / "random" / "boot_id").write_text(BOOT + "\n")
-    return host, Roots(proc=proc, root=host.root, admindir=tmp_path / "admin", run=tmp_path / "run",
-                       etc=host.root / "etc", state=tmp_path / "state")
+    roots = host.roots()
+    (roots.proc / "sys" / "kernel" / "random").mkdir(parents=True)
+    (roots.proc / "sys" / "kernel" / "random" / "boot_id").write_text(BOOT + "\n")
+    return host, roots
 
 
 def earlier_record(roots: Roots) -> None:
@@ -203,11 +204,11 @@ def ask(answers: str, *, default_yes: bool = True, units: int = 2) -> tuple[list
     import io
 
     from restart.plan import Action
-    from restart.units import SYSTEM, UnitGroup
+    from restart.units import UnitGroup
 
     prompts = io.StringIO()
     confirm = apply.asker(io.StringIO(answers), prompts, default_yes=default_yes, deadline=time.monotonic() + 60)
-    actions = [Action(UnitGroup(SYSTEM, f"u{i}.service", None, False, True, (i,), ("p",), ()), "restart",
+    actions = [Action(UnitGroup(SYSTEM, f"u{i}.service", None, False, True, (i,), ("p",), ()), Act.RESTART,
                       ("systemctl", "restart", "--", f"u{i}.service"), "") for i in range(units)]
     return [confirm(a) for a in actions], prompts.getvalue()
 
@@ -233,14 +234,14 @@ def test_ask_gives_up_when_no_answer_comes_in_time(tmp_path: Path) -> None:
     import io
 
     from restart.plan import Action
-    from restart.units import SYSTEM, UnitGroup
+    from restart.units import UnitGroup
 
     read_end, write_end = os.pipe()  # nobody ever writes: the admin went away
     prompts = io.StringIO()
     with os.fdopen(read_end) as answers:
         confirm = apply.asker(answers, prompts, deadline=time.monotonic() + 0.3)
         started = time.monotonic()
-        action = Action(UnitGroup(SYSTEM, "u.service", None, False, True, (1,), ("p",), ()), "restart",
+        action = Action(UnitGroup(SYSTEM, "u.service", None, False, True, (1,), ("p",), ()), Act.RESTART,
                         ("systemctl", "restart", "--", "u.service"), "")
         assert confirm(action) is None
     os.close(write_end)
@@ -257,19 +258,19 @@ def test_a_quit_is_reported_as_not_asked(tmp_path: Path) -> None:
     executor = execute.Executor(Settings(), proc=tmp_path, deadline=time.monotonic() + 60,
                                 still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks],
                                 confirm=lambda a: None)
-    outcome = executor.one(Action(group, "restart", ("/bin/true",), ""))
+    outcome = executor.one(Action(group, Act.RESTART, ("/bin/true",), ""))
     assert (outcome.status, outcome.detail) == ("declined", "not asked: the prompt was quit before it")
 
 
 # ---- words ----------------------------------------------------------------------------------------
 
-def plan_action(name: str | None, packages: tuple[str, ...], *, kind: str = "system", action: str = "restart",
+def plan_action(name: str | None, packages: tuple[str, ...], *, kind: UnitKind = SYSTEM, action: str = "restart",
                 uid: int | None = None, members: tuple[Any, ...] = ()) -> Any:
     from restart.plan import Action
     from restart.units import UnitGroup
 
     argv = ("systemctl", "restart", "--", name) if action == "restart" and name else None
-    return Action(UnitGroup(kind, name, uid, False, True, (1,), packages, members), action, argv, "why")
+    return Action(UnitGroup(kind, name, uid, False, True, (1,), packages, members), Act(action), argv, "why")
 
 
 def test_the_headline_is_short_however_many_packages() -> None:
@@ -282,9 +283,9 @@ def test_the_headline_is_short_however_many_packages() -> None:
 
 def test_reboot_reasons_are_one_line_per_cause() -> None:
     from restart import report
-    from restart.reboot import RebootReason
+    from restart.reboot import ReasonKind, RebootReason
 
-    found = [RebootReason("service", f"lib{i}", "dbus.service: restarting the system bus; reboot instead")
+    found = [RebootReason(ReasonKind.SERVICE, f"lib{i}", "dbus.service: restarting the system bus; reboot instead")
              for i in range(7)]
     assert report.reboot_lines(found) == [
         "a reboot is needed: service (lib0, lib1, lib2, … 4 more): dbus.service: restarting the system bus; "
@@ -314,12 +315,12 @@ def test_the_next_step_names_failures_units_left_to_people_and_a_reboot() -> Non
 
     failed, left, person = (plan_action("a.service", ("p",)), plan_action("b.service", ("p",)),
                             plan_action("c.service", ("p",), action="notify"))
-    step = report.next_step([failed, left, person], [Outcome(failed, "failed", "x"), Outcome(left, "declined", "")],
-                            listing=False, reboot=True)
+    outcomes = [Outcome(failed, Status.FAILED, "x"), Outcome(left, Status.DECLINED, "")]
+    step = report.next_step([failed, left, person], outcomes, listing=False, reboot=True)
     assert step == ("next: see why a.service failed ('systemctl status a.service'), then 'restartctl apply'; "
                     "'restartctl apply' retries the 1 unit not restarted; 'restartctl status' lists the 1 unit "
                     "left to people; reboot when convenient")
-    assert report.next_step([failed], [Outcome(failed, "done", "")], listing=False, reboot=False) is None
+    assert report.next_step([failed], [Outcome(failed, Status.DONE, "")], listing=False, reboot=False) is None
 
 
 def test_sd_pam_is_shown_as_a_helper_of_the_user_manager() -> None:
@@ -408,7 +409,7 @@ def test_users_are_not_notified_when_the_policy_says_so(tmp_path: Path, monkeypa
         told.append(groups)
         return 1
     monkeypatch.setattr(execute, "notify", notify)
-    action = plan_action("session-1.scope", ("p",), kind="session", action="notify", uid=1000)
+    action = plan_action("session-1.scope", ("p",), kind=UnitKind.SESSION, action="notify", uid=1000)
     for setting, expected in ((True, 1), (False, 0)):
         applied = execute.apply([action], Settings(notify_users=setting), proc=tmp_path, run_dir=tmp_path,
                                 deadline=time.monotonic() + 60,

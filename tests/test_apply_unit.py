@@ -11,8 +11,8 @@ import pytest
 
 from restart import apply, execute, report, state
 from restart.plan import Action
-from restart.policy import Settings
-from restart.processes import ProcessInfo, StaleFile
+from restart.policy import Act, Settings
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
 from restart.roots import Roots
 from restart.units import SYSTEM, Affected, OwnedFile, Unit, group
 
@@ -32,9 +32,10 @@ def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attem
         d.mkdir(mode=0o755)
     (roots.proc / "sys" / "kernel" / "random").mkdir(parents=True)
     (roots.proc / "sys" / "kernel" / "random" / "boot_id").write_text("7d3e4c3a-0000-4000-8000-000000000001\n")
-    stale = (OwnedFile(StaleFile("code", "/usr/lib/libdemo.so.1", "certain", "replaced"), "libdemo1"),)
+    lib = StaleFile(FileKind.CODE, "/usr/lib/libdemo.so.1", Confidence.CERTAIN, Evidence.REPLACED)
+    stale = (OwnedFile(lib, "libdemo1"),)
     actions = [Action(group([Affected(ProcessInfo(10 + i, 1, 0, "d", "/usr/sbin/d", "", None, ()), Unit(SYSTEM, n),
-                                      stale, ())])[0], "restart", ("systemctl", "restart", "--", n), "")
+                                      stale, ())])[0], Act.RESTART, ("systemctl", "restart", "--", n), "")
                for i, n in enumerate(("a.service", "b.service"))]
     outcomes: list[execute.Outcome] = []
     log = apply.Log(io.StringIO(), io.StringIO(), quiet=True)

@@ -11,46 +11,8 @@ from pathlib import Path
 import pytest
 
 from restart.cli import main
-from tests.fakeproc import FakeProcess, build, ino, map_line, rootfs
-
-REPO = Path(__file__).resolve().parent.parent
-LIB = "/usr/lib/x86_64-linux-gnu/libdemo.so.1"
-EXE = "/usr/sbin/demod"
-
-
-class Host:
-    """A fixture host: merged-/usr root, a dpkg database and a /proc with stale processes."""
-
-    def __init__(self, base: Path, *, systemd: bool) -> None:
-        self.base = base
-        self.root = rootfs(base / "root", {LIB: b"v2", EXE: b"bin", "/etc/init.d/demod": b"#!/bin/sh\n"})
-        for name in ("bin", "sbin", "lib"):
-            (self.root / "usr" / name).mkdir(parents=True, exist_ok=True)
-            (self.root / name).symlink_to(f"usr/{name}")
-        info = base / "admin" / "info"
-        info.mkdir(parents=True)
-        lib_list = "/.\n/lib\n/lib/x86_64-linux-gnu\n/lib/x86_64-linux-gnu/libdemo.so.1\n"
-        (info / "libdemo1:amd64.list").write_text(lib_list)
-        (info / "demod.list").write_text(f"/.\n{EXE}\n/etc/init.d/demod\n")
-        (base / "run").mkdir()
-        if systemd:
-            (base / "run" / "systemd" / "system").mkdir(parents=True)
-        self.processes: list[FakeProcess] = []
-
-    def add(self, pid: int, **kw: object) -> None:
-        maps = map_line(EXE, ino(self.root, EXE)) + map_line(LIB, ino(self.root, LIB) + 1)
-        self.processes.append(FakeProcess(pid, kw.pop("maps", maps), root=self.root, exe=EXE, **kw))  # type: ignore[arg-type]
-
-    def argv(self, *args: str) -> list[str]:
-        proc = self.base / "proc"
-        if not proc.exists():
-            build(proc, self.processes)
-        return [*args, "--proc", str(proc), "--root", str(self.root), "--admindir", str(self.base / "admin"),
-                "--run", str(self.base / "run"), "--etc", str(self.root / "etc")]
-
-    def run(self, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-        code = main(self.argv(*args))
-        return code, capsys.readouterr().out
+from tests.fakeproc import ino, map_line
+from tests.support.fixturehost import EXE, LIB, REPO, Host
 
 
 def test_plan_json_for_a_stale_service(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

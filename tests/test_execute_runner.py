@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from restart import execute
+from restart import execute, procfs
 from restart.plan import Action
-from restart.policy import Settings
-from restart.processes import ProcessInfo, StaleFile
+from restart.policy import Act, Settings
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
 from restart.units import SYSTEM, Affected, OwnedFile, Unit, UnitGroup, group
 
 SHOW, RESTART, STATUS = "show", "restart", "status"
@@ -72,8 +72,9 @@ class Systemd:
 def action(name: str, pid: int) -> Action:
     unit = Unit(SYSTEM, name, cgroup=f"/system.slice/{name}")
     member = Affected(ProcessInfo(pid, 1, 0, "d", "/usr/sbin/d", f"0::/system.slice/{name}\n", None, ()), unit,
-                      (OwnedFile(StaleFile("code", "/usr/lib/libdemo.so.1", "certain", "replaced"), "libdemo1"),), ())
-    return Action(group([member])[0], "restart", ("systemctl", "restart", "--", name), "service uses replaced files")
+                      (OwnedFile(StaleFile(FileKind.CODE, "/usr/lib/libdemo.so.1", Confidence.CERTAIN,
+                                           Evidence.REPLACED), "libdemo1"),), ())
+    return Action(group([member])[0], Act.RESTART, ("systemctl", "restart", "--", name), "service uses replaced files")
 
 
 def names(n: int) -> list[str]:
@@ -256,7 +257,7 @@ def test_run_gives_a_clean_environment_and_no_stdin(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
     monkeypatch.setenv("RCTL_SECRET", "x")
     env = execute.run(["/usr/bin/env"], 10).stdout.splitlines()
-    assert sorted(env) == sorted(f"{k}={v}" for k, v in execute.CLEAN_ENV.items())
+    assert sorted(env) == sorted(f"{k}={v}" for k, v in procfs.CLEAN_ENV.items())
     read, write = os.pipe()
     saved = os.dup(0)
     try:

@@ -12,9 +12,9 @@ import pytest
 
 from restart import execute
 from restart.plan import Action
-from restart.policy import Settings
-from restart.processes import ProcessInfo, StaleFile
-from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, OwnedFile, Unit, UnitGroup, group
+from restart.policy import Act, Settings
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
+from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, OwnedFile, Unit, UnitGroup, UnitKind, group
 
 
 def test_parse_show_blocks_follow_the_argument_order() -> None:
@@ -106,11 +106,11 @@ def test_a_units_processes_come_from_its_cgroup_and_the_cgroups_below(tmp_path: 
 def test_an_action_that_cannot_be_recorded_first_is_not_taken(tmp_path: Path) -> None:
     """Why: a run killed during a restart nobody recorded would leave no trace of it."""
     from restart.plan import Action
-    from restart.policy import Settings
+    from restart.policy import Act, Settings
     from restart.units import UnitGroup
 
-    group = UnitGroup("process", None, 0, False, True, (1,), ("p",), ())  # no unit: nothing to ask systemd
-    action = Action(group, "exec", ("/bin/true",), "test")
+    group = UnitGroup(UnitKind.NONE, None, 0, False, True, (1,), ("p",), ())  # no unit: nothing to ask systemd
+    action = Action(group, Act.EXEC, ("/bin/true",), "test")
 
     def full(a: list[Action]) -> None:
         raise OSError("cannot write /var/lib/restartctl/actions.json: No space left on device")
@@ -128,7 +128,8 @@ def test_an_action_that_cannot_be_recorded_first_is_not_taken(tmp_path: Path) ->
 
 def _member(pid: int, unit: Unit) -> Affected:
     return Affected(ProcessInfo(pid, 0, 0, "x", "/usr/lib/systemd/systemd", f"0::{unit.cgroup}\n", None, ()),
-                    unit, (OwnedFile(StaleFile("code", "/usr/lib/libc.so.6", "certain", "replaced"), "libc6"),), ())
+                    unit, (OwnedFile(StaleFile(FileKind.CODE, "/usr/lib/libc.so.6", Confidence.CERTAIN,
+                                               Evidence.REPLACED), "libc6"),), ())
 
 
 def test_the_check_after_a_restart_looks_only_at_what_was_restarted(tmp_path: Path) -> None:
@@ -165,7 +166,7 @@ def test_a_check_that_runs_out_of_time_is_not_a_verified_restart(tmp_path: Path)
     ex = execute.Executor(Settings(timeout=5), proc=tmp_path, deadline=time.monotonic() + 60, cgroupfs=tmp_path,
                           still_stale=check)
     g = group([_member(1, Unit(INIT, "init.scope", cgroup="/init.scope"))])[0]
-    action = Action(g, "reexec", ("systemctl", "daemon-reexec"), "")
+    action = Action(g, Act.REEXEC, ("systemctl", "daemon-reexec"), "")
     found: list[execute.Outcome] = []
     ex._verify([(action, {})], time.monotonic() + 5, found.append)
     [outcome] = found
@@ -190,7 +191,7 @@ def test_a_unit_whose_check_failed_is_not_restarted_again_for_the_same_processes
     """Why: a restart that leaves the same processes stale fails every time; repeating it every run is a
     restart loop that also feeds the circuit breaker.  Skipped, pending, with the reason."""
     g = group([_member(60, Unit(SYSTEM, "leaky.service", cgroup="/system.slice/leaky.service"))])[0]
-    action = Action(g, "restart", ("systemctl", "restart", "--", "leaky.service"), "")
+    action = Action(g, Act.RESTART, ("systemctl", "restart", "--", "leaky.service"), "")
     ex = execute.Executor(Settings(), proc=tmp_path, deadline=time.monotonic() + 60, cgroupfs=tmp_path,
                           still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks],
                           earlier={(SYSTEM, "leaky.service", None): frozenset({60, 61})})

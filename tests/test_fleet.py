@@ -22,12 +22,11 @@ from typing import Any
 
 import pytest
 
-from tests.fakeproc import ino, map_line
 from tests.support.container import Container, wait_for
 from tests.support.debs import cached_debs
+from tests.support.fixturehost import fixture_host
 from tests.support.package import Built
-from tests.test_cli import EXE, LIB, Host
-from tests.test_formats import promtool
+from tests.support.tools import promtool
 
 REPO = Path(__file__).resolve().parent.parent
 PLAYBOOK = REPO / "examples" / "ansible" / "fleet.yml"
@@ -58,22 +57,6 @@ def playbook(tmp: Path, inventory: list[str], extra: dict[str, Any], *args: str)
                                                 "restartctl_become": False, **extra}))
     return subprocess.run([str(ANSIBLE), *inventory, str(PLAYBOOK), "-e", f"@{tmp / 'extra.json'}", *args],
                           cwd=tmp, env=ansible_env(tmp), capture_output=True, text=True, timeout=300, check=False)
-
-
-def fixture_host(base: Path, *, stale: bool = True, flagged: bool = False) -> list[str]:
-    """A fixture host (tests/test_cli.Host): a stale service, a deferred dbus and a login session;
-    returns the root options restartctl needs to look at it."""
-    host = Host(base, systemd=True)
-    if stale:
-        host.add(100, cgroup="0::/system.slice/demod.service\n", name="demod")
-        host.add(101, cgroup="0::/system.slice/dbus.service\n", name="dbus-daemon")
-        host.add(102, cgroup="0::/user.slice/user-1000.slice/session-4.scope\n", uid=1000)
-    else:
-        fresh = map_line(EXE, ino(host.root, EXE)) + map_line(LIB, ino(host.root, LIB))
-        host.add(100, cgroup="0::/system.slice/demod.service\n", maps=fresh)
-    if flagged:
-        (base / "run" / "reboot-required").write_text("*** System restart required ***\n")
-    return [*host.argv(), "--state", str(base / "state")]
 
 
 def test_summary_of_a_fixture_host_against_localhost(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,33 +21,18 @@ from restart import formats, kernel, plan, policy, reboot, scan
 from restart.cli import main
 from restart.plan import Action
 from restart.processes import ScanResult
-from restart.reboot import RebootReason
+from restart.reboot import ReasonKind, RebootReason
 from restart.roots import Roots
-from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, UnitGroup
+from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, UnitGroup, UnitKind
 from tests.fakeproc import map_line
+from tests.support import tools
 from tests.support.container import Container
+from tests.support.fixturehost import Host, fixture_host
 from tests.support.fixtures import run_demod_then_upgrade
-from tests.test_cli import Host
+from tests.support.tools import promtool
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "data" / "restartctl-1.schema.json"
-PROMTOOL = REPO / "tests" / ".cache" / "promtool" / "usr" / "bin" / "promtool"
-PROMTOOL_HINT = """promtool is missing: run tests/run.sh, which downloads Debian's promtool .deb (Debian 13;
-prometheus on Debian 12) and unpacks it, never installs it:
-  (cd tests/.cache/debs && apt-get download -q promtool)   # or: apt-get download -q prometheus
-  dpkg-deb -x tests/.cache/debs/promtool_*.deb tests/.cache/promtool"""
-
-
-# ---------------------------------------------------------------- tools the checks need
-
-def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The real promtool from the downloaded .deb; missing, the test FAILS with how to get it."""
-    if not os.access(PROMTOOL, os.X_OK):
-        pytest.fail(PROMTOOL_HINT, pytrace=False)
-    return subprocess.run([str(PROMTOOL), *args], input=stdin, capture_output=True, text=True, timeout=60,
-                          check=False)
-
-
 def check_metrics(text: str) -> None:
     assert text.strip(), "promtool accepts empty input: never check nothing"
     r = promtool("check", "metrics", stdin=text)
@@ -84,18 +68,18 @@ def errors(doc: Any) -> list[str]:
 
 # ---------------------------------------------------------------- synthetic plans
 
-def grp(kind: str, name: str | None, *pids: int, uid: int | None = None,
+def grp(kind: UnitKind, name: str | None, *pids: int, uid: int | None = None,
         packages: tuple[str, ...] = ("libc6:amd64",)) -> UnitGroup:
     return UnitGroup(kind, name, uid, False, True, pids or (100,), packages, ())
 
 
 def act(g: UnitGroup, action: str = "restart", reason: str = "service uses replaced files") -> Action:
     argv = ("systemctl", action, "--", g.name or "") if action in ("restart", "try-restart") else None
-    return Action(g, action, argv, reason)
+    return Action(g, policy.Act(action), argv, reason)
 
 
-KERNEL = RebootReason("kernel", "linux-image-6.1.0-27-amd64", "running 6.1.0-26-amd64, a newer kernel is installed",
-                      1_730_000_000)
+KERNEL = RebootReason(ReasonKind.KERNEL, "linux-image-6.1.0-27-amd64",
+                      "running 6.1.0-26-amd64, a newer kernel is installed", 1_730_000_000)
 PERFDATA = re.compile(r"^'?[a-z]+'?=\d+;(\d*);(\d*);(\d*);?(\d*)$")
 
 
@@ -200,8 +184,8 @@ def test_openmetrics_full_document_passes_promtool_and_the_openmetrics_parser() 
     actions = [act(grp(SYSTEM, "nginx.service", 10, 11)), act(grp(SYSTEM, "dbus.service", 12), "defer"),
                act(grp(SESSION, "session-3.scope", 13, uid=1000), "notify"),
                act(grp(SYSTEM, "cron.service", 14), "ignore"), act(grp(SYSTEM, "legacy.service", 15), "reboot")]
-    reasons = [KERNEL, RebootReason("service", "libc6:amd64", "dbus.service: reboot instead", 1_720_000_000),
-               RebootReason("flag", None, "/run/reboot-required exists")]
+    reasons = [KERNEL, RebootReason(ReasonKind.SERVICE, "libc6:amd64", "dbus.service: reboot instead", 1_720_000_000),
+               RebootReason(ReasonKind.FLAG, None, "/run/reboot-required exists")]
     record = {"schema": "restartctl-state/1", "time": 1_731_000_000, "units": [
         {"status": "done"}, {"status": "done"}, {"status": "failed"}, {"status": "listed"}, "junk"]}
     text = formats.openmetrics(actions, [a.group for a in actions], ScanResult([], 321, 2, 1, 0), reasons,
@@ -265,7 +249,7 @@ def test_restart_counts_from_the_record_or_the_caller() -> None:
 def test_label_values_are_escaped() -> None:
     assert formats.escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
     assert formats.escape_label("caf\udcc3") == "caf\\\\xc3"
-    weird = RebootReason("policy", 'we"ird\\pkg\nx', "d")
+    weird = RebootReason(ReasonKind.POLICY, 'we"ird\\pkg\nx', "d")
     text = formats.openmetrics([], [], ScanResult([], 1, 0, 0, 0), [weird], now=1)
     check_metrics(text)
     assert om_sample(text, "restartctl_reboot_reason", kind="policy", package='we"ird\\pkg\nx') == 1
@@ -277,7 +261,7 @@ def test_promtool_really_checks() -> None:
 
 
 def test_missing_tools_fail_never_skip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(sys.modules[__name__], "PROMTOOL", tmp_path / "promtool")
+    monkeypatch.setattr(tools, "PROMTOOL", tmp_path / "promtool")
     with pytest.raises(pytest.fail.Exception, match="apt-get download -q promtool"):
         promtool("--version")
     with pytest.raises(pytest.fail.Exception, match="jsonschema==4.26.0"):
@@ -378,11 +362,7 @@ def _fixture_host(tmp_path: Path, *, memfd: bool = False) -> tuple[Host, Roots]:
     host.add(101, cgroup="0::/system.slice/dbus.service\n", name='dbus"\\\n')
     host.add(102, cgroup="0::/user.slice/user-1000.slice/session-4.scope\n", uid=1000)
     host.add(1, cgroup="0::/init.scope\n", name="systemd")
-    args = host.argv()
-    opts = dict(zip(args[::2], args[1::2], strict=True))
-    roots = Roots(proc=Path(opts["--proc"]), root=Path(opts["--root"]), admindir=Path(opts["--admindir"]),
-                  run=Path(opts["--run"]), etc=Path(opts["--etc"]), state=tmp_path / "state")
-    return host, roots
+    return host, host.roots()
 
 
 def test_formats_over_a_fixture_host(tmp_path: Path) -> None:
@@ -448,7 +428,6 @@ def test_refresh_renews_the_textfile_without_a_scan_only_when_nothing_can_have_c
     """``plan --format openmetrics --textfile --refresh`` (restartctl-report.service): a scan when the
     file says something is pending or the dpkg database / state / reboot flag changed, else only a
     new report time."""
-    from tests.test_fleet import fixture_host
 
     prom = tmp_path / "prom"
     prom.mkdir(mode=0o755)

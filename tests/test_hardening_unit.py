@@ -115,6 +115,7 @@ def _record(**fields: object) -> dict[str, object]:
             "units": [], **fields}
 
 
+@pytest.mark.timeout(20)  # a FIFO opened blocking would hang here: bounded, it fails instead
 @pytest.mark.parametrize("make", ["fifo", "deep", "deep-object", "huge", "symlink", "not-utf8", "not-json",
                                   "time-string", "time-huge", "units-number", "units-of-strings",
                                   "packages-of-numbers", "a-list", "other-schema"])

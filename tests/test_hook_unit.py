@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ import pytest
 from restart import apply, hook, transaction
 from restart.cli import main
 from restart.roots import Roots
+from tests.support.fixturehost import Host
 
 
 def test_journal_parsing_keeps_only_complete_well_formed_lines() -> None:
@@ -180,16 +185,13 @@ def test_a_scan_cut_short_makes_the_next_run_look_again(tmp_path: Path, capsys: 
     """The hook's scan gets half the time left; what it could not look at is said, and recorded as
     incomplete (not as an unbounded package list): the next run looks at every package changed since."""
     from restart import state
-    from tests.test_cli import Host
 
     host = Host(tmp_path, systemd=True)
     host.add(10)
-    argv = host.argv("scan")
-    roots = Roots(proc=Path(argv[argv.index("--proc") + 1]), root=host.root, admindir=tmp_path / "admin",
-                  run=tmp_path / "run", etc=host.root / "etc", state=tmp_path / "state")
+    roots = host.roots()
     log = apply.Log(sys.stdout, sys.stderr, quiet=False)
     apply.act(roots, "apt", log, scope=["demod", "libdemo1"], old_files=None, failed=[], mode="list",
-             deadline=time.monotonic() - 1, progress=apply.Progress((1, 10), 1000.0))
+              deadline=time.monotonic() - 1, progress=apply.Progress((1, 10), 1000.0))
     err = capsys.readouterr().err
     assert "1 process was not scanned before the time ran out" in err
     record = state.read_json(roots.state, state.PENDING)
@@ -226,3 +228,82 @@ def test_package_names_are_read_tolerantly_and_strictly() -> None:
         assert transaction.package_name(bad) is None, bad
     events, _ = transaction.parse_journal(b"1 apt upgrade rctl-libdemo1:amd64:amd64\n")
     assert events == [("apt", "upgrade", "rctl-libdemo1:amd64")]
+
+
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.pwrite(fd, f"{os.getpid()} hook --trigger apt\\n".encode(), 0)
+print("held", flush=True)
+sys.stdin.read()  # holds the lock until the test closes our stdin (or kills us)
+"""
+
+
+@pytest.fixture
+def lock_holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """Another run, a real process, that holds /run/restartctl/lock until its stdin is closed."""
+    rundir = tmp_path / "run" / "restartctl"
+    rundir.mkdir(parents=True, mode=0o755)
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(rundir / apply.LOCK)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "held\n"
+        yield p, rundir / apply.LOCK
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+
+
+def reports_under_the_lock(monkeypatch: pytest.MonkeyPatch, lock: Path) -> list[bool]:
+    """Replaces the run's work: records, each time it runs, whether the lock was really held then."""
+    calls: list[bool] = []
+
+    def report(*args: object) -> None:
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            calls.append(False)  # nobody held it
+        except BlockingIOError:
+            calls.append(True)
+        finally:
+            os.close(fd)
+    monkeypatch.setattr(hook, "_report", report)
+    monkeypatch.setattr(hook, "unattended_upgrades_ancestor", lambda *args: None)
+    monkeypatch.setattr(hook, "shutting_down", lambda roots: False)
+    return calls
+
+
+def test_a_second_hook_waits_half_its_budget_then_leaves_the_transaction_pending(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        lock_holder: tuple[subprocess.Popen[str], Path]) -> None:
+    """Why: two runs acting at once would restart units twice and race on the state; the second one
+    waits for the lock (README: up to half its budget), then says who holds it and does nothing."""
+    holder, lock = lock_holder
+    calls = reports_under_the_lock(monkeypatch, lock)
+    started = time.monotonic()
+    assert hook.run(Roots(run=tmp_path / "run"), "apt", budget=2.0) == 0
+    waited = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert calls == []
+    assert 1.0 <= waited < 2.0, waited
+    assert f"another restartctl run (pid {holder.pid} (hook --trigger apt)) holds {lock}" in err
+    assert "stays pending" in err
+
+
+def test_a_second_hook_runs_once_the_first_lets_go_and_holds_the_lock_while_it_works(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        lock_holder: tuple[subprocess.Popen[str], Path]) -> None:
+    holder, lock = lock_holder
+    calls = reports_under_the_lock(monkeypatch, lock)
+    assert holder.stdin is not None
+    release = threading.Timer(0.5, holder.stdin.close)
+    release.start()
+    started = time.monotonic()
+    try:
+        assert hook.run(Roots(run=tmp_path / "run"), "apt", budget=10.0) == 0
+    finally:
+        release.join()
+    assert calls == [True]  # it ran, once, and with the lock held: a third run would have waited
+    assert 0.4 <= time.monotonic() - started < 5.0
+    assert "holds" not in capsys.readouterr().err

@@ -24,7 +24,7 @@ from restart import observation as O
 from restart.grammars import Interpreter, Script, script_of
 from restart.observation import Observation
 from restart.packages import DpkgDatabase, PackageGraph, closure, dependency_graph
-from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, StaleFile
+from restart.processes import CERTAIN, CODE, DATA, EXE, FD, LIKELY, Evidence, FileKind, StaleFile
 from tests.fakeproc import FakeProcess, build
 
 REPO = Path(__file__).resolve().parent.parent
@@ -472,7 +472,7 @@ def test_a_script_held_open_decides(admin: Path) -> None:
 
 
 def test_the_scans_open_file_on_the_script_becomes_a_script_finding(admin: Path) -> None:
-    stale = (StaleFile(FD, "/usr/bin/app", CERTAIN, "unlinked"),)
+    stale = (StaleFile(FD, "/usr/bin/app", CERTAIN, Evidence.UNLINKED),)
     assert judge(admin, obs(), stale) == {("script", "/usr/bin/app", CERTAIN, "unlinked")}
 
 
@@ -526,12 +526,13 @@ def test_shells_and_java_get_no_inferred_modules(admin: Path) -> None:
 def test_a_mapped_module_proves_use(admin: Path) -> None:
     """The scan's code finding on the package's C extension becomes module/certain; no likely twin."""
     unpack(admin, "python3-app-mod", AFTER)
-    stale = (StaleFile(CODE, SOFILE, CERTAIN, "replaced"), StaleFile(CODE, "/usr/lib/libx.so.1", CERTAIN, "replaced"))
+    stale = (StaleFile(CODE, SOFILE, CERTAIN, Evidence.REPLACED),
+             StaleFile(CODE, "/usr/lib/libx.so.1", CERTAIN, Evidence.REPLACED))
     assert judge(admin, obs(), stale) == {("module", SOFILE, CERTAIN, "replaced")}
 
 
 def test_a_mapped_module_counts_even_outside_the_closure(admin: Path) -> None:
-    stale = (StaleFile(DATA, "/usr/lib/python3/dist-packages/unused.py", LIKELY, "deleted-hint"),)
+    stale = (StaleFile(DATA, "/usr/lib/python3/dist-packages/unused.py", LIKELY, Evidence.DELETED_HINT),)
     assert judge(admin, obs(path="/usr/bin/other"), stale) == {
         ("module", "/usr/lib/python3/dist-packages/unused.py", LIKELY, "deleted-hint")}
 
@@ -611,18 +612,19 @@ def test_nothing_is_read_when_dpkg_has_not_run_since_the_start(admin: Path, monk
     ctx = context(admin)
     monkeypatch.setattr(ctx.db, "unpack_times", lambda *_: pytest.fail("the lists were listed"))
     assert ctx.changed_after(START) == []
-    assert I.findings(obs(ctime=AFTER), ctx) == (StaleFile("script", "/usr/bin/app", LIKELY, "newer"),)
+    assert I.findings(obs(ctime=AFTER), ctx) == (StaleFile(FileKind.SCRIPT, "/usr/bin/app", LIKELY, Evidence.NEWER),)
 
 
 def test_merge_keeps_the_most_specific_finding_per_path() -> None:
-    code = StaleFile(CODE, SOFILE, CERTAIN, "replaced")
-    module = StaleFile("module", SOFILE, CERTAIN, "replaced")
-    fd = StaleFile(FD, "/usr/bin/app", CERTAIN, "unlinked")
-    script = StaleFile("script", "/usr/bin/app", CERTAIN, "unlinked")
-    exe = StaleFile(EXE, "/usr/bin/python3.11", CERTAIN, "replaced")
+    code = StaleFile(CODE, SOFILE, CERTAIN, Evidence.REPLACED)
+    module = StaleFile(FileKind.MODULE, SOFILE, CERTAIN, Evidence.REPLACED)
+    fd = StaleFile(FD, "/usr/bin/app", CERTAIN, Evidence.UNLINKED)
+    script = StaleFile(FileKind.SCRIPT, "/usr/bin/app", CERTAIN, Evidence.UNLINKED)
+    exe = StaleFile(EXE, "/usr/bin/python3.11", CERTAIN, Evidence.REPLACED)
     assert I.merge((exe, code, fd), (module, script)) == (exe, script, module)
-    likely = StaleFile("module", MODFILE, LIKELY, "depends")
-    assert I.merge((likely,), (StaleFile("module", MODFILE, CERTAIN, "replaced"),))[0].confidence == CERTAIN
+    likely = StaleFile(FileKind.MODULE, MODFILE, LIKELY, Evidence.DEPENDS)
+    newer = StaleFile(FileKind.MODULE, MODFILE, CERTAIN, Evidence.REPLACED)
+    assert I.merge((likely,), (newer,))[0].confidence == CERTAIN
 
 
 # ---------------------------------------------------------------------------- resolving inside a root

@@ -161,7 +161,7 @@ SLEEPER_PY = "import signal\nwhile True:\n    signal.pause()\n"
 SNIPPET = """
 import json, os, sys
 from pathlib import Path
-from restart import interpreters, observation, packages, processes, scan
+from restart import interpreters, observation, packages, processes, procfs, scan
 from restart.roots import Roots
 db = packages.DpkgDatabase(Path("/var/lib/dpkg"))
 names = json.loads(sys.argv[1])
@@ -179,8 +179,8 @@ for name in os.listdir("/proc"):
     except OSError:
         continue
     try:
-        seen = observation.observe(dfd, int(name), processes.exe_of(dfd), ctx.host)
-    except (processes.ProcessGone, OSError):
+        seen = observation.observe(dfd, int(name), procfs.exe_of(dfd), ctx.host)
+    except (procfs.ProcessGone, OSError):
         seen = None
     finally:
         os.close(dfd)

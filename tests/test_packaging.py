@@ -26,6 +26,7 @@ import pytest
 from completion import generate
 from restart import __version__, policy
 from restart.cli import _parser
+from tests.support.checkout import recorded
 from tests.support.container import Container
 from tests.support.package import BUILD_ENV, DEBPATH, Built
 from tests.support.package import run as _run
@@ -47,6 +48,7 @@ INSTALLED_FROM = {
     "/usr/share/doc/restartctl/fleet.md": "docs/fleet.md",  # restartctl(8) names it: not compressed
 }
 EXECUTABLES = {"/usr/sbin/restartctl", "/usr/lib/restartctl/dpkg-hook"}
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -108,8 +110,9 @@ def test_control_fields(built: Built) -> None:
     assert _deb_field(built.deb, "Version") == __version__
     assert _deb_field(built.deb, "Architecture") == "all"
     depends = {d.strip() for d in _deb_field(built.deb, "Depends").split(",")}
-    assert {"python3 (>= 3.11)", "python3-apt", "python3-xdg"} <= depends, depends
-    assert _deb_field(built.deb, "Recommends") == "systemd"
+    assert {"python3 (>= 3.11)", "python3-apt"} <= depends and not any("xdg" in d for d in depends), depends
+    # python3-xdg only names desktop applications in notices (test_works_without_python3_xdg).
+    assert {d.strip() for d in _deb_field(built.deb, "Recommends").split(",")} == {"python3-xdg", "systemd"}
     info = _run(["dpkg-deb", "-I", str(built.deb), "conffiles"])
     assert set(info.stdout.split()) == CONFFILES, info.stdout
 
@@ -232,7 +235,7 @@ def test_installed_hook_restarts_after_apt_upgrade(container_factory: Callable[.
     r = c.exec(["apt-get", "-q", "-o", "Dpkg::Use-Pty=0", "install", "-y", "rctl-demod=2.0", "rctl-libdemo1=2.0"],
                env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "restartctl:   rctl-demod.service: restarted" in r.stdout, r.stdout
+    assert "rctl-demod.service" in r.stdout and recorded(c)["rctl-demod.service"] == ("restart", "done"), r.stdout
     assert r.stdout.count("restartctl: 1 unit, 2 packages (") == 1, r.stdout
     assert c.main_pid("rctl-demod.service") not in (0, old)
     assert c.exec(["restartctl", "status"]).returncode == 0
@@ -255,6 +258,11 @@ def test_remove_keeps_dpkg_working_and_purge_cleans_up(
     c.install_debs([built.deb])
     c.check(["sh", "-c", "mkdir -p /var/lib/restartctl /run/restartctl/lists && "
                          "echo '{}' > /var/lib/restartctl/pending.json && touch /run/restartctl/journal"])
+    # node-exporter's textfile directory with restartctl's metrics and another exporter's file.
+    c.check(["mkdir", "-p", "-m", "0755", TEXTFILE_DIR])
+    r = c.exec(["restartctl", "plan", "--format", "openmetrics", "--textfile"], timeout=120)  # as the report timer
+    assert r.returncode in (0, 1) and c.exec(["test", "-s", f"{TEXTFILE_DIR}/restartctl.prom"]).returncode == 0, r
+    c.write_file(f"{TEXTFILE_DIR}/other.prom", "other_metric 1\n")
     r = c.exec(["dpkg", "--remove", "restartctl"], timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     # The hooks' conffiles stay until purge; dpkg must keep working with them.
@@ -262,9 +270,31 @@ def test_remove_keeps_dpkg_working_and_purge_cleans_up(
     assert c.exec(["test", "-e", "/usr/sbin/restartctl"]).returncode == 1
     r = c.exec(["dpkg", "--purge", "restartctl"], timeout=120)
     assert r.returncode == 0 and "error" not in r.stderr.lower(), r.stdout + r.stderr
-    for path in ("/var/lib/restartctl", "/run/restartctl", "/etc/restartctl", *CONFFILES):
+    for path in ("/var/lib/restartctl", "/run/restartctl", "/etc/restartctl", f"{TEXTFILE_DIR}/restartctl.prom",
+                 *CONFFILES):
         assert c.exec(["test", "-e", path]).returncode == 1, f"{path} survived the purge"
+    assert c.read_file(f"{TEXTFILE_DIR}/other.prom") == b"other_metric 1\n"  # not ours: kept
     assert c.exec(["test", "-d", "/var/lib/dpkg"]).returncode == 0
+
+
+@pytest.mark.real
+def test_works_without_python3_xdg(container_factory: Callable[..., Container], built: Built) -> None:
+    """python3-xdg is a Recommends: purged, restartctl still finds, restarts and tells users (it names a
+    desktop program by its process name instead of its application name)."""
+    c = container_factory("rctl-noxdg", boot=True)
+    c.install_debs([built.deb])
+    r = c.exec(["dpkg", "--purge", "python3-xdg"], timeout=120)  # a Depends would refuse this
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert c.exec(["python3", "-c", "import xdg"]).returncode != 0
+    c.write_file("/usr/share/applications/rctl-term.desktop",
+                 "[Desktop Entry]\nType=Application\nName=Terminal\nExec=/usr/bin/xterm\n")
+    names = c.check(["python3", "-I", "-c",
+                     "from restart import execute; print(execute.app_names({'/usr/bin/xterm'}))"])
+    assert names.strip() == "{}"
+    script = c.copy_in(REPO / "debian/tests/upgrade-detected")
+    r = c.exec(["sh", script], timeout=120)
+    assert r.returncode == 0 and not r.stderr, f"rc={r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert "ok: the hook restarted rctl-autopkgtest-demo.service" in r.stdout
 
 
 # ---------------------------------------------------------------- documentation follows the CLI

@@ -9,7 +9,7 @@ import pytest
 
 from restart.plan import decide, make_plan
 from restart.policy import Policy, PolicyError, load, parse_rules
-from restart.processes import ProcessInfo, StaleFile
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
 from restart.units import (
     CONTAINER,
     INIT,
@@ -30,7 +30,7 @@ VENDOR = load([Path(__file__).resolve().parent.parent / "data" / "policy.toml"])
 
 def affected(pid: int, unit: Unit, package: str = "libc6:amd64") -> Affected:
     proc = ProcessInfo(pid, 1, 0, "x", "/usr/sbin/x", "", None, ())
-    stale = StaleFile("code", "/usr/lib/x86_64-linux-gnu/libc.so.6", "certain", "replaced")
+    stale = StaleFile(FileKind.CODE, "/usr/lib/x86_64-linux-gnu/libc.so.6", Confidence.CERTAIN, Evidence.REPLACED)
     return Affected(proc, unit, (OwnedFile(stale, package),), ())
 
 
@@ -196,6 +196,10 @@ def test_policy_files_others_could_write_are_refused(tmp_path: Path) -> None:
     os.chmod(good / "policy.toml", 0o666)
     with pytest.raises(PolicyError, match="writable only by root"):
         load([good / "policy.toml"])
+    os.chmod(good / "policy.toml", 0o644)
+    (good / "policy.toml").write_text("#" * (1 << 20) + '\n[settings]\nmode = "list"\n')  # comments: valid TOML
+    with pytest.raises(PolicyError, match="larger than"):  # read bounded, never parsed
+        load([good / "policy.toml"])
 
 
 def test_settle_takes_seconds_and_zero_turns_it_off() -> None:
@@ -215,7 +219,7 @@ def test_findings_guessed_from_the_search_path_are_listed_not_restarted() -> Non
     unit = Unit(SYSTEM, "app.service")
 
     def plan_for(evidence: str) -> str:
-        stale = StaleFile("module", "/usr/lib/python3/dist-packages/x.py", "likely", evidence)
+        stale = StaleFile(FileKind.MODULE, "/usr/lib/python3/dist-packages/x.py", Confidence.LIKELY, Evidence(evidence))
         [action] = make_plan(group([Affected(proc, unit, (OwnedFile(stale, "python3-x"),), ())]), VENDOR)
         return action.action
 

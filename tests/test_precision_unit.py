@@ -139,14 +139,14 @@ def test_the_log_says_told_only_for_notices_that_went_out(tmp_path: Path) -> Non
     """A manager session (a lingering user's, systemd >= 256) gets nothing and is not logged
     as told; a session whose terminal cannot be written is logged as not told, with why."""
     from restart import execute
-    from restart.processes import ProcessInfo, StaleFile
+    from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
     from restart.units import SESSION, Affected, OwnedFile, Unit, UnitGroup
 
     run = _session_tree(tmp_path, {}, [], {
         "c1": "UID=1000\nUSER=bob\nCLASS=manager\n",
         "7": "UID=1000\nUSER=bob\nTTY=pts/4242\nCLASS=user\n",  # no such terminal
     })
-    stale = StaleFile("code", "/usr/lib/libx.so.1", "certain", "replaced")
+    stale = StaleFile(FileKind.CODE, "/usr/lib/libx.so.1", Confidence.CERTAIN, Evidence.REPLACED)
     proc = ProcessInfo(10, 1, 1000, "demo", "/usr/bin/demo", "", None, (stale,))
     unit = Unit(SESSION, "session-7.scope", 1000)
     group = UnitGroup(SESSION, "session-7.scope", 1000, False, True, (10,), ("libx1",),

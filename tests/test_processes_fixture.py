@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from restart import formats, processes, report
-from restart.processes import CODE, DATA, EXE, Selection, parse_map_line, parse_status, scan
+from restart.processes import CODE, DATA, EXE, Selection, parse_map_line, scan
+from restart.procfs import parse_status
 from tests.fakeproc import FakeProcess, build, ino, map_line, rootfs
 
 LIB = "/usr/lib/x86_64-linux-gnu/libdemo.so.1"

@@ -19,9 +19,9 @@ import pytest
 from restart import kernel, microcode, reboot
 from restart.kernel import kernel_status
 from restart.plan import Action, make_plan
-from restart.policy import load
-from restart.processes import ProcessInfo, StaleFile
-from restart.reboot import RebootReason, reasons, write_reboot_required
+from restart.policy import Act, load
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
+from restart.reboot import ReasonKind, RebootReason, reasons, write_reboot_required
 from restart.units import INIT, SESSION, SYSTEM, Affected, OwnedFile, Unit, UnitGroup, group
 from tests.support.container import Container
 from tests.support.debs import build_deb
@@ -91,7 +91,7 @@ def test_a_newer_kernel_is_installed(tmp_path: Path) -> None:
     assert (s.state, s.newest, s.newest_version, s.package, s.since) == (
         "newer-installed", "6.1.0-27-amd64", "6.1.115-1", "linux-image-6.1.0-27-amd64", 1_730_000_000)
     assert "6.1.0-27-amd64 (6.1.115-1)" in s.detail
-    assert reasons([], s) == [RebootReason("kernel", "linux-image-6.1.0-27-amd64", s.detail, 1_730_000_000)]
+    assert reasons([], s) == [RebootReason(ReasonKind.KERNEL, "linux-image-6.1.0-27-amd64", s.detail, 1_730_000_000)]
 
 
 @pytest.mark.parametrize(("running", "build", "state"), [
@@ -166,7 +166,7 @@ def test_locally_built_kernels_in_boot(tmp_path: Path) -> None:
     s = h.status()
     assert (s.state, s.newest, s.package, s.since, s.running_build) == (
         "newer-installed", "6.6.1", None, 1_720_000_000, None)
-    assert reasons([], s)[0] == RebootReason("kernel", None, s.detail, 1_720_000_000)
+    assert reasons([], s)[0] == RebootReason(ReasonKind.KERNEL, None, s.detail, 1_720_000_000)
 
 
 def test_no_kernel_managed_here_is_unknown(tmp_path: Path) -> None:
@@ -268,7 +268,7 @@ def test_kernel_packages_installed_by_real_dpkg(plain_container: Container, tmp_
 
 def affected(pid: int, unit: Unit, *packages: str) -> Affected:
     proc = ProcessInfo(pid, 1, 0, "x", "/usr/sbin/x", "", None, ())
-    stale = StaleFile("code", "/usr/lib/x86_64-linux-gnu/libc.so.6", "certain", "replaced")
+    stale = StaleFile(FileKind.CODE, "/usr/lib/x86_64-linux-gnu/libc.so.6", Confidence.CERTAIN, Evidence.REPLACED)
     return Affected(proc, unit, tuple(OwnedFile(stale, p) for p in packages), ())
 
 
@@ -329,7 +329,7 @@ def test_plain_pid1_reexec_and_ignored_units_are_not_reasons(tmp_path: Path) -> 
 
 def test_reason_kinds_and_units_are_configurable() -> None:
     g = UnitGroup(SYSTEM, "postgresql.service", None, False, True, (5,), ("libssl3:amd64",), ())
-    deferred = [Action(g, "defer", None, "maintenance window")]
+    deferred = [Action(g, Act.DEFER, None, "maintenance window")]
     assert reasons(deferred) == []
     assert [r.kind for r in reasons(deferred, core_packages=("libssl3*",))] == ["library"]
     assert [r.kind for r in reasons(deferred, reboot_units=("postgres*",))] == ["service"]
@@ -344,12 +344,12 @@ def run_dir(tmp_path: Path) -> Path:
     return d
 
 
-KERNEL = RebootReason("kernel", "linux-image-6.1.0-27-amd64", "newer kernel")
-LIBC = RebootReason("library", "libc6:amd64", "dbus.service")
+KERNEL = RebootReason(ReasonKind.KERNEL, "linux-image-6.1.0-27-amd64", "newer kernel")
+LIBC = RebootReason(ReasonKind.LIBRARY, "libc6:amd64", "dbus.service")
 
 
 def test_writes_the_flag_and_the_packages(run_dir: Path) -> None:
-    w = write_reboot_required(run_dir, [KERNEL, LIBC, RebootReason("init", "libc6:i386", "pid 1")])
+    w = write_reboot_required(run_dir, [KERNEL, LIBC, RebootReason(ReasonKind.INIT, "libc6:i386", "pid 1")])
     assert w == reboot.Written(True, ("linux-image-6.1.0-27-amd64", "libc6"))
     assert (run_dir / "reboot-required").read_text() == "*** System restart required ***\n"
     assert (run_dir / "reboot-required.pkgs").read_text() == "linux-image-6.1.0-27-amd64\nlibc6\n"
@@ -373,12 +373,13 @@ def test_appends_only_what_is_missing_and_never_truncates(run_dir: Path) -> None
 def test_nothing_without_reasons_and_no_list_without_packages(run_dir: Path) -> None:
     assert write_reboot_required(run_dir, []) == reboot.Written(False, ())
     assert list(run_dir.iterdir()) == []
-    assert write_reboot_required(run_dir, [RebootReason("kernel", None, "a kernel in /boot")]).flag_created
+    assert write_reboot_required(run_dir, [RebootReason(ReasonKind.KERNEL, None, "a kernel in /boot")]).flag_created
     assert [p.name for p in run_dir.iterdir()] == ["reboot-required"]
 
 
 def test_hostile_names_are_never_written(run_dir: Path) -> None:
-    w = write_reboot_required(run_dir, [RebootReason("policy", "evil\nroot", "x"), RebootReason("policy", "", "y")])
+    hostile = [RebootReason(ReasonKind.POLICY, "evil\nroot", "x"), RebootReason(ReasonKind.POLICY, "", "y")]
+    w = write_reboot_required(run_dir, hostile)
     assert w == reboot.Written(True, ())
     assert not (run_dir / "reboot-required.pkgs").exists()
 
@@ -418,7 +419,7 @@ def test_a_symlinked_directory_is_refused(run_dir: Path, tmp_path: Path) -> None
 
 def _writer(run_dir: str, names: list[str]) -> None:
     for name in names:
-        write_reboot_required(Path(run_dir), [RebootReason("policy", name, "x")])
+        write_reboot_required(Path(run_dir), [RebootReason(ReasonKind.POLICY, name, "x")])
 
 
 def test_concurrent_writers_and_readers(run_dir: Path) -> None:

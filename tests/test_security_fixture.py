@@ -31,10 +31,12 @@ if TYPE_CHECKING:
 import pytest
 
 import restart.processes
+import restart.procfs
 from restart import execute, policy, state
 from restart.cli import main
 from restart.packages import DpkgDatabase
-from restart.processes import ProcessGone, ProcessInfo, Selection, StaleFile, scan
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, Selection, StaleFile, scan
+from restart.procfs import ProcessGone
 from restart.units import SESSION, Affected, OwnedFile, Unit, UnitGroup, valid_unit_name
 from tests.fakeproc import FakeProcess, build, ino, map_line, rootfs
 
@@ -217,7 +219,7 @@ def test_a_users_own_pid_namespace_stays_the_users(tmp_path: Path, capsys: pytes
 @contextmanager
 def after_reading(name: str, pid_dir: Path, action: Callable[[], None]) -> Iterator[None]:
     """Run ``action`` right after the scanner read ``name`` of the process in ``pid_dir``."""
-    real, real_lines = restart.processes.read_proc, restart.processes.read_lines
+    real, real_lines = restart.procfs.read_proc, restart.processes.read_lines
     target = os.stat(pid_dir).st_ino
 
     def spy(dfd: int, what: str) -> bytes:
@@ -231,12 +233,12 @@ def after_reading(name: str, pid_dir: Path, action: Callable[[], None]) -> Itera
         if what == name and os.fstat(dfd).st_ino == target:
             action()
 
-    restart.processes.read_proc = spy  # type: ignore[assignment]
+    restart.procfs.read_proc = spy  # type: ignore[assignment]
     restart.processes.read_lines = spy_lines  # type: ignore[assignment]
     try:
         yield
     finally:
-        restart.processes.read_proc, restart.processes.read_lines = real, real_lines
+        restart.procfs.read_proc, restart.processes.read_lines = real, real_lines
 
 
 def test_pid_reuse_mid_scan_never_mixes_two_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -303,12 +305,12 @@ def test_a_dead_process_directory_cannot_be_read_again() -> None:
     child = subprocess.Popen(["/usr/bin/sleep", "60"])
     dfd = os.open(f"/proc/{child.pid}", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert restart.processes.read_proc(dfd, "cgroup")
+        assert restart.procfs.read_proc(dfd, "cgroup")
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
         for name in ("maps", "status", "cgroup"):
             with pytest.raises(ProcessGone):
-                restart.processes.read_proc(dfd, name)
+                restart.procfs.read_proc(dfd, name)
     finally:
         os.close(dfd)
         if child.poll() is None:
@@ -404,7 +406,7 @@ def test_terminal_notifications_escape_process_names(tmp_path: Path) -> None:
         sessions = tmp_path / "systemd" / "sessions"
         sessions.mkdir(parents=True)
         (sessions / "7").write_text(f"UID={MALLORY}\nUSER=bob\nTTY={tty.removeprefix('/dev/')}\n")
-        stale = StaleFile("code", LIB, "certain", "replaced")
+        stale = StaleFile(FileKind.CODE, LIB, Confidence.CERTAIN, Evidence.REPLACED)
         intruder = ProcessInfo(10, 1, 2000, "x\x1b]0;pwned\x07", "/home/eve/x", "", None, (stale,))
         unit = Unit(SESSION, "session-7.scope", MALLORY)
         group = UnitGroup(SESSION, "session-7.scope", MALLORY, False, True, (10,), ("libdemo1:amd64",),

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from restart import plan, policy, units
 from restart.packages import fs_decode, parse_diversions
-from restart.processes import ProcessInfo, StaleFile, parse_map_line, parse_status
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile, parse_map_line
+from restart.procfs import parse_status
 from restart.text import printable
 from restart.units import (
     CONTAINER,
@@ -36,6 +37,7 @@ from restart.units import (
     Affected,
     OwnedFile,
     UnitGroup,
+    UnitKind,
     cgroup_path,
     resolve,
     valid_init_script,
@@ -139,15 +141,28 @@ def test_anything_below_a_user_manager_stays_that_users(uid: int, below: list[st
 
 
 @FAST
-@given(st.integers(1000, 2**31), st.lists(cgroup_name.map(lambda s: s.translate({ord(c): "x" for c in LINE_BREAKS})),
-                                          min_size=1, max_size=6))
+@given(st.integers(1000, 2**31), st.lists(cgroup_name, min_size=1, max_size=6))
 def test_a_kernel_cgroup_file_yields_its_unified_path(uid: int, below: list[str]) -> None:
-    """Why: the cgroup file must parse to exactly the path the kernel wrote (here: names without
-    line-break characters; with them: test_security_fixture.py::test_line_break_in_a_users_cgroup_name...)."""
+    """Why: the cgroup file must parse to exactly the path the kernel wrote, whatever the names hold:
+    \r, \v, U+2028 and the other characters ``str.splitlines`` ends lines at are name characters
+    (only "\n" ends a line; the kernel refuses it in names)."""
     path = f"/user.slice/user-{uid}.slice/user@{uid}.service/" + "/".join(below)
-    text = f"1:name=systemd:{path}\n0::{path}\n"
-    assert cgroup_path(text) == path
-    assert resolve(cgroup_path(text)).uid == uid
+    for text in (f"1:name=systemd:{path}\n0::{path}\n", f"0::{path}\n", f"1:name=systemd:{path}\n"):
+        assert cgroup_path(text) == path
+    assert resolve(cgroup_path(f"0::{path}\n")).uid == uid
+
+
+@pytest.mark.parametrize("sep", list(LINE_BREAKS), ids=[f"U+{ord(c):04X}" for c in LINE_BREAKS])
+def test_only_a_newline_ends_a_cgroup_line(sep: str) -> None:
+    """Why: pins the exact splitting that the property test above samples.  With ``splitlines`` (the
+    bug this suite once found) each of these texts holds two hierarchies of one kind, and the parse
+    changes: a system unit's own path is lost, a forged second line is read."""
+    system = f"/system.slice/a{sep}0::/system.slice/b.service"
+    assert cgroup_path(f"1:name=systemd:{system}\n0::{system}\n") == system
+    assert cgroup_path(f"0::/init.scope{sep}x\n") == f"/init.scope{sep}x"
+    assert cgroup_path(f"1:name=systemd:/system.slice/c.service{sep}1:name=systemd:/init.scope\n") == \
+        f"/system.slice/c.service{sep}1:name=systemd:/init.scope"
+    assert cgroup_path(f"0::/{sep}\n1:name=systemd:/system.slice/d.service\n") == f"/{sep}"
 
 
 # ---------------------------------------------------------------------------------- dpkg data
@@ -305,7 +320,7 @@ def check_argv(action: plan.Action) -> None:
             assert action.argv[1:4] == ("--user", "-M", f"{g.uid}@"), action.argv
 
 
-def _group(kind: str, name: str | None, uid: int, guessed: bool, valid: bool) -> UnitGroup:
+def _group(kind: UnitKind, name: str | None, uid: int, guessed: bool, valid: bool) -> UnitGroup:
     owned = kind in (USER, USER_MANAGER, SESSION)
     return UnitGroup(kind, name, uid if owned else None, guessed and kind == SYSTEM, valid, (100,),
                      ("libc6:amd64",), ())
@@ -314,7 +329,7 @@ def _group(kind: str, name: str | None, uid: int, guessed: bool, valid: bool) ->
 EXEC_ARGV = ("/usr/local/sbin/fix-unit", "--", "{unit}")
 
 
-def _rule(units: tuple[str, ...], scope: str, action: str, reason: str) -> policy.Rule:
+def _rule(units: tuple[str, ...], scope: str, action: policy.Act, reason: str) -> policy.Rule:
     return policy.Rule(units, scope, (), action, reason, "gen.toml:1", EXEC_ARGV if action == "exec" else ())
 
 
@@ -343,7 +358,7 @@ def test_from_cgroup_text_to_argv(cgroups: list[tuple[str, bool, int]], extra: p
     affected = []
     for pid, (text, in_pidns, uid) in enumerate(cgroups, 100):
         ns = "pid:[4026532000]" if in_pidns else None
-        stale = StaleFile("code", "/usr/lib/libx.so", "certain", "replaced")
+        stale = StaleFile(FileKind.CODE, "/usr/lib/libx.so", Confidence.CERTAIN, Evidence.REPLACED)
         proc = ProcessInfo(pid, 1, uid, "x", "/usr/bin/x", text, ns, (stale,))
         affected.append(Affected(proc, resolve(cgroup_path(text), pid_namespace=ns), (OwnedFile(stale, "x"),), ()))
     for action in plan.make_plan(units.group(affected), policy.Policy(extra.rules + VENDOR.rules)):

@@ -136,10 +136,11 @@ ALLOWED_STARTERS: dict[str, set[str]] = {
     "bench/restarts.py": {"main"},
     "bench/interpreters.py": {"bench"},
     "bench/scan.py": {"download", "timed", "main", "save"},
-    "tests/support/container.py": {"Container._run", "Container._start", "make_local_repo"},
+    "tests/support/container.py": {"Container._run", "Container._start", "make_local_repo.index"},
     "tests/support/debs.py": {"_run"},
     "tests/support/package.py": {"run"},
     "tests/support/rootfs.py": {"_run"},
+    "tests/support/tools.py": {"promtool"},
 }
 # Fixed scripts only: the harness's nsenter/spawn/write glue, the benchmarks' floor and fillers.
 ALLOWED_SHELLS: dict[str, set[str]] = {

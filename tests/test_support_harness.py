@@ -194,8 +194,13 @@ def test_plain_container_has_no_systemd(plain_container: Container, demo_debs: d
     v1 = demo_debs["1.0"]
     c.install_debs([v1["rctl-libdemo1"], v1["rctl-demod"]])
     pid = c.spawn(["/usr/sbin/rctl-demod"])
-    time.sleep(0.3)
+    # Until it has printed its line and sleeps in sigsuspend(), adopted by PID 1 (its setsid parent
+    # exits): polled, bounded, instead of a fixed sleep that a loaded machine outruns.
+    deadline = time.monotonic() + 20
     status = c.check(["cat", f"/proc/{pid}/status"])
+    while not ("State:\tS" in status and "PPid:\t1\n" in status) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = c.check(["cat", f"/proc/{pid}/status"])
     assert "State:\tS" in status and "PPid:\t1\n" in status, status
     assert f"/{LIBDEMO}" in c.check(["cat", f"/proc/{pid}/maps"])
     assert proc_cgroups(c, pid)["0"].startswith(f"/{HARNESS_CGROUP}/spawn-")

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.checkout import recorded
 from tests.support.container import Container, make_local_repo, wait_for
 from tests.support.debs import build_deb
 from tests.support.package import Built
@@ -93,7 +94,7 @@ def test_apt_hook_once_per_run_with_a_verified_restart(c: Container,
                env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert reports(r.stdout) == 1, r.stdout  # apt ran dpkg more than once: one report
-    assert "restartctl:   rctl-demod.service: restarted" in r.stdout, r.stdout
+    assert "rctl-demod.service" in r.stdout and recorded(c)["rctl-demod.service"] == ("restart", "done"), r.stdout
     new = c.main_pid("rctl-demod.service")
     assert new not in (0, old)
     assert "libdemo.so.1 (deleted)" not in c.check(["cat", f"/proc/{new}/maps"])

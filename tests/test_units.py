@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from restart.packages import DpkgDatabase
-from restart.processes import ProcessInfo, ScanResult, StaleFile
+from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, ScanResult, StaleFile
 from restart.units import (
     CONTAINER,
     INIT,
@@ -125,7 +125,7 @@ def test_helpers_of_a_user_manager_are_not_the_manager(tmp_path: Path) -> None:
     # "(sd-pam)" lives in user@UID.service/init.scope too, but a re-exec of the manager does not
     # replace it: only the process PID 1 started is the manager.
     cg = "0::/user.slice/user-1000.slice/user@1000.service/init.scope\n"
-    stale = (StaleFile("code", "/usr/lib/libx.so", "certain", "replaced"),)
+    stale = (StaleFile(FileKind.CODE, "/usr/lib/libx.so", Confidence.CERTAIN, Evidence.REPLACED),)
     scan = ScanResult([ProcessInfo(50, 1, 1000, "systemd", "/usr/lib/systemd/systemd", cg, None, stale),
                        ProcessInfo(51, 50, 1000, "(sd-pam)", "/usr/lib/systemd/systemd", cg, None, stale)], 2, 0, 0)
     db = DpkgDatabase(tmp_path, tmp_path)

@@ -6,6 +6,7 @@ Why: the hook tests and the hook benchmark must run the real apt/dpkg hook snipp
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .container import REPO_ROOT, Container
@@ -19,3 +20,10 @@ def install_hooks(c: Container, repo: Path = REPO_ROOT) -> None:
     c.write_file("/usr/lib/restartctl/dpkg-hook", (repo / "hook" / "dpkg-hook").read_bytes(), mode=0o755)
     c.write_file("/etc/apt/apt.conf.d/20restartctl", (repo / "hook/apt.conf.d/20restartctl").read_bytes())
     c.write_file("/etc/dpkg/dpkg.cfg.d/restartctl", (repo / "hook/dpkg.cfg.d/restartctl").read_bytes())
+
+
+def recorded(c: Container) -> dict[str, tuple[str, str]]:
+    """What the last run recorded of each unit it handled: unit -> (action, status), from its state
+    record (restartctl-state/1), the machine-readable truth that terminal text only shows."""
+    doc = json.loads(c.read_file("/var/lib/restartctl/pending.json"))
+    return {u["unit"]: (u["action"], u["status"]) for u in doc["units"] if u.get("unit")}

@@ -851,36 +851,17 @@ def make_local_repo(repo_dir: Path, debs: Iterable[Path]) -> Path:
     for deb in debs:
         shutil.copyfile(deb, repo_dir / deb.name)
     env = {**CLEAN_ENV, "LC_ALL": "C.UTF-8"}
-    if os.access(APT_FTPARCHIVE, os.X_OK):
-        packages = subprocess.run(
-            [APT_FTPARCHIVE, "packages", "."],
-            cwd=repo_dir,
-            env=env,
-            capture_output=True,
-            check=True,
-            timeout=60,
-        ).stdout
-    else:
+
+    def index(argv: list[str]) -> bytes:
+        return subprocess.run(argv, cwd=repo_dir, env=env, capture_output=True, check=True, timeout=60).stdout
+
+    ftparchive = os.access(APT_FTPARCHIVE, os.X_OK)
+    if not ftparchive:
         require_program(DPKG_SCANPACKAGES)
-        packages = subprocess.run(
-            [DPKG_SCANPACKAGES, "--multiversion", ".", "/dev/null"],
-            cwd=repo_dir,
-            env=env,
-            capture_output=True,
-            check=True,
-            timeout=60,
-        ).stdout
-    (repo_dir / "Packages").write_bytes(packages)
-    if os.access(APT_FTPARCHIVE, os.X_OK):
-        release = subprocess.run(
-            [APT_FTPARCHIVE, "release", "."],
-            cwd=repo_dir,
-            env=env,
-            capture_output=True,
-            check=True,
-            timeout=60,
-        ).stdout
-        (repo_dir / "Release").write_bytes(release)
+    (repo_dir / "Packages").write_bytes(index([APT_FTPARCHIVE, "packages", "."] if ftparchive
+                                              else [DPKG_SCANPACKAGES, "--multiversion", ".", "/dev/null"]))
+    if ftparchive:
+        (repo_dir / "Release").write_bytes(index([APT_FTPARCHIVE, "release", "."]))
     return repo_dir
 
 

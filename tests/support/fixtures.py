@@ -133,28 +133,27 @@ def prepare_roots(items: Sequence[pytest.Item]) -> threading.Thread | None:
     return thread
 
 
-@pytest.fixture(scope="module")
-def systemd_container() -> Iterator[Container]:
-    """A container with systemd 252 as PID 1 (basic.target), shared by the tests of one module."""
-    c = _start(Container("rctl-sd", boot=True))
-    TIMINGS["systemd_container_start"] = c.timings["start"]
+def _module_container(name: str, *, boot: bool, timed_as: str) -> Iterator[Container]:
+    """A container for the tests of one module, its start and stop times kept under ``timed_as``."""
+    c = _start(Container(name, boot=boot))
+    TIMINGS[f"{timed_as}_start"] = c.timings["start"]
     try:
         yield c
     finally:
         c.stop()
-        TIMINGS["systemd_container_stop"] = c.timings["stop"]
+        TIMINGS[f"{timed_as}_stop"] = c.timings["stop"]
+
+
+@pytest.fixture(scope="module")
+def systemd_container() -> Iterator[Container]:
+    """A container with systemd 252 as PID 1 (basic.target), shared by the tests of one module."""
+    yield from _module_container("rctl-sd", boot=True, timed_as="systemd_container")
 
 
 @pytest.fixture(scope="module")
 def plain_container() -> Iterator[Container]:
     """A container whose PID 1 is not systemd (no /run/systemd/system), shared per module."""
-    c = _start(Container("rctl-plain", boot=False))
-    TIMINGS["plain_container_start"] = c.timings["start"]
-    try:
-        yield c
-    finally:
-        c.stop()
-        TIMINGS["plain_container_stop"] = c.timings["stop"]
+    yield from _module_container("rctl-plain", boot=False, timed_as="plain_container")
 
 
 @pytest.fixture

@@ -1,0 +1,115 @@
+"""Reading ``/proc``: the primitives every stage shares (an edge: I/O only, before the stages).
+
+What a process says about itself is its own choice and may be hostile: its name (``comm``, up
+to 15 bytes of anything but NUL: spaces, parentheses, newlines) sits in the middle of
+``/proc/PID/stat``, so the fields after it are found from the *last* ``)``.  A process may exit
+at any moment: reading its files then fails with ``ENOENT`` or ``ESRCH``, which is turned into
+:class:`ProcessGone` here, in one place.  Read relative to an open ``/proc/PID`` handle where
+facts must come from one process (a PID may be reused between two reads by path).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+PPID, STARTTIME = 1, 19  # fields of /proc/PID/stat, counted from the state after the name
+ANCESTRY_MAX = 64  # a walk up the process tree stops here whatever the tree (a loop, a deep chain)
+# The whole environment of every program restartctl starts: never anything of its own caller's,
+# nor of any process's (a planted PATH or LD_PRELOAD would run as root).
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+_GONE = (errno.ENOENT, errno.ESRCH)
+
+
+class ProcessGone(Exception):
+    """The process exited (or was never there) while we read it."""
+
+
+def translate(e: OSError) -> Exception:
+    """A read error as the caller should see it: :class:`ProcessGone` when the process went away."""
+    if e.errno in _GONE:
+        return ProcessGone()
+    return e
+
+
+def read_proc(dfd: int, name: str) -> bytes:
+    """Read one /proc file relative to the process directory, mapping errors once.
+
+    To the end: a /proc seq_file hands out about a page per read() whatever the buffer
+    size, so a short read is no sign of the end.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError as e:
+        raise translate(e) from e
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as e:
+        raise translate(e) from e
+    finally:
+        os.close(fd)
+
+
+def readlink(dfd: int, name: str) -> str:
+    try:
+        return os.readlink(name, dir_fd=dfd)
+    except OSError as e:
+        raise translate(e) from e
+
+
+def exe_of(dfd: int) -> str | None:
+    """The executable's path (readlink writes names as they are: nothing to unescape); None if denied."""
+    try:
+        return readlink(dfd, "exe").removesuffix(" (deleted)")
+    except PermissionError:
+        return None
+
+
+def stat_fields(data: bytes) -> list[bytes]:
+    """The fields of ``/proc/PID/stat`` after the parenthesised name (index 0 is the state).
+
+    The name may hold anything but NUL, ``)`` and newlines included; the kernel writes nothing
+    after it that could hold a ``)``, so the last one ends it.
+    """
+    return data[data.rfind(b")") + 1:].split()
+
+
+def stat_field(proc: Path, pid: int, index: int) -> int | None:
+    """One numeric field of ``/proc/PID/stat`` (see :func:`stat_fields`); None when it cannot be read."""
+    try:
+        return int(stat_fields((proc / str(pid) / "stat").read_bytes())[index])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def lineage(proc: Path, pid: int) -> Iterator[int]:
+    """``pid``, then its parent, grandparent, ... up to and including PID 1: at most
+    :data:`ANCESTRY_MAX` processes; it ends early at a process whose own parent cannot be read (it exited)."""
+    current: int | None = pid
+    for _ in range(ANCESTRY_MAX):
+        if current is None or current < 1:
+            return
+        yield current
+        current = stat_field(proc, current, PPID)  # PID 1's parent is 0
+
+
+def parse_status(data: bytes) -> tuple[str, int, int, int]:
+    """(name, ppid, real uid, PID-namespace depth) from ``/proc/PID/status``."""
+    name, ppid, uid, depth = "", 0, -1, 1
+    for line in data.split(b"\n"):
+        key, _, value = line.partition(b":")
+        if key == b"Name":
+            name = value.strip(b"\t ").decode("utf-8", "surrogateescape")  # as paths are kept: odd bytes survive
+        elif key == b"PPid":
+            ppid = int(value)
+        elif key == b"Uid":
+            fields = value.split()
+            uid = int(fields[0]) if fields else -1
+        elif key == b"NSpid":
+            depth = max(1, len(value.split()))
+    return name, ppid, uid, depth

@@ -1,0 +1,110 @@
+"""restart/procfs.py: the one /proc/PID/stat parser, the one ancestry walk, vanishing processes.
+
+The stat parser is shown both on a real kernel (a process renaming itself to the worst name
+``comm`` allows) and on hostile fixture text; the walk on fixture trees (a loop, a deep chain,
+a parent that exited), since a kernel will not build those on demand.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from restart import procfs
+
+WORST = [b"a) 1 2 (b", b"x\ny) R 9", b") ) )", b"(((", b"  sp ace  ", b"1 2 3 4 5 6 7"]
+
+
+def stat_text(comm: bytes, ppid: int = 7, start: int = 123456) -> bytes:
+    """A stat line as the kernel writes it (fields 3..22 after the name)."""
+    after = [b"S", b"%d" % ppid] + [b"0"] * 17 + [b"%d" % start] + [b"0"] * 30
+    return b"%d (%s) %s\n" % (4242, comm, b" ".join(after))
+
+
+@pytest.mark.parametrize("comm", WORST)
+def test_stat_fields_after_any_name(comm: bytes) -> None:
+    fields = procfs.stat_fields(stat_text(comm))
+    assert fields[0] == b"S"
+    assert int(fields[procfs.PPID]) == 7 and int(fields[procfs.STARTTIME]) == 123456
+
+
+def test_stat_field_of_a_real_process_that_names_itself_like_stat(tmp_path: Path) -> None:
+    """A real process sets its comm (prctl PR_SET_NAME) to text with ")", spaces and a newline:
+    its parent and start time are still read right."""
+    name = b"x) Z 1 (\ny"
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.close(r)
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, name, 0, 0, 0)  # PR_SET_NAME
+        os.write(w, b"1")
+        signal.pause()
+        os._exit(0)
+    try:
+        os.close(w)
+        assert os.read(r, 1) == b"1"
+        assert Path(f"/proc/{child}/comm").read_bytes() == name + b"\n"
+        proc = Path("/proc")
+        assert procfs.stat_field(proc, child, procfs.PPID) == os.getpid()
+        plain = Path(f"/proc/{child}/stat").read_bytes().replace(b"(" + name + b")", b"(n)")
+        expected = int(plain.split()[21])  # field 22, once the name holds no space
+        assert procfs.stat_field(proc, child, procfs.STARTTIME) == expected
+    finally:
+        os.close(r)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    assert procfs.stat_field(Path("/proc"), child, procfs.PPID) is None  # gone: None, never a raise
+
+
+def write_tree(proc: Path, parents: dict[int, int]) -> Path:
+    for pid, ppid in parents.items():
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "stat").write_bytes(stat_text(b"sh) 5 (x", ppid))
+    return proc
+
+
+def test_lineage_goes_up_to_pid_1_and_stops_where_a_parent_is_gone(tmp_path: Path) -> None:
+    proc = write_tree(tmp_path / "proc", {30: 20, 20: 10, 10: 1, 1: 0, 99: 98})
+    assert list(procfs.lineage(proc, 30)) == [30, 20, 10, 1]
+    assert list(procfs.lineage(proc, 1)) == [1]
+    assert list(procfs.lineage(proc, 99)) == [99, 98]  # 98 exited: named by its child, its own parent unknown
+    assert list(procfs.lineage(proc, 0)) == []
+
+
+def test_lineage_is_bounded_on_a_loop_and_a_deep_chain(tmp_path: Path) -> None:
+    loop = write_tree(tmp_path / "loop", {5: 6, 6: 5})
+    assert len(list(procfs.lineage(loop, 5))) == procfs.ANCESTRY_MAX
+    deep = write_tree(tmp_path / "deep", {n: n - 1 for n in range(2, 500)})
+    walked = list(procfs.lineage(deep, 499))
+    assert walked == list(range(499, 499 - procfs.ANCESTRY_MAX, -1))
+
+
+def test_a_process_that_exits_is_process_gone_never_another_error() -> None:
+    child = subprocess.Popen(["/usr/bin/sleep", "60"])
+    dfd = os.open(f"/proc/{child.pid}", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert procfs.exe_of(dfd) == "/usr/bin/sleep"
+        assert procfs.stat_fields(procfs.read_proc(dfd, "stat"))[0] in (b"S", b"R")
+        child.kill()
+        child.wait(timeout=10)
+        with pytest.raises(procfs.ProcessGone):
+            procfs.read_proc(dfd, "stat")
+        with pytest.raises(procfs.ProcessGone):
+            procfs.readlink(dfd, "exe")
+    finally:
+        os.close(dfd)
+        if child.poll() is None:
+            child.kill()
+
+
+def test_parse_status_keeps_odd_bytes_of_a_name() -> None:
+    name, ppid, uid, depth = procfs.parse_status(b"Name:\tx\xff\\ny\nPPid:\t3\nUid:\t1000\t1000\t1000\t1000\n"
+                                                 b"NSpid:\t40\t2\n")
+    assert (ppid, uid, depth) == (3, 1000, 2)
+    assert name.encode("utf-8", "surrogateescape") == b"x\xff\\ny"
