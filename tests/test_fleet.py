@@ -335,9 +335,10 @@ def test_every_textfile_writer_tells_the_truth_and_the_alerts_fire(
     assert r.returncode == 1, r.stdout + r.stderr
     texts["failed"] = c.read_file(TEXTFILE).decode()
     failed = metrics_check(texts["failed"])
+    # rctl-crash is its phase's canary (plan order): it failed, so the breaker left rctl-demod alone.
     assert failed['restartctl_last_run_restarts{result="failed"}'] == 1
-    assert failed['restartctl_last_run_restarts{result="done"}'] == 1
-    assert failed['restartctl_pending_units{scope="system"}'] == 1  # the failed one still needs someone
+    assert failed['restartctl_last_run_restarts{result="done"}'] == 0
+    assert failed['restartctl_pending_units{scope="system"}'] == 2  # the failed one and the one not attempted
 
     hosts = {"pending": (texts["hook"], True), "clean": (texts["applied"], True),
              "silent": (texts["applied"], False), "failed": (texts["failed"], True)}
@@ -686,11 +687,15 @@ def test_fleet_textfiles_parse_and_the_alerts_fire_on_them(lab: Lab, tmp_path: P
         metrics_check(text)
     assert samples(texts["fl-h1"])["restartctl_stale_processes"] == 0
     assert samples(CAPTURED["fl-h2 failed"])['restartctl_last_run_restarts{result="failed"}'] == 1
+    # fl-h2's failed rctl-bad was its phase's canary, so the units after it stayed stale; after the repair
+    # by hand the next rollout restarted them: fl-h2's file now records that run, with no failure.
+    now = samples(texts["fl-h2"])
+    assert now['restartctl_last_run_restarts{result="failed"}'] == 0
+    assert now['restartctl_last_run_restarts{result="done"}'] >= 1
     hosts = {name: (text, True) for name, text in texts.items()}
     hosts["fl-h2-then"] = (CAPTURED["fl-h2 failed"], True)
     rules_test(tmp_path, hosts, [
-        # fl-h2's file still says so after its repair by hand: the record of the last run, until the next one.
-        expect("0d", "RestartctlRestartsFailed", {"fl-h2": {"severity": "warning", "result": "failed"},
-                                                  "fl-h2-then": {"severity": "warning", "result": "failed"}}, 1),
+        # the file as the failed run left it: the record of the last run, until the next one.
+        expect("0d", "RestartctlRestartsFailed", {"fl-h2-then": {"severity": "warning", "result": "failed"}}, 1),
         expect("3d", "RestartctlReportStale", {}),
     ])
