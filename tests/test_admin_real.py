@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.container import Container
-from tests.test_apply import NAMES, RCTL, apply, setup, unit_file
+from tests.support.demohost import NAMES, RCTL, apply, setup, unit_file
 
 pytestmark = pytest.mark.real
 

@@ -60,3 +60,15 @@ def test_the_readme_lists_the_modules_in_this_order() -> None:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     listed = [m for m in re.findall(r"^  ([a-z_]+)\.py", text, re.M)]
     assert listed == [m for m in ORDER if m != "__main__"]
+
+
+def test_test_modules_share_helpers_through_tests_support_only() -> None:
+    """A test module imported by another runs its tests' module-level code twice and ties the two
+    together; what tests share lives in tests/support."""
+    offenders = []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("tests.test_")]
+    assert not offenders, offenders
