@@ -15,7 +15,8 @@ debs=(python3 python3-apt python3-xdg python3-venv gcc libc6-dev dpkg-dev apt-ut
       systemd systemd-container dbus util-linux procps
       build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools bash-completion
       lintian man-db nodejs ruby default-jdk-headless git debootstrap
-      ansible-core openssh-client iproute2)  # the fleet tests: ansible-playbook over ssh, from a network namespace
+      ansible-core openssh-client iproute2  # the fleet tests: ansible-playbook over ssh, from a network namespace
+      locales)  # localedef and its charmaps, for a legacy-encoding locale (Debian 13 minimal hosts lack them)
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
