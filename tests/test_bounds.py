@@ -292,9 +292,7 @@ def test_a_legacy_locale_and_lookalike_names_never_break_or_fool_the_output(
     c.check(["localedef", "-i", "en_US", "-f", "ISO-8859-1", "en_US.ISO-8859-1"])
     c.install_debs([demo_debs["1.0"][n] for n in DEMO])
     uid = c.create_user(USER)
-    mount = "/sys/fs/cgroup/unified" if c.exec(["test", "-d", "/sys/fs/cgroup/unified/user.slice"]).returncode == 0 \
-        else "/sys/fs/cgroup"
-    manager = f"{mount}/user.slice/user-{uid}.slice/user@{uid}.service"
+    manager = f"{c.cgroup2_mount}/user.slice/user-{uid}.slice/user@{uid}.service"
     for i, name in enumerate(("→x", LOOKALIKE)):
         # Her run of the daemon's binary, in a cgroup of hers with that name (she can make it herself:
         # test_security.py::test_forged_cgroups_are_classified_as_the_users; here root moves it, the

@@ -43,16 +43,6 @@ def stale_of(doc: dict[str, Any], pid: int) -> set[tuple[str, str, str | None]]:
 
 # ---------------------------------------------------------------- with systemd as PID 1
 
-def scope_pid(c: Container, control_group: str) -> int:
-    """The first process of a cgroup, from its unified (v2) tree wherever the container has it mounted:
-    /sys/fs/cgroup/unified on a hybrid systemd (Debian 12), /sys/fs/cgroup on a pure v2 one (Debian 13)."""
-    for top in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
-        r = c.exec(["cat", f"{top}{control_group}/cgroup.procs"])
-        if r.returncode == 0 and r.stdout.split():
-            return int(r.stdout.split()[0])
-    raise AssertionError(f"no process in {control_group}")
-
-
 @pytest.fixture(scope="module")
 def upgraded_systemd_host(systemd_container: Container,
                           demo_debs: dict[str, dict[str, Path]]) -> dict[str, Any]:
@@ -77,7 +67,8 @@ def upgraded_systemd_host(systemd_container: Container,
     wait_for(lambda: b"session-" in c.read_file(f"/proc/{session_pid}/cgroup"), "a login session scope", 10)
     pids = {"demod": c.main_pid("rctl-demod.service"), "sleep": c.main_pid("rctl-sleep.service"),
             "userd": c.main_pid("rctl-userd.service", user="alice"), "session": session_pid,
-            "scope": scope_pid(c, c.check(["systemctl", "show", "-P", "ControlGroup", "rctl-scope.scope"]).strip())}
+            "scope": int(c.read_file(f"{c.cgroup2_mount}{c.show('rctl-scope.scope', 'ControlGroup')}/cgroup.procs")
+                         .split()[0])}
     code, before = restartctl(c, "plan")
     c.install_debs([v2[n] for n in UPGRADED])
     return {"c": c, "uid": uid, "pids": pids, "before": (code, before)}

@@ -272,10 +272,8 @@ class Mallory:
         self.names: dict[str, bytes] = {}   # label -> the hostile file name it maps
         self.big: set[str] = set()          # labels of processes with large maps (past a page of maps text)
         self.n = 0
-        unified = c.exec(["test", "-d", "/sys/fs/cgroup/unified/user.slice"]).returncode == 0
-        mount = "/sys/fs/cgroup/unified" if unified else "/sys/fs/cgroup"
         self.cgroup = f"/user.slice/user-{self.uid}.slice/user@{self.uid}.service"
-        self.cgroup_dir = mount + self.cgroup
+        self.cgroup_dir = c.cgroup2_mount + self.cgroup
         self.env = {"XDG_RUNTIME_DIR": f"/run/user/{self.uid}"}
         c.check(["install", "-d", "-m", "1777", CANARY])
         files: dict[str, tuple[bytes, int]] = {

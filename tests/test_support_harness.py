@@ -56,11 +56,10 @@ def proc_cgroups(c: Container, pid: int) -> dict[str, str]:
     """hierarchy ("0" for cgroup2, "name=systemd") -> path, from /proc/PID/cgroup inside; the
     name=systemd one only where the container's systemd runs hybrid (Debian 12 on a hybrid host),
     not on a pure v2 one (Debian 13), whatever the kernel still lists."""
-    hybrid = c.exec(["test", "-d", "/sys/fs/cgroup/unified"]).returncode == 0
     out: dict[str, str] = {}
     for line in c.check(["cat", f"/proc/{pid}/cgroup"]).splitlines():
         num, controllers, path = line.split(":", 2)
-        if num == "0" or (hybrid and controllers == "name=systemd"):
+        if num == "0" or (c.hybrid and controllers == "name=systemd"):
             out["0" if num == "0" else controllers] = path
     return out
 

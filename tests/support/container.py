@@ -311,6 +311,19 @@ class Container:
         """Our cgroup directories on the host (cgroup2 first); empty before start / after stop."""
         return list(self._cg_tops)
 
+    @property
+    def hybrid(self) -> bool:
+        """Whether the container's systemd runs hybrid (v1 name=systemd beside cgroup2): we made it a
+        v1 directory, which happens only on a hybrid host without ``unified`` (Debian 12's 252 there).
+        A pure v2 container (Debian 13, or ``unified``) still sees name=systemd lines in
+        /proc/PID/cgroup when the kernel has that hierarchy; they mean nothing then."""
+        return len(self._cg_tops) > 1
+
+    @property
+    def cgroup2_mount(self) -> str:
+        """Where the cgroup2 tree is mounted inside the container."""
+        return "/sys/fs/cgroup/unified" if self.hybrid else "/sys/fs/cgroup"
+
     def __enter__(self) -> Container:
         self.start()
         return self
@@ -429,9 +442,7 @@ class Container:
                 lines = f.read().splitlines()
         except OSError:
             return False
-        # Our v1 directory exists only for a hybrid container on a host that shows us the v1 tree (a
-        # pure-v2 host has none; a chroot that mounts only cgroup2 hides it though the kernel has it).
-        v1 = ":name=systemd:" if len(self._cg_tops) > 1 else None
+        v1 = ":name=systemd:" if self.hybrid else None
         paths = [line.split(":", 2)[2] for line in lines if line.startswith("0::") or (v1 and v1 in line)]
         # systemd as PID 1 soon moves itself on to payload/init.scope
         return len(paths) == len(self._cg_tops) and all(p == want or p.startswith(want + "/") for p in paths)
