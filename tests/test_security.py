@@ -689,6 +689,9 @@ def test_processes_that_fork_exec_and_exit_while_scanned(hostile: HostileHost) -
         deadline = time.monotonic() + SPAWN_TIMEOUT
         while c.exec(["pgrep", "-P", str(m.pids["churn"])]).returncode != 0:  # it forks: the race is on
             assert time.monotonic() < deadline, "the churn process never forked"
+            # again: a USR1 that lands between its check of the flag and pause() is lost (the children
+            # live for microseconds, so many polls pass before one is caught anyway)
+            c.check(["kill", "-USR1", str(m.pids["churn"])])
         for _ in range(4):
             run = restartctl(c, "plan", "--json", "--all")
             assert_quiet(run)
