@@ -17,16 +17,15 @@ Only processes with a stale file get their status, cgroup and exe read.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
-from restart import procfs
+from restart import procfs, views
 from restart.packages import canonical, fs_decode
 
 
@@ -64,59 +63,16 @@ CERTAIN, LIKELY = Confidence.CERTAIN, Confidence.LIKELY
 FIRST_USER_UID = 1000  # Debian's UID_MIN: below it are root and system accounts (daemons)
 _DELETED = b" (deleted)"
 _STRENGTH = {EXE: 3, CODE: 2, DATA: 1, FD: 0}
-_MISSING = (errno.ENOENT, errno.ENOTDIR)
 # In a maps line of a user-space mapping ("%08lx-%08lx perms %08llx dev inode path", addresses
 # of 8 to 12 hex digits), the space after the offset is the first one at or past this column.
 # From any other line (vsyscall's 16 digits) comes a key that is not exactly "dev inode path":
 # such a key is never remembered, and its process gets the careful look.
 _OFFSET_ENDS_AFTER = 31
-PATH_MAX = 4096  # no file at a longer path can be opened by it, so none is a package's
-# A maps line longer than this holds a path longer than PATH_MAX (each byte is at most four, "\012"):
-# dropped unread, as a path no package can have.
-_LINE_MAX = 4 * PATH_MAX + 256
-# Per-process budgets while reading its maps and fds: a user chooses how much and how deep her
-# processes map (a file 16,000 directories deep, 65,000 times, is 2 GB of maps text that takes the
-# kernel a minute to write).  A process that would exceed one is not scanned, never taken for clean.
-PROCESS_SECONDS = 10.0
-PROCESS_BYTES = 128 << 20
-PROCESS_LINES = 1 << 20
-# What a scan remembers (lines known fresh, decoded paths, stat results) is bounded whatever users
-# map: entries up to this long, up to this many bytes in all; past that, work is redone, not kept.
 OVER_BUDGET_SHOWN = 20  # processes over a budget named in text and metrics (JSON lists them all)
-_KEEP_MAX = 512
-_KEEP_BYTES = 32 << 20
 
 
 # Called for every process with its /proc directory handle, its PID and its executable.
 Observer = Callable[[int, int, str | None], object | None]
-
-
-class OverBudget(Exception):
-    """Reading the process would exceed a per-process budget (or the scan's deadline)."""
-
-
-class Budget:
-    """What reading one process may still cost: bytes, lines, CPU time (ours, the kernel's writing
-    of its ``maps`` included, so a loaded host does not cut a big process short) and the scan's
-    deadline (on its clock)."""
-
-    __slots__ = ("bytes", "clock", "cpu", "cpu_until", "lines", "until")
-
-    def __init__(self, until: float, clock: Callable[[], float], cpu: Callable[[], float]) -> None:
-        self.until, self.clock, self.cpu, self.bytes, self.lines = until, clock, cpu, 0, 0
-        self.cpu_until = cpu() + PROCESS_SECONDS
-
-    def spend(self, nbytes: int, lines: int) -> None:
-        self.bytes += nbytes
-        self.lines += lines
-        if self.bytes > PROCESS_BYTES:
-            raise OverBudget(f"more than {PROCESS_BYTES >> 20} MiB to read")
-        if self.lines > PROCESS_LINES:
-            raise OverBudget(f"more than {PROCESS_LINES} mappings or open files")
-        if self.cpu() > self.cpu_until:
-            raise OverBudget(f"reading it took more than {PROCESS_SECONDS:g} s")
-        if self.clock() > self.until:
-            raise OverBudget("the time for this run ran out while it was read")
 
 
 class Unscanned(NamedTuple):
@@ -173,45 +129,6 @@ class Selection(NamedTuple):
         return not path.startswith(self.skip_prefixes)
 
 
-def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[list[bytes]]:
-    """The whole lines of a /proc file, a batch per read(), never the whole text at once.
-
-    The budget is spent as the bytes arrive, so a process whose ``maps`` the kernel writes
-    slowly, or endlessly, is given up on while it is read.  A line longer than
-    ``_LINE_MAX`` is dropped, and only its first ``_LINE_MAX`` bytes are ever held.
-    """
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
-    except OSError as e:
-        raise procfs.translate(e) from e
-    try:
-        carry = b""
-        dropping = False
-        while True:
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except OSError as e:
-                raise procfs.translate(e) from e
-            if not chunk:
-                break
-            budget.spend(len(chunk), chunk.count(b"\n"))
-            lines = chunk.split(b"\n")
-            if dropping:
-                if len(lines) == 1:
-                    continue
-                lines[0] = b""
-                dropping = False
-            lines[0] = carry + lines[0]
-            carry = lines.pop()
-            if len(carry) > _LINE_MAX:
-                carry, dropping = b"", True
-            yield [line for line in lines if len(line) <= _LINE_MAX]
-        if carry and not dropping:
-            yield [carry]
-    finally:
-        os.close(fd)
-
-
 def parse_map_line(line: bytes) -> tuple[bytes, bytes, bytes, bool] | None:
     """A file-backed mapping's (raw path, inode, device, executable), or None.
 
@@ -233,10 +150,6 @@ def decode_path(raw: bytes) -> str:
     return fs_decode(raw.replace(b"\\012", b"\n"))
 
 
-# A stat result we keep: (inode, link count, device), or the errno when stat failed.
-_Stat = tuple[int, int, int] | int
-
-
 class _Candidate(NamedTuple):
     """A mapped or open path worth checking, decoded once per distinct raw text."""
 
@@ -244,61 +157,27 @@ class _Candidate(NamedTuple):
     literal: str | None  # the full text, when it carried the hint (a file may be named so)
 
 
-class _View:
-    """How the processes of one mount namespace see files, with a stat cache.
-
-    The kernel writes the paths in ``maps`` and ``fd`` relative to the *reader's*
-    root.  So for a process in our own mount namespace, chrooted or not, a plain
-    stat() from here looks at the right file; for one in another mount namespace
-    (a container, a service with PrivateTmp=) we look through ``/proc/PID/root``.
-    """
-
-    __slots__ = ("cache", "direct", "root_device", "users_mounts", "verdicts")
-
-    def __init__(self, direct: bool, users_mounts: bool = False) -> None:
-        self.direct = direct
-        self.cache: dict[str, _Stat] = {}
-        # Owned by another user namespace than ours: its mounts may be an unprivileged user's own
-        # (``unshare -Urm``), so a file found there must also lie where a package's file can.
-        self.users_mounts = users_mounts
-        self.root_device: int | None = None  # the device of the namespace's root filesystem
-        # maps lines ("dev inode path") judged for a process of this namespace -> (under an
-        # interpreter's directory, the verdict): the same for every process here, so judged once
-        self.verdicts: dict[bytes, tuple[bool, tuple[str, Confidence, Evidence] | None]] = {}
-
-
 class _Scanner:
     """Scan state shared across processes: our own identity, decoded paths, stat caches."""
 
     def __init__(self, proc: Path, selection: Selection, check_fds: bool,
                  observe: Observer | None = None, observe_hints: tuple[bytes, ...] = ()) -> None:
-        self.proc = proc
         self.observe = observe
         self.observe_hints = observe_hints
         self.selection = selection
         self.check_fds = check_fds
-        self.self_pid, self.self_mnt, self.self_depth = self._identity()
-        try:
-            self.self_user = os.readlink(self.proc / "self" / "ns" / "user")
-        except OSError:
-            self.self_user = ""
-        self.views: dict[str, _View] = {}
-        self.ours = self.views[self.self_mnt] = _View(direct=True)
+        self.views = views.Views(proc)
+        self.keeps = self.views.room.keeps
+        # maps lines ("dev inode path") judged for a process of a mount namespace -> (under an
+        # interpreter's directory, the verdict): the same for every process there, so judged once
+        self.verdicts: dict[views.View, dict[bytes, tuple[bool, tuple[str, Confidence, Evidence] | None]]] = {}
         self.devices: dict[bytes, int] = {}
         self.candidates: dict[bytes, _Candidate | None] = {}
         # maps lines ("dev inode path") known to need no look -> whether the path lies where
         # interpreters live (stage 2b wants those processes)
         self.settled: dict[bytes, bool] = {}
-        self.room = _KEEP_BYTES  # bytes left for remembering (settled lines, decoded paths, stats)
 
-    def keeps(self, key: bytes | str) -> bool:
-        """Whether there is room to remember something this long (and take that room)."""
-        if len(key) > _KEEP_MAX or self.room < len(key):
-            return False
-        self.room -= len(key) + 64
-        return True
-
-    def _maps(self, dfd: int, budget: Budget) -> tuple[bool, dict[str, StaleFile], _View | None]:
+    def _maps(self, dfd: int, budget: procfs.Budget) -> tuple[bool, dict[str, StaleFile], views.View | None]:
         """The stale mappings of one process, read as a stream; and whether one of its mapped paths
         lies where interpreters live (stage 2b wants those processes).
 
@@ -311,17 +190,17 @@ class _Scanner:
         hints = self.observe_hints
         hinted = False
         found: dict[str, StaleFile] = {}
-        view: _View | None = None
+        view: views.View | None = None
         seen: dict[tuple[bytes, bytes], bool] = {}
-        for batch in read_lines(dfd, "maps", budget):
+        for batch in procfs.read_lines(dfd, "maps", budget):
             for line in batch:
                 key = line[line.find(b" ", _OFFSET_ENDS_AFTER) + 1:]
                 known = settled.get(key)
                 if known is not None:
                     hinted = hinted or known
                     continue
-                view = view or self.view(dfd)
-                judged = view.verdicts.get(key)
+                view = view or self.views.of(dfd)
+                judged = self.verdicts.setdefault(view, {}).get(key)
                 if judged is not None:  # a stale file, or one that stat shows on another device (overlayfs, btrfs)
                     hinted = hinted or judged[0]
                     if judged[1]:
@@ -343,34 +222,19 @@ class _Scanner:
                 seen[ident] = executable
                 cand = self.candidate(raw)
                 inode = int(inode_text)
-                if cand is None or self.unchanged_here(cand.path, inode, self.device(dev_text)):
+                if cand is None or self.views.unchanged_here(cand.path, inode, self.device(dev_text)):
                     # Remembered only when the key is exactly "dev inode path" (not so past a
                     # vsyscall-like line's longer addresses).
                     if key.startswith(b"%s %s " % ident) and self.keeps(key):
                         settled[key] = hint
                     continue
-                view = view or self.view(dfd)
+                view = view or self.views.of(dfd)
                 verdict = self.judge(dfd, view, cand, inode, self.device(dev_text))
                 if verdict:
                     _add(found, StaleFile(CODE if executable else DATA, *verdict))
                 if key.startswith(b"%s %s " % ident) and self.keeps(key):
-                    view.verdicts[key] = (hint, verdict)
+                    self.verdicts.setdefault(view, {})[key] = (hint, verdict)
         return hinted, found, view
-
-    def _identity(self) -> tuple[int, str, int]:
-        try:
-            pid = int(os.readlink(self.proc / "self"))
-        except (OSError, ValueError):
-            pid = -1
-        try:
-            mnt = os.readlink(self.proc / "self" / "ns" / "mnt")
-        except OSError:
-            mnt = ""
-        try:
-            depth = procfs.parse_status((self.proc / "self" / "status").read_bytes())[3]
-        except (OSError, ValueError):
-            depth = 1
-        return pid, mnt, depth
 
     def candidate(self, raw: bytes) -> _Candidate | None:
         """The path behind a maps or fd text, if the selection wants it looked at."""
@@ -397,89 +261,28 @@ class _Scanner:
             self.devices[text] = dev
         return dev
 
-    def unchanged_here(self, path: str, inode: int, device: int) -> bool:
-        """The fast path: the very inode (device and number) still sits at the path we see.
-
-        Then it is fresh for the process too, whatever its mount namespace, and we need
-        not even look up which namespace that is.  Anything else (including stacked
-        filesystems whose maps device differs from stat's) takes the careful path.
-        """
-        now = self.stat_path(-1, self.ours, path)
-        return isinstance(now, tuple) and now[0] == inode and now[2] == device
-
-    def reachable(self, dfd: int, view: _View, path: str, device: int) -> bool:
-        """Seen through a mount namespace of another user namespace, whether a mapped file can be a
-        package's file at all.
-
-        It can when it lies on that namespace's root filesystem (a rootless container's own) or on
-        the filesystem that holds its directory here.  A file on some other filesystem mounted at
-        that place inside the namespace (a user's own tmpfs over a library directory, in
-        ``unshare -Urm``) is not the package's, replaced or not.
-        """
-        if view.root_device is None:
-            try:
-                view.root_device = os.stat("root", dir_fd=dfd).st_dev
-            except OSError as e:
-                raise procfs.ProcessGone() from e
-        if device == view.root_device:
-            return True
-        here = self.stat_path(-1, self.ours, os.path.dirname(path))
-        return isinstance(here, tuple) and here[2] == device
-
-    def view(self, dfd: int) -> _View:
-        mnt = procfs.readlink(dfd, "ns/mnt")
-        view = self.views.get(mnt)
-        if view is None:
-            try:
-                users = os.readlink("ns/user", dir_fd=dfd) != self.self_user
-            except OSError:
-                users = False
-            view = self.views[mnt] = _View(direct=mnt == self.self_mnt, users_mounts=users and mnt != self.self_mnt)
-        return view
-
-    def stat_path(self, dfd: int, view: _View, path: str) -> _Stat:
-        """Stat ``path`` as the process sees it (inside its root), cached per view."""
-        hit = view.cache.get(path)
-        if hit is not None:
-            return hit
-        direct = view.direct
-        try:
-            st = os.stat(path) if direct else os.stat("root" + path, dir_fd=dfd)
-            result: _Stat = (st.st_ino, st.st_nlink, st.st_dev)
-        except OSError as e:
-            if e.errno in _MISSING and not direct:
-                # A missing file, or a process that just died?  Only the former may be cached.
-                try:
-                    os.stat("root", dir_fd=dfd)
-                except OSError as gone:
-                    raise procfs.ProcessGone() from gone
-            result = e.errno or errno.EIO
-        if self.keeps(path):
-            view.cache[path] = result
-        return result
-
-    def judge(self, dfd: int, view: _View, cand: _Candidate, inode: int, device: int,
+    def judge(self, dfd: int, view: views.View, cand: _Candidate, inode: int, device: int,
               link_count: int | None = None) -> tuple[str, Confidence, Evidence] | None:
         """Is the inode behind ``cand`` stale?  (path, confidence, evidence), or None."""
-        if view.users_mounts and not self.reachable(dfd, view, cand.path, device):
+        if view.users_mounts and not self.views.reachable(dfd, view, cand.path, device):
             return None
-        now = self.stat_path(dfd, view, cand.path)
+        now = view.stat(dfd, cand.path)
         if isinstance(now, tuple) and now[0] == inode:
             return None
         if cand.literal is not None:
-            literal = self.stat_path(dfd, view, cand.literal)
+            literal = view.stat(dfd, cand.literal)
             if isinstance(literal, tuple) and literal[0] == inode:
                 return None  # a file really named "... (deleted)", still in place
         if link_count == 0:
             return cand.path, CERTAIN, Evidence.UNLINKED
         if isinstance(now, tuple):
             return cand.path, CERTAIN, Evidence.REPLACED
-        if now in _MISSING:
+        if now in views.MISSING:
             return cand.path, CERTAIN, Evidence.MISSING
         # We could not look (EACCES, ELOOP, ...): fall back to the kernel's word.
         return (cand.path, LIKELY, Evidence.DELETED_HINT) if cand.literal is not None else None
 
-    def scan_process(self, pid: int, dfd: int, budget: Budget) -> tuple[ProcessInfo | None, object | None]:
+    def scan_process(self, pid: int, dfd: int, budget: procfs.Budget) -> tuple[ProcessInfo | None, object | None]:
         hinted, found, view = self._maps(dfd, budget)
         if not budget.bytes:
             return None, None  # empty maps: a kernel thread or a zombie
@@ -489,7 +292,7 @@ class _Scanner:
         seen = self._observe(dfd, pid) if hinted or not self.observe_hints else None
         if not found and seen is None:
             return None, None
-        return describe(dfd, pid, found, self.self_depth), seen
+        return describe(dfd, pid, found, self.views.depth), seen
 
     def _observe(self, dfd: int, pid: int) -> object | None:
         """Hand the process, through this same directory handle, to the observer (interpreters)."""
@@ -502,7 +305,7 @@ class _Scanner:
         except (OSError, ValueError, IndexError):
             return None  # odd data about one process costs only this extra look
 
-    def _stale_fds(self, dfd: int, found: dict[str, StaleFile], view: _View | None, budget: Budget) -> None:
+    def _stale_fds(self, dfd: int, found: dict[str, StaleFile], view: views.View | None, budget: procfs.Budget) -> None:
         """Regular files held open whose inode is no longer the one at their path."""
         try:
             fdd = os.open("fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
@@ -526,9 +329,9 @@ class _Scanner:
                         st = os.stat(name, dir_fd=fdd)
                     except OSError:
                         continue
-                    if not stat.S_ISREG(st.st_mode) or self.unchanged_here(cand.path, st.st_ino, st.st_dev):
+                    if not stat.S_ISREG(st.st_mode) or self.views.unchanged_here(cand.path, st.st_ino, st.st_dev):
                         continue
-                    view = view or self.view(dfd)
+                    view = view or self.views.of(dfd)
                     verdict = self.judge(dfd, view, cand, st.st_ino, st.st_dev, st.st_nlink)
                     if verdict:
                         _add(found, StaleFile(FD, *verdict))
@@ -571,7 +374,7 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
     With a ``deadline`` (on ``clock``), root's and system accounts' processes are scanned
     first and the scan stops when the deadline passes, counting the rest as unscanned: a
     user with many processes that map many files can slow a scan, not starve the services.
-    Each process is read within a :class:`Budget` (bytes, lines, ``PROCESS_SECONDS`` of CPU time on
+    Each process is read within a :class:`procfs.Budget` (bytes, lines, ``procfs.PROCESS_SECONDS`` of CPU time on
     ``cpu_clock``, and the deadline), checked as it is read; one that would exceed it is counted
     unscanned and named.
     ``users=False`` looks only at root's and system accounts' processes.
@@ -585,7 +388,7 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
     try:
         candidates = sorted(pids) if pids is not None else sorted(
             int(n) for n in os.listdir(procfd) if n.isdigit())
-        candidates = [p for p in candidates if p != scanner.self_pid]
+        candidates = [p for p in candidates if p != scanner.views.pid]
         if not users:
             candidates = [p for p in candidates if not _owned_by_a_user(procfd, p)]
         elif deadline is not None:
@@ -601,7 +404,7 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
             except OSError:
                 vanished += 1
                 continue
-            budget = Budget(deadline if deadline is not None else float("inf"), clock, cpu_clock)
+            budget = procfs.Budget(deadline if deadline is not None else float("inf"), clock, cpu_clock)
             try:
                 info, seen = scanner.scan_process(pid, dfd, budget)
             except procfs.ProcessGone:
@@ -610,7 +413,7 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
             except PermissionError:
                 denied += 1
                 continue
-            except OverBudget as e:
+            except procfs.OverBudget as e:
                 unscanned += 1
                 over.append(_unscanned(dfd, pid, str(e)))
                 continue

@@ -1,5 +1,8 @@
 """Reading ``/proc``: the primitives every stage shares (an edge: I/O only, before the stages).
 
+A process's files are read within a :class:`Budget` checked as the bytes arrive (its owner
+chooses how much the kernel writes), never the whole text at once (:func:`read_lines`).
+
 What a process says about itself is its own choice and may be hostile: its name (``comm``, up
 to 15 bytes of anything but NUL: spaces, parentheses, newlines) sits in the middle of
 ``/proc/PID/stat``, so the fields after it are found from the *last* ``)``.  A process may exit
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 PPID, STARTTIME = 1, 19  # fields of /proc/PID/stat, counted from the state after the name
@@ -21,10 +24,48 @@ ANCESTRY_MAX = 64  # a walk up the process tree stops here whatever the tree (a 
 # nor of any process's (a planted PATH or LD_PRELOAD would run as root).
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 _GONE = (errno.ENOENT, errno.ESRCH)
+PATH_MAX = 4096  # no file at a longer path can be opened by it, so none is a package's
+# A maps line longer than this holds a path longer than PATH_MAX (each byte is at most four, "\012"):
+# dropped unread, as a path no package can have.
+LINE_MAX = 4 * PATH_MAX + 256
+# Per-process budgets while reading its maps and fds: a user chooses how much and how deep her
+# processes map (a file 16,000 directories deep, 65,000 times, is 2 GB of maps text that takes the
+# kernel a minute to write).  A process that would exceed one is not scanned, never taken for clean.
+PROCESS_SECONDS = 10.0
+PROCESS_BYTES = 128 << 20
+PROCESS_LINES = 1 << 20
 
 
 class ProcessGone(Exception):
     """The process exited (or was never there) while we read it."""
+
+
+class OverBudget(Exception):
+    """Reading the process would exceed a per-process budget (or the scan's deadline)."""
+
+
+class Budget:
+    """What reading one process may still cost: bytes, lines, CPU time (ours, the kernel's writing
+    of its ``maps`` included, so a loaded host does not cut a big process short) and the scan's
+    deadline (on its clock)."""
+
+    __slots__ = ("bytes", "clock", "cpu", "cpu_until", "lines", "until")
+
+    def __init__(self, until: float, clock: Callable[[], float], cpu: Callable[[], float]) -> None:
+        self.until, self.clock, self.cpu, self.bytes, self.lines = until, clock, cpu, 0, 0
+        self.cpu_until = cpu() + PROCESS_SECONDS
+
+    def spend(self, nbytes: int, lines: int) -> None:
+        self.bytes += nbytes
+        self.lines += lines
+        if self.bytes > PROCESS_BYTES:
+            raise OverBudget(f"more than {PROCESS_BYTES >> 20} MiB to read")
+        if self.lines > PROCESS_LINES:
+            raise OverBudget(f"more than {PROCESS_LINES} mappings or open files")
+        if self.cpu() > self.cpu_until:
+            raise OverBudget(f"reading it took more than {PROCESS_SECONDS:g} s")
+        if self.clock() > self.until:
+            raise OverBudget("the time for this run ran out while it was read")
 
 
 def translate(e: OSError) -> Exception:
@@ -51,6 +92,45 @@ def read_proc(dfd: int, name: str) -> bytes:
         return b"".join(chunks)
     except OSError as e:
         raise translate(e) from e
+    finally:
+        os.close(fd)
+
+
+def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[list[bytes]]:
+    """The whole lines of a /proc file, a batch per read(), never the whole text at once.
+
+    The budget is spent as the bytes arrive, so a process whose ``maps`` the kernel writes
+    slowly, or endlessly, is given up on while it is read.  A line longer than
+    ``LINE_MAX`` is dropped, and only its first ``LINE_MAX`` bytes are ever held.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError as e:
+        raise translate(e) from e
+    try:
+        carry = b""
+        dropping = False
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except OSError as e:
+                raise translate(e) from e
+            if not chunk:
+                break
+            budget.spend(len(chunk), chunk.count(b"\n"))
+            lines = chunk.split(b"\n")
+            if dropping:
+                if len(lines) == 1:
+                    continue
+                lines[0] = b""
+                dropping = False
+            lines[0] = carry + lines[0]
+            carry = lines.pop()
+            if len(carry) > LINE_MAX:
+                carry, dropping = b"", True
+            yield [line for line in lines if len(line) <= LINE_MAX]
+        if carry and not dropping:
+            yield [carry]
     finally:
         os.close(fd)
 

@@ -19,7 +19,7 @@ ORDER = (
     # 1. what changed
     "packages", "transaction",
     # 2. which processes use it (2b: interpreted programs)
-    "processes", "imports", "grammars", "observation", "interpreters",
+    "views", "processes", "imports", "grammars", "observation", "interpreters",
     # 3. what manages them, and stages 1-3 composed
     "units", "scan",
     # 4.-6. what to do, and doing it

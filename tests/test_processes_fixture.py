@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import formats, processes, report
+from restart import formats, processes, procfs, report
 from restart.processes import CODE, DATA, EXE, Selection, parse_map_line, scan
 from restart.procfs import parse_status
 from tests.fakeproc import FakeProcess, build, ino, map_line, rootfs
@@ -246,7 +246,7 @@ def test_a_process_over_a_budget_is_named_unscanned_never_clean(tmp_path: Path, 
     (proc / "20" / "comm").write_bytes(b"big\x1b[1m\n")
     ticks = iter(range(10_000))  # CPU seconds: one per read() and per look at the clock
     cpu = (lambda: next(ticks)) if budget == "PROCESS_SECONDS" else time.thread_time
-    monkeypatch.setattr(processes, budget, {"PROCESS_BYTES": 200_000, "PROCESS_LINES": 10_000,
+    monkeypatch.setattr(procfs, budget, {"PROCESS_BYTES": 200_000, "PROCESS_LINES": 10_000,
                                             "PROCESS_SECONDS": 5}[budget])
     result = scan(proc, EVERYTHING, cpu_clock=cpu)
     assert [p.pid for p in result.processes] == [10, 30]  # the run goes on past it

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 import pytest
 
-import restart.processes
 import restart.procfs
 from restart import execute, policy, state
 from restart.cli import main
@@ -219,7 +218,7 @@ def test_a_users_own_pid_namespace_stays_the_users(tmp_path: Path, capsys: pytes
 @contextmanager
 def after_reading(name: str, pid_dir: Path, action: Callable[[], None]) -> Iterator[None]:
     """Run ``action`` right after the scanner read ``name`` of the process in ``pid_dir``."""
-    real, real_lines = restart.procfs.read_proc, restart.processes.read_lines
+    real, real_lines = restart.procfs.read_proc, restart.procfs.read_lines
     target = os.stat(pid_dir).st_ino
 
     def spy(dfd: int, what: str) -> bytes:
@@ -228,17 +227,17 @@ def after_reading(name: str, pid_dir: Path, action: Callable[[], None]) -> Itera
             action()
         return data
 
-    def spy_lines(dfd: int, what: str, budget: restart.processes.Budget) -> Iterator[list[bytes]]:
+    def spy_lines(dfd: int, what: str, budget: restart.procfs.Budget) -> Iterator[list[bytes]]:
         yield from real_lines(dfd, what, budget)
         if what == name and os.fstat(dfd).st_ino == target:
             action()
 
     restart.procfs.read_proc = spy  # type: ignore[assignment]
-    restart.processes.read_lines = spy_lines  # type: ignore[assignment]
+    restart.procfs.read_lines = spy_lines  # type: ignore[assignment]
     try:
         yield
     finally:
-        restart.procfs.read_proc, restart.processes.read_lines = real, real_lines
+        restart.procfs.read_proc, restart.procfs.read_lines = real, real_lines
 
 
 def test_pid_reuse_mid_scan_never_mixes_two_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
