@@ -68,6 +68,7 @@ _STRENGTH = {EXE: 3, CODE: 2, DATA: 1, FD: 0}
 # From any other line (vsyscall's 16 digits) comes a key that is not exactly "dev inode path":
 # such a key is never remembered, and its process gets the careful look.
 _OFFSET_ENDS_AFTER = 31
+_FD_BATCH = 32  # open files listed between two looks at a process's budget
 OVER_BUDGET_SHOWN = 20  # processes over a budget named in text and metrics (JSON lists them all)
 
 
@@ -150,6 +151,9 @@ def decode_path(raw: bytes) -> str:
     return fs_decode(raw.replace(b"\\012", b"\n"))
 
 
+Verdict = tuple[str, Confidence, Evidence]  # a stale file's path as the process sees it, and why
+
+
 class _Candidate(NamedTuple):
     """A mapped or open path worth checking, decoded once per distinct raw text."""
 
@@ -168,14 +172,15 @@ class _Scanner:
         self.check_fds = check_fds
         self.views = views.Views(proc)
         self.keeps = self.views.room.keeps
-        # maps lines ("dev inode path") judged for a process of a mount namespace -> (under an
-        # interpreter's directory, the verdict): the same for every process there, so judged once
-        self.verdicts: dict[views.View, dict[bytes, tuple[bool, tuple[str, Confidence, Evidence] | None]]] = {}
+        # maps lines ("dev inode path") judged for a process of a mount namespace: fresh, or stale
+        # and why; the same for every process there, so judged once
+        self.judged: dict[views.View, tuple[set[bytes], dict[bytes, Verdict]]] = {}
         self.devices: dict[bytes, int] = {}
         self.candidates: dict[bytes, _Candidate | None] = {}
-        # maps lines ("dev inode path") known to need no look -> whether the path lies where
-        # interpreters live (stage 2b wants those processes)
-        self.settled: dict[bytes, bool] = {}
+        # maps lines ("dev inode path") known to need no look in any namespace, and the lines
+        # remembered here or in ``judged`` whose path lies where interpreters live (stage 2b wants those)
+        self.settled: set[bytes] = set()
+        self.hinted: set[bytes] = set()
 
     def _maps(self, dfd: int, budget: procfs.Budget) -> tuple[bool, dict[str, StaleFile], views.View | None]:
         """The stale mappings of one process, read as a stream; and whether one of its mapped paths
@@ -183,58 +188,85 @@ class _Scanner:
 
         Most lines are known at a glance: their "dev inode path" (past "start-end perms offset ",
         which differ between the processes mapping a file, and between the pieces of one file
-        within a process) was settled earlier in the scan.  Of the others, each (device, inode) is
-        looked at once per process, before its path is decoded or kept.
+        within a process) was settled earlier in the scan, for every process or for those of this
+        mount namespace (on overlayfs and btrfs, where the device in ``maps`` is not stat's, every
+        fresh file), and a batch of lines whose keys all were costs a few set operations.  Of the
+        other lines, each (device, inode) is looked at once per process, before its path is decoded
+        or kept.
         """
-        settled = self.settled
-        hints = self.observe_hints
+        settled, hinted_keys = self.settled, self.hinted
         hinted = False
         found: dict[str, StaleFile] = {}
         view: views.View | None = None
+        fresh: set[bytes] = set()
+        stale: dict[bytes, Verdict] = {}
         seen: dict[tuple[bytes, bytes], bool] = {}
+        mapped: dict[bytes, bool] = {}  # lines judged stale in this namespace -> mapped executable
         for batch in procfs.read_lines(dfd, "maps", budget):
+            keys = {line[line.find(b" ", _OFFSET_ENDS_AFTER) + 1:] for line in batch}
+            hinted = hinted or not hinted_keys.isdisjoint(keys)
+            rest = keys - settled
+            if not rest:
+                continue  # every line known fresh everywhere (a host without stacked filesystems)
+            if view is None:
+                view = self.views.of(dfd)
+                fresh, stale = self.judged.setdefault(view, (set(), {}))
+            rest -= fresh
+            if not rest:
+                continue  # every line known fresh here: most processes, whole
             for line in batch:
                 key = line[line.find(b" ", _OFFSET_ENDS_AFTER) + 1:]
-                known = settled.get(key)
-                if known is not None:
-                    hinted = hinted or known
+                if key not in rest:
                     continue
-                view = view or self.views.of(dfd)
-                judged = self.verdicts.setdefault(view, {}).get(key)
-                if judged is not None:  # a stale file, or one that stat shows on another device (overlayfs, btrfs)
-                    hinted = hinted or judged[0]
-                    if judged[1]:
-                        perms = line.find(b" ") + 3  # "start-end rwxp": is the x there?
-                        _add(found, StaleFile(CODE if line[perms:perms + 1] == b"x" else DATA, *judged[1]))
+                if key in stale:
+                    perms = line.find(b" ") + 3  # "start-end rwxp": is the x there?
+                    mapped[key] = mapped.get(key, False) or line[perms:perms + 1] == b"x"
                     continue
-                entry = parse_map_line(line)
-                if entry is None:
-                    if b" /" not in key and self.keeps(key):
-                        settled[key] = False  # no file: anonymous memory, [heap], [stack]
-                    continue
-                raw, inode_text, dev_text, executable = entry
-                hint = raw.startswith(hints)
-                hinted = hinted or hint
-                ident = (dev_text, inode_text)
-                before = seen.get(ident)
-                if before is not None and (before or not executable):
-                    continue  # this file was looked at already (as code, or this is data too)
-                seen[ident] = executable
-                cand = self.candidate(raw)
-                inode = int(inode_text)
-                if cand is None or self.views.unchanged_here(cand.path, inode, self.device(dev_text)):
-                    # Remembered only when the key is exactly "dev inode path" (not so past a
-                    # vsyscall-like line's longer addresses).
-                    if key.startswith(b"%s %s " % ident) and self.keeps(key):
-                        settled[key] = hint
-                    continue
-                view = view or self.views.of(dfd)
-                verdict = self.judge(dfd, view, cand, inode, self.device(dev_text))
-                if verdict:
-                    _add(found, StaleFile(CODE if executable else DATA, *verdict))
-                if key.startswith(b"%s %s " % ident) and self.keeps(key):
-                    self.verdicts.setdefault(view, {})[key] = (hint, verdict)
+                hinted = self._judge_line(dfd, view, line, key, seen, found) or hinted
+                if key in fresh or key in settled:
+                    rest.discard(key)  # the same file's other pieces
+        for key, executable in mapped.items():
+            _add(found, StaleFile(CODE if executable else DATA, *stale[key]))
         return hinted, found, view
+
+    def _judge_line(self, dfd: int, view: views.View, line: bytes, key: bytes,
+                    seen: dict[tuple[bytes, bytes], bool], found: dict[str, StaleFile]) -> bool:
+        """A maps line not known yet: judged, and remembered by its key when it is exactly
+        "dev inode path" (not so past a vsyscall-like line's longer addresses); whether its path
+        lies where interpreters live."""
+        entry = parse_map_line(line)
+        if entry is None:
+            if b" /" not in key and self.keeps(key):
+                self.settled.add(key)  # no file: anonymous memory, [heap], [stack]
+            return False
+        raw, inode_text, dev_text, executable = entry
+        hint = raw.startswith(self.observe_hints)
+        ident = (dev_text, inode_text)
+        before = seen.get(ident)
+        if before is not None and (before or not executable):
+            return hint  # this file was looked at already (as code, or this is data too)
+        seen[ident] = executable
+        cand = self.candidate(raw)
+        inode = int(inode_text)
+        exact = key.startswith(b"%s %s " % ident)
+        if cand is None or self.views.unchanged_here(cand.path, inode, self.device(dev_text)):
+            if exact and self.keeps(key):
+                self.settled.add(key)
+                if hint:
+                    self.hinted.add(key)
+            return hint
+        verdict = self.judge(dfd, view, cand, inode, self.device(dev_text))
+        if verdict:
+            _add(found, StaleFile(CODE if executable else DATA, *verdict))
+        if exact and self.keeps(key):
+            fresh, stale = self.judged.setdefault(view, (set(), {}))
+            if verdict:
+                stale[key] = verdict
+            else:
+                fresh.add(key)
+            if hint:
+                self.hinted.add(key)
+        return hint
 
     def candidate(self, raw: bytes) -> _Candidate | None:
         """The path behind a maps or fd text, if the selection wants it looked at."""
@@ -262,7 +294,7 @@ class _Scanner:
         return dev
 
     def judge(self, dfd: int, view: views.View, cand: _Candidate, inode: int, device: int,
-              link_count: int | None = None) -> tuple[str, Confidence, Evidence] | None:
+              link_count: int | None = None) -> Verdict | None:
         """Is the inode behind ``cand`` stale?  (path, confidence, evidence), or None."""
         if view.users_mounts and not self.views.reachable(dfd, view, cand.path, device):
             return None
@@ -313,9 +345,10 @@ class _Scanner:
             raise procfs.translate(e) from e
         try:
             with os.scandir(fdd) as entries:  # listed as read, not all at once: a process may hold 1M
-                for entry in entries:
+                for n, entry in enumerate(entries, 1):
                     name = entry.name
-                    budget.spend(len(name), 1)
+                    if not n % _FD_BATCH:  # the budget's clocks are syscalls: looked at per batch of entries
+                        budget.spend(_FD_BATCH * len(name), _FD_BATCH)
                     try:
                         target = os.fsencode(os.readlink(name, dir_fd=fdd))
                     except OSError:

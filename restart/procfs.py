@@ -117,18 +117,19 @@ def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[list[bytes]]:
                 raise translate(e) from e
             if not chunk:
                 break
-            budget.spend(len(chunk), chunk.count(b"\n"))
             lines = chunk.split(b"\n")
+            budget.spend(len(chunk), len(lines) - 1)
             if dropping:
                 if len(lines) == 1:
                     continue
                 lines[0] = b""
                 dropping = False
+            short = len(carry) + len(chunk) <= LINE_MAX  # then so is every line of this batch
             lines[0] = carry + lines[0]
             carry = lines.pop()
             if len(carry) > LINE_MAX:
                 carry, dropping = b"", True
-            yield [line for line in lines if len(line) <= LINE_MAX]
+            yield lines if short else [line for line in lines if len(line) <= LINE_MAX]
         if carry and not dropping:
             yield [carry]
     finally:
