@@ -79,9 +79,11 @@ lists of the few packages that matter, never all of them.
 from __future__ import annotations
 
 import bisect
+import functools
 import glob
 import os
 import posixpath
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -226,6 +228,9 @@ class Context:
         if pattern is None or suffixes is None:
             return ()
         key = (pattern.pattern, package)
+        if key not in self._modules and not _loose(pattern.pattern).search(
+                self.db.package_list(package.partition(":")[0])):
+            self._modules[key] = ()  # not a line of its lists lies there (most packages: libraries)
         if key not in self._modules:
             files = self.files(package)
             parents = {posixpath.dirname(f) for f in files}
@@ -402,6 +407,13 @@ class Context:
                 found = next((p for p in sorted(candidates) if self.owns(p, canonical)), OUTSIDE)
             self._owners[key] = found
         return self._owners[key]
+
+
+@functools.cache
+def _loose(search: str) -> re.Pattern[bytes]:
+    """A search path's directories as they may stand in a ``.list`` before merged-/usr aliasing
+    (``/lib/...`` for ``/usr/lib/...``): whatever the search path matches contains a match of this."""
+    return re.compile(search.replace("/usr/", "/").encode())
 
 
 def findings(obs: Observation, ctx: Context, stale: Sequence[StaleFile] = ()) -> tuple[StaleFile, ...]:

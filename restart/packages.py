@@ -176,13 +176,20 @@ class DpkgDatabase:
         except OSError:
             return []
 
-    def _newest_first(self) -> list[tuple[str, str]]:
-        def mtime(item: tuple[str, str]) -> float:
+    @cached_property
+    def _list_times(self) -> dict[str, float | None]:
+        """Each ``.list``'s mtime (None when it cannot be read): stat()ed once for the owner search
+        and the unpack times both."""
+        times: dict[str, float | None] = {}
+        for _, path in self._lists:
             try:
-                return os.stat(item[1]).st_mtime
+                times[path] = os.stat(path).st_mtime
             except OSError:
-                return 0.0
-        return sorted(self._lists, key=mtime, reverse=True)
+                times[path] = None
+        return times
+
+    def _newest_first(self) -> list[tuple[str, str]]:
+        return sorted(self._lists, key=lambda item: self._list_times[item[1]] or 0.0, reverse=True)
 
     def installed_packages(self) -> list[str]:
         return sorted(name for name, _ in self._lists)
@@ -308,8 +315,8 @@ class DpkgDatabase:
                     times[base] = max(t, times.get(base, t))
             return times
         for name, path in self._lists:
-            with suppress(OSError):
-                t = os.stat(path).st_mtime
+            t = self._list_times[path]
+            if t is not None:
                 base = name.partition(":")[0]
                 times[base] = max(t, times.get(base, t))
         return times

@@ -203,7 +203,9 @@ class _Scanner:
         seen: dict[tuple[bytes, bytes], bool] = {}
         mapped: dict[bytes, bool] = {}  # lines judged stale in this namespace -> mapped executable
         for batch in procfs.read_lines(dfd, "maps", budget):
-            keys = {line[line.find(b" ", _OFFSET_ENDS_AFTER) + 1:] for line in batch}
+            # key -> its last line: the pieces of a file (and processes) differ only before the key
+            lines = {line[line.find(b" ", _OFFSET_ENDS_AFTER) + 1:]: line for line in batch}
+            keys = lines.keys()
             hinted = hinted or not hinted_keys.isdisjoint(keys)
             rest = keys - settled
             if not rest:
@@ -214,32 +216,27 @@ class _Scanner:
             rest -= fresh
             if not rest:
                 continue  # every line known fresh here: most processes, whole
-            for line in batch:
-                key = line[line.find(b" ", _OFFSET_ENDS_AFTER) + 1:]
-                if key not in rest:
-                    continue
+            executable = _executable_keys(batch)
+            for key in [k for k in keys if k in rest]:  # in the order the process maps them
                 if key in stale:
-                    perms = line.find(b" ") + 3  # "start-end rwxp": is the x there?
-                    mapped[key] = mapped.get(key, False) or line[perms:perms + 1] == b"x"
-                    continue
-                hinted = self._judge_line(dfd, view, line, key, seen, found) or hinted
-                if key in fresh or key in settled:
-                    rest.discard(key)  # the same file's other pieces
-        for key, executable in mapped.items():
-            _add(found, StaleFile(CODE if executable else DATA, *stale[key]))
+                    mapped[key] = mapped.get(key, False) or key in executable
+                else:
+                    hinted = self._judge_line(dfd, view, lines[key], key, key in executable, seen, found) or hinted
+        for key, code in mapped.items():
+            _add(found, StaleFile(CODE if code else DATA, *stale[key]))
         return hinted, found, view
 
-    def _judge_line(self, dfd: int, view: views.View, line: bytes, key: bytes,
+    def _judge_line(self, dfd: int, view: views.View, line: bytes, key: bytes, executable: bool,
                     seen: dict[tuple[bytes, bytes], bool], found: dict[str, StaleFile]) -> bool:
-        """A maps line not known yet: judged, and remembered by its key when it is exactly
-        "dev inode path" (not so past a vsyscall-like line's longer addresses); whether its path
-        lies where interpreters live."""
+        """A maps line not known yet (``executable``: one of its file's pieces is): judged, and
+        remembered by its key when it is exactly "dev inode path" (not so past a vsyscall-like
+        line's longer addresses); whether its path lies where interpreters live."""
         entry = parse_map_line(line)
         if entry is None:
             if b" /" not in key and self.keeps(key):
                 self.settled.add(key)  # no file: anonymous memory, [heap], [stack]
             return False
-        raw, inode_text, dev_text, executable = entry
+        raw, inode_text, dev_text, _ = entry
         hint = raw.startswith(self.observe_hints)
         ident = (dev_text, inode_text)
         before = seen.get(ident)
@@ -370,6 +367,16 @@ class _Scanner:
                         _add(found, StaleFile(FD, *verdict))
         finally:
             os.close(fdd)
+
+
+def _executable_keys(batch: list[bytes]) -> set[bytes]:
+    """The keys of the lines that map something executable ("start-end r-xp ...")."""
+    found = set()
+    for line in batch:
+        perms = line.find(b" ") + 3
+        if line[perms:perms + 1] == b"x":
+            found.add(line[line.find(b" ", _OFFSET_ENDS_AFTER) + 1:])
+    return found
 
 
 def describe(dfd: int, pid: int, found: dict[str, StaleFile], self_depth: int) -> ProcessInfo:
