@@ -158,10 +158,11 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
 
 
 def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The whole parser; given ``argv``, only the named command's options are added.
+    """The whole parser; given ``argv`` that names a command, only that command.
 
-    Every command is always listed, but adding every option to every command costs
-    more than a third of a small scan's own time, so a run builds only its own.
+    Each command's parser, and each option, costs time at every start (all of them: a
+    tenth of the apt hook's run), so a run builds only its own; the list of every command
+    is needed only when none is named (an error, or the top-level ``--help``).
     """
     named = argv[0] if argv else None
     parser = _Parser(
@@ -172,6 +173,8 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"restartctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (summary, description, add_options) in COMMANDS.items():
+        if argv is not None and named in COMMANDS and name != named:
+            continue
         command = sub.add_parser(name, help=summary, description=description)
         if argv is None or name == named:
             add_options(command)

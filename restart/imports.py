@@ -32,7 +32,6 @@ restarting for them.
 
 from __future__ import annotations
 
-import ast
 import os
 import posixpath
 import re
@@ -138,6 +137,8 @@ _PY_DYNAMIC = frozenset({"exec", "eval", "compile", "__import__"})
 def python_imports(text: bytes) -> Imports:
     """``import a.b``, ``from a import b`` (absolute ones), and ``importlib.import_module("a")``
     with a literal; ``exec``/``eval`` or a computed import make the result a problem."""
+    import ast  # only for an unowned script's imports: not on every run's path
+
     try:
         tree = ast.parse(text, mode="exec")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:

@@ -349,11 +349,11 @@ def unconfigured(admindir: Path, wanted: Iterable[str]) -> dict[str, str]:
     ``updates/`` that a dpkg run which was killed had not folded into it yet, in order.
     ``reinstreq`` (dpkg's "reinstallation required" flag) counts as unfinished too.
     """
-    import apt_pkg
-
     names = set(wanted)
     if not names:
         return {}
+    import apt_pkg
+
     try:
         updates = sorted(e.path for e in os.scandir(admindir / "updates") if e.name.isdigit())
     except OSError:
