@@ -20,10 +20,26 @@ DEFAULT_TEXTFILE = Path("(default)")
 APPLY_LOCK_WAIT = policy.Settings().hook_budget + 10  # longer than a hook run takes by default
 
 
+class _Help(argparse.HelpFormatter):
+    """argparse's help at the terminal's width, found without ``shutil``: argparse makes a formatter
+    for every option it is given and imported shutil (and its compression modules) for the width,
+    3 ms of every run, the apt hook's included."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.stdout.fileno()).columns
+        except (ValueError, OSError, AttributeError):
+            width = 80
+        super().__init__(prog, width=width - 2)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (exit 2); for ``check``, a Nagios UNKNOWN line (exit 3)."""
 
     command = ""  # the top-level parser also reports a command's unknown options
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(formatter_class=_Help, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("restartctl").strip() or self.command
