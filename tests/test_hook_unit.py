@@ -307,3 +307,21 @@ def test_a_second_hook_runs_once_the_first_lets_go_and_holds_the_lock_while_it_w
     assert calls == [True]  # it ran, once, and with the lock held: a third run would have waited
     assert 0.4 <= time.monotonic() - started < 5.0
     assert "holds" not in capsys.readouterr().err
+
+
+def test_the_journal_time_is_dates_or_a_second_earlier_without_a_fork() -> None:
+    """Why: ``dpkg-hook`` wrote ``$(date +%s)`` for every event, a fork per package on apt's time;
+    it now adds /proc/uptime to the kernel's btime.  That time must never be later than date's
+    (a module package's install recorded late would hide it from a process started just before),
+    and without /proc (a chroot) it is date's."""
+    script = (Path(__file__).resolve().parent.parent / "hook" / "dpkg-hook").read_text(encoding="utf-8")
+    functions = script[script.index("BTIME=\n"):script.index("own_dir() {")]
+    env = {"PATH": "/usr/bin:/bin"}
+    for _ in range(20):
+        out = subprocess.run(["/bin/sh", "-c", functions + 'a=$(date +%s); now; b=$(date +%s); echo "$a $NOW $b"'],
+                             capture_output=True, text=True, check=True, env=env).stdout.split()
+        before, now, after = map(int, out)
+        assert before - 1 <= now <= after
+    out = subprocess.run(["/bin/sh", "-c", functions + 'BTIME=-; now; echo "$NOW $(date +%s)"'],
+                         capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert int(out[1]) - 1 <= int(out[0]) <= int(out[1])
