@@ -68,7 +68,6 @@ _STRENGTH = {EXE: 3, CODE: 2, DATA: 1, FD: 0}
 # From any other line (vsyscall's 16 digits) comes a key that is not exactly "dev inode path":
 # such a key is never remembered, and its process gets the careful look.
 _OFFSET_ENDS_AFTER = 31
-_FD_BATCH = 32  # open files listed between two looks at a process's budget
 OVER_BUDGET_SHOWN = 20  # processes over a budget named in text and metrics (JSON lists them all)
 
 
@@ -342,15 +341,14 @@ class _Scanner:
             raise procfs.translate(e) from e
         try:
             with os.scandir(fdd) as entries:  # listed as read, not all at once: a process may hold 1M
-                for n, entry in enumerate(entries, 1):
+                for entry in entries:
                     name = entry.name
-                    if not n % _FD_BATCH:  # the budget's clocks are syscalls: looked at per batch of entries
-                        budget.spend(_FD_BATCH * len(name), _FD_BATCH)
+                    budget.spend(len(name), 1)
                     try:
-                        target = os.fsencode(os.readlink(name, dir_fd=fdd))
+                        target = os.readlink(os.fsencode(name), dir_fd=fdd)  # bytes, as maps has paths
                     except OSError:
                         continue  # closed meanwhile
-                    if target[:1] != b"/":
+                    if not target.startswith(b"/"):
                         continue  # socket:, pipe:, anon_inode:
                     cand = self.candidate(target)
                     if cand is None:

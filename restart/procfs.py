@@ -34,6 +34,7 @@ LINE_MAX = 4 * PATH_MAX + 256
 PROCESS_SECONDS = 10.0
 PROCESS_BYTES = 128 << 20
 PROCESS_LINES = 1 << 20
+CLOCK_BYTES, CLOCK_LINES = 64 << 10, 1 << 10  # read between two looks at the clocks (milliseconds of work)
 
 
 class ProcessGone(Exception):
@@ -47,12 +48,16 @@ class OverBudget(Exception):
 class Budget:
     """What reading one process may still cost: bytes, lines, CPU time (ours, the kernel's writing
     of its ``maps`` included, so a loaded host does not cut a big process short) and the scan's
-    deadline (on its clock)."""
+    deadline (on its clock).
 
-    __slots__ = ("bytes", "clock", "cpu", "cpu_until", "lines", "until")
+    The clocks are system calls: they are looked at after every ``CLOCK_BYTES`` or ``CLOCK_LINES``
+    read, not per read() (most processes are read whole before a first look).
+    """
+
+    __slots__ = ("bytes", "clock", "cpu", "cpu_until", "lines", "since", "until")
 
     def __init__(self, until: float, clock: Callable[[], float], cpu: Callable[[], float]) -> None:
-        self.until, self.clock, self.cpu, self.bytes, self.lines = until, clock, cpu, 0, 0
+        self.until, self.clock, self.cpu, self.bytes, self.lines, self.since = until, clock, cpu, 0, 0, 0
         self.cpu_until = cpu() + PROCESS_SECONDS
 
     def spend(self, nbytes: int, lines: int) -> None:
@@ -62,6 +67,10 @@ class Budget:
             raise OverBudget(f"more than {PROCESS_BYTES >> 20} MiB to read")
         if self.lines > PROCESS_LINES:
             raise OverBudget(f"more than {PROCESS_LINES} mappings or open files")
+        self.since += nbytes + lines * (CLOCK_BYTES // CLOCK_LINES)
+        if self.since < CLOCK_BYTES:
+            return
+        self.since = 0
         if self.cpu() > self.cpu_until:
             raise OverBudget(f"reading it took more than {PROCESS_SECONDS:g} s")
         if self.clock() > self.until:

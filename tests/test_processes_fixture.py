@@ -201,8 +201,8 @@ def test_with_a_deadline_system_processes_go_first_and_the_rest_is_counted(tmp_p
     proc = build(tmp_path / "proc", procs)
     for pid, uid in ((10, 1000), (30, 1001), (40, 101)):
         os.chown(proc / str(pid), uid, uid)
-    ticks = iter(range(100))  # the clock is read before each process and as its maps are read
-    result = scan(proc, EVERYTHING, deadline=2.5, clock=lambda: next(ticks) / 2)
+    ticks = iter(range(100))  # the clock is read before each process (and after each 64 KiB of one)
+    result = scan(proc, EVERYTHING, deadline=2.5, clock=lambda: next(ticks))
     assert [p.pid for p in result.processes] == [20, 40, 10]  # started at 0, 1, 2 <= 2.5; then 3 > 2.5
     assert (result.scanned, result.unscanned) == (3, 1)
     unbounded = scan(proc, EVERYTHING)
