@@ -287,14 +287,17 @@ def render(result: dict[str, object]) -> str:
     assert isinstance(scenarios, dict)
     lines = [f"# restartctl scan against the floor and needrestart, {result['when']}", ""]
     lines += [f"- {name}: {sc['state']}" for name, sc in scenarios.items()]
-    lines += ["", "| scenario | command | median ms | min ms | × floor | × needrestart -b | peak RSS MB | exit |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| scenario | command | median ms | min ms | × floor | × needrestart -b | × floor (min) "
+                  "| CPU ms | peak RSS MB | exit |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, sc in scenarios.items():
         rows = sc["rows"]
-        floor, nr = rows["floor (cat maps)"]["median"], rows["needrestart -b"]["median"]
+        floor, nr = rows["floor (cat maps)"], rows["needrestart -b"]["median"]
         for command, r in rows.items():
             lines.append(f"| {name} | {command} | {r['median'] * 1000:.1f} | {r['min'] * 1000:.1f} "
-                         f"| {r['median'] / floor:.2f} | {r['median'] / nr:.2f} | {r['rss_mb']:.1f} | {r['exit']} |")
+                         f"| {r['median'] / floor['median']:.2f} | {r['median'] / nr:.2f} "
+                         f"| {r['min'] / floor['min']:.2f} "
+                         f"| {r.get('cpu', 0) * 1000:.0f} | {r['rss_mb']:.1f} | {r['exit']} |")
     hook = result.get("hook")
     if isinstance(hook, dict):
         lines += ["", hook_text(hook)]
