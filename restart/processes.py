@@ -317,17 +317,21 @@ class _Scanner:
         if self.check_fds:
             self._stale_fds(dfd, found, view, budget)
         # An interpreter maps its own executable; without hints, every process is observed.
-        seen = self._observe(dfd, pid) if hinted or not self.observe_hints else None
+        observing = self.observe is not None and (hinted or not self.observe_hints)
+        if not found and not observing:
+            return None, None
+        exe = procfs.exe_of(dfd)  # read once, for the observer and the report
+        seen = self._observe(dfd, pid, exe) if observing else None
         if not found and seen is None:
             return None, None
-        return describe(dfd, pid, found, self.views.depth), seen
+        return describe(dfd, pid, found, self.views.depth, exe), seen
 
-    def _observe(self, dfd: int, pid: int) -> object | None:
+    def _observe(self, dfd: int, pid: int, exe: str | None) -> object | None:
         """Hand the process, through this same directory handle, to the observer (interpreters)."""
         if self.observe is None:
             return None
         try:
-            return self.observe(dfd, pid, procfs.exe_of(dfd))
+            return self.observe(dfd, pid, exe)
         except procfs.ProcessGone:
             raise
         except (OSError, ValueError, IndexError):
@@ -377,11 +381,10 @@ def _executable_keys(batch: list[bytes]) -> set[bytes]:
     return found
 
 
-def describe(dfd: int, pid: int, found: dict[str, StaleFile], self_depth: int) -> ProcessInfo:
-    """The facts reported about a stale process: read only for those, once each."""
+def describe(dfd: int, pid: int, found: dict[str, StaleFile], self_depth: int, exe: str | None) -> ProcessInfo:
+    """The facts reported about a stale (or observed) process: read only for those, once each."""
     name, ppid, uid, depth = procfs.parse_status(procfs.read_proc(dfd, "status"))
     cgroup = fs_decode(procfs.read_proc(dfd, "cgroup"))
-    exe = procfs.exe_of(dfd)
     if exe is not None and exe in found and found[exe].kind in (CODE, DATA):
         old = found[exe]
         found[exe] = StaleFile(EXE, old.path, old.confidence, old.evidence)

@@ -161,6 +161,28 @@ def _host_line(path: str, *, inode_delta: int = 0, start: int = 0x7F0000000000) 
                     start=start)
 
 
+def test_an_observed_stale_process_has_its_exe_read_once(tmp_path: Path, root: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: each /proc fact is read once per process (a PID reused between two reads would mix two
+    processes' facts); the interpreter stage and the report both read the exe link of an interpreter
+    that also maps a replaced library."""
+    proc = build(tmp_path / "proc", [FakeProcess(10, map_line("/usr/bin/python3.11", 5) +
+                                                 map_line(LIB, ino(root, LIB) + 1), root=root)])
+    links: list[str] = []
+    real = procfs.readlink
+
+    def spy(dfd: int, name: str) -> str:
+        links.append(name)
+        return real(dfd, name)
+
+    monkeypatch.setattr(procfs, "readlink", spy)
+    seen: list[str | None] = []
+    [p] = scan(proc, EVERYTHING, observe=lambda dfd, pid, exe: seen.append(exe),
+               observe_hints=(b"/usr/bin/",)).processes
+    assert seen == [p.exe] and p.exe is not None
+    assert links.count("exe") == 1
+
+
 def test_lines_judged_once_per_scan_never_hide_a_stale_process(tmp_path: Path) -> None:
     # Processes in our own mount namespace, mapping a real file: the same line (from the
     # offset on) is judged once for all; the one mapping another inode is still found.
