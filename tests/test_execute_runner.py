@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import execute, procfs
+from restart import execute, procfs, runner
 from restart.plan import Action
 from restart.policy import Act, Settings
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
@@ -256,13 +256,13 @@ def test_run_gives_a_clean_environment_and_no_stdin(monkeypatch: pytest.MonkeyPa
     apt's) environment, nor read the terminal or apt's pipe."""
     monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
     monkeypatch.setenv("RCTL_SECRET", "x")
-    env = execute.run(["/usr/bin/env"], 10).stdout.splitlines()
+    env = runner.run(["/usr/bin/env"], 10).stdout.splitlines()
     assert sorted(env) == sorted(f"{k}={v}" for k, v in procfs.CLEAN_ENV.items())
     read, write = os.pipe()
     saved = os.dup(0)
     try:
         os.dup2(read, 0)  # this process's stdin is a pipe a child could read
-        seen = execute.run(["/usr/bin/readlink", "/proc/self/fd/0"], 10).stdout.strip()
+        seen = runner.run(["/usr/bin/readlink", "/proc/self/fd/0"], 10).stdout.strip()
     finally:
         os.dup2(saved, 0)
         for fd in (saved, read, write):

@@ -289,7 +289,7 @@ def test_works_without_python3_xdg(container_factory: Callable[..., Container], 
     c.write_file("/usr/share/applications/rctl-term.desktop",
                  "[Desktop Entry]\nType=Application\nName=Terminal\nExec=/usr/bin/xterm\n")
     names = c.check(["python3", "-I", "-c",
-                     "from restart import execute; print(execute.app_names({'/usr/bin/xterm'}))"])
+                     "from restart import notify; print(notify.app_names({'/usr/bin/xterm'}))"])
     assert names.strip() == "{}"
     script = c.copy_in(REPO / "debian/tests/upgrade-detected")
     r = c.exec(["sh", script], timeout=120)
