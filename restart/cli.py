@@ -348,10 +348,10 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
 
 def _failed(roots: Roots) -> list[dict[str, Any]]:
     """Units whose restart failed in the last run of this boot and that are not healthy since."""
-    from restart import execute
+    from restart import unitstate
 
     record, current = _whole_record(roots)
-    return execute.last_failures(record) if current and roots.systemd_booted() else []
+    return unitstate.last_failures(record) if current and roots.systemd_booted() else []
 
 
 def _whole_record(roots: Roots) -> tuple[dict[str, Any] | None, bool]:
@@ -431,10 +431,10 @@ def _left_down(roots: Roots, record: dict[str, Any] | None, current: bool) -> li
              ] if isinstance(units, list) else []
     if not names or not roots.systemd_booted():
         return []
-    from restart import execute
+    from restart import unitstate
 
     return [n for n in names
-            if execute.active_state("system", n, None) not in ("active", "reloading", "activating", "unknown")]
+            if unitstate.active_state("system", n, None) not in ("active", "reloading", "activating", "unknown")]
 
 
 def _status(roots: Roots, args: argparse.Namespace) -> int:

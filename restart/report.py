@@ -100,7 +100,7 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
 
 
 def failed_lines(failed: list[dict[str, Any]]) -> list[str]:
-    """The last run's failed restarts that are still not healthy (``execute.last_failures``)."""
+    """The last run's failed restarts that are still not healthy (``unitstate.last_failures``)."""
     return [f"Restart FAILED in the last run: {printable(str(f['unit']))} (now {f['active_state']}/{f['sub_state']}"
             f"{', restarted ' + str(f['restarts']) + ' times by systemd' if f['restarts'] else ''})"
             f"{': ' + printable(str(f['detail'])) if f['detail'] else ''}" for f in failed]

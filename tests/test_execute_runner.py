@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import execute, procfs, runner
+from restart import execute, procfs, runner, unitstate
 from restart.plan import Action
 from restart.policy import Act, Settings
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
@@ -44,7 +44,7 @@ class Systemd:
         self.calls.append(argv)
         if self.fail_at == len(self.calls) - 1 and self.error is not None:
             raise self.error
-        if argv[0] == execute.POLICY_RC_D:
+        if argv[0] == unitstate.POLICY_RC_D:
             return subprocess.CompletedProcess(argv, 101 if f"{argv[1]}.service" in self.forbidden else 0, "", "")
         assert argv[0] == "/usr/bin/systemctl", argv
         verb, names = argv[1], argv[argv.index("--") + 1:]
@@ -94,7 +94,7 @@ def no_policy_rc_d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     script = tmp_path / "policy-rc.d"
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(0o755)
-    monkeypatch.setattr(execute, "POLICY_RC_D", str(script))
+    monkeypatch.setattr(unitstate, "POLICY_RC_D", str(script))
     return script
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import execute, notify, runner
+from restart import execute, notify, runner, unitstate
 from restart.plan import Action
 from restart.policy import Act, Settings
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
@@ -19,10 +19,10 @@ from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, OwnedFile,
 
 def test_parse_show_blocks_follow_the_argument_order() -> None:
     text = "ActiveState=active\nMainPID=5\n\nActiveState=inactive\nMainPID=0\n"
-    assert execute.parse_show(text, ["a.service", "b.service"]) == {
+    assert unitstate.parse_show(text, ["a.service", "b.service"]) == {
         "a.service": {"ActiveState": "active", "MainPID": "5"},
         "b.service": {"ActiveState": "inactive", "MainPID": "0"}}
-    assert execute.parse_show("", ["a.service"]) == {}
+    assert unitstate.parse_show("", ["a.service"]) == {}
 
 
 def test_programs_run_by_fixed_path() -> None:
@@ -88,7 +88,7 @@ def test_own_ancestry_is_never_restarted(tmp_path: Path) -> None:
         (proc / str(pid)).mkdir(parents=True)
         (proc / str(pid) / "cgroup").write_text(cg)
         (proc / str(pid) / "stat").write_bytes(f"{pid} (x) S {ppid} 0 0\n".encode())
-    assert execute.ancestor_units(proc, 30) == {"apt-daily-upgrade.service", "admin-job.service"}
+    assert unitstate.ancestor_units(proc, 30) == {"apt-daily-upgrade.service", "admin-job.service"}
 
 
 @pytest.mark.parametrize("layout", ["", "unified", "systemd"])  # cgroup v2, hybrid, v1's name=systemd
@@ -98,9 +98,9 @@ def test_a_units_processes_come_from_its_cgroup_and_the_cgroups_below(tmp_path: 
     (top / "cgroup.procs").write_text("10\n11\n")
     (top / "worker" / "cgroup.procs").write_text("12\n")
     (tmp_path.joinpath(*filter(None, [layout, "system.slice"])) / "cgroup.procs").write_text("99\n")
-    assert sorted(execute.unit_pids(tmp_path, "/system.slice/demo.service") or []) == [10, 11, 12]
+    assert sorted(unitstate.unit_pids(tmp_path, "/system.slice/demo.service") or []) == [10, 11, 12]
     for odd in ("", "system.slice/demo.service", "/system.slice/../system.slice/demo.service", "/gone.service"):
-        assert execute.unit_pids(tmp_path, odd) is None, odd
+        assert unitstate.unit_pids(tmp_path, odd) is None, odd
 
 
 def test_an_action_that_cannot_be_recorded_first_is_not_taken(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ ORDER = (
     # 3. what manages them, and stages 1-3 composed
     "units", "scan",
     # 4.-6. what to do, and doing it
-    "policy", "plan", "notify", "execute",
+    "policy", "plan", "unitstate", "notify", "execute",
     # 7. reporting, reboot reasons, what is remembered
     "kernel", "microcode", "reboot", "report", "formats", "state",
     # stages 1-7 composed for a run that acts, and the entry points
