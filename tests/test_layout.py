@@ -25,7 +25,7 @@ ORDER = (
     # 4.-6. what to do, and doing it
     "policy", "plan", "unitstate", "notify", "execute",
     # 7. reporting, reboot reasons, what is remembered
-    "kernel", "microcode", "reboot", "report", "formats", "state",
+    "kernel", "microcode", "reboot", "report", "admintext", "formats", "state",
     # stages 1-7 composed for a run that acts, and the entry points
     "apply", "hook", "cli", "__main__",
 )
