@@ -1,10 +1,11 @@
 """Running a program: by absolute path, with a clean environment and no stdin, bounded in time and in
 what is kept of its output.
 
-The one place restartctl starts a process (the hook's own re-execution aside): the executor's
-restarts and questions to systemd, the notices to users and the hook's questions all come here,
-so rule C1 of docs/security.md (nothing of root's caller's environment or terminal reaches a child)
-and C11 (output read with a bound) hold in one function.
+The one place restartctl runs a program (the hook's detached re-run of itself aside, which execs
+with the same ``CLEAN_ENV``): the executor's restarts, the questions to systemd and init scripts,
+the notices to users and the hook's questions all come here, so rules C1 (nothing of the caller's
+environment or terminal reaches a child) and C11 (output read with a bound) of docs/security.md
+hold in one function.
 """
 
 from __future__ import annotations
