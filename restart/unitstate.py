@@ -3,7 +3,8 @@
 What systemd says about a unit (``systemctl show``'s properties, ``systemctl status`` for a failure
 report), what Debian's policy layer and an init script say (``policy-rc.d``, LSB status), which
 processes a unit's cgroup holds, and which units this very run lives in.  Every program runs
-through :func:`restart.runner.run` (or a runner a test injects); unit names come validated.
+through :func:`restart.runner.run` (or a runner a test injects); a unit name read from a record is
+validated here, the others come from the plan, which acts only on valid names.
 """
 
 from __future__ import annotations
