@@ -40,7 +40,9 @@ if [ ! -e tests/.cache/debs/.complete ] || [ tests/run.sh -nt tests/.cache/debs/
     # unattended-upgrades wants lsb-release, its libnotify4 libgdk-pixbuf-2.0-0), as apt would install them.
     mapfile -t closure < <(apt-get -s -q install --no-install-recommends "${container_debs[@]}" |
                            sed -n 's/^Inst \([^ ]*\) .*/\1/p')
-    for p in "${container_debs[@]}" "${closure[@]}"; do
+    # sysvinit's runlevel, for the tests that emulate a host without systemd (Debian 13's systemctl
+    # no longer reads utmp); only unpacked, never installed, so its dependencies are not fetched.
+    for p in "${container_debs[@]}" "${closure[@]}" sysvinit-core; do
         ls tests/.cache/debs/"${p}"_*.deb >/dev/null 2>&1 || (cd tests/.cache/debs && apt-get download -q "$p")
     done
     touch tests/.cache/debs/.complete

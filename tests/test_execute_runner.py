@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import execute, procfs
+from restart import execute, procfs, runner, unitstate
 from restart.plan import Action
 from restart.policy import Act, Settings
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
@@ -44,7 +44,7 @@ class Systemd:
         self.calls.append(argv)
         if self.fail_at == len(self.calls) - 1 and self.error is not None:
             raise self.error
-        if argv[0] == execute.POLICY_RC_D:
+        if argv[0] == unitstate.POLICY_RC_D:
             return subprocess.CompletedProcess(argv, 101 if f"{argv[1]}.service" in self.forbidden else 0, "", "")
         assert argv[0] == "/usr/bin/systemctl", argv
         verb, names = argv[1], argv[argv.index("--") + 1:]
@@ -94,7 +94,7 @@ def no_policy_rc_d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     script = tmp_path / "policy-rc.d"
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(0o755)
-    monkeypatch.setattr(execute, "POLICY_RC_D", str(script))
+    monkeypatch.setattr(unitstate, "POLICY_RC_D", str(script))
     return script
 
 
@@ -256,13 +256,13 @@ def test_run_gives_a_clean_environment_and_no_stdin(monkeypatch: pytest.MonkeyPa
     apt's) environment, nor read the terminal or apt's pipe."""
     monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
     monkeypatch.setenv("RCTL_SECRET", "x")
-    env = execute.run(["/usr/bin/env"], 10).stdout.splitlines()
+    env = runner.run(["/usr/bin/env"], 10).stdout.splitlines()
     assert sorted(env) == sorted(f"{k}={v}" for k, v in procfs.CLEAN_ENV.items())
     read, write = os.pipe()
     saved = os.dup(0)
     try:
         os.dup2(read, 0)  # this process's stdin is a pipe a child could read
-        seen = execute.run(["/usr/bin/readlink", "/proc/self/fd/0"], 10).stdout.strip()
+        seen = runner.run(["/usr/bin/readlink", "/proc/self/fd/0"], 10).stdout.strip()
     finally:
         os.dup2(saved, 0)
         for fd in (saved, read, write):
