@@ -165,22 +165,23 @@ def python_imports(text: bytes) -> Imports:
     return Imports(frozenset(names))
 
 
-_PERL_CODE_END = re.compile(rb"^__(?:END|DATA)__\s*$", re.MULTILINE)
-_PERL_POD = re.compile(rb"^=[a-zA-Z].*?(?:^=cut\b.*?$|\Z)", re.MULTILINE | re.DOTALL)
-_PERL_USE = re.compile(rb"\b(?:use|require|no)\s+([A-Za-z_][\w:]*|\S)")
-_PERL_BASES = re.compile(rb"\buse\s+(?:parent|base)\s+(?:-norequire\s*,\s*)?(?:qw\s*[(/\[{]([^)/\]}]*)|['\"]([\w:]+))")
-_PERL_EVAL = re.compile(rb"\beval\s*[\"'q$]|\bdo\s+[\"'$]")
+# Patterns compiled when first used (re's own cache): most runs read no script at all.
+_PERL_CODE_END = rb"(?m)^__(?:END|DATA)__\s*$"
+_PERL_POD = rb"(?ms)^=[a-zA-Z].*?(?:^=cut\b.*?$|\Z)"
+_PERL_USE = rb"\b(?:use|require|no)\s+([A-Za-z_][\w:]*|\S)"
+_PERL_BASES = rb"\buse\s+(?:parent|base)\s+(?:-norequire\s*,\s*)?(?:qw\s*[(/\[{]([^)/\]}]*)|['\"]([\w:]+))"
+_PERL_EVAL = rb"\beval\s*[\"'q$]|\bdo\s+[\"'$]"
 
 
 def perl_imports(text: bytes) -> Imports:
     """``use Foo::Bar``, ``require Foo::Bar``, ``use parent``/``use base`` classes; pragmas
     (lowercase names) and version numbers are no modules; code after ``__END__`` and POD is not
     code; ``require $x``, string ``eval`` and ``do FILE`` make the result a problem."""
-    code = _PERL_CODE_END.split(text, maxsplit=1)[0]
-    code = _PERL_POD.sub(b"", code)
+    code = re.split(_PERL_CODE_END, text, maxsplit=1)[0]
+    code = re.sub(_PERL_POD, b"", code)
     code = re.sub(rb"(?m)^\s*#.*$", b"", code)
     names: set[str] = set()
-    for m in _PERL_USE.finditer(code):
+    for m in re.finditer(_PERL_USE, code):
         word = m[1].decode("ascii", "replace")
         if word[:1].isdigit() or word == "v":
             continue
@@ -188,15 +189,15 @@ def perl_imports(text: bytes) -> Imports:
             return Imports(problem="requires a module named at run time")
         if not word.islower():
             names.add(word)
-    for m in _PERL_BASES.finditer(code):
+    for m in re.finditer(_PERL_BASES, code):
         names.update(w.decode("ascii", "replace") for w in (m[1] or m[2] or b"").split() if w.strip(b"'\""))
-    if _PERL_EVAL.search(code):
+    if re.search(_PERL_EVAL, code):
         return Imports(problem="builds code at run time (eval STRING or do FILE)")
     return Imports(frozenset(names))
 
 
-_RUBY_REQ = re.compile(rb"\b(require|require_relative|load|autoload)\b[ \t(]*(?::\w+\s*,\s*)?(\S)")
-_RUBY_LITERAL = re.compile(rb"""['"]([\w./+-]+)['"]""")
+_RUBY_REQ = rb"\b(require|require_relative|load|autoload)\b[ \t(]*(?::\w+\s*,\s*)?(\S)"
+_RUBY_LITERAL = rb"""['"]([\w./+-]+)['"]"""
 
 
 def ruby_imports(text: bytes) -> Imports:
@@ -206,8 +207,8 @@ def ruby_imports(text: bytes) -> Imports:
     code = re.sub(rb"(?m)^\s*#.*$", b"", code)
     code = re.sub(rb"(?ms)^=begin\b.*?^=end\b", b"", code)
     names: set[str] = set()
-    for m in _RUBY_REQ.finditer(code):
-        literal = _RUBY_LITERAL.match(code, m.start(2))
+    for m in re.finditer(_RUBY_REQ, code):
+        literal = re.compile(_RUBY_LITERAL).match(code, m.start(2))
         if literal is None:
             return Imports(problem=f"{m[1].decode()} of a name built at run time")
         name = literal[1].decode("ascii", "replace")
@@ -217,9 +218,9 @@ def ruby_imports(text: bytes) -> Imports:
     return Imports(frozenset(names))
 
 
-_JS_REQ = re.compile(rb"""\brequire\s*\(\s*(\S)|\bimport\s*\(\s*(\S)|\bimport\s+(?:[\w*{}\s,$]+\s+from\s+)?(['"])"""
-                     rb"""|\bfrom\s+(['"])""")
-_JS_LITERAL = re.compile(rb"""['"`]([^'"`\s]+)['"`]""")
+_JS_REQ = (rb"""\brequire\s*\(\s*(\S)|\bimport\s*\(\s*(\S)|\bimport\s+(?:[\w*{}\s,$]+\s+from\s+)?(['"])"""
+           rb"""|\bfrom\s+(['"])""")
+_JS_LITERAL = rb"""['"`]([^'"`\s]+)['"`]"""
 
 
 def node_imports(text: bytes) -> Imports:
@@ -227,9 +228,9 @@ def node_imports(text: bytes) -> Imports:
     name or ``eval``/``new Function`` makes the result a problem."""
     code = re.sub(rb"(?m)^\s*//.*$", b"", text)
     names: set[str] = set()
-    for m in _JS_REQ.finditer(code):
+    for m in re.finditer(_JS_REQ, code):
         start = next(m.start(i) for i in range(1, 5) if m[i] is not None)
-        literal = _JS_LITERAL.match(code, start)
+        literal = re.compile(_JS_LITERAL).match(code, start)
         if literal is None or (literal[0][:1] == b"`" and b"${" in literal[0]):
             return Imports(problem="requires a module named at run time")
         names.add(literal[1].decode("utf-8", "replace"))
