@@ -953,3 +953,14 @@ def test_a_module_finding_names_a_module_file(admin: Path) -> None:
     unpack(admin, "python3-unused", AFTER)
     assert _judge(admin, None) == {
         ("module", "/usr/lib/python3.11/lib-dynload/_x.cpython-311-x86_64-linux-gnu.so", LIKELY, "search-path")}
+
+
+def test_a_module_listed_under_an_unmerged_spelling_is_still_a_module(admin: Path) -> None:
+    """Why: a package's list is searched for the interpreter's directories before it is parsed (most
+    changed packages are libraries: parsing their lists was a tenth of a scan); a list written before
+    merged-/usr names ``/lib/python3/...``, which the search must not miss."""
+    (admin / "info" / "python3-oldspell.list").write_text("/.\n/lib/python3/dist-packages/oldspell.py\n")
+    (admin / "info" / "libbar1.list").write_text("/.\n/lib/x86_64-linux-gnu/libbar.so.1\n")
+    ctx = context(admin)
+    assert ctx.modules(PY, "python3-oldspell") == ("/usr/lib/python3/dist-packages/oldspell.py",)
+    assert ctx.modules(PY, "libbar1") == ()
