@@ -8,11 +8,13 @@ the kernel's `` (deleted)`` text is only a hint for which path to look at.
 
 Most of a host is clean, and the ``maps`` lines of processes mapping the same file
 differ only before the device, inode and path, so each distinct (device, inode, path)
-is judged once per scan; a process whose every line is already known fresh costs its
-reads and a dictionary lookup per line.  Open files are judged only when they are regular
-files not found in place, and only a process whose ``maps`` shows an interpreter's
-directory is handed to stage 2b.
-Only processes with a stale file get their status, cgroup and exe read.
+is judged once per scan (once per mount namespace where it must be: :mod:`views`); a
+process whose every line is already known fresh costs its reads and, per batch of lines,
+a dictionary comprehension and two set operations (reading within a budget is
+:mod:`procfs`'s).  Open files are judged only when they are regular files not found in
+place, and only a process whose ``maps`` shows an interpreter's directory is handed to
+stage 2b.  Only processes with a stale file (or handed to 2b) get their status, cgroup
+and exe read.
 """
 
 from __future__ import annotations
