@@ -176,8 +176,8 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
 def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser; given ``argv`` that names a command, only that command.
 
-    Each command's parser, and each option, costs time at every start (all of them: a
-    tenth of the apt hook's run), so a run builds only its own; the list of every command
+    Each command's parser, and each option, costs time at every start (all of them: about
+    6 ms of the apt hook's run), so a run builds only its own; the list of every command
     is needed only when none is named (an error, or the top-level ``--help``).
     """
     named = argv[0] if argv else None

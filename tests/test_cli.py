@@ -40,8 +40,8 @@ def test_plan_json_for_a_stale_service(tmp_path: Path, capsys: pytest.CaptureFix
 def test_json_is_one_line_for_a_program_and_indented_at_a_terminal(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Why: indented, CPython writes JSON with its pure-Python encoder: on a real upgrade (100 stale
-    processes, 60,000 values) that was a fifth of ``scan --json``'s time, paid by every program that
-    reads it.  The same document either way."""
+    processes, 60,000 values) that took 15-20 ms of ``scan --json``, against 3 ms on one line, for
+    every program that reads it.  The same document either way."""
     host = Host(tmp_path, systemd=True)
     host.add(100, cgroup="0::/system.slice/demod.service\n", name="demod")
     _, piped = host.run(capsys, "plan", "--json")
