@@ -207,6 +207,19 @@ def test_observer_sees_the_processes_that_map_a_hinted_directory(tmp_path: Path,
     assert seen == [10, 10, 11]  # no hints: every process is observed
 
 
+def test_every_process_mapping_a_hinted_file_is_observed_once_its_line_is_known(tmp_path: Path) -> None:
+    """Why: a line known fresh is settled with a set operation for the whole batch, never looked at
+    again; whether it lies under a hinted directory must be remembered with it, or only the first
+    of 50 python3 processes would reach the interpreter stage."""
+    python = os.path.realpath(sys.executable)
+    procs = [FakeProcess(100 + i, _host_line(python, start=0x7F0000000000 + i * 0x10000), mnt="mnt:[1]")
+             for i in range(5)]
+    seen: list[int] = []
+    scan(build(tmp_path / "proc", procs), Selection(), observe=lambda dfd, pid, exe: seen.append(pid),
+         observe_hints=(os.path.dirname(python).encode() + b"/",))
+    assert seen == [100, 101, 102, 103, 104]
+
+
 def test_exe_link_is_taken_as_written(tmp_path: Path, root: Path) -> None:
     # readlink() gives names as they are; only maps escapes (a newline as \012).
     odd = "/opt/back\\012slash"
