@@ -19,6 +19,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -317,6 +318,28 @@ def batchable(action: Action) -> bool:
             and argv == ("systemctl", action.action, "--", g.name))
 
 
+def take_wave(queue: list[Action], size: int) -> list[Action]:
+    """The wave at the head of ``queue`` (taken off it): up to ``size`` batchable actions with one verb."""
+    wave = [queue.pop(0)]
+    while queue and len(wave) < size and batchable(queue[0]) and queue[0].action == wave[0].action:
+        wave.append(queue.pop(0))
+    return wave
+
+
+class Survey(NamedTuple):
+    """What is asked about a wave's units before their restart: systemd's properties of each, and
+    the units ``policy-rc.d`` forbids."""
+
+    states: dict[str, dict[str, str]]
+    forbidden: frozenset[str]
+
+
+def survey(groups: list[UnitGroup], timeout: float, runner: Runner = run) -> Survey:
+    """One ``systemctl show`` for all of them, then policy-rc.d for each (raises what the runner raises)."""
+    states = unit_states(groups, timeout, runner)
+    return Survey(states, frozenset(g.name or "" for g in groups if policy_rc_d_forbids(g.name or "", timeout, runner)))
+
+
 class Executor:
     """Carries out actions in order with the policy's timeout, verification and circuit breaker.
 
@@ -386,22 +409,37 @@ class Executor:
         waves = self.settings.max_parallel > 1
         healthy = False  # a canary of this phase was restarted and verified
         queue = list(members)
-        while queue:
-            if waves and healthy and batchable(queue[0]):
-                wave = [queue.pop(0)]
-                while queue and len(wave) < self.settings.max_parallel and batchable(queue[0]) \
-                        and queue[0].action == wave[0].action:
-                    wave.append(queue.pop(0))
-                outcomes += self._wave(wave)
-                continue
-            action = queue.pop(0)
-            outcome = self.one(action)
-            outcomes.append(outcome)
-            if waves and batchable(action) and not healthy:
-                healthy = outcome.status == DONE
-                if outcome.status == FAILED:
-                    self.tripped = f"circuit breaker: the canary of its phase ({action.group.name}) failed"
+        # While a restart runs (the canary's, a wave's), the next wave's units are surveyed (systemd's
+        # word on them, policy-rc.d's verdict): its checks then cost no time of their own.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restartctl-survey")
+        try:
+            ahead: Future[Survey] | None = None
+            while queue:
+                if waves and healthy and batchable(queue[0]):
+                    wave = take_wave(queue, self.settings.max_parallel)
+                    known, ahead = ahead, self._survey_ahead(pool, queue)
+                    outcomes += self._wave(wave, known)
+                    continue
+                action = queue.pop(0)
+                canary = waves and batchable(action) and not healthy
+                if canary:
+                    ahead = self._survey_ahead(pool, queue)
+                outcome = self.one(action)
+                outcomes.append(outcome)
+                if canary:
+                    healthy = outcome.status == DONE
+                    if outcome.status == FAILED:
+                        self.tripped = f"circuit breaker: the canary of its phase ({action.group.name}) failed"
+        finally:  # a survey no wave needs any more (the breaker, Ctrl-C) is not waited for: it ends by its timeout
+            pool.shutdown(wait=False, cancel_futures=True)
         return outcomes
+
+    def _survey_ahead(self, pool: ThreadPoolExecutor, queue: list[Action]) -> Future[Survey] | None:
+        """The next wave's survey, started now in ``pool`` (None when the queue does not begin with one)."""
+        if not queue or not batchable(queue[0]):
+            return None
+        groups = [a.group for a in take_wave(list(queue), self.settings.max_parallel)]
+        return pool.submit(survey, groups, min(self.settings.timeout, self.remaining()), self.runner)
 
     def one(self, action: Action) -> Outcome:
         """One action alone: checked, asked about (unless already), recorded, carried out, verified."""
@@ -500,8 +538,10 @@ class Executor:
             return f"could not run systemctl show: {e}", {}
         return self._refusal(g, state, timeout), state
 
-    def _refusal(self, g: UnitGroup, state: dict[str, str], timeout: float) -> str | None:
-        """What systemd (and Debian's policy layer) say against restarting this unit now."""
+    def _refusal(self, g: UnitGroup, state: dict[str, str], timeout: float,
+                 forbidden: frozenset[str] | None = None) -> str | None:
+        """What systemd (and Debian's policy layer, unless its verdicts are ``forbidden``) say against
+        restarting this unit now."""
         if state.get("RefuseManualStop") == "yes":
             return "the unit refuses manual stops (RefuseManualStop=yes)"
         if state.get("ActiveState") != "active":
@@ -509,7 +549,8 @@ class Executor:
         if g.kind == SYSTEM and len(visitors := self._guests(g, g.members, state)) == len(g.members):
             return (f"only processes of users run on replaced files in it (pid "
                     f"{', '.join(str(m.process.pid) for m in visitors)}): they are told; the service is left alone")
-        if g.kind == SYSTEM and policy_rc_d_forbids(g.name or "", timeout, self.runner):
+        if g.kind == SYSTEM and (g.name in forbidden if forbidden is not None else
+                                 policy_rc_d_forbids(g.name or "", timeout, self.runner)):
             return "forbidden by /usr/sbin/policy-rc.d"
         return None
 
@@ -545,9 +586,10 @@ class Executor:
                      found.append)
         return found[0]
 
-    def _wave(self, wave: list[Action]) -> list[Outcome]:
+    def _wave(self, wave: list[Action], known: Future[Survey] | None = None) -> list[Outcome]:
         """Restart these system services with one ``systemctl VERB -- A B C`` and verify them together;
-        each outcome is reported as it is known, timed from the start of the wave."""
+        each outcome is reported as it is known, timed from the start of the wave.  ``known``: their
+        survey, asked while the restart before ran (asked now when it is not there or missed a unit)."""
         self.step += 1
         started = time.monotonic()
         outcomes: list[Outcome] = []
@@ -562,11 +604,13 @@ class Executor:
                 finish(skip or Outcome(a, SKIPPED, reason or ""))
             else:
                 ready.append(a)
-        states: dict[str, dict[str, str]] = {}
+        found = Survey({}, frozenset())
         timeout = min(self.settings.timeout, self.remaining())
         if ready:
             try:
-                states = unit_states([a.group for a in ready], timeout, self.runner)
+                found = known.result() if known is not None else found
+                if any(a.group.name not in found.states for a in ready):
+                    found = survey([a.group for a in ready], timeout, self.runner)
             except FAILURES as e:
                 why = "systemctl show did not answer in time" if isinstance(e, subprocess.TimeoutExpired) else \
                     f"could not run systemctl show: {e}"
@@ -575,8 +619,8 @@ class Executor:
                 return outcomes
         go = []
         for a in ready:
-            state = states.get(a.group.name or "", {})
-            reason = self._refusal(a.group, state, timeout)
+            state = found.states.get(a.group.name or "", {})
+            reason = self._refusal(a.group, state, timeout, found.forbidden)
             if reason is not None:
                 finish(Outcome(a, SKIPPED, reason))
             else:

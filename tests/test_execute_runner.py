@@ -196,6 +196,26 @@ def test_in_a_wave_ancestors_refusals_and_policy_rc_d_are_skipped(tmp_path: Path
     assert by_unit[units[4]][0] == execute.DONE
 
 
+def test_the_next_waves_survey_runs_while_the_canary_restarts(tmp_path: Path) -> None:
+    """Why (issue 14): the wave's ``systemctl show`` and policy-rc.d ran only after the canary was
+    verified, time added to every wave; they are asked while the restart before it runs."""
+    units = names(4)
+
+    class Slow(Systemd):
+        def __call__(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+            if argv[1:2] == [RESTART]:
+                self.calls.append(["restart begins", *argv[3:]])
+                time.sleep(0.3)  # the service takes its time to start
+            return super().__call__(argv, timeout)
+    systemd = Slow(units)
+    outcomes = executor(tmp_path, systemd, max_parallel=8).run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    assert [o.status for o in outcomes] == [execute.DONE] * 4
+    ends = systemd.calls.index(["/usr/bin/systemctl", RESTART, "--", units[0]])  # when the canary's restart ended
+    asked = [i for i, c in enumerate(systemd.calls) if c[1:2] == [SHOW] and c[-3:] == units[1:]]
+    assert asked and asked[0] < ends, systemd.calls  # asked before (or while) the canary restarts
+    assert [i for i, c in enumerate(systemd.calls) if c[0] == execute.POLICY_RC_D and c[1] == "s3"][0] < ends
+
+
 def test_ask_mode_asks_about_every_unit_before_the_first_restart(tmp_path: Path) -> None:
     units = names(4)
     systemd = Systemd(units)
