@@ -353,7 +353,7 @@ class Executor:
 
     def __init__(self, settings: Settings, *, proc: Path, deadline: float,
                  still_stale: StillStale,
-                 confirm: Callable[[Action], bool | None] | None = None,
+                 choose: Callable[[list[Action]], list[bool | None]] | None = None,
                  report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
                  run_dir: Path = Path("/run"), intend: Callable[[list[Action]], None] | None = None,
                  earlier: Earlier | None = None, runner: Runner | None = None) -> None:
@@ -366,8 +366,8 @@ class Executor:
         self.cgroupfs = cgroupfs
         self.deadline = deadline
         self.still_stale = still_stale
-        self.confirm = confirm
-        self.answers: dict[int, bool | None] = {}  # ask mode: every answer, given before the first restart
+        self.choose = choose  # ask mode: the admin's answer for each restart, given before the first one
+        self.answers: dict[int, bool | None] = {}
         self.report = report or (lambda outcome: None)
         self.runner = runner or run
         self.failures = 0
@@ -382,7 +382,7 @@ class Executor:
 
     def run_all(self, actions: list[Action]) -> list[Outcome]:
         todo = [a for a in actions if a.action in EXECUTABLE and a.argv is not None]
-        outcomes = self._ask(todo) if self.confirm is not None else []
+        outcomes = self._ask(todo) if self.choose is not None else []
         phases: dict[tuple[int, int], list[Action]] = {}
         for a in todo:
             if self.answers.get(id(a), True):
@@ -392,16 +392,15 @@ class Executor:
         return outcomes
 
     def _ask(self, todo: list[Action]) -> list[Outcome]:
-        """Ask mode: every question first, then the chosen units are restarted (in waves)."""
+        """Ask mode: one question for the whole list first, then the chosen units are restarted (in waves).
+        A unit that would fail its check again is not offered: it is skipped, and one() says why."""
+        offered = [a for a in todo if self._again(a) is None]
         outcomes = []
-        for a in todo:
-            if self._again(a) is not None:
-                continue  # never asked: it is skipped, and one() says why
-            answer = self.answers[id(a)] = self.confirm(a) if self.confirm is not None else True
-            if not answer:
-                # None: the admin quit (or did not answer in time) before this unit was asked about.
+        for a, answer in zip(offered, self.choose(offered) if self.choose and offered else [], strict=True):
+            self.answers[id(a)] = answer
+            if not answer:  # None: no answer came (in time, or before the input ended)
                 outcomes.append(self._finish(Outcome(a, DECLINED, "declined at the prompt" if answer is False else
-                                                     "not asked: the prompt was quit before it"), time.monotonic()))
+                                                     "not restarted: no answer at the prompt"), time.monotonic()))
         return outcomes
 
     def _phase(self, members: list[Action]) -> list[Outcome]:
@@ -442,19 +441,14 @@ class Executor:
         return pool.submit(survey, groups, min(self.settings.timeout, self.remaining()), self.runner)
 
     def one(self, action: Action) -> Outcome:
-        """One action alone: checked, asked about (unless already), recorded, carried out, verified."""
+        """One action alone: checked, recorded, carried out, verified."""
         started = time.monotonic()
         self.step += 1
         outcome = self._again(action)
         if outcome is None:
             reason, state = self._check(action)
-            answer = self.answers[id(action)] if id(action) in self.answers else \
-                self.confirm(action) if self.confirm is not None and reason is None else True
             if reason is not None:
                 outcome = Outcome(action, SKIPPED, reason)
-            elif not answer:
-                outcome = Outcome(action, DECLINED, "declined at the prompt" if answer is False else
-                                  "not asked: the prompt was quit before it")
             else:
                 outcome = next(iter(self._intended([action])), None) or self._carry_out(action, state)
         return self._finish(outcome, started)
@@ -1014,13 +1008,13 @@ class Applied(NamedTuple):
 
 def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Path, deadline: float,
           still_stale: StillStale,
-          confirm: Callable[[Action], bool | None] | None,
+          choose: Callable[[list[Action]], list[bool | None]] | None,
           report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS,
           intend: Callable[[list[Action]], None] | None = None, earlier: Earlier | None = None) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart.
 
     ``intend`` records actions before they are taken, ``report`` each outcome after."""
-    executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, confirm=confirm,
+    executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, choose=choose,
                         report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend, earlier=earlier)
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == Act.NOTIFY and a.group.kind not in (SYSTEM, INIT)]

@@ -151,20 +151,22 @@ def test_user_unit_restarted_only_when_the_policy_says_so(c: Container,
 def test_ask_mode_through_a_terminal(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
     setup(c, demo_debs, units={"rctl-other.service": unit_file("/usr/bin/rctl-sleeper")})
     old_other = c.main_pid("rctl-other.service")
-    # script(1) gives restartctl a real pseudo-terminal; the answers come through it.
-    r = c.exec(["script", "-qec", "/usr/sbin/restartctl apply --mode ask", "/dev/null"], input="y\nn\n",
+    # script(1) gives restartctl a real pseudo-terminal; the answers come through it: pick number 1.
+    r = c.exec(["script", "-qec", "/usr/sbin/restartctl apply --mode ask", "/dev/null"], input="p\n1\n",
                timeout=120)
     out = r.stdout
-    assert "rctl-demod.service: systemctl restart -- rctl-demod.service? [Y/n/a/q/?]" in out, out
+    assert "   1  rctl-demod.service: systemctl restart -- rctl-demod.service" in out, out
+    assert "   2  rctl-other.service: systemctl restart -- rctl-other.service" in out, out
+    assert "restart them? y: all, n: none, p: pick [Y/n/p/?]" in out, out
     assert "rctl-demod.service: restarted" in out, out
-    assert "rctl-other.service: left alone" in out, out
+    assert "rctl-other.service: left alone: declined at the prompt" in out, out
     assert c.main_pid("rctl-other.service") == old_other
 
 
 def test_ask_mode_without_a_terminal_never_prompts(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
     setup(c, demo_debs)
     code, out = apply(c, "--mode", "ask")
-    assert "[Y/n/a/q]" not in out and "nothing was restarted (list mode)" in out, out
+    assert "[Y/n/p" not in out and "nothing was restarted (list mode)" in out, out
 
 
 def test_malformed_policy_falls_back_to_listing(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:

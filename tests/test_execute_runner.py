@@ -213,24 +213,36 @@ def test_the_next_waves_survey_runs_while_the_canary_restarts(tmp_path: Path) ->
     ends = systemd.calls.index(["/usr/bin/systemctl", RESTART, "--", units[0]])  # when the canary's restart ended
     asked = [i for i, c in enumerate(systemd.calls) if c[1:2] == [SHOW] and c[-3:] == units[1:]]
     assert asked and asked[0] < ends, systemd.calls  # asked before (or while) the canary restarts
-    assert [i for i, c in enumerate(systemd.calls) if c[0] == execute.POLICY_RC_D and c[1] == "s3"][0] < ends
+    assert next(i for i, c in enumerate(systemd.calls) if c[0] == execute.POLICY_RC_D and c[1] == "s3") < ends
 
 
-def test_ask_mode_asks_about_every_unit_before_the_first_restart(tmp_path: Path) -> None:
+def test_ask_mode_asks_once_for_the_whole_list_before_the_first_restart(tmp_path: Path) -> None:
     units = names(4)
     systemd = Systemd(units)
-    asked: list[tuple[str | None, int]] = []
+    asked: list[tuple[list[str | None], int]] = []
 
-    def confirm(a: Action) -> bool:
-        asked.append((a.group.name, len(systemd.restarts())))
-        return a.group.name != units[2]
+    def choose(actions: list[Action]) -> list[bool | None]:
+        asked.append(([a.group.name for a in actions], len(systemd.restarts())))
+        return [a.group.name != units[2] for a in actions]  # picked: all but one
     ex = execute.Executor(Settings(settle=0.0, max_parallel=8), proc=tmp_path, deadline=time.monotonic() + 60,
-                          cgroupfs=tmp_path, runner=systemd, confirm=confirm,
+                          cgroupfs=tmp_path, runner=systemd, choose=choose,
                           still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks])
     outcomes = ex.run_all([action(n, 10 + i) for i, n in enumerate(units)])
-    assert asked == [(n, 0) for n in units]  # every question before any restart
-    assert systemd.restarts() == [units[:1], [units[1], units[3]]]
-    assert {o.action.group.name: o.status for o in outcomes}[units[2]] == execute.DECLINED
+    assert asked == [(units, 0)]  # one question, the whole list, before any restart
+    assert systemd.restarts() == [units[:1], [units[1], units[3]]]  # the chosen: a canary, then a wave
+    assert {o.action.group.name: (o.status, o.detail) for o in outcomes}[units[2]] == (
+        execute.DECLINED, "declined at the prompt")
+
+
+def test_ask_mode_without_an_answer_restarts_nothing(tmp_path: Path) -> None:
+    units = names(3)
+    systemd = Systemd(units)
+    ex = execute.Executor(Settings(settle=0.0), proc=tmp_path, deadline=time.monotonic() + 60, cgroupfs=tmp_path,
+                          runner=systemd, choose=lambda actions: [None] * len(actions),
+                          still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks])
+    outcomes = ex.run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    assert systemd.restarts() == []
+    assert {(o.status, o.detail) for o in outcomes} == {(execute.DECLINED, "not restarted: no answer at the prompt")}
 
 
 def test_settle_watches_a_wave_together(tmp_path: Path) -> None:
