@@ -45,6 +45,7 @@ LIB = f"/usr/lib/{multiarch()}/librctldemo.so.1"
 DEMO = ("rctl-libdemo1", "rctl-demod")
 USER = "mallory"
 HOME = f"/home/{USER}"
+CHURNED = f"{HOME}/churned"  # made by the churn process after its first fork
 MAGIC = "RCTL-HOSTILE-MAGIC"
 CANARY = "/srv/rctl/canary"
 LAUNCH = f"{HOME}/bin/launch"
@@ -90,18 +91,26 @@ static volatile sig_atomic_t churning;
 static void on_usr1(int sig) { (void)sig; churning = 1; }
 static void on_usr2(int sig) { (void)sig; churning = 0; }
 
-/* SIGUSR1: fork children that exit at once, exec themselves, or orphan a grandchild; SIGUSR2: stop. */
-static void churn(void) {
+/* SIGUSR1: fork children that exit at once, exec themselves, or orphan a grandchild; SIGUSR2: stop.
+   The signals stay blocked but between forks and in sigsuspend(), so none is lost between the flag's
+   check and the wait; after its first fork it creates `mark`, so a test knows the race is on. */
+static void churn(const char *mark) {
     unsigned i = 0;
+    sigset_t block, open_mask;
     signal(SIGUSR1, on_usr1);
     signal(SIGUSR2, on_usr2);
+    sigemptyset(&block);
+    sigaddset(&block, SIGUSR1);
+    sigaddset(&block, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &block, &open_mask);
     for (;;) {
         if (!churning) {
-            pause();
+            sigsuspend(&open_mask);
             continue;
         }
         pid_t pid = fork();
         if (pid == 0) {
+            sigprocmask(SIG_SETMASK, &open_mask, NULL);
             if (i % 3 == 0)
                 _exit(0);
             if (i % 3 == 1) {
@@ -114,9 +123,16 @@ static void churn(void) {
             }
             _exit(0);
         }
-        if (pid > 0)
+        if (pid > 0) {
             waitpid(pid, NULL, 0);
+            if (mark) {
+                close(open(mark, O_WRONLY | O_CREAT, 0644));
+                mark = NULL;
+            }
+        }
         i++;
+        sigprocmask(SIG_SETMASK, &open_mask, NULL);  /* a pending SIGUSR2 arrives here */
+        sigprocmask(SIG_BLOCK, &block, NULL);
         usleep(300);
     }
 }
@@ -124,6 +140,7 @@ static void churn(void) {
 int main(int argc, char **argv) {
     char buf[8192];
     int do_churn = 0;
+    const char *mark = NULL;
     if (argc < 2 || strcmp(argv[1], MAGIC) != 0 || geteuid() == 0) {
         canary("exec");
         return 0;
@@ -140,10 +157,12 @@ int main(int argc, char **argv) {
             return 0;
         } else if (!strcmp(argv[i], "churn")) {
             do_churn = 1;
+        } else if (!strncmp(argv[i], "mark=", 5)) {
+            mark = argv[i] + 5;
         } /* anything else is hostile noise on the command line */
     }
     if (do_churn)
-        churn();
+        churn(mark);
     for (;;)
         pause();
 }
@@ -462,7 +481,7 @@ def hostile(systemd_container: Container, demo_debs: dict[str, dict[str, Path]],
             m.start(f"forged-{i}", [f"{HOME}/bin/python3", MAGIC], rel=rel)
         for unit, slice_, scope in TRANSIENT:
             m.start(f"unit-{unit}", [f"{HOME}/bin/python3", MAGIC], unit=unit, slice_=slice_, scope=scope)
-        m.start("churn", [f"{HOME}/bin/churn", MAGIC, "churn"])
+        m.start("churn", [f"{HOME}/bin/churn", MAGIC, "churn", f"mark={CHURNED}"])
         m.start("swapme", [f"{HOME}/bin/swapme", MAGIC])
         lib = m.host(LIB).read_bytes()
         for i, name in enumerate([*NAMES, LITERAL_DELETED]):  # one process per name: small maps
@@ -689,8 +708,9 @@ def test_processes_that_fork_exec_and_exit_while_scanned(hostile: HostileHost) -
     c.check(["kill", "-USR1", str(m.pids["churn"])])
     try:
         deadline = time.monotonic() + SPAWN_TIMEOUT
-        while c.exec(["pgrep", "-P", str(m.pids["churn"])]).returncode != 0:  # it forks: the race is on
+        while c.exec(["test", "-e", CHURNED]).returncode != 0:  # it has forked: the race is on
             assert time.monotonic() < deadline, "the churn process never forked"
+            time.sleep(0.05)
         for _ in range(4):
             run = restartctl(c, "plan", "--json", "--all")
             assert_quiet(run)
