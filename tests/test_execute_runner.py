@@ -216,6 +216,17 @@ def test_the_next_waves_survey_runs_while_the_canary_restarts(tmp_path: Path) ->
     assert next(i for i, c in enumerate(systemd.calls) if c[0] == execute.POLICY_RC_D and c[1] == "s3") < ends
 
 
+def test_a_long_list_is_shown_in_parts_at_once(tmp_path: Path) -> None:
+    """Why (issue 14): systemctl fetches and parses every property of every unit; a wave of 99 asked
+    in one call took 0.16 s, in parts run together 0.12 s (two cores)."""
+    units = names(70)
+    systemd = Systemd(units)
+    groups = [action(n, 10 + i).group for i, n in enumerate(units)]
+    states = execute.unit_states(groups, 5, systemd)
+    assert sorted(states) == sorted(units) and states[units[69]]["MainPID"] == "169"
+    assert sorted(len(c) - c.index("--") - 1 for c in systemd.calls) == [6, 32, 32]
+
+
 def test_ask_mode_asks_once_for_the_whole_list_before_the_first_restart(tmp_path: Path) -> None:
     units = names(4)
     systemd = Systemd(units)
