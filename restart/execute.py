@@ -17,11 +17,12 @@ import selectors
 import stat
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from restart.plan import EXECUTABLE, RESTARTS, Action, Status, phase
 from restart.policy import Act, Settings
@@ -158,6 +159,35 @@ def _manager(group: UnitGroup) -> list[str]:
     return ["--user", "-M", f"{group.uid}@"] if group.kind == USER else []
 
 
+T = TypeVar("T")
+
+
+class Meanwhile(Generic[T]):
+    """A call run in a thread of its own while the caller goes on; :meth:`result` waits for it and
+    returns what it returned or raises what it raised.  (Not concurrent.futures: it imports logging,
+    10 ms more for every hook run.)"""
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self._call = call
+        self._result: list[T] = []
+        self._error: BaseException | None = None
+        # A daemon: a call nobody waits for any more (the breaker, Ctrl-C) ends by its own timeout.
+        self._thread = threading.Thread(target=self._run, name="restartctl-meanwhile", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result.append(self._call())
+        except BaseException as e:  # handed to the caller as it is, in result()
+            self._error = e
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result[0]
+
+
 SHOW_CHUNK = 32  # units per ``systemctl show``: a wave's larger list is asked in parallel parts
 
 
@@ -173,10 +203,11 @@ def unit_states(groups: list[UnitGroup], timeout: float, runner: Runner = run) -
     def show(part: list[str]) -> dict[str, dict[str, str]]:
         argv = [PROGRAMS["systemctl"], *_manager(groups[0]), "show", "-p", SHOW_PROPS, "--", *part]
         return parse_show(runner(argv, timeout).stdout, part)
-    if len(parts) == 1:
-        return show(parts[0])
-    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
-        return {name: state for found in pool.map(show, parts) for name, state in found.items()}
+    others = [Meanwhile(partial(show, part)) for part in parts[1:]]
+    states = show(parts[0])
+    for other in others:
+        states.update(other.result())
+    return states
 
 
 def unit_state(group: UnitGroup, timeout: float, runner: Runner = run) -> dict[str, str]:
@@ -424,35 +455,32 @@ class Executor:
         queue = list(members)
         # While a restart runs (the canary's, a wave's), the next wave's units are surveyed (systemd's
         # word on them, policy-rc.d's verdict): its checks then cost no time of their own.
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restartctl-survey")
-        try:
-            ahead: Future[Survey] | None = None
-            while queue:
-                if waves and healthy and batchable(queue[0]):
-                    wave = take_wave(queue, self.settings.max_parallel)
-                    known, ahead = ahead, self._survey_ahead(pool, queue)
-                    outcomes += self._wave(wave, known)
-                    continue
-                action = queue.pop(0)
-                canary = waves and batchable(action) and not healthy
-                if canary:
-                    ahead = self._survey_ahead(pool, queue)
-                outcome = self.one(action)
-                outcomes.append(outcome)
-                if canary:
-                    healthy = outcome.status == DONE
-                    if outcome.status == FAILED:
-                        self.tripped = f"circuit breaker: the canary of its phase ({action.group.name}) failed"
-        finally:  # a survey no wave needs any more (the breaker, Ctrl-C) is not waited for: it ends by its timeout
-            pool.shutdown(wait=False, cancel_futures=True)
+        ahead: Meanwhile[Survey] | None = None
+        while queue:
+            if waves and healthy and batchable(queue[0]):
+                wave = take_wave(queue, self.settings.max_parallel)
+                known, ahead = ahead, self._survey_ahead(queue)
+                outcomes += self._wave(wave, known)
+                continue
+            action = queue.pop(0)
+            canary = waves and batchable(action) and not healthy
+            if canary:
+                ahead = self._survey_ahead(queue)
+            outcome = self.one(action)
+            outcomes.append(outcome)
+            if canary:
+                healthy = outcome.status == DONE
+                if outcome.status == FAILED:
+                    self.tripped = f"circuit breaker: the canary of its phase ({action.group.name}) failed"
         return outcomes
 
-    def _survey_ahead(self, pool: ThreadPoolExecutor, queue: list[Action]) -> Future[Survey] | None:
-        """The next wave's survey, started now in ``pool`` (None when the queue does not begin with one)."""
+    def _survey_ahead(self, queue: list[Action]) -> Meanwhile[Survey] | None:
+        """The next wave's survey, started now (None when the queue does not begin with a wave)."""
         if not queue or not batchable(queue[0]):
             return None
         groups = [a.group for a in take_wave(list(queue), self.settings.max_parallel)]
-        return pool.submit(survey, groups, min(self.settings.timeout, self.remaining()), self.runner)
+        timeout = min(self.settings.timeout, self.remaining())
+        return Meanwhile(lambda: survey(groups, timeout, self.runner))
 
     def one(self, action: Action) -> Outcome:
         """One action alone: checked, recorded, carried out, verified."""
@@ -594,7 +622,7 @@ class Executor:
                      found.append)
         return found[0]
 
-    def _wave(self, wave: list[Action], known: Future[Survey] | None = None) -> list[Outcome]:
+    def _wave(self, wave: list[Action], known: Meanwhile[Survey] | None = None) -> list[Outcome]:
         """Restart these system services with one ``systemctl VERB -- A B C`` and verify them together;
         each outcome is reported as it is known, timed from the start of the wave.  ``known``: their
         survey, asked while the restart before ran (asked now when it is not there or missed a unit)."""
