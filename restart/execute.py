@@ -453,20 +453,23 @@ class Executor:
         waves = self.settings.max_parallel > 1
         healthy = False  # a canary of this phase was restarted and verified
         queue = list(members)
-        # While a restart runs (the canary's, a wave's), the next wave's units are surveyed (systemd's
-        # word on them, policy-rc.d's verdict): its checks then cost no time of their own.
-        ahead: Meanwhile[Survey] | None = None
+        # As a restart begins (the canary's, a wave's), the next wave's units are surveyed (systemd's
+        # word on them, policy-rc.d's verdict) meanwhile: their checks then cost no time of their own.
+        ahead: list[Meanwhile[Survey]] = []  # the survey of the wave at the head of the queue, once started
+
+        def survey_next() -> None:
+            if waves and queue and batchable(queue[0]):
+                groups = [a.group for a in take_wave(list(queue), self.settings.max_parallel)]
+                timeout = min(self.settings.timeout, self.remaining())
+                ahead[:] = [Meanwhile(lambda: survey(groups, timeout, self.runner))]
         while queue:
             if waves and healthy and batchable(queue[0]):
                 wave = take_wave(queue, self.settings.max_parallel)
-                known, ahead = ahead, self._survey_ahead(queue)
-                outcomes += self._wave(wave, known)
+                outcomes += self._wave(wave, ahead.pop() if ahead else None, starting=survey_next)
                 continue
             action = queue.pop(0)
             canary = waves and batchable(action) and not healthy
-            if canary:
-                ahead = self._survey_ahead(queue)
-            outcome = self.one(action)
+            outcome = self.one(action, starting=survey_next if canary else None)
             outcomes.append(outcome)
             if canary:
                 healthy = outcome.status == DONE
@@ -474,16 +477,8 @@ class Executor:
                     self.tripped = f"circuit breaker: the canary of its phase ({action.group.name}) failed"
         return outcomes
 
-    def _survey_ahead(self, queue: list[Action]) -> Meanwhile[Survey] | None:
-        """The next wave's survey, started now (None when the queue does not begin with a wave)."""
-        if not queue or not batchable(queue[0]):
-            return None
-        groups = [a.group for a in take_wave(list(queue), self.settings.max_parallel)]
-        timeout = min(self.settings.timeout, self.remaining())
-        return Meanwhile(lambda: survey(groups, timeout, self.runner))
-
-    def one(self, action: Action) -> Outcome:
-        """One action alone: checked, recorded, carried out, verified."""
+    def one(self, action: Action, *, starting: Callable[[], None] | None = None) -> Outcome:
+        """One action alone: checked, recorded, carried out (``starting`` told just before), verified."""
         started = time.monotonic()
         self.step += 1
         outcome = self._again(action)
@@ -492,7 +487,10 @@ class Executor:
             if reason is not None:
                 outcome = Outcome(action, SKIPPED, reason)
             else:
-                outcome = next(iter(self._intended([action])), None) or self._carry_out(action, state)
+                outcome = next(iter(self._intended([action])), None)
+                if outcome is None and starting is not None:
+                    starting()
+                outcome = outcome or self._carry_out(action, state)
         return self._finish(outcome, started)
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
@@ -622,7 +620,8 @@ class Executor:
                      found.append)
         return found[0]
 
-    def _wave(self, wave: list[Action], known: Meanwhile[Survey] | None = None) -> list[Outcome]:
+    def _wave(self, wave: list[Action], known: Meanwhile[Survey] | None = None, *,
+              starting: Callable[[], None] | None = None) -> list[Outcome]:
         """Restart these system services with one ``systemctl VERB -- A B C`` and verify them together;
         each outcome is reported as it is known, timed from the start of the wave.  ``known``: their
         survey, asked while the restart before ran (asked now when it is not there or missed a unit)."""
@@ -665,6 +664,8 @@ class Executor:
         for outcome in unrecorded:
             finish(outcome)
         if go and not unrecorded:
+            if starting is not None:
+                starting()
             self._restart_together(go, finish)
         return outcomes
 

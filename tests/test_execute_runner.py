@@ -216,6 +216,18 @@ def test_the_next_waves_survey_runs_while_the_canary_restarts(tmp_path: Path) ->
     assert next(i for i, c in enumerate(systemd.calls) if c[0] == execute.POLICY_RC_D and c[1] == "s3") < ends
 
 
+def test_no_survey_when_no_restart_runs(tmp_path: Path) -> None:
+    """A container image's policy-rc.d forbids everything: each unit in turn is a canary that is
+    skipped; the next wave is surveyed only once a restart begins, so policy-rc.d is asked once
+    per unit (a survey per attempted canary asked it 21 times for 6 units)."""
+    units = names(6)
+    systemd = Systemd(units, forbidden=frozenset(units))
+    outcomes = executor(tmp_path, systemd, max_parallel=8).run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    assert {(o.status, o.detail) for o in outcomes} == {(execute.SKIPPED, "forbidden by /usr/sbin/policy-rc.d")}
+    assert systemd.restarts() == []
+    assert len([c for c in systemd.calls if c[0] == execute.POLICY_RC_D]) == 6
+
+
 def test_a_long_list_is_shown_in_parts_at_once(tmp_path: Path) -> None:
     """Why (issue 14): systemctl fetches and parses every property of every unit; a wave of 99 asked
     in one call took 0.16 s, in parts run together 0.12 s (two cores)."""
