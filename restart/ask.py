@@ -1,8 +1,9 @@
 """Mode ``ask``: the whole list of planned restarts once, then one question: yes (all), no (none), or pick.
 
-Asked only on a terminal: :func:`choose_mode` turns ``ask`` into the unattended mode when stdin or
-stdout is not one, so the hook never prompts without a terminal.  The answer is bounded by the
-run's deadline; no answer (in time, or the input ended) restarts nothing and leaves it pending.
+Asked only on a terminal (:func:`interactive`): without one the policy's ``unattended_mode``
+applies (:func:`choose_mode`), and an ``ask`` asked for anyway only lists, so the hook never
+prompts without a terminal.  The answer is bounded by the run's deadline; no answer (in time, or
+before the input ended) restarts nothing and leaves the list pending.
 """
 
 from __future__ import annotations
