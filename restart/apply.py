@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from restart import execute, packages, plan, policy, report, state, units
+from restart import execute, packages, plan, policy, report, state, units, unitstate
 from restart.ask import choose_mode, chooser, interactive
 from restart.procfs import STARTTIME, lineage, stat_field
 from restart.roots import Roots
@@ -432,7 +432,7 @@ def recover(roots: Roots, log: Log, findings: Findings) -> list[dict[str, object
             status = execute.FAILED
             detail = f"an interrupted run (pid {pid}) was restarting it; still uses replaced files"
         else:
-            active = execute.active_state(kind, unit, uid if isinstance(uid, int) else None)
+            active = unitstate.active_state(kind, unit, uid if isinstance(uid, int) else None)
             verified = "verified again: active, no replaced files in use" if active == "active" else \
                 f"checked again: {active}"
             status = execute.DONE if active == "active" else execute.FAILED

@@ -348,10 +348,10 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
 
 def _failed(roots: Roots) -> list[dict[str, Any]]:
     """Units whose restart failed in the last run of this boot and that are not healthy since."""
-    from restart import execute
+    from restart import unitstate
 
     record, current = _whole_record(roots)
-    return execute.last_failures(record) if current and roots.systemd_booted() else []
+    return unitstate.last_failures(record) if current and roots.systemd_booted() else []
 
 
 def _whole_record(roots: Roots) -> tuple[dict[str, Any] | None, bool]:
@@ -431,10 +431,10 @@ def _left_down(roots: Roots, record: dict[str, Any] | None, current: bool) -> li
              ] if isinstance(units, list) else []
     if not names or not roots.systemd_booted():
         return []
-    from restart import execute
+    from restart import unitstate
 
     return [n for n in names
-            if execute.active_state("system", n, None) not in ("active", "reloading", "activating", "unknown")]
+            if unitstate.active_state("system", n, None) not in ("active", "reloading", "activating", "unknown")]
 
 
 def _status(roots: Roots, args: argparse.Namespace) -> int:
@@ -464,8 +464,10 @@ def _status(roots: Roots, args: argparse.Namespace) -> int:
                                      None if waiting is None else {"pid": waiting[0].pid, "since": waiting[1]}},
                                     indent=2) + "\n")
     else:
-        sys.stdout.write(report.status_text(record, current_boot=current, reboot=reasons, down=down,
-                                            unusable=trouble is not None))
+        from restart import admintext
+
+        sys.stdout.write(admintext.status_text(record, current_boot=current, reboot=reasons, down=down,
+                                               unusable=trouble is not None))
         if waiting is not None:
             sys.stdout.write(f"A run waits for unattended-upgrades (pid {waiting[0].pid}) to finish; "
                              "its restarts and report follow then.\n")
@@ -478,14 +480,16 @@ def _status(roots: Roots, args: argparse.Namespace) -> int:
 
 
 def _policy(roots: Roots, args: argparse.Namespace) -> int:
+    from restart import admintext
+
     paths = policy.files(roots.etc, roots.data)
     loaded = policy.load(paths)
     if args.policy_command == "check":
         present = [str(p) for p in paths if p.exists()]
         print(f"policy OK: {len(loaded.rules)} rules from {', '.join(present)}")
     elif args.policy_command == "show":
-        sys.stdout.write(report.policy_text(loaded))
+        sys.stdout.write(admintext.policy_text(loaded))
     else:
         scope = "user" if args.user else "system"
-        sys.stdout.write(report.explain_text(loaded, args.unit, scope, args.package))
+        sys.stdout.write(admintext.explain_text(loaded, args.unit, scope, args.package))
     return EXIT_OK

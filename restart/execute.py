@@ -10,53 +10,42 @@ anything ``/usr/sbin/policy-rc.d`` forbids (exit 101), as invoke-rc.d would.
 
 from __future__ import annotations
 
-import html
 import os
 import re
-import selectors
-import stat
-import struct
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from functools import partial
 from pathlib import Path
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import NamedTuple
 
+from restart.notify import notify
 from restart.plan import EXECUTABLE, RESTARTS, Action, Status, phase
 from restart.policy import Act, Settings
 from restart.processes import FIRST_USER_UID
-from restart.procfs import CLEAN_ENV, lineage
-from restart.text import printable
+from restart.runner import FAILURES, Meanwhile, Runner, run
 from restart.units import (
     INIT,
-    SESSION,
     SYSTEM,
     USER,
     USER_MANAGER,
     Affected,
     UnitGroup,
-    UnitKind,
-    cgroup_path,
-    resolve,
-    valid_unit_name,
+)
+from restart.unitstate import (
+    PROGRAMS,
+    Survey,
+    ancestor_units,
+    daemon_not_running,
+    policy_rc_d_forbids,
+    status_excerpt,
+    survey,
+    unit_pids,
+    unit_state,
+    unit_states,
 )
 
-PROGRAMS = {"systemctl": "/usr/bin/systemctl", "invoke-rc.d": "/usr/sbin/invoke-rc.d"}
-POLICY_RC_D = "/usr/sbin/policy-rc.d"
-RUNUSER = "/usr/sbin/runuser"
-NOTIFY_SEND = "/usr/bin/notify-send"
-SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup,NRestarts"
 CGROUPFS = Path("/sys/fs/cgroup")
 MANAGER_PROBE = 5.0  # seconds a user's manager has to answer before it counts as not answering
-OUTPUT_LIMIT = 1 << 20  # bytes kept of a program's stdout, and of its stderr
-
-
-# How the executor runs a program: argv and timeout in, what it did out; raises OSError when it cannot
-# be run and subprocess.TimeoutExpired when it did not end in time (tests pass their own).
-Runner = Callable[[list[str], float], "subprocess.CompletedProcess[str]"]
-FAILURES = (OSError, subprocess.TimeoutExpired)  # what a Runner raises: every one becomes an outcome
 
 
 class Recheck(NamedTuple):
@@ -101,250 +90,11 @@ def guests(members: Iterable[Affected], main_pid: int, main_uid: int) -> list[Af
             and main_pid not in (m.process.pid, m.process.ppid)]
 
 
-def run(argv: list[str], timeout: float, *, env: dict[str, str] | None = None,
-        quiet: bool = False) -> subprocess.CompletedProcess[str]:
-    """One program, by absolute path, clean environment, no stdin, bounded in time and in what is kept
-    of its output (``OUTPUT_LIMIT`` per stream).  ``quiet``: its output goes to /dev/null (a program
-    run as a user, whose pipes that user could take over and fill)."""
-    timeout = max(timeout, 0.1)
-    deadline = time.monotonic() + timeout
-    sink = subprocess.DEVNULL if quiet else subprocess.PIPE
-    with subprocess.Popen(argv, env=env or CLEAN_ENV, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink) as p:
-        try:
-            out, err = _bounded_output(p, deadline) if not quiet else (b"", b"")
-            p.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            raise subprocess.TimeoutExpired(argv, timeout) from None
-    return subprocess.CompletedProcess(argv, p.returncode, out.decode("utf-8", "replace"),
-                                       err.decode("utf-8", "replace"))
-
-
-def _bounded_output(p: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
-    """Both pipes read to their end by ``deadline``; past ``OUTPUT_LIMIT`` a stream is read and dropped."""
-    assert p.stdout is not None and p.stderr is not None  # noqa: S101 - run() made both pipes
-    kept: dict[int, bytearray] = {p.stdout.fileno(): bytearray(), p.stderr.fileno(): bytearray()}
-    with selectors.DefaultSelector() as sel:
-        for fd in kept:
-            sel.register(fd, selectors.EVENT_READ)
-        while sel.get_map():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise subprocess.TimeoutExpired(p.args, 0)
-            for key, _ in sel.select(left):
-                chunk = os.read(key.fd, 1 << 16)
-                if not chunk:
-                    sel.unregister(key.fd)
-                elif len(kept[key.fd]) < OUTPUT_LIMIT:
-                    kept[key.fd] += chunk[:OUTPUT_LIMIT - len(kept[key.fd])]
-    return bytes(kept[p.stdout.fileno()]), bytes(kept[p.stderr.fileno()])
-
 
 def resolved(argv: tuple[str, ...]) -> list[str]:
     """The plan's argv with its program name mapped to a fixed path (an admin's exec is already absolute)."""
     program = argv[0] if argv[0].startswith("/") else PROGRAMS[argv[0]]
     return [program, *argv[1:]]
-
-
-def parse_show(text: str, names: list[str]) -> dict[str, dict[str, str]]:
-    """``systemctl show -p ... -- A B`` prints one block per unit, in order, separated by a blank line."""
-    blocks = text.strip("\n").split("\n\n") if text.strip() else []
-    out = {}
-    for name, block in zip(names, blocks, strict=False):
-        out[name] = dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
-    return out
-
-
-def _manager(group: UnitGroup) -> list[str]:
-    return ["--user", "-M", f"{group.uid}@"] if group.kind == USER else []
-
-
-T = TypeVar("T")
-
-
-class Meanwhile(Generic[T]):
-    """A call run in a thread of its own while the caller goes on; :meth:`result` waits for it and
-    returns what it returned or raises what it raised.  (Not concurrent.futures: it imports logging,
-    10 ms more for every hook run.)"""
-
-    def __init__(self, call: Callable[[], T]) -> None:
-        self._call = call
-        self._result: list[T] = []
-        self._error: BaseException | None = None
-        # A daemon: a call nobody waits for any more (the breaker, Ctrl-C) ends by its own timeout.
-        self._thread = threading.Thread(target=self._run, name="restartctl-meanwhile", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._result.append(self._call())
-        except BaseException as e:  # handed to the caller as it is, in result()
-            self._error = e
-
-    def result(self) -> T:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result[0]
-
-
-SHOW_CHUNK = 32  # units per ``systemctl show``: a wave's larger list is asked in parallel parts
-
-
-def unit_states(groups: list[UnitGroup], timeout: float, runner: Runner = run) -> dict[str, dict[str, str]]:
-    """systemd's properties of units of one manager (the system's, or one user's).
-
-    One ``systemctl show`` per ``SHOW_CHUNK`` units, those run together: systemctl fetches every
-    property of every unit and parses them itself (0.16 s for 100 units on two cores, 0.12 s in two
-    parts at once); raises what the runner raises."""
-    names = [g.name or "" for g in groups]
-    parts = [names[i:i + SHOW_CHUNK] for i in range(0, len(names), SHOW_CHUNK)]
-
-    def show(part: list[str]) -> dict[str, dict[str, str]]:
-        argv = [PROGRAMS["systemctl"], *_manager(groups[0]), "show", "-p", SHOW_PROPS, "--", *part]
-        return parse_show(runner(argv, timeout).stdout, part)
-    others = [Meanwhile(partial(show, part)) for part in parts[1:]]
-    states = show(parts[0])
-    for other in others:
-        states.update(other.result())
-    return states
-
-
-def unit_state(group: UnitGroup, timeout: float, runner: Runner = run) -> dict[str, str]:
-    return unit_states([group], timeout, runner).get(group.name or "", {})
-
-
-def active_state(kind: str, name: str, uid: int | None, timeout: float = 5) -> str:
-    """systemd's ``ActiveState`` of a system or user unit named in a record; "unknown" when it cannot say."""
-    if kind not in (SYSTEM, USER) or not valid_unit_name(name) or (kind == USER) != isinstance(uid, int):
-        return "unknown"
-    try:
-        state = unit_state(UnitGroup(kind=UnitKind(kind), name=name, uid=uid), timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return state.get("ActiveState") or "unknown"
-
-
-def status_excerpt(group: UnitGroup, timeout: float = 5, runner: Runner = run) -> str:
-    """``systemctl status``-level detail for a failure report."""
-    try:
-        result = runner([PROGRAMS["systemctl"], *_manager(group), "status", "--no-pager", "--lines=8", "--",
-                         group.name or ""], timeout)
-    except subprocess.TimeoutExpired:
-        return "(systemctl status did not answer)"
-    except OSError as e:
-        return f"(could not run systemctl status: {e})"
-    return (result.stdout or result.stderr).strip()
-
-
-def last_failures(record: dict[str, Any] | None, timeout: float = 5) -> list[dict[str, Any]]:
-    """Units whose restart failed in the last run (``record``: the state file, of this boot) and that
-    have not been healthy since: not active now, or restarted by systemd after a failure.
-
-    A failed restart leaves the unit without processes, so no scan finds it stale any more; the
-    host must still say it, or the next report calls a broken host clean.
-    """
-    out = []
-    for u in (record or {}).get("units", [])[:1000]:
-        if not isinstance(u, dict) or u.get("status") != FAILED or u.get("kind") not in (SYSTEM, USER):
-            continue
-        name, uid = u.get("unit"), u.get("uid")
-        if not isinstance(name, str) or not valid_unit_name(name) or (u["kind"] == USER and not isinstance(uid, int)):
-            continue
-        group = UnitGroup(kind=UnitKind(u["kind"]), name=name, uid=uid if u["kind"] == USER else None)
-        try:
-            now = unit_state(group, timeout)
-        except (OSError, subprocess.TimeoutExpired):
-            now = {}
-        if now.get("ActiveState") == "active" and now.get("NRestarts", "0") == "0":
-            continue  # someone fixed it since
-        detail = u.get("detail")
-        out.append({"unit": name, "kind": u["kind"], "uid": group.uid,
-                    "detail": detail.splitlines()[0] if isinstance(detail, str) and detail else "",
-                    "active_state": now.get("ActiveState", "unknown"), "sub_state": now.get("SubState", "unknown"),
-                    "restarts": int(now["NRestarts"]) if now.get("NRestarts", "").isdigit() else None})
-    return out
-
-
-def ancestor_units(proc: Path, pid: int) -> set[str]:
-    """Units of this process and all its ancestors: restarting one would kill this very run."""
-    units = set()
-    for current in lineage(proc, pid):
-        try:
-            cgroup = (proc / str(current) / "cgroup").read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError:
-            break
-        unit = resolve(cgroup_path(cgroup))
-        if unit.kind in (SYSTEM, USER_MANAGER) and unit.name:
-            units.add(unit.name)
-    return units
-
-
-def policy_rc_d_forbids(name: str, timeout: float, runner: Runner = run) -> bool:
-    """Debian's policy layer (``policy-rc.d``): exit 101 means "action forbidden"."""
-    if not os.access(POLICY_RC_D, os.X_OK):
-        return False
-    script = name.removesuffix(".service")
-    try:
-        return runner([POLICY_RC_D, script, "restart"], timeout).returncode == 101
-    except FAILURES:
-        return True  # it could not say yes: do nothing rather than something forbidden
-
-
-def daemon_not_running(script: str, timeout: float, run_dir: Path, runner: Runner = run) -> str | None:
-    """Why a guessed unit's daemon counts as not running (None when it runs): a restart of
-    a stopped init-script service would start it.
-
-    Its init script's LSB status (``invoke-rc.d NAME status``: 0 running, 1-3 not running);
-    a script that cannot say (4, a usage error, policy-rc.d's 101) is judged by its pidfile
-    ``/run/NAME.pid``, which must name a live process.
-    """
-    try:
-        code = runner([PROGRAMS["invoke-rc.d"], script, "status"], timeout).returncode
-    except subprocess.TimeoutExpired:
-        return "its init script did not say in time whether it runs"
-    except OSError as e:
-        return f"could not ask its init script whether it runs: {e}"
-    if code == 0:
-        return None
-    if code in (1, 2, 3):
-        return f"not running (init script status {code}); never started by restartctl"
-    try:
-        fd = os.open(run_dir / f"{script}.pid", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            pid = int(os.read(fd, 64).split()[0]) if stat.S_ISREG(os.fstat(fd).st_mode) else 0
-        finally:
-            os.close(fd)
-        if pid > 1:
-            os.kill(pid, 0)
-            return None
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"not running (no live process in {run_dir / script}.pid); never started by restartctl"
-
-
-def unit_pids(cgroupfs: Path, control_group: str) -> list[int] | None:
-    """The processes in a unit's cgroup and every cgroup below it (a delegated subtree).
-
-    ``control_group`` is systemd's own ``ControlGroup`` property.  The first layout that
-    has it wins: cgroup v2, the unified half of a hybrid setup, then v1's name=systemd.
-    None when none has it (no systemd, or the unit is gone): the caller looks everywhere.
-    """
-    parts = control_group.strip("/").split("/")
-    if not control_group.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        return None
-    for top in (cgroupfs.joinpath(*parts), cgroupfs.joinpath("unified", *parts), cgroupfs.joinpath("systemd", *parts)):
-        if not (top / "cgroup.procs").is_file():
-            continue
-        pids: list[int] = []
-        for directory, _, files in os.walk(top):
-            if "cgroup.procs" in files:
-                try:
-                    pids += [int(n) for n in Path(directory, "cgroup.procs").read_text().split()]
-                except (OSError, ValueError):
-                    continue  # removed meanwhile
-        return pids
-    return None
 
 
 def not_restarted(state: dict[str, str]) -> str:
@@ -369,20 +119,6 @@ def take_wave(queue: list[Action], size: int) -> list[Action]:
     while queue and len(wave) < size and batchable(queue[0]) and queue[0].action == wave[0].action:
         wave.append(queue.pop(0))
     return wave
-
-
-class Survey(NamedTuple):
-    """What is asked about a wave's units before their restart: systemd's properties of each, and
-    the units ``policy-rc.d`` forbids."""
-
-    states: dict[str, dict[str, str]]
-    forbidden: frozenset[str]
-
-
-def survey(groups: list[UnitGroup], timeout: float, runner: Runner = run) -> Survey:
-    """One ``systemctl show`` for all of them, then policy-rc.d for each (raises what the runner raises)."""
-    states = unit_states(groups, timeout, runner)
-    return Survey(states, frozenset(g.name or "" for g in groups if policy_rc_d_forbids(g.name or "", timeout, runner)))
 
 
 class Executor:
@@ -826,209 +562,6 @@ class Executor:
             own.update(unit_pids(self.cgroupfs, "/" + cgroup.lstrip("/")) or ())
         return sorted(own)
 
-
-# ---- telling people -------------------------------------------------------------------------
-
-class Session(NamedTuple):
-    uid: int
-    user: str
-    tty: str        # e.g. "pts/3" or "tty1", "" if none
-    graphical: bool
-    id: str = ""          # logind's session id ("3", "c1")
-    klass: str = "user"   # logind's CLASS: user | greeter | lock-screen | background | manager ...
-
-
-# glibc's struct utmp on Linux (64-bit and x32 alike): type, pid, line, id, user, host, exit, session,
-# tv (two int32), addr_v6, reserved: 384 bytes.
-UTMP_RECORD = struct.Struct("<hxxi32s4s32s256shhiii16s20s")
-UTMP_USER_PROCESS = 7
-UTMP_MAX = 1 << 20  # bytes read of utmp: thousands of logins
-_TTY_RE = re.compile(r"pts/\d{1,7}|tty[A-Za-z0-9]{1,12}")
-
-
-def utmp_terminals(run_dir: Path, proc: Path) -> dict[str, str]:
-    """Session id -> terminal, found as logind does for sessions that did not say theirs (ssh):
-    each login record in utmp names a terminal and a process; that process's cgroup names its
-    session.  Read from the struct records of ``/run/utmp``, bounded; nothing is run."""
-    try:
-        fd = os.open(run_dir / "utmp", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return {}
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return {}
-        data = os.read(fd, UTMP_MAX)
-    except OSError:
-        return {}
-    finally:
-        os.close(fd)
-    found: dict[str, str] = {}
-    for offset in range(0, len(data) - UTMP_RECORD.size + 1, UTMP_RECORD.size):
-        kind, pid, line = UTMP_RECORD.unpack_from(data, offset)[:3]
-        tty = line.partition(b"\0")[0].decode("ascii", "replace")
-        if kind != UTMP_USER_PROCESS or pid <= 0 or not _TTY_RE.fullmatch(tty):
-            continue
-        try:
-            cgroup = (proc / str(pid) / "cgroup").read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError:
-            continue  # the login is over (a stale record)
-        unit = resolve(cgroup_path(cgroup))
-        if unit.kind == SESSION and unit.name:
-            found.setdefault(unit.name.removeprefix("session-").removesuffix(".scope"), tty)
-    return found
-
-
-def sessions(run_dir: Path, proc: Path = Path("/proc")) -> list[Session]:
-    """Logged-in sessions from logind's records in /run/systemd/sessions (plain KEY=VALUE files),
-    with the terminal from utmp where logind's record names none (an ssh login)."""
-    out = []
-    try:
-        entries = sorted(os.scandir(run_dir / "systemd" / "sessions"), key=lambda e: e.name)
-    except OSError:
-        return []
-    terminals: dict[str, str] | None = None
-    for entry in entries:
-        if not entry.is_file(follow_symlinks=False) or entry.name.endswith(".ref"):
-            continue
-        try:
-            with open(entry.path, encoding="utf-8", errors="replace") as f:
-                fields = dict(line.rstrip("\n").partition("=")[::2] for line in f if "=" in line)
-        except OSError:
-            continue
-        if not fields.get("UID", "").isdigit():
-            continue
-        tty = fields.get("TTY", "")
-        if not _TTY_RE.fullmatch(tty):
-            if terminals is None:
-                terminals = utmp_terminals(run_dir, proc)
-            tty = terminals.get(entry.name, "")
-        out.append(Session(int(fields["UID"]), fields.get("USER", ""), tty,
-                           fields.get("TYPE") in ("x11", "wayland") or bool(fields.get("DISPLAY")),
-                           entry.name, fields.get("CLASS", "user")))
-    return out
-
-
-def write_to_tty(dev: Path, uid: int, message: str) -> bool:
-    """Write to a terminal only if it is a character device that belongs to that user."""
-    try:
-        fd = os.open(dev, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISCHR(st.st_mode) or st.st_uid != uid:
-            return False
-        os.write(fd, message.replace("\n", "\r\n").encode("utf-8", "replace"))
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def desktop_argv(uid: int, user: str, title: str, body: str) -> tuple[list[str], dict[str, str]]:
-    """notify-send as that user, on the bus derived from the UID (never from a process's environment)."""
-    env = {**CLEAN_ENV, "DBUS_SESSION_BUS_ADDRESS": f"unix:path=/run/user/{uid}/bus"}
-    # Notification servers read the body as markup: a program named "<a href=...>" stays text.
-    return [RUNUSER, "-u", user, "--", NOTIFY_SEND, "--app-name=restartctl", "--", title,
-            html.escape(body, quote=False)], env
-
-
-def app_names(exes: set[str], applications: Path = Path("/usr/share/applications")) -> dict[str, str]:
-    """Executable basename -> desktop application name, from the system's desktop entries (pyxdg)."""
-    try:
-        from xdg.DesktopEntry import DesktopEntry  # python3-xdg; only needed to name applications
-    except ImportError:
-        return {}
-    wanted = {os.path.basename(e) for e in exes}
-    names: dict[str, str] = {}
-    for path in sorted(applications.glob("*.desktop")):
-        try:
-            entry = DesktopEntry(str(path))
-            program = os.path.basename(entry.getExec().split()[0].strip("\"'")) if entry.getExec() else ""
-        except Exception:  # noqa: S112 - a broken desktop file must not stop the run
-            continue
-        if program in wanted and program not in names:
-            names[program] = entry.getName()
-    return names
-
-
-# Sessions a person sits at; logind's other classes (a lingering user's manager, background jobs,
-# greeters, lock screens) have nobody to read a notice.
-PERSON_CLASSES = ("user",)
-
-
-def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
-           applications: Path = Path("/usr/share/applications"), proc: Path = Path("/proc")) -> int:
-    """Tell each affected logged-in user what to restart; returns how many messages went out.
-
-    The log says "told" only for a notice really written to a terminal or accepted by the
-    desktop, and why for every session of an affected user that got none.
-    """
-    by_uid: dict[int, list[UnitGroup]] = {}
-    for g in groups:
-        uids = {g.uid} if g.uid is not None else {m.process.uid for m in g.members}
-        for uid in uids - {0}:
-            by_uid.setdefault(uid, []).append(g)
-    if not by_uid:
-        return 0
-    exes = {m.process.exe or "" for gs in by_uid.values() for g in gs for m in g.members}
-    names = app_names(exes, applications)
-    sent = 0
-    on_desktop: set[int] = set()  # one notice per user's bus, however many graphical sessions share it
-    present: set[int] = set()     # users with a session a person sits at
-    for s in sessions(run_dir, proc):
-        if s.uid not in by_uid or s.klass not in PERSON_CLASSES:
-            continue
-        present.add(s.uid)
-        what = sorted({printable(names.get(os.path.basename(m.process.exe or ""), m.process.comm))
-                       for g in by_uid[s.uid] for m in g.members})
-        text = (f"restartctl: a software update replaced files that these programs still use: "
-                f"{', '.join(what)}. Restart them (or log out and in again) to finish the update.")
-        told, why = [], []
-        if s.tty:
-            if write_to_tty(Path("/dev") / s.tty, s.uid, f"\n{text}\n"):
-                told.append(s.tty)
-                sent += 1
-            else:
-                why.append(f"could not write to /dev/{s.tty}")
-        if s.graphical and s.uid in on_desktop:
-            told.append("desktop (one notice per user)")
-        elif s.graphical:
-            result = _notify_desktop(s, text)
-            if result is None:
-                on_desktop.add(s.uid)
-                told.append("desktop")
-                sent += 1
-            else:
-                why.append(result)
-        if not s.tty and not s.graphical:
-            why.append("no terminal and no desktop")
-        who = f"user {s.user or s.uid} (session {s.id})"
-        if told:
-            log(f"told {who} on {', '.join(told)} to restart: {', '.join(what)}")
-        else:
-            log(f"could not tell {who} to restart {', '.join(what)}: {'; '.join(why)}")
-    for uid in sorted(set(by_uid) - present):
-        log(f"could not tell user {uid}: no login session a person sits at (a lingering manager or "
-            "background sessions only); it stays pending")
-    return sent
-
-
-def _notify_desktop(s: Session, text: str) -> str | None:
-    """One desktop notice through notify-send as that user; None when it was accepted, else why not."""
-    if not s.user:
-        return "no user name for the desktop notice"
-    if not os.access(NOTIFY_SEND, os.X_OK):
-        return f"{NOTIFY_SEND} is not installed"
-    argv, env = desktop_argv(s.uid, s.user, "Restart needed after an update", text)
-    try:
-        result = run(argv, 5, env=env, quiet=True)
-    except subprocess.TimeoutExpired:
-        return "notify-send did not answer in time"
-    except OSError as e:
-        return f"could not run notify-send: {e}"
-    return None if result.returncode == 0 else f"notify-send failed (exit status {result.returncode})"
 
 
 def would_skip(actions: list[Action], settings: Settings, *, proc: Path) -> dict[int, str]:

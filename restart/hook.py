@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from restart import execute, fsutil, packages, policy, state, transaction, units
+from restart import fsutil, packages, policy, runner, state, transaction, units
 from restart.apply import LOCK, Log, Process, Progress, Timeout, act, process_start, run_lock
 from restart.procfs import CLEAN_ENV, ProcessGone, lineage, parse_status, read_proc
 from restart.roots import Roots
@@ -121,7 +121,7 @@ def wait_for_exit(proc: Path, target: Process, limit: float) -> None:
 
 
 def _run_quietly(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return execute.run(argv, timeout)
+    return runner.run(argv, timeout)
 
 
 def system_state() -> str:

@@ -1,4 +1,6 @@
-"""Stage 7, report: human text and the versioned JSON contract, and nothing else.
+"""Stage 7, report: what was found, planned and done, as human text and as the versioned JSON
+contract, and nothing else (the status and policy commands' text is :mod:`restart.admintext`'s,
+the monitoring formats :mod:`restart.formats`').
 
 Detection never formats; this module never detects.  Everything that came from a
 process (names, paths, cgroups) passes through :func:`printable` before it
@@ -7,14 +9,13 @@ reaches a terminal: a process name can carry terminal escape sequences.
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections import Counter
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
-from restart.plan import EXECUTABLE, Action, Status, make_plan
-from restart.policy import Act, Policy, Rule
+from restart.plan import EXECUTABLE, Action, Status
+from restart.policy import Act
 from restart.processes import OVER_BUDGET_SHOWN, ScanResult
 from restart.text import clean, printable, quoted
 from restart.units import (
@@ -22,13 +23,10 @@ from restart.units import (
     INIT,
     NONE,
     SESSION,
-    SYSTEM,
     USER,
     USER_MANAGER,
     Affected,
     UnitGroup,
-    resolve,
-    valid_unit_name,
 )
 
 if TYPE_CHECKING:
@@ -100,7 +98,7 @@ def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult,
 
 
 def failed_lines(failed: list[dict[str, Any]]) -> list[str]:
-    """The last run's failed restarts that are still not healthy (``execute.last_failures``)."""
+    """The last run's failed restarts that are still not healthy (``unitstate.last_failures``)."""
     return [f"Restart FAILED in the last run: {printable(str(f['unit']))} (now {f['active_state']}/{f['sub_state']}"
             f"{', restarted ' + str(f['restarts']) + ' times by systemd' if f['restarts'] else ''})"
             f"{': ' + printable(str(f['detail'])) if f['detail'] else ''}" for f in failed]
@@ -108,7 +106,7 @@ def failed_lines(failed: list[dict[str, Any]]) -> list[str]:
 
 # ---- text ---------------------------------------------------------------------------------
 
-def _title(g: UnitGroup) -> str:
+def title(g: UnitGroup) -> str:
     """How a unit is named in text.  A name a user chose (her units, a machine scope) is quoted, so
     that no name can pass for restartctl's own words ("x.service: restarted" plus spaces)."""
     name = printable(g.name) if g.name else ""
@@ -168,7 +166,7 @@ def scan_text(affected: list[Affected], groups: list[UnitGroup], scan: ScanResul
               show_unowned: bool) -> str:
     out: list[str] = []
     for g in groups:
-        out.append(f"{_title(g)}  [{', '.join(g.packages)}]")
+        out.append(f"{title(g)}  [{', '.join(g.packages)}]")
         out.extend(_process_lines(g.members))
     out.extend(_unowned_text(affected, show_unowned))
     out.append(_summary(groups, affected) if groups else "No process uses replaced package files.")
@@ -181,18 +179,18 @@ def plan_text(affected: list[Affected], actions: list[Action], scan: ScanResult,
     """``restartctl plan``: the summary and why a reboot is needed first, then each unit with its
     action, the rule that decided it (``file:line``) and its processes."""
     if not actions:
-        out = ["No process uses replaced package files: nothing to do.", *_reboot_lines(reboot)]
+        out = ["No process uses replaced package files: nothing to do.", *reboot_reason_lines(reboot)]
         out.extend(_unowned_text(affected, show_unowned))
         out.extend(_stats_text(scan))
         return "\n".join(out) + "\n"
     counts = Counter(a.action for a in actions)
     out = [_summary([a.group for a in actions], affected),
            "Plan: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ".",
-           *_reboot_lines(reboot)]
+           *reboot_reason_lines(reboot)]
     for a in actions:
         g = a.group
         out.append("")
-        out.append(f"{_title(g)}  [{', '.join(g.packages)}]")
+        out.append(f"{title(g)}  [{', '.join(g.packages)}]")
         decided = f"rule {printable(a.rule)}" if a.rule else "built-in default"
         if a.argv is not None:
             out.append(f"  {a.action}: {command(a.argv)}  ({decided})")
@@ -206,7 +204,7 @@ def plan_text(affected: list[Affected], actions: list[Action], scan: ScanResult,
     return "\n".join(out) + "\n"
 
 
-def _reboot_lines(reasons: Iterable[RebootReason], *, lead: str = "Reboot needed: ") -> list[str]:
+def reboot_reason_lines(reasons: Iterable[RebootReason], *, lead: str = "Reboot needed: ") -> list[str]:
     """One line per cause, its packages together (a unit's reason is one per package)."""
     merged: dict[tuple[str, str], list[str]] = {}
     for r in reasons:
@@ -217,7 +215,7 @@ def _reboot_lines(reasons: Iterable[RebootReason], *, lead: str = "Reboot needed
 
 def reboot_lines(reasons: Iterable[RebootReason]) -> list[str]:
     """For the apt terminal: why a reboot is needed, one line per cause."""
-    return _reboot_lines(reasons, lead="a reboot is needed: ")
+    return reboot_reason_lines(reasons, lead="a reboot is needed: ")
 
 
 def next_step(actions: list[Action], outcomes: list[Outcome], *, listing: bool, reboot: bool) -> str | None:
@@ -229,7 +227,7 @@ def next_step(actions: list[Action], outcomes: list[Outcome], *, listing: bool, 
     to_people = [a for a in actions if a.action not in EXECUTABLE and a.action != Act.IGNORE]
     steps = []
     if failed:
-        steps.append(f"see why {_title(failed[0])}{' and others' if len(failed) > 1 else ''} failed "
+        steps.append(f"see why {title(failed[0])}{' and others' if len(failed) > 1 else ''} failed "
                      f"('systemctl status {printable(failed[0].name or '')}'), then 'restartctl apply'")
     if to_run:
         n = len(to_run)
@@ -264,7 +262,7 @@ def hook_lines(actions: list[Action], *, failed: list[str], skips: dict[int, str
     for a in now:
         what = command(a.argv) if a.argv is not None else printable(a.reason)
         skip = (skips or {}).get(id(a))
-        lines.append(f"  {_title(a.group)}: {a.action}: {what}"
+        lines.append(f"  {title(a.group)}: {a.action}: {what}"
                      + (f" (would be skipped: {printable(skip)})" if skip else ""))
     if len(now) < len(actions):
         lines.append(earlier_line(len(actions) - len(now)))
@@ -279,7 +277,7 @@ def outcome_line(o: Outcome) -> str:
             Status.SKIPPED: "skipped", Status.DECLINED: "left alone"}[o.status]
     first = o.detail.splitlines()[0] if o.detail else ""
     took = f" ({o.seconds:.1f} s)" if o.status in (Status.DONE, Status.FAILED) else ""
-    return f"  {_title(g)}: {verb}{': ' + printable(first) if first and o.status != Status.DONE else ''}{took}"
+    return f"  {title(g)}: {verb}{': ' + printable(first) if first and o.status != Status.DONE else ''}{took}"
 
 
 def cut_short_line(actions: list[Action], outcomes: list[Outcome], why: str, *, shown: int = 10) -> str:
@@ -347,11 +345,11 @@ def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: lis
     for a in actions:
         if id(a) not in done_ids and id(a) not in executable and id(a) not in earlier:
             what = command(a.suggested) if a.suggested else printable(a.reason)
-            lines.append(f"  {_title(a.group)}: {a.action}: {what}" if a.suggested is None else
-                         f"  {_title(a.group)}: {a.action}: {printable(a.reason)} ({what})")
+            lines.append(f"  {title(a.group)}: {a.action}: {what}" if a.suggested is None else
+                         f"  {title(a.group)}: {a.action}: {printable(a.reason)} ({what})")
     for o in outcomes:
         if o.status == Status.FAILED:
-            lines.append(f"restart of {_title(o.action.group)} failed:")
+            lines.append(f"restart of {title(o.action.group)} failed:")
             lines.extend(f"    {printable(line)}" for line in o.detail.splitlines())
     counts = Counter(o.status for o in outcomes)
     left = sum(1 for a in actions if id(a) not in executable)
@@ -362,113 +360,6 @@ def applied_lines(actions: list[Action], outcomes: list[Outcome], *, failed: lis
     return lines
 
 
-def status_text(record: dict[str, Any] | None, *, current_boot: bool, reboot: Iterable[RebootReason] = (),
-                down: Iterable[str] = (), unusable: bool = False) -> str:
-    """``restartctl status``: the last run, from the state file, and whether a reboot is needed.
-
-    ``unusable``: a record is there but cannot be used (the caller says why, on standard error)."""
-    lines = (["Last run: unknown (its record cannot be used)"] if unusable else
-             _last_run_lines(record, current_boot=current_boot, down=set(down)))
-    lines.extend(_reboot_lines(reboot))
-    return "\n".join(lines) + "\n"
-
-
-def _unit_word(u: dict[str, Any]) -> tuple[str, str]:
-    """What became of a unit, in the words the run used: its action when only listed (defer, notify,
-    restart), else its outcome, with the reason or the detail (why skipped, what failed)."""
-    status = str(u.get("status"))
-    if status == Status.LISTED:
-        return str(u.get("action") or Status.LISTED), str(u.get("reason") or "")
-    words: dict[str, str] = {Status.DONE: "restarted", Status.FAILED: "restart FAILED", Status.DECLINED: "left alone"}
-    word = words.get(status, status)
-    return word, (str(u.get("detail") or "").splitlines() or [str(u.get("reason") or "")])[0]
-
-
-def _last_run_lines(record: dict[str, Any] | None, *, current_boot: bool, down: set[str]) -> list[str]:
-    if record is None:
-        return ["No run recorded yet."]
-    import time
-
-    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(record.get("time", 0)))
-    lines = [f"Last run: {when} ({printable(str(record.get('trigger', '?')))})"]
-    if not current_boot:
-        lines.append("It was before the last reboot: nothing from it is pending any more.")
-        return lines
-    units = [u for u in record.get("units", []) if isinstance(u, dict)]
-    pending = [u for u in units if u.get("status") != Status.DONE]
-    done = [u for u in units if u.get("status") == Status.DONE]
-    lines.append(f"Found {len(units)} unit(s): {len(done)} restarted, {len(pending)} pending.")
-    for u in pending:
-        name = printable(str(u.get("unit") or f"pid {u.get('pids')}"))
-        word, why = _unit_word(u)
-        lines.append(f"  {name} ({u.get('kind')}): {word}{': ' + printable(why) if why else ''}")
-        if u.get("unit") in down:
-            lines.append(f"    {name} is not running now: see 'systemctl status {name}'")
-    exited = record.get("exited")
-    if isinstance(exited, int) and exited:
-        lines.append(f"Not shown: {exited} unit(s) pending at that run whose processes have all exited since.")
-    return lines
-
-
-def policy_text(pol: Policy) -> str:
-    """``restartctl policy show``: the effective settings and the rules in the order they are tried."""
-    sources = dict(pol.sources)
-    lines = ["Settings:"]
-    for key, value in pol.settings._asdict().items():
-        shown = ", ".join(value) if isinstance(value, tuple) else str(value).lower() if isinstance(value, bool) \
-            else str(value)
-        lines.append(f"  {key} = {shown}    ({sources.get(key, 'built-in default')})")
-    lines.append("Rules (the first that matches decides):")
-    for r in pol.rules:
-        lines.append(f"  {r.source}: {_rule_text(r)}")
-    lines.append("  (no rule matches: system services restart; PID 1 and user managers re-execute; "
-                 "user units, sessions and the rest are reported to people)")
-    return "\n".join(lines) + "\n"
-
-
-def _rule_text(r: Rule) -> str:
-    what = f"exec {command(r.argv)}" if r.action == Act.EXEC else r.action
-    match = []
-    if r.units:
-        match.append(f"unit {' '.join(r.units)}")
-    if r.packages:
-        match.append(f"package {' '.join(r.packages)}")
-    if r.scope != "any":
-        match.append(f"scope {r.scope}")
-    return f"{', '.join(match) or 'any unit'} -> {what}" + (f" ({printable(r.reason)})" if r.reason else "")
-
-
-def _explained_group(unit: str, scope: str, packages: tuple[str, ...]) -> UnitGroup:
-    """The group a plan would have for this unit, classified as the scan classifies a cgroup:
-    ``init.scope`` is PID 1 and ``user@UID.service`` a user's service manager, not services."""
-    if scope == "user":
-        return UnitGroup(kind=USER, name=unit, uid=0, valid=valid_unit_name(unit), pids=(0,), packages=packages)
-    manager = re.fullmatch(r"user@(\d+)\.service", unit)
-    path = (f"/user.slice/user-{manager[1]}.slice/{unit}" if manager else
-            f"/{unit}" if unit == "init.scope" else f"/system.slice/{unit}")
-    found = resolve(path)
-    if found.kind not in (INIT, USER_MANAGER):
-        return UnitGroup(kind=SYSTEM, name=unit, uid=None, valid=valid_unit_name(unit), pids=(0,), packages=packages)
-    return UnitGroup(kind=found.kind, name=found.name, uid=found.uid, pids=(0,), packages=packages)
-
-
-def explain_text(pol: Policy, unit: str, scope: str, packages: list[str]) -> str:
-    """``restartctl policy explain UNIT``: which rule decides, and what would be done."""
-    group = _explained_group(unit, scope, tuple(packages))
-    [action] = make_plan([group], pol)
-    rule = next((r for r in pol.rules if r.source == action.rule), None)
-    what = _title(group) if group.kind in (INIT, USER_MANAGER) else f"{printable(unit)} ({scope} unit)"
-    lines = [what + (f", packages {', '.join(packages)}" if packages else "")]
-    if not group.valid:
-        lines.append("  not a valid systemd unit name: never acted on")
-    lines.append(f"  decided by: {rule.source + ': ' + _rule_text(rule) if rule else 'the built-in default'}")
-    what = command(action.argv) if action.argv else printable(action.reason)
-    lines.append(f"  action: {action.action}: {what}")
-    if action.argv and action.reason:
-        lines.append(f"  reason: {printable(action.reason)}")
-    return "\n".join(lines) + "\n"
-
-
 def detail_lines(groups: list[UnitGroup], *, limit: int = 20) -> list[str]:
     """For the system log: each stale process of each unit and the files it still uses."""
     lines = []
@@ -476,7 +367,7 @@ def detail_lines(groups: list[UnitGroup], *, limit: int = 20) -> list[str]:
         for a in g.members:
             files = ", ".join(f"{o.stale.kind} {o.stale.path} ({o.package})" for o in a.files[:limit])
             more = f" and {len(a.files) - limit} more" if len(a.files) > limit else ""
-            lines.append(f"{_title(g)}: pid {a.process.pid} {a.process.comm} (uid {a.process.uid}): {files}{more}")
+            lines.append(f"{title(g)}: pid {a.process.pid} {a.process.comm} (uid {a.process.uid}): {files}{more}")
     return lines
 
 

@@ -344,7 +344,7 @@ def test_sd_pam_is_shown_as_a_helper_of_the_user_manager() -> None:
     cgroup = "/user.slice/user-1000.slice/user@1000.service/init.scope"
     info = ProcessInfo(50, 40, 1000, "(sd-pam)", "/usr/lib/systemd/systemd", f"0::{cgroup}\n", None, ())
     member = Affected(info, Unit(USER, None, 1000, valid=False, cgroup=cgroup), (), ())
-    title = report._title(plan_action(None, ("libc6",), kind=USER, uid=1000, members=(member,)).group)
+    title = report.title(plan_action(None, ("libc6",), kind=USER, uid=1000, members=(member,)).group)
     assert title == '"(sd-pam)" of the service manager of user 1000 (user@1000.service)'
 
 

@@ -24,11 +24,11 @@ pytestmark = pytest.mark.real
 
 REPO = Path(__file__).resolve().parent.parent
 def unit_pids(c: Container, unit: str, *, uid: int | None = None) -> list[int] | None:
-    """execute.unit_pids inside the container, for the ControlGroup systemd reports for ``unit``."""
+    """unitstate.unit_pids inside the container, for the ControlGroup systemd reports for ``unit``."""
     manager = ["--user", "-M", f"{uid}@"] if uid is not None else []
     cgroup = c.check(["systemctl", *manager, "show", "-p", "ControlGroup", "--value", "--", unit]).strip()
-    r = c.exec(["/usr/bin/python3", "-c", "import sys, json; from pathlib import Path; from restart import execute; "
-                "print(json.dumps(execute.unit_pids(Path('/sys/fs/cgroup'), sys.argv[1])))", cgroup],
+    r = c.exec(["/usr/bin/python3", "-c", "import sys, json; from pathlib import Path; from restart import unitstate; "
+                "print(json.dumps(unitstate.unit_pids(Path('/sys/fs/cgroup'), sys.argv[1])))", cgroup],
                env={"PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr
     found: list[int] | None = json.loads(r.stdout)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import apply, execute, report, state
+from restart import apply, execute, report, state, unitstate
 from restart.plan import Action
 from restart.policy import Act, Settings
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
@@ -26,7 +26,7 @@ def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attem
             raise apply.Timeout  # the watchdog, while systemctl restart runs
         return subprocess.CompletedProcess(argv, 0, "ActiveState=active\nMainPID=5\n", "")
     monkeypatch.setattr(execute, "run", run)
-    monkeypatch.setattr(execute, "POLICY_RC_D", str(tmp_path / "no-policy-rc.d"))
+    monkeypatch.setattr(unitstate, "POLICY_RC_D", str(tmp_path / "no-policy-rc.d"))
     roots = Roots(proc=tmp_path / "proc", run=tmp_path / "run", state=tmp_path / "state", root=tmp_path)
     for d in (roots.proc, roots.run, roots.state):
         d.mkdir(mode=0o755)

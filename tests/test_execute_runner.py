@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import execute, procfs
+from restart import execute, procfs, runner, unitstate
 from restart.plan import Action
 from restart.policy import Act, Settings
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
@@ -44,7 +44,7 @@ class Systemd:
         self.calls.append(argv)
         if self.fail_at == len(self.calls) - 1 and self.error is not None:
             raise self.error
-        if argv[0] == execute.POLICY_RC_D:
+        if argv[0] == unitstate.POLICY_RC_D:
             return subprocess.CompletedProcess(argv, 101 if f"{argv[1]}.service" in self.forbidden else 0, "", "")
         assert argv[0] == "/usr/bin/systemctl", argv
         verb, names = argv[1], argv[argv.index("--") + 1:]
@@ -94,7 +94,7 @@ def no_policy_rc_d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     script = tmp_path / "policy-rc.d"
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(0o755)
-    monkeypatch.setattr(execute, "POLICY_RC_D", str(script))
+    monkeypatch.setattr(unitstate, "POLICY_RC_D", str(script))
     return script
 
 
@@ -213,7 +213,7 @@ def test_the_next_waves_survey_runs_while_the_canary_restarts(tmp_path: Path) ->
     ends = systemd.calls.index(["/usr/bin/systemctl", RESTART, "--", units[0]])  # when the canary's restart ended
     asked = [i for i, c in enumerate(systemd.calls) if c[1:2] == [SHOW] and c[-3:] == units[1:]]
     assert asked and asked[0] < ends, systemd.calls  # asked before (or while) the canary restarts
-    assert next(i for i, c in enumerate(systemd.calls) if c[0] == execute.POLICY_RC_D and c[1] == "s3") < ends
+    assert next(i for i, c in enumerate(systemd.calls) if c[0] == unitstate.POLICY_RC_D and c[1] == "s3") < ends
 
 
 def test_no_survey_when_no_restart_runs(tmp_path: Path) -> None:
@@ -225,7 +225,7 @@ def test_no_survey_when_no_restart_runs(tmp_path: Path) -> None:
     outcomes = executor(tmp_path, systemd, max_parallel=8).run_all([action(n, 10 + i) for i, n in enumerate(units)])
     assert {(o.status, o.detail) for o in outcomes} == {(execute.SKIPPED, "forbidden by /usr/sbin/policy-rc.d")}
     assert systemd.restarts() == []
-    assert len([c for c in systemd.calls if c[0] == execute.POLICY_RC_D]) == 6
+    assert len([c for c in systemd.calls if c[0] == unitstate.POLICY_RC_D]) == 6
 
 
 def test_a_long_list_is_shown_in_parts_at_once(tmp_path: Path) -> None:
@@ -234,7 +234,7 @@ def test_a_long_list_is_shown_in_parts_at_once(tmp_path: Path) -> None:
     units = names(70)
     systemd = Systemd(units)
     groups = [action(n, 10 + i).group for i, n in enumerate(units)]
-    states = execute.unit_states(groups, 5, systemd)
+    states = unitstate.unit_states(groups, 5, systemd)
     assert sorted(states) == sorted(units) and states[units[69]]["MainPID"] == "169"
     assert sorted(len(c) - c.index("--") - 1 for c in systemd.calls) == [6, 32, 32]
 
@@ -311,13 +311,13 @@ def test_run_gives_a_clean_environment_and_no_stdin(monkeypatch: pytest.MonkeyPa
     apt's) environment, nor read the terminal or apt's pipe."""
     monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
     monkeypatch.setenv("RCTL_SECRET", "x")
-    env = execute.run(["/usr/bin/env"], 10).stdout.splitlines()
+    env = runner.run(["/usr/bin/env"], 10).stdout.splitlines()
     assert sorted(env) == sorted(f"{k}={v}" for k, v in procfs.CLEAN_ENV.items())
     read, write = os.pipe()
     saved = os.dup(0)
     try:
         os.dup2(read, 0)  # this process's stdin is a pipe a child could read
-        seen = execute.run(["/usr/bin/readlink", "/proc/self/fd/0"], 10).stdout.strip()
+        seen = runner.run(["/usr/bin/readlink", "/proc/self/fd/0"], 10).stdout.strip()
     finally:
         os.dup2(saved, 0)
         for fd in (saved, read, write):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import execute
+from restart import execute, notify, runner, unitstate
 from restart.plan import Action
 from restart.policy import Act, Settings
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
@@ -19,10 +19,10 @@ from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, OwnedFile,
 
 def test_parse_show_blocks_follow_the_argument_order() -> None:
     text = "ActiveState=active\nMainPID=5\n\nActiveState=inactive\nMainPID=0\n"
-    assert execute.parse_show(text, ["a.service", "b.service"]) == {
+    assert unitstate.parse_show(text, ["a.service", "b.service"]) == {
         "a.service": {"ActiveState": "active", "MainPID": "5"},
         "b.service": {"ActiveState": "inactive", "MainPID": "0"}}
-    assert execute.parse_show("", ["a.service"]) == {}
+    assert unitstate.parse_show("", ["a.service"]) == {}
 
 
 def test_programs_run_by_fixed_path() -> None:
@@ -33,7 +33,7 @@ def test_programs_run_by_fixed_path() -> None:
 
 
 def test_desktop_notification_uses_the_bus_of_the_uid() -> None:
-    argv, env = execute.desktop_argv(1000, "alice", "t", "b")
+    argv, env = notify.desktop_argv(1000, "alice", "t", "b")
     assert argv == ["/usr/sbin/runuser", "-u", "alice", "--", "/usr/bin/notify-send", "--app-name=restartctl",
                     "--", "t", "b"]
     assert env["DBUS_SESSION_BUS_ADDRESS"] == "unix:path=/run/user/1000/bus"
@@ -45,7 +45,7 @@ def test_application_names_come_from_desktop_entries(tmp_path: Path) -> None:
         "[Desktop Entry]\nType=Application\nName=Firefox Web Browser\nExec=/usr/lib/firefox-esr/firefox-esr %u\n")
     (tmp_path / "broken.desktop").write_text("this is not a desktop entry\n\x00")
     (tmp_path / "term.desktop").write_text("[Desktop Entry]\nType=Application\nName=Terminal\nExec=xterm\n")
-    names = execute.app_names({"/usr/lib/firefox-esr/firefox-esr", "/usr/bin/xterm", "/usr/bin/vim"}, tmp_path)
+    names = notify.app_names({"/usr/lib/firefox-esr/firefox-esr", "/usr/bin/xterm", "/usr/bin/vim"}, tmp_path)
     assert names == {"firefox-esr": "Firefox Web Browser", "xterm": "Terminal"}
 
 
@@ -56,8 +56,8 @@ def test_sessions_from_logind_records(tmp_path: Path) -> None:
     (d / "4").write_text("UID=1001\nUSER=bob\nTYPE=wayland\n")
     (d / "5.ref").write_text("")
     (d / "6").write_text("UID=evil\nTTY=../../etc/passwd\n")
-    assert execute.sessions(tmp_path) == [execute.Session(1000, "alice", "pts/2", False, "3"),
-                                          execute.Session(1001, "bob", "", True, "4")]
+    assert notify.sessions(tmp_path) == [notify.Session(1000, "alice", "pts/2", False, "3"),
+                                          notify.Session(1001, "bob", "", True, "4")]
 
 
 def test_terminal_writes_only_to_the_users_own_terminal(tmp_path: Path) -> None:
@@ -65,16 +65,16 @@ def test_terminal_writes_only_to_the_users_own_terminal(tmp_path: Path) -> None:
     try:
         name = Path(os.ttyname(slave))
         owner = os.fstat(slave).st_uid
-        assert not execute.write_to_tty(name, owner + 4242, "nope")
-        assert execute.write_to_tty(name, owner, "hello\n")
+        assert not notify.write_to_tty(name, owner + 4242, "nope")
+        assert notify.write_to_tty(name, owner, "hello\n")
         assert b"hello" in os.read(master, 100)
         plain = tmp_path / "file"
         plain.write_text("")
-        assert not execute.write_to_tty(plain, os.getuid(), "not a terminal")
+        assert not notify.write_to_tty(plain, os.getuid(), "not a terminal")
         assert plain.read_text() == ""
         link = tmp_path / "link"
         link.symlink_to(name)
-        assert not execute.write_to_tty(link, owner, "through a symlink")
+        assert not notify.write_to_tty(link, owner, "through a symlink")
     finally:
         os.close(master)
         os.close(slave)
@@ -88,7 +88,7 @@ def test_own_ancestry_is_never_restarted(tmp_path: Path) -> None:
         (proc / str(pid)).mkdir(parents=True)
         (proc / str(pid) / "cgroup").write_text(cg)
         (proc / str(pid) / "stat").write_bytes(f"{pid} (x) S {ppid} 0 0\n".encode())
-    assert execute.ancestor_units(proc, 30) == {"apt-daily-upgrade.service", "admin-job.service"}
+    assert unitstate.ancestor_units(proc, 30) == {"apt-daily-upgrade.service", "admin-job.service"}
 
 
 @pytest.mark.parametrize("layout", ["", "unified", "systemd"])  # cgroup v2, hybrid, v1's name=systemd
@@ -98,9 +98,9 @@ def test_a_units_processes_come_from_its_cgroup_and_the_cgroups_below(tmp_path: 
     (top / "cgroup.procs").write_text("10\n11\n")
     (top / "worker" / "cgroup.procs").write_text("12\n")
     (tmp_path.joinpath(*filter(None, [layout, "system.slice"])) / "cgroup.procs").write_text("99\n")
-    assert sorted(execute.unit_pids(tmp_path, "/system.slice/demo.service") or []) == [10, 11, 12]
+    assert sorted(unitstate.unit_pids(tmp_path, "/system.slice/demo.service") or []) == [10, 11, 12]
     for odd in ("", "system.slice/demo.service", "/system.slice/../system.slice/demo.service", "/gone.service"):
-        assert execute.unit_pids(tmp_path, odd) is None, odd
+        assert unitstate.unit_pids(tmp_path, odd) is None, odd
 
 
 def test_an_action_that_cannot_be_recorded_first_is_not_taken(tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ def test_a_unit_whose_check_failed_is_not_restarted_again_for_the_same_processes
 
 def test_notification_bodies_are_markup_escaped() -> None:
     """Why: notification servers read the body as markup; a program's name is its own choice."""
-    argv, _ = execute.desktop_argv(1000, "alice", "t", 'restart <a href="x">me</a> & <b>now</b>')
+    argv, _ = notify.desktop_argv(1000, "alice", "t", 'restart <a href="x">me</a> & <b>now</b>')
     assert argv[-1] == 'restart &lt;a href="x"&gt;me&lt;/a&gt; &amp; &lt;b&gt;now&lt;/b&gt;'
 
 
@@ -216,15 +216,15 @@ def test_what_a_program_writes_is_kept_only_up_to_a_bound_and_in_time() -> None:
     """Why: a user who can reach a program's pipes (notify-send runs as her; pidfd_getfd) wrote 5.7 GB
     into root's capture_output within its 5 s timeout.  Output is read with a bound, and a program that
     never stops writing is ended at its timeout."""
-    big = execute.run(["/usr/bin/head", "-c", str(3 * execute.OUTPUT_LIMIT), "/dev/zero"], 30)
-    assert big.returncode == 0 and len(big.stdout) == execute.OUTPUT_LIMIT
+    big = runner.run(["/usr/bin/head", "-c", str(3 * runner.OUTPUT_LIMIT), "/dev/zero"], 30)
+    assert big.returncode == 0 and len(big.stdout) == runner.OUTPUT_LIMIT
     started = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):
-        execute.run(["/usr/bin/yes"], 0.5)
+        runner.run(["/usr/bin/yes"], 0.5)
     assert time.monotonic() - started < 3
-    both = execute.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], 10)
+    both = runner.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], 10)
     assert (both.returncode, both.stdout, both.stderr) == (3, "out\n", "err\n")
-    assert execute.run(["/bin/sh", "-c", "echo out; echo err >&2"], 10, quiet=True).stdout == ""
+    assert runner.run(["/bin/sh", "-c", "echo out; echo err >&2"], 10, quiet=True).stdout == ""
 
 
 def test_notify_send_writes_to_dev_null(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,8 +237,8 @@ def test_notify_send_writes_to_dev_null(tmp_path: Path, monkeypatch: pytest.Monk
     def fake_run(argv: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
         calls.append(kwargs)
         return subprocess.CompletedProcess(argv, 0, "", "")
-    monkeypatch.setattr(execute, "run", fake_run)
+    monkeypatch.setattr(notify, "run", fake_run)
     monkeypatch.setattr(os, "access", lambda path, mode: True)
     g = group([_member(60, Unit(USER, "app.service", 1000, cgroup="/user.slice/x"))])[0]
-    execute.notify([g], tmp_path, lambda line: None, applications=tmp_path)
+    notify.notify([g], tmp_path, lambda line: None, applications=tmp_path)
     assert calls and all(c.get("quiet") is True for c in calls)

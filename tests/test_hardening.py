@@ -8,7 +8,9 @@ runs, so the hook restarts it (auto mode).  Every test failed before its fix.
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -225,8 +227,9 @@ def uu_installed(box: Box, tmp_path: Path) -> Box:
     from tests.support.debs import cached_debs, compile_c
 
     c = box.c
-    if c.exec(["test", "-x", "/usr/bin/unattended-upgrade"]).returncode != 0:
+    if c.exec(["test", "-x", "/usr/bin/unattended-upgrade"]).returncode != 0:  # a host may have it already
         c.install_debs(cached_debs("unattended-upgrades", "python3-distro-info", "python3-dbus"))
+    if c.exec(["test", "-x", "/usr/local/bin/rctl-sudo"]).returncode != 0:
         c.write_file("/usr/local/bin/rctl-sudo", compile_c(SUDO_C, tmp_path / "rctl-sudo").read_bytes(), mode=0o755)
         c.check(["chmod", "4755", "/usr/local/bin/rctl-sudo"])
     return box
@@ -377,8 +380,11 @@ def test_without_systemd_a_guessed_unit_is_never_started(container_factory: Call
     names = (*DEMO, "rctl-sleeper")
     c.install_debs([demo_debs["1.0"][n] for n in names])
     # As on a sysvinit host: runlevel 2 in utmp, and the service enabled there (else invoke-rc.d does nothing).
-    c.check(["sh", "-c", "printf '[1] [20018] [~~  ] [runlevel] [~~          ] [6.1.0] [0.0.0.0] "
-                         "[2026-12-03T16:00:00,000000+00:00]\\n' | utmpdump -r > /var/run/utmp"])
+    # glibc's struct utmp, written here (Debian 13's util-linux no longer ships utmpdump): RUN_LVL, pid
+    # ('N' << 8 | '2'), line and id "~~", user "runlevel".
+    record = struct.pack("<hxxi32s4s32s256shhiii16s20s", 1, ord("N") << 8 | ord("2"), b"~~", b"~~", b"runlevel",
+                         b"", 0, 0, 0, int(time.time()), 0, b"", b"")
+    c.write_file("/var/run/utmp", record, mode=0o664)
     assert c.check(["runlevel"]).split() == ["N", "2"]
     c.check(["update-rc.d", "rctl-demod", "defaults"])
     c.write_file("/usr/local/bin/rctl-su", compile_c(SU_C, tmp_path / "rctl-su").read_bytes(), mode=0o755)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ORDER = (
-    # primitives: no stage of their own, import nothing of the package
-    "roots", "text", "fsutil", "procfs",
+    # primitives: no stage of their own, import nothing of the package but each other
+    "roots", "text", "fsutil", "procfs", "runner",
     # 1. what changed
     "packages", "transaction",
     # 2. which processes use it (2b: interpreted programs)
@@ -23,9 +23,9 @@ ORDER = (
     # 3. what manages them, and stages 1-3 composed
     "units", "scan",
     # 4.-6. what to do, and doing it
-    "policy", "plan", "execute",
+    "policy", "plan", "unitstate", "notify", "execute",
     # 7. reporting, reboot reasons, what is remembered
-    "kernel", "microcode", "reboot", "report", "formats", "state",
+    "kernel", "microcode", "reboot", "report", "admintext", "formats", "state",
     # stages 1-7 composed for a run that acts (ask: mode ask's question), and the entry points
     "ask", "apply", "hook", "cli", "__main__",
 )

@@ -19,6 +19,7 @@ import subprocess
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import NamedTuple
 
 import pytest
@@ -48,6 +49,10 @@ INSTALLED_FROM = {
     "/usr/share/doc/restartctl/fleet.md": "docs/fleet.md",  # restartctl(8) names it: not compressed
 }
 EXECUTABLES = {"/usr/sbin/restartctl", "/usr/lib/restartctl/dpkg-hook"}
+UNITS = {"/usr/lib/systemd/system/restartctl-report.service", "/usr/lib/systemd/system/restartctl-report.timer"}
+# The only top-level directories a file of the package may be under: /usr (merged-/usr: /bin, /sbin,
+# /lib* are links into it), and /etc and /var for conffiles and state.
+OWN_TOPS = ("usr", "etc", "var")
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 
 
@@ -138,6 +143,27 @@ def test_files_are_where_debian_wants_them(built: Built) -> None:
         assert contents[path] == "-rw-r--r--", (path, contents[path])
 
 
+def outside_usr(contents: dict[str, str]) -> list[str]:
+    """The paths of a .deb under none of ``OWN_TOPS``: /lib/systemd/system/x.service, /bin/x, ..."""
+    return sorted(p for p in contents if p != "/" and p.split("/")[1] not in OWN_TOPS)
+
+
+@pytest.mark.real
+def test_nothing_is_installed_in_an_aliased_location(built: Built) -> None:
+    """Why (DEP17; Debian 13's lintian: aliased-location errors): on a merged-/usr system /lib, /bin
+    and /sbin are links into /usr, and dpkg, which does not know that, can lose a file that moves
+    between the two names of one directory in an upgrade.  Debian 12's debhelper put the report
+    timer's units under /lib/systemd/system; debian/rules moves them, and the maintainer scripts
+    still enable and start the timer."""
+    contents = _deb_contents(built.deb)
+    assert not outside_usr(contents), f"files outside /usr, /etc, /var: {outside_usr(contents)}"
+    assert set(contents) >= UNITS, sorted(p for p in contents if "systemd" in p)
+    with TemporaryDirectory() as control:
+        assert _run(["dpkg-deb", "-e", str(built.deb), control]).returncode == 0
+        postinst = Path(control, "postinst").read_text(encoding="utf-8")
+    assert "deb-systemd-helper" in postinst and "restartctl-report.timer" in postinst, postinst
+
+
 # ------------------------------------------------------------------------------ in a container
 @pytest.fixture(scope="module")
 def installed(systemd_container: Container, built: Built) -> Container:
@@ -164,6 +190,14 @@ def test_installed_command_runs(installed: Container) -> None:
     assert "/etc/restartctl/policy.toml" in checked and "/usr/share/restartctl/policy.toml" in checked, checked
     conffiles = c.check(["dpkg-query", "-W", "-f", "${Conffiles}\n", "restartctl"])
     assert {line.split()[0] for line in conffiles.splitlines() if line.strip()} == CONFFILES
+    # The report timer's units, from /usr/lib/systemd/system (test_nothing_is_installed_in_an_aliased_location):
+    # loaded by systemd (Debian 12's finds them through /lib, the same directory) and the timer enabled
+    # and started by the package.
+    for unit in sorted(UNITS):
+        fragment = c.show(unit.rsplit("/", 1)[1], "FragmentPath")
+        assert fragment and c.check(["realpath", "-e", "--", fragment]).strip() == unit, (unit, fragment)
+    assert c.check(["systemctl", "is-enabled", "restartctl-report.timer"]).strip() == "enabled"
+    assert c.show("restartctl-report.timer", "ActiveState") == "active"
 
 
 @pytest.mark.real
@@ -289,7 +323,7 @@ def test_works_without_python3_xdg(container_factory: Callable[..., Container], 
     c.write_file("/usr/share/applications/rctl-term.desktop",
                  "[Desktop Entry]\nType=Application\nName=Terminal\nExec=/usr/bin/xterm\n")
     names = c.check(["python3", "-I", "-c",
-                     "from restart import execute; print(execute.app_names({'/usr/bin/xterm'}))"])
+                     "from restart import notify; print(notify.app_names({'/usr/bin/xterm'}))"])
     assert names.strip() == "{}"
     script = c.copy_in(REPO / "debian/tests/upgrade-detected")
     r = c.exec(["sh", script], timeout=120)

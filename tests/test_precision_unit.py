@@ -95,7 +95,7 @@ def test_status_drops_pending_units_whose_processes_have_exited(tmp_path: Path) 
 # ---- notices: sessions found as loginctl finds them, and logs that say what happened
 
 def _utmp_record(kind: int, pid: int, line: bytes, user: bytes = b"bob") -> bytes:
-    from restart.execute import UTMP_RECORD
+    from restart.notify import UTMP_RECORD
 
     return UTMP_RECORD.pack(kind, pid, line, b"ts/0", user, b"10.0.0.1", 0, 0, 0, 0, 0, b"", b"")
 
@@ -114,9 +114,9 @@ def _session_tree(tmp_path: Path, cgroups: dict[int, str], records: list[bytes],
 
 def test_an_ssh_sessions_terminal_comes_from_utmp(tmp_path: Path) -> None:
     """logind's record of an ssh login has no TTY= line (loginctl shows pts/1 all the same)."""
-    from restart import execute
+    from restart import notify
 
-    assert execute.UTMP_RECORD.size == 384  # glibc's struct utmp
+    assert notify.UTMP_RECORD.size == 384  # glibc's struct utmp
     run = _session_tree(tmp_path, {
         40: "/user.slice/user-1000.slice/session-5.scope",
         41: "/user.slice/user-1000.slice/user@1000.service/app.slice/x.service",  # not a session: ignored
@@ -128,17 +128,17 @@ def test_an_ssh_sessions_terminal_comes_from_utmp(tmp_path: Path) -> None:
         _utmp_record(7, 43, b"pts/4"),              # its process is gone
     ], {"5": "UID=1000\nUSER=bob\nTYPE=tty\nCLASS=user\nREMOTE=1\n",
         "c1": "UID=1000\nUSER=bob\nTYPE=unspecified\nCLASS=manager\n"})
-    got = execute.sessions(run, tmp_path / "proc")
-    assert got == [execute.Session(1000, "bob", "pts/1", False, "5", "user"),
-                   execute.Session(1000, "bob", "", False, "c1", "manager")]
+    got = notify.sessions(run, tmp_path / "proc")
+    assert got == [notify.Session(1000, "bob", "pts/1", False, "5", "user"),
+                   notify.Session(1000, "bob", "", False, "c1", "manager")]
     (run / "utmp").write_bytes(b"\0" * 100)  # a torn file: no whole record, nothing found
-    assert execute.utmp_terminals(run, tmp_path / "proc") == {}
+    assert notify.utmp_terminals(run, tmp_path / "proc") == {}
 
 
 def test_the_log_says_told_only_for_notices_that_went_out(tmp_path: Path) -> None:
     """A manager session (a lingering user's, systemd >= 256) gets nothing and is not logged
     as told; a session whose terminal cannot be written is logged as not told, with why."""
-    from restart import execute
+    from restart import notify
     from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
     from restart.units import SESSION, Affected, OwnedFile, Unit, UnitGroup
 
@@ -152,11 +152,11 @@ def test_the_log_says_told_only_for_notices_that_went_out(tmp_path: Path) -> Non
     group = UnitGroup(SESSION, "session-7.scope", 1000, False, True, (10,), ("libx1",),
                       (Affected(proc, unit, (OwnedFile(stale, "libx1"),), ()),))
     lines: list[str] = []
-    assert execute.notify([group], run, lines.append, tmp_path / "no-apps", tmp_path / "proc") == 0
+    assert notify.notify([group], run, lines.append, tmp_path / "no-apps", tmp_path / "proc") == 0
     assert lines == ["could not tell user bob (session 7) to restart demo: could not write to /dev/pts/4242"]
     (run / "systemd" / "sessions" / "7").unlink()  # only the lingering manager's session is left
     lines.clear()
-    assert execute.notify([group], run, lines.append, tmp_path / "no-apps", tmp_path / "proc") == 0
+    assert notify.notify([group], run, lines.append, tmp_path / "no-apps", tmp_path / "proc") == 0
     assert lines == ["could not tell user 1000: no login session a person sits at (a lingering manager or "
                      "background sessions only); it stays pending"]
 

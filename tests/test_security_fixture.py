@@ -32,7 +32,7 @@ import pytest
 
 import restart.processes
 import restart.procfs
-from restart import execute, policy, state
+from restart import notify, policy, state
 from restart.cli import main
 from restart.packages import DpkgDatabase
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, Selection, StaleFile, scan
@@ -411,7 +411,7 @@ def test_terminal_notifications_escape_process_names(tmp_path: Path) -> None:
         unit = Unit(SESSION, "session-7.scope", MALLORY)
         group = UnitGroup(SESSION, "session-7.scope", MALLORY, False, True, (10,), ("libdemo1:amd64",),
                           (Affected(intruder, unit, (OwnedFile(stale, "libdemo1:amd64"),), ()),))
-        assert execute.notify([group], tmp_path, lambda line: None, tmp_path / "no-applications") == 1
+        assert notify.notify([group], tmp_path, lambda line: None, tmp_path / "no-applications") == 1
         os.set_blocking(master, False)
         written = b""
         with contextlib.suppress(BlockingIOError):  # all of it is in the pty's buffer already

@@ -69,6 +69,11 @@ def test_the_tier_is_debian_13_on_pure_cgroup_v2(c: Container) -> None:
     assert c.check(["sh", "-c", ". /etc/os-release; echo $VERSION_CODENAME"]).strip() == SUITE
     assert c.check(["dpkg-query", "-W", "-f=${Status}", "restartctl"]) == "install ok installed"
     assert unified_cgroup(c, 1) == "/init.scope"
+    # The package's report timer (its units under /usr/lib/systemd/system, none in the aliased /lib),
+    # enabled and started by its postinst.
+    assert c.show("restartctl-report.timer", "FragmentPath") == "/usr/lib/systemd/system/restartctl-report.timer"
+    assert c.check(["systemctl", "is-enabled", "restartctl-report.timer"]).strip() == "enabled"
+    assert c.show("restartctl-report.timer", "ActiveState") == "active"
 
 
 def unified_cgroup(c: Container, pid: int) -> str:
