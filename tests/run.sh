@@ -34,16 +34,23 @@ container_debs=(unattended-upgrades python3-distro-info python3-dbus
                 cron cron-daemon-common
                 openssh-server openssh-client openssh-sftp-server runit-helper libwrap0)
 mkdir -p tests/.cache/debs
+# The .debs are this host's release's (.complete names it): a host upgraded since fetches them anew.
+release=$(. /etc/os-release && echo "${VERSION_CODENAME:-$VERSION_ID}")
+if [ -e tests/.cache/debs/.complete ] && [ "$(cat tests/.cache/debs/.complete)" != "$release" ]; then
+    rm -f tests/.cache/debs/*.deb tests/.cache/debs/.complete
+fi
 if [ ! -e tests/.cache/debs/.complete ] || [ tests/run.sh -nt tests/.cache/debs/.complete ]; then
     [ -n "${updated:-}" ] || { "${apt_get[@]}" update -q; updated=1; }
     # ... and the dependencies this host's release adds that the host lacks (Debian 13's
     # unattended-upgrades wants lsb-release, its libnotify4 libgdk-pixbuf-2.0-0), as apt would install them.
     mapfile -t closure < <(apt-get -s -q install --no-install-recommends "${container_debs[@]}" |
                            sed -n 's/^Inst \([^ ]*\) .*/\1/p')
-    for p in "${container_debs[@]}" "${closure[@]}"; do
+    # sysvinit's runlevel, for the tests that emulate a host without systemd (Debian 13's systemctl
+    # no longer reads utmp); only unpacked, never installed, so its dependencies are not fetched.
+    for p in "${container_debs[@]}" "${closure[@]}" sysvinit-core; do
         ls tests/.cache/debs/"${p}"_*.deb >/dev/null 2>&1 || (cd tests/.cache/debs && apt-get download -q "$p")
     done
-    touch tests/.cache/debs/.complete
+    echo "$release" >tests/.cache/debs/.complete
 fi
 
 # promtool, to validate the metrics and alert rules: taken from Debian's promtool package (Debian 13)

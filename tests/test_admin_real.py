@@ -180,9 +180,6 @@ def test_the_hook_ask_mode_on_the_apt_terminal(c: Container, demo_debs: dict[str
     """apt at a terminal, the policy asks: Ctrl-C at the hook's prompt is recorded, never a traceback;
     the next apt run with -y does not stop at the prompt."""
     setup(c, demo_debs)
-    # Six starts within ten seconds on a quiet machine: systemd's start limit is not what is tested here.
-    c.write_file("/etc/systemd/system/rctl-demod.service.d/no-start-limit.conf", "[Unit]\nStartLimitIntervalSec=0\n")
-    c.systemctl("daemon-reload")
     c.write_file("/etc/restartctl/policy.toml", '[settings]\nmode = "ask"\n')
     c.install_debs([demo_debs["1.0"][n] for n in NAMES])   # back to v1, restarted onto it
     c.systemctl("restart", "rctl-demod.service")

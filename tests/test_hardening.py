@@ -371,6 +371,7 @@ def test_without_systemd_a_guessed_unit_is_never_started(container_factory: Call
     a library it maps, root ran `invoke-rc.d rctl-demod restart`, which started the stopped daemon.  And the
     executable-basename fallback picked /etc/init.d/rctl-sleeper, a script no package of rctl-sleeper's
     ships, for a system account's run of /usr/bin/rctl-sleeper."""
+    from tests.support.debs import CACHE as DEB_CACHE
     from tests.support.debs import compile_c
 
     c = container_factory("rctl-hard-plain", boot=False)
@@ -385,6 +386,11 @@ def test_without_systemd_a_guessed_unit_is_never_started(container_factory: Call
     record = struct.pack("<hxxi32s4s32s256shhiii16s20s", 1, ord("N") << 8 | ord("2"), b"~~", b"~~", b"runlevel",
                          b"", 0, 0, 0, int(time.time()), 0, b"", b"")
     c.write_file("/var/run/utmp", record, mode=0o664)
+    # ... and sysvinit's runlevel, which reads it (Debian 13's systemctl is built without utmp).
+    debs = sorted(DEB_CACHE.glob("sysvinit-core_*.deb"))
+    assert debs, f"sysvinit-core not downloaded to {DEB_CACHE}: run tests/run.sh (it fetches it)"
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(tmp_path / "sysv")], check=True, timeout=60)
+    c.write_file("/usr/sbin/runlevel", next((tmp_path / "sysv").glob("**/sbin/runlevel")).read_bytes(), mode=0o755)
     assert c.check(["runlevel"]).split() == ["N", "2"]
     c.check(["update-rc.d", "rctl-demod", "defaults"])
     c.write_file("/usr/local/bin/rctl-su", compile_c(SU_C, tmp_path / "rctl-su").read_bytes(), mode=0o755)
