@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import select
 import signal
 import sys
 import syslog
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from restart import execute, packages, plan, policy, report, state, units, unitstate
+from restart.ask import choose_mode, chooser, interactive
 from restart.procfs import STARTTIME, lineage, stat_field
 from restart.roots import Roots
 from restart.scan import Findings, find
@@ -197,73 +197,6 @@ def run_lock(roots: Roots, timeout: float, *, who: str,
     return locked(rundir / LOCK, timeout, who=who, waiting=waiting)
 
 
-def choose_mode(settings: policy.Settings, trigger: str, *, interactive: bool) -> str:
-    """The policy's ``mode`` on a terminal, ``unattended_mode`` everywhere else; never ask without a terminal."""
-    if trigger == "unattended-upgrades" or not interactive:
-        return settings.unattended_mode
-    return settings.mode
-
-
-def interactive() -> bool:
-    return (sys.stdin.isatty() and sys.stdout.isatty()
-            and os.environ.get("DEBIAN_FRONTEND") != "noninteractive")
-
-
-ASK_LEGEND = ("y: restart it; n: leave it running as it is; a: restart it and all the rest without asking; "
-              "q: restart nothing more (the rest stays pending); ?: this help")
-
-
-def _answer_ready(answers: TextIO, seconds: float) -> bool:
-    """Whether an answer can be read before ``seconds`` pass (always, for input that is not a file)."""
-    try:
-        fd = answers.fileno()
-    except (AttributeError, OSError, ValueError):
-        return True
-    return bool(select.select([fd], [], [], max(seconds, 0))[0])
-
-
-def asker(answers: TextIO, prompts: TextIO, *, default_yes: bool = True,
-          deadline: float | None = None) -> Callable[[plan.Action], bool | None]:
-    """The ``ask`` mode prompt: yes / no / all / quit / help, Enter giving the policy's default.
-
-    Returns True (restart), False (leave it) or None: the admin quit, input ended or no answer
-    came before ``deadline``; then no later unit is asked about either (they stay pending).
-    """
-    remembered: list[bool | None] = []
-    choices = "[Y/n/a/q/?]" if default_yes else "[y/N/a/q/?]"
-
-    def confirm(action: plan.Action) -> bool | None:
-        if remembered:
-            return remembered[0]
-        while True:
-            prompts.write(f"restartctl: {printable(action.group.name or '?')}: "
-                          f"{report.command(action.argv or ())}? {choices} ")
-            prompts.flush()
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and not _answer_ready(answers, left):
-                prompts.write("\nrestartctl: no answer in time: nothing more is restarted\n")
-                remembered.append(None)
-                return None
-            raw = answers.readline()
-            if not raw:  # end of input: nobody is there to say yes
-                prompts.write("\n")
-                remembered.append(None)
-                return None
-            answer = raw.strip().lower()
-            if answer in ("y", "yes") or (answer == "" and default_yes):
-                return True
-            if answer in ("n", "no") or answer == "":
-                return False
-            if answer in ("a", "all"):
-                remembered.append(True)
-                return True
-            if answer in ("q", "quit"):
-                remembered.append(None)
-                return None
-            prompts.write(f"restartctl: {ASK_LEGEND}\n")
-    return confirm
-
-
 def host_policy(roots: Roots, log: Log) -> tuple[policy.Policy, bool]:
     """The administrator's policy; on an error, the vendor defaults in list mode (and say so)."""
     try:
@@ -329,8 +262,8 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         else:
             interrupted = _carry_out(roots, trigger, log, actions, pol.settings, outcomes, failed=failed,
                                      deadline=deadline, earlier=earlier, quiet=quiet,
-                                     confirm=asker(answers or sys.stdin, sys.stdout, deadline=deadline,
-                                                   default_yes=pol.settings.ask_default == "yes")
+                                     choose=chooser(answers or sys.stdin, sys.stdout, deadline=deadline,
+                                                    default_yes=pol.settings.ask_default == "yes")
                                      if mode == "ask" else None)
             lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True, earlier=earlier)
             if interrupted:
@@ -393,7 +326,8 @@ class Interrupts:
 
 def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action], settings: policy.Settings,
                outcomes: list[execute.Outcome], *, failed: list[str], deadline: float,
-               confirm: Callable[[plan.Action], bool | None] | None, earlier: set[int], quiet: bool) -> str:
+               choose: Callable[[list[plan.Action]], list[bool | None]] | None, earlier: set[int],
+               quiet: bool) -> str:
     """Restart as planned, one progress line as each unit is done; returns what cut it short, if anything:
     "interrupted" (Ctrl-C, a hang-up) or "out of time" (the hook's watchdog; the time left to record
     what was done is the watchdog's grace).
@@ -401,7 +335,7 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
     ``outcomes`` fills as the restarts finish, so that an interrupted run still records them; each
     action is also on record before it is taken (:class:`ActionLog`).
     """
-    for line in report.intro_lines(actions, failed=failed, asking=confirm is not None, earlier=earlier,
+    for line in report.intro_lines(actions, failed=failed, asking=choose is not None, earlier=earlier,
                                    seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
         log.info(line, show=not quiet)
 
@@ -424,7 +358,7 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
 
     try:
         execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
-                      still_stale=still_stale, confirm=confirm, report=progress,
+                      still_stale=still_stale, choose=choose, report=progress,
                       cgroupfs=roots.root / "sys" / "fs" / "cgroup", log=lambda line: log.info(line, show=False),
                       intend=record.intend, earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)))
     except KeyboardInterrupt:

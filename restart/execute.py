@@ -22,7 +22,7 @@ from restart.notify import notify
 from restart.plan import EXECUTABLE, RESTARTS, Action, Status, phase
 from restart.policy import Act, Settings
 from restart.processes import FIRST_USER_UID
-from restart.runner import FAILURES, Runner, run
+from restart.runner import FAILURES, Meanwhile, Runner, run
 from restart.units import (
     INIT,
     SYSTEM,
@@ -33,10 +33,12 @@ from restart.units import (
 )
 from restart.unitstate import (
     PROGRAMS,
+    Survey,
     ancestor_units,
     daemon_not_running,
     policy_rc_d_forbids,
     status_excerpt,
+    survey,
     unit_pids,
     unit_state,
     unit_states,
@@ -111,6 +113,14 @@ def batchable(action: Action) -> bool:
             and argv == ("systemctl", action.action, "--", g.name))
 
 
+def take_wave(queue: list[Action], size: int) -> list[Action]:
+    """The wave at the head of ``queue`` (taken off it): up to ``size`` batchable actions with one verb."""
+    wave = [queue.pop(0)]
+    while queue and len(wave) < size and batchable(queue[0]) and queue[0].action == wave[0].action:
+        wave.append(queue.pop(0))
+    return wave
+
+
 class Executor:
     """Carries out actions in order with the policy's timeout, verification and circuit breaker.
 
@@ -124,7 +134,7 @@ class Executor:
 
     def __init__(self, settings: Settings, *, proc: Path, deadline: float,
                  still_stale: StillStale,
-                 confirm: Callable[[Action], bool | None] | None = None,
+                 choose: Callable[[list[Action]], list[bool | None]] | None = None,
                  report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
                  run_dir: Path = Path("/run"), intend: Callable[[list[Action]], None] | None = None,
                  earlier: Earlier | None = None, runner: Runner | None = None) -> None:
@@ -137,8 +147,8 @@ class Executor:
         self.cgroupfs = cgroupfs
         self.deadline = deadline
         self.still_stale = still_stale
-        self.confirm = confirm
-        self.answers: dict[int, bool | None] = {}  # ask mode: every answer, given before the first restart
+        self.choose = choose  # ask mode: the admin's answer for each restart, given before the first one
+        self.answers: dict[int, bool | None] = {}
         self.report = report or (lambda outcome: None)
         self.runner = runner or run
         self.failures = 0
@@ -153,7 +163,7 @@ class Executor:
 
     def run_all(self, actions: list[Action]) -> list[Outcome]:
         todo = [a for a in actions if a.action in EXECUTABLE and a.argv is not None]
-        outcomes = self._ask(todo) if self.confirm is not None else []
+        outcomes = self._ask(todo) if self.choose is not None else []
         phases: dict[tuple[int, int], list[Action]] = {}
         for a in todo:
             if self.answers.get(id(a), True):
@@ -163,16 +173,15 @@ class Executor:
         return outcomes
 
     def _ask(self, todo: list[Action]) -> list[Outcome]:
-        """Ask mode: every question first, then the chosen units are restarted (in waves)."""
+        """Ask mode: one question for the whole list first, then the chosen units are restarted (in waves).
+        A unit that would fail its check again is not offered: it is skipped, and one() says why."""
+        offered = [a for a in todo if self._again(a) is None]
         outcomes = []
-        for a in todo:
-            if self._again(a) is not None:
-                continue  # never asked: it is skipped, and one() says why
-            answer = self.answers[id(a)] = self.confirm(a) if self.confirm is not None else True
-            if not answer:
-                # None: the admin quit (or did not answer in time) before this unit was asked about.
+        for a, answer in zip(offered, self.choose(offered) if self.choose and offered else [], strict=True):
+            self.answers[id(a)] = answer
+            if not answer:  # None: no answer came (in time, or before the input ended)
                 outcomes.append(self._finish(Outcome(a, DECLINED, "declined at the prompt" if answer is False else
-                                                     "not asked: the prompt was quit before it"), time.monotonic()))
+                                                     "not restarted: no answer at the prompt"), time.monotonic()))
         return outcomes
 
     def _phase(self, members: list[Action]) -> list[Outcome]:
@@ -180,39 +189,44 @@ class Executor:
         waves = self.settings.max_parallel > 1
         healthy = False  # a canary of this phase was restarted and verified
         queue = list(members)
+        # As a restart begins (the canary's, a wave's), the next wave's units are surveyed (systemd's
+        # word on them, policy-rc.d's verdict) meanwhile: their checks then cost no time of their own.
+        ahead: list[Meanwhile[Survey]] = []  # the survey of the wave at the head of the queue, once started
+
+        def survey_next() -> None:
+            if waves and queue and batchable(queue[0]):
+                groups = [a.group for a in take_wave(list(queue), self.settings.max_parallel)]
+                timeout = min(self.settings.timeout, self.remaining())
+                ahead[:] = [Meanwhile(lambda: survey(groups, timeout, self.runner))]
         while queue:
             if waves and healthy and batchable(queue[0]):
-                wave = [queue.pop(0)]
-                while queue and len(wave) < self.settings.max_parallel and batchable(queue[0]) \
-                        and queue[0].action == wave[0].action:
-                    wave.append(queue.pop(0))
-                outcomes += self._wave(wave)
+                wave = take_wave(queue, self.settings.max_parallel)
+                outcomes += self._wave(wave, ahead.pop() if ahead else None, starting=survey_next)
                 continue
             action = queue.pop(0)
-            outcome = self.one(action)
+            canary = waves and batchable(action) and not healthy
+            outcome = self.one(action, starting=survey_next if canary else None)
             outcomes.append(outcome)
-            if waves and batchable(action) and not healthy:
+            if canary:
                 healthy = outcome.status == DONE
                 if outcome.status == FAILED:
                     self.tripped = f"circuit breaker: the canary of its phase ({action.group.name}) failed"
         return outcomes
 
-    def one(self, action: Action) -> Outcome:
-        """One action alone: checked, asked about (unless already), recorded, carried out, verified."""
+    def one(self, action: Action, *, starting: Callable[[], None] | None = None) -> Outcome:
+        """One action alone: checked, recorded, carried out (``starting`` told just before), verified."""
         started = time.monotonic()
         self.step += 1
         outcome = self._again(action)
         if outcome is None:
             reason, state = self._check(action)
-            answer = self.answers[id(action)] if id(action) in self.answers else \
-                self.confirm(action) if self.confirm is not None and reason is None else True
             if reason is not None:
                 outcome = Outcome(action, SKIPPED, reason)
-            elif not answer:
-                outcome = Outcome(action, DECLINED, "declined at the prompt" if answer is False else
-                                  "not asked: the prompt was quit before it")
             else:
-                outcome = next(iter(self._intended([action])), None) or self._carry_out(action, state)
+                outcome = next(iter(self._intended([action])), None)
+                if outcome is None and starting is not None:
+                    starting()
+                outcome = outcome or self._carry_out(action, state)
         return self._finish(outcome, started)
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
@@ -294,8 +308,10 @@ class Executor:
             return f"could not run systemctl show: {e}", {}
         return self._refusal(g, state, timeout), state
 
-    def _refusal(self, g: UnitGroup, state: dict[str, str], timeout: float) -> str | None:
-        """What systemd (and Debian's policy layer) say against restarting this unit now."""
+    def _refusal(self, g: UnitGroup, state: dict[str, str], timeout: float,
+                 forbidden: frozenset[str] | None = None) -> str | None:
+        """What systemd (and Debian's policy layer, unless its verdicts are ``forbidden``) say against
+        restarting this unit now."""
         if state.get("RefuseManualStop") == "yes":
             return "the unit refuses manual stops (RefuseManualStop=yes)"
         if state.get("ActiveState") != "active":
@@ -303,7 +319,8 @@ class Executor:
         if g.kind == SYSTEM and len(visitors := self._guests(g, g.members, state)) == len(g.members):
             return (f"only processes of users run on replaced files in it (pid "
                     f"{', '.join(str(m.process.pid) for m in visitors)}): they are told; the service is left alone")
-        if g.kind == SYSTEM and policy_rc_d_forbids(g.name or "", timeout, self.runner):
+        if g.kind == SYSTEM and (g.name in forbidden if forbidden is not None else
+                                 policy_rc_d_forbids(g.name or "", timeout, self.runner)):
             return "forbidden by /usr/sbin/policy-rc.d"
         return None
 
@@ -339,9 +356,11 @@ class Executor:
                      found.append)
         return found[0]
 
-    def _wave(self, wave: list[Action]) -> list[Outcome]:
+    def _wave(self, wave: list[Action], known: Meanwhile[Survey] | None = None, *,
+              starting: Callable[[], None] | None = None) -> list[Outcome]:
         """Restart these system services with one ``systemctl VERB -- A B C`` and verify them together;
-        each outcome is reported as it is known, timed from the start of the wave."""
+        each outcome is reported as it is known, timed from the start of the wave.  ``known``: their
+        survey, asked while the restart before ran (asked now when it is not there or missed a unit)."""
         self.step += 1
         started = time.monotonic()
         outcomes: list[Outcome] = []
@@ -356,11 +375,13 @@ class Executor:
                 finish(skip or Outcome(a, SKIPPED, reason or ""))
             else:
                 ready.append(a)
-        states: dict[str, dict[str, str]] = {}
+        found = Survey({}, frozenset())
         timeout = min(self.settings.timeout, self.remaining())
         if ready:
             try:
-                states = unit_states([a.group for a in ready], timeout, self.runner)
+                found = known.result() if known is not None else found
+                if any(a.group.name not in found.states for a in ready):
+                    found = survey([a.group for a in ready], timeout, self.runner)
             except FAILURES as e:
                 why = "systemctl show did not answer in time" if isinstance(e, subprocess.TimeoutExpired) else \
                     f"could not run systemctl show: {e}"
@@ -369,8 +390,8 @@ class Executor:
                 return outcomes
         go = []
         for a in ready:
-            state = states.get(a.group.name or "", {})
-            reason = self._refusal(a.group, state, timeout)
+            state = found.states.get(a.group.name or "", {})
+            reason = self._refusal(a.group, state, timeout, found.forbidden)
             if reason is not None:
                 finish(Outcome(a, SKIPPED, reason))
             else:
@@ -379,6 +400,8 @@ class Executor:
         for outcome in unrecorded:
             finish(outcome)
         if go and not unrecorded:
+            if starting is not None:
+                starting()
             self._restart_together(go, finish)
         return outcomes
 
@@ -561,13 +584,13 @@ class Applied(NamedTuple):
 
 def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Path, deadline: float,
           still_stale: StillStale,
-          confirm: Callable[[Action], bool | None] | None,
+          choose: Callable[[list[Action]], list[bool | None]] | None,
           report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS,
           intend: Callable[[list[Action]], None] | None = None, earlier: Earlier | None = None) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart.
 
     ``intend`` records actions before they are taken, ``report`` each outcome after."""
-    executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, confirm=confirm,
+    executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, choose=choose,
                         report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend, earlier=earlier)
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == Act.NOTIFY and a.group.kind not in (SYSTEM, INIT)]

@@ -316,8 +316,8 @@ def headline(actions: list[Action], *, shown: int = 3) -> str:
 
 def intro_lines(actions: list[Action], *, failed: list[str], asking: bool, seconds: float,
                 default_yes: bool = True, earlier: Collection[int] = ()) -> list[str]:
-    """What an acting run shows before its first restart (or question): the summary and, when it
-    asks, every unit with what would be done and why, and how to answer."""
+    """What an acting run shows before its first restart (or its question): the summary and, when it
+    asks, how to answer (the question lists the restarts, restart.ask)."""
     lines = [f"dpkg reported errors for: {', '.join(failed)}"] if failed else []
     now = [a for a in actions if id(a) not in earlier]
     if now:
@@ -325,12 +325,9 @@ def intro_lines(actions: list[Action], *, failed: list[str], asking: bool, secon
     if len(now) < len(actions):
         lines.append(earlier_line(len(actions) - len(now)))
     if asking:
-        for a in actions:
-            what = command(a.argv) if a.argv is not None else command(a.suggested) if a.suggested else ""
-            lines.append(f"  {title(a.group)}: {a.action}: {printable(a.reason)}{' (' + what + ')' if what else ''}")
-        lines.append(f"Asking about every unit first, then restarting the chosen ones; Enter means "
+        lines.append(f"One question for all the restarts below, then the chosen ones are restarted; Enter means "
                      f"{'yes' if default_yes else 'no'}, ? explains the answers; within {max(seconds, 0):.0f} s, "
-                     "after which the rest stays pending.")
+                     "after which nothing is restarted and they stay pending.")
     return lines
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from restart import apply, hook, state
+from restart import ask as ask_mode
 from restart.cli import main
 from restart.plan import Status
 from restart.policy import Act
@@ -200,34 +201,60 @@ def test_status_shows_a_needed_reboot_and_what_became_of_each_unit(tmp_path: Pat
 
 # ---- the ask-mode prompt (the real terminal is in test_admin_real.py) ------------------------------
 
-def ask(answers: str, *, default_yes: bool = True, units: int = 2) -> tuple[list[bool | None], str]:
+def ask(answers: str, *, default_yes: bool = True, units: int = 3) -> tuple[list[bool | None], str]:
+    """The answers the one question gives for a list of ``units`` restarts, and what it showed."""
     import io
 
     from restart.plan import Action
     from restart.units import UnitGroup
 
     prompts = io.StringIO()
-    confirm = apply.asker(io.StringIO(answers), prompts, default_yes=default_yes, deadline=time.monotonic() + 60)
+    choose = ask_mode.chooser(io.StringIO(answers), prompts, default_yes=default_yes, deadline=time.monotonic() + 60)
     actions = [Action(UnitGroup(SYSTEM, f"u{i}.service", None, False, True, (i,), ("p",), ()), Act.RESTART,
-                      ("systemctl", "restart", "--", f"u{i}.service"), "") for i in range(units)]
-    return [confirm(a) for a in actions], prompts.getvalue()
+                      ("systemctl", "restart", "--", f"u{i}.service"), "it uses replaced files") for i in range(units)]
+    return choose(actions), prompts.getvalue()
 
 
-def test_ask_explains_the_answers_on_a_question_mark() -> None:
-    answers, shown = ask("?\nwhat\ny\nn\n")
-    assert answers == [True, False]
-    assert shown.count("q: restart nothing more") == 2 and shown.count("u0.service? [Y/n/a/q/?]") == 3
+def test_ask_shows_the_whole_list_once_then_one_question() -> None:
+    answers, shown = ask("y\n")
+    assert answers == [True, True, True]
+    assert shown.count("restartctl:    2  u1.service: systemctl restart -- u1.service (it uses replaced files)") == 1
+    assert shown.count("restart them? y: all, n: none, p: pick [Y/n/p/?]") == 1
+    assert ask("n\n")[0] == [False, False, False]
+    assert ask("\n")[0] == [True, True, True]  # Enter: the policy's default
 
 
 def test_ask_default_no() -> None:
-    answers, shown = ask("\n\n", default_yes=False)
-    assert answers == [False, False] and "[y/N/a/q/?]" in shown
+    answers, shown = ask("\n", default_yes=False)
+    assert answers == [False, False, False] and "[y/N/p/?]" in shown
 
 
-def test_ask_quit_and_end_of_input_leave_the_rest_unasked() -> None:
-    assert ask("q\n", units=3)[0] == [None, None, None]
-    assert ask("y\n", units=3)[0] == [True, None, None]  # then the input ends
-    assert ask("a\n", units=3)[0] == [True, True, True]
+def test_ask_pick_by_number() -> None:
+    assert ask("p\n1 3\n")[0] == [True, False, True]
+    assert ask("2-3\n")[0] == [False, True, True]  # the numbers at once
+    assert ask("p\n\n")[0] == [False, False, False]  # Enter: none
+    answers, shown = ask("p\n4\n0\n2\n")
+    assert answers == [False, True, False]
+    assert "not numbers from 1 to 3: 4" in shown and "not numbers from 1 to 3: 0" in shown
+
+
+def test_picked_numbers() -> None:
+    assert ask_mode.picked("1, 3-4 2", 5) == {1, 2, 3, 4}
+    assert ask_mode.picked("", 5) == set()
+    for wrong in ("0", "6", "3-2", "a", "1-", "-1", "1 x"):
+        assert ask_mode.picked(wrong, 5) is None, wrong
+
+
+def test_ask_explains_the_answers_on_a_question_mark() -> None:
+    answers, shown = ask("?\nwhat\ny\n")
+    assert answers == [True, True, True]
+    assert shown.count("p: pick which, by number") == 2 and shown.count("restart them?") == 3
+    assert shown.count("u0.service: systemctl restart") == 1  # the list is shown once
+
+
+def test_ask_end_of_input_restarts_nothing() -> None:
+    assert ask("")[0] == [None, None, None]
+    assert ask("p\n")[0] == [None, None, None]  # the input ended while picking
 
 
 def test_ask_gives_up_when_no_answer_comes_in_time(tmp_path: Path) -> None:
@@ -239,27 +266,13 @@ def test_ask_gives_up_when_no_answer_comes_in_time(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()  # nobody ever writes: the admin went away
     prompts = io.StringIO()
     with os.fdopen(read_end) as answers:
-        confirm = apply.asker(answers, prompts, deadline=time.monotonic() + 0.3)
+        choose = ask_mode.chooser(answers, prompts, deadline=time.monotonic() + 0.3)
         started = time.monotonic()
         action = Action(UnitGroup(SYSTEM, "u.service", None, False, True, (1,), ("p",), ()), Act.RESTART,
                         ("systemctl", "restart", "--", "u.service"), "")
-        assert confirm(action) is None
+        assert choose([action]) == [None]
     os.close(write_end)
     assert time.monotonic() - started < 5 and "no answer in time" in prompts.getvalue()
-
-
-def test_a_quit_is_reported_as_not_asked(tmp_path: Path) -> None:
-    from restart import execute
-    from restart.plan import Action
-    from restart.policy import Settings
-    from restart.units import NONE, UnitGroup
-
-    group = UnitGroup(NONE, None, None, False, True, (1,), ("p",), ())
-    executor = execute.Executor(Settings(), proc=tmp_path, deadline=time.monotonic() + 60,
-                                still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks],
-                                confirm=lambda a: None)
-    outcome = executor.one(Action(group, Act.RESTART, ("/bin/true",), ""))
-    assert (outcome.status, outcome.detail) == ("declined", "not asked: the prompt was quit before it")
 
 
 # ---- words ----------------------------------------------------------------------------------------
@@ -413,7 +426,7 @@ def test_users_are_not_notified_when_the_policy_says_so(tmp_path: Path, monkeypa
     for setting, expected in ((True, 1), (False, 0)):
         applied = execute.apply([action], Settings(notify_users=setting), proc=tmp_path, run_dir=tmp_path,
                                 deadline=time.monotonic() + 60,
-                                still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks], confirm=None,
+                                still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks], choose=None,
                                 report=lambda o: None, log=lambda line: None)
         assert applied.notified == expected
     assert len(told) == 1

@@ -5,71 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.container import Container
 from tests.support.demohost import NAMES, RCTL, apply, setup, unit_file
+from tests.support.terminal import at_terminal
 
 pytestmark = pytest.mark.real
-
-# Runs inside the container: starts argv on a new pseudo-terminal, then for each step waits for a
-# text ("expect") or types ("send"); prints the transcript and the exit status as JSON.
-DRIVER = r"""
-import json, os, pty, select, sys, time
-argv, steps = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-pid, fd = pty.fork()
-if pid == 0:
-    os.execve(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TERM": "dumb",
-                              **json.loads(sys.argv[3])})
-out, missing = b"", None
-
-def more(timeout):
-    global out
-    if not select.select([fd], [], [], timeout)[0]:
-        return False
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        return False
-    out += data
-    return bool(data)
-
-for kind, arg in steps:
-    if kind == "send":
-        os.write(fd, arg.encode())
-        continue
-    end = time.monotonic() + 90
-    while arg.encode() not in out:
-        if time.monotonic() > end or not more(end - time.monotonic()):
-            missing = arg
-            break
-    if missing is not None:
-        break
-while more(90):
-    pass
-_, status = os.waitpid(pid, 0)
-print(json.dumps({"missing": missing, "out": out.decode("utf-8", "replace"),
-                  "code": os.waitstatus_to_exitcode(status)}))
-"""
-
-
-def at_terminal(c: Container, argv: Sequence[str], steps: list[tuple[str, str]],
-                env: dict[str, str] | None = None) -> tuple[int, str]:
-    """Run ``argv`` on a pseudo-terminal in the container; every expected text must appear."""
-    c.write_file("/srv/rctl/pty-driver.py", DRIVER)
-    r = c.exec(["/usr/bin/python3", "/srv/rctl/pty-driver.py", json.dumps(list(argv)), json.dumps(steps),
-                json.dumps(env or {})], timeout=300)
-    assert r.returncode == 0, r.stderr
-    result: dict[str, Any] = json.loads(r.stdout)
-    out = result["out"].replace("\r\n", "\n")
-    assert result["missing"] is None, f"never saw {result['missing']!r} in:\n{out}"
-    assert "Traceback" not in out, out
-    return result["code"], out
-
 
 def status(c: Container) -> tuple[int, str]:
     r = c.exec([*RCTL, "status"])
@@ -109,50 +54,71 @@ def test_ctrl_c_during_a_slow_restart_records_the_partial_outcome(c: Container,
     c.wait_active("rctl-slow.service")  # systemd finishes the restart it was asked for
 
 
-def test_ask_mode_summary_legend_progress_and_ctrl_c(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
-    setup(c, demo_debs, units={"rctl-other.service": unit_file("/usr/bin/rctl-sleeper")})
-    c.write_file("/etc/restartctl/policy.toml", ORDER)
+PROMPT = "restart them? y: all, n: none, p: pick [Y/n/p/?] "
+THREE = {f"rctl-a{i}.service": unit_file("/usr/bin/rctl-sleeper") for i in range(3)}
+
+
+def test_ask_mode_one_list_then_pick_then_waves(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    """Issue 14: the whole list once, one question (yes / no / pick by number), then the chosen
+    restarts in waves: a canary, then the rest together."""
+    setup(c, demo_debs, units=THREE)
+    c.write_file("/etc/restartctl/policy.toml", '[settings]\nunattended_mode = "list"\nsettle = 0\n')
+    old = {n: c.main_pid(n) for n in [*THREE, "rctl-demod.service"]}
     code, out = at_terminal(c, [*RCTL, "apply", "--mode", "ask"], [
-        ("expect", "rctl-demod.service: systemctl restart -- rctl-demod.service? [Y/n/a/q/?] "),
+        ("expect", PROMPT),
         ("send", "?\n"),
-        ("expect", "q: restart nothing more"),
-        ("expect", "rctl-demod.service? [Y/n/a/q/?] "),  # asked again
-        ("send", "y\n"),
-        ("expect", "rctl-other.service? [Y/n/a/q/?] "),  # every question first, then the restarts (in waves)
-        ("send", "\x03"),
-        ("expect", "interrupted: 2 units not handled stay pending: rctl-demod.service, rctl-other.service")])
-    assert code == 130, out
-    assert "rctl-demod.service: restarted" not in out, out
-    first_question = out.index("? [Y/n/a/q/?]")
-    summary = out[:first_question]
-    assert "2 units, 3 packages" in summary, out
-    assert "rctl-other.service: restart: service uses replaced files" in summary, out  # the reason per unit
-    assert re.search(r"Enter means yes, \? explains the answers; within \d+ s", summary), out
-    assert pending_units(c) == {"rctl-demod.service": "listed", "rctl-other.service": "listed"}
+        ("expect", "p: pick which, by number"),
+        ("send", "p\n"),
+        ("expect", "which (numbers from 1 to 4, e.g. 1 3-5; Enter: none)? "),
+        ("send", "7\n"),
+        ("expect", "not numbers from 1 to 4: 7"),
+        ("send", "1 3-4\n"),
+        ("expect", "restarted, ")])
+    assert code == 0, out
+    question = out.index(PROMPT)
+    listing = out[:question]
+    assert re.search(r"4 units, \d+ packages", listing), out
+    assert [line.split()[1:3] for line in listing.splitlines() if re.match(r"restartctl: +\d+  ", line)] == [
+        ["1", "rctl-a0.service:"], ["2", "rctl-a1.service:"], ["3", "rctl-a2.service:"], ["4", "rctl-demod.service:"]]
+    assert "within" in listing and "Enter means yes" in listing, out
+    assert out.count("rctl-a0.service: systemctl restart") == 1  # the list is shown once
+    assert "rctl-a1.service: left alone: declined at the prompt" in out, out
+    now = {n: c.main_pid(n) for n in old}
+    assert [n for n in old if now[n] != old[n]] == ["rctl-a0.service", "rctl-a2.service", "rctl-demod.service"]
+    doc = json.loads(c.read_file("/var/lib/restartctl/pending.json"))
+    waves = {u["unit"]: u.get("wave") for u in doc["units"] if u.get("status") == "done"}
+    assert waves["rctl-a0.service"] == 1 and waves["rctl-a2.service"] == waves["rctl-demod.service"] == 2, waves
+    assert pending_units(c)["rctl-a1.service"] == "declined"
 
 
-def test_ask_mode_default_no_and_end_of_input(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+def test_ask_mode_no_default_no_end_of_input_and_ctrl_c(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
     setup(c, demo_debs, units={"rctl-other.service": unit_file("/usr/bin/rctl-sleeper")})
     c.write_file("/etc/restartctl/policy.toml", ORDER + 'ask_default = "no"\n')
-    old = c.main_pid("rctl-demod.service")
+    old = {n: c.main_pid(n) for n in ("rctl-demod.service", "rctl-other.service")}
     code, out = at_terminal(c, [*RCTL, "apply", "--mode", "ask"], [
-        ("expect", "rctl-demod.service? [y/N/a/q/?] "),
-        ("send", "\n"),                                   # Enter: no
-        ("expect", "rctl-demod.service: left alone"),
-        ("expect", "rctl-other.service? [y/N/a/q/?] "),
-        ("send", "\x04"),                                 # Ctrl-D: end of input
-        ("expect", "left alone")])
+        ("expect", "p: pick [y/N/p/?] "), ("send", "\n"),  # Enter: no
+        ("expect", "rctl-other.service: left alone")])
+    assert code == 0 and "Enter means no" in out, out
+    assert "rctl-demod.service: left alone: declined at the prompt" in out, out
+    code, out = at_terminal(c, [*RCTL, "apply", "--mode", "ask"], [
+        ("expect", "p: pick [y/N/p/?] "), ("send", "p\n"), ("expect", "Enter: none)? "),
+        ("send", "\x04"),  # Ctrl-D: end of input
+        ("expect", "rctl-other.service: left alone")])
     assert code == 0, out
-    assert c.main_pid("rctl-demod.service") == old
-    assert "rctl-other.service: left alone: not asked: the prompt was quit before it" in out, out
-    assert "Enter means no" in out
+    assert "rctl-demod.service: left alone: not restarted: no answer at the prompt" in out, out
+    code, out = at_terminal(c, [*RCTL, "apply", "--mode", "ask"], [
+        ("expect", "p: pick [y/N/p/?] "), ("send", "\x03"),  # Ctrl-C at the question
+        ("expect", "interrupted: 2 units not handled stay pending: rctl-demod.service, rctl-other.service")])
+    assert code == 130, out
+    assert pending_units(c) == {"rctl-demod.service": "listed", "rctl-other.service": "listed"}
+    assert {n: c.main_pid(n) for n in old} == old
 
 
 def test_ask_mode_without_a_terminal_says_it_only_lists(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
     setup(c, demo_debs)
     code, out = apply(c, "--mode", "ask")
     assert "mode ask needs a terminal and there is none: only listing (mode list)" in out, out
-    assert "[Y/n/a/q" not in out
+    assert "[Y/n/p" not in out
 
 
 def test_the_hook_ask_mode_on_the_apt_terminal(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
@@ -168,7 +134,7 @@ def test_the_hook_ask_mode_on_the_apt_terminal(c: Container, demo_debs: dict[str
     c.check(["apt-get", "-q", "update"], env={"APT_CONFIG": cfg})
     # The harness's apt configuration assumes yes: this first run is told not to.
     apt = ["/usr/bin/apt-get", "-q", "-o", "Dpkg::Use-Pty=0", "-o", "APT::Get::Assume-Yes=false", "install", *NAMES]
-    code, out = at_terminal(c, apt, [("expect", "rctl-demod.service? [Y/n/a/q/?] "), ("send", "\x03"),
+    code, out = at_terminal(c, apt, [("expect", "p: pick [Y/n/p/?] "), ("send", "\x03"),
                                      ("expect", "not handled stay")], env={"APT_CONFIG": cfg})
     assert "interrupted: 1 unit not handled stays pending" in out, out
     assert pending_units(c) == {"rctl-demod.service": "listed"}
@@ -180,7 +146,7 @@ def test_the_hook_ask_mode_on_the_apt_terminal(c: Container, demo_debs: dict[str
     code, out = at_terminal(c, ["/usr/bin/apt-get", "-q", "-o", "Dpkg::Use-Pty=0", "-y", "install", *NAMES],
                             [("expect", "restarted")],
                             env={"APT_CONFIG": cfg})
-    assert "[Y/n/a/q" not in out and "assume yes (-y): restarting without asking" in out, out
+    assert "[Y/n/p" not in out and "assume yes (-y): restarting without asking" in out, out
     c.wait_active("rctl-demod.service")
     assert c.main_pid("rctl-demod.service") not in (0, old)
 

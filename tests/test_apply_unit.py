@@ -39,7 +39,7 @@ def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attem
                for i, n in enumerate(("a.service", "b.service"))]
     outcomes: list[execute.Outcome] = []
     log = apply.Log(io.StringIO(), io.StringIO(), quiet=True)
-    why = apply._carry_out(roots, "apt", log, actions, Settings(), outcomes, failed=[], confirm=None,
+    why = apply._carry_out(roots, "apt", log, actions, Settings(), outcomes, failed=[], choose=None,
                            deadline=time.monotonic() + 60, earlier=set(), quiet=True)
     assert why == "out of time" and outcomes == []
     assert report.cut_short_line(actions, outcomes, why) == \

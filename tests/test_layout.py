@@ -26,8 +26,8 @@ ORDER = (
     "policy", "plan", "unitstate", "notify", "execute",
     # 7. reporting, reboot reasons, what is remembered
     "kernel", "microcode", "reboot", "report", "admintext", "formats", "state",
-    # stages 1-7 composed for a run that acts, and the entry points
-    "apply", "hook", "cli", "__main__",
+    # stages 1-7 composed for a run that acts (ask: mode ask's question), and the entry points
+    "ask", "apply", "hook", "cli", "__main__",
 )
 
 

@@ -13,6 +13,7 @@ unattended-upgrades acting once after its run.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.support.container import Container, make_local_repo, wait_for
 from tests.support.debs import build_deb
 from tests.support.package import Built
 from tests.support.rootfs import TRIXIE_TIER
+from tests.support.terminal import at_terminal
 
 # The first run debootstraps the root (about 3 minutes cold; tests/conftest.py starts it early).
 pytestmark = [pytest.mark.real, pytest.mark.timeout(1500)]
@@ -134,6 +136,37 @@ def test_canary_then_a_wave_with_a_failure_on_systemd_257(c: Container,
         assert units[name]["status"] == "done" and units[name]["detail"] == "verified, up for 1 s", units[name]
         assert c.main_pid(name) not in (0, old[name])
         assert unified_cgroup(c, c.main_pid(name)) == f"/system.slice/{name}"
+
+
+def test_ask_mode_picks_from_one_list_then_waves_on_systemd_257(c: Container,
+                                                                demo_debs: dict[str, dict[str, Path]]) -> None:
+    """Mode ask on a terminal (issue 14): the list once, one question, the picked units restarted
+    in waves (a canary, then the rest together), the others left alone and pending."""
+    names = [f"rctl-a{i}.service" for i in range(3)]
+    c.install_debs([demo_debs["1.0"][n] for n in NAMES])
+    for name in names:
+        c.write_file(f"/etc/systemd/system/{name}", "[Service]\nExecStart=/usr/bin/rctl-sleeper\n")
+    c.systemctl("daemon-reload")
+    for name in [*names, "rctl-demod.service"]:
+        c.systemctl("start", name)
+        c.wait_active(name)
+    old = {n: c.main_pid(n) for n in [*names, "rctl-demod.service"]}
+    c.write_file("/etc/restartctl/policy.toml", LIST_ONLY + "settle = 0\n")  # the hook lists
+    c.install_debs([demo_debs["2.0"][n] for n in NAMES])
+    code, out = at_terminal(c, ["/usr/sbin/restartctl", "apply", "--mode", "ask"], [
+        ("expect", "p: pick [Y/n/p/?] "), ("send", "p\n"),
+        ("expect", "Enter: none)? "), ("send", "1 3-4\n"),
+        ("expect", "restarted, ")])
+    assert code == 0, out
+    listed = [line.split()[1:3] for line in out.splitlines() if re.match(r"restartctl: +\d+  ", line)]
+    assert listed == [["1", "rctl-a0.service:"], ["2", "rctl-a1.service:"], ["3", "rctl-a2.service:"],
+                      ["4", "rctl-demod.service:"]], out
+    assert "rctl-a1.service: left alone: declined at the prompt" in out, out
+    now = {n: c.main_pid(n) for n in old}
+    assert [n for n in old if now[n] != old[n]] == ["rctl-a0.service", "rctl-a2.service", "rctl-demod.service"]
+    waves = {u["unit"]: u.get("wave") for u in json.loads(c.read_file("/var/lib/restartctl/pending.json"))["units"]
+             if u.get("status") == "done"}
+    assert waves["rctl-a0.service"] == 1 and waves["rctl-a2.service"] == waves["rctl-demod.service"] == 2, waves
 
 
 def test_lingering_users_unit(c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
