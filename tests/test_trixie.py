@@ -108,22 +108,30 @@ def test_apt_hook_once_per_run_with_a_verified_restart(c: Container,
     assert c.exec(["restartctl", "status"]).returncode == 0
 
 
+def _services_upgraded_under(c: Container, demo_debs: dict[str, dict[str, Path]], names: list[str], unit: str,
+                             settings: str) -> dict[str, int]:
+    """``names`` (each the unit file ``unit``) and rctl-demod.service running on the demo library 1.0, then
+    2.0 installed under a policy that only lists (plus ``settings``): their main PIDs before the upgrade."""
+    c.install_debs([demo_debs["1.0"][n] for n in NAMES])
+    for name in names:
+        c.write_file(f"/etc/systemd/system/{name}", unit)
+    c.systemctl("daemon-reload")
+    for name in [*names, "rctl-demod.service"]:
+        c.systemctl("start", name)
+        c.wait_active(name)
+    old = {n: c.main_pid(n) for n in [*names, "rctl-demod.service"]}
+    c.write_file("/etc/restartctl/policy.toml", LIST_ONLY + settings)  # the hook lists
+    c.install_debs([demo_debs["2.0"][n] for n in NAMES])
+    return old
+
+
 def test_canary_then_a_wave_with_a_failure_on_systemd_257(c: Container,
                                                          demo_debs: dict[str, dict[str, Path]]) -> None:
     """Waves on pure cgroup v2: rctl-a0 alone (the canary), then the rest of the phase in one
     ``systemctl restart``; the unit that fails in the wave is failed, the others verified together."""
     breakable = "[Service]\nExecStart=/usr/bin/rctl-sleeper\nExecStartPre=/bin/sh -c 'test ! -e /srv/rctl/break-%N'\n"
     names = [f"rctl-a{i}.service" for i in range(4)]
-    c.install_debs([demo_debs["1.0"][n] for n in NAMES])
-    for name in names:
-        c.write_file(f"/etc/systemd/system/{name}", breakable)
-    c.systemctl("daemon-reload")
-    for name in [*names, "rctl-demod.service"]:
-        c.systemctl("start", name)
-        c.wait_active(name)
-    old = {n: c.main_pid(n) for n in [*names, "rctl-demod.service"]}
-    c.write_file("/etc/restartctl/policy.toml", LIST_ONLY + "max_parallel = 8\nsettle = 1\n")  # the hook lists
-    c.install_debs([demo_debs["2.0"][n] for n in NAMES])
+    old = _services_upgraded_under(c, demo_debs, names, breakable, "max_parallel = 8\nsettle = 1\n")
     c.write_file("/srv/rctl/break-rctl-a2", "")
     r = c.exec(["restartctl", "apply", "--yes", "--json"], timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
@@ -143,16 +151,7 @@ def test_ask_mode_picks_from_one_list_then_waves_on_systemd_257(c: Container,
     """Mode ask on a terminal (issue 14): the list once, one question, the picked units restarted
     in waves (a canary, then the rest together), the others left alone and pending."""
     names = [f"rctl-a{i}.service" for i in range(3)]
-    c.install_debs([demo_debs["1.0"][n] for n in NAMES])
-    for name in names:
-        c.write_file(f"/etc/systemd/system/{name}", "[Service]\nExecStart=/usr/bin/rctl-sleeper\n")
-    c.systemctl("daemon-reload")
-    for name in [*names, "rctl-demod.service"]:
-        c.systemctl("start", name)
-        c.wait_active(name)
-    old = {n: c.main_pid(n) for n in [*names, "rctl-demod.service"]}
-    c.write_file("/etc/restartctl/policy.toml", LIST_ONLY + "settle = 0\n")  # the hook lists
-    c.install_debs([demo_debs["2.0"][n] for n in NAMES])
+    old = _services_upgraded_under(c, demo_debs, names, "[Service]\nExecStart=/usr/bin/rctl-sleeper\n", "settle = 0\n")
     code, out = at_terminal(c, ["/usr/sbin/restartctl", "apply", "--mode", "ask"], [
         ("expect", "p: pick [Y/n/p/?] "), ("send", "p\n"),
         ("expect", "Enter: none)? "), ("send", "1 3-4\n"),
