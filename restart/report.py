@@ -30,8 +30,8 @@ from restart.units import (
 )
 
 if TYPE_CHECKING:
-    from restart.execute import Outcome  # only for annotations: keeps subprocess off the scan path
     from restart.reboot import RebootReason
+    from restart.verify import Outcome  # only for annotations: keeps subprocess off the scan path
 
 SCHEMA = "restartctl/1"
 
