@@ -31,6 +31,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -93,13 +94,18 @@ def restarted_all(c: Container, names: list[str], before: dict[str, str]) -> boo
     return all(now[n] not in ("0", before[n]) for n in names)
 
 
-def measure(c: Container, debs: dict[str, dict[str, Path]], n: int, runs: int,
-            sequential_up_to: int) -> dict[str, list[float]]:
+def add_units(c: Container, n: int) -> list[str]:
     names = unit_names(n)
     for name in names:
         c.write_file(f"/etc/systemd/system/{name}", UNIT)
     c.check(["systemctl", "daemon-reload"])
     c.check(["systemctl", "start", "--", *names], timeout=300)
+    return names
+
+
+def measure(c: Container, debs: dict[str, dict[str, Path]], n: int, runs: int,
+            sequential_up_to: int) -> dict[str, list[float]]:
+    names = add_units(c, n)
     results: dict[str, list[float]] = {}
     for _ in range(runs):
         seconds, code, err = timed(c, ["/usr/bin/systemctl", "restart", "--", *names])
@@ -147,6 +153,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--units", type=int, nargs="+", default=[30, 100])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--keep", action="store_true",
+                        help="set up the first --units services on the old library, print how to enter, wait")
     parser.add_argument("--sequential-up-to", type=int, default=30,
                         help="time max_parallel = 1 only up to this many units (default 30)")
     args = parser.parse_args()
@@ -162,6 +170,14 @@ def main() -> int:
         install_needrestart(c)
         c.write_file("/etc/needrestart/conf.d/bench.conf", NR_CONF)
         c.install_debs([debs["1.0"][p] for p in PACKAGES])
+        if args.keep:
+            names = add_units(c, args.units[0])
+            inside = {v: [c.copy_in(debs[v][p], f"{v}-{p}.deb") for p in PACKAGES] for v in debs}
+            print(f"container leader {c.leader}: sudo nsenter -t {c.leader} -a ...; {len(names)} units; "
+                  f"debs {inside}; kill -TERM {os.getpid()} to stop", flush=True)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+            signal.sigwait({signal.SIGTERM, signal.SIGINT})
+            return 0
         for n in args.units:
             all_results[n] = measure(c, debs, n, args.runs, args.sequential_up_to)
     load_after = os.getloadavg()

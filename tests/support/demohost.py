@@ -3,6 +3,7 @@ library and daemons running, v2 installed under them, restartctl's hooks in plac
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.support.checkout import install_hooks
@@ -40,3 +41,32 @@ def apply(c: Container, *args: str, policy: str | None = None, input: str | None
     r = c.exec([*RCTL, "apply", *args], input=input, timeout=300)
     assert "Traceback" not in r.stderr, r.stderr
     return r.returncode, r.stdout + r.stderr
+
+
+# systemd's word on units, asked on PID 1's bus (restartctl's fast path) and of ``systemctl show``, and
+# once more through unit_states with the bus socket made unusable (the fallback); as JSON.
+BUS_CHECK = """
+import json, subprocess, sys
+from restart import unitstate
+from restart.units import SYSTEM, UnitGroup
+names = sys.argv[1:]
+shown = subprocess.run([unitstate.PROGRAMS["systemctl"], "show", "-p", unitstate.SHOW_PROPS, "--", *names],
+                       capture_output=True, text=True, check=True).stdout
+groups = [UnitGroup(kind=SYSTEM, name=n, uid=None) for n in names]
+asked = []
+bus_states = unitstate.bus_states
+unitstate.bus_states = lambda *a: (found := bus_states(*a), asked.append(a))[0]  # counts answers only
+fast = unitstate.unit_states(groups, 10)
+unitstate.SYSTEMD_BUS = "/run/systemd/no-such-socket"
+slow = unitstate.unit_states(groups, 10)
+print(json.dumps({"bus": fast, "systemctl": unitstate.parse_show(shown, names),
+                  "fallback": slow, "asked": len(asked)}))
+"""
+
+
+def bus_and_systemctl(c: Container, names: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
+    """What :data:`BUS_CHECK` finds inside ``c`` for these system units."""
+    r = c.exec(["/usr/bin/python3", "-c", BUS_CHECK, *names], env=env)
+    assert r.returncode == 0, r.stderr
+    found: dict[str, object] = json.loads(r.stdout)
+    return found
