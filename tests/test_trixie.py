@@ -24,6 +24,7 @@ import pytest
 from tests.support.checkout import recorded
 from tests.support.container import Container, make_local_repo, wait_for
 from tests.support.debs import build_deb
+from tests.support.demohost import bus_and_systemctl
 from tests.support.package import Built
 from tests.support.rootfs import TRIXIE_TIER
 from tests.support.terminal import at_terminal
@@ -144,6 +145,20 @@ def test_canary_then_a_wave_with_a_failure_on_systemd_257(c: Container,
         assert units[name]["status"] == "done" and units[name]["detail"] == "verified, up for 1 s", units[name]
         assert c.main_pid(name) not in (0, old[name])
         assert unified_cgroup(c, c.main_pid(name)) == f"/system.slice/{name}"
+
+
+def test_systemds_word_on_its_bus_is_systemctls_on_systemd_257(c: Container) -> None:
+    """restartctl asks PID 1 on its own socket what ``systemctl show`` would say (test_apply.py's
+    test on systemd 252): the same answers from systemd 257, and the fallback with no socket."""
+    c.write_file("/etc/systemd/system/rctl-a0.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    c.write_file("/etc/systemd/system/rctl-fails.service", "[Service]\nExecStart=/bin/false\n")
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "rctl-a0.service")
+    c.systemctl("start", "rctl-fails.service", check=False)
+    names = ["rctl-a0.service", "rctl-fails.service", "rctl-nothing.service", "systemd-journald.service"]
+    found = bus_and_systemctl(c, names)
+    assert found["asked"] == 1 and found["bus"] == found["systemctl"] == found["fallback"], found
+    assert isinstance(found["bus"], dict) and found["bus"]["rctl-a0.service"]["ActiveState"] == "active", found
 
 
 def test_ask_mode_picks_from_one_list_then_waves_on_systemd_257(c: Container,
