@@ -239,7 +239,8 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     if not usable:
         mode = "list"
     # The scan may take half the time left; restarts and their checks need the rest.
-    findings = find(roots, only_packages=scope, old_files=old_files,
+    db = packages.DpkgDatabase(roots.admindir, roots.root)  # read once: the checks after restarts use it too
+    findings = find(roots, only_packages=scope, old_files=old_files, db=db,
                     deadline=time.monotonic() + max(0.0, deadline - time.monotonic()) / 2)
     findings = without(findings, transaction_pids(roots.proc, roots.admindir, os.getpid()))
     if findings.scan.unscanned:
@@ -261,7 +262,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
             lines = report.hook_lines(actions, failed=failed, skips=skips, earlier=earlier)
         else:
             interrupted = _carry_out(roots, trigger, log, actions, pol.settings, outcomes, failed=failed,
-                                     deadline=deadline, earlier=earlier, quiet=quiet,
+                                     deadline=deadline, earlier=earlier, quiet=quiet, db=db,
                                      choose=chooser(answers or sys.stdin, sys.stdout, deadline=deadline,
                                                     default_yes=pol.settings.ask_default == "yes")
                                      if mode == "ask" else None)
@@ -327,13 +328,14 @@ class Interrupts:
 def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action], settings: policy.Settings,
                outcomes: list[verify.Outcome], *, failed: list[str], deadline: float,
                choose: Callable[[list[plan.Action]], list[bool | None]] | None, earlier: set[int],
-               quiet: bool) -> str:
+               quiet: bool, db: packages.DpkgDatabase) -> str:
     """Restart as planned, one progress line as each unit is done; returns what cut it short, if anything:
     "interrupted" (Ctrl-C, a hang-up) or "out of time" (the hook's watchdog; the time left to record
     what was done is the watchdog's grace).
 
     ``outcomes`` fills as the restarts finish, so that an interrupted run still records them; each
-    action is also on record before it is taken (:class:`ActionLog`).
+    action is also on record before it is taken (:class:`ActionLog`).  ``db``: the dpkg database as
+    the scan read it, for the checks after the restarts.
     """
     for line in report.intro_lines(actions, failed=failed, asking=choose is not None, earlier=earlier,
                                    seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
@@ -344,10 +346,11 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
         # The units of a wave are looked at again in one scan; what it could not look at counts for each.
         if len(checks) > 1 and all(pids is not None for _, pids in checks):
             again = find(roots, only_packages=sorted({p for g, _ in checks for p in g.packages}),
-                         pids=sorted({pid for _, pids in checks for pid in pids or ()}), deadline=until, users=True)
+                         pids=sorted({pid for _, pids in checks for pid in pids or ()}), deadline=until, users=True,
+                         db=db)
             return [_left(again, g) for g, _ in checks]
         return [_left(find(roots, only_packages=list(g.packages), pids=pids, deadline=until,
-                           users=pids is not None), g) for g, pids in checks]
+                           users=pids is not None, db=db), g) for g, pids in checks]
 
     record = ActionLog(roots, trigger, log)
 

@@ -58,7 +58,7 @@ def _with_interpreted(scanned: processes.ScanResult, ctx: interpreters.Context,
 def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool = False,
          old_files: Mapping[str, str] | None = None, check_fds: bool = True,
          interpreted: bool = True, deadline: float | None = None, pids: Iterable[int] | None = None,
-         users: bool = True) -> Findings:
+         users: bool = True, db: packages.DpkgDatabase | None = None) -> Findings:
     """Find stale processes, restricted to ``only_packages`` when given.
 
     ``old_files`` (canonical path -> package) adds files the packages had before
@@ -68,9 +68,10 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     limits it to those processes (a restarted unit's); ``users=False`` leaves out users'
     processes (a check after restarting a guessed unit, which only system daemons lead to).
     Replaced files whose content did not change (:func:`transaction.unchanged`) are set
-    apart, never acted on.
+    apart, never acted on.  ``db``: the dpkg database as an earlier find of this run read it
+    (a check after a restart: half its time was reading the database again).
     """
-    db = packages.DpkgDatabase(roots.admindir, roots.root)
+    db = db or packages.DpkgDatabase(roots.admindir, roots.root)
     in_scope = None
     if only_packages is not None:
         names = sorted({n for found in db.resolve_names(only_packages).values() for n in found})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import apply, execute, report, state, unitstate, verify
+from restart import apply, execute, packages, report, state, unitstate, verify
 from restart.plan import Action
 from restart.policy import Act, Settings
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
@@ -40,7 +40,8 @@ def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attem
     outcomes: list[verify.Outcome] = []
     log = apply.Log(io.StringIO(), io.StringIO(), quiet=True)
     why = apply._carry_out(roots, "apt", log, actions, Settings(), outcomes, failed=[], choose=None,
-                           deadline=time.monotonic() + 60, earlier=set(), quiet=True)
+                           deadline=time.monotonic() + 60, earlier=set(), quiet=True,
+                           db=packages.DpkgDatabase(tmp_path / "dpkg", tmp_path))
     assert why == "out of time" and outcomes == []
     assert report.cut_short_line(actions, outcomes, why) == \
         "out of time: 2 units not handled stay pending: a.service, b.service"
