@@ -64,13 +64,15 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
 
     def wait(self, timeout: float | None = None) -> int:
         code = super().wait(timeout)
-        note(f"  program {self.label}: {at() - self.begun:.3f} s (from {self.begun:.3f})")
+        if self.begun >= 0:  # once (the context manager's exit waits again)
+            note(f"  program {self.label}: {at() - self.begun:.3f} s (from {self.begun:.3f})")
+            self.begun = -1.0
         return code
 
 
 def main() -> int:
     note("imports start")
-    from restart import apply, cli, execute, plan, state
+    from restart import apply, cli, execute, plan, state, unitstate
     note("imports done")
     subprocess.Popen = Popen  # type: ignore[misc,assignment]
     traced(apply, "find", "scan", lambda *a, **k: f"pids={len(k.get('pids') or [])}")
@@ -88,6 +90,7 @@ def main() -> int:
     traced(execute.Executor, "_settle")
     traced(execute.Executor, "_restart_together")
     traced(execute, "survey")
+    traced(unitstate, "bus_states", "systemd's bus", lambda names, *a: f"{len(names)} units")
     traced(apply, "_carry_out")
     code = cli.main(["apply", "--yes"])
     note(f"exit {code}")

@@ -19,7 +19,8 @@ then timed inside the container, in one run:
 After each restartctl run every service must have a new main process and ``restartctl plan`` must
 find none of them stale (every restart verified).  Target: restartctl <= 2 x the floor.
 
-    sudo /usr/bin/python3 bench/restarts.py [--units 30 100] [--runs 3]
+    sudo /usr/bin/python3 bench/restarts.py [--units 30 100] [--runs 3] [--trace]
+    sudo /usr/bin/python3 bench/restarts.py --keep --units 30    # set up, print how to enter, wait
 
 Writes bench/results/<date>-restart.json and .md.  Needs what tests/run.sh installs
 (systemd-container, gcc, dpkg-dev).
@@ -60,9 +61,10 @@ TIMER = ("import subprocess, sys, time\n"
          "sys.stderr.write(r.stdout.decode(errors='replace')[-6000:])\n")
 CANARY_FLOOR = "systemctl restart of 1, then of the other N-1 (the floor with a canary)"
 # The restartctl configurations timed, name -> [settings].
+ONE_WAVE = "restartctl, settle = 0, max_parallel = 128 (one wave after the canary)"
 CONFIGS = {"restartctl (vendor policy)": "",
            "restartctl, settle = 0": "settle = 0\n",
-           "restartctl, settle = 0, max_parallel = 128 (one wave after the canary)": "settle = 0\nmax_parallel = 128\n",
+           ONE_WAVE: "settle = 0\nmax_parallel = 128\n",
            "restartctl, one at a time (max_parallel = 1, settle = 0)": "max_parallel = 1\nsettle = 0\n"}
 
 
@@ -104,7 +106,9 @@ def add_units(c: Container, n: int) -> list[str]:
 
 
 def measure(c: Container, debs: dict[str, dict[str, Path]], n: int, runs: int,
-            sequential_up_to: int) -> dict[str, list[float]]:
+            sequential_up_to: int, trace: list[str] | None = None) -> dict[str, list[float]]:
+    """The rounds at N = ``n``; then, given ``trace``, one more run of the one-wave configuration through
+    restart_trace.py, whose timeline lines are added to it."""
     names = add_units(c, n)
     results: dict[str, list[float]] = {}
     for _ in range(runs):
@@ -132,6 +136,13 @@ def measure(c: Container, debs: dict[str, dict[str, Path]], n: int, runs: int,
             plan = json.loads(c.exec(["/usr/sbin/restartctl", "plan", "--json"]).stdout)
             assert not {a["unit"] for a in plan["actions"]} & set(names), label  # every restart verified
             results.setdefault(label, []).append(seconds)
+    if trace:
+        before = make_stale(c, debs, names)
+        c.write_file("/etc/restartctl/policy.toml", f"[settings]\n{CONFIGS[ONE_WAVE]}")
+        r = c.exec(["env", f"PYTHONPATH={REPO}", "/usr/bin/python3", str(REPO / "bench" / "restart_trace.py")],
+                   timeout=300)
+        assert r.returncode == 0 and restarted_all(c, names, before), r.stderr
+        trace.extend(line for line in r.stderr.splitlines() if line.startswith(" "))
     c.check(["systemctl", "stop", "--", *names], timeout=300)
     for name in names:
         c.check(["rm", "-f", f"/etc/systemd/system/{name}"])
@@ -153,6 +164,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--units", type=int, nargs="+", default=[30, 100])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--trace", action="store_true",
+                        help="after the rounds, one traced run of the one-wave configuration per N (its timeline)")
     parser.add_argument("--keep", action="store_true",
                         help="set up the first --units services on the old library, print how to enter, wait")
     parser.add_argument("--sequential-up-to", type=int, default=30,
@@ -163,6 +176,7 @@ def main() -> int:
     subprocess.run(["/usr/bin/python3", "-m", "compileall", "-q", str(REPO / "restart")], check=True)
     load_before = os.getloadavg()
     all_results: dict[int, dict[str, list[float]]] = {}
+    traces: dict[int, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="rctl-bench-restart-") as tmp, \
             Container("rctl-bench-restart", boot=True) as c:
         debs = {v: demo_packages(Path(tmp) / v, v) for v in ("1.0", "2.0")}
@@ -179,7 +193,9 @@ def main() -> int:
             signal.sigwait({signal.SIGTERM, signal.SIGINT})
             return 0
         for n in args.units:
-            all_results[n] = measure(c, debs, n, args.runs, args.sequential_up_to)
+            traces[n] = []
+            all_results[n] = measure(c, debs, n, args.runs, args.sequential_up_to,
+                                     traces[n] if args.trace else None)
     load_after = os.getloadavg()
     now = dt.datetime.now(dt.UTC)
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -200,12 +216,17 @@ def main() -> int:
              f"(1/5/15 min) {' '.join(f'{x:.2f}' for x in load_before)} before, "
              f"{' '.join(f'{x:.2f}' for x in load_after)} after; {os.cpu_count()} CPUs.", "",
              *table(all_results, args.runs), "", *verdicts]
+    for n, lines_of in traces.items():
+        if lines_of:
+            lines += ["", f"One traced run at N = {n} ({ONE_WAVE}; seconds since the process started):", "",
+                      "```", *lines_of, "```"]
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / f"{now:%Y-%m-%d}-restart.md").write_text("\n".join(lines) + "\n")
     (results_dir / f"{now:%Y-%m-%d}-restart.json").write_text(json.dumps(
         {"results": {str(n): r for n, r in all_results.items()}, "load_before": load_before,
-         "load_after": load_after, "commit": commit, "runs": args.runs}, indent=1))
+         "load_after": load_after, "commit": commit, "runs": args.runs,
+         "traces": {str(n): t for n, t in traces.items() if t}}, indent=1))
     print("\n".join(lines))
     return 0
 

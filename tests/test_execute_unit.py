@@ -4,6 +4,7 @@ test_apply.py)."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -242,3 +243,31 @@ def test_notify_send_writes_to_dev_null(tmp_path: Path, monkeypatch: pytest.Monk
     g = group([_member(60, Unit(USER, "app.service", 1000, cgroup="/user.slice/x"))])[0]
     notify.notify([g], tmp_path, lambda line: None, applications=tmp_path)
     assert calls and all(c.get("quiet") is True for c in calls)
+
+
+def _bus_message(kind: int, reply_to: int, signature: str, body: bytes) -> bytes:
+    """A little-endian D-Bus message of type ``kind`` answering call ``reply_to`` (as PID 1 writes them)."""
+    fields = bytearray(b"\x05\x01u\x00" + struct.pack("<I", reply_to))
+    fields += b"\x08\x01g\x00" + bytes([len(signature)]) + signature.encode() + b"\x00"
+    head = b"l" + bytes([kind, 1, 1]) + struct.pack("<III", len(body), 7, len(fields)) + fields
+    return head + bytes(-len(head) % 8) + body
+
+
+def test_pid1s_answers_on_its_bus_are_read_strictly() -> None:
+    """An answer is a string, number or boolean, as ``systemctl show`` prints it; an error, another
+    type or a short message raises (the caller then asks systemctl: never a verdict from half an answer)."""
+    assert unitstate.bus_path("rctl-bench-000.service") == "/org/freedesktop/systemd1/unit/rctl_2dbench_2d000_2eservice"
+    assert unitstate.bus_path("0x@é.service").endswith("/_30x_40_c3_a9_2eservice")  # a leading digit, UTF-8
+    assert unitstate._reply(_bus_message(2, 3, "v", b"\x01u\x00\x00" + struct.pack("<I", 4242))) == (3, "4242")
+    assert unitstate._reply(_bus_message(2, 4, "v", b"\x01b\x00\x00" + struct.pack("<I", 1))) == (4, "yes")
+    text = b"\x01s\x00\x00" + struct.pack("<I", 6) + b"active\x00"
+    assert unitstate._reply(_bus_message(2, 5, "v", text)) == (5, "active")
+    assert unitstate._reply(_bus_message(4, 0, "so", b"")) == (0, None)  # a signal answers nothing
+    with pytest.raises(ValueError, match="error"):
+        unitstate._reply(_bus_message(3, 5, "s", struct.pack("<I", 2) + b"no\x00"))
+    with pytest.raises(ValueError, match="type 'as'"):
+        unitstate._reply(_bus_message(2, 5, "v", b"\x02as\x00" + struct.pack("<I", 0)))
+    with pytest.raises((struct.error, IndexError)):
+        unitstate._reply(_bus_message(2, 5, "v", text)[:-12])
+    with pytest.raises(UnicodeDecodeError):
+        unitstate._reply(_bus_message(2, 5, "v", b"\x01s\x00\x00" + struct.pack("<I", 2) + b"\xff\xfe\x00"))
