@@ -184,7 +184,7 @@ def test_an_ssh_login_is_told_on_its_terminal(container_factory: Callable[..., C
                  "the notice on the ssh client's terminal", 10)
     except AssertionError as e:  # say why: restartctl's log, the login records, the session's terminals
         why = c.exec(["sh", "-c", "journalctl --no-pager -o cat -t restartctl; ls -l /run/utmp; who;"
-                      " cat /run/systemd/sessions/*; ls -l /proc/$(pgrep -x -u bob rctl-demod)/fd;"
+                      " grep -D skip . /run/systemd/sessions/*; ls -l /proc/$(pgrep -x -u bob rctl-demod)/fd;"
                       " ps -eo pid,ppid,user,tty,sess,args"]).stdout
         raise AssertionError(why) from e
     journal = c.exec(["journalctl", "--no-pager", "-o", "cat", "-t", "restartctl"]).stdout
