@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from restart import execute, packages, plan, policy, report, state, units, unitstate
+from restart import execute, packages, plan, policy, report, state, units, unitstate, verify
 from restart.ask import choose_mode, chooser, interactive
 from restart.procfs import STARTTIME, lineage, stat_field
 from restart.roots import Roots
@@ -248,7 +248,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     actions = hold_unconfigured(actions, packages.unconfigured(
         roots.admindir, {p for a in actions if a.action in plan.EXECUTABLE for p in a.group.packages}))
     recovered = recover(roots, log, findings)
-    outcomes: list[execute.Outcome] = []
+    outcomes: list[verify.Outcome] = []
     interrupted = ""  # "interrupted" (Ctrl-C, hang-up) or "out of time" (the hook's watchdog)
     fresh_names = {p.partition(":")[0] for p in fresh or ()}
     earlier = {id(a) for a in actions if fresh is not None
@@ -268,7 +268,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
             lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True, earlier=earlier)
             if interrupted:
                 lines.append(report.cut_short_line(actions, outcomes, interrupted))
-        done = {id(o.action) for o in outcomes if o.status == execute.DONE}
+        done = {id(o.action) for o in outcomes if o.status == verify.DONE}
         still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
         # Not all looked at: the next run looks again at every package changed since the last complete run.
         missed = [report.unscanned_note(findings.scan)] if findings.scan.unscanned else []
@@ -301,7 +301,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         return 2
     if mode == "list":
         return 1 if any(a.action != policy.Act.IGNORE for a in actions) else 0
-    return 1 if any(o.status == execute.FAILED for o in outcomes) else 0
+    return 1 if any(o.status == verify.FAILED for o in outcomes) else 0
 
 
 class Interrupts:
@@ -325,7 +325,7 @@ class Interrupts:
 
 
 def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action], settings: policy.Settings,
-               outcomes: list[execute.Outcome], *, failed: list[str], deadline: float,
+               outcomes: list[verify.Outcome], *, failed: list[str], deadline: float,
                choose: Callable[[list[plan.Action]], list[bool | None]] | None, earlier: set[int],
                quiet: bool) -> str:
     """Restart as planned, one progress line as each unit is done; returns what cut it short, if anything:
@@ -339,7 +339,7 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
                                    seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
         log.info(line, show=not quiet)
 
-    def still_stale(checks: list[tuple[units.UnitGroup, list[int] | None]], until: float) -> list[execute.Recheck]:
+    def still_stale(checks: list[tuple[units.UnitGroup, list[int] | None]], until: float) -> list[verify.Recheck]:
         # pids None: a guessed unit (no systemd): only root's and system accounts' processes can be it.
         # The units of a wave are looked at again in one scan; what it could not look at counts for each.
         if len(checks) > 1 and all(pids is not None for _, pids in checks):
@@ -351,10 +351,10 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
 
     record = ActionLog(roots, trigger, log)
 
-    def progress(outcome: execute.Outcome) -> None:
+    def progress(outcome: verify.Outcome) -> None:
         outcomes.append(outcome)
         record.outcome(outcome)
-        log.info(report.outcome_line(outcome), show=not quiet or outcome.status == execute.FAILED)
+        log.info(report.outcome_line(outcome), show=not quiet or outcome.status == verify.FAILED)
 
     try:
         execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
@@ -369,10 +369,10 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
     return ""
 
 
-def _left(again: Findings, group: units.UnitGroup) -> execute.Recheck:
+def _left(again: Findings, group: units.UnitGroup) -> verify.Recheck:
     """What a scan after a restart found of this unit: its processes still stale."""
     same = (group.kind, group.name, group.uid)
-    return execute.Recheck([m for g in again.groups if (g.kind, g.name, g.uid) == same for m in g.members],
+    return verify.Recheck([m for g in again.groups if (g.kind, g.name, g.uid) == same for m in g.members],
                            again.scan.unscanned)
 
 
@@ -397,14 +397,14 @@ class ActionLog:
         for i, a in enumerate(actions, len(self.entries) - len(actions)):
             self.index[id(a)] = i
 
-    def outcome(self, o: execute.Outcome) -> None:
+    def outcome(self, o: verify.Outcome) -> None:
         """A failure is written at once; a success with the next intent or the run's own record
         (until then a killed run's next run finds it "started" and checks it again: active)."""
         i = self.index.get(id(o.action))
         if i is None:
             return
         self.entries[i] = {**self.entries[i], "status": o.status, "detail": clean(o.detail)}
-        if o.status == execute.DONE:
+        if o.status == verify.DONE:
             return
         try:
             self._save()
@@ -426,16 +426,16 @@ def recover(roots: Roots, log: Log, findings: Findings) -> list[dict[str, object
     records: list[dict[str, object]] = []
     for e in entries:
         unit, kind, uid = e.get("unit"), e.get("kind"), e.get("uid")
-        if e.get("status") not in ("started", execute.DONE) or not isinstance(unit, str) or not isinstance(kind, str):
+        if e.get("status") not in ("started", verify.DONE) or not isinstance(unit, str) or not isinstance(kind, str):
             continue
         if (kind, unit, uid) in stale:
-            status = execute.FAILED
+            status = verify.FAILED
             detail = f"an interrupted run (pid {pid}) was restarting it; still uses replaced files"
         else:
             active = unitstate.active_state(kind, unit, uid if isinstance(uid, int) else None)
             verified = "verified again: active, no replaced files in use" if active == "active" else \
                 f"checked again: {active}"
-            status = execute.DONE if active == "active" else execute.FAILED
+            status = verify.DONE if active == "active" else verify.FAILED
             detail = f"restarted by an interrupted run (pid {pid}); {verified}"
         log.info(f"  {printable(unit)}: {detail}")
         records.append({**e, "status": status, "detail": detail})

@@ -126,6 +126,15 @@ def last_failures(record: dict[str, Any] | None, timeout: float = 5) -> list[dic
     return out
 
 
+def left_down(record: dict[str, Any] | None) -> list[str]:
+    """System units whose restart failed in the run of ``record`` (this boot's last) and that are not
+    running now (:func:`active_state` validates the names: "unknown" counts as running)."""
+    units = record.get("units") if record is not None else None
+    names = [u["unit"] for u in units if isinstance(u, dict) and u.get("status") == Status.FAILED
+             and u.get("kind") == SYSTEM and isinstance(u.get("unit"), str)] if isinstance(units, list) else []
+    return [n for n in names if active_state(SYSTEM, n, None) not in ("active", "reloading", "activating", "unknown")]
+
+
 def ancestor_units(proc: Path, pid: int) -> set[str]:
     """Units of this process and all its ancestors: restarting one would kill this very run."""
     units = set()
