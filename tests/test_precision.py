@@ -154,7 +154,8 @@ def test_an_ssh_login_is_told_on_its_terminal(container_factory: Callable[..., C
                                               demo_debs: dict[str, dict[str, Path]]) -> None:
     """A real ssh login (openssh-server, PAM, logind) runs a program of the upgraded package: logind's
     record of the session names no terminal, the notice still reaches its pts (found through utmp,
-    as loginctl finds it), and the log says so."""
+    as loginctl finds it; on Debian 13, which writes no utmp, as the program's controlling terminal),
+    and the log says so."""
     c = container_factory("rctl-ssh", boot=True)
     install_hooks(c)
     c.write_file("/etc/restartctl/policy.toml", LIST_ONLY)
