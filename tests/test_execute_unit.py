@@ -245,6 +245,24 @@ def test_notify_send_writes_to_dev_null(tmp_path: Path, monkeypatch: pytest.Monk
     assert calls and all(c.get("quiet") is True for c in calls)
 
 
+def test_a_recorded_unit_is_asked_about_only_if_systemctl_may_be_asked() -> None:
+    """The state file is data: a unit it names reaches systemctl only under systemd's grammar, as a
+    system unit (any uid it carries dropped) or a user unit with an integer uid; the rest is unknown."""
+    from restart.units import SYSTEM, USER, UnitGroup
+    from restart.unitstate import active_state, recorded_group
+
+    assert recorded_group("system", "a.service", None) == UnitGroup(kind=SYSTEM, name="a.service", uid=None)
+    assert recorded_group("system", "a.service", 1000) == UnitGroup(kind=SYSTEM, name="a.service", uid=None)
+    assert recorded_group("user", "a.service", 1000) == UnitGroup(kind=USER, name="a.service", uid=1000)
+    for kind, name, uid in [("user", "a.service", None), ("user", "a.service", True), ("user", "a.service", "1000"),
+                            ("session", "session-1.scope", None), ("system", "a b.service", None),
+                            ("system", "../a.service", None), ("system", ["a.service"], None),
+                            (None, "a.service", None)]:
+        assert recorded_group(kind, name, uid) is None, (kind, name, uid)
+        if isinstance(kind, str) and isinstance(name, str):
+            assert active_state(kind, name, uid if isinstance(uid, int) else None) == "unknown"
+
+
 def _bus_message(kind: int, reply_to: int, signature: str, body: bytes) -> bytes:
     """A little-endian D-Bus message of type ``kind`` answering call ``reply_to`` (as PID 1 writes them)."""
     fields = bytearray(b"\x05\x01u\x00" + struct.pack("<I", reply_to))
