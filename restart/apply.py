@@ -18,14 +18,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from restart import execute, packages, plan, policy, report, state, units, unitstate, verify
 from restart.ask import choose_mode, chooser, interactive
 from restart.procfs import STARTTIME, lineage, stat_field
 from restart.roots import Roots
+from restart.runner import Meanwhile
 from restart.scan import Findings, find
 from restart.text import clean, printable
+
+if TYPE_CHECKING:
+    from restart import reboot
 
 
 class Timeout(BaseException):
@@ -249,6 +253,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     actions = hold_unconfigured(actions, packages.unconfigured(
         roots.admindir, {p for a in actions if a.action in plan.EXECUTABLE for p in a.group.packages}))
     recovered = recover(roots, log, findings)
+    ahead = Ahead(roots)
     outcomes: list[verify.Outcome] = []
     interrupted = ""  # "interrupted" (Ctrl-C, hang-up) or "out of time" (the hook's watchdog)
     fresh_names = {p.partition(":")[0] for p in fresh or ()}
@@ -262,7 +267,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
             lines = report.hook_lines(actions, failed=failed, skips=skips, earlier=earlier)
         else:
             interrupted = _carry_out(roots, trigger, log, actions, pol.settings, outcomes, failed=failed,
-                                     deadline=deadline, earlier=earlier, quiet=quiet, db=db,
+                                     deadline=deadline, earlier=earlier, quiet=quiet, db=db, first=ahead.start,
                                      choose=chooser(answers or sys.stdin, sys.stdout, deadline=deadline,
                                                     default_yes=pol.settings.ask_default == "yes")
                                      if mode == "ask" else None)
@@ -290,8 +295,9 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
             log.info(line, show=not quiet)
         for line in report.detail_lines(findings.groups):
             log.info(line, show=False)
-        reboot = publish(roots, [a for a in actions if id(a) not in done], findings, log, quiet=quiet)
-        step = report.next_step(actions, outcomes, listing=mode == "list", reboot=reboot) if actions else None
+        rebooting = publish(roots, [a for a in actions if id(a) not in done], findings, log, quiet=quiet,
+                            known=ahead)
+        step = report.next_step(actions, outcomes, listing=mode == "list", reboot=rebooting) if actions else None
         if step:
             log.info(step)
         if unsaved is not None:
@@ -328,14 +334,14 @@ class Interrupts:
 def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action], settings: policy.Settings,
                outcomes: list[verify.Outcome], *, failed: list[str], deadline: float,
                choose: Callable[[list[plan.Action]], list[bool | None]] | None, earlier: set[int],
-               quiet: bool, db: packages.DpkgDatabase) -> str:
+               quiet: bool, db: packages.DpkgDatabase, first: Callable[[], None] = lambda: None) -> str:
     """Restart as planned, one progress line as each unit is done; returns what cut it short, if anything:
     "interrupted" (Ctrl-C, a hang-up) or "out of time" (the hook's watchdog; the time left to record
     what was done is the watchdog's grace).
 
     ``outcomes`` fills as the restarts finish, so that an interrupted run still records them; each
     action is also on record before it is taken (:class:`ActionLog`).  ``db``: the dpkg database as
-    the scan read it, for the checks after the restarts.
+    the scan read it, for the checks after the restarts; ``first`` is told as the first restart begins.
     """
     for line in report.intro_lines(actions, failed=failed, asking=choose is not None, earlier=earlier,
                                    seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
@@ -354,6 +360,10 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
 
     record = ActionLog(roots, trigger, log)
 
+    def intend(taken: list[plan.Action]) -> None:
+        record.intend(taken)
+        first()
+
     def progress(outcome: verify.Outcome) -> None:
         outcomes.append(outcome)
         record.outcome(outcome)
@@ -363,7 +373,7 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
         execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
                       still_stale=still_stale, choose=choose, report=progress,
                       cgroupfs=roots.root / "sys" / "fs" / "cgroup", log=lambda line: log.info(line, show=False),
-                      intend=record.intend, earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)))
+                      intend=intend, earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)))
     except KeyboardInterrupt:
         log.info("")  # after the ^C the terminal echoed
         return "interrupted"
@@ -463,7 +473,30 @@ def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) ->
     return held
 
 
-def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log, *, quiet: bool = False) -> bool:
+class Ahead:
+    """What :func:`publish` needs that no restart changes (:func:`restart.reboot.machine`), read in a
+    thread of its own once the first restart begins: the run only waits for systemd then, and a
+    run with nothing restarted reads it at the end, as before."""
+
+    def __init__(self, roots: Roots) -> None:
+        self.roots = roots
+        self.task: Meanwhile[reboot.Machine] | None = None
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = Meanwhile(self._read)
+
+    def _read(self) -> reboot.Machine:
+        from restart import formats, reboot  # noqa: F401 - formats: imported here too, for publish()
+
+        return reboot.machine(proc=self.roots.proc, root=self.roots.root, admindir=self.roots.admindir)
+
+    def result(self) -> reboot.Machine | None:
+        return self.task.result() if self.task is not None else None
+
+
+def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log, *, quiet: bool = False,
+            known: Ahead | None = None) -> bool:
     """Tell the rest of the system: /run/reboot-required(.pkgs) when a reboot is the cure (what
     unattended-upgrades' Automatic-Reboot and kured act on), and node-exporter's textfile, both
     from what is ``left`` after this run's restarts.  Returns whether a reboot is needed."""
@@ -471,7 +504,8 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log,
 
     found: list[reboot.RebootReason] = []
     try:
-        found, _ = reboot.for_host(left, proc=roots.proc, root=roots.root, admindir=roots.admindir)
+        found, _ = reboot.for_host(left, proc=roots.proc, root=roots.root, admindir=roots.admindir,
+                                   known=known.result() if known is not None else None)
         if found:
             written = reboot.write_reboot_required(roots.run, found)
             if written.added or written.flag_created:

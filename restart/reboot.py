@@ -125,11 +125,21 @@ def microcode_status(proc: Path = Path("/proc"), firmware: Path = Path("/lib/fir
                                             f"{cpu.revision:#x} is running", since)
 
 
-def for_host(actions: Iterable[Action], *, proc: Path, root: Path,
-             admindir: Path) -> tuple[list[RebootReason], KernelStatus]:
-    """Every reason this host needs a reboot but others' flag (see :func:`flagged`), and the kernel's state."""
-    kernel = kernel_status(proc, admindir, root / "boot")
-    microcode = microcode_status(proc, root / "lib" / "firmware", admindir, root / "sys")
+Machine = tuple[KernelStatus, RebootReason | None]  # the kernel's state, and the microcode's reason if any
+
+
+def machine(*, proc: Path, root: Path, admindir: Path) -> Machine:
+    """What of the host only a reboot changes, whatever is restarted: the kernel and the CPU microcode
+    (an acting run reads it while its restarts run)."""
+    return (kernel_status(proc, admindir, root / "boot"),
+            microcode_status(proc, root / "lib" / "firmware", admindir, root / "sys"))
+
+
+def for_host(actions: Iterable[Action], *, proc: Path, root: Path, admindir: Path,
+             known: Machine | None = None) -> tuple[list[RebootReason], KernelStatus]:
+    """Every reason this host needs a reboot but others' flag (see :func:`flagged`), and the kernel's
+    state; ``known``: :func:`machine`'s answer, read earlier in this run."""
+    kernel, microcode = known or machine(proc=proc, root=root, admindir=admindir)
     return reasons(actions, kernel, admindir=admindir, microcode=microcode), kernel
 
 
