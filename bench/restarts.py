@@ -136,7 +136,7 @@ def measure(c: Container, debs: dict[str, dict[str, Path]], n: int, runs: int,
             plan = json.loads(c.exec(["/usr/sbin/restartctl", "plan", "--json"]).stdout)
             assert not {a["unit"] for a in plan["actions"]} & set(names), label  # every restart verified
             results.setdefault(label, []).append(seconds)
-    if trace:
+    if trace is not None:
         before = make_stale(c, debs, names)
         c.write_file("/etc/restartctl/policy.toml", f"[settings]\n{CONFIGS[ONE_WAVE]}")
         r = c.exec(["env", f"PYTHONPATH={REPO}", "/usr/bin/python3", str(REPO / "bench" / "restart_trace.py")],

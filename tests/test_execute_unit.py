@@ -4,8 +4,10 @@ test_apply.py)."""
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -289,3 +291,32 @@ def test_pid1s_answers_on_its_bus_are_read_strictly() -> None:
         unitstate._reply(_bus_message(2, 5, "v", text)[:-12])
     with pytest.raises(UnicodeDecodeError):
         unitstate._reply(_bus_message(2, 5, "v", b"\x01s\x00\x00" + struct.pack("<I", 2) + b"\xff\xfe\x00"))
+
+
+def test_a_bus_that_stops_answering_is_a_timeout_not_a_second_wait(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """PID 1 takes the connection, then says nothing (stopped, overloaded): the question ends at its
+    timeout as systemctl's would (TimeoutExpired, an outcome for the executor), not in a fallback to
+    systemctl that waits as long again."""
+    path = tmp_path / "private"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(64)
+            conn.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
+            done.wait(5)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    monkeypatch.setattr(unitstate, "SYSTEMD_BUS", str(path))
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        unitstate.unit_states([UnitGroup(kind=SYSTEM, name="a.service", uid=None)], 0.5)
+    assert time.monotonic() - started < 2
+    done.set()
+    thread.join()
+    server.close()
