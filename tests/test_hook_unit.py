@@ -325,3 +325,33 @@ def test_the_journal_time_is_dates_or_a_second_earlier_without_a_fork() -> None:
     out = subprocess.run(["/bin/sh", "-c", functions + 'BTIME=-; now; echo "$NOW $(date +%s)"'],
                          capture_output=True, text=True, check=True, env=env).stdout.split()
     assert int(out[1]) - 1 <= int(out[0]) <= int(out[1])
+
+
+def test_whether_the_system_is_shutting_down_is_asked_only_when_a_restart_is_due(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why (issue 15): ``systemctl is-system-running`` is a program start in every hook run; a run with
+    nothing to restart never asks it, and a system that is shutting down restarts nothing (only lists)."""
+    from restart import state
+
+    host = Host(tmp_path, systemd=True)
+    host.add(10, cgroup="0::/system.slice/demod.service\n", name="demod")
+    roots = host.roots()
+    asked: list[int] = []
+
+    def stopping() -> bool:
+        asked.append(1)
+        return True
+
+    def no_restarts(*args: object, **kwargs: object) -> str:
+        raise AssertionError("a restart was attempted while the system shuts down")
+    monkeypatch.setattr(apply, "_carry_out", no_restarts)
+    log = apply.Log(sys.stdout, sys.stderr, quiet=False)
+    apply.act(roots, "apt", log, scope=["demod"], old_files=None, failed=[], mode="auto",
+              deadline=time.monotonic() + 60, shutting_down=stopping)
+    assert asked == []  # demod's own files are not stale: nothing to restart, nothing asked
+    apply.act(roots, "apt", log, scope=["libdemo1"], old_files=None, failed=[], mode="auto",
+              deadline=time.monotonic() + 60, shutting_down=stopping)
+    assert asked == [1]
+    assert "the system is shutting down: restarting nothing" in capsys.readouterr().out
+    record = state.read_json(roots.state, state.PENDING)
+    assert record is not None and [(u["unit"], u["status"]) for u in record["units"]] == [("demod.service", "listed")]
