@@ -270,9 +270,11 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     quiet = pol.settings.quiet and trigger != "manual" and mode != "ask"
     with Interrupts():
         if mode == "list" or not actions:
-            from restart import execute
+            skips: dict[int, str] = {}
+            if preview:
+                from restart import execute
 
-            skips = execute.would_skip(actions, pol.settings, proc=roots.proc) if preview else {}
+                skips = execute.would_skip(actions, pol.settings, proc=roots.proc)
             lines = report.hook_lines(actions, failed=failed, skips=skips, earlier=earlier)
         else:
             interrupted = _carry_out(roots, trigger, log, actions, pol.settings, outcomes, failed=failed,

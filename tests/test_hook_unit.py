@@ -355,3 +355,23 @@ def test_whether_the_system_is_shutting_down_is_asked_only_when_a_restart_is_due
     assert "the system is shutting down: restarting nothing" in capsys.readouterr().out
     record = state.read_json(roots.state, state.PENDING)
     assert record is not None and [(u["unit"], u["status"]) for u in record["units"]] == [("demod.service", "listed")]
+
+
+def test_a_hook_run_with_nothing_to_restart_starts_no_program_and_imports_no_executor(tmp_path: Path) -> None:
+    """Why (issue 15): in a hook run with nothing stale, the executor, its systemctl and notification code,
+    ``subprocess`` and the policy's second reading were a fifth of the run's own time."""
+    host = Host(tmp_path, systemd=True)
+    host.add(10, cgroup="0::/system.slice/demod.service\n", name="demod")
+    run = tmp_path / "run" / "restartctl"
+    run.mkdir(mode=0o755)
+    (run / "journal").write_text("1700000000 apt upgrade demod:amd64\n")
+    code = ("import sys; from restart import cli, policy; read = []; load = policy.load; "
+            "policy.load = lambda paths: read.append(1) or load(paths); cli.main(sys.argv[1:]); "
+            "print(len(read), sorted(m for m in sys.modules if m in ('restart.execute', 'restart.unitstate', "
+            "'restart.runner', 'subprocess')))")
+    out = subprocess.run(["/usr/bin/python3", "-c", code, *host.argv("hook", "--trigger", "apt"),
+                          "--state", str(tmp_path / "state")],
+                         capture_output=True, text=True, env={"PYTHONPATH": str(Path(__file__).parent.parent)},
+                         cwd="/", check=False)
+    assert out.stdout.splitlines()[-1] == "1 []", out.stdout + out.stderr
+    assert (tmp_path / "state" / "pending.json").exists()  # the run went all the way
