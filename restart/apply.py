@@ -28,8 +28,8 @@ from restart.roots import Roots
 from restart.scan import Findings, find
 from restart.text import clean, printable
 
-if TYPE_CHECKING:  # the executor (and its systemctl and notification code) is imported when a restart is due
-    from restart import execute
+if TYPE_CHECKING:  # the executor and verification (systemctl, notifications) are imported when a restart is due
+    from restart import verify
 
 
 class Timeout(BaseException):
@@ -261,7 +261,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         log.info("the system is shutting down: restarting nothing (mode list)")
         mode = "list"
     recovered = recover(roots, log, findings)
-    outcomes: list[execute.Outcome] = []
+    outcomes: list[verify.Outcome] = []
     interrupted = ""  # "interrupted" (Ctrl-C, hang-up) or "out of time" (the hook's watchdog)
     fresh_names = {p.partition(":")[0] for p in fresh or ()}
     earlier = {id(a) for a in actions if fresh is not None
@@ -342,7 +342,7 @@ class Interrupts:
 
 
 def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action], settings: policy.Settings,
-               outcomes: list[execute.Outcome], *, failed: list[str], deadline: float,
+               outcomes: list[verify.Outcome], *, failed: list[str], deadline: float,
                choose: Callable[[list[plan.Action]], list[bool | None]] | None, earlier: set[int],
                quiet: bool) -> str:
     """Restart as planned, one progress line as each unit is done; returns what cut it short, if anything:
@@ -356,7 +356,7 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
                                    seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
         log.info(line, show=not quiet)
 
-    def still_stale(checks: list[tuple[units.UnitGroup, list[int] | None]], until: float) -> list[execute.Recheck]:
+    def still_stale(checks: list[tuple[units.UnitGroup, list[int] | None]], until: float) -> list[verify.Recheck]:
         # pids None: a guessed unit (no systemd): only root's and system accounts' processes can be it.
         # The units of a wave are looked at again in one scan; what it could not look at counts for each.
         if len(checks) > 1 and all(pids is not None for _, pids in checks):
@@ -368,7 +368,7 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
 
     record = ActionLog(roots, trigger, log)
 
-    def progress(outcome: execute.Outcome) -> None:
+    def progress(outcome: verify.Outcome) -> None:
         outcomes.append(outcome)
         record.outcome(outcome)
         log.info(report.outcome_line(outcome), show=not quiet or outcome.status == Status.FAILED)
@@ -388,12 +388,12 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
     return ""
 
 
-def _left(again: Findings, group: units.UnitGroup) -> execute.Recheck:
+def _left(again: Findings, group: units.UnitGroup) -> verify.Recheck:
     """What a scan after a restart found of this unit: its processes still stale."""
-    from restart import execute
+    from restart import verify
 
     same = (group.kind, group.name, group.uid)
-    return execute.Recheck([m for g in again.groups if (g.kind, g.name, g.uid) == same for m in g.members],
+    return verify.Recheck([m for g in again.groups if (g.kind, g.name, g.uid) == same for m in g.members],
                            again.scan.unscanned)
 
 
@@ -418,7 +418,7 @@ class ActionLog:
         for i, a in enumerate(actions, len(self.entries) - len(actions)):
             self.index[id(a)] = i
 
-    def outcome(self, o: execute.Outcome) -> None:
+    def outcome(self, o: verify.Outcome) -> None:
         """A failure is written at once; a success with the next intent or the run's own record
         (until then a killed run's next run finds it "started" and checks it again: active)."""
         i = self.index.get(id(o.action))

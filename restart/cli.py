@@ -15,7 +15,6 @@ from restart.scan import find
 from restart.text import printable, tolerant_streams
 
 EXIT_OK, EXIT_STALE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
-APPLY_SCHEMA = "restartctl-apply/1"
 DEFAULT_TEXTFILE = Path("(default)")
 APPLY_LOCK_WAIT = policy.Settings().hook_budget + 10  # longer than a hook run takes by default
 
@@ -111,7 +110,7 @@ def _check_options(p: argparse.ArgumentParser) -> None:
 
 
 def _apply_options(p: argparse.ArgumentParser) -> None:
-    _common_options(p, json_help=f"after the run, print the {APPLY_SCHEMA} JSON document (what became of each "
+    _common_options(p, json_help=f"after the run, print the {report.APPLY_SCHEMA} JSON document (what became of each "
                                  "unit, what is still pending) instead of text")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--yes", action="store_true", help="restart without asking (mode auto)")
@@ -303,12 +302,13 @@ def _nagios(roots: Roots, packages: list[str] | None, **thresholds: Any) -> int:
     """Nagios plugin: one line and perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 
     ``thresholds`` are ``formats.nagios``'s; the ones not given keep its defaults."""
-    from restart import formats
+    from restart import formats, state, unitstate
 
     findings = find(roots, only_packages=packages)
     actions = plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
     reasons, _ = _reboot_reasons(roots, actions)
-    down = _left_down(roots, *_whole_record(roots))
+    record, current = state.last_run(roots.state, roots.proc)
+    down = unitstate.left_down(record if current else None) if roots.systemd_booted() else []
     code, out = formats.nagios(actions, reasons, is_root=os.geteuid() == 0, scan=findings.scan, down=down,
                                **thresholds)
     sys.stdout.write(out)
@@ -340,9 +340,9 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
         reasons, kernel = _reboot_reasons(roots, actions or [])
     failed = _failed(roots) if actions is not None and fmt in ("json", "text") else []
     if fmt == "openmetrics":
-        from restart import formats
+        from restart import formats, state
 
-        record, current = _last_run(roots)
+        record, current = state.last_run(roots.state, roots.proc)
         out = formats.host_metrics(actions, findings.groups, findings.scan, reasons, admindir=roots.admindir,
                                    last_run=record, current_boot=current)
         if args.textfile is not None:
@@ -367,37 +367,22 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
 
 def _failed(roots: Roots) -> list[dict[str, Any]]:
     """Units whose restart failed in the last run of this boot and that are not healthy since."""
-    from restart import unitstate
+    from restart import state, unitstate
 
-    record, current = _whole_record(roots)
+    record, current = state.last_run(roots.state, roots.proc)
     return unitstate.last_failures(record) if current and roots.systemd_booted() else []
-
-
-def _whole_record(roots: Roots) -> tuple[dict[str, Any] | None, bool]:
-    """The last run's record as written, and whether it is of this boot: a failed unit's processes
-    have exited, so the units ``_last_run`` drops for that are exactly the ones asked about here."""
-    from restart import state
-
-    record = state.read_json(roots.state, state.PENDING)
-    return record, record is not None and record.get("boot_id") == state.boot_id(roots.proc)
 
 
 def _renew_textfile(roots: Roots, textfile: Path) -> bool:
     """``--refresh``: renew the textfile's report time instead of a scan, when nothing can have changed."""
-    import time
-
     from restart import formats, state
 
-    path = formats.default_textfile() if textfile == DEFAULT_TEXTFILE else textfile
-    booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-    text = None if path is None else formats.renewed(
-        path, since=[roots.admindir / "status", roots.state / state.PENDING, roots.run / "reboot-required"],
-        booted=booted)
-    if text is None:
-        return False
-    formats.write_textfile(text, path)
-    sys.stdout.write(text)
-    return True
+    text = formats.renew_textfile(formats.default_textfile() if textfile == DEFAULT_TEXTFILE else textfile,
+                                  since=[roots.admindir / "status", roots.state / state.PENDING,
+                                         roots.run / "reboot-required"])
+    if text is not None:
+        sys.stdout.write(text)
+    return text is not None
 
 
 def _apply(roots: Roots, args: argparse.Namespace) -> int:
@@ -421,13 +406,9 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
         code = apply.act(roots, "manual", log, scope=args.packages, old_files=None, failed=[], mode=mode,
                         deadline=time.monotonic() + args.budget, preview=args.dry_run)
     if args.json:
-        import json
-
         from restart import state
 
-        record = state.read_json(roots.state, state.PENDING) or {}
-        sys.stdout.write(json.dumps({"schema": APPLY_SCHEMA, "applied": record.get("units", []),
-                                     "pending": record.get("packages", [])}, indent=_json_indent()) + "\n")
+        sys.stdout.write(report.applied_json(state.read_json(roots.state, state.PENDING) or {}, indent=_json_indent()))
     return code
 
 
@@ -436,45 +417,17 @@ def _json_indent() -> int | None:
     return 2 if sys.stdout.isatty() else None
 
 
-def _last_run(roots: Roots) -> tuple[dict[str, Any] | None, bool]:
-    """The last run's record, and whether it is of this boot (state and json are imported only here)."""
-    from restart import state
-
-    record = state.read_json(roots.state, state.PENDING)
-    current = record is not None and record.get("boot_id") == state.boot_id(roots.proc)
-    return (state.still_true(record, roots.proc) if record is not None and current else record), current
-
-
-def _left_down(roots: Roots, record: dict[str, Any] | None, current: bool) -> list[str]:
-    """System units whose restart failed in this boot's last run and that are not running now."""
-    from restart.units import valid_unit_name
-
-    units = record.get("units") if record is not None and current else None
-    names = [u["unit"] for u in units if isinstance(u, dict) and u.get("status") == plan.Status.FAILED
-             and u.get("kind") == "system" and isinstance(u.get("unit"), str) and valid_unit_name(u["unit"])
-             ] if isinstance(units, list) else []
-    if not names or not roots.systemd_booted():
-        return []
-    from restart import unitstate
-
-    return [n for n in names
-            if unitstate.active_state("system", n, None) not in ("active", "reloading", "activating", "unknown")]
-
-
 def _status(roots: Roots, args: argparse.Namespace) -> int:
     """Exit 0 when nothing is pending and no reboot is needed, 1 when something is (or a run waits for
     unattended-upgrades), 2 for an unusable record."""
-    from restart import apply, state
+    from restart import apply, state, unitstate
 
     said: list[str] = []  # why read_json found the record unusable (and set it aside)
     trouble = state.problem(roots.state, state.PENDING)
-    record = state.read_json(roots.state, state.PENDING, log=said.append) if trouble is None else None
+    record, current = state.last_run(roots.state, roots.proc, log=said.append) if trouble is None else (None, False)
     trouble = trouble or (said[0] if said else None)
-    current = record is not None and record.get("boot_id") == state.boot_id(roots.proc)
-    if record is not None and current:
-        record = state.still_true(record, roots.proc)  # only what is still true: gone processes are dropped
     reasons, kernel = _reboot_reasons(roots, [])
-    down = _left_down(roots, record, current)
+    down = unitstate.left_down(record if current else None) if roots.systemd_booted() else []
     waiting = apply.waiting_for(roots)
     if args.json:
         import json

@@ -307,6 +307,16 @@ def renewed(path: Path, *, since: Sequence[Path], booted: float, now: float | No
     return text.replace(old, new) if old in text else None
 
 
+def renew_textfile(path: Path | None, *, since: Sequence[Path]) -> str | None:
+    """``--refresh``: the textfile at ``path`` with its report time renewed (:func:`renewed`), written;
+    None when a scan is due instead."""
+    booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    text = None if path is None else renewed(path, since=since, booted=booted)
+    if text is not None:
+        write_textfile(text, path)
+    return text
+
+
 def default_textfile(directory: Path = TEXTFILE_DIR) -> Path | None:
     """Where node-exporter's textfile collector looks, when its directory exists on this host."""
     return directory / TEXTFILE_NAME if directory.is_dir() else None

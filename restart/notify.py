@@ -2,10 +2,11 @@
 
 Part of stage 6 (the executor hands over the units it does not restart: users' programs, and
 users' processes found inside system services).  Who sits where comes from logind's session
-records and utmp, read bounded, never from a process's environment; a terminal is written only if
-it is a character device of that user; a desktop notice goes through notify-send run as that user
-on the bus derived from the UID.  Program names are escaped for the terminal and for the markup a
-notification server reads.
+records and utmp, read bounded, never from a process's environment (where neither names an ssh
+login's terminal, as on Debian 13, the kernel's record of the stale program's controlling terminal
+does); a terminal is written only if it is a character device of that user; a desktop notice goes
+through notify-send run as that user on the bus derived from the UID.  Program names are escaped
+for the terminal and for the markup a notification server reads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from restart.procfs import CLEAN_ENV
+from restart.procfs import CLEAN_ENV, TTY_NR, stat_field
 from restart.runner import run
 from restart.text import printable
 from restart.units import SESSION, UnitGroup, cgroup_path, resolve
@@ -76,6 +77,24 @@ def utmp_terminals(run_dir: Path, proc: Path) -> dict[str, str]:
         if unit.kind == SESSION and unit.name:
             found.setdefault(unit.name.removeprefix("session-").removesuffix(".scope"), tty)
     return found
+
+
+# Linux's device numbers of terminals: the pseudo-terminal slaves (/dev/pts/N) and the virtual consoles.
+PTS_MAJORS = range(136, 144)
+VT_MAJOR, VT_MINORS = 4, range(1, 64)
+TERMINAL_PROBES = 64  # stale programs of one session asked for their terminal: each costs one small read
+
+
+def controlling_terminal(proc: Path, pid: int) -> str:
+    """The terminal a process runs on ("pts/3", "tty2"; "" if none), from ``tty_nr`` in its stat:
+    a kernel fact, where logind names no terminal and there is no utmp (Debian 13's ssh logins)."""
+    dev = stat_field(proc, pid, TTY_NR)
+    if not dev or not 0 < dev < 1 << 32:
+        return ""
+    major, minor = (dev >> 8) & 0xFFF, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)  # the kernel's 32-bit encoding
+    if major in PTS_MAJORS:
+        return f"pts/{(major - PTS_MAJORS.start) * 256 + minor}"
+    return f"tty{minor}" if major == VT_MAJOR and minor in VT_MINORS else ""
 
 
 def sessions(run_dir: Path, proc: Path = Path("/proc")) -> list[Session]:
@@ -186,12 +205,13 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
         text = (f"restartctl: a software update replaced files that these programs still use: "
                 f"{', '.join(what)}. Restart them (or log out and in again) to finish the update.")
         told, why = [], []
-        if s.tty:
-            if write_to_tty(Path("/dev") / s.tty, s.uid, f"\n{text}\n"):
-                told.append(s.tty)
+        ttys = [s.tty] if s.tty else _terminals_of(by_uid[s.uid], s, proc)
+        for tty in ttys:
+            if write_to_tty(Path("/dev") / tty, s.uid, f"\n{text}\n"):
+                told.append(tty)
                 sent += 1
             else:
-                why.append(f"could not write to /dev/{s.tty}")
+                why.append(f"could not write to /dev/{tty}")
         if s.graphical and s.uid in on_desktop:
             told.append("desktop (one notice per user)")
         elif s.graphical:
@@ -202,7 +222,7 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
                 sent += 1
             else:
                 why.append(result)
-        if not s.tty and not s.graphical:
+        if not ttys and not s.graphical:
             why.append("no terminal and no desktop")
         who = f"user {s.user or s.uid} (session {s.id})"
         if told:
@@ -213,6 +233,14 @@ def notify(groups: list[UnitGroup], run_dir: Path, log: Callable[[str], None],
         log(f"could not tell user {uid}: no login session a person sits at (a lingering manager or "
             "background sessions only); it stays pending")
     return sent
+
+
+def _terminals_of(groups: list[UnitGroup], s: Session, proc: Path) -> list[str]:
+    """The terminals the session's stale programs run on, for a session whose record names none:
+    each one is still written only if it is a terminal of that user."""
+    scope = f"session-{s.id}.scope"
+    pids = sorted({m.process.pid for g in groups if g.kind == SESSION and g.name == scope for m in g.members})
+    return sorted({tty for pid in pids[:TERMINAL_PROBES] if (tty := controlling_terminal(proc, pid))})
 
 
 def _notify_desktop(s: Session, text: str) -> str | None:

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-PPID, STARTTIME = 1, 19  # fields of /proc/PID/stat, counted from the state after the name
+PPID, TTY_NR, STARTTIME = 1, 4, 19  # fields of /proc/PID/stat, counted from the state after the name
 ANCESTRY_MAX = 64  # a walk up the process tree stops here whatever the tree (a loop, a deep chain)
 # The whole environment of every program restartctl starts: never anything of its own caller's,
 # nor of any process's (a planted PATH or LD_PRELOAD would run as root).

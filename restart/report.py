@@ -30,10 +30,11 @@ from restart.units import (
 )
 
 if TYPE_CHECKING:
-    from restart.execute import Outcome  # only for annotations: keeps subprocess off the scan path
     from restart.reboot import RebootReason
+    from restart.verify import Outcome  # only for annotations: keeps subprocess off the scan path
 
 SCHEMA = "restartctl/1"
+APPLY_SCHEMA = "restartctl-apply/1"
 
 
 def command(argv: Iterable[str]) -> str:
@@ -70,6 +71,15 @@ def action_json(a: Action) -> dict[str, Any]:
             "pids": list(g.pids), "packages": list(g.packages), "action": a.action,
             "argv": None if a.argv is None else list(a.argv), "reason": clean(a.reason),
             "suggested": None if a.suggested is None else list(a.suggested), "rule": a.rule}
+
+
+def applied_json(record: dict[str, Any], *, indent: int | None) -> str:
+    """The restartctl-apply/1 document of ``apply --json``, from the run's record: what became of
+    each unit, and what is still pending."""
+    import json
+
+    return json.dumps({"schema": APPLY_SCHEMA, "applied": record.get("units", []),
+                       "pending": record.get("packages", [])}, indent=indent) + "\n"
 
 
 def to_json(affected: list[Affected], groups: list[UnitGroup], scan: ScanResult, *,

@@ -177,6 +177,15 @@ def this_boot(directory: Path, boot: str, *, log: Callable[[str], None] = _syslo
     return doc if doc is not None and boot and doc.get("boot_id") == boot else None
 
 
+def last_run(directory: Path, proc: Path, *,
+             log: Callable[[str], None] = _syslog) -> tuple[dict[str, Any] | None, bool]:
+    """The last run's record, and whether it is of this boot; when it is, only what is still true of it
+    (:func:`still_true`: failed restarts stay)."""
+    record = read_json(directory, PENDING, log=log)
+    current = record is not None and record.get("boot_id") == boot_id(proc)
+    return (still_true(record, proc) if record is not None and current else record), current
+
+
 def journal_cursor(record: dict[str, Any] | None) -> tuple[int, int] | None:
     """The journal's inode and how far this boot's runs have read it; None when no run recorded it."""
     cursor = record.get("journal") if record is not None else None

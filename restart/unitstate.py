@@ -24,7 +24,6 @@ from restart.units import (
     USER,
     USER_MANAGER,
     UnitGroup,
-    UnitKind,
     cgroup_path,
     resolve,
     valid_unit_name,
@@ -74,12 +73,25 @@ def unit_state(group: UnitGroup, timeout: float, runner: Runner = run) -> dict[s
     return unit_states([group], timeout, runner).get(group.name or "", {})
 
 
+def recorded_group(kind: object, name: object, uid: object) -> UnitGroup | None:
+    """The unit a record names, if it is one systemctl may be asked about: a system unit, or a user
+    unit with its user's id, under a name systemd's grammar accepts (a record is data, not trusted)."""
+    if not isinstance(name, str) or not valid_unit_name(name):
+        return None
+    if kind == SYSTEM:
+        return UnitGroup(kind=SYSTEM, name=name, uid=None)
+    if kind == USER and isinstance(uid, int) and not isinstance(uid, bool):
+        return UnitGroup(kind=USER, name=name, uid=uid)
+    return None
+
+
 def active_state(kind: str, name: str, uid: int | None, timeout: float = 5) -> str:
     """systemd's ``ActiveState`` of a system or user unit named in a record; "unknown" when it cannot say."""
-    if kind not in (SYSTEM, USER) or not valid_unit_name(name) or (kind == USER) != isinstance(uid, int):
+    group = recorded_group(kind, name, uid)
+    if group is None:
         return "unknown"
     try:
-        state = unit_state(UnitGroup(kind=UnitKind(kind), name=name, uid=uid), timeout)
+        state = unit_state(group, timeout)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return state.get("ActiveState") or "unknown"
@@ -106,12 +118,11 @@ def last_failures(record: dict[str, Any] | None, timeout: float = 5) -> list[dic
     """
     out = []
     for u in (record or {}).get("units", [])[:1000]:
-        if not isinstance(u, dict) or u.get("status") != Status.FAILED or u.get("kind") not in (SYSTEM, USER):
+        if not isinstance(u, dict) or u.get("status") != Status.FAILED:
             continue
-        name, uid = u.get("unit"), u.get("uid")
-        if not isinstance(name, str) or not valid_unit_name(name) or (u["kind"] == USER and not isinstance(uid, int)):
+        group = recorded_group(u.get("kind"), u.get("unit"), u.get("uid"))
+        if group is None:
             continue
-        group = UnitGroup(kind=UnitKind(u["kind"]), name=name, uid=uid if u["kind"] == USER else None)
         try:
             now = unit_state(group, timeout)
         except (OSError, subprocess.TimeoutExpired):
@@ -119,11 +130,20 @@ def last_failures(record: dict[str, Any] | None, timeout: float = 5) -> list[dic
         if now.get("ActiveState") == "active" and now.get("NRestarts", "0") == "0":
             continue  # someone fixed it since
         detail = u.get("detail")
-        out.append({"unit": name, "kind": u["kind"], "uid": group.uid,
+        out.append({"unit": group.name, "kind": u["kind"], "uid": group.uid,
                     "detail": detail.splitlines()[0] if isinstance(detail, str) and detail else "",
                     "active_state": now.get("ActiveState", "unknown"), "sub_state": now.get("SubState", "unknown"),
                     "restarts": int(now["NRestarts"]) if now.get("NRestarts", "").isdigit() else None})
     return out
+
+
+def left_down(record: dict[str, Any] | None) -> list[str]:
+    """System units whose restart failed in the run of ``record`` (this boot's last) and that are not
+    running now (:func:`active_state` validates the names: "unknown" counts as running)."""
+    units = record.get("units") if record is not None else None
+    names = [u["unit"] for u in units if isinstance(u, dict) and u.get("status") == Status.FAILED
+             and u.get("kind") == SYSTEM and isinstance(u.get("unit"), str)] if isinstance(units, list) else []
+    return [n for n in names if active_state(SYSTEM, n, None) not in ("active", "reloading", "activating", "unknown")]
 
 
 def ancestor_units(proc: Path, pid: int) -> set[str]:

@@ -324,7 +324,7 @@ def test_the_backlog_is_one_line_and_the_run_ends_with_the_next_step(tmp_path: P
 
 def test_the_next_step_names_failures_units_left_to_people_and_a_reboot() -> None:
     from restart import report
-    from restart.execute import Outcome
+    from restart.verify import Outcome
 
     failed, left, person = (plan_action("a.service", ("p",)), plan_action("b.service", ("p",)),
                             plan_action("c.service", ("p",), action="notify"))
@@ -413,7 +413,7 @@ def test_quiet_shows_only_the_next_step_on_the_apt_terminal(tmp_path: Path,
 
 
 def test_users_are_not_notified_when_the_policy_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from restart import execute
+    from restart import execute, verify
     from restart.policy import Settings
 
     told: list[object] = []
@@ -426,7 +426,7 @@ def test_users_are_not_notified_when_the_policy_says_so(tmp_path: Path, monkeypa
     for setting, expected in ((True, 1), (False, 0)):
         applied = execute.apply([action], Settings(notify_users=setting), proc=tmp_path, run_dir=tmp_path,
                                 deadline=time.monotonic() + 60,
-                                still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks], choose=None,
+                                still_stale=lambda checks, until: [verify.Recheck([]) for _ in checks], choose=None,
                                 report=lambda o: None, log=lambda line: None)
         assert applied.notified == expected
     assert len(told) == 1

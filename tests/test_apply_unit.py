@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import apply, execute, report, state, unitstate
+from restart import apply, execute, report, state, unitstate, verify
 from restart.plan import Action
 from restart.policy import Act, Settings
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
@@ -37,7 +37,7 @@ def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attem
     actions = [Action(group([Affected(ProcessInfo(10 + i, 1, 0, "d", "/usr/sbin/d", "", None, ()), Unit(SYSTEM, n),
                                       stale, ())])[0], Act.RESTART, ("systemctl", "restart", "--", n), "")
                for i, n in enumerate(("a.service", "b.service"))]
-    outcomes: list[execute.Outcome] = []
+    outcomes: list[verify.Outcome] = []
     log = apply.Log(io.StringIO(), io.StringIO(), quiet=True)
     why = apply._carry_out(roots, "apt", log, actions, Settings(), outcomes, failed=[], choose=None,
                            deadline=time.monotonic() + 60, earlier=set(), quiet=True)

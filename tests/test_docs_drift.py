@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from completion import generate
-from restart import cli, formats, policy
+from restart import cli, formats, policy, report
 from restart.cli import _parser
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def test_help_texts_say_what_the_commands_do() -> None:
     hook = commands()["hook"]
     assert "never prompts" not in (hook.description or "")
     apply_json = next(a for a in commands()["apply"]._actions if "--json" in a.option_strings)
-    assert cli.APPLY_SCHEMA in (apply_json.help or "") and "restartctl/1 " not in (apply_json.help or "")
+    assert report.APPLY_SCHEMA in (apply_json.help or "") and "restartctl/1 " not in (apply_json.help or "")
     assert "--json" not in {o for a in commands()["check"]._actions for o in a.option_strings}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import execute, procfs, runner, unitstate
+from restart import execute, procfs, runner, unitstate, verify
 from restart.plan import Action
 from restart.policy import Act, Settings
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
@@ -85,7 +85,7 @@ def executor(tmp_path: Path, runner: Systemd, **settings: object) -> execute.Exe
     values: dict[str, object] = {"settle": 0.0, "timeout": 2.0, **settings}
     return execute.Executor(Settings(**values), proc=tmp_path, deadline=time.monotonic() + 60,  # type: ignore[arg-type]
                             cgroupfs=tmp_path, runner=runner,
-                            still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks])
+                            still_stale=lambda checks, until: [verify.Recheck([]) for _ in checks])
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +103,7 @@ def test_canary_alone_then_waves_of_max_parallel(tmp_path: Path) -> None:
     systemd = Systemd(units)
     outcomes = executor(tmp_path, systemd, max_parallel=3).run_all([action(n, 10 + i) for i, n in enumerate(units)])
     assert systemd.restarts() == [units[:1], units[1:4], units[4:]]
-    assert [o.status for o in outcomes] == [execute.DONE] * 6
+    assert [o.status for o in outcomes] == [verify.DONE] * 6
     assert [o.wave for o in outcomes] == [1, 2, 2, 2, 3, 3]
     assert all(o.seconds >= 0 for o in outcomes)
 
@@ -115,9 +115,9 @@ def test_a_waves_units_are_recorded_and_checked_again_together(tmp_path: Path) -
     intents: list[list[str | None]] = []
     checked: list[list[str | None]] = []
 
-    def check(checks: list[tuple[UnitGroup, list[int] | None]], until: float) -> list[execute.Recheck]:
+    def check(checks: list[tuple[UnitGroup, list[int] | None]], until: float) -> list[verify.Recheck]:
         checked.append([g.name for g, _ in checks])
-        return [execute.Recheck([]) for _ in checks]
+        return [verify.Recheck([]) for _ in checks]
     ex = execute.Executor(Settings(settle=0.0, max_parallel=8), proc=tmp_path, deadline=time.monotonic() + 60,
                           cgroupfs=tmp_path, runner=systemd, still_stale=check,
                           intend=lambda actions: intents.append([a.group.name for a in actions]))
@@ -130,7 +130,7 @@ def test_max_parallel_one_is_the_old_order_one_unit_at_a_time(tmp_path: Path) ->
     systemd = Systemd(units, broken=frozenset({units[0]}))
     outcomes = executor(tmp_path, systemd, max_parallel=1).run_all([action(n, 10 + i) for i, n in enumerate(units)])
     assert systemd.restarts() == [[n] for n in units]  # a failed first unit is no canary here
-    assert [o.status for o in outcomes] == [execute.FAILED, execute.DONE, execute.DONE, execute.DONE]
+    assert [o.status for o in outcomes] == [verify.FAILED, verify.DONE, verify.DONE, verify.DONE]
 
 
 def test_a_failed_canary_stops_every_later_restart(tmp_path: Path) -> None:
@@ -138,9 +138,9 @@ def test_a_failed_canary_stops_every_later_restart(tmp_path: Path) -> None:
     systemd = Systemd(units, broken=frozenset({units[0]}))
     outcomes = executor(tmp_path, systemd, max_parallel=8).run_all([action(n, 10 + i) for i, n in enumerate(units)])
     assert systemd.restarts() == [units[:1]]
-    assert outcomes[0].status == execute.FAILED
+    assert outcomes[0].status == verify.FAILED
     assert {(o.status, o.detail) for o in outcomes[1:]} == {
-        (execute.SKIPPED, "circuit breaker: the canary of its phase (s0.service) failed")}
+        (verify.SKIPPED, "circuit breaker: the canary of its phase (s0.service) failed")}
 
 
 def test_failures_in_a_wave_trip_the_breaker_for_later_waves(tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_failures_in_a_wave_trip_the_breaker_for_later_waves(tmp_path: Path) -> 
         [action(n, 10 + i) for i, n in enumerate(units)])
     assert systemd.restarts() == [units[:1], units[1:4]]
     by_unit = {o.action.group.name: o for o in outcomes}
-    assert [by_unit[n].status for n in units[:4]] == [execute.DONE, execute.FAILED, execute.FAILED, execute.DONE]
+    assert [by_unit[n].status for n in units[:4]] == [verify.DONE, verify.FAILED, verify.FAILED, verify.DONE]
     assert "Job for s1.service failed." in by_unit["s1.service"].detail  # systemctl's own line for that unit
     assert "s2.service" not in by_unit["s1.service"].detail
     assert all(by_unit[n].detail == "circuit breaker: 2 restarts failed in this run" for n in units[4:])
@@ -172,14 +172,14 @@ def test_a_restart_that_keeps_its_main_pid_is_not_verified(tmp_path: Path) -> No
     systemd = Systemd(units, keeps=frozenset({units[0], units[2]}))
     outcomes = executor(tmp_path, systemd, max_parallel=1, timeout=0.5).run_all(
         [action(n, 10 + i) for i, n in enumerate(units)])
-    assert [o.status for o in outcomes] == [execute.FAILED, execute.DONE, execute.FAILED]
+    assert [o.status for o in outcomes] == [verify.FAILED, verify.DONE, verify.FAILED]
     assert outcomes[0].detail.startswith("still active with the same main process (pid 100)")
     systemd = Systemd(units, keeps=frozenset({units[2]}))
     outcomes = executor(tmp_path, systemd, max_parallel=3, timeout=0.5).run_all(
         [action(n, 10 + i) for i, n in enumerate(units)])
     assert systemd.restarts() == [units[:1], units[1:]]
     assert {o.action.group.name: o.status for o in outcomes} == {
-        units[0]: execute.DONE, units[1]: execute.DONE, units[2]: execute.FAILED}
+        units[0]: verify.DONE, units[1]: verify.DONE, units[2]: verify.FAILED}
 
 
 def test_in_a_wave_ancestors_refusals_and_policy_rc_d_are_skipped(tmp_path: Path, no_policy_rc_d: Path) -> None:
@@ -190,10 +190,10 @@ def test_in_a_wave_ancestors_refusals_and_policy_rc_d_are_skipped(tmp_path: Path
     outcomes = ex.run_all([action(n, 10 + i) for i, n in enumerate(units)])
     assert systemd.restarts() == [units[:1], [units[4]]]
     by_unit = {o.action.group.name: (o.status, o.detail) for o in outcomes}
-    assert by_unit[units[1]] == (execute.SKIPPED, "restartctl itself runs inside this unit")
-    assert by_unit[units[2]] == (execute.SKIPPED, "the unit refuses manual stops (RefuseManualStop=yes)")
-    assert by_unit[units[3]] == (execute.SKIPPED, "forbidden by /usr/sbin/policy-rc.d")
-    assert by_unit[units[4]][0] == execute.DONE
+    assert by_unit[units[1]] == (verify.SKIPPED, "restartctl itself runs inside this unit")
+    assert by_unit[units[2]] == (verify.SKIPPED, "the unit refuses manual stops (RefuseManualStop=yes)")
+    assert by_unit[units[3]] == (verify.SKIPPED, "forbidden by /usr/sbin/policy-rc.d")
+    assert by_unit[units[4]][0] == verify.DONE
 
 
 def test_the_next_waves_survey_runs_while_the_canary_restarts(tmp_path: Path) -> None:
@@ -209,7 +209,7 @@ def test_the_next_waves_survey_runs_while_the_canary_restarts(tmp_path: Path) ->
             return super().__call__(argv, timeout)
     systemd = Slow(units)
     outcomes = executor(tmp_path, systemd, max_parallel=8).run_all([action(n, 10 + i) for i, n in enumerate(units)])
-    assert [o.status for o in outcomes] == [execute.DONE] * 4
+    assert [o.status for o in outcomes] == [verify.DONE] * 4
     ends = systemd.calls.index(["/usr/bin/systemctl", RESTART, "--", units[0]])  # when the canary's restart ended
     asked = [i for i, c in enumerate(systemd.calls) if c[1:2] == [SHOW] and c[-3:] == units[1:]]
     assert asked and asked[0] < ends, systemd.calls  # asked before (or while) the canary restarts
@@ -223,7 +223,7 @@ def test_no_survey_when_no_restart_runs(tmp_path: Path) -> None:
     units = names(6)
     systemd = Systemd(units, forbidden=frozenset(units))
     outcomes = executor(tmp_path, systemd, max_parallel=8).run_all([action(n, 10 + i) for i, n in enumerate(units)])
-    assert {(o.status, o.detail) for o in outcomes} == {(execute.SKIPPED, "forbidden by /usr/sbin/policy-rc.d")}
+    assert {(o.status, o.detail) for o in outcomes} == {(verify.SKIPPED, "forbidden by /usr/sbin/policy-rc.d")}
     assert systemd.restarts() == []
     assert len([c for c in systemd.calls if c[0] == unitstate.POLICY_RC_D]) == 6
 
@@ -249,12 +249,12 @@ def test_ask_mode_asks_once_for_the_whole_list_before_the_first_restart(tmp_path
         return [a.group.name != units[2] for a in actions]  # picked: all but one
     ex = execute.Executor(Settings(settle=0.0, max_parallel=8), proc=tmp_path, deadline=time.monotonic() + 60,
                           cgroupfs=tmp_path, runner=systemd, choose=choose,
-                          still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks])
+                          still_stale=lambda checks, until: [verify.Recheck([]) for _ in checks])
     outcomes = ex.run_all([action(n, 10 + i) for i, n in enumerate(units)])
     assert asked == [(units, 0)]  # one question, the whole list, before any restart
     assert systemd.restarts() == [units[:1], [units[1], units[3]]]  # the chosen: a canary, then a wave
     assert {o.action.group.name: (o.status, o.detail) for o in outcomes}[units[2]] == (
-        execute.DECLINED, "declined at the prompt")
+        verify.DECLINED, "declined at the prompt")
 
 
 def test_ask_mode_without_an_answer_restarts_nothing(tmp_path: Path) -> None:
@@ -262,10 +262,10 @@ def test_ask_mode_without_an_answer_restarts_nothing(tmp_path: Path) -> None:
     systemd = Systemd(units)
     ex = execute.Executor(Settings(settle=0.0), proc=tmp_path, deadline=time.monotonic() + 60, cgroupfs=tmp_path,
                           runner=systemd, choose=lambda actions: [None] * len(actions),
-                          still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks])
+                          still_stale=lambda checks, until: [verify.Recheck([]) for _ in checks])
     outcomes = ex.run_all([action(n, 10 + i) for i, n in enumerate(units)])
     assert systemd.restarts() == []
-    assert {(o.status, o.detail) for o in outcomes} == {(execute.DECLINED, "not restarted: no answer at the prompt")}
+    assert {(o.status, o.detail) for o in outcomes} == {(verify.DECLINED, "not restarted: no answer at the prompt")}
 
 
 def test_settle_watches_a_wave_together(tmp_path: Path) -> None:
@@ -274,7 +274,7 @@ def test_settle_watches_a_wave_together(tmp_path: Path) -> None:
     started = time.monotonic()
     outcomes = executor(tmp_path, systemd, max_parallel=8, settle=0.5).run_all(
         [action(n, 10 + i) for i, n in enumerate(units)])
-    assert [o.status for o in outcomes] == [execute.DONE] * 4
+    assert [o.status for o in outcomes] == [verify.DONE] * 4
     assert all(o.detail == "verified, up for 0.5 s" for o in outcomes)
     assert time.monotonic() - started < 2.5  # the canary's settle, then the wave's once: not once per unit
 
@@ -301,7 +301,7 @@ def test_no_failure_of_any_program_run_escapes_the_executor(tmp_path: Path, erro
         systemd = Systemd(units, fail_at=k, error=error)
         outcomes = executor(tmp_path, systemd, **how).run_all([action(n, 10 + i) for i, n in enumerate(units)])
         assert sorted(o.action.group.name or "" for o in outcomes) == units, (k, systemd.calls[k])
-        failed = [o for o in outcomes if o.status != execute.DONE]
+        failed = [o for o in outcomes if o.status != verify.DONE]
         assert failed, (k, systemd.calls[k])  # the failure shows, as a failure or a skip with its reason
         assert all(o.detail for o in failed)
 

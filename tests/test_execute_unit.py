@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import execute, notify, runner, unitstate
+from restart import execute, notify, runner, unitstate, verify
 from restart.plan import Action
 from restart.policy import Act, Settings
 from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
@@ -115,15 +115,15 @@ def test_an_action_that_cannot_be_recorded_first_is_not_taken(tmp_path: Path) ->
     def full(a: list[Action]) -> None:
         raise OSError("cannot write /var/lib/restartctl/actions.json: No space left on device")
     executor = execute.Executor(Settings(verify=False), proc=tmp_path, deadline=float("inf"),
-                                still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks], intend=full)
+                                still_stale=lambda checks, until: [verify.Recheck([]) for _ in checks], intend=full)
     outcome = executor.one(action)
-    assert (outcome.status, outcome.detail) == (execute.SKIPPED, "not recorded before acting (cannot write "
+    assert (outcome.status, outcome.detail) == (verify.SKIPPED, "not recorded before acting (cannot write "
                                                 "/var/lib/restartctl/actions.json: No space left on device)")
     taken: list[Action] = []
     executor = execute.Executor(Settings(verify=False), proc=tmp_path, deadline=float("inf"),
-                                still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks],
+                                still_stale=lambda checks, until: [verify.Recheck([]) for _ in checks],
                                 intend=taken.extend)
-    assert executor.one(action).status == execute.DONE and taken == [action]
+    assert executor.one(action).status == verify.DONE and taken == [action]
 
 
 def _member(pid: int, unit: Unit) -> Affected:
@@ -144,7 +144,7 @@ def test_the_check_after_a_restart_looks_only_at_what_was_restarted(tmp_path: Pa
     (tmp_path / "system.slice" / "demo.service").mkdir(parents=True)
     (tmp_path / "system.slice" / "demo.service" / "cgroup.procs").write_text("70\n71\n")
     ex = execute.Executor(Settings(), proc=tmp_path / "no-proc", deadline=0.0, cgroupfs=tmp_path,
-                          still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks])
+                          still_stale=lambda checks, until: [verify.Recheck([]) for _ in checks])
     pid1 = group([_member(1, Unit(INIT, "init.scope", cgroup="/init.scope"))])[0]
     assert ex._check_scope(pid1, {}) == [1]
     mgr = group([_member(400, Unit(USER_MANAGER, "user@1000.service", 1000,
@@ -160,17 +160,17 @@ def test_a_check_that_runs_out_of_time_is_not_a_verified_restart(tmp_path: Path)
     """Why: what the check could not look at is never taken for clean; and it is given a deadline."""
     deadlines: list[float] = []
 
-    def check(checks: list[tuple[UnitGroup, list[int] | None]], until: float) -> list[execute.Recheck]:
+    def check(checks: list[tuple[UnitGroup, list[int] | None]], until: float) -> list[verify.Recheck]:
         deadlines.append(until)
-        return [execute.Recheck([], unscanned=2) for _ in checks]
+        return [verify.Recheck([], unscanned=2) for _ in checks]
     ex = execute.Executor(Settings(timeout=5), proc=tmp_path, deadline=time.monotonic() + 60, cgroupfs=tmp_path,
                           still_stale=check)
     g = group([_member(1, Unit(INIT, "init.scope", cgroup="/init.scope"))])[0]
     action = Action(g, Act.REEXEC, ("systemctl", "daemon-reexec"), "")
-    found: list[execute.Outcome] = []
+    found: list[verify.Outcome] = []
     ex._verify([(action, {})], time.monotonic() + 5, found.append)
     [outcome] = found
-    assert outcome.status == execute.FAILED and "2 of its processes could not be looked at" in outcome.detail
+    assert outcome.status == verify.FAILED and "2 of its processes could not be looked at" in outcome.detail
     assert deadlines and deadlines[0] <= time.monotonic() + 5
 
 
@@ -183,8 +183,8 @@ def test_users_processes_inside_a_system_unit_are_theirs_not_the_services() -> N
                         Unit(SYSTEM, "cron.service"), (), ())
     cron_job, root_child, worker, users_own = member(30, 21, 1001), member(21, 20, 0), member(40, 20, 1002), \
         member(50, 1, 1001)
-    assert execute.guests([cron_job, root_child, worker, users_own], 20, 0) == [cron_job, users_own]
-    assert execute.guests([cron_job, users_own], 50, 1001) == []  # the unit runs as her (User=)
+    assert verify.guests([cron_job, root_child, worker, users_own], 20, 0) == [cron_job, users_own]
+    assert verify.guests([cron_job, users_own], 50, 1001) == []  # the unit runs as her (User=)
 
 
 def test_a_unit_whose_check_failed_is_not_restarted_again_for_the_same_processes(tmp_path: Path) -> None:
@@ -193,10 +193,10 @@ def test_a_unit_whose_check_failed_is_not_restarted_again_for_the_same_processes
     g = group([_member(60, Unit(SYSTEM, "leaky.service", cgroup="/system.slice/leaky.service"))])[0]
     action = Action(g, Act.RESTART, ("systemctl", "restart", "--", "leaky.service"), "")
     ex = execute.Executor(Settings(), proc=tmp_path, deadline=time.monotonic() + 60, cgroupfs=tmp_path,
-                          still_stale=lambda checks, until: [execute.Recheck([]) for _ in checks],
+                          still_stale=lambda checks, until: [verify.Recheck([]) for _ in checks],
                           earlier={(SYSTEM, "leaky.service", None): frozenset({60, 61})})
     outcome = ex.one(action)  # no systemctl here: it would fail if the executor tried to run one
-    assert outcome.status == execute.SKIPPED and outcome.left == (60,)
+    assert outcome.status == verify.SKIPPED and outcome.left == (60,)
     assert "check failed in an earlier run for these same processes (pid 60)" in outcome.detail
     # The record of this run keeps what is left, so the run after it skips it too.
     from restart import report, state
@@ -242,3 +242,21 @@ def test_notify_send_writes_to_dev_null(tmp_path: Path, monkeypatch: pytest.Monk
     g = group([_member(60, Unit(USER, "app.service", 1000, cgroup="/user.slice/x"))])[0]
     notify.notify([g], tmp_path, lambda line: None, applications=tmp_path)
     assert calls and all(c.get("quiet") is True for c in calls)
+
+
+def test_a_recorded_unit_is_asked_about_only_if_systemctl_may_be_asked() -> None:
+    """The state file is data: a unit it names reaches systemctl only under systemd's grammar, as a
+    system unit (any uid it carries dropped) or a user unit with an integer uid; the rest is unknown."""
+    from restart.units import SYSTEM, USER, UnitGroup
+    from restart.unitstate import active_state, recorded_group
+
+    assert recorded_group("system", "a.service", None) == UnitGroup(kind=SYSTEM, name="a.service", uid=None)
+    assert recorded_group("system", "a.service", 1000) == UnitGroup(kind=SYSTEM, name="a.service", uid=None)
+    assert recorded_group("user", "a.service", 1000) == UnitGroup(kind=USER, name="a.service", uid=1000)
+    for kind, name, uid in [("user", "a.service", None), ("user", "a.service", True), ("user", "a.service", "1000"),
+                            ("session", "session-1.scope", None), ("system", "a b.service", None),
+                            ("system", "../a.service", None), ("system", ["a.service"], None),
+                            (None, "a.service", None)]:
+        assert recorded_group(kind, name, uid) is None, (kind, name, uid)
+        if isinstance(kind, str) and isinstance(name, str):
+            assert active_state(kind, name, uid if isinstance(uid, int) else None) == "unknown"

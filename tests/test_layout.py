@@ -22,8 +22,8 @@ ORDER = (
     "views", "processes", "imports", "grammars", "observation", "interpreters",
     # 3. what manages them, and stages 1-3 composed
     "units", "scan",
-    # 4.-6. what to do, and doing it
-    "policy", "plan", "unitstate", "notify", "execute",
+    # 4.-6. what to do, and doing it (verify: whether a restart worked, which execute asks after each)
+    "policy", "plan", "unitstate", "notify", "verify", "execute",
     # 7. reporting, reboot reasons, what is remembered
     "kernel", "microcode", "reboot", "report", "admintext", "formats", "state",
     # stages 1-7 composed for a run that acts (ask: mode ask's question), and the entry points

@@ -161,6 +161,58 @@ def test_the_log_says_told_only_for_notices_that_went_out(tmp_path: Path) -> Non
                      "background sessions only); it stays pending"]
 
 
+def test_without_utmp_an_ssh_login_is_told_on_the_terminal_its_program_runs_on(tmp_path: Path) -> None:
+    """Debian 13: logind names no terminal for an ssh login and nothing writes /run/utmp; the stale
+    program's controlling terminal (the kernel's tty_nr) is written, and only if it is the user's."""
+    import pty
+
+    from restart import notify
+    from restart.processes import Confidence, Evidence, FileKind, ProcessInfo, StaleFile
+    from restart.units import SESSION, Affected, OwnedFile, Unit, UnitGroup
+
+    run = _session_tree(tmp_path, {}, [], {"c2": "UID=1000\nUSER=bob\nTYPE=tty\nCLASS=user\nREMOTE=1\n"})
+    (run / "utmp").unlink()
+    master, slave = pty.openpty()
+    try:
+        rdev = os.fstat(slave).st_rdev
+        name = os.ttyname(slave).removeprefix("/dev/")
+        major, minor = os.major(rdev), os.minor(rdev)
+        tty_nr = (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)  # the kernel's encoding
+        stat = tmp_path / "proc" / "10" / "stat"
+        stat.parent.mkdir(parents=True)
+        stat.write_text(f"10 (demo) S 1 10 10 {tty_nr} 10 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0\n")
+        stale = StaleFile(FileKind.CODE, "/usr/lib/libx.so.1", Confidence.CERTAIN, Evidence.REPLACED)
+        proc = ProcessInfo(10, 1, 1000, "demo", "/usr/bin/demo", "", None, (stale,))
+        group = UnitGroup(SESSION, "session-c2.scope", 1000, False, True, (10,), ("libx1",),
+                          (Affected(proc, Unit(SESSION, "session-c2.scope", 1000), (OwnedFile(stale, "libx1"),), ()),))
+        lines: list[str] = []
+        # Not bob's terminal (root's here): nothing is written, and the log says where it was not.
+        assert notify.notify([group], run, lines.append, tmp_path / "no-apps", tmp_path / "proc") == 0
+        assert lines == [f"could not tell user bob (session c2) to restart demo: could not write to /dev/{name}"]
+        os.fchown(slave, 1000, -1)
+        lines.clear()
+        assert notify.notify([group], run, lines.append, tmp_path / "no-apps", tmp_path / "proc") == 1
+        assert lines == [f"told user bob (session c2) on {name} to restart: demo"]
+        assert b"software update replaced files" in os.read(master, 4096)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_controlling_terminal_is_only_a_terminal(tmp_path: Path) -> None:
+    """tty_nr names pts/N (majors 136-143) and the virtual consoles tty1-tty63; anything else
+    (none, a serial line, a hostile or torn stat) names no terminal."""
+    from restart.notify import controlling_terminal
+
+    (tmp_path / "1").mkdir()
+    for tty_nr, want in [("34816", "pts/0"), ("34823", "pts/7"), (str(136 << 8 | 44 | 256 << 12), "pts/300"),
+                         (str(137 << 8 | 2), "pts/258"), ("1026", "tty2"), ("0", ""), ("-1", ""),
+                         (str(4 << 8 | 64), ""), (str(5 << 8 | 1), ""), ("x", ""), ("99999999999999999999", "")]:
+        (tmp_path / "1" / "stat").write_text(f"1 (a) b) S 0 1 1 {tty_nr} 1 0\n")
+        assert controlling_terminal(tmp_path, 1) == want, tty_nr
+    assert controlling_terminal(tmp_path, 2) == ""
+
+
 # ---- the transaction's own processes
 
 def _proc(tmp_path: Path, procs: dict[int, tuple[int, str, dict[str, str]]]) -> Path:
