@@ -375,3 +375,31 @@ def test_a_hook_run_with_nothing_to_restart_starts_no_program_and_imports_no_exe
                          cwd="/", check=False)
     assert out.stdout.splitlines()[-1] == "1 []", out.stdout + out.stderr
     assert (tmp_path / "state" / "pending.json").exists()  # the run went all the way
+
+
+def test_apt_pre_takes_assume_yes_from_the_configuration_and_records_every_package(tmp_path: Path) -> None:
+    """Why (issue 15): apt's configuration dump (hundreds of lines) is now taken apart by one sed, not read
+    line by line by sh (a byte per read() on a pipe: ~10 ms of every apt run).  Only -y counts, in
+    any of apt's spellings; the packages after the empty line are all recorded, none taken for -y."""
+    script = (Path(__file__).resolve().parent.parent / "hook" / "dpkg-hook").read_text(encoding="utf-8")
+    functions = script[script.index("BTIME=\n"):script.index("case ${1:-} in")]
+    run, admin = tmp_path / "run", tmp_path / "admin"
+    (admin / "info").mkdir(parents=True)
+    (admin / "info" / "liba1:amd64.list").write_text("/usr/lib/liba.so.1\n")
+    run.mkdir(mode=0o755)
+    os.chmod(tmp_path, 0o755)
+    config = "".join(f"Dir::Item{i}=/var/lib/apt/{'x' * 40}\n" for i in range(300))
+    packages = ("liba1 1.0 amd64 same < 1.1 amd64 same /var/cache/apt/archives/liba1.deb\n"
+                "newpkg - - none < 2.0 all none /var/cache/apt/archives/newpkg.deb\n"
+                "liba1 1.1 amd64 same < 1.1 amd64 same **CONFIGURE**\n")
+    for value, assumed in (("true", True), ("1", True), ("Yes", True), ("false", False), ("truer", False)):
+        (run / "journal").unlink(missing_ok=True)
+        stdin = f"VERSION 3\n{config}APT::Get::Assume-Yes={value}\n\n{packages}"
+        setup = f"RUNDIR={run}; ADMINDIR={admin}; STATEDIR={tmp_path}/state; "
+        subprocess.run(["/bin/sh", "-c", f"{functions}{setup}apt_pre"], input=stdin, text=True, check=True,
+                       env={"PATH": "/usr/bin:/bin"})
+        assert (run / "assume-yes").exists() == assumed, value
+        assert [line.split()[1:] for line in (run / "journal").read_text().splitlines()] == [
+            ["apt", "upgrade", "liba1:amd64"], ["apt", "install", "newpkg:all"]]
+        assert (run / "lists" / "liba1:amd64.list").read_text() == "/usr/lib/liba.so.1\n"
+        assert not (run / "incomplete").exists()
