@@ -210,6 +210,18 @@ def count(c: object, what: str) -> int:
     return int(c.check(["/usr/bin/python3", "-c", COUNT, what]).strip())
 
 
+# What pybuild writes for the package's entry point, with this checkout on the path.
+CONSOLE_SCRIPT = """#!/usr/bin/python3
+import re
+import sys
+sys.path.insert(0, {repo!r})
+from restart.cli import run
+if __name__ == "__main__":
+    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
+    sys.exit(run())
+"""
+
+
 def hook_overhead(c: object, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from tests.support.checkout import install_hooks
     from tests.support.container import Container
@@ -218,6 +230,8 @@ def hook_overhead(c: object, args: argparse.Namespace, tmp: Path) -> dict[str, A
     assert isinstance(c, Container)
     debs = demo_packages(tmp, "1.0")
     install_hooks(c)
+    # /usr/sbin/restartctl as the package installs it (a console script: no sh wrapper, no runpy)
+    c.write_file("/usr/sbin/restartctl", CONSOLE_SCRIPT.format(repo=str(REPO)), mode=0o755)
     cfg = c.local_repo([debs["rctl-sleeper"]])
     c.check(["apt-get", "-q", "update"], env={"APT_CONFIG": cfg})
     c.check(["apt-get", "-q", "install", "-y", "rctl-sleeper"], env={"APT_CONFIG": cfg})

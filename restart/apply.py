@@ -20,16 +20,17 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
-from restart import execute, packages, plan, policy, report, state, units, unitstate, verify
+from restart import packages, plan, policy, report, state, units
 from restart.ask import choose_mode, chooser, interactive
+from restart.plan import Status
 from restart.procfs import STARTTIME, lineage, stat_field
 from restart.roots import Roots
-from restart.runner import Meanwhile
 from restart.scan import Findings, find
 from restart.text import clean, printable
 
-if TYPE_CHECKING:
-    from restart import reboot
+if TYPE_CHECKING:  # the executor and verification (systemctl, notifications) are imported when a restart is due
+    from restart import reboot, verify
+    from restart.runner import Meanwhile
 
 
 class Timeout(BaseException):
@@ -201,10 +202,13 @@ def run_lock(roots: Roots, timeout: float, *, who: str,
     return locked(rundir / LOCK, timeout, who=who, waiting=waiting)
 
 
-def host_policy(roots: Roots, log: Log) -> tuple[policy.Policy, bool]:
-    """The administrator's policy; on an error, the vendor defaults in list mode (and say so)."""
+def host_policy(roots: Roots, log: Log, read: policy.Policy | Exception | None = None) -> tuple[policy.Policy, bool]:
+    """The administrator's policy; on an error, the vendor defaults in list mode (and say so).
+    ``read``: the policy (or the error reading it) as this run already read it (the hook, for its watchdog)."""
     try:
-        return policy.for_host(roots.etc, roots.data), True
+        if isinstance(read, Exception):
+            raise read
+        return read or policy.for_host(roots.etc, roots.data), True
     except (OSError, policy.PolicyError) as e:
         log.error(f"{e}; using the vendor defaults and restarting nothing")
         return policy.vendor(roots.data), False
@@ -220,7 +224,8 @@ class Progress(NamedTuple):
 def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_files: dict[str, str] | None,
         failed: list[str], mode: str | None, deadline: float, answers: TextIO | None = None,
         progress: Progress | None = None, preview: bool = False, assume_yes: bool = False,
-        fresh: frozenset[str] | None = None) -> int:
+        fresh: frozenset[str] | None = None, read_policy: policy.Policy | Exception | None = None,
+        shutting_down: Callable[[], bool] | None = None) -> int:
     """Find, plan and, as the mode says, restart; record what is still pending (and, for a hook
     run, how far it read the journal, in the same write).
 
@@ -230,9 +235,10 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     ``preview`` (a dry run) also says which restarts the executor would skip, and why;
     ``assume_yes`` (apt's ``-y``) answers yes for every unit instead of asking; ``fresh`` (the
     hook's) are this transaction's packages: units only earlier runs' packages lead to are the
-    backlog, shown in one line.
+    backlog, shown in one line.  ``read_policy``: see :func:`host_policy`.  ``shutting_down`` (the
+    hook's) is asked only when a restart is due (it is a ``systemctl`` call): then only listed.
     """
-    pol, usable = host_policy(roots, log)
+    pol, usable = host_policy(roots, log, read_policy)
     mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
     if mode == "ask" and assume_yes:
         log.info("apt was told to assume yes (-y): restarting without asking (mode auto)")
@@ -252,6 +258,10 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     actions = plan.make_plan(findings.groups, pol)
     actions = hold_unconfigured(actions, packages.unconfigured(
         roots.admindir, {p for a in actions if a.action in plan.EXECUTABLE for p in a.group.packages}))
+    if mode != "list" and shutting_down is not None and any(a.action in plan.EXECUTABLE for a in actions) \
+            and shutting_down():
+        log.info("the system is shutting down: restarting nothing (mode list)")
+        mode = "list"
     recovered = recover(roots, log, findings)
     ahead = Ahead(roots)
     outcomes: list[verify.Outcome] = []
@@ -263,7 +273,11 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     quiet = pol.settings.quiet and trigger != "manual" and mode != "ask"
     with Interrupts():
         if mode == "list" or not actions:
-            skips = execute.would_skip(actions, pol.settings, proc=roots.proc) if preview else {}
+            skips: dict[int, str] = {}
+            if preview:
+                from restart import execute
+
+                skips = execute.would_skip(actions, pol.settings, proc=roots.proc)
             lines = report.hook_lines(actions, failed=failed, skips=skips, earlier=earlier)
         else:
             interrupted = _carry_out(roots, trigger, log, actions, pol.settings, outcomes, failed=failed,
@@ -274,7 +288,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
             lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True, earlier=earlier)
             if interrupted:
                 lines.append(report.cut_short_line(actions, outcomes, interrupted))
-        done = {id(o.action) for o in outcomes if o.status == verify.DONE}
+        done = {id(o.action) for o in outcomes if o.status == Status.DONE}
         still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
         # Not all looked at: the next run looks again at every package changed since the last complete run.
         missed = [report.unscanned_note(findings.scan)] if findings.scan.unscanned else []
@@ -308,7 +322,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         return 2
     if mode == "list":
         return 1 if any(a.action != policy.Act.IGNORE for a in actions) else 0
-    return 1 if any(o.status == verify.FAILED for o in outcomes) else 0
+    return 1 if any(o.status == Status.FAILED for o in outcomes) else 0
 
 
 class Interrupts:
@@ -367,7 +381,9 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
     def progress(outcome: verify.Outcome) -> None:
         outcomes.append(outcome)
         record.outcome(outcome)
-        log.info(report.outcome_line(outcome), show=not quiet or outcome.status == verify.FAILED)
+        log.info(report.outcome_line(outcome), show=not quiet or outcome.status == Status.FAILED)
+
+    from restart import execute
 
     try:
         execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
@@ -384,6 +400,8 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
 
 def _left(again: Findings, group: units.UnitGroup) -> verify.Recheck:
     """What a scan after a restart found of this unit: its processes still stale."""
+    from restart import verify
+
     same = (group.kind, group.name, group.uid)
     return verify.Recheck([m for g in again.groups if (g.kind, g.name, g.uid) == same for m in g.members],
                            again.scan.unscanned)
@@ -417,7 +435,7 @@ class ActionLog:
         if i is None:
             return
         self.entries[i] = {**self.entries[i], "status": o.status, "detail": clean(o.detail)}
-        if o.status == verify.DONE:
+        if o.status == Status.DONE:
             return
         try:
             self._save()
@@ -439,16 +457,18 @@ def recover(roots: Roots, log: Log, findings: Findings) -> list[dict[str, object
     records: list[dict[str, object]] = []
     for e in entries:
         unit, kind, uid = e.get("unit"), e.get("kind"), e.get("uid")
-        if e.get("status") not in ("started", verify.DONE) or not isinstance(unit, str) or not isinstance(kind, str):
+        if e.get("status") not in ("started", Status.DONE) or not isinstance(unit, str) or not isinstance(kind, str):
             continue
         if (kind, unit, uid) in stale:
-            status = verify.FAILED
+            status = Status.FAILED
             detail = f"an interrupted run (pid {pid}) was restarting it; still uses replaced files"
         else:
+            from restart import unitstate
+
             active = unitstate.active_state(kind, unit, uid if isinstance(uid, int) else None)
             verified = "verified again: active, no replaced files in use" if active == "active" else \
                 f"checked again: {active}"
-            status = verify.DONE if active == "active" else verify.FAILED
+            status = Status.DONE if active == "active" else Status.FAILED
             detail = f"restarted by an interrupted run (pid {pid}); {verified}"
         log.info(f"  {printable(unit)}: {detail}")
         records.append({**e, "status": status, "detail": detail})
@@ -483,6 +503,8 @@ class Ahead:
         self.task: Meanwhile[reboot.Machine] | None = None
 
     def start(self) -> None:
+        from restart.runner import Meanwhile
+
         if self.task is None:
             self.task = Meanwhile(self._read)
 

@@ -15,17 +15,19 @@ from __future__ import annotations
 import os
 import signal
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from restart import fsutil, packages, policy, runner, state, transaction, units
+from restart import fsutil, packages, policy, state, transaction, units
 from restart.apply import LOCK, Log, Process, Progress, Timeout, act, process_start, run_lock
 from restart.procfs import CLEAN_ENV, ProcessGone, lineage, parse_status, read_proc
 from restart.roots import Roots
+
+if TYPE_CHECKING:
+    import subprocess
 
 AFTER_UU_MAX_WAIT = 6 * 3600.0
 DEFERRED_UNIT = "restartctl-after-unattended-upgrades.service"
@@ -121,11 +123,15 @@ def wait_for_exit(proc: Path, target: Process, limit: float) -> None:
 
 
 def _run_quietly(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    from restart import runner  # (and subprocess): most runs start no program
+
     return runner.run(argv, timeout)
 
 
 def system_state() -> str:
     """systemd's own word (``systemctl is-system-running``), or "" when it cannot say in time."""
+    import subprocess
+
     try:
         return _run_quietly([SYSTEMCTL, "is-system-running"], 5).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
@@ -190,8 +196,9 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
     log = Log(out or sys.stdout, err or sys.stderr, quiet=False)
     if after is not None:
         wait_for_exit(roots.proc, after, AFTER_UU_MAX_WAIT)
+    read = hook_policy(roots)
     if budget is None:
-        budget = hook_budget(roots)
+        budget = hook_budget(read)
 
     def expire(signum: int, frame: object) -> None:
         # The first expiry cuts the restarts short; the run then has GRACE seconds to record what it
@@ -205,7 +212,7 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
     previous: Callable[..., object] | int | None = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, max(budget, 0.001))  # 0 would disable the watchdog
     try:
-        _run(roots, trigger, log, budget)
+        _run(roots, trigger, log, budget, read)
     except Timeout:
         log.error(f"gave up after {budget:g} s; the findings stay pending for the next run")
     except KeyboardInterrupt:
@@ -220,15 +227,20 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
     return 0
 
 
-def hook_budget(roots: Roots) -> float:
-    """The policy's ``hook_budget`` (the vendor default when the policy cannot be read: the run says why later)."""
+def hook_policy(roots: Roots) -> policy.Policy | Exception:
+    """The policy, read once per run (for the watchdog, then for the run), or why it cannot be read."""
     try:
-        return policy.for_host(roots.etc, roots.data).settings.hook_budget
-    except (OSError, policy.PolicyError):
-        return policy.Settings().hook_budget
+        return policy.for_host(roots.etc, roots.data)
+    except (OSError, policy.PolicyError) as e:
+        return e
 
 
-def _run(roots: Roots, trigger: str, log: Log, budget: float) -> None:
+def hook_budget(read: policy.Policy | Exception) -> float:
+    """The policy's ``hook_budget`` (the vendor default when the policy cannot be read: the run says why later)."""
+    return read.settings.hook_budget if isinstance(read, policy.Policy) else policy.Settings().hook_budget
+
+
+def _run(roots: Roots, trigger: str, log: Log, budget: float, read: policy.Policy | Exception) -> None:
     rundir = roots.run / "restartctl"
     if os.environ.get("RESTARTCTL_SUSPEND") == "1":
         log.info("suspended by RESTARTCTL_SUSPEND=1; the transaction stays pending", show=False)
@@ -238,15 +250,12 @@ def _run(roots: Roots, trigger: str, log: Log, budget: float) -> None:
         if uu is not None:
             defer_until_exit(roots, uu, log)
             return
-    if shutting_down(roots):
-        log.info("the system is shutting down: nothing to do", show=False)
-        return
     with run_lock(roots, budget / 2, who=f"hook --trigger {trigger}") as lock:
         if not lock.held:
             log.error(f"another restartctl run ({lock.holder}) holds {rundir / LOCK}; "
                       "this transaction stays pending for the next run")
             return
-        _report(roots, rundir, trigger, log, time.monotonic() + budget - 1)
+        _report(roots, rundir, trigger, log, time.monotonic() + budget - 1, read)
 
 
 def boot_time(proc: Path) -> float:
@@ -260,7 +269,8 @@ def boot_time(proc: Path) -> float:
     return 0.0
 
 
-def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float) -> None:
+def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float,
+            read: policy.Policy | Exception) -> None:
     started = time.time()
     boot = state.boot_id(roots.proc)
     record = state.this_boot(roots.state, boot, log=log.error)
@@ -283,7 +293,8 @@ def _report(roots: Roots, rundir: Path, trigger: str, log: Log, deadline: float)
     if scope:
         old = transaction.old_files(rundir, txn.packages, packages.usr_aliases(roots.root))
         act(roots, trigger, log, scope=sorted(scope), old_files=old, failed=sorted(txn.failed), mode=None,
-            deadline=deadline, progress=progress, assume_yes=consume_assume_yes(rundir), fresh=fresh)
+            deadline=deadline, progress=progress, assume_yes=consume_assume_yes(rundir), fresh=fresh,
+            read_policy=read, shutting_down=lambda: shutting_down(roots))
     elif missed or txn.journal != cursor:
         state.save_progress(roots.state, boot, trigger=trigger, journal=txn.journal, started=started)
     transaction.release_markers([rundir, roots.state])

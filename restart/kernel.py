@@ -89,6 +89,14 @@ def flavour(release: str) -> str | None:
     return m["flavour"] if m else None
 
 
+def _names_a_kernel(admindir: Path) -> bool:
+    """Whether the dpkg status file has a ``linux-image-*`` stanza at all (a container's, a VM's with
+    its kernel from outside often has none): one search of its bytes, no parser."""
+    with open(admindir / "status", "rb") as f:
+        data = f.read()
+    return data.startswith(b"Package: linux-image-") or b"\nPackage: linux-image-" in data
+
+
 def _installed_kernels(admindir: Path) -> dict[str, _Kernel]:
     """release -> kernel, for every installed ``linux-image-<release>[-unsigned]`` package."""
     import apt_pkg
@@ -137,22 +145,27 @@ def kernel_status(proc: Path = Path("/proc"), admindir: Path = Path("/var/lib/dp
     except OSError as e:
         return KernelStatus(UNKNOWN, detail=f"cannot read the running kernel's release: {e.strerror}")
     build = running_build(version_text)
-    compare = _version_compare()
-    if compare is None:
-        return KernelStatus(UNKNOWN, running=running, running_build=build,
-                            detail="python3-apt is not installed: kernel versions cannot be compared")
+    unmanaged = KernelStatus(UNKNOWN, running=running, running_build=build,
+                             detail=f"no installed kernel image package (linux-image-*) or /boot/vmlinuz-*: "
+                                    f"the running kernel {running} is not managed by this system's dpkg")
     try:
-        packaged = _installed_kernels(admindir)
+        listed = _names_a_kernel(admindir)
+        kernels = _boot_kernels(boot)
+        if not listed and not kernels:  # python-apt (6 ms to import) is not needed to say so
+            return unmanaged
+        compare = _version_compare()
+        if compare is None:
+            return KernelStatus(UNKNOWN, running=running, running_build=build,
+                                detail="python3-apt is not installed: kernel versions cannot be compared")
+        packaged = _installed_kernels(admindir) if listed else {}
     except (OSError, SystemError) as e:  # apt_pkg reports an unreadable status file as SystemError
         return KernelStatus(UNKNOWN, running=running, running_build=build,
                             detail=f"cannot read the dpkg status file: {e}")
-    kernels = {**_boot_kernels(boot), **packaged}
+    kernels.update(packaged)
     own = packaged.get(running)
     installed_build = own.version if own else None
     if not kernels:
-        return KernelStatus(UNKNOWN, running=running, running_build=build,
-                            detail=f"no installed kernel image package (linux-image-*) or /boot/vmlinuz-*: "
-                                   f"the running kernel {running} is not managed by this system's dpkg")
+        return unmanaged
     same = [k for k in kernels.values() if flavour(k.release) == flavour(running) and flavour(running)]
     candidates = same or list(kernels.values())
     me = _Kernel(running, build or installed_build, own.package if own else None, None)

@@ -70,8 +70,8 @@ def test_the_hooks_watchdog_is_the_policys_hook_budget(tmp_path: Path) -> None:
     data.mkdir()
     (data / "policy.toml").write_text("[settings]\nhook_budget = 120\n")
     roots = Roots(etc=etc, data=data)
-    assert hook.hook_budget(roots) == 120
+    assert hook.hook_budget(hook.hook_policy(roots)) == 120
     (etc / "restartctl" / "policy.toml").write_text("[settings]\nhook_budget = 400\n")
-    assert hook.hook_budget(roots) == 400
+    assert hook.hook_budget(hook.hook_policy(roots)) == 400
     (etc / "restartctl" / "policy.toml").write_text("[settings]\nhook_budget = -1\n")
-    assert hook.hook_budget(roots) == Settings().hook_budget == 120
+    assert hook.hook_budget(hook.hook_policy(roots)) == Settings().hook_budget == 120
