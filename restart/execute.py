@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from restart.notify import notify
 from restart.plan import EXECUTABLE, RESTARTS, Action, phase
 from restart.policy import Act, Settings
 from restart.runner import FAILURES, Meanwhile, Runner, run
@@ -398,4 +397,8 @@ def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Pat
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == Act.NOTIFY and a.group.kind not in (SYSTEM, INIT)]
     for_users += executor.told
-    return Applied(outcomes, notify(for_users, run_dir, log, proc=proc) if settings.notify_users else 0)
+    if not (settings.notify_users and for_users):
+        return Applied(outcomes, 0)
+    from restart.notify import notify  # only now: its terminals and desktops cost 3 ms of imports before a restart
+
+    return Applied(outcomes, notify(for_users, run_dir, log, proc=proc))

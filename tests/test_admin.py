@@ -413,15 +413,15 @@ def test_quiet_shows_only_the_next_step_on_the_apt_terminal(tmp_path: Path,
 
 
 def test_users_are_not_notified_when_the_policy_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from restart import execute, verify
+    from restart import execute, notify, verify
     from restart.policy import Settings
 
     told: list[object] = []
 
-    def notify(groups: object, run_dir: object, log: object, **kwargs: object) -> int:
+    def tell(groups: object, run_dir: object, log: object, **kwargs: object) -> int:
         told.append(groups)
         return 1
-    monkeypatch.setattr(execute, "notify", notify)
+    monkeypatch.setattr(notify, "notify", tell)
     action = plan_action("session-1.scope", ("p",), kind=UnitKind.SESSION, action="notify", uid=1000)
     for setting, expected in ((True, 1), (False, 0)):
         applied = execute.apply([action], Settings(notify_users=setting), proc=tmp_path, run_dir=tmp_path,
