@@ -345,7 +345,7 @@ def _cached(cache: Path | None) -> dict[str, Any]:
         return {}
     try:
         raw = json.loads(fsutil.read_trusted(cache, 64 * MAX_BYTES))
-    except (OSError, ValueError):  # missing, untrusted, cut short by the limit, not JSON
+    except (OSError, ValueError, RecursionError):  # missing, untrusted, cut short by the limit, not JSON
         return {}
     docs = raw.get("docs") if isinstance(raw, dict) and raw.get("key") == _CACHE_KEY else None
     return docs if isinstance(docs, dict) else {}
@@ -358,7 +358,7 @@ def _keep(cache: Path, docs: dict[str, Any]) -> None:
     try:
         data = json.dumps({"key": _CACHE_KEY, "docs": docs}).encode()
         fsutil.write_atomic(cache, data, mode=0o600)
-    except (OSError, TypeError, ValueError):  # no state directory yet, read-only, a TOML date (not JSON)
+    except (OSError, TypeError, ValueError, RecursionError):  # no state directory yet, read-only, a TOML date
         pass
 
 
