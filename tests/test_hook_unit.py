@@ -366,7 +366,7 @@ def test_a_hook_run_with_nothing_to_restart_starts_no_program_and_imports_no_exe
     run.mkdir(mode=0o755)
     (run / "journal").write_text("1700000000 apt upgrade demod:amd64\n")
     code = ("import sys; from restart import cli, policy; read = []; load = policy.load; "
-            "policy.load = lambda paths: read.append(1) or load(paths); cli.main(sys.argv[1:]); "
+            "policy.load = lambda *a: read.append(1) or load(*a); cli.main(sys.argv[1:]); "
             "print(len(read), sorted(m for m in sys.modules if m in ('restart.execute', 'restart.unitstate', "
             "'restart.runner', 'subprocess')))")
     out = subprocess.run(["/usr/bin/python3", "-c", code, *host.argv("hook", "--trigger", "apt"),
