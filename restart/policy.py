@@ -336,7 +336,7 @@ def files(etc: Path, data: Path) -> list[Path]:
 
 
 CACHE = "policy-cache.json"  # in the state directory (see :func:`load`)
-_CACHE_KEY = f"restartctl policy cache 1, python {sys.version_info[0]}.{sys.version_info[1]}"
+_CACHE_KEY = f"restartctl policy cache 1, python {sys.version}"  # tomllib is part of the interpreter
 
 
 def _cached(cache: Path | None) -> dict[str, Any]:
