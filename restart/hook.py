@@ -230,7 +230,7 @@ def run(roots: Roots, trigger: str, *, after: Process | None = None, budget: flo
 def hook_policy(roots: Roots) -> policy.Policy | Exception:
     """The policy, read once per run (for the watchdog, then for the run), or why it cannot be read."""
     try:
-        return policy.for_host(roots.etc, roots.data)
+        return policy.for_host(roots.etc, roots.data, roots.state / policy.CACHE)
     except (OSError, policy.PolicyError) as e:
         return e
 

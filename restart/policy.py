@@ -12,10 +12,12 @@ root restarts.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import stat
+import sys
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from fnmatch import fnmatchcase
@@ -146,16 +148,20 @@ def _globs(value: object) -> tuple[str, ...] | None:
     return None
 
 
-def parse(text: str, source: str) -> tuple[list[Rule], dict[str, Any]]:
-    """The rules and the settings of one policy file."""
-    import tomllib  # kept off the scan path: only plans read policy
+def _toml(text: str, source: str) -> dict[str, Any]:
+    import tomllib  # kept off the scan path (and, with a cache, off the hook's): ~10 ms to import
 
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except ValueError as e:  # tomllib.TOMLDecodeError says "(at line N, column M)"
         raise PolicyError(f"{source}: {e}") from e
     except RecursionError as e:  # absurdly nested arrays or tables
         raise PolicyError(f"{source}: nested too deeply") from e
+
+
+def parse(text: str, source: str, doc: dict[str, Any] | None = None) -> tuple[list[Rule], dict[str, Any]]:
+    """The rules and the settings of one policy file (``doc``: its text as TOML, when already known)."""
+    doc = _toml(text, source) if doc is None else doc
     unknown = set(doc) - {"rule", "settings"}
     if unknown:
         key = sorted(unknown)[0]
@@ -329,16 +335,54 @@ def files(etc: Path, data: Path) -> list[Path]:
     return [p for p in (admin / "policy.toml", *dropins) if os.path.lexists(p)] + [data / "policy.toml"]
 
 
-def load(paths: Sequence[Path]) -> Policy:
+CACHE = "policy-cache.json"  # in the state directory (see :func:`load`)
+_CACHE_KEY = f"restartctl policy cache 1, python {sys.version}"  # tomllib is part of the interpreter
+
+
+def _cached(cache: Path | None) -> dict[str, Any]:
+    """The documents a previous run parsed, by their exact text; none when there is no trusted cache."""
+    if cache is None:
+        return {}
+    try:
+        raw = json.loads(fsutil.read_trusted(cache, 64 * MAX_BYTES))
+    except (OSError, ValueError, RecursionError):  # missing, untrusted, cut short by the limit, not JSON
+        return {}
+    docs = raw.get("docs") if isinstance(raw, dict) and raw.get("key") == _CACHE_KEY else None
+    return docs if isinstance(docs, dict) else {}
+
+
+def _keep(cache: Path, docs: dict[str, Any]) -> None:
+    """Keep this run's documents for the next (root only, mode 0600, in a directory only root can write)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        data = json.dumps({"key": _CACHE_KEY, "docs": docs}).encode()
+        fsutil.write_atomic(cache, data, mode=0o600)
+    except (OSError, TypeError, ValueError, RecursionError):  # no state directory yet, read-only, a TOML date
+        pass
+
+
+def load(paths: Sequence[Path], cache: Path | None = None) -> Policy:
     """Rules from ``paths`` in order (first match wins).  Settings: the last file is the base
-    (the vendor's) and the others override it in their order (main file, then drop-ins)."""
+    (the vendor's) and the others override it in their order (main file, then drop-ins).
+
+    ``cache`` (the hook's): a file where the TOML documents of the files' texts are kept, so
+    that a run whose policy did not change needs no TOML parser (``tomllib`` is a tenth of a
+    hook run with nothing to do).  Each file is still read and trusted, and checked in full, as
+    without it; the cache only stands in for ``tomllib.loads`` of exactly the same text, and is
+    itself trusted only as a policy file is (root's, writable only by root).
+    """
     rules: list[Rule] = []
     layers: list[tuple[str, dict[str, Any]]] = []
+    known = _cached(cache)
+    docs: dict[str, Any] = {}
     for path in paths:
         if not os.path.lexists(path):
             continue
         text = read_trusted(path)
-        file_rules, file_settings = parse(text, str(path))
+        doc = known.get(text)
+        docs[text] = doc if isinstance(doc, dict) else _toml(text, str(path))
+        file_rules, file_settings = parse(text, str(path), docs[text])
         for rule in file_rules:
             if rule.argv:
                 trusted_program(rule.argv, rule.source)
@@ -350,7 +394,10 @@ def load(paths: Sequence[Path]) -> Policy:
         for key, value in layer.items():
             merged[key] = value
             sources[key] = source
-    return Policy(tuple(rules), Settings(**merged), tuple(sorted(sources.items())))
+    policy = Policy(tuple(rules), Settings(**merged), tuple(sorted(sources.items())))
+    if cache is not None and docs != known:
+        _keep(cache, docs)
+    return policy
 
 
 def vendor(data: Path) -> Policy:
@@ -358,9 +405,9 @@ def vendor(data: Path) -> Policy:
     return load([data / "policy.toml"])
 
 
-def for_host(etc: Path, data: Path) -> Policy:
-    """The administrator's policy over the vendor's."""
-    return load(files(etc, data))
+def for_host(etc: Path, data: Path, cache: Path | None = None) -> Policy:
+    """The administrator's policy over the vendor's (``cache``: see :func:`load`)."""
+    return load(files(etc, data), cache)
 
 
 def scope_of(kind: str) -> str:

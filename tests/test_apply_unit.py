@@ -69,7 +69,7 @@ def test_the_hooks_watchdog_is_the_policys_hook_budget(tmp_path: Path) -> None:
     (etc / "restartctl").mkdir(parents=True)
     data.mkdir()
     (data / "policy.toml").write_text("[settings]\nhook_budget = 120\n")
-    roots = Roots(etc=etc, data=data)
+    roots = Roots(etc=etc, data=data, state=tmp_path / "state")
     assert hook.hook_budget(hook.hook_policy(roots)) == 120
     (etc / "restartctl" / "policy.toml").write_text("[settings]\nhook_budget = 400\n")
     assert hook.hook_budget(hook.hook_policy(roots)) == 400

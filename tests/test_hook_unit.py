@@ -366,7 +366,7 @@ def test_a_hook_run_with_nothing_to_restart_starts_no_program_and_imports_no_exe
     run.mkdir(mode=0o755)
     (run / "journal").write_text("1700000000 apt upgrade demod:amd64\n")
     code = ("import sys; from restart import cli, policy; read = []; load = policy.load; "
-            "policy.load = lambda paths: read.append(1) or load(paths); cli.main(sys.argv[1:]); "
+            "policy.load = lambda *a: read.append(1) or load(*a); cli.main(sys.argv[1:]); "
             "print(len(read), sorted(m for m in sys.modules if m in ('restart.execute', 'restart.unitstate', "
             "'restart.runner', 'subprocess')))")
     out = subprocess.run(["/usr/bin/python3", "-c", code, *host.argv("hook", "--trigger", "apt"),
@@ -375,6 +375,74 @@ def test_a_hook_run_with_nothing_to_restart_starts_no_program_and_imports_no_exe
                          cwd="/", check=False)
     assert out.stdout.splitlines()[-1] == "1 []", out.stdout + out.stderr
     assert (tmp_path / "state" / "pending.json").exists()  # the run went all the way
+
+
+def test_a_hook_run_whose_policy_did_not_change_needs_no_toml_parser(tmp_path: Path) -> None:
+    """Why (issue 15): importing ``tomllib`` and parsing the policy were ~15 ms of every hook run.  The
+    hook keeps the parsed documents by their exact text (root only); a changed policy is parsed anew."""
+    host = Host(tmp_path, systemd=True)
+    host.add(10, cgroup="0::/system.slice/demod.service\n", name="demod")
+    run, etc = tmp_path / "run" / "restartctl", host.root / "etc" / "restartctl"
+    run.mkdir(mode=0o755)
+    etc.mkdir(parents=True)
+    (etc / "policy.toml").write_text("[settings]\nquiet = false\n")
+    code = ("import sys; from restart import cli; cli.main(sys.argv[1:]); "
+            "print('tomllib' in sys.modules)")
+
+    def hook_run() -> str:
+        out = subprocess.run(["/usr/bin/python3", "-c", code, *host.argv("hook", "--trigger", "apt"),
+                              "--state", str(tmp_path / "state")], capture_output=True, text=True,
+                             env={"PYTHONPATH": str(Path(__file__).parent.parent)}, cwd="/", check=False)
+        return out.stdout
+    (run / "journal").write_text("1700000000 apt upgrade demod:amd64\n")
+    assert hook_run().splitlines()[-1] == "True"  # the first run parses (and makes the state directory)
+    (run / "journal").write_text("1700000000 apt upgrade demod:amd64\n")
+    assert hook_run().splitlines()[-1] == "True"  # the next one parses, and keeps what it parsed
+    cache = tmp_path / "state" / "policy-cache.json"
+    assert (cache.stat().st_uid, cache.stat().st_mode & 0o777) == (os.geteuid(), 0o600)
+    (run / "journal").write_text("1700000001 apt upgrade demod:amd64\n")
+    assert hook_run().splitlines()[-1] == "False"
+    # A changed policy is parsed (and obeyed): quiet hides the listing of what is pending.
+    (etc / "policy.toml").write_text("[settings]\nquiet = true\n")
+    (run / "journal").write_text("1700000002 apt upgrade libdemo1:amd64\n")
+    out = hook_run()
+    assert out.splitlines()[-1] == "True" and "demod" not in out, out
+    (etc / "policy.toml").write_text("[settings]\nquiet = false\n")
+    (run / "journal").write_text("1700000003 apt upgrade libdemo1:amd64\n")
+    assert "demod" in hook_run()
+
+
+def test_the_policy_cache_stands_only_for_the_same_text_is_trusted_as_a_policy_file_and_checked_in_full(
+        tmp_path: Path) -> None:
+    """Why (issue 15): the cache replaces ``tomllib.loads`` only: whatever it holds is checked as the
+    file's own document, for exactly the text read now, and only if nobody but root could have written it."""
+    import json
+
+    from restart import policy
+
+    data, state = tmp_path / "data", tmp_path / "state"
+    data.mkdir()
+    state.mkdir(mode=0o755)
+    text = "[settings]\nhook_budget = 120\n"
+    (data / "policy.toml").write_text(text)
+    cache = state / policy.CACHE
+
+    def plant(docs: dict[str, object], mode: int = 0o600) -> None:
+        cache.unlink(missing_ok=True)
+        cache.write_text(json.dumps({"key": policy._CACHE_KEY, "docs": docs}))
+        os.chmod(cache, mode)
+    plant({text: {"settings": {"hook_budget": 7}}})
+    assert policy.vendor(data).settings.hook_budget == 120  # no cache asked for: the file itself
+    assert policy.for_host(tmp_path / "etc", data, cache).settings.hook_budget == 7  # what stands for tomllib
+    plant({text: {"settings": {"hook_budget": 7}}}, mode=0o666)  # anyone could have written it: ignored
+    assert policy.for_host(tmp_path / "etc", data, cache).settings.hook_budget == 120
+    assert json.loads(cache.read_text())["docs"][text] == {"settings": {"hook_budget": 120}}  # and replaced
+    assert cache.stat().st_mode & 0o777 == 0o600
+    plant({text + " ": {"settings": {"hook_budget": 7}}})  # another text's document
+    assert policy.for_host(tmp_path / "etc", data, cache).settings.hook_budget == 120
+    plant({text: {"settings": {"hook_budget": "soon"}}, "x": 1})  # checked in full, as the file's own
+    with pytest.raises(policy.PolicyError, match="hook_budget"):
+        policy.for_host(tmp_path / "etc", data, cache)
 
 
 def test_apt_pre_takes_assume_yes_from_the_configuration_and_records_every_package(tmp_path: Path) -> None:
