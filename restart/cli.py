@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     roots = _roots(args)
     if args.command == "hook":
         from restart import hook  # only this command needs it
-        from restart.apply import Process
+        from restart.runs import Process
         after = Process(*args.after) if args.after else None
         return hook.run(roots, args.trigger, after=after, budget=args.budget)
     try:
@@ -389,7 +389,7 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
     """Exit 0 when every restart it tried succeeded (or there was nothing to do), 1 when one failed."""
     import time
 
-    from restart import apply
+    from restart import apply, runs
 
     mode = "auto" if args.yes else "list" if args.dry_run else args.mode
     log = apply.Log(sys.stdout, sys.stderr, quiet=args.json)
@@ -399,7 +399,7 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
         print(f"restartctl: waiting (at most {wait:g} s) for the run that holds the lock: {holder}",
               file=sys.stderr, flush=True)
 
-    with apply.run_lock(roots, wait, who="apply", waiting=waiting) as lock:
+    with runs.run_lock(roots, wait, who="apply", waiting=waiting) as lock:
         if not lock.held:
             print(f"restartctl: another run still holds the lock ({lock.holder}); nothing done", file=sys.stderr)
             return EXIT_ERROR
@@ -420,7 +420,7 @@ def _json_indent() -> int | None:
 def _status(roots: Roots, args: argparse.Namespace) -> int:
     """Exit 0 when nothing is pending and no reboot is needed, 1 when something is (or a run waits for
     unattended-upgrades), 2 for an unusable record."""
-    from restart import apply, state, unitstate
+    from restart import runs, state, unitstate
 
     said: list[str] = []  # why read_json found the record unusable (and set it aside)
     trouble = state.problem(roots.state, state.PENDING)
@@ -428,7 +428,7 @@ def _status(roots: Roots, args: argparse.Namespace) -> int:
     trouble = trouble or (said[0] if said else None)
     reasons, kernel = _reboot_reasons(roots, [])
     down = unitstate.left_down(record if current else None) if roots.systemd_booted() else []
-    waiting = apply.waiting_for(roots)
+    waiting = runs.waiting_for(roots)
     if args.json:
         import json
 

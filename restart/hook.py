@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from restart import fsutil, packages, policy, state, transaction, units
-from restart.apply import LOCK, Log, Process, Progress, Timeout, act, process_start, run_lock
+from restart.apply import Log, Progress, Timeout, act
 from restart.procfs import CLEAN_ENV, ProcessGone, lineage, parse_status, read_proc
 from restart.roots import Roots
+from restart.runs import LOCK, Process, process_start, run_lock
 
 if TYPE_CHECKING:
     import subprocess

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from restart import apply, hook, transaction
+from restart import apply, hook, runs, transaction
 from restart.cli import main
 from restart.roots import Roots
 from tests.support.fixturehost import Host
@@ -163,9 +163,9 @@ def test_unattended_upgrades_is_found_among_the_ancestors(tmp_path: Path) -> Non
     for pid, fields in chain.items():
         make(pid, *fields)
     # u-u may fork for a step: the outermost unattended-upgrade is the run to wait for.
-    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) == apply.Process(100, 1000)
+    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) == runs.Process(100, 1000)
     (tmp_path / "unattended-upgrades.pid").write_text("200\n")
-    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) == apply.Process(200, 2000)
+    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) == runs.Process(200, 2000)
     (tmp_path / "unattended-upgrades.pid").unlink()
     # Look-alikes: her uid; her copy of python; argv[0] only; from her session; from her manager.
     for fake in [(1, uu, 1001, "/usr/bin/python3", "/system.slice/apt-daily-upgrade.service"),
@@ -176,7 +176,7 @@ def test_unattended_upgrades_is_found_among_the_ancestors(tmp_path: Path) -> Non
         make(200, *fake)
         assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) is None, fake
     make(200, 1, uu, 0, "/usr/bin/python3", "/user.slice/user-0.slice/session-1.scope")  # root's own session
-    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) == apply.Process(200, 2000)
+    assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) == runs.Process(200, 2000)
     (root / "usr/bin/unattended-upgrade").unlink()  # not installed: nothing is a run of it
     assert hook.unattended_upgrades_ancestor(proc, tmp_path, 300, root) is None
 
@@ -245,11 +245,11 @@ def lock_holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     """Another run, a real process, that holds /run/restartctl/lock until its stdin is closed."""
     rundir = tmp_path / "run" / "restartctl"
     rundir.mkdir(parents=True, mode=0o755)
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(rundir / apply.LOCK)], stdin=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(rundir / runs.LOCK)], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout is not None and p.stdout.readline() == "held\n"
-        yield p, rundir / apply.LOCK
+        yield p, rundir / runs.LOCK
     finally:
         p.kill()
         p.wait(timeout=10)

@@ -26,8 +26,9 @@ ORDER = (
     "policy", "plan", "unitstate", "notify", "verify", "execute",
     # 7. reporting, reboot reasons, what is remembered
     "kernel", "microcode", "reboot", "report", "admintext", "formats", "state",
-    # stages 1-7 composed for a run that acts (ask: mode ask's question), and the entry points
-    "ask", "apply", "hook", "cli", "__main__",
+    # stages 1-7 composed for a run that acts (runs: the lock and the transaction's own processes;
+    # ask: mode ask's question), and the entry points
+    "runs", "ask", "apply", "hook", "cli", "__main__",
 )
 
 

@@ -232,7 +232,7 @@ def _proc(tmp_path: Path, procs: dict[int, tuple[int, str, dict[str, str]]]) -> 
 
 
 def test_the_transactions_own_processes_are_the_hooks_ancestors_up_to_the_frontend(tmp_path: Path) -> None:
-    from restart import apply
+    from restart import runs
 
     admin = Path("/var/lib/dpkg")
     # sshd -> bash -> sudo -> apt-get (holds the frontend lock) -> sh -c -> restartctl hook (pid 60)
@@ -241,13 +241,13 @@ def test_the_transactions_own_processes_are_the_hooks_ancestors_up_to_the_fronte
         40: (30, "/usr/bin/apt-get", {"3": "/dev/null", "4": "/var/lib/dpkg/lock-frontend"}),
         50: (40, "/usr/bin/dash", {}), 60: (50, "/usr/bin/python3.11", {}),
     })
-    assert apply.transaction_pids(proc, admin, 60) == {40, 50}  # never the admin's shell or sshd
+    assert runs.transaction_pids(proc, admin, 60) == {40, 50}  # never the admin's shell or sshd
     # An open lock file without a lock is no frontend; a plain dpkg run is its own transaction.
     (proc / "40" / "fdinfo" / "4").write_text("pos:\t0\nflags:\t02\n")
-    assert apply.transaction_pids(proc, admin, 60) == frozenset()
+    assert runs.transaction_pids(proc, admin, 60) == frozenset()
     (proc / "30" / "exe").unlink()
     (proc / "30" / "exe").symlink_to("/usr/bin/dpkg")
-    assert apply.transaction_pids(proc, admin, 60) == {30, 40, 50}
+    assert runs.transaction_pids(proc, admin, 60) == {30, 40, 50}
 
 
 def test_unchanged_since_the_earliest_of_the_identical_copies(tmp_path: Path) -> None:
