@@ -363,3 +363,42 @@ def test_from_cgroup_text_to_argv(cgroups: list[tuple[str, bool, int]], extra: p
         affected.append(Affected(proc, resolve(cgroup_path(text), pid_namespace=ns), (OwnedFile(stale, "x"),), ()))
     for action in plan.make_plan(units.group(affected), policy.Policy(extra.rules + VENDOR.rules)):
         check_argv(action)
+
+
+
+def _bus_reply(serial: int, body: bytes) -> bytes:
+    """A method return from PID 1 (as tests/test_execute_unit.py builds them): the value is ``body``."""
+    import struct
+
+    fields = bytearray(b"\x05\x01u\x00" + struct.pack("<I", serial)) + b"\x08\x01g\x00\x01v\x00"
+    head = b"l\x02\x01\x01" + struct.pack("<III", len(body), 7, len(fields)) + fields
+    return head + bytes(-len(head) % 8) + body
+
+
+def _flipped(message: bytes, at: int, byte: int) -> bytes:
+    m = bytearray(message)
+    m[at % len(m)] = byte
+    return bytes(m)
+
+
+bus_replies = st.one_of(
+    st.binary(max_size=200),
+    st.builds(_bus_reply, st.integers(0, 2**32 - 1), st.binary(max_size=40)),
+    st.builds(_flipped, st.builds(_bus_reply, st.integers(0, 2**32 - 1), st.binary(max_size=40)),
+              st.integers(0, 200), st.integers(0, 255)))
+
+
+@FAST
+@given(bus_replies)
+def test_a_reply_on_pid1s_bus_is_an_answer_or_a_documented_error(message: bytes) -> None:
+    """Why: whatever bytes come back (a torn read, a systemd that answers otherwise), reading them is
+    an answer or one of the errors the caller turns into "ask systemctl": never another exception."""
+    import struct
+
+    from restart import unitstate
+
+    try:
+        serial, value = unitstate._reply(message)
+    except (ValueError, IndexError, struct.error):
+        return
+    assert isinstance(serial, int) and (value is None or isinstance(value, str))
