@@ -385,7 +385,7 @@ bus_replies = st.one_of(
     st.binary(max_size=200),
     st.builds(_bus_reply, st.integers(0, 2**32 - 1), st.binary(max_size=40)),
     st.builds(_flipped, st.builds(_bus_reply, st.integers(0, 2**32 - 1), st.binary(max_size=40)),
-              st.integers(0, 200), st.integers(0, 255)))
+              st.one_of(st.integers(0, 40), st.integers(0, 200)), st.integers(0, 255)))  # the header, or anywhere
 
 
 @FAST
