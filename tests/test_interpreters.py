@@ -9,7 +9,9 @@ a kernel will not produce on demand.  The container scenarios are in test_interp
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -713,16 +715,19 @@ def test_resolving_opens_only_directories_and_only_as_paths(root: Path, rootfd: 
 
 @pytest.fixture
 def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts, each the leader of a process group of its own: the group is killed,
+    so what a script forks (its ``sleep``) goes with it instead of living on under PID 1."""
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for p in started:
-        p.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=10)
 
 
 def start(procs: list[subprocess.Popen[bytes]], argv: list[str], cwd: Path, ready: Path) -> int:
     p = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"})
+                         stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"}, process_group=0)
     procs.append(p)
     deadline = time.monotonic() + 10
     while not ready.exists():
@@ -798,7 +803,8 @@ def test_real_python_minus_m(tmp_path: Path, procs: list[subprocess.Popen[bytes]
     pid = start(procs, ["/usr/bin/python3", "-c", code], tmp_path, ready)
     assert observe(pid).script is None and observe(pid).path is None
     # -m json.tool reads stdin and waits: a long-running -m process of the standard library.
-    p = subprocess.Popen(["/usr/bin/python3", "-m", "json.tool"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    p = subprocess.Popen(["/usr/bin/python3", "-m", "json.tool"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                         process_group=0)
     procs.append(p)
     deadline = time.monotonic() + 10
     while b"json.tool" not in Path(f"/proc/{p.pid}/cmdline").read_bytes():  # until it has exec'd
