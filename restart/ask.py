@@ -8,6 +8,7 @@ before the input ended) restarts nothing and leaves the list pending.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import select
@@ -52,13 +53,26 @@ def picked(text: str, count: int) -> set[int] | None:
     return chosen
 
 
+WAKE_EVERY = 0.25  # seconds: how soon a Ctrl-C is acted on while an answer is awaited, whatever the race
+
+
 def _answer_ready(answers: TextIO, seconds: float) -> bool:
-    """Whether an answer can be read before ``seconds`` pass (always, for input that is not a file)."""
+    """Whether an answer can be read before ``seconds`` pass (always, for input that is not a file).
+
+    Awaited in slices: Python runs a signal handler only between its own steps, so a Ctrl-C that
+    comes just before ``select`` goes to sleep (or reaches another thread) would otherwise wait out
+    the whole deadline; after each slice the handler runs and the run stops as asked."""
     try:
         fd = answers.fileno()
     except (AttributeError, OSError, ValueError):
         return True
-    return bool(select.select([fd], [], [], max(seconds, 0))[0])
+    end = time.monotonic() + max(seconds, 0.0)
+    while True:
+        left = end - time.monotonic()
+        if select.select([fd], [], [], min(max(left, 0.0), WAKE_EVERY))[0]:
+            return True
+        if left <= WAKE_EVERY:
+            return False
 
 
 def chooser(answers: TextIO, prompts: TextIO, *, default_yes: bool = True,
@@ -69,8 +83,8 @@ def chooser(answers: TextIO, prompts: TextIO, *, default_yes: bool = True,
     def line(question: str) -> str | None:
         prompts.write(question)
         prompts.flush()
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and not _answer_ready(answers, left):
+        left = math.inf if deadline is None else deadline - time.monotonic()
+        if not _answer_ready(answers, left):
             prompts.write("\nrestartctl: no answer in time: nothing is restarted\n")
             return None
         raw = answers.readline()

@@ -440,3 +440,40 @@ def test_a_zero_hook_budget_still_bounds_the_run(tmp_path: Path, capsys: pytest.
     monkeypatch.setattr(hook, "_run", forever)
     assert hook.run(Roots(run=tmp_path), "manual", budget=0) == 0  # setitimer(0) would never fire
     assert "gave up after 0 s" in capsys.readouterr().err
+
+
+def test_a_ctrl_c_at_the_prompt_stops_the_run_even_when_select_was_not_woken() -> None:
+    """Why: a Ctrl-C that reached the process just before ``select`` went to sleep, or in another
+    thread, left the prompt waiting out the whole deadline (seen once under load: the run hung).
+    Here the signal is sent while the main thread blocks it, so its select is never interrupted."""
+    import signal
+    import threading
+
+    from restart import ask as ask_mode
+
+    class Stop(Exception):
+        pass
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stop
+
+    def send() -> None:
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    r, w = os.pipe()
+    sender = threading.Thread(target=send)
+    old = signal.signal(signal.SIGUSR1, stop)
+    sender.start()  # before the mask: the sender's thread takes the signal
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    started = time.monotonic()
+    try:
+        with open(r, encoding="utf-8", closefd=False) as answers, pytest.raises(Stop):
+            ask_mode._answer_ready(answers, 20)
+        assert time.monotonic() - started < 5
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        signal.signal(signal.SIGUSR1, old)
+        sender.join()
+        os.close(r)
+        os.close(w)
