@@ -34,7 +34,11 @@ from restart.units import (
 
 PROGRAMS = {"systemctl": "/usr/bin/systemctl", "invoke-rc.d": "/usr/sbin/invoke-rc.d"}
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
-SHOW_PROPS = "ActiveState,SubState,MainPID,RefuseManualStop,Type,Result,ControlGroup,NRestarts"
+_UNIT, _SERVICE = "org.freedesktop.systemd1.Unit", "org.freedesktop.systemd1.Service"
+# What is asked of a unit (and on PID 1's bus, of which interface): systemctl show -p and the bus ask the same.
+BUS_PROPS = {"ActiveState": _UNIT, "SubState": _UNIT, "MainPID": _SERVICE, "RefuseManualStop": _UNIT,
+             "Type": _SERVICE, "Result": _SERVICE, "ControlGroup": _SERVICE, "NRestarts": _SERVICE}
+SHOW_PROPS = ",".join(BUS_PROPS)
 
 
 def parse_show(text: str, names: list[str]) -> dict[str, dict[str, str]]:
@@ -83,9 +87,6 @@ def unit_states(groups: list[UnitGroup], timeout: float, runner: Runner = run) -
 
 
 SYSTEMD_BUS = "/run/systemd/private"  # PID 1's own D-Bus socket, root's only (what systemctl itself uses)
-_UNIT, _SERVICE = "org.freedesktop.systemd1.Unit", "org.freedesktop.systemd1.Service"
-BUS_PROPS = {"ActiveState": _UNIT, "SubState": _UNIT, "MainPID": _SERVICE, "RefuseManualStop": _UNIT,
-             "Type": _SERVICE, "Result": _SERVICE, "ControlGroup": _SERVICE, "NRestarts": _SERVICE}
 BUS_REPLY_MAX = 1 << 16  # bytes of one reply: a property of a unit is a few dozen
 
 
