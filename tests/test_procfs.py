@@ -7,9 +7,7 @@ a parent that exited), since a kernel will not build those on demand.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -37,18 +35,14 @@ def test_stat_field_of_a_real_process_that_names_itself_like_stat(tmp_path: Path
     """A real process sets its comm (prctl PR_SET_NAME) to text with ")", spaces and a newline:
     its parent and start time are still read right."""
     name = b"x) Z 1 (\ny"
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child
-        os.close(r)
-        libc = ctypes.CDLL(None)
-        libc.prctl(15, name, 0, 0, 0)  # PR_SET_NAME
-        os.write(w, b"1")
-        signal.pause()
-        os._exit(0)
+    # A program of its own, not a fork: this test process has threads (pytest-xdist's), and a forked
+    # child of a threaded process may deadlock in ctypes or malloc.
+    code = (f"import ctypes, os, signal; ctypes.CDLL(None).prctl(15, {name!r}, 0, 0, 0); "
+            "os.write(1, b'1'); signal.pause()")
+    proc_ = subprocess.Popen(["/usr/bin/python3", "-c", code], stdout=subprocess.PIPE, env={})
+    child = proc_.pid
     try:
-        os.close(w)
-        assert os.read(r, 1) == b"1"
+        assert proc_.stdout is not None and proc_.stdout.read(1) == b"1"
         assert Path(f"/proc/{child}/comm").read_bytes() == name + b"\n"
         proc = Path("/proc")
         assert procfs.stat_field(proc, child, procfs.PPID) == os.getpid()
@@ -56,9 +50,10 @@ def test_stat_field_of_a_real_process_that_names_itself_like_stat(tmp_path: Path
         expected = int(plain.split()[21])  # field 22, once the name holds no space
         assert procfs.stat_field(proc, child, procfs.STARTTIME) == expected
     finally:
-        os.close(r)
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
+        proc_.kill()
+        proc_.wait()
+        assert proc_.stdout is not None
+        proc_.stdout.close()
     assert procfs.stat_field(Path("/proc"), child, procfs.PPID) is None  # gone: None, never a raise
 
 

@@ -447,7 +447,7 @@ def test_concurrent_writers_and_readers(run_dir: Path) -> None:
 
     t = threading.Thread(target=read)
     t.start()
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # no fork: the reader thread runs already
     procs = [ctx.Process(target=_writer, args=(str(run_dir), names[i:] + names[:i])) for i in range(0, 40, 5)]
     for p in procs:
         p.start()
