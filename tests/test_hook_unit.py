@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -568,3 +569,25 @@ def test_apt_pre_falls_back_to_one_package_at_a_time_when_the_copy_fails(tmp_pat
     assert not list(lists.glob("*.new")) and not (tmp_path / "run" / "incomplete").exists()
     _apt_pre(tmp_path, stdin)  # and the next run is back to one cp
     assert list((tmp_path / "run" / "staging").iterdir()) == []
+
+
+def test_the_package_managers_hook_command_line_is_read_without_argparse_as_argparse_reads_it() -> None:
+    """Why (issue 15): importing argparse and building the parser were ~5 ms of every apt run.  Exactly
+    ``hook --trigger apt`` and ``hook --trigger dpkg`` (what the hooks run) are read directly, into what
+    argparse makes of them; any other command line is argparse's, with its checks."""
+    code = ("import sys, json; from restart import cli, hook; calls = []\n"
+            "hook.run = lambda roots, trigger, **kw: calls.append([list(map(str, roots)), trigger, kw]) or 0\n"
+            "cli.main(sys.argv[1:]); fast = 'argparse' not in sys.modules\n"
+            "args = cli._parser(sys.argv[1:]).parse_args(sys.argv[1:])\n"
+            "parsed = [list(map(str, cli._roots(args))), args.trigger, {'after': None, 'budget': args.budget}]\n"
+            "print(json.dumps([fast, calls == [parsed] or [calls, parsed]]))")
+
+    def run(*argv: str) -> list[object]:
+        out = subprocess.run(["/usr/bin/python3", "-c", code, *argv], capture_output=True, text=True,
+                             env={"PYTHONPATH": str(Path(__file__).parent.parent)}, cwd="/", check=False)
+        return list(json.loads(out.stdout.splitlines()[-1])) if out.stdout else [out.stderr]
+    assert run("hook", "--trigger", "apt") == [True, True]
+    assert run("hook", "--trigger", "dpkg") == [True, True]
+    assert run("hook", "--trigger", "apt", "--budget", "5") == [False, True]
+    assert run("hook", "--trigger", "unattended-upgrades") == [False, True]
+    assert run("hook", "--trigger=apt") == [False, True]
