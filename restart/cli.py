@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-import gc
+from restart import Importing
 
-
-class _Importing:
-    """No garbage collection while modules are imported: they make tens of thousands of objects (the
-    classes, the compiled patterns), none of them garbage, and the collector ran some 25 times over
-    them in every run (~3 ms of the apt hook's).  It runs again, as always, once they are imported."""
-
-    def __enter__(self) -> None:
-        self.collecting = gc.isenabled()
-        gc.disable()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.collecting:
-            gc.enable()
-
-
-with _Importing():
+with Importing():
     import os
     import sys
     from collections.abc import Callable, Sequence
@@ -276,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     tolerant_streams()
     trigger = _package_managers_hook(argv)
     if trigger is not None:
-        with _Importing():
+        with Importing():
             from restart import hook
 
         return hook.run(Roots(**{option.lstrip("-"): default for option, default in ROOT_OPTIONS.items()
