@@ -650,3 +650,19 @@ def test_the_packages_named_tuples_are_typings_without_a_forward_reference_per_f
     for cls in (Point, policy.Settings, policy.Rule, processes.ProcessInfo, roots.Roots):
         assert all(isinstance(a, str) for a in cls.__annotations__.values()), cls  # no ForwardRef made
     assert not all(isinstance(a, str) for a in Typed.__annotations__.values())  # (typing's own makes them)
+
+
+def test_dpkgs_post_invoke_starts_no_shell_under_a_frontend(tmp_path: Path) -> None:
+    """Why (issue 15): under apt, dpkg runs its post-invoke twice per transaction, and each started the
+    hook script only for it to see DPKG_FRONTEND_LOCKED and leave (apt's own hook reports once).  The
+    snippet tests the variable itself; a plain dpkg run still starts the report."""
+    snippet = (Path(__file__).resolve().parent.parent / "hook" / "dpkg.cfg.d" / "restartctl").read_text()
+    command = next(line for line in snippet.splitlines() if line.startswith("post-invoke="))[len("post-invoke="):]
+    hook = tmp_path / "dpkg-hook"
+    hook.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/started\n")
+    hook.chmod(0o755)
+    command = command.replace("/usr/lib/restartctl/dpkg-hook", str(hook))
+    subprocess.run(["/bin/sh", "-c", command], check=True, env={"PATH": "/usr/bin:/bin", "DPKG_FRONTEND_LOCKED": "1"})
+    assert not (tmp_path / "started").exists()
+    subprocess.run(["/bin/sh", "-c", command], check=True, env={"PATH": "/usr/bin:/bin"})
+    assert (tmp_path / "started").read_text() == "dpkg-post\n"
