@@ -2,56 +2,69 @@
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from restart import Importing
 
-from restart import __version__, plan, policy, report, transaction
-from restart.roots import Roots
-from restart.scan import find
-from restart.text import printable, tolerant_streams
+with Importing():
+    import os
+    import sys
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+    from typing import TYPE_CHECKING, Any, NoReturn
+
+    from restart import __version__, plan, policy, report, transaction
+    from restart.roots import Roots
+    from restart.scan import find
+    from restart.text import printable, tolerant_streams
+
+if TYPE_CHECKING:  # argparse is imported when a command line is parsed: never by the apt hook's (see main)
+    import argparse
 
 EXIT_OK, EXIT_STALE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_TEXTFILE = Path("(default)")
 APPLY_LOCK_WAIT = policy.Settings().hook_budget + 10  # longer than a hook run takes by default
 
 
-class _Help(argparse.HelpFormatter):
-    """argparse's help at the terminal's width, found without ``shutil``: argparse makes a formatter
-    for every option it is given and imported shutil (and its compression modules) for the width,
-    3 ms of every run, the apt hook's included."""
+def _parser_class() -> Any:
+    """The parser's class (argparse's, with the two changes below), made when a command line is parsed."""
+    import argparse
 
-    def __init__(self, prog: str) -> None:
-        try:
-            width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.stdout.fileno()).columns
-        except (ValueError, OSError, AttributeError):
-            width = 80
-        super().__init__(prog, width=width - 2)
+    class Help(argparse.HelpFormatter):
+        """argparse's help at the terminal's width, found without ``shutil``: argparse makes a formatter
+        for every option it is given and imported shutil (and its compression modules) for the width,
+        3 ms of every run, the apt hook's included."""
 
+        def __init__(self, prog: str) -> None:
+            try:
+                width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.stdout.fileno()).columns
+            except (ValueError, OSError, AttributeError):
+                width = 80
+            super().__init__(prog, width=width - 2)
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line (exit 2); for ``check``, a Nagios UNKNOWN line (exit 3)."""
+    class Parser(argparse.ArgumentParser):
+        """Usage errors in one line (exit 2); for ``check``, a Nagios UNKNOWN line (exit 3)."""
 
-    command = ""  # the top-level parser also reports a command's unknown options
+        command = ""  # the top-level parser also reports a command's unknown options
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(formatter_class=_Help, **kwargs)
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(formatter_class=Help, **kwargs)
 
-    def error(self, message: str) -> NoReturn:
-        command = self.prog.removeprefix("restartctl").strip() or self.command
-        if command == "check":
-            from restart import formats
+        def error(self, message: str) -> NoReturn:
+            command = self.prog.removeprefix("restartctl").strip() or self.command
+            if command == "check":
+                from restart import formats
 
-            code, out = formats.nagios_unknown(f"usage: {message}")
-            self.exit(code, out)
-        self.exit(EXIT_ERROR, f"restartctl: {message} (see 'restartctl {command + ' ' if command else ''}--help')\n")
+                code, out = formats.nagios_unknown(f"usage: {message}")
+                self.exit(code, out)
+            self.exit(EXIT_ERROR,
+                      f"restartctl: {message} (see 'restartctl {command + ' ' if command else ''}--help')\n")
+
+    return Parser
 
 
 def _at_least_zero(kind: type[int] | type[float]) -> Callable[[str], Any]:
     def convert(text: str) -> int | float:
+        import argparse
+
         try:
             value = kind(text)
         except ValueError:
@@ -72,6 +85,8 @@ ROOT_OPTIONS: dict[str, Path | None] = {
 
 def _roots_options(p: argparse.ArgumentParser) -> None:
     """Accepted by every command, documented in restartctl(8), never offered by --help or completion."""
+    import argparse  # (imported already: p is a parser)
+
     for option, default in ROOT_OPTIONS.items():
         p.add_argument(option, type=Path, default=default, help=argparse.SUPPRESS)
 
@@ -180,7 +195,7 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     is needed only when none is named (an error, or the top-level ``--help``).
     """
     named = argv[0] if argv else None
-    parser = _Parser(
+    parser = _parser_class()(
         prog="restartctl",
         description="Find processes that still use files replaced by a package upgrade, "
                     "and what to restart to fix them.")
@@ -193,12 +208,15 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=summary, description=description)
         if argv is None or name == named:
             add_options(command)
-    return parser
+    made: argparse.ArgumentParser = parser
+    return made
 
 
 def _after(text: str) -> tuple[int, int]:
     pid, _, start = text.partition(":")
     if not (pid.isdigit() and start.isdigit()):
+        import argparse
+
         raise argparse.ArgumentTypeError("expected PID:START (start time in clock ticks)")
     return int(pid), int(start)
 
@@ -228,10 +246,26 @@ def run() -> None:
     os._exit(code)
 
 
+def _package_managers_hook(argv: Sequence[str]) -> str | None:
+    """The trigger of exactly what apt's and dpkg's hooks run (``hook --trigger apt``, ``hook --trigger
+    dpkg``), parsed without argparse: importing it and building the parser were ~5 ms of every apt run.
+    None for any other command line (argparse parses it, with its checks and messages)."""
+    if len(argv) == 3 and argv[0] == "hook" and argv[1] == "--trigger" and argv[2] in ("apt", "dpkg"):
+        return argv[2]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     tolerant_streams()
+    trigger = _package_managers_hook(argv)
+    if trigger is not None:
+        with Importing():
+            from restart import hook
+
+        return hook.run(Roots(**{option.lstrip("-"): default for option, default in ROOT_OPTIONS.items()
+                                 if default is not None}), trigger, after=None, budget=None)
     args = _parser(argv).parse_args(argv)
     roots = _roots(args)
     if args.command == "hook":

@@ -16,13 +16,16 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
+from restart import NamedTuple
 from restart.grammars import NODE, PERL, PYTHON, RUBY, Interpreter, Script, interpreter_of, module_files, script_of
-from restart.imports import Imports, Reader, Source, gather, identity_of
 from restart.packages import fs_decode, fs_encode
 from restart.processes import Evidence
 from restart.procfs import STARTTIME, read_proc, stat_fields
+
+if TYPE_CHECKING:  # imported when an unowned script's imports are read (most runs read none)
+    from restart.imports import Imports
 
 REPLACED, UNLINKED, FRESH = Evidence.REPLACED, Evidence.UNLINKED, "fresh"  # what a held script says
 MAX_SYMLINKS = 40  # as the kernel: more is a loop
@@ -235,6 +238,8 @@ WantsImports = Callable[[Interpreter, float, str | None], bool]
 
 def _read_imports(dfd: int, interpreter: Interpreter, argv: Sequence[str], path: str | None) -> Imports | None:
     """What the unowned script (or the command line's code) imports, read as its user (see imports)."""
+    from restart.imports import Imports, Reader, Source, gather, identity_of
+
     code = inline_code(interpreter.family, argv) if path is None else None
     if path is None and code is None:
         return None  # a REPL, a script on stdin, a rewritten command line: nothing to read

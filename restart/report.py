@@ -9,7 +9,6 @@ reaches a terminal: a process name can carry terminal escape sequences.
 
 from __future__ import annotations
 
-import shlex
 from collections import Counter
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,8 @@ APPLY_SCHEMA = "restartctl-apply/1"
 
 
 def command(argv: Iterable[str]) -> str:
+    import shlex  # only when there is a command to show: most hook runs have none
+
     return printable(shlex.join(argv))
 
 

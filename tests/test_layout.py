@@ -37,7 +37,7 @@ def imported(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module == "restart":
-            found |= {a.name for a in node.names if a.name != "__version__"}
+            found |= {a.name for a in node.names if a.name not in ("__version__", "NamedTuple", "Importing")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("restart."):
             found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
