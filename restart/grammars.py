@@ -13,8 +13,7 @@ import functools
 import posixpath
 import re
 from collections.abc import Sequence
-
-from restart import NamedTuple
+from typing import NamedTuple
 
 PYTHON, PERL, RUBY, NODE, SHELL, JAVA = "python", "perl", "ruby", "node", "shell", "java"
 INFER_MODULES = frozenset({PYTHON, PERL, RUBY, NODE})  # families whose modules are not held open

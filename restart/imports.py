@@ -37,8 +37,7 @@ import posixpath
 import re
 import stat
 from collections.abc import Callable
-
-from restart import NamedTuple
+from typing import NamedTuple
 
 MAX_BYTES = 1 << 20   # per file
 MAX_FILES = 16        # per process: the script, -c code and local modules beside it

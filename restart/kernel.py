@@ -13,8 +13,8 @@ import re
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
-from restart import NamedTuple
 from restart.packages import unpack_time
 
 

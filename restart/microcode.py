@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-
-from restart import NamedTuple
+from typing import NamedTuple
 
 MICROCODE_PACKAGES = {"GenuineIntel": "intel-microcode", "AuthenticAMD": "amd64-microcode"}
 

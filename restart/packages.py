@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from functools import cached_property
 from pathlib import Path
-
-from restart import NamedTuple
+from typing import NamedTuple
 
 # Top-level directories that a merged-/usr system turns into symlinks into /usr.
 _USR_ALIAS_CANDIDATES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libo32")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 from fnmatch import fnmatchcase
+from typing import NamedTuple
 
-from restart import NamedTuple
 from restart.policy import Act, Policy, Rule, Settings, scope_of
 from restart.units import (
     CONTAINER,

@@ -22,9 +22,9 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from restart import NamedTuple, fsutil
+from restart import fsutil
 from restart.processes import Evidence, FileKind
 from restart.units import SYSTEM, UNIT_TYPES, USER
 

@@ -25,8 +25,9 @@ import time
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
-from restart import NamedTuple, procfs, views
+from restart import procfs, views
 from restart.packages import canonical, fs_decode
 
 

@@ -45,8 +45,9 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import NamedTuple
 
-from restart import NamedTuple, fsutil
+from restart import fsutil
 from restart.kernel import KernelStatus, kernel_status
 from restart.microcode import (
     MICROCODE_PACKAGES,

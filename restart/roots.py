@@ -8,8 +8,7 @@ defaults.  Nothing else in the package hard-codes ``/proc``, ``/var/lib/dpkg``,
 from __future__ import annotations
 
 from pathlib import Path
-
-from restart import NamedTuple
+from typing import NamedTuple
 
 _CHECKOUT_DATA = Path(__file__).resolve().parent.parent / "data"
 _INSTALLED_DATA = Path("/usr/share/restartctl")

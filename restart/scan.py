@@ -9,19 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
-from restart import (
-    NamedTuple,
-    fsutil,
-    grammars,
-    interpreters,
-    observation,
-    packages,
-    processes,
-    procfs,
-    transaction,
-    units,
-)
+from restart import fsutil, grammars, interpreters, observation, packages, processes, procfs, transaction, units
 from restart.roots import Roots
 
 

@@ -24,9 +24,8 @@ from collections.abc import Iterable
 from contextlib import suppress
 from itertools import pairwise
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
-from restart import NamedTuple
 from restart.fsutil import trusted_dir
 from restart.packages import DpkgDatabase, list_paths, parse_md5sums
 

@@ -611,47 +611,6 @@ def test_no_garbage_collection_runs_while_the_hooks_modules_are_imported() -> No
     assert int(out[0]) <= 3, out  # (finding restart's directory and cli's own first lines: before it stops it)
 
 
-def test_the_packages_named_tuples_are_typings_without_a_forward_reference_per_field() -> None:
-    """Why (issue 15): ``typing.NamedTuple`` compiles every field's annotation (a string, under
-    ``from __future__ import annotations``) into a ForwardRef nobody reads: 160 fields, ~2.5 ms of every
-    run.  ``restart.NamedTuple`` makes the same class (collections.namedtuple's) without them, by
-    typing's rules."""
-    import typing
-
-    from restart import NamedTuple, policy, processes, roots
-
-    class Point(NamedTuple):
-        """A point."""
-
-        x: int
-        y: str = "b"
-
-        def both(self) -> str:
-            return f"{self.x}{self.y}"
-
-    class Typed(typing.NamedTuple):
-        x: int
-        y: str = "b"
-
-    p = Point(1)
-    assert (p, p.both(), p._replace(x=2), p._asdict(), Point._fields, Point._field_defaults, Point.__doc__) == (
-        (1, "b"), "1b", Point(2, "b"), {"x": 1, "y": "b"}, ("x", "y"), {"y": "b"}, "A point.")
-    assert Point(1, "b") == Typed(1, "b") == (1, "b") and hash(Point(1)) == hash(Typed(1))
-    assert repr(p) == "Point(x=1, y='b')" and Point.__module__ == __name__ and Point.__qualname__.endswith("Point")
-    with pytest.raises(TypeError, match="Non-default namedtuple field z cannot follow default field y"):
-        class Bad(NamedTuple):
-            y: int = 1
-            z: int  # type: ignore[misc]
-    with pytest.raises(AttributeError, match="Cannot overwrite NamedTuple attribute _replace"):
-        class Worse(NamedTuple):
-            x: int
-
-            def _replace(self) -> None: ...  # type: ignore[misc]
-    for cls in (Point, policy.Settings, policy.Rule, processes.ProcessInfo, roots.Roots):
-        assert all(isinstance(a, str) for a in cls.__annotations__.values()), cls  # no ForwardRef made
-    assert not all(isinstance(a, str) for a in Typed.__annotations__.values())  # (typing's own makes them)
-
-
 def test_dpkgs_post_invoke_starts_no_shell_under_a_frontend(tmp_path: Path) -> None:
     """Why (issue 15): under apt, dpkg runs its post-invoke twice per transaction, and each started the
     hook script only for it to see DPKG_FRONTEND_LOCKED and leave (apt's own hook reports once).  The
