@@ -65,7 +65,7 @@ class Settings(NamedTuple):
     verify: bool = True             # re-check each restarted unit: active again, nothing stale left
     settle: float = 3.0             # seconds a restarted unit must then stay up (same main PID), 0: off
     max_failures: int = 3           # circuit breaker: stop after this many failed restarts in one run
-    max_parallel: int = 32          # system services restarted together in one wave, after a canary; 1: one by one
+    max_parallel: int = 128         # system services restarted together in one wave, after a canary; 1: one by one
     hook_budget: float = 120.0      # seconds a hook run may take (its watchdog), unless --budget says otherwise
     restart_on: tuple[str, ...] = ("exe", "code", "script", "module")  # other kinds are listed only
     # Findings with this evidence are listed only: a module guessed from the whole search path
