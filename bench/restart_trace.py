@@ -91,6 +91,7 @@ def main() -> int:
     traced(execute.Executor, "_restart_together")
     traced(execute, "survey")
     traced(unitstate, "bus_states", "systemd's bus", lambda names, *a: f"{len(names)} units")
+    traced(execute, "bus_restart", "restart jobs on systemd's bus", lambda verb, names, *a: f"{len(names)} units")
     traced(apply, "_carry_out")
     code = cli.main(["apply", "--yes"])
     note(f"exit {code}")

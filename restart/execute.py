@@ -21,11 +21,17 @@ from typing import NamedTuple
 from restart.plan import EXECUTABLE, RESTARTS, Action, phase
 from restart.policy import Act, Settings
 from restart.runner import FAILURES, Meanwhile, Runner, run
-from restart.units import INIT, SYSTEM, USER, USER_MANAGER, UnitGroup
+from restart.units import INIT, SYSTEM, USER, USER_MANAGER, UnitGroup, valid_unit_name
 from restart.unitstate import (
+    JOB_METHODS,
+    JOB_OK,
     PROGRAMS,
+    BusUnavailable,
+    Jobs,
+    JobStarter,
     Survey,
     ancestor_units,
+    bus_restart,
     daemon_not_running,
     policy_rc_d_forbids,
     survey,
@@ -56,6 +62,21 @@ def batchable(action: Action) -> bool:
             and argv == ("systemctl", action.action, "--", g.name))
 
 
+def job_trouble(jobs: Jobs, name: str, timeout: float) -> str:
+    """What went wrong with the restart job of unit ``name``, in a line that names it ("" when it
+    ended as systemctl's would have: done, or skipped)."""
+    if name in jobs.refused:
+        return f"systemd refused the restart of {name} ({jobs.refused[name]})"
+    result = jobs.results.get(name)
+    if result in JOB_OK:
+        return ""
+    if result is not None:
+        return f"the restart job of {name} ended: {result}"
+    if jobs.waiting:
+        return f"the restart job of {name} was {jobs.waiting}"
+    return f"the restart job of {name} did not end within {timeout:.0f} s"
+
+
 def take_wave(queue: list[Action], size: int) -> list[Action]:
     """The wave at the head of ``queue`` (taken off it): up to ``size`` batchable actions with one verb."""
     wave = [queue.pop(0)]
@@ -80,9 +101,13 @@ class Executor(Verifier):
                  choose: Callable[[list[Action]], list[bool | None]] | None = None,
                  report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
                  run_dir: Path = Path("/run"), intend: Callable[[list[Action]], None] | None = None,
-                 earlier: Earlier | None = None, runner: Runner | None = None) -> None:
+                 earlier: Earlier | None = None, runner: Runner | None = None,
+                 jobs: JobStarter | None = None) -> None:
         super().__init__(settings, proc=proc, deadline=deadline, still_stale=still_stale, cgroupfs=cgroupfs,
                          runner=runner or run)
+        # System services' restarts are asked of PID 1 on its own socket (systemctl when it cannot be
+        # used); never when a test's runner stands in for systemd, unless it brings its own.
+        self.jobs = jobs if jobs is not None else bus_restart if runner is None else None
         self.run_dir = run_dir
         self.intend = intend  # records actions before they are taken (raises OSError when it cannot)
         self.earlier = earlier or {}
@@ -271,24 +296,44 @@ class Executor(Verifier):
             pass  # no systemctl: the re-exec itself will say so
         return True
 
+    def _on_bus(self, actions: list[Action], timeout: float) -> Jobs | None:
+        """The restart jobs of these system services (one verb), asked of PID 1 on its own socket;
+        None when nothing was asked there (no socket, a test's runner, a verb or name it does not
+        take): then systemctl is run, as before."""
+        names = [a.group.name or "" for a in actions]
+        if self.jobs is None or actions[0].action not in JOB_METHODS or not all(map(valid_unit_name, names)):
+            return None
+        try:
+            return self.jobs(actions[0].action, names, timeout)
+        except BusUnavailable:
+            return None
+
     def _carry_out(self, action: Action, before: dict[str, str]) -> Outcome:
         g = action.group
         assert action.argv is not None  # noqa: S101 - run_all passes only actions with a command
         timeout = min(self.settings.timeout, self.remaining())
-        try:
-            result = self.runner(resolved(action.argv), timeout)
-        except subprocess.TimeoutExpired:
-            return Outcome(action, FAILED, f"no answer within {timeout:.0f} s\n{self._excerpt(g)}")
-        except OSError as e:
-            return Outcome(action, FAILED, f"could not run {action.argv[0]}: {e}")
-        if result.returncode != 0:
-            detail = (result.stderr or result.stdout).strip()
-            return Outcome(action, FAILED, f"exit status {result.returncode}: {detail}\n{self._excerpt(g)}")
+        jobs = self._on_bus([action], timeout) if batchable(action) else None
+        if jobs is not None:
+            trouble = job_trouble(jobs, g.name or "", timeout)
+            # A job lost from view (the socket closed while it ran) is not asked for again: whether the
+            # unit was restarted is for the verification to say.
+            if trouble and not (jobs.waiting and self.settings.verify):
+                return Outcome(action, FAILED, f"{trouble}\n{self._excerpt(g)}")
+        else:
+            try:
+                result = self.runner(resolved(action.argv), timeout)
+            except subprocess.TimeoutExpired:
+                return Outcome(action, FAILED, f"no answer within {timeout:.0f} s\n{self._excerpt(g)}")
+            except OSError as e:
+                return Outcome(action, FAILED, f"could not run {action.argv[0]}: {e}")
+            if result.returncode != 0:
+                detail = (result.stderr or result.stdout).strip()
+                return Outcome(action, FAILED, f"exit status {result.returncode}: {detail}\n{self._excerpt(g)}")
         if not self.settings.verify:
             return Outcome(action, DONE, "not verified (verify = false)")
         found: list[Outcome] = []
         self._verify([(action, before)], time.monotonic() + min(self.settings.timeout, self.remaining()),
-                     found.append)
+                     found.append, jobs.states if jobs is not None else None)
         return found[0]
 
     def _wave(self, wave: list[Action], known: Meanwhile[Survey] | None = None, *,
@@ -342,20 +387,25 @@ class Executor(Verifier):
 
     def _restart_together(self, go: list[tuple[Action, dict[str, str]]], finish: Callable[[Outcome], None]) -> None:
         timeout = min(self.settings.timeout, self.remaining())
-        argv = [PROGRAMS["systemctl"], go[0][0].action, "--", *(a.group.name or "" for a, _ in go)]
-        said = ""  # what systemctl said when not every job succeeded (its lines name the units)
-        try:
-            result = self.runner(argv, timeout)
-            said = "" if result.returncode == 0 else f"exit status {result.returncode}: {result.stderr.strip()}"
-        except subprocess.TimeoutExpired:
-            said = f"systemctl did not answer within {timeout:.0f} s"
-        except OSError as e:
-            for a, _ in go:
-                finish(Outcome(a, FAILED, f"could not run systemctl: {e}"))
-            return
+        said = ""  # what went wrong when not every job succeeded (its lines name the units)
+        jobs = self._on_bus([a for a, _ in go], timeout)
+        if jobs is not None:
+            said = "\n".join(filter(None, (job_trouble(jobs, a.group.name or "", timeout) for a, _ in go)))
+        else:
+            argv = [PROGRAMS["systemctl"], go[0][0].action, "--", *(a.group.name or "" for a, _ in go)]
+            try:
+                result = self.runner(argv, timeout)
+                said = "" if result.returncode == 0 else f"exit status {result.returncode}: {result.stderr.strip()}"
+            except subprocess.TimeoutExpired:
+                said = f"systemctl did not answer within {timeout:.0f} s"
+            except OSError as e:
+                for a, _ in go:
+                    finish(Outcome(a, FAILED, f"could not run systemctl: {e}"))
+                return
         if not self.settings.verify:
             for a, _ in go:
-                finish(Outcome(a, FAILED, said) if said else Outcome(a, DONE, "not verified (verify = false)"))
+                trouble = said if jobs is None else job_trouble(jobs, a.group.name or "", timeout)
+                finish(Outcome(a, FAILED, trouble) if trouble else Outcome(a, DONE, "not verified (verify = false)"))
             return
 
         def told(o: Outcome) -> None:
@@ -363,7 +413,8 @@ class Executor(Verifier):
             name = re.compile(rf"(?<![\w.@:\\-]){re.escape(o.action.group.name or '')}(?![\w.@:\\-])")
             mine = [line for line in said.splitlines() if name.search(line) or "did not answer" in line]
             finish(o._replace(detail="\n".join([o.detail, *mine])) if o.status == FAILED and mine else o)
-        self._verify(go, time.monotonic() + min(self.settings.timeout, self.remaining()), told)
+        self._verify(go, time.monotonic() + min(self.settings.timeout, self.remaining()), told,
+                     jobs.states if jobs is not None else None)
 
 
 def would_skip(actions: list[Action], settings: Settings, *, proc: Path) -> dict[int, str]:
