@@ -9,8 +9,8 @@ validated here, the others come from the plan, which acts only on valid names.
 
 from __future__ import annotations
 
+import _socket  # not socket: its enums cost 2.5 ms of every run before the first restart
 import os
-import socket
 import stat
 import struct
 import subprocess
@@ -203,14 +203,14 @@ def _reply(message: bytes) -> tuple[int, object]:
     raise ValueError(f"a value of type {kind!r}")
 
 
-def _connect(timeout: float) -> socket.socket:
+def _connect(timeout: float) -> _socket.socket:
     """A connection to PID 1's own socket, authenticated as this process's user; only PID 1 (uid 0 at
     the other end) is believed.  Raises OSError (or struct.error) when it cannot be made."""
-    bus = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    bus = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         bus.settimeout(max(timeout, 0.1))
         bus.connect(SYSTEMD_BUS)
-        _pid, uid, _gid = struct.unpack("3i", bus.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        _pid, uid, _gid = struct.unpack("3i", bus.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12))
         if uid != 0:
             raise OSError(f"{SYSTEMD_BUS} is not root's")
         bus.sendall(b"\0AUTH EXTERNAL " + str(os.geteuid()).encode().hex().encode() + b"\r\n")
@@ -222,7 +222,7 @@ def _connect(timeout: float) -> socket.socket:
     return bus
 
 
-def _next(bus: socket.socket, buf: bytearray, deadline: float, limit: int) -> bytes:
+def _next(bus: _socket.socket, buf: bytearray, deadline: float, limit: int) -> bytes:
     """The next whole message on ``bus`` (``buf``: what was read past the one before), by ``deadline``
     (TimeoutError); ValueError for what is not a little-endian message of at most ``limit`` bytes,
     OSError when PID 1 closed the connection."""
@@ -260,7 +260,8 @@ def bus_states(names: list[str], timeout: float) -> dict[str, dict[str, str]]:
             wanted[len(wanted) + 1] = (name, prop)
             calls += _get(len(wanted), path, interface, prop)
     states: dict[str, dict[str, str]] = {name: {} for name in names}
-    with _connect(timeout) as bus:
+    bus = _connect(timeout)
+    try:
         bus.sendall(calls)
         buf = bytearray()
         # Messages that answer nothing asked: signals, about eight before each answer about a unit that
@@ -273,6 +274,8 @@ def bus_states(names: list[str], timeout: float) -> dict[str, dict[str, str]]:
                 states[name][prop] = str(value)
             else:
                 others -= 1
+    finally:
+        bus.close()
     if wanted:
         raise ValueError("systemd sent what was not asked for")
     return states
@@ -328,24 +331,25 @@ def bus_restart(verb: str, names: list[str], timeout: float) -> Jobs:
         calls += _call(serial, MANAGER_PATH, _MANAGER, method, "ss", (name, "replace"))
     others = 1000 + 100 * len(names)  # messages that are none of these (every unit's changes, other jobs)
     buf = bytearray()
-    with bus:
-        try:
-            bus.sendall(calls)
-            while watch.open():
-                message = _next(bus, buf, deadline, BUS_MESSAGE_MAX)
-                if message[1] == 4 and b"JobRemoved" not in message[16:16 + struct.unpack_from("<I", message, 12)[0]]:
-                    others -= 1  # most of them: a unit's properties changed
-                elif not watch.news(message):
-                    others -= 1
-                if others < 0:
-                    raise ValueError("systemd sent too much else meanwhile")
-                if watch.ask:
-                    bus.sendall(watch.ask)
-                    watch.ask.clear()
-        except TimeoutError:
-            pass
-        except (OSError, ValueError, IndexError, struct.error) as e:
-            return watch.jobs(f"lost from view: {e}")
+    try:
+        bus.sendall(calls)
+        while watch.open():
+            message = _next(bus, buf, deadline, BUS_MESSAGE_MAX)
+            if message[1] == 4 and b"JobRemoved" not in message[16:16 + struct.unpack_from("<I", message, 12)[0]]:
+                others -= 1  # most of them: a unit's properties changed
+            elif not watch.news(message):
+                others -= 1
+            if others < 0:
+                raise ValueError("systemd sent too much else meanwhile")
+            if watch.ask:
+                bus.sendall(watch.ask)
+                watch.ask.clear()
+    except TimeoutError:
+        pass
+    except (OSError, ValueError, IndexError, struct.error) as e:
+        return watch.jobs(f"lost from view: {e}")
+    finally:
+        bus.close()
     return watch.jobs("")
 
 
