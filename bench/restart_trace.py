@@ -93,6 +93,7 @@ def main() -> int:
     traced(unitstate, "bus_states", "systemd's bus", lambda names, *a: f"{len(names)} units")
     traced(execute, "bus_restart", "restart jobs on systemd's bus", lambda verb, names, *a: f"{len(names)} units")
     traced(apply, "_carry_out")
+    traced(unitstate, "_connect")
     code = cli.main(["apply", "--yes"])
     note(f"exit {code}")
     sys.stdout.flush()

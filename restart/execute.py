@@ -102,12 +102,15 @@ class Executor(Verifier):
                  report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
                  run_dir: Path = Path("/run"), intend: Callable[[list[Action]], None] | None = None,
                  earlier: Earlier | None = None, runner: Runner | None = None,
-                 jobs: JobStarter | None = None) -> None:
+                 jobs: JobStarter | None = None, begun: Callable[[], None] | None = None) -> None:
         super().__init__(settings, proc=proc, deadline=deadline, still_stale=still_stale, cgroupfs=cgroupfs,
                          runner=runner or run)
         # System services' restarts are asked of PID 1 on its own socket (systemctl when it cannot be
         # used); never when a test's runner stands in for systemd, unless it brings its own.
         self.jobs = jobs if jobs is not None else bus_restart if runner is None else None
+        # Told as each restart is under way (its jobs enqueued): what the run does beside it then starts
+        # only now, so that no thread of it holds the interpreter while the restart is being asked for.
+        self.begun = begun or (lambda: None)
         self.run_dir = run_dir
         self.intend = intend  # records actions before they are taken (raises OSError when it cannot)
         self.earlier = earlier or {}
@@ -174,7 +177,7 @@ class Executor(Verifier):
         return outcomes
 
     def one(self, action: Action, *, starting: Callable[[], None] | None = None) -> Outcome:
-        """One action alone: checked, recorded, carried out (``starting`` told just before), verified."""
+        """One action alone: checked, recorded, carried out (``starting`` told as it is under way), verified."""
         started = time.monotonic()
         self.step += 1
         outcome = self._again(action)
@@ -184,9 +187,7 @@ class Executor(Verifier):
                 outcome = Outcome(action, SKIPPED, reason)
             else:
                 outcome = next(iter(self._intended([action])), None)
-                if outcome is None and starting is not None:
-                    starting()
-                outcome = outcome or self._carry_out(action, state)
+                outcome = outcome or self._carry_out(action, state, self._under_way(starting))
         return self._finish(outcome, started)
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
@@ -296,7 +297,15 @@ class Executor(Verifier):
             pass  # no systemctl: the re-exec itself will say so
         return True
 
-    def _on_bus(self, actions: list[Action], timeout: float) -> Jobs | None:
+    def _under_way(self, starting: Callable[[], None] | None) -> Callable[[], None]:
+        """What to tell as a restart is under way: ``starting`` (the next wave's survey), then ``begun``."""
+        def told() -> None:
+            if starting is not None:
+                starting()
+            self.begun()
+        return told
+
+    def _on_bus(self, actions: list[Action], timeout: float, under_way: Callable[[], None]) -> Jobs | None:
         """The restart jobs of these system services (one verb), asked of PID 1 on its own socket;
         None when nothing was asked there (no socket, a test's runner, a verb or name it does not
         take): then systemctl is run, as before."""
@@ -304,15 +313,15 @@ class Executor(Verifier):
         if self.jobs is None or actions[0].action not in JOB_METHODS or not all(map(valid_unit_name, names)):
             return None
         try:
-            return self.jobs(actions[0].action, names, timeout)
+            return self.jobs(actions[0].action, names, timeout, under_way)
         except BusUnavailable:
             return None
 
-    def _carry_out(self, action: Action, before: dict[str, str]) -> Outcome:
+    def _carry_out(self, action: Action, before: dict[str, str], under_way: Callable[[], None]) -> Outcome:
         g = action.group
         assert action.argv is not None  # noqa: S101 - run_all passes only actions with a command
         timeout = min(self.settings.timeout, self.remaining())
-        jobs = self._on_bus([action], timeout) if batchable(action) else None
+        jobs = self._on_bus([action], timeout, under_way) if batchable(action) else None
         if jobs is not None:
             trouble = job_trouble(jobs, g.name or "", timeout)
             # A job lost from view (the socket closed while it ran) is not asked for again: whether the
@@ -320,6 +329,7 @@ class Executor(Verifier):
             if trouble and not (jobs.waiting and self.settings.verify):
                 return Outcome(action, FAILED, f"{trouble}\n{self._excerpt(g)}")
         else:
+            under_way()  # (it could not be told later: the program runs until the restart is done)
             try:
                 result = self.runner(resolved(action.argv), timeout)
             except subprocess.TimeoutExpired:
@@ -380,19 +390,19 @@ class Executor(Verifier):
         for outcome in unrecorded:
             finish(outcome)
         if go and not unrecorded:
-            if starting is not None:
-                starting()
-            self._restart_together(go, finish)
+            self._restart_together(go, finish, self._under_way(starting))
         return outcomes
 
-    def _restart_together(self, go: list[tuple[Action, dict[str, str]]], finish: Callable[[Outcome], None]) -> None:
+    def _restart_together(self, go: list[tuple[Action, dict[str, str]]], finish: Callable[[Outcome], None],
+                          under_way: Callable[[], None]) -> None:
         timeout = min(self.settings.timeout, self.remaining())
         said = ""  # what went wrong when not every job succeeded (its lines name the units)
-        jobs = self._on_bus([a for a, _ in go], timeout)
+        jobs = self._on_bus([a for a, _ in go], timeout, under_way)
         if jobs is not None:
             said = "\n".join(filter(None, (job_trouble(jobs, a.group.name or "", timeout) for a, _ in go)))
         else:
             argv = [PROGRAMS["systemctl"], go[0][0].action, "--", *(a.group.name or "" for a, _ in go)]
+            under_way()
             try:
                 result = self.runner(argv, timeout)
                 said = "" if result.returncode == 0 else f"exit status {result.returncode}: {result.stderr.strip()}"
@@ -443,12 +453,15 @@ def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Pat
           still_stale: StillStale,
           choose: Callable[[list[Action]], list[bool | None]] | None,
           report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS,
-          intend: Callable[[list[Action]], None] | None = None, earlier: Earlier | None = None) -> Applied:
+          intend: Callable[[list[Action]], None] | None = None, earlier: Earlier | None = None,
+          begun: Callable[[], None] | None = None) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart.
 
-    ``intend`` records actions before they are taken, ``report`` each outcome after."""
+    ``intend`` records actions before they are taken, ``report`` each outcome after; ``begun`` is told
+    as each restart is under way."""
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, choose=choose,
-                        report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend, earlier=earlier)
+                        report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend, earlier=earlier,
+                        begun=begun)
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == Act.NOTIFY and a.group.kind not in (SYSTEM, INIT)]
     for_users += executor.told

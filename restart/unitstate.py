@@ -304,11 +304,12 @@ class Jobs(NamedTuple):
     states: dict[str, dict[str, str]] | None = None
 
 
-# How the executor asks for restart jobs: (verb, units, timeout) -> how they ended (tests pass their own).
-JobStarter = Callable[[str, list[str], float], Jobs]
+# How the executor asks for restart jobs: (verb, units, timeout, told once they are enqueued) -> how
+# they ended (tests pass their own).
+JobStarter = Callable[[str, list[str], float, Callable[[], None]], Jobs]
 
 
-def bus_restart(verb: str, names: list[str], timeout: float) -> Jobs:
+def bus_restart(verb: str, names: list[str], timeout: float, under_way: Callable[[], None] = lambda: None) -> Jobs:
     """``systemctl VERB -- NAMES`` of system services, asked of PID 1 on its own socket: one job per
     unit (mode ``replace``, as systemctl's), all asked at once, then each job's end (its
     ``JobRemoved`` signal, which PID 1 sends on its own socket to every connection) awaited by
@@ -316,7 +317,8 @@ def bus_restart(verb: str, names: list[str], timeout: float) -> Jobs:
     after another: 4 ms more for one unit, 22 ms for 29.  As a job ends well, the unit's properties
     (``BUS_PROPS``) are asked on the same connection, while the other jobs run.
 
-    Raises BusUnavailable when nothing could be asked (the caller runs systemctl instead).  Once the
+    ``under_way`` is told once the calls are sent.  Raises BusUnavailable when nothing could be asked
+    (the caller runs systemctl instead).  Once the
     calls are sent, nothing is ever asked again: any trouble after that ends the wait (``waiting``
     says what), and the caller's verification decides what became of the units."""
     deadline = time.monotonic() + timeout
@@ -333,6 +335,7 @@ def bus_restart(verb: str, names: list[str], timeout: float) -> Jobs:
     buf = bytearray()
     try:
         bus.sendall(calls)
+        under_way()
         while watch.open():
             message = _next(bus, buf, deadline, BUS_MESSAGE_MAX)
             if message[1] == 4 and b"JobRemoved" not in message[16:16 + struct.unpack_from("<I", message, 12)[0]]:

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -335,11 +336,15 @@ class Pid1Jobs:
                  states: bool = False) -> None:
         self.systemd, self.how, self.unavailable, self.states = systemd, how or {}, unavailable, states
         self.asked: list[tuple[str, list[str]]] = []
+        self.enqueued: list[int] = []
 
-    def __call__(self, verb: str, units: list[str], timeout: float) -> unitstate.Jobs:
+    def __call__(self, verb: str, units: list[str], timeout: float,
+                 under_way: Callable[[], None] = lambda: None) -> unitstate.Jobs:
         if self.unavailable:
             raise unitstate.BusUnavailable("no socket")
         self.asked.append((verb, units))
+        self.enqueued.append(len(self.systemd.calls))  # what systemd was asked before these jobs
+        under_way()
         jobs = unitstate.Jobs({}, {})
         for n in units:
             how = self.how.get(n, "done")
@@ -360,10 +365,11 @@ class Pid1Jobs:
             if "lost" in self.how.values() else jobs
 
 
-def bus_executor(tmp_path: Path, systemd: Systemd, jobs: Pid1Jobs, **settings: object) -> execute.Executor:
+def bus_executor(tmp_path: Path, systemd: Systemd, jobs: Pid1Jobs, begun: Callable[[], None] | None = None,
+                 **settings: object) -> execute.Executor:
     values: dict[str, object] = {"settle": 0.0, "timeout": 1.0, **settings}
     return execute.Executor(Settings(**values), proc=tmp_path, deadline=time.monotonic() + 60,  # type: ignore[arg-type]
-                            cgroupfs=tmp_path, runner=systemd, jobs=jobs,
+                            cgroupfs=tmp_path, runner=systemd, jobs=jobs, begun=begun,
                             still_stale=lambda checks, until: [verify.Recheck([]) for _ in checks])
 
 
@@ -435,8 +441,9 @@ def test_what_systemd_said_as_a_job_ended_is_the_first_check_after_it(tmp_path: 
     assert shown == [units[:1], units[1:]]  # the checks before: the canary's, the wave's survey; none after
 
     class Stale(Pid1Jobs):
-        def __call__(self, verb: str, names: list[str], timeout: float) -> unitstate.Jobs:
-            found = super().__call__(verb, names, timeout)
+        def __call__(self, verb: str, names: list[str], timeout: float,
+                     under_way: Callable[[], None] = lambda: None) -> unitstate.Jobs:
+            found = super().__call__(verb, names, timeout, under_way)
             assert found.states is not None
             if units[-1] in found.states:  # the wave's last unit, still with its old main process
                 found.states[units[-1]] = {**found.states[units[-1]], "MainPID": "103"}
@@ -459,3 +466,19 @@ def test_a_verified_wave_looks_for_no_unit_in_what_went_wrong(tmp_path: Path, mo
     monkeypatch.setattr(re, "compile", lambda pattern, *a: compiled.append(pattern))
     outcomes = executor(tmp_path, systemd, max_parallel=8).run_all([action(n, 10 + i) for i, n in enumerate(units)])
     assert [o.status for o in outcomes] == [verify.DONE] * 5 and compiled == []
+
+
+def test_what_runs_beside_a_restart_starts_once_its_jobs_are_enqueued(tmp_path: Path) -> None:
+    """Why (issue 14): the next wave's survey and the run's own reading ahead (``begun``: the reboot
+    state, with its imports) started as the canary's restart was recorded, and held the interpreter
+    while the canary's job was still to be asked for: 7-10 ms before every canary."""
+    units = names(4)
+    systemd = Systemd(units)
+    told: list[int] = []
+    jobs = Pid1Jobs(systemd)
+    outcomes = bus_executor(tmp_path, systemd, jobs, begun=lambda: told.append(len(jobs.enqueued)),
+                            max_parallel=8).run_all([action(n, 10 + i) for i, n in enumerate(units)])
+    assert [o.status for o in outcomes] == [verify.DONE] * 4
+    assert told == [1, 2]  # once per restart, each after its jobs were enqueued
+    surveyed = next(i for i, c in enumerate(systemd.calls) if c[1:2] == [SHOW] and c[-3:] == units[1:])
+    assert surveyed >= jobs.enqueued[0], systemd.calls  # the wave's survey: after the canary's job
