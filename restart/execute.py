@@ -90,9 +90,10 @@ class Executor(Verifier):
 
     Phase by phase (:func:`restart.plan.phase`): the first system service restarted in a phase is
     its canary, alone; once one is healthy, the phase's other system services go in waves of up to
-    ``max_parallel`` units, one ``systemctl VERB -- A B C`` each (systemd runs the jobs together and
-    orders units that depend on each other; systemctl waits for every job), then every unit of the
-    wave is verified together.  A failed canary stops every later restart (the breaker), as do
+    ``max_parallel`` units, what ``systemctl VERB -- A B C`` asks, asked of PID 1 on its own socket
+    (:func:`restart.unitstate.bus_restart`; systemctl when that cannot be used): systemd runs the jobs
+    together and orders units that depend on each other; each job's end is awaited, then every unit
+    of the wave is verified together.  A failed canary stops every later restart (the breaker), as do
     ``max_failures`` failures.  ``max_parallel = 1``: one unit at a time, in plan order, no canary.
     """
 
