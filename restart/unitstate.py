@@ -567,6 +567,16 @@ def daemon_not_running(script: str, timeout: float, run_dir: Path, runner: Runne
     return f"not running (no live process in {run_dir / script}.pid); never started by restartctl"
 
 
+def _no_cgroups_below(top: Path) -> bool:
+    """Whether cgroup v2's ``cgroup.stat`` of ``top`` says it has no cgroups below it (False when it
+    cannot say: cgroup v1, or the cgroup is gone)."""
+    try:
+        stat_lines = (top / "cgroup.stat").read_text().splitlines()
+    except OSError:
+        return False
+    return "nr_descendants 0" in stat_lines
+
+
 def unit_pids(cgroupfs: Path, control_group: str) -> list[int] | None:
     """The processes in a unit's cgroup and every cgroup below it (a delegated subtree).
 
@@ -581,6 +591,11 @@ def unit_pids(cgroupfs: Path, control_group: str) -> list[int] | None:
         if not (top / "cgroup.procs").is_file():
             continue
         pids: list[int] = []
+        if _no_cgroups_below(top):  # cgroup v2 says so: no walk of the 30 files of a leaf
+            try:
+                return [int(n) for n in (top / "cgroup.procs").read_text().split()]
+            except (OSError, ValueError):
+                pass  # removed meanwhile: the walk says what is left
         for directory, _, files in os.walk(top):
             if "cgroup.procs" in files:
                 try:

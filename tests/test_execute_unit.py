@@ -103,6 +103,11 @@ def test_a_units_processes_come_from_its_cgroup_and_the_cgroups_below(tmp_path: 
     (top / "worker" / "cgroup.procs").write_text("12\n")
     (tmp_path.joinpath(*filter(None, [layout, "system.slice"])) / "cgroup.procs").write_text("99\n")
     assert sorted(unitstate.unit_pids(tmp_path, "/system.slice/demo.service") or []) == [10, 11, 12]
+    if layout != "systemd":  # cgroup v2 counts the cgroups below: a leaf's processes are read without a walk
+        (top / "cgroup.stat").write_text("nr_descendants 1\nnr_dying_descendants 0\n")
+        assert sorted(unitstate.unit_pids(tmp_path, "/system.slice/demo.service") or []) == [10, 11, 12]
+        (top / "cgroup.stat").write_text("nr_descendants 0\nnr_dying_descendants 0\n")  # (the worker is not one)
+        assert sorted(unitstate.unit_pids(tmp_path, "/system.slice/demo.service") or []) == [10, 11]
     for odd in ("", "system.slice/demo.service", "/system.slice/../system.slice/demo.service", "/gone.service"):
         assert unitstate.unit_pids(tmp_path, odd) is None, odd
 
