@@ -12,9 +12,10 @@ then timed inside the container, in one run:
   canary costs by itself: one service start before the rest; nothing checked);
 - ``needrestart -r a`` (its .deb and Perl libraries fetched once into tests/.cache/debs/needrestart,
   installed inside the container only, never on the host: bench/scan.py's ``install_needrestart``);
-- ``restartctl apply --yes`` with the vendor policy, then with ``settle = 0``, with ``settle = 0`` and
-  waves as large as N (``max_parallel = 128``), and one unit at a time (``max_parallel = 1``,
-  ``settle = 0``: the order and pace before waves; only up to ``--sequential-up-to`` units).
+- ``restartctl apply --yes`` with the vendor policy (``max_parallel = 128``: one wave after the canary
+  for N <= 129), then with ``settle = 0``, with ``settle = 0`` and the former default waves of 32
+  (``max_parallel = 32``), and one unit at a time (``max_parallel = 1``, ``settle = 0``: the order
+  and pace before waves; only up to ``--sequential-up-to`` units).
 
 After each restartctl run every service must have a new main process and ``restartctl plan`` must
 find none of them stale (every restart verified).  Target: restartctl <= 2 x the floor.
@@ -60,10 +61,12 @@ TIMER = ("import subprocess, sys, time\n"
          "sys.stderr.write(r.stdout.decode(errors='replace')[-6000:])\n")
 CANARY_FLOOR = "systemctl restart of 1, then of the other N-1 (the floor with a canary)"
 # The restartctl configurations timed, name -> [settings].
-ONE_WAVE = "restartctl, settle = 0, max_parallel = 128 (one wave after the canary)"
+# The vendor's max_parallel (128) makes N <= 129 one wave after the canary; the traced configuration.
+ONE_WAVE = "restartctl, settle = 0"
 CONFIGS = {"restartctl (vendor policy)": "",
-           "restartctl, settle = 0": "settle = 0\n",
-           ONE_WAVE: "settle = 0\nmax_parallel = 128\n",
+           ONE_WAVE: "settle = 0\n",
+           "restartctl, settle = 0, max_parallel = 32 (the former vendor default: waves of 32)":
+               "settle = 0\nmax_parallel = 32\n",
            "restartctl, one at a time (max_parallel = 1, settle = 0)": "max_parallel = 1\nsettle = 0\n"}
 
 

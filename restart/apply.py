@@ -224,7 +224,8 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
 
     ``outcomes`` fills as the restarts finish, so that an interrupted run still records them; each
     action is also on record before it is taken (:class:`ActionLog`).  ``db``: the dpkg database as
-    the scan read it, for the checks after the restarts; ``first`` is told as the first restart begins.
+    the scan read it, for the checks after the restarts; ``first`` is told as each restart is under way
+    (its jobs enqueued).
     """
     for line in report.intro_lines(actions, failed=failed, asking=choose is not None, earlier=earlier,
                                    seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
@@ -243,9 +244,6 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
 
     record = ActionLog(roots, trigger, log)
 
-    def intend(taken: list[plan.Action]) -> None:
-        record.intend(taken)
-        first()
 
     def progress(outcome: verify.Outcome) -> None:
         outcomes.append(outcome)
@@ -258,7 +256,8 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
         execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
                       still_stale=still_stale, choose=choose, report=progress,
                       cgroupfs=roots.root / "sys" / "fs" / "cgroup", log=lambda line: log.info(line, show=False),
-                      intend=intend, earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)))
+                      intend=record.intend, earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)),
+                      begun=first)
     except KeyboardInterrupt:
         log.info("")  # after the ^C the terminal echoed
         return "interrupted"

@@ -21,11 +21,17 @@ from typing import NamedTuple
 from restart.plan import EXECUTABLE, RESTARTS, Action, phase
 from restart.policy import Act, Settings
 from restart.runner import FAILURES, Meanwhile, Runner, run
-from restart.units import INIT, SYSTEM, USER, USER_MANAGER, UnitGroup
+from restart.units import INIT, SYSTEM, USER, USER_MANAGER, UnitGroup, valid_unit_name
 from restart.unitstate import (
+    JOB_METHODS,
+    JOB_OK,
     PROGRAMS,
+    BusUnavailable,
+    Jobs,
+    JobStarter,
     Survey,
     ancestor_units,
+    bus_restart,
     daemon_not_running,
     policy_rc_d_forbids,
     survey,
@@ -56,6 +62,21 @@ def batchable(action: Action) -> bool:
             and argv == ("systemctl", action.action, "--", g.name))
 
 
+def job_trouble(jobs: Jobs, name: str, timeout: float) -> str:
+    """What went wrong with the restart job of unit ``name``, in a line that names it ("" when it
+    ended as systemctl's would have: done, or skipped)."""
+    if name in jobs.refused:
+        return f"systemd refused the restart of {name} ({jobs.refused[name]})"
+    result = jobs.results.get(name)
+    if result in JOB_OK:
+        return ""
+    if result is not None:
+        return f"the restart job of {name} ended: {result}"
+    if jobs.waiting:
+        return f"the restart job of {name} was {jobs.waiting}"
+    return f"the restart job of {name} did not end within {timeout:.0f} s"
+
+
 def take_wave(queue: list[Action], size: int) -> list[Action]:
     """The wave at the head of ``queue`` (taken off it): up to ``size`` batchable actions with one verb."""
     wave = [queue.pop(0)]
@@ -69,9 +90,10 @@ class Executor(Verifier):
 
     Phase by phase (:func:`restart.plan.phase`): the first system service restarted in a phase is
     its canary, alone; once one is healthy, the phase's other system services go in waves of up to
-    ``max_parallel`` units, one ``systemctl VERB -- A B C`` each (systemd runs the jobs together and
-    orders units that depend on each other; systemctl waits for every job), then every unit of the
-    wave is verified together.  A failed canary stops every later restart (the breaker), as do
+    ``max_parallel`` units, what ``systemctl VERB -- A B C`` asks, asked of PID 1 on its own socket
+    (:func:`restart.unitstate.bus_restart`; systemctl when that cannot be used): systemd runs the jobs
+    together and orders units that depend on each other; each job's end is awaited, then every unit
+    of the wave is verified together.  A failed canary stops every later restart (the breaker), as do
     ``max_failures`` failures.  ``max_parallel = 1``: one unit at a time, in plan order, no canary.
     """
 
@@ -80,9 +102,16 @@ class Executor(Verifier):
                  choose: Callable[[list[Action]], list[bool | None]] | None = None,
                  report: Callable[[Outcome], None] | None = None, cgroupfs: Path = CGROUPFS,
                  run_dir: Path = Path("/run"), intend: Callable[[list[Action]], None] | None = None,
-                 earlier: Earlier | None = None, runner: Runner | None = None) -> None:
+                 earlier: Earlier | None = None, runner: Runner | None = None,
+                 jobs: JobStarter | None = None, begun: Callable[[], None] | None = None) -> None:
         super().__init__(settings, proc=proc, deadline=deadline, still_stale=still_stale, cgroupfs=cgroupfs,
                          runner=runner or run)
+        # System services' restarts are asked of PID 1 on its own socket (systemctl when it cannot be
+        # used); never when a test's runner stands in for systemd, unless it brings its own.
+        self.jobs = jobs if jobs is not None else bus_restart if runner is None else None
+        # Told as each restart is under way (its jobs enqueued): what the run does beside it then starts
+        # only now, so that no thread of it holds the interpreter while the restart is being asked for.
+        self.begun = begun or (lambda: None)
         self.run_dir = run_dir
         self.intend = intend  # records actions before they are taken (raises OSError when it cannot)
         self.earlier = earlier or {}
@@ -149,7 +178,7 @@ class Executor(Verifier):
         return outcomes
 
     def one(self, action: Action, *, starting: Callable[[], None] | None = None) -> Outcome:
-        """One action alone: checked, recorded, carried out (``starting`` told just before), verified."""
+        """One action alone: checked, recorded, carried out (``starting`` told as it is under way), verified."""
         started = time.monotonic()
         self.step += 1
         outcome = self._again(action)
@@ -159,9 +188,7 @@ class Executor(Verifier):
                 outcome = Outcome(action, SKIPPED, reason)
             else:
                 outcome = next(iter(self._intended([action])), None)
-                if outcome is None and starting is not None:
-                    starting()
-                outcome = outcome or self._carry_out(action, state)
+                outcome = outcome or self._carry_out(action, state, self._under_way(starting))
         return self._finish(outcome, started)
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
@@ -271,24 +298,53 @@ class Executor(Verifier):
             pass  # no systemctl: the re-exec itself will say so
         return True
 
-    def _carry_out(self, action: Action, before: dict[str, str]) -> Outcome:
+    def _under_way(self, starting: Callable[[], None] | None) -> Callable[[], None]:
+        """What to tell as a restart is under way: ``starting`` (the next wave's survey), then ``begun``."""
+        def told() -> None:
+            if starting is not None:
+                starting()
+            self.begun()
+        return told
+
+    def _on_bus(self, actions: list[Action], timeout: float, under_way: Callable[[], None]) -> Jobs | None:
+        """The restart jobs of these system services (one verb), asked of PID 1 on its own socket;
+        None when nothing was asked there (no socket, a test's runner, a verb or name it does not
+        take): then systemctl is run, as before."""
+        names = [a.group.name or "" for a in actions]
+        if self.jobs is None or actions[0].action not in JOB_METHODS or not all(map(valid_unit_name, names)):
+            return None
+        try:
+            return self.jobs(actions[0].action, names, timeout, under_way)
+        except BusUnavailable:
+            return None
+
+    def _carry_out(self, action: Action, before: dict[str, str], under_way: Callable[[], None]) -> Outcome:
         g = action.group
         assert action.argv is not None  # noqa: S101 - run_all passes only actions with a command
         timeout = min(self.settings.timeout, self.remaining())
-        try:
-            result = self.runner(resolved(action.argv), timeout)
-        except subprocess.TimeoutExpired:
-            return Outcome(action, FAILED, f"no answer within {timeout:.0f} s\n{self._excerpt(g)}")
-        except OSError as e:
-            return Outcome(action, FAILED, f"could not run {action.argv[0]}: {e}")
-        if result.returncode != 0:
-            detail = (result.stderr or result.stdout).strip()
-            return Outcome(action, FAILED, f"exit status {result.returncode}: {detail}\n{self._excerpt(g)}")
+        jobs = self._on_bus([action], timeout, under_way) if batchable(action) else None
+        if jobs is not None:
+            trouble = job_trouble(jobs, g.name or "", timeout)
+            # A job lost from view (the socket closed while it ran) is not asked for again: whether the
+            # unit was restarted is for the verification to say.
+            if trouble and not (jobs.waiting and self.settings.verify):
+                return Outcome(action, FAILED, f"{trouble}\n{self._excerpt(g)}")
+        else:
+            under_way()  # (it could not be told later: the program runs until the restart is done)
+            try:
+                result = self.runner(resolved(action.argv), timeout)
+            except subprocess.TimeoutExpired:
+                return Outcome(action, FAILED, f"no answer within {timeout:.0f} s\n{self._excerpt(g)}")
+            except OSError as e:
+                return Outcome(action, FAILED, f"could not run {action.argv[0]}: {e}")
+            if result.returncode != 0:
+                detail = (result.stderr or result.stdout).strip()
+                return Outcome(action, FAILED, f"exit status {result.returncode}: {detail}\n{self._excerpt(g)}")
         if not self.settings.verify:
             return Outcome(action, DONE, "not verified (verify = false)")
         found: list[Outcome] = []
         self._verify([(action, before)], time.monotonic() + min(self.settings.timeout, self.remaining()),
-                     found.append)
+                     found.append, jobs.states if jobs is not None else None)
         return found[0]
 
     def _wave(self, wave: list[Action], known: Meanwhile[Survey] | None = None, *,
@@ -335,35 +391,45 @@ class Executor(Verifier):
         for outcome in unrecorded:
             finish(outcome)
         if go and not unrecorded:
-            if starting is not None:
-                starting()
-            self._restart_together(go, finish)
+            self._restart_together(go, finish, self._under_way(starting))
         return outcomes
 
-    def _restart_together(self, go: list[tuple[Action, dict[str, str]]], finish: Callable[[Outcome], None]) -> None:
+    def _restart_together(self, go: list[tuple[Action, dict[str, str]]], finish: Callable[[Outcome], None],
+                          under_way: Callable[[], None]) -> None:
         timeout = min(self.settings.timeout, self.remaining())
-        argv = [PROGRAMS["systemctl"], go[0][0].action, "--", *(a.group.name or "" for a, _ in go)]
-        said = ""  # what systemctl said when not every job succeeded (its lines name the units)
-        try:
-            result = self.runner(argv, timeout)
-            said = "" if result.returncode == 0 else f"exit status {result.returncode}: {result.stderr.strip()}"
-        except subprocess.TimeoutExpired:
-            said = f"systemctl did not answer within {timeout:.0f} s"
-        except OSError as e:
-            for a, _ in go:
-                finish(Outcome(a, FAILED, f"could not run systemctl: {e}"))
-            return
+        said = ""  # what went wrong when not every job succeeded (its lines name the units)
+        jobs = self._on_bus([a for a, _ in go], timeout, under_way)
+        if jobs is not None:
+            said = "\n".join(filter(None, (job_trouble(jobs, a.group.name or "", timeout) for a, _ in go)))
+        else:
+            argv = [PROGRAMS["systemctl"], go[0][0].action, "--", *(a.group.name or "" for a, _ in go)]
+            under_way()
+            try:
+                result = self.runner(argv, timeout)
+                said = "" if result.returncode == 0 else f"exit status {result.returncode}: {result.stderr.strip()}"
+            except subprocess.TimeoutExpired:
+                said = f"systemctl did not answer within {timeout:.0f} s"
+            except OSError as e:
+                for a, _ in go:
+                    finish(Outcome(a, FAILED, f"could not run systemctl: {e}"))
+                return
         if not self.settings.verify:
             for a, _ in go:
-                finish(Outcome(a, FAILED, said) if said else Outcome(a, DONE, "not verified (verify = false)"))
+                trouble = said if jobs is None else job_trouble(jobs, a.group.name or "", timeout)
+                finish(Outcome(a, FAILED, trouble) if trouble else Outcome(a, DONE, "not verified (verify = false)"))
             return
 
         def told(o: Outcome) -> None:
-            """A failed unit's detail gains systemctl's lines about it (a.service's, never ba.service's)."""
+            """A failed unit's detail gains systemctl's lines about it (a.service's, never ba.service's).
+            Looked for only then: a pattern per unit cost a wave of 29 verified units 3 ms."""
+            if o.status != FAILED or not said:
+                finish(o)
+                return
             name = re.compile(rf"(?<![\w.@:\\-]){re.escape(o.action.group.name or '')}(?![\w.@:\\-])")
             mine = [line for line in said.splitlines() if name.search(line) or "did not answer" in line]
             finish(o._replace(detail="\n".join([o.detail, *mine])) if o.status == FAILED and mine else o)
-        self._verify(go, time.monotonic() + min(self.settings.timeout, self.remaining()), told)
+        self._verify(go, time.monotonic() + min(self.settings.timeout, self.remaining()), told,
+                     jobs.states if jobs is not None else None)
 
 
 def would_skip(actions: list[Action], settings: Settings, *, proc: Path) -> dict[int, str]:
@@ -388,12 +454,15 @@ def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Pat
           still_stale: StillStale,
           choose: Callable[[list[Action]], list[bool | None]] | None,
           report: Callable[[Outcome], None], log: Callable[[str], None], cgroupfs: Path = CGROUPFS,
-          intend: Callable[[list[Action]], None] | None = None, earlier: Earlier | None = None) -> Applied:
+          intend: Callable[[list[Action]], None] | None = None, earlier: Earlier | None = None,
+          begun: Callable[[], None] | None = None) -> Applied:
     """Restart what the plan says, then tell the users about what only they can restart.
 
-    ``intend`` records actions before they are taken, ``report`` each outcome after."""
+    ``intend`` records actions before they are taken, ``report`` each outcome after; ``begun`` is told
+    as each restart is under way."""
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, choose=choose,
-                        report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend, earlier=earlier)
+                        report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend, earlier=earlier,
+                        begun=begun)
     outcomes = executor.run_all(actions)
     for_users = [a.group for a in actions if a.action == Act.NOTIFY and a.group.kind not in (SYSTEM, INIT)]
     for_users += executor.told

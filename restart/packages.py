@@ -342,6 +342,28 @@ class DpkgDatabase:
 UNFINISHED = frozenset({"half-installed", "unpacked", "half-configured", "triggers-awaited"})
 
 
+def _maybe_unfinished(path: str) -> bool:
+    """Whether dpkg's file at ``path`` (its status file, an update record) may hold a record it left
+    unfinished: a state of UNFINISHED that ends a line, or the ``reinstreq`` flag, after a blank.
+    Anywhere else (a description) it is no state; a yes only costs the full parse."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    for word in (*sorted(UNFINISHED), "reinstreq"):
+        w = word.encode()
+        at = data.find(w)
+        while at >= 0:  # each find starts past the one before
+            end = at + len(w)
+            line_end = data.find(b"\n", end)
+            rest = data[end:] if line_end < 0 else data[end:line_end]
+            if data[at - 1:at] in (b" ", b"\t") and (word == "reinstreq" or not rest.strip()):
+                return True
+            at = data.find(w, end)
+    return False
+
+
 def unconfigured(admindir: Path, wanted: Iterable[str]) -> dict[str, str]:
     """Each of ``wanted`` (``name`` or ``name:arch``) that dpkg left unfinished -> its state.
 
@@ -352,12 +374,14 @@ def unconfigured(admindir: Path, wanted: Iterable[str]) -> dict[str, str]:
     names = set(wanted)
     if not names:
         return {}
-    import apt_pkg
-
     try:
         updates = sorted(e.path for e in os.scandir(admindir / "updates") if e.name.isdigit())
     except OSError:
         updates = []
+    if not any(_maybe_unfinished(path) for path in [str(admindir / "status"), *updates]):
+        return {}  # the usual case, before a restart: no python-apt to load, no status file to parse (5 ms)
+    import apt_pkg
+
     states: dict[tuple[str, str], str] = {}  # (name, arch) -> state; a later record replaces an earlier one
     bases = {n.partition(":")[0] for n in names}
     for path in [str(admindir / "status"), *updates]:

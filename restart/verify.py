@@ -90,11 +90,12 @@ class Verifier:
         return status_excerpt(g, max(min(5.0, self.remaining()), 0.1), self.runner)
 
     def _verify(self, pairs: list[tuple[Action, dict[str, str]]], limit: float,
-                finish: Callable[[Outcome], None]) -> None:
+                finish: Callable[[Outcome], None], known: dict[str, dict[str, str]] | None = None) -> None:
         """Each unit active again with a new main process, none of its processes on replaced files, and
         it stays up (``settle``); one ``systemctl show`` per round for all of them, each outcome to
-        ``finish`` as soon as it is known.  Units of one manager (a wave, or a single unit)."""
-        up = self._await([(a, before) for a, before in pairs if before], limit, finish)
+        ``finish`` as soon as it is known.  Units of one manager (a wave, or a single unit).  ``known``:
+        systemd's word on some of them, asked as their restart jobs ended (the first round's)."""
+        up = self._await([(a, before) for a, before in pairs if before], limit, finish, known or {})
         up += [(a, {}) for a, before in pairs if not before]  # nothing to ask systemd: PID 1, a manager, a script
         # The check gets its own time: a sibling in the wave that was slow to start may have spent the limit.
         until = max(limit, time.monotonic() + min(self.settings.timeout, self.remaining()))
@@ -109,16 +110,17 @@ class Verifier:
                 finish(outcome)
         self._settle(checked, finish)
 
-    def _await(self, pairs: list[tuple[Action, dict[str, str]]], limit: float,
-               finish: Callable[[Outcome], None]) -> list[tuple[Action, dict[str, str]]]:
+    def _await(self, pairs: list[tuple[Action, dict[str, str]]], limit: float, finish: Callable[[Outcome], None],
+               known: dict[str, dict[str, str]]) -> list[tuple[Action, dict[str, str]]]:
         """Until ``limit``: which units are active again with a new main process (and systemd's word on
-        them); the others are failed."""
+        them: ``known`` first); the others are failed."""
         waiting = {a.group.name: (a, before) for a, before in pairs}
         up: list[tuple[Action, dict[str, str]]] = []
         while waiting:
+            now, known = dict(known), {}
             try:
-                now = unit_states([a.group for a, _ in waiting.values()], max(limit - time.monotonic(), 1),
-                                  self.runner)
+                if missing := [a.group for name, (a, _) in waiting.items() if name not in now]:
+                    now.update(unit_states(missing, max(limit - time.monotonic(), 1), self.runner))
             except FAILURES as e:
                 for a, _ in waiting.values():
                     finish(Outcome(a, FAILED, "not verified: systemctl show did not answer after the restart"

@@ -18,7 +18,15 @@ import pytest
 from tests.support.checkout import install_hooks
 from tests.support.container import Container
 from tests.support.debs import cached_debs
-from tests.support.demohost import NAMES, RCTL, apply, bus_and_systemctl, setup, unit_file
+from tests.support.demohost import (
+    NAMES,
+    RCTL,
+    apply,
+    bus_and_systemctl,
+    restart_jobs_end_as_systemctls,
+    setup,
+    unit_file,
+)
 
 pytestmark = pytest.mark.real
 
@@ -553,3 +561,30 @@ def test_systemds_word_on_its_bus_is_what_systemctl_show_says(c: Container) -> N
     assert states["rctl-fails.service"]["ActiveState"] == "failed", states
     assert states["rctl-nothing.service"]["ActiveState"] == "inactive", states
     assert states["rctl-x_y:z.service"]["MainPID"] == str(c.main_pid("rctl-x_y:z.service")) != "0", states
+
+
+def test_restart_jobs_on_pid1s_bus_end_as_systemctls(c: Container) -> None:
+    """Why (issue 14): a ``systemctl restart`` per restart starts a program that connects and asks
+    about each unit before enqueuing its job (a wave of 29: 94 ms, on PID 1's socket 72 ms).  Each
+    job's end is systemd's word: done, failed for a unit whose start fails, systemd's refusal for
+    RefuseManualStop=yes and an unknown unit, and no end yet for a job still running at the timeout."""
+    restart_jobs_end_as_systemctls(c, env={"PYTHONPATH": str(REPO)})
+
+
+def test_restarts_need_no_systemctl_while_pid1s_socket_answers(c: Container,
+                                                               demo_debs: dict[str, dict[str, Path]]) -> None:
+    """The canary and the wave are restarted, and verified, on PID 1's own socket: with no systemctl
+    program at all, every unit is restarted and verified."""
+    names = [f"rctl-a{i}.service" for i in range(3)]
+    setup(c, demo_debs, units=dict.fromkeys(names, SLEEPER))
+    before = pids(c, [*names, "rctl-demod.service"])
+    c.check(["mv", "/usr/bin/systemctl", "/usr/bin/systemctl.away"])
+    try:
+        code, units = apply_json(c, policy="[settings]\nmax_parallel = 8\nsettle = 0\n")
+    finally:
+        c.check(["mv", "/usr/bin/systemctl.away", "/usr/bin/systemctl"])
+    assert code == 0, units
+    assert {n: (units[n]["status"], units[n]["wave"]) for n in before} == {
+        "rctl-a0.service": ("done", 1), "rctl-a1.service": ("done", 2), "rctl-a2.service": ("done", 2),
+        "rctl-demod.service": ("done", 2)}, units
+    assert all(pid not in (0, before[n]) for n, pid in pids(c, list(before)).items())

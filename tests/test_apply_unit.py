@@ -76,3 +76,15 @@ def test_the_hooks_watchdog_is_the_policys_hook_budget(tmp_path: Path) -> None:
     assert hook.hook_budget(hook.hook_policy(roots)) == 400
     (etc / "restartctl" / "policy.toml").write_text("[settings]\nhook_budget = -1\n")
     assert hook.hook_budget(hook.hook_policy(roots)) == Settings().hook_budget == 120
+
+
+def test_the_vendor_wave_size_is_one_wave_after_the_canary_on_a_server() -> None:
+    """Why (issue 14): with waves of 32, 100 services took four service starts after the canary
+    (3.6 x one systemctl restart of them all); the canary guards against a broken library, the
+    breaker stops later waves, and after the canary one wave is what a boot does.  The vendor
+    policy file and the built-in default agree."""
+    from restart import policy
+
+    shipped = policy.vendor(Path(__file__).resolve().parent.parent / "data").settings
+    assert shipped.max_parallel == Settings().max_parallel == 128
+    assert shipped == Settings()  # every vendor setting is the built-in default

@@ -226,3 +226,16 @@ def test_findings_guessed_from_the_search_path_are_listed_not_restarted() -> Non
     assert plan_for("search-path") == "notify"
     assert plan_for("imports") == "restart"
     assert plan_for("depends") == "restart"
+
+
+def test_a_glob_without_wildcards_is_compared_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why (issue 14): every glob of the vendor rules became a compiled pattern in every run, most of
+    them plain unit names (65 patterns: 5 ms before the first restart)."""
+    from restart import policy
+
+    assert policy.glob_matches("getty@tty1.service", "getty@*.service")
+    assert policy.glob_matches("a-1.service", "a-[0-9].service") and not policy.glob_matches("a.service", "b?service")
+    monkeypatch.setattr(policy, "fnmatchcase", lambda name, glob: pytest.fail(f"{glob} compiled"))
+    assert policy.glob_matches("dbus.service", "dbus.service")
+    assert not policy.glob_matches("dbus.service", "dbus-broker.service")
+    assert not policy.glob_matches("Dbus.service", "dbus.service")  # as fnmatchcase: case counts

@@ -24,7 +24,7 @@ import pytest
 from tests.support.checkout import recorded
 from tests.support.container import Container, make_local_repo, wait_for
 from tests.support.debs import build_deb
-from tests.support.demohost import bus_and_systemctl
+from tests.support.demohost import bus_and_systemctl, restart_jobs_end_as_systemctls
 from tests.support.package import Built
 from tests.support.rootfs import TRIXIE_TIER
 from tests.support.terminal import at_terminal
@@ -159,6 +159,12 @@ def test_systemds_word_on_its_bus_is_systemctls_on_systemd_257(c: Container) -> 
     found = bus_and_systemctl(c, names)
     assert found["asked"] == 1 and found["bus"] == found["systemctl"] == found["fallback"], found
     assert isinstance(found["bus"], dict) and found["bus"]["rctl-a0.service"]["ActiveState"] == "active", found
+
+
+def test_restart_jobs_on_pid1s_bus_end_as_systemctls_on_systemd_257(c: Container) -> None:
+    """restartctl's restart jobs on PID 1's own socket (test_apply.py's test on systemd 252): each
+    ends as systemd 257 says, and systemctl agrees on which units were restarted."""
+    restart_jobs_end_as_systemctls(c)
 
 
 def test_ask_mode_picks_from_one_list_then_waves_on_systemd_257(c: Container,

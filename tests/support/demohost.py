@@ -70,3 +70,56 @@ def bus_and_systemctl(c: Container, names: list[str], env: dict[str, str] | None
     assert r.returncode == 0, r.stderr
     found: dict[str, object] = json.loads(r.stdout)
     return found
+
+
+# Restart jobs asked of PID 1 on its own socket (restartctl's way), then the same units restarted by
+# ``systemctl restart`` one by one (its exit status); as JSON.
+JOBS_CHECK = """
+import json, subprocess, sys
+from restart import unitstate
+timeout, names = float(sys.argv[1]), sys.argv[2:]
+jobs = unitstate.bus_restart("restart", names, timeout)
+shown = {n: subprocess.run([unitstate.PROGRAMS["systemctl"], "show", "-p", "ActiveState", "--value", "--", n],
+                           capture_output=True, text=True).stdout.strip() for n in names}
+print(json.dumps({"jobs": jobs._asdict(), "states": shown}))
+"""
+
+
+def jobs_on_the_bus(c: Container, names: list[str], timeout: float,
+                    env: dict[str, str] | None = None) -> dict[str, dict[str, object]]:
+    """What :data:`JOBS_CHECK` finds inside ``c``: the restart jobs of these system units, and then
+    each unit's ActiveState."""
+    r = c.exec(["/usr/bin/python3", "-c", JOBS_CHECK, str(timeout), *names], env=env)
+    assert r.returncode == 0, r.stderr
+    found: dict[str, dict[str, object]] = json.loads(r.stdout)
+    return found
+
+
+JOB_UNITS = {"rctl-a0.service": "[Service]\nExecStart=/bin/sleep infinity\n",
+             "rctl-fails.service": "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStartPre=/bin/false\n"
+                                   "ExecStart=/bin/sleep infinity\n",
+             "rctl-refuses.service": "[Unit]\nRefuseManualStop=yes\n[Service]\nExecStart=/bin/sleep infinity\n",
+             "rctl-slow.service": "[Service]\nExecStartPre=/bin/sleep 4\nExecStart=/bin/sleep infinity\n"}
+
+
+def restart_jobs_end_as_systemctls(c: Container, env: dict[str, str] | None = None) -> None:
+    """The restart jobs of JOB_UNITS and an unknown unit, asked of PID 1 on its socket: each ends as
+    systemd says (and systemctl restart agrees on which were restarted)."""
+    for name, text in JOB_UNITS.items():
+        c.write_file(f"/etc/systemd/system/{name}", text)
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "rctl-a0.service", "rctl-refuses.service")
+    before = c.main_pid("rctl-a0.service")
+    found = jobs_on_the_bus(c, [*JOB_UNITS, "rctl-nothing.service"], 2, env=env)
+    jobs = found["jobs"]
+    assert jobs["results"] == {"rctl-a0.service": "done", "rctl-fails.service": "failed"}, found
+    assert isinstance(jobs["refused"], dict) and set(jobs["refused"]) == {"rctl-refuses.service",
+                                                                           "rctl-nothing.service"}, found
+    assert "refuse manual" in jobs["refused"]["rctl-refuses.service"], found  # systemd's own words
+    assert "not found" in jobs["refused"]["rctl-nothing.service"], found
+    assert jobs["waiting"] == "" and found["states"]["rctl-slow.service"] == "activating", found
+    assert c.main_pid("rctl-a0.service") not in (0, before)
+    c.wait_active("rctl-slow.service", timeout=30)  # its job still ran to its end: never asked for twice
+    for name, restarted in (("rctl-a0.service", True), ("rctl-fails.service", False),
+                            ("rctl-refuses.service", False), ("rctl-nothing.service", False)):
+        assert (c.exec(["systemctl", "restart", "--", name]).returncode == 0) == restarted, name
