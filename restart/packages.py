@@ -23,6 +23,7 @@ from typing import NamedTuple
 # Top-level directories that a merged-/usr system turns into symlinks into /usr.
 _USR_ALIAS_CANDIDATES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libo32")
 LOCAL_DIVERSION = ":"
+CANONICAL_KEPT = 1 << 16  # canonical spellings a database remembers (paths are any process's choice)
 
 
 def fs_decode(raw: bytes) -> str:
@@ -143,13 +144,19 @@ class DpkgDatabase:
         self.root = root
         self._list_cache: dict[str, bytes] = {}
         self._package_lists: dict[str, bytes] = {}
+        self._canonical: dict[str, str] = {}  # the stages ask for the same stale paths' again and again
 
     @cached_property
     def aliases(self) -> frozenset[str]:
         return usr_aliases(self.root)
 
     def canonical(self, path: str) -> str:
-        return canonical(path, self.aliases)
+        found = self._canonical.get(path)
+        if found is None:
+            found = canonical(path, self.aliases)
+            if len(self._canonical) < CANONICAL_KEPT:
+                self._canonical[path] = found
+        return found
 
     @cached_property
     def diversions(self) -> list[Diversion]:
@@ -296,8 +303,12 @@ class DpkgDatabase:
         if base not in self._package_lists:
             plain = self.admindir / "info" / f"{base}.list"
             try:
-                with open(plain, "rb") as f:
-                    parts = [f.read()]
+                if base in self._list_cache:  # read already, by the owner search
+                    parts = [self._list_cache[base][1:]]
+                else:
+                    with open(plain, "rb") as f:
+                        parts = [f.read()]
+                    self._list_cache[base] = b"\n" + parts[0]
             except OSError:
                 parts = [self._read_list(name, path)[1:] for name, path in self._by_base.get(base, ())]
             self._package_lists[base] = b"\n" + b"\n".join(parts) + b"\n"

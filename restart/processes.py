@@ -7,19 +7,20 @@ at its path, seen from the process's own root, is missing or is another inode;
 the kernel's `` (deleted)`` text is only a hint for which path to look at.
 
 Most of a host is clean, and the ``maps`` lines of processes mapping the same file
-differ only before the device, inode and path, so each distinct (device, inode, path)
-is judged once per scan (once per mount namespace where it must be: :mod:`views`); a
-process whose every line is already known fresh costs its reads and, per batch of lines,
-a dictionary comprehension and two set operations (reading within a budget is
-:mod:`procfs`'s).  Open files are judged only when they are regular files not found in
-place, and only a process whose ``maps`` shows an interpreter's directory is handed to
-stage 2b.  Only processes with a stale file (or handed to 2b) get their status, cgroup
-and exe read.
+differ only in their address range, so each distinct rest of a line ("perms offset dev
+inode path", its key: all a verdict depends on) is judged once per scan (once per mount
+namespace where it must be: :mod:`views`); a process whose every line is already known
+costs its reads and, per block of lines, one regular-expression pass for the keys and a
+few set operations (reading within a budget is :mod:`procfs`'s).  Open files are judged
+only when they are regular files not found in place, and only a process whose ``maps``
+shows an interpreter's directory is handed to stage 2b.  Only processes with a stale file
+(or handed to 2b) get their status, cgroup and exe read.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterable
@@ -65,11 +66,10 @@ CERTAIN, LIKELY = Confidence.CERTAIN, Confidence.LIKELY
 FIRST_USER_UID = 1000  # Debian's UID_MIN: below it are root and system accounts (daemons)
 _DELETED = b" (deleted)"
 _STRENGTH = {EXE: 3, CODE: 2, DATA: 1, FD: 0}
-# In a maps line of a user-space mapping ("%08lx-%08lx perms %08llx dev inode path", addresses
-# of 8 to 12 hex digits), the space after the offset is the first one at or past this column.
-# From any other line (vsyscall's 16 digits) comes a key that is not exactly "dev inode path":
-# such a key is never remembered, and its process gets the careful look.
-_OFFSET_ENDS_AFTER = 31
+# The key of each line of a maps text: all of it past the first space, the one after the address
+# range (a line without a space holds no file, and has no key).
+_KEYS = re.compile(rb" (.*)")
+FD_BATCH = 64  # open files listed between two spendings of the budget
 OVER_BUDGET_SHOWN = 20  # processes over a budget named in text and metrics (JSON lists them all)
 
 
@@ -173,12 +173,13 @@ class _Scanner:
         self.check_fds = check_fds
         self.views = views.Views(proc)
         self.keeps = self.views.room.keeps
-        # maps lines ("dev inode path") judged for a process of a mount namespace: fresh, or stale
-        # and why; the same for every process there, so judged once
-        self.judged: dict[views.View, tuple[set[bytes], dict[bytes, Verdict]]] = {}
+        # maps lines, by key ("perms offset dev inode path"), judged for a process of a mount
+        # namespace: fresh, or stale (the finding); the same for every process there, so judged once
+        self.judged: dict[views.View, tuple[set[bytes], dict[bytes, StaleFile]]] = {}
         self.devices: dict[bytes, int] = {}
         self.candidates: dict[bytes, _Candidate | None] = {}
-        # maps lines ("dev inode path") known to need no look in any namespace, and the lines
+        self.fd_candidates: dict[str, _Candidate | None] = {}  # the same, by an fd link's text
+        # maps lines (keys) known to need no look in any namespace, and the lines
         # remembered here or in ``judged`` whose path lies where interpreters live (stage 2b wants those)
         self.settled: set[bytes] = set()
         self.hinted: set[bytes] = set()
@@ -187,26 +188,25 @@ class _Scanner:
         """The stale mappings of one process, read as a stream; and whether one of its mapped paths
         lies where interpreters live (stage 2b wants those processes).
 
-        Most lines are known at a glance: their "dev inode path" (past "start-end perms offset ",
-        which differ between the processes mapping a file, and between the pieces of one file
-        within a process) was settled earlier in the scan, for every process or for those of this
-        mount namespace (on overlayfs and btrfs, where the device in ``maps`` is not stat's, every
-        fresh file), and a batch of lines whose keys all were costs a few set operations.  Of the
-        other lines, each (device, inode) is looked at once per process, before its path is decoded
-        or kept.
+        A line is known by its key, all of it past the address range ("perms offset dev inode path":
+        what the processes mapping a file share, and all a verdict depends on).  Most keys were
+        settled earlier in the scan, for every process or for those of this mount namespace (on
+        overlayfs and btrfs, where the device in ``maps`` is not stat's, every fresh file), or found
+        stale there: a block of lines whose keys all were costs one regular-expression pass and a
+        few set operations, and no executable pass (the perms are in the key).  The other lines are
+        judged in the order the process maps them, each (device, inode) once per process, before its
+        path is decoded or kept.
         """
         settled, hinted_keys = self.settled, self.hinted
         hinted = False
         found: dict[str, StaleFile] = {}
         view: views.View | None = None
         fresh: set[bytes] = set()
-        stale: dict[bytes, Verdict] = {}
-        seen: dict[tuple[bytes, bytes], bool] = {}
-        mapped: dict[bytes, bool] = {}  # lines judged stale in this namespace -> mapped executable
-        for batch in procfs.read_lines(dfd, "maps", budget):
-            # key -> its last line: the pieces of a file (and processes) differ only before the key
-            lines = {line[line.find(b" ", _OFFSET_ENDS_AFTER) + 1:]: line for line in batch}
-            keys = lines.keys()
+        stale: dict[bytes, StaleFile] = {}
+        seen: dict[tuple[bytes, bytes], tuple[bool, bytes, Verdict | bool | None]] = {}
+        hits: set[bytes] = set()  # keys of this process's lines found stale in its mount namespace
+        for text in procfs.read_lines(dfd, "maps", budget):
+            keys = set(_KEYS.findall(text))
             hinted = hinted or not hinted_keys.isdisjoint(keys)
             rest = keys - settled
             if not rest:
@@ -217,54 +217,78 @@ class _Scanner:
             rest -= fresh
             if not rest:
                 continue  # every line known fresh here: most processes, whole
-            executable = _executable_keys(batch)
-            for key in [k for k in keys if k in rest]:  # in the order the process maps them
-                if key in stale:
-                    mapped[key] = mapped.get(key, False) or key in executable
-                else:
-                    hinted = self._judge_line(dfd, view, lines[key], key, key in executable, seen, found) or hinted
-        for key, code in mapped.items():
-            _add(found, StaleFile(CODE if code else DATA, *stale[key]))
+            known = rest & stale.keys()
+            if known:
+                hits |= known
+                rest -= known
+                if not rest:
+                    continue
+            for line in text.split(b"\n"):  # in the order the process maps them
+                key = line[line.find(b" ") + 1:]
+                if key in rest:
+                    rest.discard(key)
+                    hinted = self._judge_line(dfd, view, line, key, seen, found) or hinted
+        for item in map(stale.__getitem__, hits):  # _add's rule, inline: pieces of one file are many
+            old = found.get(item.path)
+            if old is None or (_STRENGTH[item.kind], item.confidence == CERTAIN) > (
+                    _STRENGTH[old.kind], old.confidence == CERTAIN):
+                found[item.path] = item
         return hinted, found, view
 
-    def _judge_line(self, dfd: int, view: views.View, line: bytes, key: bytes, executable: bool,
-                    seen: dict[tuple[bytes, bytes], bool], found: dict[str, StaleFile]) -> bool:
-        """A maps line not known yet (``executable``: one of its file's pieces is): judged, and
-        remembered by its key when it is exactly "dev inode path" (not so past a vsyscall-like
-        line's longer addresses); whether its path lies where interpreters live."""
+    def _judge_line(self, dfd: int, view: views.View, line: bytes, key: bytes,
+                    seen: dict[tuple[bytes, bytes], tuple[bool, bytes, Verdict | bool | None]],
+                    found: dict[str, StaleFile]) -> bool:
+        """A maps line not known yet: judged, and its key remembered with the verdict; whether its
+        path lies where interpreters live.  Another piece of a file this process maps (another
+        key: other perms or offset) takes the verdict of the first, without a look."""
         entry = parse_map_line(line)
         if entry is None:
             if b" /" not in key and self.keeps(key):
                 self.settled.add(key)  # no file: anonymous memory, [heap], [stack]
             return False
-        raw, inode_text, dev_text, _ = entry
+        raw, inode_text, dev_text, executable = entry
         hint = raw.startswith(self.observe_hints)
         ident = (dev_text, inode_text)
         before = seen.get(ident)
-        if before is not None and (before or not executable):
-            return hint  # this file was looked at already (as code, or this is data too)
-        seen[ident] = executable
+        if before is not None:
+            was_code, was_raw, outcome = before
+            if was_raw == raw:  # the same file at the same path: the same verdict
+                seen[ident] = (was_code or executable, raw, outcome)
+                if outcome is not True and outcome and executable and not was_code:
+                    _add(found, StaleFile(CODE, *outcome))
+                self._remember(view, key, outcome, hint, executable)
+                return hint
+            if was_code or not executable:
+                return hint  # this file was looked at already (as code, or this is data too)
         cand = self.candidate(raw)
         inode = int(inode_text)
-        exact = key.startswith(b"%s %s " % ident)
         if cand is None or self.views.unchanged_here(cand.path, inode, self.device(dev_text)):
-            if exact and self.keeps(key):
-                self.settled.add(key)
-                if hint:
-                    self.hinted.add(key)
+            seen[ident] = (executable, raw, True)
+            self._remember(view, key, True, hint, executable)
             return hint
         verdict = self.judge(dfd, view, cand, inode, self.device(dev_text))
+        seen[ident] = (executable, raw, verdict)
         if verdict:
             _add(found, StaleFile(CODE if executable else DATA, *verdict))
-        if exact and self.keeps(key):
+        self._remember(view, key, verdict, hint, executable)
+        return hint
+
+    def _remember(self, view: views.View, key: bytes, outcome: Verdict | bool | None, hint: bool,
+                  executable: bool) -> None:
+        """Keep a judged key (room permitting): ``True``, fresh for every process (``settled``);
+        a verdict, stale in this mount namespace; None, fresh there."""
+        if not self.keeps(key):
+            return
+        if outcome is True:
+            self.settled.add(key)
+        else:
             fresh, stale = self.judged.setdefault(view, (set(), {}))
-            if verdict:
-                stale[key] = verdict
+            if outcome:
+                stale[key] = StaleFile(CODE if executable else DATA, *outcome)
             else:
                 fresh.add(key)
-            if hint:
-                self.hinted.add(key)
-        return hint
+        if hint:
+            self.hinted.add(key)
 
     def candidate(self, raw: bytes) -> _Candidate | None:
         """The path behind a maps or fd text, if the selection wants it looked at."""
@@ -345,18 +369,29 @@ class _Scanner:
             fdd = os.open("fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
         except OSError as e:
             raise procfs.translate(e) from e
+        paths = self.fd_candidates
+        count = size = 0  # entries listed since the budget was last spent (every FD_BATCH)
         try:
             with os.scandir(fdd) as entries:  # listed as read, not all at once: a process may hold 1M
                 for entry in entries:
                     name = entry.name
-                    budget.spend(len(name), 1)
+                    count += 1
+                    size += len(name)
+                    if count == FD_BATCH:
+                        budget.spend(size, count)
+                        count = size = 0
                     try:
-                        target = os.readlink(os.fsencode(name), dir_fd=fdd)  # bytes, as maps has paths
+                        target = os.readlink(name, dir_fd=fdd)
                     except OSError:
                         continue  # closed meanwhile
-                    if not target.startswith(b"/"):
+                    if target[:1] != "/":
                         continue  # socket:, pipe:, anon_inode:
-                    cand = self.candidate(target)
+                    if target in paths:
+                        cand = paths[target]
+                    else:
+                        cand = self.candidate(os.fsencode(target))  # bytes, as maps has paths
+                        if self.keeps(target):
+                            paths[target] = cand
                     if cand is None:
                         continue
                     try:
@@ -369,18 +404,9 @@ class _Scanner:
                     verdict = self.judge(dfd, view, cand, st.st_ino, st.st_dev, st.st_nlink)
                     if verdict:
                         _add(found, StaleFile(FD, *verdict))
+            budget.spend(size, count)
         finally:
             os.close(fdd)
-
-
-def _executable_keys(batch: list[bytes]) -> set[bytes]:
-    """The keys of the lines that map something executable ("start-end r-xp ...")."""
-    found = set()
-    for line in batch:
-        perms = line.find(b" ") + 3
-        if line[perms:perms + 1] == b"x":
-            found.add(line[line.find(b" ", _OFFSET_ENDS_AFTER) + 1:])
-    return found
 
 
 def describe(dfd: int, pid: int, found: dict[str, StaleFile], self_depth: int, exe: str | None) -> ProcessInfo:

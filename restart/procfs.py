@@ -35,6 +35,9 @@ PROCESS_SECONDS = 10.0
 PROCESS_BYTES = 128 << 20
 PROCESS_LINES = 1 << 20
 CLOCK_BYTES, CLOCK_LINES = 64 << 10, 1 << 10  # read between two looks at the clocks (milliseconds of work)
+# read_lines hands over whole lines in blocks of about this much text: a /proc seq_file writes about
+# a page per read(), and what is done per block (set operations) is then done once, not per page.
+BATCH_BYTES = 32 << 10
 
 
 class ProcessGone(Exception):
@@ -105,8 +108,9 @@ def read_proc(dfd: int, name: str) -> bytes:
         os.close(fd)
 
 
-def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[list[bytes]]:
-    """The whole lines of a /proc file, a batch per read(), never the whole text at once.
+def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[bytes]:
+    """The whole lines of a /proc file, as blocks of text of about ``BATCH_BYTES`` (lines joined
+    by newlines; the last one's may be missing at the end of the file), never the whole text at once.
 
     The budget is spent as the bytes arrive, so a process whose ``maps`` the kernel writes
     slowly, or endlessly, is given up on while it is read.  A line longer than
@@ -117,8 +121,11 @@ def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[list[bytes]]:
     except OSError as e:
         raise translate(e) from e
     try:
-        carry = b""
-        dropping = False
+        chunks: list[bytes] = []  # read, not handed over yet: whole lines, then the start of one
+        size = 0
+        run = 0           # the bytes of that last line read so far
+        dropping = False  # within a line longer than LINE_MAX: skipped to its end
+        long = False      # a line in chunks is longer than LINE_MAX: to be left out
         while True:
             try:
                 chunk = os.read(fd, 1 << 16)
@@ -126,23 +133,47 @@ def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[list[bytes]]:
                 raise translate(e) from e
             if not chunk:
                 break
-            lines = chunk.split(b"\n")
-            budget.spend(len(chunk), len(lines) - 1)
+            budget.spend(len(chunk), chunk.count(b"\n"))
+            first = chunk.find(b"\n")
             if dropping:
-                if len(lines) == 1:
+                if first < 0:
                     continue
-                lines[0] = b""
-                dropping = False
-            short = len(carry) + len(chunk) <= LINE_MAX  # then so is every line of this batch
-            lines[0] = carry + lines[0]
-            carry = lines.pop()
-            if len(carry) > LINE_MAX:
-                carry, dropping = b"", True
-            yield lines if short else [line for line in lines if len(line) <= LINE_MAX]
-        if carry and not dropping:
-            yield [carry]
+                chunk, dropping = chunk[first + 1:], False
+                first = chunk.find(b"\n")
+            if first < 0:
+                run += len(chunk)
+                if run > LINE_MAX:  # keep the lines before this one; skip it to its end
+                    text = b"".join(chunks)
+                    cut = text.rfind(b"\n") + 1
+                    chunks, size, run, dropping = [text[:cut]] if cut else [], cut, 0, True
+                    continue
+            else:
+                last = chunk.rfind(b"\n")
+                long = long or run + first > LINE_MAX or last - first > LINE_MAX
+                run = len(chunk) - last - 1
+                if run > LINE_MAX:  # the line it ends with is too long already: skipped to its end
+                    chunk, run, dropping = chunk[:last + 1], 0, True
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= BATCH_BYTES:
+                text = b"".join(chunks)
+                if run:  # (never so in /proc: a seq_file's read() ends at the end of a line)
+                    text, chunks, size = text[:-run], [text[-run:]], run
+                else:
+                    chunks, size = [], 0
+                yield _whole_lines(text, long)
+                long = False
+        if chunks:  # (when dropping, only whole lines are left in them)
+            yield _whole_lines(b"".join(chunks), long)
     finally:
         os.close(fd)
+
+
+def _whole_lines(text: bytes, long: bool) -> bytes:
+    """``text`` without its lines longer than ``LINE_MAX`` (when ``long`` says there is one)."""
+    if not long:
+        return text
+    return b"\n".join(line for line in text.split(b"\n") if len(line) <= LINE_MAX)
 
 
 def readlink(dfd: int, name: str) -> str:

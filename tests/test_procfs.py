@@ -103,3 +103,32 @@ def test_parse_status_keeps_odd_bytes_of_a_name() -> None:
                                                  b"NSpid:\t40\t2\n")
     assert (ppid, uid, depth) == (3, 1000, 2)
     assert name.encode("utf-8", "surrogateescape") == b"x\xff\\ny"
+
+
+def test_read_lines_hands_over_every_whole_line_in_blocks_and_drops_only_overlong_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: maps text is handed over in blocks of many reads (what is done per block, set operations,
+    is then done once per process, not per page), and a line may end in any read, or run past
+    LINE_MAX over several: every line up to LINE_MAX must come out whole, in order, and none longer,
+    whatever the read sizes; nor may a block ever hold more than about BATCH_BYTES and a line."""
+    import random
+
+    monkeypatch.setattr(procfs, "LINE_MAX", 50)
+    monkeypatch.setattr(procfs, "BATCH_BYTES", 64)
+    budget = procfs.Budget(float("inf"), lambda: 0.0, lambda: 0.0)
+    rnd = random.Random(15)  # noqa: S311 (test data, reproducible)
+    real_read = os.read
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(3000):
+            lines = [b"x" * rnd.choice([0, 1, 5, 20, 49, 50, 51, 80, 200]) for _ in range(rnd.randint(0, 30))]
+            (tmp_path / "maps").write_bytes(b"\n".join(lines) + (b"\n" if rnd.random() < 0.5 else b""))
+            size = rnd.choice([1, 3, 7, 33, 51, 52, 100, 1000])
+            monkeypatch.setattr(os, "read", lambda fd, n, size=size: real_read(fd, size))
+            blocks = list(procfs.read_lines(dfd, "maps", budget))
+            monkeypatch.setattr(os, "read", real_read)
+            got = [line for block in blocks for line in block.split(b"\n")]
+            assert [line for line in got if line] == [line for line in lines if line and len(line) <= 50], (size, lines)
+            assert all(len(line) <= 50 for line in got) and all(len(block) <= 64 + 1000 + 51 for block in blocks)
+    finally:
+        os.close(dfd)

@@ -227,7 +227,7 @@ def after_reading(name: str, pid_dir: Path, action: Callable[[], None]) -> Itera
             action()
         return data
 
-    def spy_lines(dfd: int, what: str, budget: restart.procfs.Budget) -> Iterator[list[bytes]]:
+    def spy_lines(dfd: int, what: str, budget: restart.procfs.Budget) -> Iterator[bytes]:
         yield from real_lines(dfd, what, budget)
         if what == name and os.fstat(dfd).st_ino == target:
             action()
