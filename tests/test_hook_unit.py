@@ -414,6 +414,33 @@ def test_a_hook_run_whose_policy_did_not_change_needs_no_toml_parser(tmp_path: P
     assert "demod" in hook_run()
 
 
+def test_an_apply_run_whose_policy_did_not_change_needs_no_toml_parser(tmp_path: Path) -> None:
+    """Why (issue 14): importing ``tomllib`` and parsing the policy were 6-10 ms of every ``apply``
+    before its first restart.  It reads the policy through the hook's cache (root's); a changed policy is
+    parsed anew and obeyed."""
+    host = Host(tmp_path, systemd=True)
+    host.add(10, cgroup="0::/system.slice/demod.service\n", name="demod")
+    etc = host.root / "etc" / "restartctl"
+    etc.mkdir(parents=True)
+    (etc / "policy.toml").write_text("[[rule]]\nunit = \"demod.service\"\naction = \"restart\"\n")
+    code = ("import sys; from restart import cli; print('exit', cli.main(sys.argv[1:])); "
+            "print('tomllib' in sys.modules)")
+
+    def apply_run() -> list[str]:
+        out = subprocess.run(["/usr/bin/python3", "-c", code, *host.argv("apply", "--dry-run"),
+                              "--state", str(tmp_path / "state")], capture_output=True, text=True,
+                             env={"PYTHONPATH": str(Path(__file__).parent.parent)}, cwd="/", check=False)
+        return out.stdout.splitlines()
+    first = apply_run()
+    assert first[-1] == "True" and "demod.service" in "\n".join(first), first  # parsed
+    assert apply_run() == first  # (the state directory made by the first run) parsed, and kept
+    again = apply_run()
+    assert again[-1] == "False" and again[:-1] == first[:-1], again  # the same run, no parser
+    (etc / "policy.toml").write_text("[[rule]]\nunit = \"demod.service\"\naction = \"ignore\"\n")
+    changed = apply_run()
+    assert changed[-1] == "True" and changed[:-1] != first[:-1], changed  # parsed anew and obeyed
+
+
 def test_the_policy_cache_stands_only_for_the_same_text_is_trusted_as_a_policy_file_and_checked_in_full(
         tmp_path: Path) -> None:
     """Why (issue 15): the cache replaces ``tomllib.loads`` only: whatever it holds is checked as the
