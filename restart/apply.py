@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
-from restart import packages, plan, policy, report, state, units
+from restart import Importing, packages, plan, policy, report, state, units
 from restart.ask import choose_mode, chooser, interactive
 from restart.plan import Status
 from restart.roots import Roots
@@ -252,7 +252,8 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
         record.outcome(outcome)
         log.info(report.outcome_line(outcome), show=not quiet or outcome.status == Status.FAILED)
 
-    from restart import execute
+    with Importing():
+        from restart import execute
 
     try:
         execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,

@@ -423,7 +423,8 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
     """Exit 0 when every restart it tried succeeded (or there was nothing to do), 1 when one failed."""
     import time
 
-    from restart import apply, runs
+    with Importing():
+        from restart import apply, runs
 
     mode = "auto" if args.yes else "list" if args.dry_run else args.mode
     log = apply.Log(sys.stdout, sys.stderr, quiet=args.json)

@@ -40,10 +40,19 @@ def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attem
     outcomes: list[verify.Outcome] = []
     log = apply.Log(io.StringIO(), io.StringIO(), quiet=True)
     begun: list[int] = []  # told as the first restart begins (the reboot state is read meanwhile): once
+    importing: list[bool] = []  # the executor's modules are imported out of the collector's way (issue 14)
+
+    class Importing:
+        def __enter__(self) -> None:
+            importing.append(True)
+
+        def __exit__(self, *exc: object) -> None:
+            importing.append(False)
+    monkeypatch.setattr(apply, "Importing", Importing)
     why = apply._carry_out(roots, "apt", log, actions, Settings(), outcomes, failed=[], choose=None,
                            deadline=time.monotonic() + 60, earlier=set(), quiet=True,
                            db=packages.DpkgDatabase(tmp_path / "dpkg", tmp_path), first=lambda: begun.append(1))
-    assert why == "out of time" and outcomes == [] and begun == [1]
+    assert why == "out of time" and outcomes == [] and begun == [1] and importing == [True, False]
     assert report.cut_short_line(actions, outcomes, why) == \
         "out of time: 2 units not handled stay pending: a.service, b.service"
     pid, entries = state.interrupted(roots.state, state.boot_id(roots.proc))
