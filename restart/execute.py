@@ -427,7 +427,7 @@ class Executor(Verifier):
                 return
             name = re.compile(rf"(?<![\w.@:\\-]){re.escape(o.action.group.name or '')}(?![\w.@:\\-])")
             mine = [line for line in said.splitlines() if name.search(line) or "did not answer" in line]
-            finish(o._replace(detail="\n".join([o.detail, *mine])) if o.status == FAILED and mine else o)
+            finish(o._replace(detail="\n".join([o.detail, *mine])) if mine else o)
         self._verify(go, time.monotonic() + min(self.settings.timeout, self.remaining()), told,
                      jobs.states if jobs is not None else None)
 

@@ -228,11 +228,8 @@ class _Scanner:
                 if key in rest:
                     rest.discard(key)
                     hinted = self._judge_line(dfd, view, line, key, seen, found) or hinted
-        for item in map(stale.__getitem__, hits):  # _add's rule, inline: pieces of one file are many
-            old = found.get(item.path)
-            if old is None or (_STRENGTH[item.kind], item.confidence == CERTAIN) > (
-                    _STRENGTH[old.kind], old.confidence == CERTAIN):
-                found[item.path] = item
+        for key in hits:
+            _add(found, stale[key])
         return hinted, found, view
 
     def _judge_line(self, dfd: int, view: views.View, line: bytes, key: bytes,

@@ -96,10 +96,7 @@ class Views:
 
     def of(self, dfd: int) -> View:
         """The view of the process behind ``dfd`` (one ``ns/mnt`` link read)."""
-        try:
-            mnt = os.readlink("ns/mnt", dir_fd=dfd)
-        except OSError as e:
-            raise procfs.translate(e) from e
+        mnt = procfs.readlink(dfd, "ns/mnt")
         view = self._by_mnt.get(mnt)
         if view is None:
             try:
