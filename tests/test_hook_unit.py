@@ -671,3 +671,29 @@ def test_dpkgs_post_invoke_starts_no_shell_under_a_frontend(tmp_path: Path) -> N
     assert not (tmp_path / "started").exists()
     subprocess.run(["/bin/sh", "-c", command], check=True, env={"PATH": "/usr/bin:/bin"})
     assert (tmp_path / "started").read_text() == "dpkg-post\n"
+
+
+def test_apts_pre_install_hook_starts_one_shell_that_becomes_the_hook(tmp_path: Path) -> None:
+    """Why (issue 15): apt runs the Pre-Install-Pkgs command with ``/bin/sh -c``, and it started a second
+    ``sh -c`` for the guard, which then became the hook: a shell's fork and start (~1.5 ms) in every apt
+    run.  The guard is ``eval``'d in apt's shell, which becomes the hook itself; the first word, apt's key
+    for the protocol version, is unchanged; without the hook installed apt's input is still read whole."""
+    snippet = (Path(__file__).resolve().parent.parent / "hook" / "apt.conf.d" / "20restartctl").read_text()
+    line = next(line for line in snippet.splitlines() if "RESTARTCTL_APT_HOOK=pre-install-pkgs " in line)
+    command = line.strip().removeprefix('"').removesuffix('";')
+    assert command.split(" ")[0] == "RESTARTCTL_APT_HOOK=pre-install-pkgs"
+    assert "DPkg::Tools::Options::RESTARTCTL_APT_HOOK=pre-install-pkgs::Version \"3\";" in snippet
+    hook = tmp_path / "dpkg-hook"
+    hook.write_text(f"#!/bin/sh\necho \"$$ $*\" >> {tmp_path}/started\ncat > {tmp_path}/input\n")
+    hook.chmod(0o755)
+    shell = subprocess.Popen(["/bin/sh", "-c", command.replace("/usr/lib/restartctl/dpkg-hook", str(hook))],
+                             stdin=subprocess.PIPE, env={"PATH": "/usr/bin:/bin"})
+    shell.communicate(b"VERSION 3\n")
+    assert shell.returncode == 0
+    assert (tmp_path / "started").read_text() == f"{shell.pid} apt-pre\n"  # apt's own shell, become the hook
+    assert (tmp_path / "input").read_text() == "VERSION 3\n"
+    hook.unlink()  # removed, not purged: the conffile stays, and must not get in apt's way
+    shell = subprocess.Popen(["/bin/sh", "-c", command.replace("/usr/lib/restartctl/dpkg-hook", str(hook))],
+                             stdin=subprocess.PIPE, env={"PATH": "/usr/bin:/bin"})
+    shell.communicate(b"VERSION 3\n" * 10000)
+    assert shell.returncode == 0
