@@ -33,6 +33,7 @@ TRIGGERS = ("apt", "dpkg", "unattended-upgrades", "manual")  # who runs `restart
 JOURNAL = "journal"
 LISTS = "lists"
 _PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9-]+){0,2}")
+_SET_ASIDE = re.compile(r"\d+\.\d+")  # the suffix of what the hook's mv --backup set aside: .old.<epoch>.<pid>
 EVENTS = ("install", "upgrade", "downgrade", "configure", "remove", "purge", "error")
 
 
@@ -183,17 +184,29 @@ def release_markers(directories: list[Path]) -> None:
 
 
 def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> dict[str, str]:
-    """Canonical path -> package from the file lists apt's hook saved before the change."""
+    """Canonical path -> package from the file lists apt's hook saved before the change.
+
+    The hook renames its copies into ``lists/`` with one ``mv --backup``, which sets aside the list an
+    earlier transaction kept there (``NAME.list.old.*``); no one reads those: they are removed here
+    (the directory is root's own; a run that may not remove them leaves them)."""
     lists = run / LISTS
     if not packages or not trusted_dir(lists):
         return {}
     wanted = {p.partition(":")[0] for p in packages}
     files: dict[str, str] = {}
     try:
-        entries = [e for e in os.scandir(lists) if e.name.endswith(".list") and not e.is_symlink()]
+        entries = [e for e in os.scandir(lists) if not e.is_symlink()]
     except OSError:
         return {}
     for entry in entries:
+        name, set_aside, when = entry.name.rpartition(".list.old.")
+        if set_aside and _SET_ASIDE.fullmatch(when):
+            if name.partition(":")[0] in wanted:
+                with suppress(OSError):
+                    os.unlink(entry.path)
+            continue
+        if not entry.name.endswith(".list"):
+            continue
         name = entry.name[:-5]
         if name.partition(":")[0] not in wanted:
             continue

@@ -523,12 +523,14 @@ def _counting(tmp_path: Path, programs: tuple[str, ...]) -> Path:
     return bin_dir
 
 
-def test_apt_pre_keeps_every_old_list_and_checksums_with_one_cp_and_two_mv(tmp_path: Path) -> None:
+def test_apt_pre_keeps_every_old_list_and_checksums_with_one_cp_and_one_mv(tmp_path: Path) -> None:
     """Why (issue 15): the hook kept each package's old list and checksums with its own cp and mv (five
     programs started per package, two finds besides: ~12 ms of apt's time for a one-package run, seconds
     for a large upgrade).  Now one find checks the directories, one cp copies everything into
-    staging/, and two mv rename the copies into lists/, the previous transaction's checksums set
-    aside by mv itself (NAME.md5sums.old.*, mtime kept), whatever the number of packages."""
+    staging/, and one mv renames the copies into lists/ (it was two, one for the lists, one for the
+    checksums: ~1.5 ms more), the previous transaction's checksums set aside by mv itself
+    (NAME.md5sums.old.*, mtime kept), whatever the number of packages.  The lists it sets aside too
+    (NAME.list.old.*) answer nothing: the run after removes them."""
     os.chmod(tmp_path, 0o755)
     info = tmp_path / "admin" / "info"
     info.mkdir(parents=True)
@@ -551,7 +553,7 @@ def test_apt_pre_keeps_every_old_list_and_checksums_with_one_cp_and_two_mv(tmp_p
     (info / "liba1:amd64.md5sums").write_text("aaab  usr/lib/liba1.so\n")  # the next version, unpacked since
     os.utime(info / "liba1:amd64.md5sums", (1_700_000_000, 1_700_000_000))
     _apt_pre(tmp_path, stdin, path=f"{bin_dir}:/usr/bin:/bin")
-    assert sorted(started.read_text().split()) == ["cp", "find", "mv", "mv", "sed"]
+    assert sorted(started.read_text().split()) == ["cp", "find", "mv", "sed"]
     assert sorted(p.name for p in lists.iterdir() if ".old." not in p.name) == [
         "liba1:amd64.list", "liba1:amd64.md5sums", "libb1.list", "libb1.md5sums", "libc1:amd64.list",
         "libc1:amd64.md5sums"]
@@ -562,7 +564,15 @@ def test_apt_pre_keeps_every_old_list_and_checksums_with_one_cp_and_two_mv(tmp_p
     assert (lists / "libb1.md5sums").read_text() == ""  # none: unknown
     [old] = lists.glob("liba1:amd64.md5sums.old.*")  # the first transaction's, set aside as it was
     assert old.read_text() == "aaaa  usr/lib/liba1.so\n" and old.stat().st_mtime == 1_600_000_000
-    assert len(list(lists.glob("*.old.*"))) == 3 and list((tmp_path / "run" / "staging").iterdir()) == []
+    assert list((tmp_path / "run" / "staging").iterdir()) == []
+    assert len(list(lists.glob("*.md5sums.old.*"))) == 3 and len(list(lists.glob("*.list.old.*"))) == 3
+    # The run after reads the lists kept for this transaction and removes those set aside, its packages' only.
+    (lists / "other.list.old.1700000000.99").write_text("/usr/lib/other.so\n")
+    names = ("liba1:amd64", "libb1", "libc1:amd64")
+    assert transaction.old_files(tmp_path / "run", frozenset(names), frozenset()) == {
+        f"/usr/lib/{n}.so": n for n in names}
+    assert sorted(p.name for p in lists.glob("*.list.old.*")) == ["other.list.old.1700000000.99"]
+    assert len(list(lists.glob("*.md5sums.old.*"))) == 3
     assert not (tmp_path / "etc").exists() and not (tmp_path / "run" / "incomplete").exists()
     assert (tmp_path / "run" / "assume-yes").exists()
     # Without -y the marker goes; nothing else is started for it when there is none.
@@ -570,7 +580,7 @@ def test_apt_pre_keeps_every_old_list_and_checksums_with_one_cp_and_two_mv(tmp_p
     assert not (tmp_path / "run" / "assume-yes").exists()
     started.unlink()
     _apt_pre(tmp_path, f"VERSION 3\n\n{packages}", path=f"{bin_dir}:/usr/bin:/bin")
-    assert sorted(started.read_text().split()) == ["cp", "find", "mv", "mv", "sed"]
+    assert sorted(started.read_text().split()) == ["cp", "find", "mv", "sed"]
 
 
 def test_apt_pre_falls_back_to_one_package_at_a_time_when_the_copy_fails(tmp_path: Path) -> None:
