@@ -404,11 +404,13 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log,
             if written.added or written.flag_created:
                 for line in report.reboot_lines(found):
                     log.info(line, show=not quiet)
-        record = state.read_json(roots.state, state.PENDING)
-        text = formats.host_metrics(left, [a.group for a in left], findings.scan,
-                                    found + reboot.flagged(roots.run, known=found), admindir=roots.admindir,
-                                    last_run=record, current_boot=True)
-        formats.write_textfile(text)
+        textfile = formats.default_textfile(formats.TEXTFILE_DIR)
+        if textfile is not None:  # (no node-exporter here: the metrics are not made, nor the record read again)
+            record = state.read_json(roots.state, state.PENDING)
+            text = formats.host_metrics(left, [a.group for a in left], findings.scan,
+                                        found + reboot.flagged(roots.run, known=found), admindir=roots.admindir,
+                                        last_run=record, current_boot=True)
+            formats.write_textfile(text, textfile)
     except OSError as e:
         log.error(f"could not publish the reboot flag or the metrics: {e}")
     return bool(found)
