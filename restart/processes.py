@@ -78,7 +78,7 @@ FD_BATCH = 64  # open files listed between two spendings of the budget
 OVER_BUDGET_SHOWN = 20  # processes over a budget named in text and metrics (JSON lists them all)
 # A scan of this many processes or more is shared with a forked child (two cores): below it, the
 # fork and the child's cold caches cost more than half a scan saves (measured: bench/README.md).
-PARALLEL_MIN = 200
+PARALLEL_MIN = 150
 CHILD_GRACE = 2.0  # seconds the child's answer may come after the deadline (its last process, the pipe)
 CHILD_WAIT = 60.0  # without a deadline: seconds it may come after the end of the parent's half
 ANSWER = "restartctl-scan/1"  # the first item of the child's answer
