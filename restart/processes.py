@@ -20,7 +20,7 @@ shows an interpreter's directory is handed to stage 2b.  Only processes with a s
 from __future__ import annotations
 
 import contextlib
-import io
+import json
 import math
 import os
 import re
@@ -443,13 +443,15 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
          on_error: Callable[[int, Exception], None] | None = None,
          deadline: float | None = None, clock: Callable[[], float] = time.monotonic,
          cpu_clock: Callable[[], float] = time.thread_time, users: bool = True,
-         parallel_min: int | None = None) -> ScanResult:
+         parallel_min: int | None = None, facts: Callable[[], Iterable[type]] = tuple) -> ScanResult:
     """Scan every process under ``proc`` (or just ``pids``) for stale files.
 
     ``observe`` sees each process that maps a path starting with one of ``observe_hints``
     (stage 2b: the directories interpreters live in; a process maps its own executable),
     or every process when there are no hints.  What it returns is its whole answer: in a scan
-    on two cores it runs in the forked child for that half (see :func:`_on_two_cores`).
+    on two cores it runs in the forked child for that half (see :func:`_on_two_cores`), and its
+    answer, made of ``str``, numbers, ``None``, tuples, frozensets and the NamedTuples ``facts()``
+    names, is rebuilt here from those classes alone.
     With a ``deadline`` (on ``clock``), root's and system accounts' processes are scanned
     first and the scan stops when the deadline passes, counting the rest as unscanned: a
     user with many processes that map many files can slow a scan, not starve the services.
@@ -471,7 +473,7 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
         elif deadline is not None:
             candidates.sort(key=lambda p: (_owned_by_a_user(procfd, p), p))
         if len(candidates) >= (PARALLEL_MIN if parallel_min is None else parallel_min) and _two_cores_free():
-            return _on_two_cores(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock)
+            return _on_two_cores(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock, facts)
         return _scan_these(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock)
     finally:
         os.close(procfd)
@@ -538,13 +540,14 @@ def _two_cores_free() -> bool:
 
 def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
                   on_error: Callable[[int, Exception], None] | None, deadline: float | None,
-                  clock: Callable[[], float], cpu_clock: Callable[[], float]) -> ScanResult:
+                  clock: Callable[[], float], cpu_clock: Callable[[], float],
+                  facts: Callable[[], Iterable[type]]) -> ScanResult:
     """Scan half of ``candidates`` here and the other half in a forked child, then merge.
 
     Every other candidate each (the order of a scan under a deadline, system accounts first,
     holds in both halves).  The child starts with this process's scanner and its caches, scans
     its half exactly as :func:`_scan_these` does, sends the result over a pipe only the two
-    hold and leaves with ``os._exit``.  Its answer is awaited until the deadline plus
+    hold, as JSON data (:func:`_plain`), and leaves with ``os._exit``.  Its answer is awaited until the deadline plus
     ``CHILD_GRACE`` (without a deadline, ``CHILD_WAIT`` past the end of this half); a child that
     does not answer by then, dies or sends anything but a result is killed, and every process
     of its half counts as unscanned (never clean; not scanned again here: whatever held the
@@ -565,7 +568,7 @@ def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
     try:
         mine = _scan_these(scanner, procfd, candidates[0::2], on_error, deadline, clock, cpu_clock)
         wait = (max(0.0, deadline - clock()) + CHILD_GRACE) if deadline is not None else CHILD_WAIT
-        theirs = _answer(read_end, time.monotonic() + wait)
+        theirs = _answer(read_end, time.monotonic() + wait, facts)
     finally:
         os.close(read_end)
         _reap(child)
@@ -601,8 +604,7 @@ def _child(read_end: int, write_end: int, scanner: _Scanner, procfd: int, half: 
         errors: list[tuple[int, str]] = []
         result = _scan_these(scanner, procfd, half, lambda pid, e: errors.append((pid, f"{type(e).__name__}: {e}")),
                              deadline, clock, cpu_clock)
-        import pickle  # only a scan on two cores needs it
-        data = memoryview(pickle.dumps((ANSWER, result, errors), protocol=pickle.HIGHEST_PROTOCOL))
+        data = memoryview(json.dumps([ANSWER, _plain(result), errors], check_circular=False).encode())
         while data:
             data = data[os.write(write_end, data):]
         status = 0
@@ -610,9 +612,36 @@ def _child(read_end: int, write_end: int, scanner: _Scanner, procfd: int, half: 
         os._exit(status)
 
 
-def _answer(read_end: int, until: float) -> tuple[ScanResult, list[tuple[int, str]]] | None:
+def _plain(value: object) -> object:
+    """``value`` as data JSON carries, each NamedTuple, enum member, tuple and frozenset as an object
+    naming it (JSON writes a string that is not UTF-8, its surrogate escapes, as ``\\udcXX``: every
+    byte comes back)."""
+    if isinstance(value, StrEnum):
+        return {"e": _name(type(value)), "v": value.value}
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return {"n": _name(type(value)), "v": [_plain(v) for v in value]}
+    if isinstance(value, tuple | list | frozenset):
+        items = [_plain(v) for v in value]
+        return items if isinstance(value, list) else {"t" if isinstance(value, tuple) else "f": items}
+    raise TypeError(f"not result data: {type(value).__name__}")
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _answer(read_end: int, until: float,
+            facts: Callable[[], Iterable[type]]) -> tuple[ScanResult, list[tuple[int, str]]] | None:
     """The child's result, read until it closes its end, waiting until ``until`` (``time.monotonic``)
-    at most; None if it does not come in time, is cut short or is not a result."""
+    at most; None if it does not come in time, is cut short or is not a result.
+
+    Rebuilt from JSON data: the only classes its objects can name are this module's result types and
+    enums and those of ``facts()`` (what the observer returns), each called with the values given
+    (a NamedTuple's fields, an enum's value): nothing else is looked up, imported or run.  The
+    stream comes from our own forked child over a pipe only the two hold; the strings in it are
+    data processes chose (paths, names, command lines), never code."""
     chunks = []
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
@@ -624,14 +653,27 @@ def _answer(read_end: int, until: float) -> tuple[ScanResult, list[tuple[int, st
         if not chunk:
             break
         chunks.append(chunk)
+    tuples = {_name(c): c for c in (ScanResult, ProcessInfo, StaleFile, Unscanned, *facts())}
+    enums = {_name(c): c for c in (FileKind, Confidence, Evidence)}
+
+    def rebuild(obj: dict[str, object]) -> object:
+        keys, name, values = obj.keys(), obj.get("n", obj.get("e")), obj.get("v")
+        if keys == {"t"} and isinstance(obj["t"], list):
+            return tuple(obj["t"])
+        if keys == {"f"} and isinstance(obj["f"], list):
+            return frozenset(obj["f"])
+        if keys == {"n", "v"} and isinstance(name, str) and name in tuples and isinstance(values, list):
+            return tuples[name](*values)
+        if keys == {"e", "v"} and isinstance(name, str) and name in enums and isinstance(values, str):
+            return enums[name](values)
+        raise ValueError("not result data")
+
     try:
-        answer = _unpickler()(io.BytesIO(b"".join(chunks))).load()
-    except Exception:  # a truncated or foreign stream: no answer
+        tag, result, errors = json.loads(b"".join(chunks), object_hook=rebuild)
+        errors = [(int(pid), str(text)) for pid, text in errors]
+    except (ValueError, TypeError, RecursionError):  # a truncated or foreign stream: no answer
         return None
-    if (not isinstance(answer, tuple) or len(answer) != 3 or answer[0] != ANSWER
-            or not isinstance(answer[1], ScanResult) or not isinstance(answer[2], list)):
-        return None
-    return answer[1], answer[2]
+    return (result, errors) if tag == ANSWER and isinstance(result, ScanResult) else None
 
 
 def _reap(child: int) -> None:
@@ -640,42 +682,6 @@ def _reap(child: int) -> None:
         os.kill(child, signal.SIGKILL)  # harmless once it has exited: unreaped, the PID is still ours
     with contextlib.suppress(ChildProcessError):  # reaped already (SIGCHLD ignored)
         os.waitpid(child, 0)
-
-
-# What the child's answer may be made of: this module's result types, and the classes of what an
-# observer (stage 2b) returns, named here, not imported.  The stream comes from our own forked
-# child over a pipe only the two hold; the strings in it are data processes chose (paths, names,
-# command lines), never code, and no other class or function can be named, so nothing in it is run.
-_OURS: dict[str, type] = {c.__name__: c for c in (ScanResult, ProcessInfo, StaleFile, Unscanned)}
-_ENUMS: dict[str, type[StrEnum]] = {c.__name__: c for c in (FileKind, Confidence, Evidence)}
-_OBSERVED = frozenset({("restart.observation", "Observation"), ("restart.grammars", "Interpreter"),
-                       ("restart.grammars", "Script"), ("restart.imports", "Imports")})
-
-
-def _member(cls: object, name: str) -> StrEnum:
-    """What an enum member is pickled as (``getattr(FileKind, "EXE")``): allowed for our enums only."""
-    if cls not in _ENUMS.values() or not isinstance(cls, type) or not isinstance(name, str):
-        raise ValueError(f"not a member of our enums: {name!r}")
-    member: StrEnum = cls[name]  # type: ignore[index]
-    return member
-
-
-def _unpickler() -> type:
-    import pickle  # only a scan on two cores needs it
-
-    class Results(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> object:
-            if module == __name__ and name in _OURS:
-                return _OURS[name]
-            if module == __name__ and name in _ENUMS:
-                return _ENUMS[name]
-            if (module, name) == ("builtins", "getattr"):
-                return _member
-            if (module, name) in _OBSERVED:
-                return super().find_class(module, name)
-            raise pickle.UnpicklingError(f"not a result type: {module}.{name}")
-
-    return Results
 
 
 def _unscanned(dfd: int, pid: int, reason: str) -> Unscanned:

@@ -7,8 +7,8 @@ zombie), and prints nothing.  No fork with another thread alive, nor below the t
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -83,6 +83,10 @@ def host(tmp_path: Path) -> Path:
     procs.append(FakeProcess(500, stale + b"".join(map_line(f"/home/m/f{i}", 100 + i, start=0x10000 * (i + 1))
                                                   for i in range(3000)), root=root))
     procs.append(FakeProcess(501, stale, root=root))
+    # Names no result may lose a byte of: not UTF-8, an escape, a newline (the kernel's \\012).
+    procs.append(FakeProcess(502, map_line(b"/opt/caf\xe9.so (deleted)", 1), root=root, name="e\x1b[1m\u00e9"))
+    procs.append(FakeProcess(503, map_line(b"/opt/new\\012line.so", 5), root=root,
+                             exe="/opt/b\udce9n"))
     proc = build(tmp_path / "proc", procs)
     (proc / "501" / "status").write_bytes(b"Name:\tx\nPPid:\tnot a number\n")
     for pid in USERS:
@@ -112,12 +116,16 @@ def test_two_cores_give_the_one_process_result(host: Path, forks: list[int], dea
     serial, one, parallel, two = _both(host, observe=observer, observe_hints=(b"/usr/bin/",), deadline=until)
     assert len(forks) == 1 and children() == []
     assert parallel == serial
-    assert (serial.scanned, serial.unscanned, serial.errors) == (42, 1, 1)
-    assert serial.vanished == 5 and len(serial.observed) == 5 and len(serial.processes) == 25
+    assert (serial.scanned, serial.unscanned, serial.errors) == (44, 1, 1)
+    assert serial.vanished == 5 and len(serial.observed) == 5 and len(serial.processes) == 27
+    odd = {p.pid: p for p in parallel.processes if p.pid in (502, 503)}
+    assert odd[502].comm == "e\x1b[1m\u00e9" and odd[502].stale[0].path == "/opt/caf\udce9.so"
+    assert odd[503].stale[0].path == "/opt/new\nline.so" and odd[503].exe == "/opt/b\udce9n"
     assert [u.pid for u in serial.over_budget] == [500]
     # 501's error reaches on_error in the parent; from the child's half (odd positions) as its text.
     assert [pid for pid, _ in one] == [pid for pid, _ in two] == [501]
-    candidates = sorted([*range(100, 140), 500, 501], key=lambda pid: (deadline is not None and pid in USERS, pid))
+    candidates = sorted([*range(100, 140), 500, 501, 502, 503],
+                        key=lambda pid: (deadline is not None and pid in USERS, pid))
     in_child = candidates.index(501) % 2 == 1
     assert in_child == (deadline is None)  # both ways are tried
     assert two[0][1] == (f"ValueError: {one[0][1]}" if in_child else one[0][1])
@@ -150,7 +158,8 @@ def test_two_cores_give_the_one_process_result_on_the_real_proc(tmp_path: Path, 
 
         pids = [p.pid for p in started]
         serial = scan(Path("/proc"), EVERYTHING, pids=pids, observe=observe, parallel_min=SERIAL)
-        parallel = scan(Path("/proc"), EVERYTHING, pids=pids, observe=observe, parallel_min=2)
+        parallel = scan(Path("/proc"), EVERYTHING, pids=pids, observe=observe, parallel_min=2,
+                        facts=observation.facts)
     finally:
         for p in started:
             p.kill()
@@ -181,24 +190,17 @@ def _garbage(write_end: int) -> None:
     os.write(write_end, b"\x80\x05garbage, not a result")
 
 
+def _send(write_end: int, answer: object) -> None:
+    os.write(write_end, json.dumps(answer).encode())
+
+
 def _truncated(write_end: int) -> None:
-    data = pickle.dumps((processes.ANSWER, ScanResult([], 1, 0, 0), []), protocol=5)
+    data = json.dumps([processes.ANSWER, processes._plain(ScanResult([], 1, 0, 0)), []]).encode()
     os.write(write_end, data[:-3])
 
 
-def _send(write_end: int, answer: object) -> None:
-    os.write(write_end, pickle.dumps(answer))
-
-
-class _Runs:  # unpickled, it would call os.mkdir(path)
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return os.mkdir, (self.path,)
-
-
-@pytest.mark.parametrize("what", ["dies", "exits", "hangs", "garbage", "truncated", "foreign", "other shape"])
+@pytest.mark.parametrize("what", ["dies", "exits", "hangs", "garbage", "truncated", "foreign", "other shape",
+                                  "not a result"])
 def test_a_child_without_a_result_leaves_its_half_unscanned(host: Path, tmp_path: Path, forks: list[int],
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             capfd: pytest.CaptureFixture[str], what: str) -> None:
@@ -209,18 +211,21 @@ def test_a_child_without_a_result_leaves_its_half_unscanned(host: Path, tmp_path
         "hangs": _hang,
         "garbage": _garbage,
         "truncated": _truncated,
-        "foreign": lambda w: _send(w, (processes.ANSWER, _Runs(str(ran)), [])),
-        "other shape": lambda w: _send(w, ("x", ScanResult([], 1, 0, 0), [])),
+        # a class no result is made of, called with its "fields": it would make the directory
+        "foreign": lambda w: _send(w, [processes.ANSWER, {"n": "posix.mkdir", "v": [str(ran)]}, []]),
+        "other shape": lambda w: _send(w, ["x", processes._plain(ScanResult([], 1, 0, 0)), []]),
+        "not a result": lambda w: _send(w, [processes.ANSWER, {"n": "restart.processes.StaleFile",
+                                                               "v": ["exe", "/x", "certain", "replaced"]}, []]),
     }
     _child_does(monkeypatch, acts[what])
     monkeypatch.setattr(processes, "CHILD_GRACE", 0.5)
     serial = scan(host, EVERYTHING, parallel_min=SERIAL)
     result = scan(host, EVERYTHING, parallel_min=2, deadline=time.monotonic() + 1)
     assert len(forks) == 1 and children() == []
-    assert (result.scanned, result.unscanned) == (21, 21)  # 42 candidates: 21 each
+    assert (result.scanned, result.unscanned) == (22, 22)  # 44 candidates: 22 each
     order = sorted((p.pid for p in serial.processes), key=lambda pid: (pid in USERS, pid))
     mine = sorted((p.pid for p in serial.processes), key=lambda pid: (pid in USERS, pid))
-    candidates = sorted([*range(100, 140), 500, 501], key=lambda pid: (pid in USERS, pid))
+    candidates = sorted([*range(100, 140), 500, 501, 502, 503], key=lambda pid: (pid in USERS, pid))
     mine = [pid for pid in order if candidates.index(pid) % 2 == 0]  # the parent's half: even positions
     assert [p.pid for p in result.processes] == mine
     assert not ran.exists()
@@ -235,7 +240,7 @@ def test_a_child_that_exceeds_no_deadline_waits_its_bound(host: Path, forks: lis
     monkeypatch.setattr(processes, "CHILD_WAIT", 0.3)
     result = scan(host, EVERYTHING, parallel_min=2)
     assert len(forks) == 1 and children() == []
-    assert result.unscanned == 21
+    assert result.unscanned == 22
 
 
 class Watchdog(Exception):
@@ -285,9 +290,9 @@ def test_no_fork_while_another_thread_is_alive(host: Path) -> None:
 
 
 def test_no_fork_below_the_threshold(host: Path, forks: list[int]) -> None:
-    scan(host, EVERYTHING, parallel_min=43)  # 42 processes
+    scan(host, EVERYTHING, parallel_min=45)  # 44 processes
     assert forks == []
-    scan(host, EVERYTHING, parallel_min=42)
+    scan(host, EVERYTHING, parallel_min=44)
     assert len(forks) == 1
 
 
