@@ -604,7 +604,7 @@ def _child(read_end: int, write_end: int, scanner: _Scanner, procfd: int, half: 
         errors: list[tuple[int, str]] = []
         result = _scan_these(scanner, procfd, half, lambda pid, e: errors.append((pid, f"{type(e).__name__}: {e}")),
                              deadline, clock, cpu_clock)
-        data = memoryview(json.dumps([ANSWER, _plain(result), errors], check_circular=False).encode())
+        data = memoryview(json.dumps([ANSWER, _plain(result, {}), errors], check_circular=False).encode())
         while data:
             data = data[os.write(write_end, data):]
         status = 0
@@ -612,19 +612,26 @@ def _child(read_end: int, write_end: int, scanner: _Scanner, procfd: int, half: 
         os._exit(status)
 
 
-def _plain(value: object) -> object:
-    """``value`` as data JSON carries, each NamedTuple, enum member, tuple and frozenset as an object
-    naming it (JSON writes a string that is not UTF-8, its surrogate escapes, as ``\\udcXX``: every
-    byte comes back)."""
-    if isinstance(value, StrEnum):
-        return {"e": _name(type(value)), "v": value.value}
-    if value is None or isinstance(value, str | int | float):
+def _plain(value: object, seen: dict[int, int]) -> object:
+    """``value`` as data JSON carries: each NamedTuple and enum member as an object naming its class,
+    tuples and frozensets as objects too; an object met before (a stale library's finding is shared by
+    every process that maps it, a process's description by its observation) as a reference to it,
+    numbered as the reader completes them.  JSON writes a string that is not UTF-8, its surrogate
+    escapes, as ``\\udcXX``: every byte comes back."""
+    if value is None or (isinstance(value, str | int | float) and not isinstance(value, StrEnum)):
         return value
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return {"n": _name(type(value)), "v": [_plain(v) for v in value]}
-    if isinstance(value, tuple | list | frozenset):
-        items = [_plain(v) for v in value]
-        return items if isinstance(value, list) else {"t" if isinstance(value, tuple) else "f": items}
+    if isinstance(value, list):
+        return [_plain(v, seen) for v in value]
+    if isinstance(value, StrEnum) or (isinstance(value, tuple) and hasattr(value, "_fields")):
+        ref = seen.get(id(value))
+        if ref is not None:
+            return {"r": ref}
+        plain: dict[str, object] = ({"e": _name(type(value)), "v": value.value} if isinstance(value, StrEnum)
+                                    else {"n": _name(type(value)), "v": [_plain(v, seen) for v in value]})
+        seen[id(value)] = len(seen)  # after its parts: the reader completes them first
+        return plain
+    if isinstance(value, tuple | frozenset):
+        return {"t" if isinstance(value, tuple) else "f": [_plain(v, seen) for v in value]}
     raise TypeError(f"not result data: {type(value).__name__}")
 
 
@@ -656,17 +663,23 @@ def _answer(read_end: int, until: float,
     tuples = {_name(c): c for c in (ScanResult, ProcessInfo, StaleFile, Unscanned, *facts())}
     enums = {_name(c): c for c in (FileKind, Confidence, Evidence)}
 
+    done: list[object] = []  # the objects completed so far, which a reference names by number
+
     def rebuild(obj: dict[str, object]) -> object:
         keys, name, values = obj.keys(), obj.get("n", obj.get("e")), obj.get("v")
         if keys == {"t"} and isinstance(obj["t"], list):
             return tuple(obj["t"])
         if keys == {"f"} and isinstance(obj["f"], list):
             return frozenset(obj["f"])
+        if keys == {"r"} and isinstance(obj["r"], int) and 0 <= obj["r"] < len(done):
+            return done[obj["r"]]
         if keys == {"n", "v"} and isinstance(name, str) and name in tuples and isinstance(values, list):
-            return tuples[name](*values)
-        if keys == {"e", "v"} and isinstance(name, str) and name in enums and isinstance(values, str):
-            return enums[name](values)
-        raise ValueError("not result data")
+            done.append(tuples[name](*values))
+        elif keys == {"e", "v"} and isinstance(name, str) and name in enums and isinstance(values, str):
+            done.append(enums[name](values))
+        else:
+            raise ValueError("not result data")
+        return done[-1]
 
     try:
         tag, result, errors = json.loads(b"".join(chunks), object_hook=rebuild)

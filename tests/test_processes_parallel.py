@@ -195,7 +195,7 @@ def _send(write_end: int, answer: object) -> None:
 
 
 def _truncated(write_end: int) -> None:
-    data = json.dumps([processes.ANSWER, processes._plain(ScanResult([], 1, 0, 0)), []]).encode()
+    data = json.dumps([processes.ANSWER, processes._plain(ScanResult([], 1, 0, 0), {}), []]).encode()
     os.write(write_end, data[:-3])
 
 
@@ -213,7 +213,7 @@ def test_a_child_without_a_result_leaves_its_half_unscanned(host: Path, tmp_path
         "truncated": _truncated,
         # a class no result is made of, called with its "fields": it would make the directory
         "foreign": lambda w: _send(w, [processes.ANSWER, {"n": "posix.mkdir", "v": [str(ran)]}, []]),
-        "other shape": lambda w: _send(w, ["x", processes._plain(ScanResult([], 1, 0, 0)), []]),
+        "other shape": lambda w: _send(w, ["x", processes._plain(ScanResult([], 1, 0, 0), {}), []]),
         "not a result": lambda w: _send(w, [processes.ANSWER, {"n": "restart.processes.StaleFile",
                                                                "v": ["exe", "/x", "certain", "replaced"]}, []]),
     }
