@@ -15,6 +15,16 @@ few set operations (reading within a budget is :mod:`procfs`'s).  Open files are
 only when they are regular files not found in place, and only a process whose ``maps``
 shows an interpreter's directory is handed to stage 2b.  Only processes with a stale file
 (or handed to 2b) get their status, cgroup and exe read.
+
+A large scan (``PARALLEL_MIN`` processes or more) runs on two cores: most of its time is the
+kernel writing ``maps`` text and listing ``fd`` directories, plus Python work per line, all of it
+per process and independent, and one CPython process uses one core.  So, with two CPUs to run on
+and no other thread alive (forking a threaded process can leave a lock held forever in the child),
+it forks once: the child scans every other process with its own copy of the scanner, sends its
+result back as JSON data over a pipe only the two hold, and leaves with ``os._exit``; the parent
+scans the rest, then merges in the order of the one-process scan (the same findings).  A child
+that does not answer in time, dies or sends anything but a result is killed and reaped, and its
+half counts as unscanned, never clean (see :func:`_on_two_cores`; docs/security.md P9).
 """
 
 from __future__ import annotations
@@ -77,7 +87,8 @@ _KEYS = re.compile(rb" (.*)")
 FD_BATCH = 64  # open files listed between two spendings of the budget
 OVER_BUDGET_SHOWN = 20  # processes over a budget named in text and metrics (JSON lists them all)
 # A scan of this many processes or more is shared with a forked child (two cores): below it, the
-# fork and the child's cold caches cost more than half a scan saves (measured: bench/README.md).
+# fork, the child's cold caches and its answer cost about what half a scan saves (on the real state
+# of bench/scan.py the break-even was near 100 processes; bench/README.md).
 PARALLEL_MIN = 150
 CHILD_GRACE = 2.0  # seconds the child's answer may come after the deadline (its last process, the pipe)
 CHILD_WAIT = 60.0  # without a deadline: seconds it may come after the end of the parent's half

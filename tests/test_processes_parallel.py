@@ -233,6 +233,25 @@ def test_a_child_without_a_result_leaves_its_half_unscanned(host: Path, tmp_path
     assert (out, err) == ("", "")
 
 
+def test_a_child_whose_scan_raises_leaves_quietly(host: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    """The real child: whatever goes wrong in it ends it (os._exit), never returns into the caller's code
+    (here: pytest's, which would go on running tests in the child) and prints nothing."""
+    parent = os.getpid()
+    real = processes._scan_these
+
+    def scan_these(*args: object) -> ScanResult:
+        if os.getpid() != parent:
+            raise RuntimeError("in the child")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(processes, "_scan_these", scan_these)
+    result = scan(host, EVERYTHING, parallel_min=2)
+    assert len(forks) == 1 and children() == []
+    assert (result.scanned, result.unscanned) == (22, 22)
+    assert capfd.readouterr() == ("", "")
+
+
 def test_a_child_that_exceeds_no_deadline_waits_its_bound(host: Path, forks: list[int],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Without a deadline the wait is still bounded: CHILD_WAIT past the end of the parent's half.
