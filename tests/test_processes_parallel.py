@@ -233,7 +233,8 @@ def test_a_child_without_a_result_leaves_its_half_unscanned(host: Path, tmp_path
     assert (out, err) == ("", "")
 
 
-def test_a_child_whose_scan_raises_leaves_quietly(host: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch,
+def test_a_child_whose_scan_raises_leaves_quietly(host: Path, tmp_path: Path, forks: list[int],
+                                                monkeypatch: pytest.MonkeyPatch,
                                                 capfd: pytest.CaptureFixture[str]) -> None:
     """The real child: whatever goes wrong in it ends it (os._exit), never returns into the caller's code
     (here: pytest's, which would go on running tests in the child) and prints nothing."""
@@ -246,7 +247,14 @@ def test_a_child_whose_scan_raises_leaves_quietly(host: Path, forks: list[int], 
         return real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(processes, "_scan_these", scan_these)
-    result = scan(host, EVERYTHING, parallel_min=2)
+    escaped = tmp_path / "escaped"
+    try:
+        result = scan(host, EVERYTHING, parallel_min=2)
+    finally:
+        if os.getpid() != parent:  # the child came back into this test: say so (before the parent reads EOF)
+            escaped.touch()
+            os._exit(0)
+    assert not escaped.exists()
     assert len(forks) == 1 and children() == []
     assert (result.scanned, result.unscanned) == (22, 22)
     assert capfd.readouterr() == ("", "")
