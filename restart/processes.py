@@ -544,9 +544,14 @@ def _two_cores_free() -> bool:
     alive (a thread holding a lock at the fork leaves it held forever in the child).  The kernel's
     list of our threads counts every one, also those not started through :mod:`threading`."""
     try:
-        return len(os.sched_getaffinity(0)) >= 2 and len(os.listdir("/proc/self/task")) == 1
+        return len(os.sched_getaffinity(0)) >= 2 and _threads() == 1
     except OSError:
         return False
+
+
+def _threads() -> int:
+    """How many threads this process has, as the kernel counts them."""
+    return len(os.listdir("/proc/self/task"))
 
 
 def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],

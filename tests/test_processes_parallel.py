@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import restart.imports  # noqa: F401 - imported before any fork (see harness_threads)
 from restart import observation, processes, procfs
 from restart.processes import ScanResult, Selection, scan
 from tests.fakeproc import FakeProcess, build, ino, map_line, rootfs
@@ -28,7 +29,17 @@ LIB = "/usr/lib/x86_64-linux-gnu/libdemo.so.1"
 EVERYTHING = Selection(everything=True)
 USERS = (100, 103, 116, 131, 133)  # their /proc directories are users': scanned last under a deadline
 SERIAL = 10**9  # parallel_min no scan reaches
+KERNEL_THREADS = processes._threads  # the real count (harness_threads replaces it in each test)
 SCRIPT = "import json, ctypes, sys, time\nctypes.CDLL(sys.argv[1])\nprint('ok', flush=True)\ntime.sleep(600)\n"
+
+
+@pytest.fixture(autouse=True)
+def harness_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's own background thread (conftest's ``prepare_roots``, building the cached roots of
+    other tests) is counted away, so that a test that expects a fork gets one: it holds nothing the
+    child takes (the modules the child could import are imported above).  Any other thread counts."""
+    monkeypatch.setattr(processes, "_threads", lambda: 1 + sum(
+        1 for t in threading.enumerate() if t is not threading.main_thread() and t.name != "rctl-prepare-roots"))
 
 
 def children() -> list[int]:
@@ -314,6 +325,11 @@ def thread() -> Iterator[None]:
 @pytest.mark.usefixtures("no_fork", "thread")
 def test_no_fork_while_another_thread_is_alive(host: Path) -> None:
     assert scan(host, EVERYTHING, parallel_min=2) == scan(host, EVERYTHING, parallel_min=SERIAL)
+
+
+@pytest.mark.usefixtures("thread")
+def test_the_kernel_counts_every_thread() -> None:
+    assert KERNEL_THREADS() == threading.active_count() >= 2
 
 
 def test_no_fork_below_the_threshold(host: Path, forks: list[int]) -> None:

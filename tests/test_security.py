@@ -529,9 +529,8 @@ done = False
 def hook(event, a):
     if done:
         return
-    caller = sys._getframe(1)
-    if event == "os.fork" and (caller.f_globals["__name__"], caller.f_code.co_name) == ("restart.processes",
-                                                                                       "_on_two_cores"):
+    if event == "os.fork" and (sys._getframe(1).f_globals["__name__"], sys._getframe(1).f_code.co_name) == (
+            "restart.processes", "_on_two_cores"):  # (sys._getframe is audited too: asked only here)
         forks.append(os.getpid())  # the scan on two cores (security.md P9): its own fork, which execs nothing
     elif event == "open":
         path, mode, flags = a
