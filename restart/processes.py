@@ -563,12 +563,13 @@ def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
     Every other candidate each (the order of a scan under a deadline, system accounts first,
     holds in both halves).  The child starts with this process's scanner and its caches, scans
     its half exactly as :func:`_scan_these` does, sends the result over a pipe only the two
-    hold, as JSON data (:func:`_plain`), and leaves with ``os._exit``.  Its answer is awaited until the deadline plus
-    ``CHILD_GRACE`` (without a deadline, ``CHILD_WAIT`` past the end of this half); a child that
-    does not answer by then, dies or sends anything but a result is killed, and every process
-    of its half counts as unscanned (never clean; not scanned again here: whatever held the
-    child up, a process whose ``maps`` does not come, would hold this one up too).  The child
-    is killed and reaped whatever happens here, a watchdog's exception included.
+    hold, as JSON data (:func:`_plain`), and leaves with ``os._exit``.  Its answer is awaited
+    until the deadline plus ``CHILD_GRACE`` (without a deadline, ``CHILD_WAIT`` past the end of
+    this half); a child that does not answer by then, dies or sends anything but a result is
+    killed, and every process of its half counts as unscanned (never clean; not scanned again
+    here: whatever held the child up, a process whose ``maps`` does not come, would hold this
+    one up too).  The child is killed and reaped whatever happens here, a watchdog's exception
+    included.  The results are merged in the order of the one-process scan, counters summed.
     """
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
