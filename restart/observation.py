@@ -71,6 +71,14 @@ class Observation(NamedTuple):
     imports: Imports | None = None  # what its unowned script or -c code imports (read only when it matters)
 
 
+def facts() -> tuple[type, ...]:
+    """The classes an :class:`Observation` is made of: what a scan on two cores rebuilds the
+    observations of its forked child's half from (:func:`restart.processes.scan`'s ``facts``)."""
+    from restart.imports import Imports
+
+    return Observation, Interpreter, Script, Imports
+
+
 def start_ticks(stat_text: bytes) -> int:
     """Field 22 of ``/proc/PID/stat``; the name field before it may hold spaces and parentheses."""
     return int(stat_fields(stat_text)[STARTTIME])

@@ -15,18 +15,33 @@ few set operations (reading within a budget is :mod:`procfs`'s).  Open files are
 only when they are regular files not found in place, and only a process whose ``maps``
 shows an interpreter's directory is handed to stage 2b.  Only processes with a stale file
 (or handed to 2b) get their status, cgroup and exe read.
+
+A large scan (``PARALLEL_MIN`` processes or more) runs on two cores: most of its time is the
+kernel writing ``maps`` text and listing ``fd`` directories, plus Python work per line, all of it
+per process and independent, and one CPython process uses one core.  So, with two CPUs to run on
+and no other thread alive (forking a threaded process can leave a lock held forever in the child),
+it forks once: the child scans every other process with its own copy of the scanner, sends its
+result back as JSON data over a pipe only the two hold, and leaves with ``os._exit``; the parent
+scans the rest, then merges in the order of the one-process scan (the same findings).  A child
+that does not answer in time, dies or sends anything but a result is killed and reaped, and its
+half counts as unscanned, never clean (see :func:`_on_two_cores`; docs/security.md P9).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
 import re
+import select
+import signal
 import stat
 import time
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from restart import procfs, views
 from restart.packages import canonical, fs_decode
@@ -71,6 +86,13 @@ _STRENGTH = {EXE: 3, CODE: 2, DATA: 1, FD: 0}
 _KEYS = re.compile(rb" (.*)")
 FD_BATCH = 64  # open files listed between two spendings of the budget
 OVER_BUDGET_SHOWN = 20  # processes over a budget named in text and metrics (JSON lists them all)
+# A scan of this many processes or more is shared with a forked child (two cores): below it, the
+# fork, the child's cold caches and its answer cost about what half a scan saves (on the real state
+# of bench/scan.py the break-even was near 100 processes; bench/README.md).
+PARALLEL_MIN = 150
+CHILD_GRACE = 2.0  # seconds the child's answer may come after the deadline (its last process, the pipe)
+CHILD_WAIT = 60.0  # without a deadline: seconds it may come after the end of the parent's half
+ANSWER = "restartctl-scan/1"  # the first item of the child's answer
 
 
 # Called for every process with its /proc directory handle, its PID and its executable.
@@ -431,12 +453,16 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
          observe_hints: tuple[bytes, ...] = (),
          on_error: Callable[[int, Exception], None] | None = None,
          deadline: float | None = None, clock: Callable[[], float] = time.monotonic,
-         cpu_clock: Callable[[], float] = time.thread_time, users: bool = True) -> ScanResult:
+         cpu_clock: Callable[[], float] = time.thread_time, users: bool = True,
+         parallel_min: int | None = None, facts: Callable[[], Iterable[type]] = tuple) -> ScanResult:
     """Scan every process under ``proc`` (or just ``pids``) for stale files.
 
     ``observe`` sees each process that maps a path starting with one of ``observe_hints``
     (stage 2b: the directories interpreters live in; a process maps its own executable),
-    or every process when there are no hints.
+    or every process when there are no hints.  What it returns is its whole answer: in a scan
+    on two cores it runs in the forked child for that half (see :func:`_on_two_cores`), and its
+    answer, made of ``str``, numbers, ``None``, tuples, frozensets and the NamedTuples ``facts()``
+    names, is rebuilt here from those classes alone.
     With a ``deadline`` (on ``clock``), root's and system accounts' processes are scanned
     first and the scan stops when the deadline passes, counting the rest as unscanned: a
     user with many processes that map many files can slow a scan, not starve the services.
@@ -444,12 +470,10 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
     ``cpu_clock``, and the deadline), checked as it is read; one that would exceed it is counted
     unscanned and named.
     ``users=False`` looks only at root's and system accounts' processes.
+    ``parallel_min``: from this many processes on, the scan is shared with a forked child (None:
+    ``PARALLEL_MIN``).
     """
     scanner = _Scanner(proc, selection, check_fds, observe, observe_hints)
-    found: list[ProcessInfo] = []
-    observed: list[tuple[ProcessInfo, object]] = []
-    over: list[Unscanned] = []
-    scanned = vanished = denied = errors = unscanned = 0
     procfd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         candidates = sorted(pids) if pids is not None else sorted(
@@ -459,45 +483,235 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
             candidates = [p for p in candidates if not _owned_by_a_user(procfd, p)]
         elif deadline is not None:
             candidates.sort(key=lambda p: (_owned_by_a_user(procfd, p), p))
-        for n, pid in enumerate(candidates):
-            now = clock()
-            if deadline is not None and now > deadline:
-                unscanned += len(candidates) - n
-                break
-            scanned += 1
-            try:
-                dfd = os.open(str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=procfd)
-            except OSError:
-                vanished += 1
-                continue
-            budget = procfs.Budget(deadline if deadline is not None else float("inf"), clock, cpu_clock)
-            try:
-                info, seen = scanner.scan_process(pid, dfd, budget)
-            except procfs.ProcessGone:
-                vanished += 1
-                continue
-            except PermissionError:
-                denied += 1
-                continue
-            except procfs.OverBudget as e:
-                unscanned += 1
-                over.append(_unscanned(dfd, pid, str(e)))
-                continue
-            except Exception as e:  # one odd process must not stop the scan of the rest
-                if on_error is not None:
-                    on_error(pid, e)
-                errors += 1
-                continue
-            finally:
-                os.close(dfd)
-            if info is not None and info.stale:
-                found.append(info)
-            if info is not None and seen is not None:
-                observed.append((info, seen))
+        if len(candidates) >= (PARALLEL_MIN if parallel_min is None else parallel_min) and _two_cores_free():
+            return _on_two_cores(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock, facts)
+        return _scan_these(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock)
     finally:
         os.close(procfd)
+
+
+def _scan_these(scanner: _Scanner, procfd: int, candidates: list[int],
+                on_error: Callable[[int, Exception], None] | None, deadline: float | None,
+                clock: Callable[[], float], cpu_clock: Callable[[], float]) -> ScanResult:
+    """Scan ``candidates`` in this order, one process at a time."""
+    found: list[ProcessInfo] = []
+    observed: list[tuple[ProcessInfo, object]] = []
+    over: list[Unscanned] = []
+    scanned = vanished = denied = errors = unscanned = 0
+    for n, pid in enumerate(candidates):
+        now = clock()
+        if deadline is not None and now > deadline:
+            unscanned += len(candidates) - n
+            break
+        scanned += 1
+        try:
+            dfd = os.open(str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=procfd)
+        except OSError:
+            vanished += 1
+            continue
+        budget = procfs.Budget(deadline if deadline is not None else float("inf"), clock, cpu_clock)
+        try:
+            info, seen = scanner.scan_process(pid, dfd, budget)
+        except procfs.ProcessGone:
+            vanished += 1
+            continue
+        except PermissionError:
+            denied += 1
+            continue
+        except procfs.OverBudget as e:
+            unscanned += 1
+            over.append(_unscanned(dfd, pid, str(e)))
+            continue
+        except Exception as e:  # one odd process must not stop the scan of the rest
+            if on_error is not None:
+                on_error(pid, e)
+            errors += 1
+            continue
+        finally:
+            os.close(dfd)
+        if info is not None and info.stale:
+            found.append(info)
+        if info is not None and seen is not None:
+            observed.append((info, seen))
     return ScanResult(processes=found, scanned=scanned, vanished=vanished, denied=denied, errors=errors,
                       observed=tuple(observed), unscanned=unscanned, over_budget=tuple(over))
+
+
+# ------------------------------------------------------------------------------ on two cores
+
+def _two_cores_free() -> bool:
+    """Whether forking may help and is safe: two CPUs we may run on, and no other thread of ours
+    alive (a thread holding a lock at the fork leaves it held forever in the child).  The kernel's
+    list of our threads counts every one, also those not started through :mod:`threading`."""
+    try:
+        return len(os.sched_getaffinity(0)) >= 2 and _threads() == 1
+    except OSError:
+        return False
+
+
+def _threads() -> int:
+    """How many threads this process has, as the kernel counts them."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
+                  on_error: Callable[[int, Exception], None] | None, deadline: float | None,
+                  clock: Callable[[], float], cpu_clock: Callable[[], float],
+                  facts: Callable[[], Iterable[type]]) -> ScanResult:
+    """Scan half of ``candidates`` here and the other half in a forked child, then merge.
+
+    Every other candidate each (the order of a scan under a deadline, system accounts first,
+    holds in both halves).  The child starts with this process's scanner and its caches, scans
+    its half exactly as :func:`_scan_these` does, sends the result over a pipe only the two
+    hold, as JSON data (:func:`_plain`), and leaves with ``os._exit``.  Its answer is awaited
+    until the deadline plus ``CHILD_GRACE`` (without a deadline, ``CHILD_WAIT`` past the end of
+    this half); a child that does not answer by then, dies or sends anything but a result is
+    killed, and every process of its half counts as unscanned (never clean; not scanned again
+    here: whatever held the child up, a process whose ``maps`` does not come, would hold this
+    one up too).  The child is killed and reaped whatever happens here, a watchdog's exception
+    included.  The results are merged in the order of the one-process scan, counters summed.
+    """
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        child = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return _scan_these(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock)
+    if child == 0:  # pragma: no cover - the child leaves by os._exit, never returns
+        _child(read_end, write_end, scanner, procfd, candidates[1::2], deadline, clock, cpu_clock)
+    os.close(write_end)
+    theirs: tuple[ScanResult, list[tuple[int, str]]] | None = None
+    try:
+        mine = _scan_these(scanner, procfd, candidates[0::2], on_error, deadline, clock, cpu_clock)
+        wait = (max(0.0, deadline - clock()) + CHILD_GRACE) if deadline is not None else CHILD_WAIT
+        theirs = _answer(read_end, time.monotonic() + wait, facts)
+    finally:
+        os.close(read_end)
+        _reap(child)
+    if theirs is None:
+        half = len(candidates) // 2
+        return mine._replace(unscanned=mine.unscanned + half)
+    result, errors = theirs
+    if on_error is not None:
+        for pid, text in errors:
+            on_error(pid, ChildError(text))
+    order = {pid: n for n, pid in enumerate(candidates)}
+    return ScanResult(
+        processes=sorted(mine.processes + result.processes, key=lambda p: order[p.pid]),
+        scanned=mine.scanned + result.scanned, vanished=mine.vanished + result.vanished,
+        denied=mine.denied + result.denied, errors=mine.errors + result.errors,
+        observed=tuple(sorted(mine.observed + result.observed, key=lambda o: order[o[0].pid])),
+        unscanned=mine.unscanned + result.unscanned,
+        over_budget=tuple(sorted(mine.over_budget + result.over_budget, key=lambda u: order[u.pid])))
+
+
+class ChildError(Exception):
+    """An error the forked child met on one process, as its text (the child's exception stays there)."""
+
+
+def _child(read_end: int, write_end: int, scanner: _Scanner, procfd: int, half: list[int],
+           deadline: float | None, clock: Callable[[], float], cpu_clock: Callable[[], float]) -> NoReturn:
+    """The forked child: scan ``half``, write the result, leave.  Never returns into the caller's code:
+    no exception escapes, no ``atexit`` handler runs, no buffered output of the parent is written."""
+    status = 1
+    try:
+        os.close(read_end)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the child at once; the parent reaps it
+        errors: list[tuple[int, str]] = []
+        result = _scan_these(scanner, procfd, half, lambda pid, e: errors.append((pid, f"{type(e).__name__}: {e}")),
+                             deadline, clock, cpu_clock)
+        data = memoryview(json.dumps([ANSWER, _plain(result, {}), errors], check_circular=False).encode())
+        while data:
+            data = data[os.write(write_end, data):]
+        status = 0
+    finally:
+        os._exit(status)
+
+
+def _plain(value: object, seen: dict[int, int]) -> object:
+    """``value`` as data JSON carries: each NamedTuple and enum member as an object naming its class,
+    tuples and frozensets as objects too; an object met before (a stale library's finding is shared by
+    every process that maps it, a process's description by its observation) as a reference to it,
+    numbered as the reader completes them.  JSON writes a string that is not UTF-8, its surrogate
+    escapes, as ``\\udcXX``: every byte comes back."""
+    if value is None or (isinstance(value, str | int | float) and not isinstance(value, StrEnum)):
+        return value
+    if isinstance(value, list):
+        return [_plain(v, seen) for v in value]
+    if isinstance(value, StrEnum) or (isinstance(value, tuple) and hasattr(value, "_fields")):
+        ref = seen.get(id(value))
+        if ref is not None:
+            return {"r": ref}
+        plain: dict[str, object] = ({"e": _name(type(value)), "v": value.value} if isinstance(value, StrEnum)
+                                    else {"n": _name(type(value)), "v": [_plain(v, seen) for v in value]})
+        seen[id(value)] = len(seen)  # after its parts: the reader completes them first
+        return plain
+    if isinstance(value, tuple | frozenset):
+        return {"t" if isinstance(value, tuple) else "f": [_plain(v, seen) for v in value]}
+    raise TypeError(f"not result data: {type(value).__name__}")
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _answer(read_end: int, until: float,
+            facts: Callable[[], Iterable[type]]) -> tuple[ScanResult, list[tuple[int, str]]] | None:
+    """The child's result, read until it closes its end, waiting until ``until`` (``time.monotonic``)
+    at most; None if it does not come in time, is cut short or is not a result.
+
+    Rebuilt from JSON data: the only classes its objects can name are this module's result types and
+    enums and those of ``facts()`` (what the observer returns), each called with the values given
+    (a NamedTuple's fields, an enum's value): nothing else is looked up, imported or run.  The
+    stream comes from our own forked child over a pipe only the two hold; the strings in it are
+    data processes chose (paths, names, command lines), never code."""
+    chunks = []
+    poller = select.poll()
+    poller.register(read_end, select.POLLIN)
+    while True:
+        left = until - time.monotonic()
+        if left <= 0 or not poller.poll(math.ceil(left * 1000)):
+            return None
+        chunk = os.read(read_end, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    tuples = {_name(c): c for c in (ScanResult, ProcessInfo, StaleFile, Unscanned, *facts())}
+    enums = {_name(c): c for c in (FileKind, Confidence, Evidence)}
+
+    done: list[object] = []  # the objects completed so far, which a reference names by number
+
+    def rebuild(obj: dict[str, object]) -> object:
+        keys, name, values = obj.keys(), obj.get("n", obj.get("e")), obj.get("v")
+        if keys == {"t"} and isinstance(obj["t"], list):
+            return tuple(obj["t"])
+        if keys == {"f"} and isinstance(obj["f"], list):
+            return frozenset(obj["f"])
+        if keys == {"r"} and isinstance(obj["r"], int) and 0 <= obj["r"] < len(done):
+            return done[obj["r"]]
+        if keys == {"n", "v"} and isinstance(name, str) and name in tuples and isinstance(values, list):
+            done.append(tuples[name](*values))
+        elif keys == {"e", "v"} and isinstance(name, str) and name in enums and isinstance(values, str):
+            done.append(enums[name](values))
+        else:
+            raise ValueError("not result data")
+        return done[-1]
+
+    try:
+        tag, result, errors = json.loads(b"".join(chunks), object_hook=rebuild)
+        errors = [(int(pid), str(text)) for pid, text in errors]
+    except (ValueError, TypeError, RecursionError):  # a truncated or foreign stream: no answer
+        return None
+    return (result, errors) if tag == ANSWER and isinstance(result, ScanResult) else None
+
+
+def _reap(child: int) -> None:
+    """Our own forked child, by its PID: killed if it still runs, then waited for (never a zombie)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child, signal.SIGKILL)  # harmless once it has exited: unreaped, the PID is still ours
+    with contextlib.suppress(ChildProcessError):  # reaped already (SIGCHLD ignored)
+        os.waitpid(child, 0)
 
 
 def _unscanned(dfd: int, pid: int, reason: str) -> Unscanned:

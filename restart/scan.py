@@ -87,7 +87,7 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
                if interpreted else None)
     scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe,
                           observe_hints=grammars.MAPPED_HINTS, deadline=deadline, pids=pids,
-                          users=users)
+                          users=users, facts=observation.facts)
     if interpreted:
         scan = _with_interpreted(scan, ctx, selection)
     try:

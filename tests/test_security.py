@@ -523,12 +523,16 @@ RUNS = ("os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.fork", "os.for
 CHANGES = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.symlink", "os.link", "os.chmod", "os.chown",
            "os.truncate", "os.utime", "shutil.", "os.chdir", "os.setxattr", "os.removexattr", "os.chroot")
 events = []
+forks = []
 done = False
 
 def hook(event, a):
     if done:
         return
-    if event == "open":
+    if event == "os.fork" and (sys._getframe(1).f_globals["__name__"], sys._getframe(1).f_code.co_name) == (
+            "restart.processes", "_on_two_cores"):  # (sys._getframe is audited too: asked only here)
+        forks.append(os.getpid())  # the scan on two cores (security.md P9): its own fork, which execs nothing
+    elif event == "open":
         path, mode, flags = a
         if (isinstance(flags, int) and flags & WRITE) or (isinstance(mode, str) and any(c in mode for c in "wax+")):
             events.append(["write", repr(path)])
@@ -542,10 +546,11 @@ def report():
     # The interpreter's own, root-owned directories (Debian's site-packages has setuptools' .pth hook).
     allowed = sorted({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib")} | set(site.getsitepackages()))
     with open(log, "w") as f:
-        json.dump({"events": events, "modules": modules, "stdlib": allowed}, f)
+        json.dump({"events": events, "forks": forks, "modules": modules, "stdlib": allowed}, f)
 
 sys.addaudithook(hook)
-from restart import cli  # main(), not run(): run() leaves by os._exit, past any report
+from restart import cli, processes  # main(), not run(): run() leaves by os._exit, past any report
+processes.PARALLEL_MIN = 2  # every scan here on two cores: hostile names and all through the child's answer
 try:
     code = cli.main(args)
 finally:
@@ -576,7 +581,8 @@ def restartctl(c: Container, *args: str) -> Run:
 
 
 def assert_quiet(run: Run) -> None:
-    """restartctl started no process, wrote no file, changed no file system state, imported only ours."""
+    """restartctl started no process (but the scan's own fork: security.md P9), wrote no file, changed no
+    file system state, imported only ours."""
     assert run.audit["events"] == []
     roots = tuple(r.rstrip("/") + "/" for r in (*run.audit["stdlib"], str(REPO / "restart")))
     foreign = {n: f for n, f in run.audit["modules"].items() if f and n != "__main__" and not f.startswith(roots)}
@@ -634,6 +640,7 @@ def test_hostile_processes_are_never_run_trusted_or_acted_on_as_root(hostile: Ho
     assert run.code == 1
     assert_quiet(run)
     assert_quiet(text)
+    assert len(run.audit["forks"]) == 1  # scanned on two cores (PARALLEL_MIN = 2 in AUDIT_PY), no other start
     assert canaries(c) == []
     assert before == after
     assert_terminal_safe(text.out)

@@ -132,6 +132,7 @@ def _constant(node: ast.expr) -> bool:
 ALLOWED_STARTERS: dict[str, set[str]] = {
     "restart/runner.py": {"run"},
     "restart/hook.py": {"_run_quietly", "defer_until_exit"},
+    "restart/processes.py": {"_on_two_cores"},  # the scan on two cores: a fork, never an exec (security.md P9)
     "bench/hook.py": {"main", "install_before"},  # git archive of the checkout to compare with
     "bench/restarts.py": {"main"},
     "bench/restart_trace.py": {"Popen", "main"},  # times restartctl's own programs: a Popen subclass in its place

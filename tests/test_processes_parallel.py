@@ -1,0 +1,373 @@
+"""The scan on two cores: a forked child scans every other process, the parent the rest, then merges.
+
+The result must be the one-process scan's, whatever the child does: a child that dies, hangs or
+sends anything but a result leaves its half unscanned (never clean), is killed and reaped (no
+zombie), and prints nothing.  No fork with another thread alive, nor below the threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import restart.imports  # noqa: F401 - imported before any fork (see harness_threads)
+from restart import observation, processes, procfs
+from restart.processes import ScanResult, Selection, scan
+from tests.fakeproc import FakeProcess, build, ino, map_line, rootfs
+
+LIB = "/usr/lib/x86_64-linux-gnu/libdemo.so.1"
+EVERYTHING = Selection(everything=True)
+USERS = (100, 103, 116, 131, 133)  # their /proc directories are users': scanned last under a deadline
+SERIAL = 10**9  # parallel_min no scan reaches
+KERNEL_THREADS = processes._threads  # the real count (harness_threads replaces it in each test)
+SCRIPT = "import json, ctypes, sys, time\nctypes.CDLL(sys.argv[1])\nprint('ok', flush=True)\ntime.sleep(600)\n"
+
+
+@pytest.fixture(autouse=True)
+def harness_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's own threads (conftest's ``prepare_roots``, building the cached roots of other tests;
+    pytest-xdist's worker thread, which :mod:`threading` does not list) are not counted, so that a test
+    that expects a fork gets one: they hold nothing the child takes (the modules the child could
+    import are imported above).  Any thread a test starts counts."""
+    monkeypatch.setattr(processes, "_threads", lambda: 1 + sum(
+        1 for t in threading.enumerate() if t is not threading.main_thread() and t.name != "rctl-prepare-roots"))
+
+
+def children() -> list[int]:
+    """Our own child processes, zombies included (a zombie keeps its /proc entry until reaped)."""
+    mine = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if procfs.stat_fields((Path("/proc") / name / "stat").read_bytes())[procfs.PPID] == b"%d" % os.getpid():
+                    mine.append(int(name))
+            except (OSError, IndexError):
+                continue
+    return mine
+
+
+@pytest.fixture
+def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The children forked by the scan (their PIDs, as the parent saw them)."""
+    made: list[int] = []
+    real = os.fork
+
+    def fork() -> int:
+        pid = real()
+        if pid:
+            made.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    return made
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    """A fixture /proc of 40 processes of every kind the merge must keep in order: stale (code, data,
+    exe, missing), fresh, a kernel thread, vanished, one over a budget, one whose status no kernel
+    writes (an error), users' processes (scanned last under a deadline), interpreters (observed)."""
+    root = rootfs(tmp_path / "rootfs", {LIB: b"v2", "/usr/sbin/daemon": b"bin", "/usr/share/x/data.bin": b"d"})
+    stale, fresh = map_line(LIB, ino(root, LIB) + 1), map_line(LIB, ino(root, LIB))
+    kinds: list[Callable[[int], FakeProcess]] = [
+        lambda pid: FakeProcess(pid, stale, root=root),
+        lambda pid: FakeProcess(pid, fresh, root=root),
+        lambda pid: FakeProcess(pid, map_line("/usr/share/x/data.bin", 5, "r--p") + fresh, root=root),
+        lambda pid: FakeProcess(pid, map_line("/usr/sbin/daemon (deleted)", 9), root=root,
+                                exe="/usr/sbin/daemon (deleted)"),
+        lambda pid: FakeProcess(pid, map_line("/usr/lib/gone.so (deleted)", 77), root=root),
+        lambda pid: FakeProcess(pid, b"", root=root, exe=None),
+        lambda pid: FakeProcess(pid, stale, root=root, missing=("status",)),
+        lambda pid: FakeProcess(pid, map_line("/usr/bin/python3.11", 3) + stale, root=root,
+                                exe="/usr/bin/python3.11"),
+    ]
+    procs = [kinds[i % len(kinds)](100 + i) for i in range(40)]
+    procs.append(FakeProcess(500, stale + b"".join(map_line(f"/home/m/f{i}", 100 + i, start=0x10000 * (i + 1))
+                                                  for i in range(3000)), root=root))
+    procs.append(FakeProcess(501, stale, root=root))
+    # Names no result may lose a byte of: not UTF-8, an escape, a newline (the kernel's \\012).
+    procs.append(FakeProcess(502, map_line(b"/opt/caf\xe9.so (deleted)", 1), root=root, name="e\x1b[1m\u00e9"))
+    procs.append(FakeProcess(503, map_line(b"/opt/new\\012line.so", 5), root=root,
+                             exe="/opt/b\udce9n"))
+    proc = build(tmp_path / "proc", procs)
+    (proc / "501" / "status").write_bytes(b"Name:\tx\nPPid:\tnot a number\n")
+    for pid in USERS:
+        os.chown(proc / str(pid), 1000 + pid, 1000 + pid)
+    return proc
+
+
+def _both(proc: Path, **kwargs: object) -> tuple[ScanResult, list[tuple[int, str]], ScanResult, list[tuple[int, str]]]:
+    one: list[tuple[int, str]] = []
+    two: list[tuple[int, str]] = []
+    serial = scan(proc, EVERYTHING, parallel_min=SERIAL, on_error=lambda pid, e: one.append((pid, str(e))),
+                  **kwargs)  # type: ignore[arg-type]
+    parallel = scan(proc, EVERYTHING, parallel_min=2, on_error=lambda pid, e: two.append((pid, str(e))),
+                    **kwargs)  # type: ignore[arg-type]
+    return serial, one, parallel, two
+
+
+def observer(dfd: int, pid: int, exe: str | None) -> object | None:
+    return ("observed", pid, exe)  # what it returns is its whole answer (it runs in the child for its half)
+
+
+@pytest.mark.parametrize("deadline", [None, "far"])
+def test_two_cores_give_the_one_process_result(host: Path, forks: list[int], deadline: str | None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(procfs, "PROCESS_LINES", 2000)
+    until = None if deadline is None else time.monotonic() + 600
+    serial, one, parallel, two = _both(host, observe=observer, observe_hints=(b"/usr/bin/",), deadline=until)
+    assert len(forks) == 1 and children() == []
+    assert parallel == serial
+    assert (serial.scanned, serial.unscanned, serial.errors) == (44, 1, 1)
+    assert serial.vanished == 5 and len(serial.observed) == 5 and len(serial.processes) == 27
+    odd = {p.pid: p for p in parallel.processes if p.pid in (502, 503)}
+    assert odd[502].comm == "e\x1b[1m\u00e9" and odd[502].stale[0].path == "/opt/caf\udce9.so"
+    assert odd[503].stale[0].path == "/opt/new\nline.so" and odd[503].exe == "/opt/b\udce9n"
+    assert [u.pid for u in serial.over_budget] == [500]
+    # 501's error reaches on_error in the parent; from the child's half (odd positions) as its text.
+    assert [pid for pid, _ in one] == [pid for pid, _ in two] == [501]
+    candidates = sorted([*range(100, 140), 500, 501, 502, 503],
+                        key=lambda pid: (deadline is not None and pid in USERS, pid))
+    in_child = candidates.index(501) % 2 == 1
+    assert in_child == (deadline is None)  # both ways are tried
+    assert two[0][1] == (f"ValueError: {one[0][1]}" if in_child else one[0][1])
+    if deadline:  # users' processes last, in both halves and in the merge
+        assert [p.pid for p in parallel.processes][-4:] == [100, 103, 116, 131]
+
+
+def test_two_cores_give_the_one_process_result_on_the_real_proc(tmp_path: Path, forks: list[int]) -> None:
+    """Real interpreters on a replaced library, some running an unowned script (their imports read: the
+    observations hold every class of stage 2b), some ``-c`` code; scanned as a whole, both ways."""
+    lib = tmp_path / "libx.so"
+    shutil.copy(os.path.realpath("/lib/x86_64-linux-gnu/libz.so.1"), lib)
+    script = tmp_path / "daemon.py"
+    script.write_text(SCRIPT)
+    started = []
+    try:
+        for i in range(12):
+            argv = [sys.executable, str(script), str(lib)] if i % 2 else [sys.executable, "-c", SCRIPT, str(lib)]
+            p = subprocess.Popen(argv, stdout=subprocess.PIPE)  # our own test programs
+            started.append(p)
+        for p in started:
+            assert p.stdout is not None and p.stdout.readline() == b"ok\n"
+        new = tmp_path / "libx.so.new"
+        shutil.copy(lib, new)
+        os.rename(new, lib)
+        host = observation.Host.of()
+
+        def observe(dfd: int, pid: int, exe: str | None) -> object | None:
+            return observation.observe(dfd, pid, exe, host, wants=lambda *_: True)
+
+        pids = [p.pid for p in started]
+        serial = scan(Path("/proc"), EVERYTHING, pids=pids, observe=observe, parallel_min=SERIAL)
+        parallel = scan(Path("/proc"), EVERYTHING, pids=pids, observe=observe, parallel_min=2,
+                        facts=observation.facts)
+    finally:
+        for p in started:
+            p.kill()
+            p.wait()
+    assert len(forks) == 1
+    assert parallel == serial
+    assert [p.pid for p in serial.processes] == sorted(pids)
+    seen = [o for _, o in serial.observed]
+    assert len(seen) == 12 and all(isinstance(o, observation.Observation) and o.imports is not None for o in seen)
+
+
+def _child_does(monkeypatch: pytest.MonkeyPatch, act: Callable[[int], None]) -> None:
+    """Replace what the forked child does: ``act(write_end)``, then it leaves as the real one does."""
+    def child(read_end: int, write_end: int, *_: object) -> None:
+        try:
+            act(write_end)
+        finally:
+            os._exit(0)
+
+    monkeypatch.setattr(processes, "_child", child)
+
+
+def _hang(write_end: int) -> None:
+    time.sleep(600)
+
+
+def _garbage(write_end: int) -> None:
+    os.write(write_end, b"\x80\x05garbage, not a result")
+
+
+def _send(write_end: int, answer: object) -> None:
+    os.write(write_end, json.dumps(answer).encode())
+
+
+def _truncated(write_end: int) -> None:
+    data = json.dumps([processes.ANSWER, processes._plain(ScanResult([], 1, 0, 0), {}), []]).encode()
+    os.write(write_end, data[:-3])
+
+
+@pytest.mark.parametrize("what", ["dies", "exits", "hangs", "garbage", "truncated", "foreign", "other shape",
+                                  "not a result"])
+def test_a_child_without_a_result_leaves_its_half_unscanned(host: Path, tmp_path: Path, forks: list[int],
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capfd: pytest.CaptureFixture[str], what: str) -> None:
+    ran = tmp_path / "ran"
+    acts: dict[str, Callable[[int], None]] = {
+        "dies": lambda w: os.kill(os.getpid(), signal.SIGKILL),
+        "exits": lambda w: None,
+        "hangs": _hang,
+        "garbage": _garbage,
+        "truncated": _truncated,
+        # a class no result is made of, called with its "fields": it would make the directory
+        "foreign": lambda w: _send(w, [processes.ANSWER, {"n": "posix.mkdir", "v": [str(ran)]}, []]),
+        "other shape": lambda w: _send(w, ["x", processes._plain(ScanResult([], 1, 0, 0), {}), []]),
+        "not a result": lambda w: _send(w, [processes.ANSWER, {"n": "restart.processes.StaleFile",
+                                                               "v": ["exe", "/x", "certain", "replaced"]}, []]),
+    }
+    _child_does(monkeypatch, acts[what])
+    monkeypatch.setattr(processes, "CHILD_GRACE", 0.5)
+    serial = scan(host, EVERYTHING, parallel_min=SERIAL)
+    result = scan(host, EVERYTHING, parallel_min=2, deadline=time.monotonic() + 1)
+    assert len(forks) == 1 and children() == []
+    assert (result.scanned, result.unscanned) == (22, 22)  # 44 candidates: 22 each
+    order = sorted((p.pid for p in serial.processes), key=lambda pid: (pid in USERS, pid))
+    mine = sorted((p.pid for p in serial.processes), key=lambda pid: (pid in USERS, pid))
+    candidates = sorted([*range(100, 140), 500, 501, 502, 503], key=lambda pid: (pid in USERS, pid))
+    mine = [pid for pid in order if candidates.index(pid) % 2 == 0]  # the parent's half: even positions
+    assert [p.pid for p in result.processes] == mine
+    assert not ran.exists()
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+
+
+def test_a_child_whose_scan_raises_leaves_quietly(host: Path, tmp_path: Path, forks: list[int],
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    """The real child: whatever goes wrong in it ends it (os._exit), never returns into the caller's code
+    (here: pytest's, which would go on running tests in the child) and prints nothing."""
+    parent = os.getpid()
+    real = processes._scan_these
+
+    def scan_these(*args: object) -> ScanResult:
+        if os.getpid() != parent:
+            raise RuntimeError("in the child")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(processes, "_scan_these", scan_these)
+    escaped = tmp_path / "escaped"
+    try:
+        result = scan(host, EVERYTHING, parallel_min=2)
+    finally:
+        if os.getpid() != parent:  # the child came back into this test: say so (before the parent reads EOF)
+            escaped.touch()
+            os._exit(0)
+    assert not escaped.exists()
+    assert len(forks) == 1 and children() == []
+    assert (result.scanned, result.unscanned) == (22, 22)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_child_that_exceeds_no_deadline_waits_its_bound(host: Path, forks: list[int],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without a deadline the wait is still bounded: CHILD_WAIT past the end of the parent's half.
+    _child_does(monkeypatch, _hang)
+    monkeypatch.setattr(processes, "CHILD_WAIT", 0.3)
+    result = scan(host, EVERYTHING, parallel_min=2)
+    assert len(forks) == 1 and children() == []
+    assert result.unscanned == 22
+
+
+class Watchdog(Exception):
+    pass
+
+
+def test_a_watchdog_during_the_wait_still_kills_and_reaps_the_child(host: Path, forks: list[int],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook's setitimer watchdog raises in whatever the run is doing; waiting for the child, too."""
+    _child_does(monkeypatch, _hang)
+
+    def expire(signum: int, frame: object) -> None:
+        raise Watchdog()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with pytest.raises(Watchdog):
+            scan(host, EVERYTHING, parallel_min=2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(forks) == 1 and children() == []
+
+
+@pytest.fixture
+def no_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fork() -> int:
+        raise AssertionError("forked")
+
+    monkeypatch.setattr(os, "fork", fork)
+
+
+@pytest.fixture
+def thread() -> Iterator[None]:
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    yield
+    stop.set()
+    t.join()
+
+
+@pytest.mark.usefixtures("no_fork", "thread")
+def test_no_fork_while_another_thread_is_alive(host: Path) -> None:
+    assert scan(host, EVERYTHING, parallel_min=2) == scan(host, EVERYTHING, parallel_min=SERIAL)
+
+
+def test_the_kernel_counts_every_thread() -> None:
+    # Also those threading does not list (pytest-xdist's worker has one): compared before and after.
+    before = KERNEL_THREADS()
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert KERNEL_THREADS() == before + 1
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_no_fork_below_the_threshold(host: Path, forks: list[int]) -> None:
+    scan(host, EVERYTHING, parallel_min=45)  # 44 processes
+    assert forks == []
+    scan(host, EVERYTHING, parallel_min=44)
+    assert len(forks) == 1
+
+
+def test_no_fork_on_one_cpu(host: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    scan(host, EVERYTHING, parallel_min=2)
+    assert forks == []
+
+
+def test_the_pipe_is_the_two_processes_own(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither end leaks into a program started later (close-on-exec), nor stays open in the parent."""
+    made: list[tuple[int, tuple[int, int]]] = []
+    real = os.pipe2
+
+    def pipe2(flags: int) -> tuple[int, int]:
+        ends = real(flags)
+        made.append((flags, ends))
+        return ends
+
+    monkeypatch.setattr(os, "pipe2", pipe2)
+    scan(host, EVERYTHING, parallel_min=2)
+    [(flags, ends)] = made
+    assert flags & os.O_CLOEXEC
+    for end in ends:
+        with pytest.raises(OSError):
+            os.fstat(end)  # closed (nothing opened since could have taken the number)
