@@ -492,15 +492,17 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
 
 def _scan_these(scanner: _Scanner, procfd: int, candidates: list[int],
                 on_error: Callable[[int, Exception], None] | None, deadline: float | None,
-                clock: Callable[[], float], cpu_clock: Callable[[], float]) -> ScanResult:
-    """Scan ``candidates`` in this order, one process at a time."""
+                clock: Callable[[], float], cpu_clock: Callable[[], float], parent: int | None = None) -> ScanResult:
+    """Scan ``candidates`` in this order, one process at a time.  ``parent``: the forked child's parent,
+    whose end (the child is handed to another) ends the scan: no one is left to read it, and an orphan
+    would hold what it inherited (apply's lock) to the end of its budgets."""
     found: list[ProcessInfo] = []
     observed: list[tuple[ProcessInfo, object]] = []
     over: list[Unscanned] = []
     scanned = vanished = denied = errors = unscanned = 0
     for n, pid in enumerate(candidates):
         now = clock()
-        if deadline is not None and now > deadline:
+        if (deadline is not None and now > deadline) or (parent is not None and os.getppid() != parent):
             unscanned += len(candidates) - n
             break
         scanned += 1
@@ -572,6 +574,7 @@ def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
     included.  The results are merged in the order of the one-process scan, counters summed.
     """
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    me = os.getpid()
     try:
         child = os.fork()
     except OSError:
@@ -579,7 +582,7 @@ def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
         os.close(write_end)
         return _scan_these(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock)
     if child == 0:  # pragma: no cover - the child leaves by os._exit, never returns
-        _child(read_end, write_end, scanner, procfd, candidates[1::2], deadline, clock, cpu_clock)
+        _child(read_end, write_end, scanner, procfd, candidates[1::2], deadline, clock, cpu_clock, me)
     os.close(write_end)
     theirs: tuple[ScanResult, list[tuple[int, str]]] | None = None
     try:
@@ -611,16 +614,17 @@ class ChildError(Exception):
 
 
 def _child(read_end: int, write_end: int, scanner: _Scanner, procfd: int, half: list[int],
-           deadline: float | None, clock: Callable[[], float], cpu_clock: Callable[[], float]) -> NoReturn:
-    """The forked child: scan ``half``, write the result, leave.  Never returns into the caller's code:
-    no exception escapes, no ``atexit`` handler runs, no buffered output of the parent is written."""
+           deadline: float | None, clock: Callable[[], float], cpu_clock: Callable[[], float],
+           parent: int) -> NoReturn:
+    """The forked child: scan ``half`` (while ``parent`` lives), write the result, leave.  Never returns
+    into the caller's code: no exception escapes, no ``atexit`` handler runs, no buffered output of the parent is written."""
     status = 1
     try:
         os.close(read_end)
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the child at once; the parent reaps it
         errors: list[tuple[int, str]] = []
         result = _scan_these(scanner, procfd, half, lambda pid, e: errors.append((pid, f"{type(e).__name__}: {e}")),
-                             deadline, clock, cpu_clock)
+                             deadline, clock, cpu_clock, parent)
         data = memoryview(json.dumps([ANSWER, _plain(result, {}), errors], check_circular=False).encode())
         while data:
             data = data[os.write(write_end, data):]

@@ -686,7 +686,7 @@ def test_dpkgs_post_invoke_starts_no_shell_under_a_frontend(tmp_path: Path) -> N
 def test_apts_pre_install_hook_starts_one_shell_that_becomes_the_hook(tmp_path: Path) -> None:
     """Why (issue 15): apt runs the Pre-Install-Pkgs command with ``/bin/sh -c``, and it started a second
     ``sh -c`` for the guard, which then became the hook: a shell's fork and start (~1.5 ms) in every apt
-    run.  The guard is ``eval``'d in apt's shell, which becomes the hook itself; the first word, apt's key
+    run.  apt's shell execs the guard's, which execs the hook (no fork, no ``eval``: E6); the first word, apt's key
     for the protocol version, is unchanged; without the hook installed apt's input is still read whole."""
     snippet = (Path(__file__).resolve().parent.parent / "hook" / "apt.conf.d" / "20restartctl").read_text()
     line = next(line for line in snippet.splitlines() if "RESTARTCTL_APT_HOOK=pre-install-pkgs " in line)

@@ -371,3 +371,20 @@ def test_the_pipe_is_the_two_processes_own(host: Path, monkeypatch: pytest.Monke
     for end in ends:
         with pytest.raises(OSError):
             os.fstat(end)  # closed (nothing opened since could have taken the number)
+
+
+def test_an_orphaned_child_stops_scanning(host: Path) -> None:
+    """The child's loop ends once its parent is gone (it was handed to another): no one reads its answer,
+    and it would hold what it inherited (apply's lock file) to the end of its budgets."""
+    candidates = sorted(int(n) for n in os.listdir(host) if n.isdigit())
+    procfd = os.open(host, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        def run(parent: int) -> ScanResult:
+            return processes._scan_these(processes._Scanner(host, EVERYTHING, True), procfd, candidates,
+                                         None, None, time.monotonic, time.thread_time, parent)
+        alive = run(os.getppid())
+        gone = run(os.getppid() + 1)  # not our parent: as if ours had ended
+    finally:
+        os.close(procfd)
+    assert alive.scanned == len(candidates) and alive.processes
+    assert (gone.scanned, gone.unscanned, gone.processes) == (0, len(candidates), [])

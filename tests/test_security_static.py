@@ -323,8 +323,10 @@ def _shebang(path: Path) -> bytes:
         return b""
 
 
-# `eval` as a command word: at the start of a command (after ; & | ( { ` $( or a newline), not in a comment.
-_SH_EVAL = re.compile(r"(^|[;&|({`]|\$\(|\bthen\b|\bdo\b|\belse\b)\s*(command\s+|builtin\s+)?eval\b")
+# `eval` as a command word: at the start of a command (after ; & | ( { ` $( or a newline, a keyword or
+# an assignment prefix), not in a comment.
+_SH_EVAL = re.compile(r"(^|[;&|({`]|\$\(|\bthen\b|\bdo\b|\belse\b|\b[A-Za-z_]\w*=\S*\s)"
+                      r"\s*(command\s+|builtin\s+)?eval\b")
 
 
 def shell_eval_lines(text: str) -> list[int]:
@@ -443,6 +445,7 @@ def test_shell_eval_detector() -> None:
     assert shell_eval_lines("a=1; eval $cmd\n") == [1]
     assert shell_eval_lines("if true; then eval x; fi\n") == [1]
     assert shell_eval_lines("out=$(eval x)\n") == [1]
+    assert shell_eval_lines("X=pre-install eval 'exec hook'\n") == [1]  # after an assignment prefix
     assert shell_eval_lines("# eval is forbidden\necho 'eval x'\nmedieval=1\n") == []
 
 
@@ -465,11 +468,28 @@ def test_no_shell_eval_or_unpickling_in_the_code_base() -> None:
     assert found == []
 
 
+def snippet_commands(path: Path) -> str:
+    """The shell commands of an apt.conf.d snippet (its double-quoted strings, outside ``//`` comments)
+    or a dpkg.cfg.d one (each option's value), one per line: apt and dpkg run them with ``sh -c``."""
+    text = path.read_text(encoding="utf-8")
+    if path.parent.name == "apt.conf.d":
+        code = [line for line in text.splitlines() if not line.strip().startswith("//")]
+        return "\n".join(re.findall(r'"((?:[^"\\]|\\.)*)"', "\n".join(code)))
+    return "\n".join(line.partition("=")[2] for line in text.splitlines()
+                     if "=" in line and not line.lstrip().startswith("#"))
+
+
 def test_hook_shell_scripts_never_eval() -> None:
-    """Why: the dpkg/apt hooks run as root mid-transaction; eval would turn data into code."""
+    """Why: the dpkg/apt hooks run as root mid-transaction; eval would turn data into code.  The shell
+    commands in the apt.conf.d and dpkg.cfg.d snippets count too (a constant ``eval`` is still one)."""
     found = []
     for path in shell_files():
         found += [f"{path.relative_to(REPO)}:{n}" for n in shell_eval_lines(path.read_text(encoding="utf-8"))]
+    snippets = [*(REPO / "hook" / "apt.conf.d").iterdir(), *(REPO / "hook" / "dpkg.cfg.d").iterdir()]
+    assert len(snippets) == 2 and all(snippet_commands(p).count("dpkg-hook") >= 2 for p in snippets)
+    for path in snippets:
+        found += [f"{path.relative_to(REPO)}: {line}" for line in snippet_commands(path).splitlines()
+                  if shell_eval_lines(line)]
     assert found == []
 
 
