@@ -617,7 +617,8 @@ def _child(read_end: int, write_end: int, scanner: _Scanner, procfd: int, half: 
            deadline: float | None, clock: Callable[[], float], cpu_clock: Callable[[], float],
            parent: int) -> NoReturn:
     """The forked child: scan ``half`` (while ``parent`` lives), write the result, leave.  Never returns
-    into the caller's code: no exception escapes, no ``atexit`` handler runs, no buffered output of the parent is written."""
+    into the caller's code: no exception escapes, no ``atexit`` handler runs, no buffered output of
+    the parent is written."""
     status = 1
     try:
         os.close(read_end)
