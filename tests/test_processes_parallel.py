@@ -36,11 +36,12 @@ SCRIPT = "import json, ctypes, sys, time\nctypes.CDLL(sys.argv[1])\nprint('ok', 
 @pytest.fixture(autouse=True)
 def harness_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """The suite's own threads (conftest's ``prepare_roots``, building the cached roots of other tests;
-    pytest-xdist's worker thread, which :mod:`threading` does not list) are not counted, so that a test
-    that expects a fork gets one: they hold nothing the child takes (the modules the child could
-    import are imported above).  Any thread a test starts counts."""
-    monkeypatch.setattr(processes, "_threads", lambda: 1 + sum(
-        1 for t in threading.enumerate() if t is not threading.main_thread() and t.name != "rctl-prepare-roots"))
+    pytest-xdist's worker thread, which :mod:`threading` does not list; what earlier tests of the same
+    worker left running) are not counted, so that a test that expects a fork gets one: they hold
+    nothing the child takes (the modules the child could import are imported above).  Any thread a
+    test starts counts."""
+    before = set(threading.enumerate())
+    monkeypatch.setattr(processes, "_threads", lambda: 1 + sum(1 for t in threading.enumerate() if t not in before))
 
 
 def children() -> list[int]:
