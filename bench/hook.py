@@ -75,7 +75,6 @@ def ab(c: Container, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     debs = demo_packages(tmp, "1.0")
     install_hooks(c)
-    c.write_file("/usr/sbin/restartctl", CONSOLE_SCRIPT.format(repo=str(REPO)), mode=0o755)
     commit = install_before(c, args.before, tmp)
     cfg = c.local_repo([debs["rctl-sleeper"]])
     c.check(["apt-get", "-q", "update"], env={"APT_CONFIG": cfg})

@@ -43,8 +43,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scan import CONSOLE_SCRIPT, install_needrestart  # noqa: E402 - bench/scan.py's: needrestart inside only
+from scan import install_needrestart  # noqa: E402 - bench/scan.py's: needrestart inside only
 
+from tests.support.checkout import install_command  # noqa: E402
 from tests.support.container import Container  # noqa: E402
 from tests.support.debs import demo_packages  # noqa: E402
 
@@ -182,9 +183,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rctl-bench-restart-") as tmp, \
             Container("rctl-bench-restart", boot=True) as c:
         debs = {v: demo_packages(Path(tmp) / v, v) for v in ("1.0", "2.0")}
-        # /usr/sbin/restartctl as the package installs it (pybuild's console script: no sh, no runpy), this
-        # checkout on its path; no apt/dpkg hooks
-        c.write_file("/usr/sbin/restartctl", CONSOLE_SCRIPT.format(repo=str(REPO)), mode=0o755)
+        # /usr/sbin/restartctl as the package installs it (bin/restartctl: python3 -IS, no sh, no runpy),
+        # running this checkout's code; no apt/dpkg hooks
+        install_command(c)
         install_needrestart(c)
         c.write_file("/etc/needrestart/conf.d/bench.conf", NR_CONF)
         c.install_debs([debs["1.0"][p] for p in PACKAGES])
