@@ -142,8 +142,7 @@ def measure(c: Container, debs: dict[str, dict[str, Path]], n: int, runs: int,
     if trace is not None:
         before = make_stale(c, debs, names)
         c.write_file("/etc/restartctl/policy.toml", f"[settings]\n{CONFIGS[ONE_WAVE]}")
-        r = c.exec(["env", f"PYTHONPATH={REPO}", "/usr/bin/python3", str(REPO / "bench" / "restart_trace.py")],
-                   timeout=300)
+        r = c.exec(["/usr/bin/python3", "-IS", str(REPO / "bench" / "restart_trace.py")], timeout=300)
         assert r.returncode == 0 and restarted_all(c, names, before), r.stderr
         trace.extend(line for line in r.stderr.splitlines() if line.startswith(" "))
     c.check(["systemctl", "stop", "--", *names], timeout=300)
