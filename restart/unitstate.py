@@ -228,6 +228,7 @@ class _Bus:
 
     def __init__(self, sock: _socket.socket) -> None:
         self.sock, self.buf, self.serial, self.kept = sock, bytearray(), 0, 0.0
+        self.path = SYSTEMD_BUS  # where it was made (a kept one is used only for the same socket)
         self.begin = b"BEGIN\r\n"  # ends the handshake: sent before the first call only
 
     def calls(self) -> bytearray:
@@ -256,7 +257,7 @@ def _take(timeout: float) -> _Bus:
             bus = _kept.pop()
         except IndexError:
             return _Bus(_connect(timeout))
-        if time.monotonic() - bus.kept <= KEEP_SECONDS and _drained(bus):
+        if bus.path == SYSTEMD_BUS and time.monotonic() - bus.kept <= KEEP_SECONDS and _drained(bus):
             bus.sock.settimeout(max(timeout, 0.1))
             return bus
         bus.close()
