@@ -11,7 +11,8 @@ other load on a shared machine); the target is an overhead <= 0.08 s.
 
 ``--before CHECKOUT`` (e.g. /work/main) also installs that checkout's hooks and code beside this
 one's (its snippets naming ``/usr/lib/restartctl-before/dpkg-hook`` and ``/usr/sbin/restartctl-before``,
-a copy of its committed files at HEAD) and adds a fourth command, "with hooks (before)": each round
+a copy of its committed files at HEAD, its ``/usr/sbin/restartctl-before`` pybuild's console script as the
+package installed it before bin/restartctl) and adds a fourth command, "with hooks (before)": each round
 runs with one set of snippets only, so both are measured in the same container and the same rounds,
 the only comparison a shared machine allows.
 
