@@ -265,7 +265,7 @@ def _take(timeout: float) -> _Bus:
 
 def _drained(bus: _Bus) -> bool:
     """Drop the whole messages waiting on ``bus``, without waiting; False when it cannot be used again
-    (PID 1 closed it, or sent more than ``KEEP_DRAIN_MAX`` bytes meanwhile)."""
+    (PID 1 closed it, sent more than ``KEEP_DRAIN_MAX`` bytes meanwhile, or what no question may read)."""
     read = 0
     try:
         bus.sock.setblocking(False)
@@ -285,8 +285,10 @@ def _drained(bus: _Bus) -> bool:
         while len(bus.buf) >= 16:
             size = 16 + struct.unpack_from("<I", bus.buf, 12)[0]
             size += -size % 8 + struct.unpack_from("<I", bus.buf, 4)[0]
-            if bus.buf[:1] != b"l" or len(bus.buf) < size:
-                return bus.buf[:1] == b"l"
+            if bus.buf[:1] != b"l" or size > BUS_MESSAGE_MAX:
+                return False  # not a message the next question could read past: a new connection instead
+            if len(bus.buf) < size:
+                return True
             del bus.buf[:size]
     except struct.error:
         return False

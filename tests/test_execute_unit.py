@@ -416,6 +416,14 @@ def test_one_connection_to_pid1_carries_a_check_then_restarts(tmp_path: Path, mo
         time.sleep(0.01)
         assert unitstate.bus_states(["b.service"], 5)["b.service"]["MainPID"] == "43"
         assert pid1.connections == 2
+        # What no question could read past (not a little-endian message): a new connection, not a failure.
+        monkeypatch.setattr(unitstate, "KEEP_SECONDS", 5.0)
+        pid1.sent.clear()
+        pid1.after_get = {6 * props: [b"B" * 64]}
+        assert unitstate.bus_states(["b.service"], 5)["b.service"]["MainPID"] == "43"
+        assert pid1.sent.wait(5)
+        assert unitstate.bus_states(["b.service"], 5)["b.service"]["MainPID"] == "43"
+        assert pid1.connections == 3
     finally:
         pid1.close()
 
