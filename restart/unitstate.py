@@ -306,6 +306,20 @@ def _keep(bus: _Bus) -> None:
             break
 
 
+def prepare(timeout: float) -> None:
+    """Connect to PID 1's socket in the background (a thread), kept as after an exchange, for the first
+    question to find ready: the connection (about 2 ms, PID 1's) is made while this process works on
+    (restarts are due: the plan's last steps, the record of intent).  Nothing is asked on it; on any
+    trouble nothing is kept, and the first question connects itself, as without it."""
+    import threading
+    from contextlib import suppress
+
+    def connect() -> None:
+        with suppress(OSError, struct.error):
+            _keep(_Bus(_connect(timeout)))
+    threading.Thread(target=connect, name="restartctl-bus", daemon=True).start()
+
+
 def release() -> None:
     """Close the connection kept for a next question (there is none: the restarts are over)."""
     while _kept:

@@ -428,6 +428,31 @@ def test_one_connection_to_pid1_carries_a_check_then_restarts(tmp_path: Path, mo
         pid1.close()
 
 
+def test_pid1s_socket_can_be_connected_ahead_of_the_first_question(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why (issue 14): the canary's check connected to PID 1's socket first (about 2 ms) on the way to its
+    restart; ``prepare`` connects in a thread while the run works on, and the check uses that connection.
+    A socket that cannot be used leaves nothing behind: the check connects (and falls back) itself."""
+    from tests.support.fakebus import FakePid1
+
+    path = tmp_path / "private"
+    monkeypatch.setattr(unitstate, "SYSTEMD_BUS", str(path))
+    unitstate.prepare(1)  # no socket yet: nothing kept
+    time.sleep(0.1)
+    assert unitstate._kept == []
+    pid1 = FakePid1(path, units={"a.service": {"ActiveState": "active", "MainPID": "42"}})
+    try:
+        unitstate.prepare(5)
+        deadline = time.monotonic() + 5
+        while not unitstate._kept and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pid1.connections == 1 and pid1.calls == []  # connected, nothing asked yet
+        assert unitstate.bus_states(["a.service"], 5)["a.service"]["MainPID"] == "42"
+        assert pid1.connections == 1
+    finally:
+        pid1.close()
+
+
 def test_properties_of_units_loaded_to_be_asked_about_are_still_read_on_the_bus(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A unit that is not loaded (inactive, collected) is loaded for each question and collected again:
