@@ -11,7 +11,8 @@ other load on a shared machine); the target is an overhead <= 0.08 s.
 
 ``--before CHECKOUT`` (e.g. /work/main) also installs that checkout's hooks and code beside this
 one's (its snippets naming ``/usr/lib/restartctl-before/dpkg-hook`` and ``/usr/sbin/restartctl-before``,
-a copy of its committed files at HEAD) and adds a fourth command, "with hooks (before)": each round
+a copy of its committed files at HEAD, its ``/usr/sbin/restartctl-before`` pybuild's console script as the
+package installed it before bin/restartctl) and adds a fourth command, "with hooks (before)": each round
 runs with one set of snippets only, so both are measured in the same container and the same rounds,
 the only comparison a shared machine allows.
 
@@ -75,7 +76,6 @@ def ab(c: Container, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     debs = demo_packages(tmp, "1.0")
     install_hooks(c)
-    c.write_file("/usr/sbin/restartctl", CONSOLE_SCRIPT.format(repo=str(REPO)), mode=0o755)
     commit = install_before(c, args.before, tmp)
     cfg = c.local_repo([debs["rctl-sleeper"]])
     c.check(["apt-get", "-q", "update"], env={"APT_CONFIG": cfg})

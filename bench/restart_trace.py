@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Where ``restartctl apply --yes`` spends its wall time: a timeline of one run, run inside the container.
 
-bench/restarts.py ``--trace`` runs this instead of ``restartctl apply --yes`` (after its timed rounds):
+bench/restarts.py ``--trace`` runs this as ``python3 -IS``, as /usr/sbin/restartctl runs, instead of
+``restartctl apply --yes`` (after its timed rounds):
 it wraps the stages of the apply path and every program restartctl starts with timestamps (seconds
 since this interpreter started, by ``/proc/self/stat``), runs ``restartctl apply --yes`` in-process,
 and prints one line per event to stderr.  Nothing of restartctl is changed: the wrappers call through.
@@ -71,11 +72,16 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
 
 
 def main() -> int:
+    # As /usr/sbin/restartctl (bin/restartctl) runs: python3 -IS, restartctl's code from here only.
+    sys.path.append("/usr/lib/python3/dist-packages")
     note("imports start")
     from restart import apply, cli, execute, plan, state, unitstate
     note("imports done")
     subprocess.Popen = Popen  # type: ignore[misc,assignment]
     traced(apply, "find", "scan", lambda *a, **k: f"pids={len(k.get('pids') or [])}")
+    traced(cli, "_parser", "the command line's parser")
+    traced(cli, "_usable")
+    traced(apply, "host_policy", "the policy")
     traced(plan, "make_plan")
     traced(apply, "recover")
     traced(apply, "publish")

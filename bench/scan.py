@@ -210,7 +210,8 @@ def count(c: object, what: str) -> int:
     return int(c.check(["/usr/bin/python3", "-c", COUNT, what]).strip())
 
 
-# What pybuild writes for the package's entry point, with this checkout on the path.
+# What pybuild wrote for the package's entry point before bin/restartctl (bench/hook.py --before installs an
+# older checkout with it), with that checkout on the path.
 CONSOLE_SCRIPT = """#!/usr/bin/python3
 import re
 import sys
@@ -229,9 +230,7 @@ def hook_overhead(c: object, args: argparse.Namespace, tmp: Path) -> dict[str, A
 
     assert isinstance(c, Container)
     debs = demo_packages(tmp, "1.0")
-    install_hooks(c)
-    # /usr/sbin/restartctl as the package installs it (a console script: no sh wrapper, no runpy)
-    c.write_file("/usr/sbin/restartctl", CONSOLE_SCRIPT.format(repo=str(REPO)), mode=0o755)
+    install_hooks(c)  # /usr/sbin/restartctl as the package installs it (bin/restartctl: python3 -IS, no sh, no runpy)
     cfg = c.local_repo([debs["rctl-sleeper"]])
     c.check(["apt-get", "-q", "update"], env={"APT_CONFIG": cfg})
     c.check(["apt-get", "-q", "install", "-y", "rctl-sleeper"], env={"APT_CONFIG": cfg})

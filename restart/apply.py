@@ -85,6 +85,13 @@ def host_policy(roots: Roots, log: Log, read: policy.Policy | Exception | None =
         return policy.vendor(roots.data), False
 
 
+def connect_ahead(roots: Roots, mode: str, actions: list[plan.Action]) -> bool:
+    """Whether to connect to PID 1's socket while the run works on towards its first restart: only when
+    restarts of system services are about to be asked of it without a question (mode auto)."""
+    return mode == "auto" and roots.systemd_booted() and any(
+        a.action in plan.RESTARTS and a.group.kind == units.SYSTEM and not a.group.guessed for a in actions)
+
+
 class Progress(NamedTuple):
     """How far a hook run read the journal (inode, offset), and when it started."""
 
@@ -127,6 +134,10 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     if findings.scan.unscanned:
         log.error(report.unscanned_note(findings.scan))
     actions = plan.make_plan(findings.groups, pol)
+    if connect_ahead(roots, mode, actions):
+        with Importing():
+            from restart import unitstate
+        unitstate.prepare(pol.settings.timeout)  # PID 1's socket connected meanwhile, for the first check
     actions = hold_unconfigured(actions, packages.unconfigured(
         roots.admindir, {p for a in actions if a.action in plan.EXECUTABLE for p in a.group.packages}))
     if mode != "list" and shutting_down is not None and any(a.action in plan.EXECUTABLE for a in actions) \

@@ -34,6 +34,7 @@ from restart.unitstate import (
     bus_restart,
     daemon_not_running,
     policy_rc_d_forbids,
+    release,
     survey,
     unit_state,
 )
@@ -463,7 +464,10 @@ def apply(actions: list[Action], settings: Settings, *, proc: Path, run_dir: Pat
     executor = Executor(settings, proc=proc, deadline=deadline, still_stale=still_stale, choose=choose,
                         report=report, cgroupfs=cgroupfs, run_dir=run_dir, intend=intend, earlier=earlier,
                         begun=begun)
-    outcomes = executor.run_all(actions)
+    try:
+        outcomes = executor.run_all(actions)
+    finally:
+        release()  # PID 1's connection kept between questions: none follows
     for_users = [a.group for a in actions if a.action == Act.NOTIFY and a.group.kind not in (SYSTEM, INIT)]
     for_users += executor.told
     if not (settings.notify_users and for_users):

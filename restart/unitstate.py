@@ -222,6 +222,113 @@ def _connect(timeout: float) -> _socket.socket:
     return bus
 
 
+class _Bus:
+    """A connection to PID 1's socket: what was read past the last whole message, the serial of the
+    last call sent (a call on a connection used before takes the next ones), and when it was put back."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self.sock, self.buf, self.serial, self.kept = sock, bytearray(), 0, 0.0
+        self.path = SYSTEMD_BUS  # where it was made (a kept one is used only for the same socket)
+        self.begin = b"BEGIN\r\n"  # ends the handshake: sent before the first call only
+
+    def calls(self) -> bytearray:
+        """What the next calls are sent after (``BEGIN`` the first time)."""
+        out, self.begin = bytearray(self.begin), b""
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# One connection to PID 1's socket is kept for a moment after a clean exchange (every answer read),
+# for the next question (a connection is about 2 ms of PID 1's time: the canary's check, then its
+# restart, then the wave's restart).  PID 1 sends its signals to every connection on this socket, so
+# a connection is kept only briefly, and what it holds when it is taken again is read and dropped
+# (no answer to this process's calls can be among it: every one was read before it was kept).
+KEEP_SECONDS = 0.25
+KEEP_DRAIN_MAX = 1 << 22  # bytes of signals read off a kept connection before it is given up instead
+_kept: list[_Bus] = []
+
+
+def _take(timeout: float) -> _Bus:
+    """The connection kept a moment ago (what it received meanwhile dropped), else a new one."""
+    while True:
+        try:
+            bus = _kept.pop()
+        except IndexError:
+            return _Bus(_connect(timeout))
+        if bus.path == SYSTEMD_BUS and time.monotonic() - bus.kept <= KEEP_SECONDS and _drained(bus):
+            bus.sock.settimeout(max(timeout, 0.1))
+            return bus
+        bus.close()
+
+
+def _drained(bus: _Bus) -> bool:
+    """Drop the whole messages waiting on ``bus``, without waiting; False when it cannot be used again
+    (PID 1 closed it, sent more than ``KEEP_DRAIN_MAX`` bytes meanwhile, or what no question may read)."""
+    read = 0
+    try:
+        bus.sock.setblocking(False)
+        while True:
+            chunk = bus.sock.recv(1 << 16)
+            if not chunk:
+                return False
+            bus.buf += chunk
+            read += len(chunk)
+            if read > KEEP_DRAIN_MAX:
+                return False
+    except BlockingIOError:
+        pass
+    except OSError:
+        return False
+    try:
+        while len(bus.buf) >= 16:
+            size = 16 + struct.unpack_from("<I", bus.buf, 12)[0]
+            size += -size % 8 + struct.unpack_from("<I", bus.buf, 4)[0]
+            if bus.buf[:1] != b"l" or size > BUS_MESSAGE_MAX:
+                return False  # not a message the next question could read past: a new connection instead
+            if len(bus.buf) < size:
+                return True
+            del bus.buf[:size]
+    except struct.error:
+        return False
+    return True
+
+
+def _keep(bus: _Bus) -> None:
+    """Keep ``bus`` for the next question (closing the one kept before)."""
+    bus.kept = time.monotonic()
+    _kept.append(bus)
+    while len(_kept) > 1:
+        try:
+            _kept.pop(0).close()
+        except IndexError:  # taken meanwhile by another thread
+            break
+
+
+def prepare(timeout: float) -> None:
+    """Connect to PID 1's socket in the background (a thread), kept as after an exchange, for the first
+    question to find ready: the connection (about 2 ms, PID 1's) is made while this process works on
+    (restarts are due: the plan's last steps, the record of intent).  Nothing is asked on it; on any
+    trouble nothing is kept, and the first question connects itself, as without it."""
+    import threading
+    from contextlib import suppress
+
+    def connect() -> None:
+        with suppress(OSError, struct.error):
+            _keep(_Bus(_connect(timeout)))
+    threading.Thread(target=connect, name="restartctl-bus", daemon=True).start()
+
+
+def release() -> None:
+    """Close the connection kept for a next question (there is none: the restarts are over)."""
+    while _kept:
+        try:
+            _kept.pop().close()
+        except IndexError:
+            break
+
+
 def _next(bus: _socket.socket, buf: bytearray, deadline: float, limit: int) -> bytes:
     """The next whole message on ``bus`` (``buf``: what was read past the one before), by ``deadline``
     (TimeoutError); ValueError for what is not a little-endian message of at most ``limit`` bytes,
@@ -253,31 +360,34 @@ def bus_states(names: list[str], timeout: float) -> dict[str, dict[str, str]]:
     on any trouble, for the caller to ask systemctl instead."""
     deadline = time.monotonic() + timeout
     wanted: dict[int, tuple[str, str]] = {}
-    calls = bytearray(b"BEGIN\r\n")
+    bus = _take(timeout)
+    calls = bus.calls()
     for name in names:
         path = bus_path(name)
         for prop, interface in BUS_PROPS.items():
-            wanted[len(wanted) + 1] = (name, prop)
-            calls += _get(len(wanted), path, interface, prop)
+            bus.serial += 1
+            wanted[bus.serial] = (name, prop)
+            calls += _get(bus.serial, path, interface, prop)
     states: dict[str, dict[str, str]] = {name: {} for name in names}
-    bus = _connect(timeout)
     try:
-        bus.sendall(calls)
-        buf = bytearray()
+        bus.sock.sendall(calls)
         # Messages that answer nothing asked: signals, about eight before each answer about a unit that
         # is loaded only to be asked about and collected again (UnitNew, UnitRemoved, PropertiesChanged).
         others = 16 * len(wanted)
         while wanted and others >= 0:
-            serial, value = _reply(_next(bus, buf, deadline, BUS_REPLY_MAX))
+            serial, value = _reply(_next(bus.sock, bus.buf, deadline, BUS_REPLY_MAX))
             if serial in wanted:
                 name, prop = wanted.pop(serial)
                 states[name][prop] = str(value)
             else:
                 others -= 1
-    finally:
+    except BaseException:
         bus.close()
+        raise
     if wanted:
+        bus.close()
         raise ValueError("systemd sent what was not asked for")
+    _keep(bus)
     return states
 
 
@@ -324,20 +434,20 @@ def bus_restart(verb: str, names: list[str], timeout: float, under_way: Callable
     deadline = time.monotonic() + timeout
     method = JOB_METHODS[verb]
     try:
-        bus = _connect(timeout)
+        bus = _take(timeout)
     except (OSError, struct.error) as e:
         raise BusUnavailable(f"{SYSTEMD_BUS}: {e}") from None
-    watch = _JobWatch(names)
-    calls = bytearray(b"BEGIN\r\n") + _call(1, MANAGER_PATH, _MANAGER, "Subscribe", "", ())
+    watch = _JobWatch(names, bus.serial + 1)
+    calls = bus.calls() + _call(bus.serial + 1, MANAGER_PATH, _MANAGER, "Subscribe", "", ())
     for serial, name in watch.asked.items():
         calls += _call(serial, MANAGER_PATH, _MANAGER, method, "ss", (name, "replace"))
     others = 1000 + 100 * len(names)  # messages that are none of these (every unit's changes, other jobs)
-    buf = bytearray()
+    clean = False
     try:
-        bus.sendall(calls)
+        bus.sock.sendall(calls)
         under_way()
         while watch.open():
-            message = _next(bus, buf, deadline, BUS_MESSAGE_MAX)
+            message = _next(bus.sock, bus.buf, deadline, BUS_MESSAGE_MAX)
             if message[1] == 4 and b"JobRemoved" not in message[16:16 + struct.unpack_from("<I", message, 12)[0]]:
                 others -= 1  # most of them: a unit's properties changed
             elif not watch.news(message):
@@ -345,23 +455,30 @@ def bus_restart(verb: str, names: list[str], timeout: float, under_way: Callable
             if others < 0:
                 raise ValueError("systemd sent too much else meanwhile")
             if watch.ask:
-                bus.sendall(watch.ask)
+                bus.sock.sendall(watch.ask)
                 watch.ask.clear()
+        clean = True
     except TimeoutError:
         pass
     except (OSError, ValueError, IndexError, struct.error) as e:
         return watch.jobs(f"lost from view: {e}")
     finally:
-        bus.close()
+        bus.serial = watch.serial
+        if clean:
+            _keep(bus)
+        else:
+            bus.close()
     return watch.jobs("")
 
 
 class _JobWatch:
     """What is known of the restart jobs of ``names`` on one connection (:func:`bus_restart`)."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], first: int = 1) -> None:
         self.names = set(names)
-        self.asked = dict(enumerate(names, 2))  # serial -> unit (1: Subscribe, for a systemd that needs it)
+        # serial -> unit (``first``: Subscribe, for a systemd that needs it; a connection used before
+        # goes on from its last serial)
+        self.asked = dict(enumerate(names, first + 1))
         self.results: dict[str, str] = {}
         self.refused: dict[str, str] = {}
         self.job_of: dict[str, str] = {}   # a job's object path -> its unit, from the answer to its call
@@ -369,7 +486,7 @@ class _JobWatch:
         self.props: dict[int, tuple[str, str]] = {}  # serial of a Get -> (unit, property), unanswered
         self.states: dict[str, dict[str, str]] = {}
         self.ask = bytearray()  # calls to send
-        self.serial = len(names) + 1
+        self.serial = first + len(names)  # the last serial used
 
     def open(self) -> bool:
         return len(self.results) + len(self.refused) < len(self.names) or bool(self.props)

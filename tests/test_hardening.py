@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import pytest
 
+from restart import __version__
 from tests.support import PrerequisiteError
 from tests.support.checkout import install_hooks
 from tests.support.container import Container, wait_for
@@ -420,3 +421,45 @@ def test_without_systemd_a_guessed_unit_is_never_started(container_factory: Call
     out = r.stdout + r.stderr
     assert "rctl-demod (guessed from its package): restarted" in out, out
     assert c.read_file("/run/rctl-demod.pid").decode().strip() != daemon
+
+
+# Code planted where a python3 with ``site`` (or honouring PYTHONPATH, the user site or the current
+# directory) would run it: each leaves a mark in /srv/rctl when it runs.
+PLANTED_MARK = "import os; os.close(os.open('/srv/rctl/ran-{0}', os.O_CREAT | os.O_WRONLY, 0o600))\n"
+
+
+def test_the_installed_command_runs_no_planted_python_code(container_factory: Callable[..., Container]) -> None:
+    """docs/security.md E8: /usr/sbin/restartctl (bin/restartctl, ``python3 -IS``) imports restartctl and
+    the standard library only from their Debian directories: a .pth file in /usr/local (writable by
+    group staff on old installations), a usercustomize in root's user site, a ``restart`` package on
+    PYTHONPATH or in the current directory, none of them runs.  Each plant is
+    first shown to run under a plain ``python3`` (what pybuild's console script, ``#!/usr/bin/python3``,
+    was), so the test bites."""
+    c = container_factory("rctl-hard-entry", boot=False)
+    install_hooks(c)
+    version = c.check(["/usr/bin/python3", "-I", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).strip()
+    local = f"/usr/local/lib/python{version}/dist-packages"
+    user_site = f"/root/.local/lib/python{version}/site-packages"
+    c.write_file(f"{local}/rctl-planted.pth", PLANTED_MARK.format("pth"))
+    c.write_file(f"{user_site}/usercustomize.py", PLANTED_MARK.format("usercustomize"))
+    for where in ("pythonpath", "cwd"):
+        c.write_file(f"/srv/rctl/{where}/restart/__init__.py", PLANTED_MARK.format(where))
+        c.write_file(f"/srv/rctl/{where}/restart/cli.py", PLANTED_MARK.format(where) + "def run(): pass\n")
+
+    def run_in(cwd: str, *argv: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+        r = c.exec(["sh", "-c", 'cd "$0" && exec "$@"', cwd, *argv],
+                   env={"PYTHONPATH": "/srv/rctl/pythonpath", "HOME": "/root"})
+        ran = {name.removeprefix("ran-") for name in c.check(["ls", "/srv/rctl"]).split() if name.startswith("ran-")}
+        c.check(["sh", "-c", "rm -f /srv/rctl/ran-*"])
+        return ran, r
+
+    # The plants work: a python3 with site and the environment runs each (the current directory comes
+    # before PYTHONPATH on its path: "restart" is the current directory's there, else PYTHONPATH's).
+    for cwd, plants in (("/srv/rctl/cwd", {"pth", "usercustomize", "cwd"}),
+                        ("/", {"pth", "usercustomize", "pythonpath"})):
+        ran, r = run_in(cwd, "/usr/bin/python3", "-c", "import restart.cli")
+        assert ran == plants, (cwd, ran, r.stderr)
+        ran, r = run_in(cwd, "/usr/sbin/restartctl", "--version")
+        assert not ran, f"restartctl (in {cwd}) ran planted code: {sorted(ran)}"
+        assert r.returncode == 0 and r.stdout.strip() == f"restartctl {__version__}", (r.stdout, r.stderr)
+    assert c.read_file("/usr/sbin/restartctl").startswith(b"#!/usr/bin/python3 -IS\n")

@@ -707,3 +707,29 @@ def test_apts_pre_install_hook_starts_one_shell_that_becomes_the_hook(tmp_path: 
                              stdin=subprocess.PIPE, env={"PATH": "/usr/bin:/bin"})
     shell.communicate(b"VERSION 3\n" * 10000)
     assert shell.returncode == 0
+
+
+def test_apply_yes_is_read_without_argparse_as_argparse_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why (issue 14): importing argparse and building apply's parser were ~4 ms before the first restart
+    of ``restartctl apply --yes``.  Exactly that command line is read directly, into what argparse makes
+    of it (every option, every default); any other one is argparse's, with its checks."""
+    from restart import cli
+
+    seen: list[object] = []
+
+    def fake_apply(roots: object, args: object) -> int:
+        seen.append(vars(args))
+        return 0
+    monkeypatch.setattr(cli, "_apply", fake_apply)
+    monkeypatch.setattr(cli, "_usable", lambda roots, args: None)
+    monkeypatch.setattr(cli, "_parser", lambda argv: pytest.fail(f"argparse asked for {argv}"))
+    assert cli.main(["apply", "--yes"]) == 0
+    monkeypatch.undo()
+    parsed = vars(cli._parser(["apply", "--yes"]).parse_args(["apply", "--yes"]))
+    assert seen == [parsed]
+    for other in (["apply"], ["apply", "--yes", "--json"], ["apply", "--dry-run"], ["apply", "--yes=1"]):
+        assert cli._plain_apply(other) is None, other
+    code = "import sys; from restart import cli; cli._plain_apply(['apply', '--yes']); print('argparse' in sys.modules)"
+    out = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(Path(__file__).parent.parent)}, cwd="/").stdout
+    assert out.split() == ["False"]

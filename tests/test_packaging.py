@@ -41,6 +41,7 @@ CONFFILES = {
 }
 # Installed path -> file of the checkout it comes from (data/* is added by package_files()).
 INSTALLED_FROM = {
+    "/usr/sbin/restartctl": "bin/restartctl",  # its own entry script (python3 -IS), not pybuild's console script
     "/usr/lib/restartctl/dpkg-hook": "hook/dpkg-hook",
     "/etc/apt/apt.conf.d/20restartctl": "hook/apt.conf.d/20restartctl",
     "/etc/dpkg/dpkg.cfg.d/restartctl": "hook/dpkg.cfg.d/restartctl",

@@ -68,6 +68,9 @@ class FakePid1:
         self.path, self.jobs, self.noise, self.early = path, jobs or {}, noise, early
         self.units = {unitstate.bus_path(name): props for name, props in (units or {}).items()}
         self.calls: list[tuple[str, tuple[object, ...]]] = []  # (member, arguments) as asked
+        self.connections = 0  # accepted so far
+        self.after_get: dict[int, list[bytes]] = {}  # sent after the Nth answer to Get (signals meanwhile)
+        self.sent = threading.Event()  # set once what after_get holds was sent
         self.before_answer: list[bytes] = []  # sent before each answer to Get (a unit loaded, collected)
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
@@ -77,6 +80,7 @@ class FakePid1:
         self.thread.start()
 
     def close(self) -> None:
+        unitstate.release()  # (a connection restartctl kept for its next question holds the one thread)
         self.stop.set()
         self.server.close()
         self.thread.join(5)
@@ -87,6 +91,7 @@ class FakePid1:
                 conn, _ = self.server.accept()
             except OSError:
                 return
+            self.connections += 1
             with conn:
                 self._talk(conn)
 
@@ -118,6 +123,10 @@ class FakePid1:
                     data = self.units.get(str(fields[1]), {}).get(str(args[1]), "").encode()
                     value = b"\x01s\x00\x00" + struct.pack("<I", len(data)) + data + b"\0"
                     conn.sendall(b"".join(self.before_answer) + message(2, reply_to, "v", raw=value))
+                    later = self.after_get.pop(sum(call[0] == "Get" for call in self.calls), [])
+                    if later:
+                        conn.sendall(b"".join(later))
+                        self.sent.set()
                     continue
                 if member == "Subscribe":
                     conn.sendall(message(2, reply_to))
