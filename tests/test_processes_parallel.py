@@ -29,7 +29,11 @@ LIB = "/usr/lib/x86_64-linux-gnu/libdemo.so.1"
 EVERYTHING = Selection(everything=True)
 USERS = (100, 103, 116, 131, 133)  # their /proc directories are users': scanned last under a deadline
 SERIAL = 10**9  # parallel_min no scan reaches
-KERNEL_THREADS = processes._threads  # the real count (harness_threads replaces it in each test)
+KERNEL_THREADS = processes._threads
+# Python 3.12+ warns at a fork beside other threads: here the suite's own (see harness_threads), which
+# the product never forks beside (processes._two_cores_free counts the kernel's threads).
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks:DeprecationWarning")  # the real count (harness_threads replaces it in each test)
 SCRIPT = "import json, ctypes, sys, time\nctypes.CDLL(sys.argv[1])\nprint('ok', flush=True)\ntime.sleep(600)\n"
 
 
@@ -45,7 +49,8 @@ def harness_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def children() -> list[int]:
-    """Our own child processes, zombies included (a zombie keeps its /proc entry until reaped)."""
+    """Our own child processes, zombies included (a zombie keeps its /proc entry until reaped); the
+    tests look only for those the scan forked (an earlier test of the same worker may have left its own)."""
     mine = []
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -127,7 +132,7 @@ def test_two_cores_give_the_one_process_result(host: Path, forks: list[int], dea
     monkeypatch.setattr(procfs, "PROCESS_LINES", 2000)
     until = None if deadline is None else time.monotonic() + 600
     serial, one, parallel, two = _both(host, observe=observer, observe_hints=(b"/usr/bin/",), deadline=until)
-    assert len(forks) == 1 and children() == []
+    assert len(forks) == 1 and set(children()).isdisjoint(forks)
     assert parallel == serial
     assert (serial.scanned, serial.unscanned, serial.errors) == (44, 1, 1)
     assert serial.vanished == 5 and len(serial.observed) == 5 and len(serial.processes) == 27
@@ -234,7 +239,7 @@ def test_a_child_without_a_result_leaves_its_half_unscanned(host: Path, tmp_path
     monkeypatch.setattr(processes, "CHILD_GRACE", 0.5)
     serial = scan(host, EVERYTHING, parallel_min=SERIAL)
     result = scan(host, EVERYTHING, parallel_min=2, deadline=time.monotonic() + 1)
-    assert len(forks) == 1 and children() == []
+    assert len(forks) == 1 and set(children()).isdisjoint(forks)
     assert (result.scanned, result.unscanned) == (22, 22)  # 44 candidates: 22 each
     order = sorted((p.pid for p in serial.processes), key=lambda pid: (pid in USERS, pid))
     mine = sorted((p.pid for p in serial.processes), key=lambda pid: (pid in USERS, pid))
@@ -268,7 +273,7 @@ def test_a_child_whose_scan_raises_leaves_quietly(host: Path, tmp_path: Path, fo
             escaped.touch()
             os._exit(0)
     assert not escaped.exists()
-    assert len(forks) == 1 and children() == []
+    assert len(forks) == 1 and set(children()).isdisjoint(forks)
     assert (result.scanned, result.unscanned) == (22, 22)
     assert capfd.readouterr() == ("", "")
 
@@ -279,7 +284,7 @@ def test_a_child_that_exceeds_no_deadline_waits_its_bound(host: Path, forks: lis
     _child_does(monkeypatch, _hang)
     monkeypatch.setattr(processes, "CHILD_WAIT", 0.3)
     result = scan(host, EVERYTHING, parallel_min=2)
-    assert len(forks) == 1 and children() == []
+    assert len(forks) == 1 and set(children()).isdisjoint(forks)
     assert result.unscanned == 22
 
 
@@ -303,7 +308,7 @@ def test_a_watchdog_during_the_wait_still_kills_and_reaps_the_child(host: Path, 
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    assert len(forks) == 1 and children() == []
+    assert len(forks) == 1 and set(children()).isdisjoint(forks)
 
 
 @pytest.fixture
