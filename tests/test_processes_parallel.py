@@ -29,11 +29,11 @@ LIB = "/usr/lib/x86_64-linux-gnu/libdemo.so.1"
 EVERYTHING = Selection(everything=True)
 USERS = (100, 103, 116, 131, 133)  # their /proc directories are users': scanned last under a deadline
 SERIAL = 10**9  # parallel_min no scan reaches
-KERNEL_THREADS = processes._threads
+KERNEL_THREADS = processes._threads  # the real count (harness_threads replaces it in each test)
 # Python 3.12+ warns at a fork beside other threads: here the suite's own (see harness_threads), which
 # the product never forks beside (processes._two_cores_free counts the kernel's threads).
 pytestmark = pytest.mark.filterwarnings(
-    r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks:DeprecationWarning")  # the real count (harness_threads replaces it in each test)
+    r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks:DeprecationWarning")
 SCRIPT = "import json, ctypes, sys, time\nctypes.CDLL(sys.argv[1])\nprint('ok', flush=True)\ntime.sleep(600)\n"
 
 
