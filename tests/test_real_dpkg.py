@@ -62,8 +62,10 @@ def upgraded_systemd_host(systemd_container: Container,
     c.run_user_unit("alice", ["/usr/sbin/rctl-demod"], unit="rctl-userd.service")
     # A login session: su through PAM (pam_systemd) makes logind put it in session-N.scope.
     su_pid = c.spawn(["su", "-", "alice", "-c", "exec /usr/bin/rctl-olduser"])
-    wait_for(lambda: c.exec(["pgrep", "-P", str(su_pid)]).returncode == 0, "su's child", 10)
-    session_pid = int(c.check(["pgrep", "-P", str(su_pid)]).split()[0])
+    # su's child that became rctl-olduser (Debian 13's su may have another child a moment first)
+    session = ["pgrep", "-P", str(su_pid), "-x", "rctl-olduser"]
+    wait_for(lambda: c.exec(session).returncode == 0, "su's child", 10)
+    session_pid = int(c.check(session).split()[0])
     wait_for(lambda: b"session-" in c.read_file(f"/proc/{session_pid}/cgroup"), "a login session scope", 10)
     pids = {"demod": c.main_pid("rctl-demod.service"), "sleep": c.main_pid("rctl-sleep.service"),
             "userd": c.main_pid("rctl-userd.service", user="alice"), "session": session_pid,
