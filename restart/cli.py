@@ -82,6 +82,7 @@ ROOT_OPTIONS: dict[str, Path | None] = {
     "--proc": Path("/proc"), "--root": Path("/"), "--admindir": Path("/var/lib/dpkg"), "--run": Path("/run"),
     "--etc": Path("/etc"), "--state": Path("/var/lib/restartctl"), "--data": None,  # None: roots' own default
 }
+ROOT_DEFAULTS = {option.lstrip("-"): default for option, default in ROOT_OPTIONS.items()}  # by argparse's names
 
 
 def _roots_options(p: argparse.ArgumentParser) -> None:
@@ -264,9 +265,8 @@ def _plain_apply(argv: Sequence[str]) -> Any:
         return None
     from types import SimpleNamespace
 
-    return SimpleNamespace(**{option.lstrip("-"): default for option, default in ROOT_OPTIONS.items()},
-                           command="apply", json=False, packages=None, yes=True, dry_run=False, mode=None,
-                           budget=APPLY_BUDGET)
+    return SimpleNamespace(**ROOT_DEFAULTS, command="apply", json=False, packages=None, yes=True, dry_run=False,
+                           mode=None, budget=APPLY_BUDGET)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         with Importing():
             from restart import hook
 
-        return hook.run(Roots(**{option.lstrip("-"): default for option, default in ROOT_OPTIONS.items()
-                                 if default is not None}), trigger, after=None, budget=None)
+        return hook.run(Roots(**{name: default for name, default in ROOT_DEFAULTS.items() if default is not None}),
+                        trigger, after=None, budget=None)
     args = _plain_apply(argv) or _parser(argv).parse_args(argv)
     roots = _roots(args)
     if args.command == "hook":

@@ -283,8 +283,7 @@ def _drained(bus: _Bus) -> bool:
         return False
     try:
         while len(bus.buf) >= 16:
-            size = 16 + struct.unpack_from("<I", bus.buf, 12)[0]
-            size += -size % 8 + struct.unpack_from("<I", bus.buf, 4)[0]
+            size = _message_size(bus.buf)
             if bus.buf[:1] != b"l" or size > BUS_MESSAGE_MAX:
                 return False  # not a message the next question could read past: a new connection instead
             if len(bus.buf) < size:
@@ -329,6 +328,14 @@ def release() -> None:
             break
 
 
+def _message_size(buf: bytearray) -> int:
+    """The whole size of the D-Bus message ``buf`` starts with (its first 16 bytes are there): the fixed
+    header, the header fields (padded to 8) and the body."""
+    size: int = 16 + struct.unpack_from("<I", buf, 12)[0]
+    body: int = struct.unpack_from("<I", buf, 4)[0]
+    return size + -size % 8 + body
+
+
 def _next(bus: _socket.socket, buf: bytearray, deadline: float, limit: int) -> bytes:
     """The next whole message on ``bus`` (``buf``: what was read past the one before), by ``deadline``
     (TimeoutError); ValueError for what is not a little-endian message of at most ``limit`` bytes,
@@ -336,8 +343,7 @@ def _next(bus: _socket.socket, buf: bytearray, deadline: float, limit: int) -> b
     while True:
         if time.monotonic() > deadline:
             raise TimeoutError("systemd did not answer in time")
-        size = 16 + struct.unpack_from("<I", buf, 12)[0] if len(buf) >= 16 else 16
-        size += (-size % 8) + struct.unpack_from("<I", buf, 4)[0] if len(buf) >= 16 else 0
+        size = _message_size(buf) if len(buf) >= 16 else 16
         if buf[:1] not in (b"", b"l") or size > limit:
             raise ValueError("not a little-endian D-Bus message of a sane size")
         if len(buf) >= size:
