@@ -239,3 +239,15 @@ def test_a_glob_without_wildcards_is_compared_as_it_is(monkeypatch: pytest.Monke
     assert policy.glob_matches("dbus.service", "dbus.service")
     assert not policy.glob_matches("dbus.service", "dbus-broker.service")
     assert not policy.glob_matches("Dbus.service", "dbus.service")  # as fnmatchcase: case counts
+
+
+def test_each_rule_names_the_line_of_its_header() -> None:
+    """Why: every rule's source (``file:LINE``, shown by ``policy explain`` and the reports) is found in one
+    pass over the file, not one from the top per rule; headers with spaces, comments and blank lines between,
+    and rules as an array of inline tables (no header: line 1) are all counted as before."""
+    text = ('# the vendor\'s\n[settings]\nmode = "list"\n\n[[rule]]\nunit = "a.service"\naction = "defer"\n'
+            '  [[ rule ]]  # indented\nunit = "b.service"\naction = "ignore"\n\n\n[[rule]]\npackage = "c"\n'
+            'action = "reboot"\n')
+    assert [r.source for r in parse_rules(text, "p.toml")] == ["p.toml:5", "p.toml:8", "p.toml:13"]
+    inline = 'rule = [{unit = "a.service", action = "defer"}, {unit = "b.service", action = "ignore"}]\n'
+    assert [r.source for r in parse_rules(inline, "q.toml")] == ["q.toml:1", "q.toml:1"]
