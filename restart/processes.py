@@ -93,6 +93,11 @@ PARALLEL_MIN = 150
 CHILD_GRACE = 2.0  # seconds the child's answer may come after the deadline (its last process, the pipe)
 CHILD_WAIT = 60.0  # without a deadline: seconds it may come after the end of the parent's half
 ANSWER = "restartctl-scan/1"  # the first item of the child's answer
+# The most of the child's answer the parent reads; a child that sends more counts as one that did not
+# answer (its half unscanned).  The real state's half answers in 50-93 KB (500 processes, 51 of them
+# stale, 101 observed): this is 170 times that, a half of ~90,000 processes in those proportions, and
+# the text held at once stays within the 50 MB peak RSS a scan may take (docs/security.md P9).
+ANSWER_MAX = 16 << 20
 
 
 # Called for every process with its /proc directory handle, its PID and its executable.
@@ -664,7 +669,8 @@ def _name(cls: type) -> str:
 def _answer(read_end: int, until: float,
             facts: Callable[[], Iterable[type]]) -> tuple[ScanResult, list[tuple[int, str]]] | None:
     """The child's result, read until it closes its end, waiting until ``until`` (``time.monotonic``)
-    at most; None if it does not come in time, is cut short or is not a result.
+    at most; None if it does not come in time, is cut short, is longer than ``ANSWER_MAX`` bytes or
+    is not a result.
 
     Rebuilt from JSON data: the only classes its objects can name are this module's result types and
     enums and those of ``facts()`` (what the observer returns), each called with the values given
@@ -672,6 +678,7 @@ def _answer(read_end: int, until: float,
     stream comes from our own forked child over a pipe only the two hold; the strings in it are
     data processes chose (paths, names, command lines), never code."""
     chunks = []
+    size = 0
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
     while True:
@@ -681,6 +688,9 @@ def _answer(read_end: int, until: float,
         chunk = os.read(read_end, 1 << 20)
         if not chunk:
             break
+        size += len(chunk)
+        if size > ANSWER_MAX:
+            return None  # more than any result: read no further
         chunks.append(chunk)
     tuples = {_name(c): c for c in (ScanResult, ProcessInfo, StaleFile, Unscanned, *facts())}
     enums = {_name(c): c for c in (FileKind, Confidence, Evidence)}

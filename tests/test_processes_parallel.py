@@ -251,6 +251,26 @@ def test_a_child_without_a_result_leaves_its_half_unscanned(host: Path, tmp_path
     assert (out, err) == ("", "")
 
 
+def test_an_answer_longer_than_the_cap_is_no_answer(host: Path, forks: list[int],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read no further than ``ANSWER_MAX``: a child that sends more (here a valid result after 2 MiB of
+    JSON whitespace) leaves its half unscanned, is killed in its write and reaped."""
+    answer = json.dumps([processes.ANSWER, processes._plain(ScanResult([], 22, 0, 0), {}), []]).encode()
+
+    def padded(write_end: int) -> None:
+        data = memoryview(b" " * (2 << 20) + answer)
+        while data:
+            data = data[os.write(write_end, data):]
+
+    _child_does(monkeypatch, padded)
+    monkeypatch.setattr(processes, "ANSWER_MAX", 3 << 20)
+    assert scan(host, EVERYTHING, parallel_min=2).unscanned == 0  # within the cap: a result
+    monkeypatch.setattr(processes, "ANSWER_MAX", 1 << 20)
+    result = scan(host, EVERYTHING, parallel_min=2)
+    assert len(forks) == 2 and set(children()).isdisjoint(forks)
+    assert (result.scanned, result.unscanned) == (22, 22)
+
+
 def test_a_child_whose_scan_raises_leaves_quietly(host: Path, tmp_path: Path, forks: list[int],
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 capfd: pytest.CaptureFixture[str]) -> None:
