@@ -214,7 +214,7 @@ TAKEN = 16  # candidates the child of _child_does takes (two shares) before it d
 
 def _child_does(monkeypatch: pytest.MonkeyPatch, act: Callable[[int], None]) -> None:
     """Replace what the forked child does: it takes the first two shares (the parent waits in its
-    ``meanwhile``: :data:`LATE`), then ``act(write_end)``, then it leaves as the real one does."""
+    ``meanwhile``: :func:`late`), then ``act(write_end)``, then it leaves as the real one does."""
     def child(read_end: int, write_end: int, shares: Iterator[int], *_: object) -> None:
         try:
             assert len(list(islice(shares, TAKEN))) == TAKEN
@@ -225,7 +225,7 @@ def _child_does(monkeypatch: pytest.MonkeyPatch, act: Callable[[int], None]) -> 
     monkeypatch.setattr(processes, "_child", child)
 
 
-def LATE() -> None:  # noqa: N802 - a constant, called
+def late() -> None:
     """The parent's ``meanwhile``: long enough for the child of :func:`_child_does` to take its shares."""
     time.sleep(0.3)
 
@@ -243,12 +243,11 @@ def _send(write_end: int, answer: object) -> None:
 
 
 def _truncated(write_end: int) -> None:
-    data = json.dumps([processes.ANSWER, processes._plain(ScanResult([], 1, 0, 0), {}), []]).encode()
-    os.write(write_end, data[:-3])
+    os.write(write_end, processes._encode(ScanResult([], 1, 0, 0), [])[:-3])
 
 
 @pytest.mark.parametrize("what", ["dies", "exits", "hangs", "garbage", "truncated", "foreign", "other shape",
-                                  "not a result"])
+                                  "not a result", "no such file"])
 def test_a_child_without_a_result_leaves_what_it_took_unscanned(host: Path, tmp_path: Path, forks: list[int],
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             capfd: pytest.CaptureFixture[str], what: str) -> None:
@@ -260,15 +259,19 @@ def test_a_child_without_a_result_leaves_what_it_took_unscanned(host: Path, tmp_
         "garbage": _garbage,
         "truncated": _truncated,
         # a class no result is made of, called with its "fields": it would make the directory
-        "foreign": lambda w: _send(w, [processes.ANSWER, {"n": "posix.mkdir", "v": [str(ran)]}, []]),
-        "other shape": lambda w: _send(w, ["x", processes._plain(ScanResult([], 1, 0, 0), {}), []]),
-        "not a result": lambda w: _send(w, [processes.ANSWER, {"n": "restart.processes.StaleFile",
-                                                               "v": ["exe", "/x", "certain", "replaced"]}, []]),
+        "foreign": lambda w: _send(w, [processes.ANSWER, [], {"n": "posix.mkdir", "v": [str(ran)]}, []]),
+        "other shape": lambda w: os.write(w, processes._encode(ScanResult([], 1, 0, 0), []).replace(
+            processes.ANSWER.encode(), b"x")),
+        "not a result": lambda w: _send(w, [processes.ANSWER, [], {"n": "restart.processes.StaleFile",
+                                                                   "v": ["exe", "/x", "certain", "replaced"]}, []]),
+        "no such file": lambda w: _send(w, [processes.ANSWER, [{"F": ["exe", "/x", "certain", "replaced"]}], {
+            "n": "restart.processes.ScanResult", "v": [[{"n": "restart.processes.ProcessInfo", "v": [
+                100, 1, 0, "x", None, "", None, {"s": [0, 1]}]}], 1, 0, 0]}, []]),
     }
     _child_does(monkeypatch, acts[what])
     monkeypatch.setattr(processes, "CHILD_GRACE", 0.5)
     serial = scan(host, EVERYTHING, parallel_min=SERIAL)
-    result = scan(host, EVERYTHING, parallel_min=2, deadline=time.monotonic() + 1.3, meanwhile=LATE)
+    result = scan(host, EVERYTHING, parallel_min=2, deadline=time.monotonic() + 1.3, meanwhile=late)
     assert len(forks) == 1 and set(children()).isdisjoint(forks)
     assert (result.scanned, result.unscanned) == (44 - TAKEN, TAKEN)  # what the child took: unscanned
     candidates = sorted(CANDIDATES, key=lambda pid: (pid in USERS, pid))
@@ -284,7 +287,7 @@ def test_an_answer_longer_than_the_cap_is_no_answer(host: Path, forks: list[int]
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Read no further than ``ANSWER_MAX``: a child that sends more (here a valid result after 2 MiB of
     JSON whitespace) leaves its half unscanned, is killed in its write and reaped."""
-    answer = json.dumps([processes.ANSWER, processes._plain(ScanResult([], TAKEN, 0, 0), {}), []]).encode()
+    answer = processes._encode(ScanResult([], TAKEN, 0, 0), [])
 
     def padded(write_end: int) -> None:
         data = memoryview(b" " * (2 << 20) + answer)
@@ -293,9 +296,9 @@ def test_an_answer_longer_than_the_cap_is_no_answer(host: Path, forks: list[int]
 
     _child_does(monkeypatch, padded)
     monkeypatch.setattr(processes, "ANSWER_MAX", 3 << 20)
-    assert scan(host, EVERYTHING, parallel_min=2, meanwhile=LATE).unscanned == 0  # within the cap: a result
+    assert scan(host, EVERYTHING, parallel_min=2, meanwhile=late).unscanned == 0  # within the cap: a result
     monkeypatch.setattr(processes, "ANSWER_MAX", 1 << 20)
-    result = scan(host, EVERYTHING, parallel_min=2, meanwhile=LATE)
+    result = scan(host, EVERYTHING, parallel_min=2, meanwhile=late)
     assert len(forks) == 2 and set(children()).isdisjoint(forks)
     assert (result.scanned, result.unscanned) == (44 - TAKEN, TAKEN)
 
@@ -317,7 +320,7 @@ def test_a_child_whose_scan_raises_leaves_quietly(host: Path, tmp_path: Path, fo
     monkeypatch.setattr(processes, "_scan_these", scan_these)
     escaped = tmp_path / "escaped"
     try:
-        result = scan(host, EVERYTHING, parallel_min=2, meanwhile=LATE)
+        result = scan(host, EVERYTHING, parallel_min=2, meanwhile=late)
     finally:
         if os.getpid() != parent:  # the child came back into this test: say so (before the parent reads EOF)
             escaped.touch()
@@ -333,7 +336,7 @@ def test_a_child_that_exceeds_no_deadline_waits_its_bound(host: Path, forks: lis
     # Without a deadline the wait is still bounded: CHILD_WAIT past the end of the parent's half.
     _child_does(monkeypatch, _hang)
     monkeypatch.setattr(processes, "CHILD_WAIT", 0.3)
-    result = scan(host, EVERYTHING, parallel_min=2, meanwhile=LATE)
+    result = scan(host, EVERYTHING, parallel_min=2, meanwhile=late)
     assert len(forks) == 1 and set(children()).isdisjoint(forks)
     assert result.unscanned == TAKEN
 
