@@ -269,6 +269,18 @@ def _plain_apply(argv: Sequence[str]) -> Any:
                            mode=None, budget=APPLY_BUDGET)
 
 
+def _plain_listing(argv: Sequence[str]) -> Any:
+    """What argparse makes of exactly ``scan``, ``plan``, ``scan --json`` or ``plan --json`` (what monitoring
+    and the scan benchmark run), read without it: importing argparse and building the command's parser
+    were ~3 ms of each.  None for any other command line (argparse's, with its checks and messages)."""
+    if len(argv) not in (1, 2) or argv[0] not in ("scan", "plan") or argv[1:] not in ([], ["--json"]):
+        return None
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**ROOT_DEFAULTS, command=argv[0], json=len(argv) == 2, packages=None, all=False,
+                           format=None, textfile=None, refresh=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -280,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return hook.run(Roots(**{name: default for name, default in ROOT_DEFAULTS.items() if default is not None}),
                         trigger, after=None, budget=None)
-    args = _plain_apply(argv) or _parser(argv).parse_args(argv)
+    args = _plain_apply(argv) or _plain_listing(argv) or _parser(argv).parse_args(argv)
     roots = _roots(args)
     if args.command == "hook":
         from restart import hook  # only this command needs it
