@@ -409,6 +409,8 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
             ahead["policy"] = policy.for_host(roots.etc, roots.data)
         if fmt in ("json", "openmetrics") or args.command == "plan":
             ahead["machine"] = _machine(roots)
+        if fmt in ("json", "openmetrics"):
+            from restart import formats  # noqa: F401 - imported now, not after the scan
 
     findings = find(roots, only_packages=args.packages, everything=args.all, meanwhile=meanwhile)
     actions = plan.make_plan(findings.groups, ahead["policy"]) if args.command == "plan" else None
