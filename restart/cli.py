@@ -269,6 +269,18 @@ def _plain_apply(argv: Sequence[str]) -> Any:
                            mode=None, budget=APPLY_BUDGET)
 
 
+def _plain_listing(argv: Sequence[str]) -> Any:
+    """What argparse makes of exactly ``scan``, ``plan``, ``scan --json`` or ``plan --json`` (what monitoring
+    and the scan benchmark run), read without it: importing argparse and building the command's parser
+    were ~3 ms of each.  None for any other command line (argparse's, with its checks and messages)."""
+    if len(argv) not in (1, 2) or argv[0] not in ("scan", "plan") or argv[1:] not in ([], ["--json"]):
+        return None
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**ROOT_DEFAULTS, command=argv[0], json=len(argv) == 2, packages=None, all=False,
+                           format=None, textfile=None, refresh=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -280,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return hook.run(Roots(**{name: default for name, default in ROOT_DEFAULTS.items() if default is not None}),
                         trigger, after=None, budget=None)
-    args = _plain_apply(argv) or _parser(argv).parse_args(argv)
+    args = _plain_apply(argv) or _plain_listing(argv) or _parser(argv).parse_args(argv)
     roots = _roots(args)
     if args.command == "hook":
         from restart import hook  # only this command needs it
@@ -339,11 +351,19 @@ def _usable(roots: Roots, args: argparse.Namespace) -> None:
             raise ValueError(f"not an installed package: {', '.join(unknown)}")
 
 
-def _reboot_reasons(roots: Roots, actions: list[plan.Action]) -> tuple[list[Any], Any]:
+def _reboot_reasons(roots: Roots, actions: list[plan.Action], known: Any = None) -> tuple[list[Any], Any]:
+    """``known``: :func:`_machine`'s answer, read earlier in this run."""
     from restart import reboot
 
-    reasons, kernel = reboot.for_host(actions, proc=roots.proc, root=roots.root, admindir=roots.admindir)
+    reasons, kernel = reboot.for_host(actions, proc=roots.proc, root=roots.root, admindir=roots.admindir,
+                                      known=known)
     return reasons + reboot.flagged(roots.run, known=reasons), kernel
+
+
+def _machine(roots: Roots) -> Any:
+    from restart import reboot
+
+    return reboot.machine(proc=roots.proc, root=roots.root, admindir=roots.admindir)
 
 
 def _nagios(roots: Roots, packages: list[str] | None, **thresholds: Any) -> int:
@@ -381,11 +401,21 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
     fmt = args.format or ("json" if args.json else "text")
     if fmt == "openmetrics" and args.refresh and args.textfile is not None and _renew_textfile(roots, args.textfile):
         return EXIT_OK
-    findings = find(roots, only_packages=args.packages, everything=args.all)
-    actions = (plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
-               if args.command == "plan" else None)
-    if fmt in ("json", "openmetrics") or actions is not None:
-        reasons, kernel = _reboot_reasons(roots, actions or [])
+    ahead: dict[str, Any] = {}
+
+    def meanwhile() -> None:
+        """What the output needs that no finding changes, read while the forked scanner still scans."""
+        if args.command == "plan":
+            ahead["policy"] = policy.for_host(roots.etc, roots.data)
+        if fmt in ("json", "openmetrics") or args.command == "plan":
+            ahead["machine"] = _machine(roots)
+        if fmt in ("json", "openmetrics"):
+            from restart import formats  # noqa: F401 - imported now, not after the scan
+
+    findings = find(roots, only_packages=args.packages, everything=args.all, meanwhile=meanwhile)
+    actions = plan.make_plan(findings.groups, ahead["policy"]) if args.command == "plan" else None
+    if "machine" in ahead:
+        reasons, kernel = _reboot_reasons(roots, actions or [], ahead["machine"])
     failed = _failed(roots) if actions is not None and fmt in ("json", "text") else []
     if fmt == "openmetrics":
         from restart import formats, state

@@ -20,11 +20,13 @@ A large scan (``PARALLEL_MIN`` processes or more) runs on two cores: most of its
 kernel writing ``maps`` text and listing ``fd`` directories, plus Python work per line, all of it
 per process and independent, and one CPython process uses one core.  So, with two CPUs to run on
 and no other thread alive (forking a threaded process can leave a lock held forever in the child),
-it forks once: the child scans every other process with its own copy of the scanner, sends its
-result back as JSON data over a pipe only the two hold, and leaves with ``os._exit``; the parent
-scans the rest, then merges in the order of the one-process scan (the same findings).  A child
-that does not answer in time, dies or sends anything but a result is killed and reaped, and its
-half counts as unscanned, never clean (see :func:`_on_two_cores`; docs/security.md P9).
+it forks once, and the two take the processes in shares of ``SHARE`` from a queue as they go (so
+the two end together, whatever load slows one core): the child with its own copy of the scanner,
+sending its result back as JSON data over a pipe only the two hold and leaving with ``os._exit``;
+the parent, after the caller's work that needs no finding, then merges in the order of the
+one-process scan (the same findings).  A child that does not answer in time, dies or sends
+anything but a result is killed and reaped, and what it took counts as unscanned, never clean
+(see :func:`_on_two_cores`; docs/security.md P9).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import select
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple, NoReturn
@@ -90,9 +92,19 @@ OVER_BUDGET_SHOWN = 20  # processes over a budget named in text and metrics (JSO
 # fork, the child's cold caches and its answer cost about what half a scan saves (on the real state
 # of bench/scan.py the break-even was near 100 processes; bench/README.md).
 PARALLEL_MIN = 150
+# The two share the candidates as they go: each takes the next SHARE processes (a 2-byte number read from
+# a pipe that holds every share's) whenever it is done with the last, so the one the other core's load
+# slows down takes fewer; at most SHARES_MAX numbers (one page: any pipe holds them, written before the fork).
+SHARE = 8
+SHARES_MAX = 2048
 CHILD_GRACE = 2.0  # seconds the child's answer may come after the deadline (its last process, the pipe)
-CHILD_WAIT = 60.0  # without a deadline: seconds it may come after the end of the parent's half
-ANSWER = "restartctl-scan/1"  # the first item of the child's answer
+CHILD_WAIT = 60.0  # without a deadline: seconds it may come after the parent's last share
+ANSWER = "restartctl-scan/2"  # the first item of the child's answer
+# The most of the child's answer the parent reads; a child that sends more counts as one that did not
+# answer (what it took unscanned).  The real state's half answers in 50-93 KB (500 processes, 51 of them
+# stale, 101 observed): this is 170 times that, a half of ~90,000 processes in those proportions, and
+# the text held at once stays within the 50 MB peak RSS a scan may take (docs/security.md P9).
+ANSWER_MAX = 16 << 20
 
 
 # Called for every process with its /proc directory handle, its PID and its executable.
@@ -454,13 +466,14 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
          on_error: Callable[[int, Exception], None] | None = None,
          deadline: float | None = None, clock: Callable[[], float] = time.monotonic,
          cpu_clock: Callable[[], float] = time.thread_time, users: bool = True,
-         parallel_min: int | None = None, facts: Callable[[], Iterable[type]] = tuple) -> ScanResult:
+         parallel_min: int | None = None, facts: Callable[[], Iterable[type]] = tuple,
+         meanwhile: Callable[[], object] | None = None) -> ScanResult:
     """Scan every process under ``proc`` (or just ``pids``) for stale files.
 
     ``observe`` sees each process that maps a path starting with one of ``observe_hints``
     (stage 2b: the directories interpreters live in; a process maps its own executable),
     or every process when there are no hints.  What it returns is its whole answer: in a scan
-    on two cores it runs in the forked child for that half (see :func:`_on_two_cores`), and its
+    on two cores it runs in the forked child for the processes it takes (see :func:`_on_two_cores`), and its
     answer, made of ``str``, numbers, ``None``, tuples, frozensets and the NamedTuples ``facts()``
     names, is rebuilt here from those classes alone.
     With a ``deadline`` (on ``clock``), root's and system accounts' processes are scanned
@@ -471,7 +484,9 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
     unscanned and named.
     ``users=False`` looks only at root's and system accounts' processes.
     ``parallel_min``: from this many processes on, the scan is shared with a forked child (None:
-    ``PARALLEL_MIN``).
+    ``PARALLEL_MIN``).  ``meanwhile``: the caller's work that does not depend on the scan, called
+    once: in a scan on two cores by this process while the child scans (before it takes its
+    share), else after the scan.
     """
     scanner = _Scanner(proc, selection, check_fds, observe, observe_hints)
     procfd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -484,26 +499,34 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
         elif deadline is not None:
             candidates.sort(key=lambda p: (_owned_by_a_user(procfd, p), p))
         if len(candidates) >= (PARALLEL_MIN if parallel_min is None else parallel_min) and _two_cores_free():
-            return _on_two_cores(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock, facts)
-        return _scan_these(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock)
+            return _on_two_cores(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock, facts, meanwhile)
+        result = _left(_scan_these(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock), len(candidates))
     finally:
         os.close(procfd)
+    if meanwhile is not None:
+        meanwhile()
+    return result
 
 
-def _scan_these(scanner: _Scanner, procfd: int, candidates: list[int],
+def _left(result: ScanResult, candidates: int) -> ScanResult:
+    """``result`` with the candidates it did not get to (the deadline came first) counted unscanned."""
+    return result._replace(unscanned=result.unscanned + candidates - result.scanned)
+
+
+def _scan_these(scanner: _Scanner, procfd: int, candidates: Iterable[int],
                 on_error: Callable[[int, Exception], None] | None, deadline: float | None,
                 clock: Callable[[], float], cpu_clock: Callable[[], float], parent: int | None = None) -> ScanResult:
-    """Scan ``candidates`` in this order, one process at a time.  ``parent``: the forked child's parent,
-    whose end (the child is handed to another) ends the scan: no one is left to read it, and an orphan
-    would hold what it inherited (apply's lock) to the end of its budgets."""
+    """Scan ``candidates`` in this order, one process at a time, until the deadline; ``scanned`` counts
+    those begun, ``unscanned`` those over a budget (the caller counts the ones not reached: :func:`_left`).
+    ``parent``: the forked child's parent, whose end (the child is handed to another) ends the scan: no
+    one is left to read it, and an orphan would hold what it inherited (apply's lock) to the end of its
+    budgets."""
     found: list[ProcessInfo] = []
     observed: list[tuple[ProcessInfo, object]] = []
     over: list[Unscanned] = []
     scanned = vanished = denied = errors = unscanned = 0
-    for n, pid in enumerate(candidates):
-        now = clock()
-        if (deadline is not None and now > deadline) or (parent is not None and os.getppid() != parent):
-            unscanned += len(candidates) - n
+    for pid in candidates:
+        if (deadline is not None and clock() > deadline) or (parent is not None and os.getppid() != parent):
             break
         scanned += 1
         try:
@@ -559,64 +582,94 @@ def _threads() -> int:
 def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
                   on_error: Callable[[int, Exception], None] | None, deadline: float | None,
                   clock: Callable[[], float], cpu_clock: Callable[[], float],
-                  facts: Callable[[], Iterable[type]]) -> ScanResult:
-    """Scan half of ``candidates`` here and the other half in a forked child, then merge.
+                  facts: Callable[[], Iterable[type]], meanwhile: Callable[[], object] | None) -> ScanResult:
+    """Scan ``candidates`` here and in a forked child, sharing them as the two go, then merge.
 
-    Every other candidate each (the order of a scan under a deadline, system accounts first,
-    holds in both halves).  The child starts with this process's scanner and its caches, scans
-    its half exactly as :func:`_scan_these` does, sends the result over a pipe only the two
-    hold, as JSON data (:func:`_plain`), and leaves with ``os._exit``.  Its answer is awaited
-    until the deadline plus ``CHILD_GRACE`` (without a deadline, ``CHILD_WAIT`` past the end of
-    this half); a child that does not answer by then, dies or sends anything but a result is
-    killed, and every process of its half counts as unscanned (never clean; not scanned again
-    here: whatever held the child up, a process whose ``maps`` does not come, would hold this
-    one up too).  The child is killed and reaped whatever happens here, a watchdog's exception
-    included.  The results are merged in the order of the one-process scan, counters summed.
+    Each takes the next share of ``SHARE`` candidates whenever it is done with its last (:func:`_shares`),
+    in the order of a one-process scan (under a deadline, system accounts first), so the two end
+    together whatever slows one down (the other core's load, the child's copied pages), and this
+    process first does the caller's ``meanwhile``.  The child starts with this process's scanner and
+    its caches, scans its shares exactly as :func:`_scan_these` does, sends the result over a pipe
+    only the two hold, as JSON data (:func:`_plain`), and leaves with ``os._exit``.  Its answer is
+    awaited until the deadline plus ``CHILD_GRACE`` (without a deadline, ``CHILD_WAIT`` past the end
+    of this process's shares) and read to ``ANSWER_MAX`` bytes; a child that does not answer by then,
+    sends more, dies or sends anything but a result is killed, and every process this one did not
+    scan counts as unscanned (never clean; not scanned again here: whatever held the child up, a
+    process whose ``maps`` does not come, would hold this one up too).  The child is killed and
+    reaped whatever happens here, a watchdog's exception included.  The results are merged in the
+    order of the one-process scan, counters summed.
     """
+    size = max(SHARE, -(-len(candidates) // SHARES_MAX))
+    numbers = b"".join(n.to_bytes(2, "little") for n in range(-(-len(candidates) // size)))
+    queue, queue_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        queued = os.write(queue_end, numbers) == len(numbers)  # (it fits: never a partial write)
+    except OSError:
+        queued = False
+    os.close(queue_end)  # every share is written: a read of the empty queue is its end
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     me = os.getpid()
     try:
+        if not queued:
+            raise OSError("the queue of shares could not be written")
         child = os.fork()
     except OSError:
-        os.close(read_end)
-        os.close(write_end)
-        return _scan_these(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock)
+        for end in (queue, read_end, write_end):
+            os.close(end)
+        result = _left(_scan_these(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock), len(candidates))
+        if meanwhile is not None:
+            meanwhile()
+        return result
     if child == 0:  # pragma: no cover - the child leaves by os._exit, never returns
-        _child(read_end, write_end, scanner, procfd, candidates[1::2], deadline, clock, cpu_clock, me)
+        _child(read_end, write_end, _shares(queue, candidates, size), scanner, procfd, deadline, clock,
+               cpu_clock, me)
     os.close(write_end)
     theirs: tuple[ScanResult, list[tuple[int, str]]] | None = None
     try:
-        mine = _scan_these(scanner, procfd, candidates[0::2], on_error, deadline, clock, cpu_clock)
+        if meanwhile is not None:
+            meanwhile()
+        mine = _scan_these(scanner, procfd, _shares(queue, candidates, size), on_error, deadline, clock, cpu_clock)
         wait = (max(0.0, deadline - clock()) + CHILD_GRACE) if deadline is not None else CHILD_WAIT
         theirs = _answer(read_end, time.monotonic() + wait, facts)
     finally:
+        os.close(queue)
         os.close(read_end)
         _reap(child)
-    if theirs is None:
-        half = len(candidates) // 2
-        return mine._replace(unscanned=mine.unscanned + half)
+    left = len(candidates) - mine.scanned
+    if theirs is None or not (isinstance(theirs[0].scanned, int) and 0 <= theirs[0].scanned <= left):
+        return _left(mine, len(candidates))
     result, errors = theirs
     if on_error is not None:
         for pid, text in errors:
             on_error(pid, ChildError(text))
     order = {pid: n for n, pid in enumerate(candidates)}
-    return ScanResult(
+    return _left(ScanResult(
         processes=sorted(mine.processes + result.processes, key=lambda p: order[p.pid]),
         scanned=mine.scanned + result.scanned, vanished=mine.vanished + result.vanished,
         denied=mine.denied + result.denied, errors=mine.errors + result.errors,
         observed=tuple(sorted(mine.observed + result.observed, key=lambda o: order[o[0].pid])),
         unscanned=mine.unscanned + result.unscanned,
-        over_budget=tuple(sorted(mine.over_budget + result.over_budget, key=lambda u: order[u.pid])))
+        over_budget=tuple(sorted(mine.over_budget + result.over_budget, key=lambda u: order[u.pid]))),
+        len(candidates))
+
+
+def _shares(queue: int, candidates: list[int], size: int) -> Iterator[int]:
+    """The candidates of each share this process takes from the queue, until it is empty: a share's
+    number is read whole (both processes read 2 bytes at a time, the pipe serialises the reads, and
+    every number was written before the fork)."""
+    while len(number := os.read(queue, 2)) == 2:
+        first = int.from_bytes(number, "little") * size
+        yield from candidates[first:first + size]
 
 
 class ChildError(Exception):
     """An error the forked child met on one process, as its text (the child's exception stays there)."""
 
 
-def _child(read_end: int, write_end: int, scanner: _Scanner, procfd: int, half: list[int],
+def _child(read_end: int, write_end: int, shares: Iterator[int], scanner: _Scanner, procfd: int,
            deadline: float | None, clock: Callable[[], float], cpu_clock: Callable[[], float],
            parent: int) -> NoReturn:
-    """The forked child: scan ``half`` (while ``parent`` lives), write the result, leave.  Never returns
+    """The forked child: scan its ``shares`` (while ``parent`` lives), write the result, leave.  Never returns
     into the caller's code: no exception escapes, no ``atexit`` handler runs, no buffered output of
     the parent is written."""
     status = 1
@@ -624,36 +677,48 @@ def _child(read_end: int, write_end: int, scanner: _Scanner, procfd: int, half: 
         os.close(read_end)
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the child at once; the parent reaps it
         errors: list[tuple[int, str]] = []
-        result = _scan_these(scanner, procfd, half, lambda pid, e: errors.append((pid, f"{type(e).__name__}: {e}")),
+        result = _scan_these(scanner, procfd, shares, lambda pid, e: errors.append((pid, f"{type(e).__name__}: {e}")),
                              deadline, clock, cpu_clock, parent)
-        data = memoryview(json.dumps([ANSWER, _plain(result, {}), errors], check_circular=False).encode())
+        data = memoryview(_encode(result, errors))
         while data:
             data = data[os.write(write_end, data):]
+        os.close(write_end)  # the end of the answer now, not when the exit has freed every page
         status = 0
     finally:
         os._exit(status)
 
 
-def _plain(value: object, seen: dict[int, int]) -> object:
+def _encode(result: ScanResult, errors: list[tuple[int, str]]) -> bytes:
+    """The child's answer: ``[ANSWER, the distinct stale files, the result, the errors]`` (see :func:`_plain`)."""
+    files: dict[StaleFile, int] = {}
+    plain = _plain(result, {}, files)
+    table = [{"F": list(f)} for f in files]  # before the result: the reader completes them first
+    return json.dumps([ANSWER, table, plain, errors], check_circular=False).encode()
+
+
+def _plain(value: object, seen: dict[int, int], files: dict[StaleFile, int]) -> object:
     """``value`` as data JSON carries: each NamedTuple and enum member as an object naming its class,
-    tuples and frozensets as objects too; an object met before (a stale library's finding is shared by
-    every process that maps it, a process's description by its observation) as a reference to it,
-    numbered as the reader completes them.  JSON writes a string that is not UTF-8, its surrogate
-    escapes, as ``\\udcXX``: every byte comes back."""
+    tuples and frozensets as objects too; an object met before (a process's description by its
+    observation) as a reference to it, numbered as the reader completes them.  A process's stale files
+    (most are libraries many processes map) as numbers in ``files``, the distinct ones, sent once
+    (:func:`_encode`): 1,300 objects fewer to write and rebuild for the real state's half.  JSON writes
+    a string that is not UTF-8, its surrogate escapes, as ``\\udcXX``: every byte comes back."""
     if value is None or (isinstance(value, str | int | float) and not isinstance(value, StrEnum)):
         return value
     if isinstance(value, list):
-        return [_plain(v, seen) for v in value]
+        return [_plain(v, seen, files) for v in value]
     if isinstance(value, StrEnum) or (isinstance(value, tuple) and hasattr(value, "_fields")):
         ref = seen.get(id(value))
         if ref is not None:
             return {"r": ref}
         plain: dict[str, object] = ({"e": _name(type(value)), "v": value.value} if isinstance(value, StrEnum)
-                                    else {"n": _name(type(value)), "v": [_plain(v, seen) for v in value]})
+                                    else {"n": _name(type(value)), "v": [_plain(v, seen, files) for v in value]})
         seen[id(value)] = len(seen)  # after its parts: the reader completes them first
         return plain
+    if type(value) is tuple and value and all(type(v) is StaleFile for v in value):
+        return {"s": [files.setdefault(v, len(files)) for v in value]}
     if isinstance(value, tuple | frozenset):
-        return {"t" if isinstance(value, tuple) else "f": [_plain(v, seen) for v in value]}
+        return {"t" if isinstance(value, tuple) else "f": [_plain(v, seen, files) for v in value]}
     raise TypeError(f"not result data: {type(value).__name__}")
 
 
@@ -664,7 +729,8 @@ def _name(cls: type) -> str:
 def _answer(read_end: int, until: float,
             facts: Callable[[], Iterable[type]]) -> tuple[ScanResult, list[tuple[int, str]]] | None:
     """The child's result, read until it closes its end, waiting until ``until`` (``time.monotonic``)
-    at most; None if it does not come in time, is cut short or is not a result.
+    at most; None if it does not come in time, is cut short, is longer than ``ANSWER_MAX`` bytes or
+    is not a result.
 
     Rebuilt from JSON data: the only classes its objects can name are this module's result types and
     enums and those of ``facts()`` (what the observer returns), each called with the values given
@@ -672,6 +738,7 @@ def _answer(read_end: int, until: float,
     stream comes from our own forked child over a pipe only the two hold; the strings in it are
     data processes chose (paths, names, command lines), never code."""
     chunks = []
+    size = 0
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
     while True:
@@ -681,14 +748,24 @@ def _answer(read_end: int, until: float,
         chunk = os.read(read_end, 1 << 20)
         if not chunk:
             break
+        size += len(chunk)
+        if size > ANSWER_MAX:
+            return None  # more than any result: read no further
         chunks.append(chunk)
     tuples = {_name(c): c for c in (ScanResult, ProcessInfo, StaleFile, Unscanned, *facts())}
     enums = {_name(c): c for c in (FileKind, Confidence, Evidence)}
 
     done: list[object] = []  # the objects completed so far, which a reference names by number
+    files: list[StaleFile] = []  # the distinct stale files, which a process's names by number
 
     def rebuild(obj: dict[str, object]) -> object:
         keys, name, values = obj.keys(), obj.get("n", obj.get("e")), obj.get("v")
+        if keys == {"s"} and isinstance(numbers := obj["s"], list) and all(
+                type(n) is int and 0 <= n < len(files) for n in numbers):
+            return tuple(files[n] for n in numbers)
+        if keys == {"F"} and isinstance(f := obj["F"], list) and len(f) == 4 and all(type(v) is str for v in f):
+            files.append(StaleFile(FileKind(f[0]), f[1], Confidence(f[2]), Evidence(f[3])))
+            return files[-1]
         if keys == {"t"} and isinstance(obj["t"], list):
             return tuple(obj["t"])
         if keys == {"f"} and isinstance(obj["f"], list):
@@ -704,7 +781,7 @@ def _answer(read_end: int, until: float,
         return done[-1]
 
     try:
-        tag, result, errors = json.loads(b"".join(chunks), object_hook=rebuild)
+        tag, _, result, errors = json.loads(b"".join(chunks), object_hook=rebuild)
         errors = [(int(pid), str(text)) for pid, text in errors]
     except (ValueError, TypeError, RecursionError):  # a truncated or foreign stream: no answer
         return None

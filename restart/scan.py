@@ -7,7 +7,7 @@ call :func:`find` and only differ in what they do with the result.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -58,7 +58,8 @@ def _with_interpreted(scanned: processes.ScanResult, ctx: interpreters.Context,
 def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool = False,
          old_files: Mapping[str, str] | None = None, check_fds: bool = True,
          interpreted: bool = True, deadline: float | None = None, pids: Iterable[int] | None = None,
-         users: bool = True, db: packages.DpkgDatabase | None = None) -> Findings:
+         users: bool = True, db: packages.DpkgDatabase | None = None,
+         meanwhile: Callable[[], object] | None = None) -> Findings:
     """Find stale processes, restricted to ``only_packages`` when given.
 
     ``old_files`` (canonical path -> package) adds files the packages had before
@@ -69,7 +70,9 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     processes (a check after restarting a guessed unit, which only system daemons lead to).
     Replaced files whose content did not change (:func:`transaction.unchanged`) are set
     apart, never acted on.  ``db``: the dpkg database as an earlier find of this run read it
-    (a check after a restart: half its time was reading the database again).
+    (a check after a restart: half its time was reading the database again).  ``meanwhile``: the
+    caller's work that needs no finding, done while a scan on two cores waits for its forked child
+    (see :func:`processes.scan`).
     """
     db = db or packages.DpkgDatabase(roots.admindir, roots.root)
     in_scope = None
@@ -87,7 +90,7 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
                if interpreted else None)
     scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe,
                           observe_hints=grammars.MAPPED_HINTS, deadline=deadline, pids=pids,
-                          users=users, facts=observation.facts)
+                          users=users, facts=observation.facts, meanwhile=meanwhile)
     if interpreted:
         scan = _with_interpreted(scan, ctx, selection)
     try:

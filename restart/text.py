@@ -8,7 +8,10 @@ import sys
 
 
 def clean(text: str) -> str:
-    """Undecodable bytes become ``\\xNN`` (they were kept as surrogates on the way in)."""
+    """Undecodable bytes become ``\\xNN`` (they were kept as surrogates on the way in).  ASCII text
+    (CPython knows it without a look) has none: the JSON of a scan cleans 2,600 paths and names."""
+    if text.isascii():
+        return text
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 

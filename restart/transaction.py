@@ -183,6 +183,18 @@ def release_markers(directories: list[Path]) -> None:
                 os.unlink(d / CLAIMED)
 
 
+def kept_copy(filename: str, kind: str) -> tuple[str, bool] | None:
+    """(package, set aside) of a copy apt's hook keeps in ``lists/``: ``NAME.KIND`` (this transaction's)
+    or ``NAME.KIND.old.<epoch>.<pid>`` (an earlier one's, set aside by the hook's ``mv --backup``);
+    None for any other name.  The one reader of that suffix, for the lists and the checksums alike."""
+    name, dot_kind, rest = filename.rpartition("." + kind)
+    if not name or not dot_kind:
+        return None
+    if not rest:
+        return name, False
+    return (name, True) if rest.startswith(".old.") and _SET_ASIDE.fullmatch(rest[5:]) else None
+
+
 def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> dict[str, str]:
     """Canonical path -> package from the file lists apt's hook saved before the change.
 
@@ -199,16 +211,13 @@ def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> d
     except OSError:
         return {}
     for entry in entries:
-        name, set_aside, when = entry.name.rpartition(".list.old.")
-        if set_aside and _SET_ASIDE.fullmatch(when):
-            if name.partition(":")[0] in wanted:
-                with suppress(OSError):
-                    os.unlink(entry.path)
+        kept = kept_copy(entry.name, "list")
+        if kept is None or kept[0].partition(":")[0] not in wanted:
             continue
-        if not entry.name.endswith(".list"):
-            continue
-        name = entry.name[:-5]
-        if name.partition(":")[0] not in wanted:
+        name, set_aside = kept
+        if set_aside:
+            with suppress(OSError):
+                os.unlink(entry.path)
             continue
         try:
             with open(entry.path, "rb") as f:
@@ -249,9 +258,10 @@ def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> di
     except OSError:
         return {}
     for entry in entries:
-        name, _, rest = entry.name.partition(".md5sums")
-        if (rest and not rest.startswith(".old.")) or (wanted is not None and name.partition(":")[0] not in wanted):
+        kept = kept_copy(entry.name, "md5sums")
+        if kept is None or (wanted is not None and kept[0].partition(":")[0] not in wanted):
             continue
+        name, set_aside = kept
         try:
             fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             with os.fdopen(fd, "rb") as f:
@@ -260,7 +270,7 @@ def unchanged(run: Path, db: DpkgDatabase, packages: Iterable[str] | None) -> di
         except OSError:
             continue
         # the latest copy is never older than the ones set aside before it
-        copies.setdefault(name, []).append((math.inf if not rest else mtime, sums, mtime, entry.path))
+        copies.setdefault(name, []).append((mtime if set_aside else math.inf, sums, mtime, entry.path))
     if not copies:
         return {}
     for name, versions in copies.items():

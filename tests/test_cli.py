@@ -182,3 +182,25 @@ def test_plan_text_starts_with_the_summary_and_the_reboot_reasons(tmp_path: Path
     assert out.splitlines()[2] == f"Reboot needed: flag (libssl3): {tmp_path}/run/reboot-required.pkgs lists libssl3"
     _, scanned = host.run(capsys, "scan")
     assert "Reboot needed" not in scanned  # scan is about processes only
+
+
+@pytest.mark.parametrize("argv", [["scan"], ["scan", "--json"], ["plan"], ["plan", "--json"]])
+def test_plain_listings_are_read_as_argparse_reads_them(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: importing argparse and building the command's parser were ~3 ms of each ``scan --json``.  The
+    four plain command lines monitoring runs are read without it, to the same namespace (every option,
+    every default); any other one is argparse's, with its checks."""
+    from restart import cli
+
+    parsed = vars(cli._parser(argv).parse_args(argv))
+    assert vars(cli._plain_listing(argv)) == parsed
+    monkeypatch.setattr(cli, "_parser", lambda argv: pytest.fail(f"argparse asked for {argv}"))
+    monkeypatch.setattr(cli, "_usable", lambda roots, args: None)
+    monkeypatch.setattr(cli, "_scan_or_plan", lambda roots, args: 0 if vars(args) == parsed else 3)
+    assert cli.main(list(argv)) == 0
+    for other in ([*argv, "--all"], [*argv, "--json=1"], [argv[0], "--format", "json"], ["scan", "--json", "--json"],
+                  ["status", "--json"], [argv[0], "--packages", "x"]):
+        assert cli._plain_listing(other) is None, other
+    code = f"import sys; from restart import cli; cli._plain_listing({argv!r}); print('argparse' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(REPO)}, cwd="/").stdout
+    assert out.split() == ["False"]

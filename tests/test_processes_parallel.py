@@ -1,7 +1,7 @@
-"""The scan on two cores: a forked child scans every other process, the parent the rest, then merges.
+"""The scan on two cores: a forked child and the parent take shares of the processes in turn, then merge.
 
 The result must be the one-process scan's, whatever the child does: a child that dies, hangs or
-sends anything but a result leaves its half unscanned (never clean), is killed and reaped (no
+sends anything but a result leaves what it took unscanned (never clean), is killed and reaped (no
 zombie), and prints nothing.  No fork with another thread alive, nor below the threshold.
 """
 
@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ LIB = "/usr/lib/x86_64-linux-gnu/libdemo.so.1"
 EVERYTHING = Selection(everything=True)
 USERS = (100, 103, 116, 131, 133)  # their /proc directories are users': scanned last under a deadline
 SERIAL = 10**9  # parallel_min no scan reaches
+CANDIDATES = [*range(100, 140), 500, 501, 502, 503]  # the host's, in a scan's order without a deadline
 KERNEL_THREADS = processes._threads  # the real count (harness_threads replaces it in each test)
 # Python 3.12+ warns at a fork beside other threads: here the suite's own (see harness_threads), which
 # the product never forks beside (processes._two_cores_free counts the kernel's threads).
@@ -126,12 +128,32 @@ def observer(dfd: int, pid: int, exe: str | None) -> object | None:
     return ("observed", pid, exe)  # what it returns is its whole answer (it runs in the child for its half)
 
 
-@pytest.mark.parametrize("deadline", [None, "far"])
-def test_two_cores_give_the_one_process_result(host: Path, forks: list[int], deadline: str | None,
+def _slow(monkeypatch: pytest.MonkeyPatch, who: str) -> None:
+    """Make ``who`` (the child, or both) wait before each share it takes, so that the other takes them."""
+    parent, real = os.getpid(), processes._shares
+
+    def shares(queue: int, candidates: list[int], size: int) -> Iterator[int]:
+        for n, pid in enumerate(real(queue, candidates, size)):
+            if n % size == 0 and (who == "both" or os.getpid() != parent):
+                time.sleep(0.5 if who == "child" else 0.005)
+            yield pid
+
+    monkeypatch.setattr(processes, "_shares", shares)
+
+
+@pytest.mark.parametrize(("deadline", "who"), [(None, "child"), ("far", "parent"), (None, "both"), ("far", "both")])
+def test_two_cores_give_the_one_process_result(host: Path, forks: list[int], deadline: str | None, who: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever scans what: the child all (the parent is busy with its ``meanwhile``), the parent all (the
+    child is slow), or both in turn."""
     monkeypatch.setattr(procfs, "PROCESS_LINES", 2000)
     until = None if deadline is None else time.monotonic() + 600
-    serial, one, parallel, two = _both(host, observe=observer, observe_hints=(b"/usr/bin/",), deadline=until)
+    if who != "child":
+        _slow(monkeypatch, "child" if who == "parent" else who)
+    meanwhile: list[float] = []
+    serial, one, parallel, two = _both(host, observe=observer, observe_hints=(b"/usr/bin/",), deadline=until,
+                                       meanwhile=lambda: meanwhile.append(time.sleep(0.5) or time.monotonic()))
+    assert len(meanwhile) == 2  # once each way: after the one-process scan, during the child's
     assert len(forks) == 1 and set(children()).isdisjoint(forks)
     assert parallel == serial
     assert (serial.scanned, serial.unscanned, serial.errors) == (44, 1, 1)
@@ -140,13 +162,11 @@ def test_two_cores_give_the_one_process_result(host: Path, forks: list[int], dea
     assert odd[502].comm == "e\x1b[1m\u00e9" and odd[502].stale[0].path == "/opt/caf\udce9.so"
     assert odd[503].stale[0].path == "/opt/new\nline.so" and odd[503].exe == "/opt/b\udce9n"
     assert [u.pid for u in serial.over_budget] == [500]
-    # 501's error reaches on_error in the parent; from the child's half (odd positions) as its text.
+    # 501's error reaches on_error in the parent; from the child as its text.
     assert [pid for pid, _ in one] == [pid for pid, _ in two] == [501]
-    candidates = sorted([*range(100, 140), 500, 501, 502, 503],
-                        key=lambda pid: (deadline is not None and pid in USERS, pid))
-    in_child = candidates.index(501) % 2 == 1
-    assert in_child == (deadline is None)  # both ways are tried
-    assert two[0][1] == (f"ValueError: {one[0][1]}" if in_child else one[0][1])
+    from_child = f"ValueError: {one[0][1]}"
+    assert two[0][1] == {"child": from_child, "parent": one[0][1]}.get(who, two[0][1])
+    assert two[0][1] in (from_child, one[0][1])
     if deadline:  # users' processes last, in both halves and in the merge
         assert [p.pid for p in parallel.processes][-4:] == [100, 103, 116, 131]
 
@@ -189,15 +209,25 @@ def test_two_cores_give_the_one_process_result_on_the_real_proc(tmp_path: Path, 
     assert len(seen) == 12 and all(isinstance(o, observation.Observation) and o.imports is not None for o in seen)
 
 
+TAKEN = 16  # candidates the child of _child_does takes (two shares) before it does what it does
+
+
 def _child_does(monkeypatch: pytest.MonkeyPatch, act: Callable[[int], None]) -> None:
-    """Replace what the forked child does: ``act(write_end)``, then it leaves as the real one does."""
-    def child(read_end: int, write_end: int, *_: object) -> None:
+    """Replace what the forked child does: it takes the first two shares (the parent waits in its
+    ``meanwhile``: :func:`late`), then ``act(write_end)``, then it leaves as the real one does."""
+    def child(read_end: int, write_end: int, shares: Iterator[int], *_: object) -> None:
         try:
+            assert len(list(islice(shares, TAKEN))) == TAKEN
             act(write_end)
         finally:
             os._exit(0)
 
     monkeypatch.setattr(processes, "_child", child)
+
+
+def late() -> None:
+    """The parent's ``meanwhile``: long enough for the child of :func:`_child_does` to take its shares."""
+    time.sleep(0.3)
 
 
 def _hang(write_end: int) -> None:
@@ -213,13 +243,12 @@ def _send(write_end: int, answer: object) -> None:
 
 
 def _truncated(write_end: int) -> None:
-    data = json.dumps([processes.ANSWER, processes._plain(ScanResult([], 1, 0, 0), {}), []]).encode()
-    os.write(write_end, data[:-3])
+    os.write(write_end, processes._encode(ScanResult([], 1, 0, 0), [])[:-3])
 
 
 @pytest.mark.parametrize("what", ["dies", "exits", "hangs", "garbage", "truncated", "foreign", "other shape",
-                                  "not a result"])
-def test_a_child_without_a_result_leaves_its_half_unscanned(host: Path, tmp_path: Path, forks: list[int],
+                                  "not a result", "no such file"])
+def test_a_child_without_a_result_leaves_what_it_took_unscanned(host: Path, tmp_path: Path, forks: list[int],
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             capfd: pytest.CaptureFixture[str], what: str) -> None:
     ran = tmp_path / "ran"
@@ -230,25 +259,48 @@ def test_a_child_without_a_result_leaves_its_half_unscanned(host: Path, tmp_path
         "garbage": _garbage,
         "truncated": _truncated,
         # a class no result is made of, called with its "fields": it would make the directory
-        "foreign": lambda w: _send(w, [processes.ANSWER, {"n": "posix.mkdir", "v": [str(ran)]}, []]),
-        "other shape": lambda w: _send(w, ["x", processes._plain(ScanResult([], 1, 0, 0), {}), []]),
-        "not a result": lambda w: _send(w, [processes.ANSWER, {"n": "restart.processes.StaleFile",
-                                                               "v": ["exe", "/x", "certain", "replaced"]}, []]),
+        "foreign": lambda w: _send(w, [processes.ANSWER, [], {"n": "posix.mkdir", "v": [str(ran)]}, []]),
+        "other shape": lambda w: os.write(w, processes._encode(ScanResult([], 1, 0, 0), []).replace(
+            processes.ANSWER.encode(), b"x")),
+        "not a result": lambda w: _send(w, [processes.ANSWER, [], {"n": "restart.processes.StaleFile",
+                                                                   "v": ["exe", "/x", "certain", "replaced"]}, []]),
+        "no such file": lambda w: _send(w, [processes.ANSWER, [{"F": ["exe", "/x", "certain", "replaced"]}], {
+            "n": "restart.processes.ScanResult", "v": [[{"n": "restart.processes.ProcessInfo", "v": [
+                100, 1, 0, "x", None, "", None, {"s": [0, 1]}]}], 1, 0, 0]}, []]),
     }
     _child_does(monkeypatch, acts[what])
     monkeypatch.setattr(processes, "CHILD_GRACE", 0.5)
     serial = scan(host, EVERYTHING, parallel_min=SERIAL)
-    result = scan(host, EVERYTHING, parallel_min=2, deadline=time.monotonic() + 1)
+    result = scan(host, EVERYTHING, parallel_min=2, deadline=time.monotonic() + 1.3, meanwhile=late)
     assert len(forks) == 1 and set(children()).isdisjoint(forks)
-    assert (result.scanned, result.unscanned) == (22, 22)  # 44 candidates: 22 each
-    order = sorted((p.pid for p in serial.processes), key=lambda pid: (pid in USERS, pid))
-    mine = sorted((p.pid for p in serial.processes), key=lambda pid: (pid in USERS, pid))
-    candidates = sorted([*range(100, 140), 500, 501, 502, 503], key=lambda pid: (pid in USERS, pid))
-    mine = [pid for pid in order if candidates.index(pid) % 2 == 0]  # the parent's half: even positions
+    assert (result.scanned, result.unscanned) == (44 - TAKEN, TAKEN)  # what the child took: unscanned
+    candidates = sorted(CANDIDATES, key=lambda pid: (pid in USERS, pid))
+    order = sorted((p.pid for p in serial.processes), key=candidates.index)
+    mine = [pid for pid in order if candidates.index(pid) >= TAKEN]  # the parent's: the shares after the child's
     assert [p.pid for p in result.processes] == mine
     assert not ran.exists()
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
+
+
+def test_an_answer_longer_than_the_cap_is_no_answer(host: Path, forks: list[int],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read no further than ``ANSWER_MAX``: a child that sends more (here a valid result after 2 MiB of
+    JSON whitespace) leaves its half unscanned, is killed in its write and reaped."""
+    answer = processes._encode(ScanResult([], TAKEN, 0, 0), [])
+
+    def padded(write_end: int) -> None:
+        data = memoryview(b" " * (2 << 20) + answer)
+        while data:
+            data = data[os.write(write_end, data):]
+
+    _child_does(monkeypatch, padded)
+    monkeypatch.setattr(processes, "ANSWER_MAX", 3 << 20)
+    assert scan(host, EVERYTHING, parallel_min=2, meanwhile=late).unscanned == 0  # within the cap: a result
+    monkeypatch.setattr(processes, "ANSWER_MAX", 1 << 20)
+    result = scan(host, EVERYTHING, parallel_min=2, meanwhile=late)
+    assert len(forks) == 2 and set(children()).isdisjoint(forks)
+    assert (result.scanned, result.unscanned) == (44 - TAKEN, TAKEN)
 
 
 def test_a_child_whose_scan_raises_leaves_quietly(host: Path, tmp_path: Path, forks: list[int],
@@ -261,20 +313,21 @@ def test_a_child_whose_scan_raises_leaves_quietly(host: Path, tmp_path: Path, fo
 
     def scan_these(*args: object) -> ScanResult:
         if os.getpid() != parent:
+            assert len(list(islice(args[2], TAKEN))) == TAKEN  # type: ignore[call-overload]
             raise RuntimeError("in the child")
         return real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(processes, "_scan_these", scan_these)
     escaped = tmp_path / "escaped"
     try:
-        result = scan(host, EVERYTHING, parallel_min=2)
+        result = scan(host, EVERYTHING, parallel_min=2, meanwhile=late)
     finally:
         if os.getpid() != parent:  # the child came back into this test: say so (before the parent reads EOF)
             escaped.touch()
             os._exit(0)
     assert not escaped.exists()
     assert len(forks) == 1 and set(children()).isdisjoint(forks)
-    assert (result.scanned, result.unscanned) == (22, 22)
+    assert (result.scanned, result.unscanned) == (44 - TAKEN, TAKEN)
     assert capfd.readouterr() == ("", "")
 
 
@@ -283,9 +336,9 @@ def test_a_child_that_exceeds_no_deadline_waits_its_bound(host: Path, forks: lis
     # Without a deadline the wait is still bounded: CHILD_WAIT past the end of the parent's half.
     _child_does(monkeypatch, _hang)
     monkeypatch.setattr(processes, "CHILD_WAIT", 0.3)
-    result = scan(host, EVERYTHING, parallel_min=2)
+    result = scan(host, EVERYTHING, parallel_min=2, meanwhile=late)
     assert len(forks) == 1 and set(children()).isdisjoint(forks)
-    assert result.unscanned == 22
+    assert result.unscanned == TAKEN
 
 
 class Watchdog(Exception):
@@ -372,11 +425,12 @@ def test_the_pipe_is_the_two_processes_own(host: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(os, "pipe2", pipe2)
     scan(host, EVERYTHING, parallel_min=2)
-    [(flags, ends)] = made
-    assert flags & os.O_CLOEXEC
-    for end in ends:
-        with pytest.raises(OSError):
-            os.fstat(end)  # closed (nothing opened since could have taken the number)
+    assert len(made) == 2  # the queue of shares, the answer
+    for flags, ends in made:
+        assert flags & os.O_CLOEXEC
+        for end in ends:
+            with pytest.raises(OSError):
+                os.fstat(end)  # closed (nothing opened since could have taken the number)
 
 
 def test_an_orphaned_child_stops_scanning(host: Path) -> None:
@@ -393,4 +447,4 @@ def test_an_orphaned_child_stops_scanning(host: Path) -> None:
     finally:
         os.close(procfd)
     assert alive.scanned == len(candidates) and alive.processes
-    assert (gone.scanned, gone.unscanned, gone.processes) == (0, len(candidates), [])
+    assert (gone.scanned, gone.unscanned, gone.processes) == (0, 0, [])  # none begun (the caller counts the rest)
