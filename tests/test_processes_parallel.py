@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -129,13 +130,17 @@ def observer(dfd: int, pid: int, exe: str | None) -> object | None:
 
 
 def _slow(monkeypatch: pytest.MonkeyPatch, who: str) -> None:
-    """Make ``who`` (the child, or both) wait before each share it takes, so that the other takes them."""
+    """Make ``who`` slow: the child waits 1.5 s before its first share (the parent, done with its 0.5 s
+    ``meanwhile``, takes them all: a wait after taking a share left that share to the child), or both
+    wait a little after taking each share (they take turns)."""
     parent, real = os.getpid(), processes._shares
 
     def shares(queue: int, candidates: list[int], size: int) -> Iterator[int]:
+        if who == "child" and os.getpid() != parent:
+            time.sleep(1.5)
         for n, pid in enumerate(real(queue, candidates, size)):
-            if n % size == 0 and (who == "both" or os.getpid() != parent):
-                time.sleep(0.5 if who == "child" else 0.005)
+            if n % size == 0 and who == "both":
+                time.sleep(0.005)
             yield pid
 
     monkeypatch.setattr(processes, "_shares", shares)
@@ -212,12 +217,21 @@ def test_two_cores_give_the_one_process_result_on_the_real_proc(tmp_path: Path, 
 TAKEN = 16  # candidates the child of _child_does takes (two shares) before it does what it does
 
 
+_TOOK: list[int] = []  # the pipe on which the child says it has taken its shares (see late)
+
+
+def _takes_first(shares: Iterator[int]) -> None:
+    """In the child: take the first two shares, then tell the parent waiting in :func:`late`."""
+    assert len(list(islice(shares, TAKEN))) == TAKEN
+    os.write(_TOOK[1], b".")
+
+
 def _child_does(monkeypatch: pytest.MonkeyPatch, act: Callable[[int], None]) -> None:
     """Replace what the forked child does: it takes the first two shares (the parent waits in its
     ``meanwhile``: :func:`late`), then ``act(write_end)``, then it leaves as the real one does."""
     def child(read_end: int, write_end: int, shares: Iterator[int], *_: object) -> None:
         try:
-            assert len(list(islice(shares, TAKEN))) == TAKEN
+            _takes_first(shares)
             act(write_end)
         finally:
             os._exit(0)
@@ -225,9 +239,19 @@ def _child_does(monkeypatch: pytest.MonkeyPatch, act: Callable[[int], None]) -> 
     monkeypatch.setattr(processes, "_child", child)
 
 
+@pytest.fixture(autouse=True)
+def took() -> Iterator[None]:
+    _TOOK[:] = os.pipe()
+    yield
+    for end in _TOOK:
+        os.close(end)
+
+
 def late() -> None:
-    """The parent's ``meanwhile``: long enough for the child of :func:`_child_does` to take its shares."""
-    time.sleep(0.3)
+    """The parent's ``meanwhile``: until the child has taken its shares (by a sleep, the parent took them
+    first now and then on a loaded machine; 10 s at most: a child that never says so fails the test)."""
+    if select.select([_TOOK[0]], [], [], 10.0)[0]:
+        os.read(_TOOK[0], 1)
 
 
 def _hang(write_end: int) -> None:
@@ -313,7 +337,7 @@ def test_a_child_whose_scan_raises_leaves_quietly(host: Path, tmp_path: Path, fo
 
     def scan_these(*args: object) -> ScanResult:
         if os.getpid() != parent:
-            assert len(list(islice(args[2], TAKEN))) == TAKEN  # type: ignore[call-overload]
+            _takes_first(args[2])  # type: ignore[arg-type]
             raise RuntimeError("in the child")
         return real(*args)  # type: ignore[arg-type]
 
@@ -354,10 +378,10 @@ def test_a_watchdog_during_the_wait_still_kills_and_reaps_the_child(host: Path, 
         raise Watchdog()
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
     try:
         with pytest.raises(Watchdog):
-            scan(host, EVERYTHING, parallel_min=2)
+            scan(host, EVERYTHING, parallel_min=2, meanwhile=late)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
