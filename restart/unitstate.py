@@ -420,12 +420,15 @@ class Jobs(NamedTuple):
     states: dict[str, dict[str, str]] | None = None
 
 
-# How the executor asks for restart jobs: (verb, units, timeout, told once they are enqueued) -> how
-# they ended (tests pass their own).
-JobStarter = Callable[[str, list[str], float, Callable[[], None]], Jobs]
+# Told, while other jobs of the same call still run, of units whose jobs ended well: unit -> its properties.
+Ended = Callable[[dict[str, dict[str, str]]], None]
+# How the executor asks for restart jobs: (verb, units, timeout, told once they are enqueued, told of units
+# as their jobs end, or None) -> how they ended (tests pass their own).
+JobStarter = Callable[[str, list[str], float, Callable[[], None], Ended | None], Jobs]
 
 
-def bus_restart(verb: str, names: list[str], timeout: float, under_way: Callable[[], None] = lambda: None) -> Jobs:
+def bus_restart(verb: str, names: list[str], timeout: float, under_way: Callable[[], None] = lambda: None,
+                ended: Ended | None = None) -> Jobs:
     """``systemctl VERB -- NAMES`` of system services, asked of PID 1 on its own socket: one job per
     unit (mode ``replace``, as systemctl's), all asked at once, then each job's end (its
     ``JobRemoved`` signal, which PID 1 sends on its own socket to every connection) awaited by
@@ -433,7 +436,10 @@ def bus_restart(verb: str, names: list[str], timeout: float, under_way: Callable
     after another: 4 ms more for one unit, 22 ms for 29.  As a job ends well, the unit's properties
     (``BUS_PROPS``) are asked on the same connection, while the other jobs run.
 
-    ``under_way`` is told once the calls are sent.  Raises BusUnavailable when nothing could be asked
+    ``under_way`` is told once the calls are sent; ``ended``, whenever nothing else is there to read,
+    of the units whose job has ended well and whose properties are all read since it was last told
+    (each unit once; they are also in the result's ``states``): the wave's jobs end over tens of
+    milliseconds, and its first units are verified meanwhile.  Raises BusUnavailable when nothing could be asked
     (the caller runs systemctl instead).  Once the
     calls are sent, nothing is ever asked again: any trouble after that ends the wait (``waiting``
     says what), and the caller's verification decides what became of the units."""
@@ -450,24 +456,31 @@ def bus_restart(verb: str, names: list[str], timeout: float, under_way: Callable
     others = 1000 + 100 * len(names)  # messages that are none of these (every unit's changes, other jobs)
     clean = False
     try:
-        bus.sock.sendall(calls)
-        under_way()
+        try:
+            bus.sock.sendall(calls)
+            under_way()
+        except (OSError, ValueError, IndexError, struct.error) as e:
+            return watch.jobs(f"lost from view: {e}")
         while watch.open():
-            message = _next(bus.sock, bus.buf, deadline, BUS_MESSAGE_MAX)
-            if message[1] == 4 and b"JobRemoved" not in message[16:16 + struct.unpack_from("<I", message, 12)[0]]:
-                others -= 1  # most of them: a unit's properties changed
-            elif not watch.news(message):
-                others -= 1
-            if others < 0:
-                raise ValueError("systemd sent too much else meanwhile")
-            if watch.ask:
-                bus.sock.sendall(watch.ask)
-                watch.ask.clear()
-        clean = True
-    except TimeoutError:
-        pass
-    except (OSError, ValueError, IndexError, struct.error) as e:
-        return watch.jobs(f"lost from view: {e}")
+            try:
+                message = _next(bus.sock, bus.buf, deadline, BUS_MESSAGE_MAX)
+                if message[1] == 4 and b"JobRemoved" not in message[16:16 + struct.unpack_from("<I", message, 12)[0]]:
+                    others -= 1  # most of them: a unit's properties changed
+                elif not watch.news(message):
+                    others -= 1
+                if others < 0:
+                    raise ValueError("systemd sent too much else meanwhile")
+                if watch.ask:
+                    bus.sock.sendall(watch.ask)
+                    watch.ask.clear()
+                told = ended is not None and bool(watch.ready) and watch.open() and not _waiting(bus)
+            except TimeoutError:
+                break
+            except (OSError, ValueError, IndexError, struct.error) as e:
+                return watch.jobs(f"lost from view: {e}")
+            if told and ended is not None:  # (outside the above: what the caller raises is its own)
+                ended(watch.hand_over())
+        clean = not watch.open()
     finally:
         bus.serial = watch.serial
         if clean:
@@ -475,6 +488,24 @@ def bus_restart(verb: str, names: list[str], timeout: float, under_way: Callable
         else:
             bus.close()
     return watch.jobs("")
+
+
+def _waiting(bus: _Bus) -> bool:
+    """Whether more of PID 1's messages are here already (a whole one read, or bytes on the socket),
+    found without waiting; what is read is kept for :func:`_next`, which also says what went wrong."""
+    if len(bus.buf) >= 16 and len(bus.buf) >= _message_size(bus.buf):
+        return True
+    timeout = bus.sock.gettimeout()
+    try:
+        bus.sock.setblocking(False)
+        bus.buf += bus.sock.recv(1 << 16)  # nothing (the connection closed): _next finds it so again
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        bus.sock.settimeout(timeout)
+    return True
 
 
 class _JobWatch:
@@ -491,14 +522,21 @@ class _JobWatch:
         self.ended: dict[str, str] = {}    # a job's path -> its result, ended before its answer was read
         self.props: dict[int, tuple[str, str]] = {}  # serial of a Get -> (unit, property), unanswered
         self.states: dict[str, dict[str, str]] = {}
+        self.ready: list[str] = []  # units whose job ended well and whose properties are all read, not yet told
         self.ask = bytearray()  # calls to send
         self.serial = first + len(names)  # the last serial used
 
     def open(self) -> bool:
         return len(self.results) + len(self.refused) < len(self.names) or bool(self.props)
 
+    def hand_over(self) -> dict[str, dict[str, str]]:
+        """The units ready since the last time (each unit's properties as read)."""
+        ready, self.ready = self.ready, []
+        return {name: self.states[name] for name in ready}
+
     def jobs(self, waiting: str) -> Jobs:
-        complete = {n: s for n, s in self.states.items() if len(s) == len(BUS_PROPS)}
+        # (an error answer leaves "?" instead of the property: never complete, whatever the count)
+        complete = {n: s for n, s in self.states.items() if len(s) == len(BUS_PROPS) and "?" not in s}
         return Jobs(self.results, self.refused, waiting, complete)
 
     def _ended(self, name: str, result: str) -> None:
@@ -521,6 +559,8 @@ class _JobWatch:
                 self.states[name][prop] = str(_reply(message)[1])
             except ValueError:
                 self.states[name]["?"] = ""  # an error: not complete, asked again by the caller
+            if len(self.states[name]) == len(BUS_PROPS) and "?" not in self.states[name]:
+                self.ready.append(name)
             return True
         if kind == 2 and isinstance(answered, int) and answered in self.asked and fields.get(8) == "o":
             path = str(_values(message, body, "o")[0])

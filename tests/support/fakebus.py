@@ -72,6 +72,7 @@ class FakePid1:
         self.after_get: dict[int, list[bytes]] = {}  # sent after the Nth answer to Get (signals meanwhile)
         self.sent = threading.Event()  # set once what after_get holds was sent
         self.before_answer: list[bytes] = []  # sent before each answer to Get (a unit loaded, collected)
+        self.errors: set[str] = set()  # properties whose Get is answered with an error
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
         self.server.listen()
@@ -122,7 +123,9 @@ class FakePid1:
                 if member == "Get":
                     data = self.units.get(str(fields[1]), {}).get(str(args[1]), "").encode()
                     value = b"\x01s\x00\x00" + struct.pack("<I", len(data)) + data + b"\0"
-                    conn.sendall(b"".join(self.before_answer) + message(2, reply_to, "v", raw=value))
+                    answer = message(2, reply_to, "v", raw=value) if str(args[1]) not in self.errors else \
+                        message(3, [*reply_to, (4, "s", "org.freedesktop.DBus.Error.UnknownProperty")], "s", ("no",))
+                    conn.sendall(b"".join(self.before_answer) + answer)
                     later = self.after_get.pop(sum(call[0] == "Get" for call in self.calls), [])
                     if later:
                         conn.sendall(b"".join(later))
