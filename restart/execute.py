@@ -111,8 +111,9 @@ class Executor(Verifier):
         # System services' restarts are asked of PID 1 on its own socket (systemctl when it cannot be
         # used); never when a test's runner stands in for systemd, unless it brings its own.
         self.jobs = jobs if jobs is not None else bus_restart if runner is None else None
-        # Told as each restart is under way (its jobs enqueued): what the run does beside it then starts
-        # only now, so that no thread of it holds the interpreter while the restart is being asked for.
+        # Told as each restart is under way (PID 1 starting its units, or its jobs ended; the systemctl
+        # just before it runs): what the run does beside it then starts only now, so that no thread of it
+        # holds the interpreter while the restart is asked for, nor PID 1 while it stops and forks the units.
         self.begun = begun or (lambda: None)
         self.run_dir = run_dir
         self.intend = intend  # records actions before they are taken (raises OSError when it cannot)

@@ -436,7 +436,11 @@ def bus_restart(verb: str, names: list[str], timeout: float, under_way: Callable
     after another: 4 ms more for one unit, 22 ms for 29.  As a job ends well, the unit's properties
     (``BUS_PROPS``) are asked on the same connection, while the other jobs run.
 
-    ``under_way`` is told once the calls are sent; ``ended``, whenever nothing else is there to read,
+    ``under_way`` is told once PID 1 has begun to start one of them (a unit ``activating``: its start
+    forked), or at the latest when the wait ends: what it starts (the next wave's survey asks PID 1
+    about every unit of it) then asks PID 1 while it waits for the units to come up, not while it
+    stops and forks them (a survey of 29 units then made the canary's start 5-15 ms later);
+    ``ended``, whenever nothing else is there to read,
     of the units whose job has ended well and whose properties are all read since it was last told
     (each unit once; they are also in the result's ``states``): the wave's jobs end over tens of
     milliseconds, and its first units are verified meanwhile.  Raises BusUnavailable when nothing could be asked
@@ -455,15 +459,21 @@ def bus_restart(verb: str, names: list[str], timeout: float, under_way: Callable
         calls += _call(serial, MANAGER_PATH, _MANAGER, method, "ss", (name, "replace"))
     others = 1000 + 100 * len(names)  # messages that are none of these (every unit's changes, other jobs)
     clean = False
+    starting: Callable[[], None] | None = under_way  # until told
+    lost = ""  # what ended the wait early
+    paths = {bus_path(name) for name in names}
     try:
         try:
             bus.sock.sendall(calls)
-            under_way()
         except (OSError, ValueError, IndexError, struct.error) as e:
             return watch.jobs(f"lost from view: {e}")
         while watch.open():
             try:
                 message = _next(bus.sock, bus.buf, deadline, BUS_MESSAGE_MAX)
+                if starting is not None and _activating(message, paths):
+                    tell: Callable[[], None] = starting
+                    starting = None
+                    tell()
                 if message[1] == 4 and b"JobRemoved" not in message[16:16 + struct.unpack_from("<I", message, 12)[0]]:
                     others -= 1  # most of them: a unit's properties changed
                 elif not watch.news(message):
@@ -477,17 +487,32 @@ def bus_restart(verb: str, names: list[str], timeout: float, under_way: Callable
             except TimeoutError:
                 break
             except (OSError, ValueError, IndexError, struct.error) as e:
-                return watch.jobs(f"lost from view: {e}")
+                lost = f"lost from view: {e}"
+                break
             if told and ended is not None:  # (outside the above: what the caller raises is its own)
                 ended(watch.hand_over())
-        clean = not watch.open()
+        clean = not (lost or watch.open())
+        if starting is not None:
+            starting()
     finally:
         bus.serial = watch.serial
         if clean:
             _keep(bus)
         else:
             bus.close()
-    return watch.jobs("")
+    return watch.jobs(lost)
+
+
+ACTIVATING = b"\x0a\x00\x00\x00activating\x00"  # the string "activating" as a D-Bus value (not "deactivating")
+
+
+def _activating(message: bytes, paths: set[str]) -> bool:
+    """Whether ``message`` is PID 1's signal that one of the units at ``paths`` is now ``activating``
+    (a ``PropertiesChanged`` of it that carries that state; read only as far as needed to say so)."""
+    if message[1] != 4 or ACTIVATING not in message:
+        return False
+    fields, _ = _header(message)
+    return fields.get(3) == "PropertiesChanged" and fields.get(1) in paths
 
 
 def _waiting(bus: _Bus) -> bool:

@@ -439,7 +439,8 @@ def test_what_systemd_said_as_a_job_ended_is_the_first_check_after_it(tmp_path: 
 
     class Stale(Pid1Jobs):
         def __call__(self, verb: str, names: list[str], timeout: float,
-                     under_way: Callable[[], None] = lambda: None, ended: unitstate.Ended | None = None) -> unitstate.Jobs:
+                     under_way: Callable[[], None] = lambda: None,
+                     ended: unitstate.Ended | None = None) -> unitstate.Jobs:
             found = super().__call__(verb, names, timeout, under_way, ended)
             assert found.states is not None
             if units[-1] in found.states:  # the wave's last unit, still with its old main process
@@ -461,14 +462,16 @@ def test_a_waves_units_whose_jobs_ended_first_are_verified_while_the_rest_start(
     bus while the others' still run) are checked then: only the last ones are left for after the
     wave.  Each unit once; with ``settle``, they stay up together with the rest of the wave."""
     units = names(5)
+    checked: list[list[str | None]] = []
+    done: list[str | None] = []
+
+    def still_stale(checks: list[tuple[UnitGroup, list[int] | None]], until: float) -> list[verify.Recheck]:
+        checked.append([g.name for g, _ in checks])
+        return [verify.Recheck([]) for _ in checks]
     for settle in (0.0, 0.3):
         systemd = Systemd(units)
-        checked: list[list[str | None]] = []
-
-        def still_stale(checks: list[tuple[UnitGroup, list[int] | None]], until: float) -> list[verify.Recheck]:
-            checked.append([g.name for g, _ in checks])
-            return [verify.Recheck([]) for _ in checks]
-        done: list[str | None] = []
+        checked.clear()
+        done.clear()
         ex = execute.Executor(Settings(settle=settle, timeout=1.0, max_parallel=8), proc=tmp_path,
                               deadline=time.monotonic() + 60, cgroupfs=tmp_path, runner=systemd,
                               jobs=Pid1Jobs(systemd, states=True, first=2), still_stale=still_stale,

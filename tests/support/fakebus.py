@@ -64,8 +64,10 @@ class FakePid1:
     """Serves one connection at a time on ``path`` in a thread, until :meth:`close`."""
 
     def __init__(self, path: Path, *, jobs: dict[str, str] | None = None,
-                 units: dict[str, dict[str, str]] | None = None, noise: int = 3, early: bool = False) -> None:
+                 units: dict[str, dict[str, str]] | None = None, noise: int = 3, early: bool = False,
+                 states: tuple[str, ...] = ()) -> None:
         self.path, self.jobs, self.noise, self.early = path, jobs or {}, noise, early
+        self.states = states  # the ActiveStates each unit's PropertiesChanged carry once its job is enqueued
         self.units = {unitstate.bus_path(name): props for name, props in (units or {}).items()}
         self.calls: list[tuple[str, tuple[object, ...]]] = []  # (member, arguments) as asked
         self.connections = 0  # accepted so far
@@ -144,6 +146,9 @@ class FakePid1:
                 ended = signal("JobRemoved", "uoss", (job, path, unit, how))
                 other = signal("JobRemoved", "uoss", (job + 1000, path + "0", unit, "canceled"))  # a job it replaced
                 reply = message(2, reply_to, "o", (path,))
+                changed = [message(4, [(1, "o", unitstate.bus_path(unit)), (2, "s", "org.freedesktop.DBus.Properties"),
+                                       (3, "s", "PropertiesChanged")], "s", (state,)) for state in self.states]
+                reply += b"".join(changed)
                 out = [other, *([NOISE] * self.noise)]
                 out += [ended, reply] if self.early else [reply, *([NOISE] * self.noise), ended]
                 conn.sendall(b"".join(out if how not in ("hang", "close") else [reply]))
