@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from restart.plan import Status
 from restart.procfs import lineage
@@ -32,6 +32,9 @@ from restart.units import (
     resolve,
     valid_unit_name,
 )
+
+if TYPE_CHECKING:  # threading is imported only when a connection is made ahead (prepare)
+    from threading import Thread
 
 PROGRAMS = {"systemctl": "/usr/bin/systemctl", "invoke-rc.d": "/usr/sbin/invoke-rc.d"}
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
@@ -248,10 +251,19 @@ class _Bus:
 KEEP_SECONDS = 0.25
 KEEP_DRAIN_MAX = 1 << 22  # bytes of signals read off a kept connection before it is given up instead
 _kept: list[_Bus] = []
+_ahead: list[Thread] = []  # the thread making a connection ahead (prepare), until a question waits for it
 
 
 def _take(timeout: float) -> _Bus:
-    """The connection kept a moment ago (what it received meanwhile dropped), else a new one."""
+    """The connection kept a moment ago (what it received meanwhile dropped), else a new one.  One being
+    made ahead (:func:`prepare`) is waited for first: it began earlier, and a second one only queued
+    behind it at PID 1 (in a traced run where the canary's check came 4 ms after it, both were ready at
+    the same moment: PID 1's time for a connection, and this process's, spent twice)."""
+    while _ahead:
+        try:
+            _ahead.pop().join(max(timeout, 0.1))
+        except IndexError:  # taken meanwhile by another thread
+            break
     while True:
         try:
             bus = _kept.pop()
@@ -316,7 +328,9 @@ def prepare(timeout: float) -> None:
     def connect() -> None:
         with suppress(OSError, struct.error):
             _keep(_Bus(_connect(timeout)))
-    threading.Thread(target=connect, name="restartctl-bus", daemon=True).start()
+    thread = threading.Thread(target=connect, name="restartctl-bus", daemon=True)
+    thread.start()
+    _ahead[:] = [thread]
 
 
 def release() -> None:

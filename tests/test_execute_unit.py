@@ -515,6 +515,18 @@ def test_pid1s_socket_can_be_connected_ahead_of_the_first_question(tmp_path: Pat
         assert pid1.connections == 1
     finally:
         pid1.close()
+    # A question while the connection is still being made (PID 1 slow to answer its handshake) waits
+    # for it instead of making a second one (which this stand-in, one connection at a time, would
+    # serve only once the first is closed: never in time).
+    path.unlink()
+    pid1 = FakePid1(path, units={"a.service": {"ActiveState": "active", "MainPID": "42"}})
+    pid1.auth_delay = 0.3
+    try:
+        unitstate.prepare(5)
+        assert unitstate.bus_states(["a.service"], 2)["a.service"]["MainPID"] == "42"
+        assert pid1.connections == 1
+    finally:
+        pid1.close()
 
 
 def test_properties_of_units_loaded_to_be_asked_about_are_still_read_on_the_bus(

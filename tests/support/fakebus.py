@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 from restart import unitstate
@@ -75,6 +76,7 @@ class FakePid1:
         self.sent = threading.Event()  # set once what after_get holds was sent
         self.before_answer: list[bytes] = []  # sent before each answer to Get (a unit loaded, collected)
         self.errors: set[str] = set()  # properties whose Get is answered with an error
+        self.auth_delay = 0.0  # seconds before a connection's handshake is answered (a busy PID 1)
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
         self.server.listen()
@@ -100,6 +102,7 @@ class FakePid1:
 
     def _talk(self, conn: socket.socket) -> None:
         conn.recv(256)  # \0AUTH EXTERNAL ...
+        time.sleep(self.auth_delay)
         conn.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
         buf = bytearray()
         job = 0
