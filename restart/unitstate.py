@@ -436,8 +436,8 @@ class Jobs(NamedTuple):
 
 # Told, while other jobs of the same call still run, of units whose jobs ended well: unit -> its properties.
 Ended = Callable[[dict[str, dict[str, str]]], None]
-# How the executor asks for restart jobs: (verb, units, timeout, told once they are enqueued, told of units
-# as their jobs end, or None) -> how they ended (tests pass their own).
+# How the executor asks for restart jobs: (verb, units, timeout, told once under way, told of units as
+# their jobs end, or None) -> how they ended (tests pass their own).
 JobStarter = Callable[[str, list[str], float, Callable[[], None], Ended | None], Jobs]
 
 
@@ -453,14 +453,13 @@ def bus_restart(verb: str, names: list[str], timeout: float, under_way: Callable
     ``under_way`` is told once PID 1 has begun to start one of them (a unit ``activating``: its start
     forked), or at the latest when the wait ends: what it starts (the next wave's survey asks PID 1
     about every unit of it) then asks PID 1 while it waits for the units to come up, not while it
-    stops and forks them (a survey of 29 units then made the canary's start 5-15 ms later);
-    ``ended``, whenever nothing else is there to read,
-    of the units whose job has ended well and whose properties are all read since it was last told
-    (each unit once; they are also in the result's ``states``): the wave's jobs end over tens of
-    milliseconds, and its first units are verified meanwhile.  Raises BusUnavailable when nothing could be asked
-    (the caller runs systemctl instead).  Once the
-    calls are sent, nothing is ever asked again: any trouble after that ends the wait (``waiting``
-    says what), and the caller's verification decides what became of the units."""
+    stops and forks them (a survey of 29 units then made the canary's restart 3-10 ms longer).
+    ``ended`` is told, whenever nothing else is there to read, of the units whose job has ended well
+    and whose properties are all read since it was last told (each unit once; they are also in the
+    result's ``states``): a wave's units that start quickly are verified while a slower one still
+    starts.  Raises BusUnavailable when nothing could be asked (the caller runs systemctl instead).
+    Once the calls are sent, nothing is ever asked again: any trouble after that ends the wait
+    (``waiting`` says what), and the caller's verification decides what became of the units."""
     deadline = time.monotonic() + timeout
     method = JOB_METHODS[verb]
     try:
