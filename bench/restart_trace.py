@@ -75,7 +75,7 @@ def main() -> int:
     # As /usr/sbin/restartctl (bin/restartctl) runs: python3 -IS, restartctl's code from here only.
     sys.path.append("/usr/lib/python3/dist-packages")
     note("imports start")
-    from restart import apply, cli, execute, plan, state, unitstate
+    from restart import apply, cli, execute, plan, state, unitstate, verify
     note("imports done")
     subprocess.Popen = Popen  # type: ignore[misc,assignment]
     traced(apply, "find", "scan", lambda *a, **k: f"pids={len(k.get('pids') or [])}")
@@ -92,6 +92,8 @@ def main() -> int:
     traced(execute.Executor, "one", "canary/one")
     traced(execute.Executor, "_wave", "wave", lambda self, wave, *a, **k: f"{len(wave)} units")
     traced(execute.Executor, "_verify")
+    traced(verify.Verifier, "_verify_ended", "verified as their jobs ended",
+           lambda self, pairs, states, *a: f"{len(states)} units")
     traced(execute.Executor, "_await")
     traced(execute.Executor, "_settle")
     traced(execute.Executor, "_restart_together")

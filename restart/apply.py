@@ -238,7 +238,7 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
     ``outcomes`` fills as the restarts finish, so that an interrupted run still records them; each
     action is also on record before it is taken (:class:`ActionLog`).  ``db``: the dpkg database as
     the scan read it, for the checks after the restarts; ``first`` is told as each restart is under way
-    (its jobs enqueued).
+    (PID 1 starting its units: see :func:`restart.unitstate.bus_restart`).
     """
     for line in report.intro_lines(actions, failed=failed, asking=choose is not None, earlier=earlier,
                                    seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):

@@ -27,6 +27,7 @@ from restart.unitstate import (
     JOB_OK,
     PROGRAMS,
     BusUnavailable,
+    Ended,
     Jobs,
     JobStarter,
     Survey,
@@ -38,7 +39,7 @@ from restart.unitstate import (
     survey,
     unit_state,
 )
-from restart.verify import DECLINED, DONE, FAILED, SKIPPED, Outcome, Recheck, StillStale, Verifier
+from restart.verify import DECLINED, DONE, FAILED, SKIPPED, Checked, Outcome, Recheck, StillStale, Verifier
 
 CGROUPFS = Path("/sys/fs/cgroup")
 MANAGER_PROBE = 5.0  # seconds a user's manager has to answer before it counts as not answering
@@ -110,8 +111,9 @@ class Executor(Verifier):
         # System services' restarts are asked of PID 1 on its own socket (systemctl when it cannot be
         # used); never when a test's runner stands in for systemd, unless it brings its own.
         self.jobs = jobs if jobs is not None else bus_restart if runner is None else None
-        # Told as each restart is under way (its jobs enqueued): what the run does beside it then starts
-        # only now, so that no thread of it holds the interpreter while the restart is being asked for.
+        # Told as each restart is under way (PID 1 starting its units, or its jobs ended; the systemctl
+        # just before it runs): what the run does beside it then starts only now, so that no thread of it
+        # holds the interpreter while the restart is asked for, nor PID 1 while it stops and forks the units.
         self.begun = begun or (lambda: None)
         self.run_dir = run_dir
         self.intend = intend  # records actions before they are taken (raises OSError when it cannot)
@@ -307,15 +309,17 @@ class Executor(Verifier):
             self.begun()
         return told
 
-    def _on_bus(self, actions: list[Action], timeout: float, under_way: Callable[[], None]) -> Jobs | None:
-        """The restart jobs of these system services (one verb), asked of PID 1 on its own socket;
-        None when nothing was asked there (no socket, a test's runner, a verb or name it does not
-        take): then systemctl is run, as before."""
+    def _on_bus(self, actions: list[Action], timeout: float, under_way: Callable[[], None],
+                ended: Ended | None = None) -> Jobs | None:
+        """The restart jobs of these system services (one verb), asked of PID 1 on its own socket
+        (``ended`` told of units as their jobs end: see :func:`restart.unitstate.bus_restart`); None
+        when nothing was asked there (no socket, a test's runner, a verb or name it does not take):
+        then systemctl is run, as before."""
         names = [a.group.name or "" for a in actions]
         if self.jobs is None or actions[0].action not in JOB_METHODS or not all(map(valid_unit_name, names)):
             return None
         try:
-            return self.jobs(actions[0].action, names, timeout, under_way)
+            return self.jobs(actions[0].action, names, timeout, under_way, ended)
         except BusUnavailable:
             return None
 
@@ -323,7 +327,7 @@ class Executor(Verifier):
         g = action.group
         assert action.argv is not None  # noqa: S101 - run_all passes only actions with a command
         timeout = min(self.settings.timeout, self.remaining())
-        jobs = self._on_bus([action], timeout, under_way) if batchable(action) else None
+        jobs = self._on_bus([action], timeout, under_way, None) if batchable(action) else None
         if jobs is not None:
             trouble = job_trouble(jobs, g.name or "", timeout)
             # A job lost from view (the socket closed while it ran) is not asked for again: whether the
@@ -399,7 +403,16 @@ class Executor(Verifier):
                           under_way: Callable[[], None]) -> None:
         timeout = min(self.settings.timeout, self.remaining())
         said = ""  # what went wrong when not every job succeeded (its lines name the units)
-        jobs = self._on_bus([a for a, _ in go], timeout, under_way)
+        # Units verified as their jobs ended, while the rest of the wave still started (their jobs ended
+        # well: no line of ``said`` is theirs), and those of them still to stay up with the rest (settle).
+        early: set[str | None] = set()
+        settling: list[Checked] = []
+
+        def ended(states: dict[str, dict[str, str]]) -> None:
+            names, checked = self._verify_ended([p for p in go if p[0].group.name not in early], states, finish)
+            early.update(names)
+            settling.extend(checked)
+        jobs = self._on_bus([a for a, _ in go], timeout, under_way, ended if self.settings.verify else None)
         if jobs is not None:
             said = "\n".join(filter(None, (job_trouble(jobs, a.group.name or "", timeout) for a, _ in go)))
         else:
@@ -429,8 +442,9 @@ class Executor(Verifier):
             name = re.compile(rf"(?<![\w.@:\\-]){re.escape(o.action.group.name or '')}(?![\w.@:\\-])")
             mine = [line for line in said.splitlines() if name.search(line) or "did not answer" in line]
             finish(o._replace(detail="\n".join([o.detail, *mine])) if mine else o)
-        self._verify(go, time.monotonic() + min(self.settings.timeout, self.remaining()), told,
-                     jobs.states if jobs is not None else None)
+        self._verify([p for p in go if p[0].group.name not in early], time.monotonic() +
+                     min(self.settings.timeout, self.remaining()), told, jobs.states if jobs is not None else None,
+                     settling)
 
 
 def would_skip(actions: list[Action], settings: Settings, *, proc: Path) -> dict[int, str]:

@@ -49,6 +49,10 @@ class Outcome(NamedTuple):
     wave: int = 0               # the restart (a wave counts once) it was part of, 1, 2, ...; 0: none
 
 
+# A unit whose check after its restart found it clean, with systemd's word on it then: it must still stay up.
+Checked = tuple[Outcome, dict[str, str]]
+
+
 def guests(members: Iterable[Affected], main_pid: int, main_uid: int) -> list[Affected]:
     """A system unit's stale processes that are users', not the service's.
 
@@ -59,6 +63,13 @@ def guests(members: Iterable[Affected], main_pid: int, main_uid: int) -> list[Af
     """
     return [m for m in members if m.process.uid >= FIRST_USER_UID and m.process.uid != main_uid
             and main_pid not in (m.process.pid, m.process.ppid)]
+
+
+def restarted(before: dict[str, str], state: dict[str, str]) -> bool:
+    """Whether systemd's word on a unit after its restart (``state``) says it is active again with a
+    new main process (``before``: its word before the restart)."""
+    new_main = before.get("MainPID") in ("0", None) or state.get("MainPID") != before.get("MainPID")
+    return state.get("ActiveState") == "active" and new_main
 
 
 def not_restarted(state: dict[str, str]) -> str:
@@ -90,13 +101,35 @@ class Verifier:
         return status_excerpt(g, max(min(5.0, self.remaining()), 0.1), self.runner)
 
     def _verify(self, pairs: list[tuple[Action, dict[str, str]]], limit: float,
-                finish: Callable[[Outcome], None], known: dict[str, dict[str, str]] | None = None) -> None:
+                finish: Callable[[Outcome], None], known: dict[str, dict[str, str]] | None = None,
+                checked: Iterable[Checked] = ()) -> None:
         """Each unit active again with a new main process, none of its processes on replaced files, and
         it stays up (``settle``); one ``systemctl show`` per round for all of them, each outcome to
         ``finish`` as soon as it is known.  Units of one manager (a wave, or a single unit).  ``known``:
-        systemd's word on some of them, asked as their restart jobs ended (the first round's)."""
+        systemd's word on some of them, asked as their restart jobs ended (the first round's);
+        ``checked``: units of the same restart checked already (:meth:`_verify_ended`), settled with them."""
         up = self._await([(a, before) for a, before in pairs if before], limit, finish, known or {})
         up += [(a, {}) for a, before in pairs if not before]  # nothing to ask systemd: PID 1, a manager, a script
+        self._settle([*checked, *self._checked(up, limit, finish)], finish)
+
+    def _verify_ended(self, pairs: list[tuple[Action, dict[str, str]]], states: dict[str, dict[str, str]],
+                      finish: Callable[[Outcome], None]) -> tuple[set[str | None], list[Checked]]:
+        """Units of a wave whose restart jobs ended while the others' still run (``states``: systemd's
+        word on them as each ended), checked at once: those active again with a new main process.
+        Returns their names (the wave's own verification leaves them out) and, when they must then stay
+        up (``settle``), the ones found clean, to settle with the rest of the wave; else they are done."""
+        up = [(a, states[a.group.name or ""]) for a, before in pairs
+              if a.group.name in states and restarted(before, states[a.group.name or ""])]
+        checked = self._checked(up, time.monotonic() + min(self.settings.timeout, self.remaining()), finish)
+        if self.settings.settle <= 0:
+            self._settle(checked, finish)
+            checked = []
+        return {a.group.name for a, _ in up}, checked
+
+    def _checked(self, up: list[tuple[Action, dict[str, str]]], limit: float,
+                 finish: Callable[[Outcome], None]) -> list[Checked]:
+        """Units active again: none of their processes on replaced files (one scan for all of them).
+        Failures go to ``finish``; the clean ones are returned, to stay up (``settle``)."""
         # The check gets its own time: a sibling in the wave that was slow to start may have spent the limit.
         until = max(limit, time.monotonic() + min(self.settings.timeout, self.remaining()))
         checks = self.still_stale([(a.group, self._check_scope(a.group, state)) for a, state in up], until) \
@@ -108,7 +141,7 @@ class Verifier:
                 checked.append((outcome, state))
             else:
                 finish(outcome)
-        self._settle(checked, finish)
+        return checked
 
     def _await(self, pairs: list[tuple[Action, dict[str, str]]], limit: float, finish: Callable[[Outcome], None],
                known: dict[str, dict[str, str]]) -> list[tuple[Action, dict[str, str]]]:
@@ -128,8 +161,7 @@ class Verifier:
                 return up
             for name, (a, before) in list(waiting.items()):
                 state = now.get(name or "", {})
-                new_main = before.get("MainPID") in ("0", None) or state.get("MainPID") != before.get("MainPID")
-                if state.get("ActiveState") == "active" and new_main:
+                if restarted(before, state):
                     up.append((a, state))
                     del waiting[name]
                 elif state.get("ActiveState") == "failed" or time.monotonic() >= limit:
@@ -155,7 +187,7 @@ class Verifier:
                                            "looked at in time")
         return Outcome(action, DONE, "verified" if g.kind in (SYSTEM, USER, INIT, USER_MANAGER) else "")
 
-    def _settle(self, checked: list[tuple[Outcome, dict[str, str]]], finish: Callable[[Outcome], None]) -> None:
+    def _settle(self, checked: list[Checked], finish: Callable[[Outcome], None]) -> None:
         """Healthy means staying up: for ``settle`` seconds after the check, each unit stays active with
         the main process the check saw, and systemd restarts it on no failure (``NRestarts`` unchanged).
 

@@ -534,6 +534,24 @@ def test_a_timeout_inside_a_wave_is_an_outcome(c: Container, demo_debs: dict[str
     c.wait_active("rctl-a2.service", timeout=30)  # systemd finishes the restart it was asked for
 
 
+def test_a_waves_quick_units_are_verified_while_a_slow_one_still_starts(
+        c: Container, demo_debs: dict[str, dict[str, Path]]) -> None:
+    """Why (issue 14): a wave's units were verified only once the slowest had started, so each unit's
+    time was the slowest one's.  Those whose jobs end first are verified then (active, a new main
+    process, nothing stale in their cgroups), while the slow one still starts; it is verified after."""
+    slow = unit_file("/usr/bin/rctl-sleeper", "ExecStartPre=/bin/sleep 2")
+    setup(c, demo_debs, units={"rctl-a0.service": SLEEPER, "rctl-a1.service": SLEEPER, "rctl-a2.service": slow})
+    before = pids(c, ["rctl-a1.service", "rctl-a2.service", "rctl-demod.service"])
+    code, units = apply_json(c, policy="[settings]\nmax_parallel = 8\nsettle = 0\n")
+    assert code == 0, units
+    assert {n: (u["status"], u["detail"], u["wave"]) for n, u in units.items() if n in before} == {
+        n: ("done", "verified", 2) for n in before}, units
+    assert units["rctl-a2.service"]["seconds"] >= 2, units
+    assert units["rctl-a1.service"]["seconds"] < 1.5 and units["rctl-demod.service"]["seconds"] < 1.5, units
+    assert all(pid != before[n] for n, pid in pids(c, list(before)).items())
+    assert not set(plan_units(c)) & set(before)  # nothing of them stale: every restart verified
+
+
 def test_systemds_word_on_its_bus_is_what_systemctl_show_says(c: Container) -> None:
     """Why (issue 14): ``systemctl show`` fetches all 300 properties of each unit; for a wave of 100 it
     took 0.15-0.2 s after the restart, a tenth of the whole run.  restartctl asks PID 1 for the eight

@@ -333,13 +333,14 @@ class Pid1Jobs:
     jobs were enqueued, its unit restarted all the same), or ``unavailable``: no socket."""
 
     def __init__(self, systemd: Systemd, how: dict[str, str] | None = None, unavailable: bool = False,
-                 states: bool = False) -> None:
+                 states: bool = False, first: int = 0) -> None:
         self.systemd, self.how, self.unavailable, self.states = systemd, how or {}, unavailable, states
+        self.first = first  # with states: the jobs of a call's first units end first, told as they end
         self.asked: list[tuple[str, list[str]]] = []
         self.enqueued: list[int] = []
 
     def __call__(self, verb: str, units: list[str], timeout: float,
-                 under_way: Callable[[], None] = lambda: None) -> unitstate.Jobs:
+                 under_way: Callable[[], None] = lambda: None, ended: unitstate.Ended | None = None) -> unitstate.Jobs:
         if self.unavailable:
             raise unitstate.BusUnavailable("no socket")
         self.asked.append((verb, units))
@@ -361,6 +362,9 @@ class Pid1Jobs:
         if self.states:  # systemd's word on each unit whose job ended well, asked as it ended
             jobs = jobs._replace(states={n: dict(self.systemd.units[n]) for n, r in jobs.results.items()
                                          if r in unitstate.JOB_OK})
+            assert jobs.states is not None
+            if ended is not None and len(units) > self.first > 0:
+                ended({n: jobs.states[n] for n in units[:self.first] if n in jobs.states})
         return jobs._replace(waiting="lost from view: systemd closed the connection") \
             if "lost" in self.how.values() else jobs
 
@@ -435,8 +439,9 @@ def test_what_systemd_said_as_a_job_ended_is_the_first_check_after_it(tmp_path: 
 
     class Stale(Pid1Jobs):
         def __call__(self, verb: str, names: list[str], timeout: float,
-                     under_way: Callable[[], None] = lambda: None) -> unitstate.Jobs:
-            found = super().__call__(verb, names, timeout, under_way)
+                     under_way: Callable[[], None] = lambda: None,
+                     ended: unitstate.Ended | None = None) -> unitstate.Jobs:
+            found = super().__call__(verb, names, timeout, under_way, ended)
             assert found.states is not None
             if units[-1] in found.states:  # the wave's last unit, still with its old main process
                 found.states[units[-1]] = {**found.states[units[-1]], "MainPID": "103"}
@@ -449,6 +454,38 @@ def test_what_systemd_said_as_a_job_ended_is_the_first_check_after_it(tmp_path: 
         assert [o.status for o in outcomes] == [verify.DONE] * 4
         shown = [c[c.index("--") + 1:] for c in systemd.calls if c[1:2] == [SHOW]]
         assert shown == [units[:1], units[1:], *asked_after]
+
+
+def test_a_waves_units_whose_jobs_ended_first_are_verified_while_the_rest_start(tmp_path: Path) -> None:
+    """Why (issue 14): the wave's units were verified only once every job had ended, so the wave took
+    its slowest unit's start plus the checks of all of them.  Those whose jobs end first (told by the
+    bus while the others' still run) are checked then: only the last ones are left for after the
+    wave.  Each unit once; with ``settle``, they stay up together with the rest of the wave."""
+    units = names(5)
+    checked: list[list[str | None]] = []
+    done: list[str | None] = []
+
+    def still_stale(checks: list[tuple[UnitGroup, list[int] | None]], until: float) -> list[verify.Recheck]:
+        checked.append([g.name for g, _ in checks])
+        return [verify.Recheck([]) for _ in checks]
+    for settle in (0.0, 0.3):
+        systemd = Systemd(units)
+        checked.clear()
+        done.clear()
+        ex = execute.Executor(Settings(settle=settle, timeout=1.0, max_parallel=8), proc=tmp_path,
+                              deadline=time.monotonic() + 60, cgroupfs=tmp_path, runner=systemd,
+                              jobs=Pid1Jobs(systemd, states=True, first=2), still_stale=still_stale,
+                              report=lambda o: done.append(o.action.group.name))
+        outcomes = ex.run_all([action(n, 10 + i) for i, n in enumerate(units)])
+        assert [o.status for o in outcomes] == [verify.DONE] * 5
+        assert checked == [units[:1], units[1:3], units[3:]]  # the canary; the first two of the wave; the rest
+        assert sorted(done) == units and len(done) == 5  # each once
+        # After the checks before (the canary's, the wave's survey): the canary's settle, then the wave's,
+        # all four of its units at once.
+        shows = [c[c.index("--") + 1:] for c in systemd.calls if c[1:2] == [SHOW]][2:]
+        assert shows == [] if not settle else units[1:] in shows
+        assert all(shown in (units[:1], units[1:]) for shown in shows)
+        assert all(o.detail == ("verified, up for 0.3 s" if settle else "verified") for o in outcomes)
 
 
 def test_a_verified_wave_looks_for_no_unit_in_what_went_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from tests.support.checkout import install_hooks
 from tests.support.container import Container
@@ -73,25 +74,28 @@ def bus_and_systemctl(c: Container, names: list[str], env: dict[str, str] | None
 
 
 # Restart jobs asked of PID 1 on its own socket (restartctl's way), then the same units restarted by
-# ``systemctl restart`` one by one (its exit status); as JSON.
+# ``systemctl restart`` one by one (its exit status); as JSON, with when (seconds after the calls) the
+# restart was told under way, and which units it was told of as their jobs ended, meanwhile.
 JOBS_CHECK = """
-import json, subprocess, sys
+import json, subprocess, sys, time
 from restart import unitstate
 timeout, names = float(sys.argv[1]), sys.argv[2:]
-jobs = unitstate.bus_restart("restart", names, timeout)
+started, under_way, ended = time.monotonic(), [], []
+jobs = unitstate.bus_restart("restart", names, timeout, lambda: under_way.append(time.monotonic() - started),
+                             lambda states: ended.extend(states))
 shown = {n: subprocess.run([unitstate.PROGRAMS["systemctl"], "show", "-p", "ActiveState", "--value", "--", n],
                            capture_output=True, text=True).stdout.strip() for n in names}
-print(json.dumps({"jobs": jobs._asdict(), "states": shown}))
+print(json.dumps({"jobs": jobs._asdict(), "states": shown, "under_way": under_way, "ended": ended}))
 """
 
 
 def jobs_on_the_bus(c: Container, names: list[str], timeout: float,
-                    env: dict[str, str] | None = None) -> dict[str, dict[str, object]]:
+                    env: dict[str, str] | None = None) -> dict[str, Any]:
     """What :data:`JOBS_CHECK` finds inside ``c``: the restart jobs of these system units, and then
     each unit's ActiveState."""
     r = c.exec(["/usr/bin/python3", "-c", JOBS_CHECK, str(timeout), *names], env=env)
     assert r.returncode == 0, r.stderr
-    found: dict[str, dict[str, object]] = json.loads(r.stdout)
+    found: dict[str, Any] = json.loads(r.stdout)
     return found
 
 
@@ -118,6 +122,10 @@ def restart_jobs_end_as_systemctls(c: Container, env: dict[str, str] | None = No
     assert "refuse manual" in jobs["refused"]["rctl-refuses.service"], found  # systemd's own words
     assert "not found" in jobs["refused"]["rctl-nothing.service"], found
     assert jobs["waiting"] == "" and found["states"]["rctl-slow.service"] == "activating", found
+    # Told under way as PID 1 began to start them (systemd's own PropertiesChanged), long before the
+    # 2 s of the wait were over; of rctl-a0 as its job ended, while rctl-slow's still ran.
+    assert len(found["under_way"]) == 1 and found["under_way"][0] < 1, found
+    assert found["ended"] == ["rctl-a0.service"], found
     assert c.main_pid("rctl-a0.service") not in (0, before)
     c.wait_active("rctl-slow.service", timeout=30)  # its job still ran to its end: never asked for twice
     for name, restarted in (("rctl-a0.service", True), ("rctl-fails.service", False),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 from restart import unitstate
@@ -64,14 +65,18 @@ class FakePid1:
     """Serves one connection at a time on ``path`` in a thread, until :meth:`close`."""
 
     def __init__(self, path: Path, *, jobs: dict[str, str] | None = None,
-                 units: dict[str, dict[str, str]] | None = None, noise: int = 3, early: bool = False) -> None:
+                 units: dict[str, dict[str, str]] | None = None, noise: int = 3, early: bool = False,
+                 states: tuple[str, ...] = ()) -> None:
         self.path, self.jobs, self.noise, self.early = path, jobs or {}, noise, early
+        self.states = states  # the ActiveStates each unit's PropertiesChanged carry once its job is enqueued
         self.units = {unitstate.bus_path(name): props for name, props in (units or {}).items()}
         self.calls: list[tuple[str, tuple[object, ...]]] = []  # (member, arguments) as asked
         self.connections = 0  # accepted so far
         self.after_get: dict[int, list[bytes]] = {}  # sent after the Nth answer to Get (signals meanwhile)
         self.sent = threading.Event()  # set once what after_get holds was sent
         self.before_answer: list[bytes] = []  # sent before each answer to Get (a unit loaded, collected)
+        self.errors: set[str] = set()  # properties whose Get is answered with an error
+        self.auth_delay = 0.0  # seconds before a connection's handshake is answered (a busy PID 1)
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
         self.server.listen()
@@ -97,6 +102,7 @@ class FakePid1:
 
     def _talk(self, conn: socket.socket) -> None:
         conn.recv(256)  # \0AUTH EXTERNAL ...
+        time.sleep(self.auth_delay)
         conn.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
         buf = bytearray()
         job = 0
@@ -122,7 +128,9 @@ class FakePid1:
                 if member == "Get":
                     data = self.units.get(str(fields[1]), {}).get(str(args[1]), "").encode()
                     value = b"\x01s\x00\x00" + struct.pack("<I", len(data)) + data + b"\0"
-                    conn.sendall(b"".join(self.before_answer) + message(2, reply_to, "v", raw=value))
+                    answer = message(2, reply_to, "v", raw=value) if str(args[1]) not in self.errors else \
+                        message(3, [*reply_to, (4, "s", "org.freedesktop.DBus.Error.UnknownProperty")], "s", ("no",))
+                    conn.sendall(b"".join(self.before_answer) + answer)
                     later = self.after_get.pop(sum(call[0] == "Get" for call in self.calls), [])
                     if later:
                         conn.sendall(b"".join(later))
@@ -141,6 +149,9 @@ class FakePid1:
                 ended = signal("JobRemoved", "uoss", (job, path, unit, how))
                 other = signal("JobRemoved", "uoss", (job + 1000, path + "0", unit, "canceled"))  # a job it replaced
                 reply = message(2, reply_to, "o", (path,))
+                changed = [message(4, [(1, "o", unitstate.bus_path(unit)), (2, "s", "org.freedesktop.DBus.Properties"),
+                                       (3, "s", "PropertiesChanged")], "s", (state,)) for state in self.states]
+                reply += b"".join(changed)
                 out = [other, *([NOISE] * self.noise)]
                 out += [ended, reply] if self.early else [reply, *([NOISE] * self.noise), ended]
                 conn.sendall(b"".join(out if how not in ("hang", "close") else [reply]))
