@@ -479,7 +479,7 @@ def test_a_waves_units_whose_jobs_ended_first_are_verified_while_the_rest_start(
         outcomes = ex.run_all([action(n, 10 + i) for i, n in enumerate(units)])
         assert [o.status for o in outcomes] == [verify.DONE] * 5
         assert checked == [units[:1], units[1:3], units[3:]]  # the canary; the first two of the wave; the rest
-        assert sorted(done) == units and len(done) == 5  # each once
+        assert sorted(map(str, done)) == units and len(done) == 5  # each once
         # After the checks before (the canary's, the wave's survey): the canary's settle, then the wave's,
         # all four of its units at once.
         shows = [c[c.index("--") + 1:] for c in systemd.calls if c[1:2] == [SHOW]][2:]

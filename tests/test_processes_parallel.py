@@ -156,8 +156,13 @@ def test_two_cores_give_the_one_process_result(host: Path, forks: list[int], dea
     if who != "child":
         _slow(monkeypatch, "child" if who == "parent" else who)
     meanwhile: list[float] = []
+
+    def busy() -> None:
+        time.sleep(0.5)
+        meanwhile.append(time.monotonic())
+
     serial, one, parallel, two = _both(host, observe=observer, observe_hints=(b"/usr/bin/",), deadline=until,
-                                       meanwhile=lambda: meanwhile.append(time.sleep(0.5) or time.monotonic()))
+                                       meanwhile=busy)
     assert len(meanwhile) == 2  # once each way: after the one-process scan, during the child's
     assert len(forks) == 1 and set(children()).isdisjoint(forks)
     assert parallel == serial
@@ -262,8 +267,12 @@ def _garbage(write_end: int) -> None:
     os.write(write_end, b"\x80\x05garbage, not a result")
 
 
+def _write(write_end: int, data: bytes) -> None:
+    os.write(write_end, data)
+
+
 def _send(write_end: int, answer: object) -> None:
-    os.write(write_end, json.dumps(answer).encode())
+    _write(write_end, json.dumps(answer).encode())
 
 
 def _truncated(write_end: int) -> None:
@@ -284,7 +293,7 @@ def test_a_child_without_a_result_leaves_what_it_took_unscanned(host: Path, tmp_
         "truncated": _truncated,
         # a class no result is made of, called with its "fields": it would make the directory
         "foreign": lambda w: _send(w, [processes.ANSWER, [], {"n": "posix.mkdir", "v": [str(ran)]}, []]),
-        "other shape": lambda w: os.write(w, processes._encode(ScanResult([], 1, 0, 0), []).replace(
+        "other shape": lambda w: _write(w, processes._encode(ScanResult([], 1, 0, 0), []).replace(
             processes.ANSWER.encode(), b"x")),
         "not a result": lambda w: _send(w, [processes.ANSWER, [], {"n": "restart.processes.StaleFile",
                                                                    "v": ["exe", "/x", "certain", "replaced"]}, []]),
