@@ -257,11 +257,36 @@ def run_driver(c: object, spec: dict[str, object]) -> dict[str, list[list[float]
     return json.loads(out)  # type: ignore[no-any-return]
 
 
-def commands(checkouts: dict[str, str], packages: list[str]) -> dict[str, list[str]]:
-    py = "/usr/bin/python3"
-    cmds = {"floor (cat maps)": ["/bin/sh", "-c", "cat /proc/[0-9]*/maps >/dev/null 2>&1"]}
+# The line of bin/restartctl that sets the path (after the standard library, where Debian installs
+# restartctl's package and python3-apt's); an entry script puts a checkout before it.
+PATH_LINE = 'sys.path.append("/usr/lib/python3/dist-packages")\n'
+
+
+def entry_script(checkout: str) -> bytes:
+    """The package's /usr/sbin/restartctl (this checkout's bin/restartctl: ``python3 -IS``, no ``site``,
+    no ``runpy``, no exec of ``env``), byte for byte, but with ``checkout`` first on the path: what
+    the benchmark runs of every checkout alike, so the product is timed as installed."""
+    text = (REPO / "bin" / "restartctl").read_text()
+    if text.count(PATH_LINE) != 1:
+        raise ValueError("bin/restartctl: the path line is not there once")
+    return text.replace(PATH_LINE, f"sys.path.insert(0, {checkout!r})\n" + PATH_LINE).encode()
+
+
+def install_entries(c: object, checkouts: dict[str, str]) -> dict[str, str]:
+    """Each checkout's entry script (:func:`entry_script`) in the container: label -> its path there."""
+    from tests.support.container import Container
+
+    assert isinstance(c, Container)
+    entries = {label: f"/srv/rctl/{label}-restartctl" for label in checkouts}
     for label, path in checkouts.items():
-        run = ["/usr/bin/env", f"PYTHONPATH={path}", py, "-m", "restart"]
+        c.write_file(entries[label], entry_script(path), mode=0o755)
+    return entries
+
+
+def commands(entries: dict[str, str], packages: list[str]) -> dict[str, list[str]]:
+    cmds = {"floor (cat maps)": ["/bin/sh", "-c", "cat /proc/[0-9]*/maps >/dev/null 2>&1"]}
+    for label, entry in entries.items():
+        run = [entry]
         cmds[f"{label}: scan --json"] = [*run, "scan", "--json"]
         cmds[f"{label}: scan --json --packages (hook's view)"] = [*run, "scan", "--json", "--packages", *packages]
         cmds[f"{label}: plan --json"] = [*run, "plan", "--json"]
@@ -371,8 +396,8 @@ def measure(c: object, scenario: str, args: argparse.Namespace, checkouts: dict[
     debs = (setup_real if scenario == "real" else setup_synthetic)(c, args, tmp)
     upgrade = c.install_debs(debs, timeout=600)
     packages = [p.name.split("_")[0] for p in debs]
-    found = json.loads(c.exec(["env", f"PYTHONPATH={REPO}", "/usr/bin/python3", "-m", "restart", "scan",
-                               "--json"]).stdout or "{}")
+    entries = install_entries(c, checkouts)
+    found = json.loads(c.exec([entries["restartctl"], "scan", "--json"]).stdout or "{}")
     nr = c.exec(["/usr/sbin/needrestart", "-b"]).stdout
     state = (f"{count(c, 'lists')} packages, {len(debs)} upgraded by one dpkg run (exit {upgrade.returncode}), "
              f"{count(c, 'processes')} processes; restartctl names {len(found.get('units', []))} units, "
@@ -383,7 +408,7 @@ def measure(c: object, scenario: str, args: argparse.Namespace, checkouts: dict[
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
         return
-    raw = run_driver(c, {"commands": commands(checkouts, packages), "rounds": args.rounds, "warmup": 2})
+    raw = run_driver(c, {"commands": commands(entries, packages), "rounds": args.rounds, "warmup": 2})
     entry: dict[str, object] = {"state": state, "rows": {k: summary(v) for k, v in raw.items()}}
     if args.profile:
         entry["profile"] = profile(c, str(REPO), [])

@@ -11,7 +11,7 @@ with Importing():
     from pathlib import Path
     from typing import TYPE_CHECKING, Any, NoReturn
 
-    from restart import __version__, plan, policy, report, transaction
+    from restart import __version__, transaction
     from restart.roots import Roots
     from restart.scan import find
     from restart.text import printable, tolerant_streams
@@ -19,9 +19,12 @@ with Importing():
 if TYPE_CHECKING:  # argparse is imported when a command line is parsed: never by the apt hook's (see main)
     import argparse
 
+    from restart import plan
+# plan, policy and report (with units) are imported where a command needs them: a scan's while its forked
+# child scans (_scan_or_plan's meanwhile), not before the fork as the child does not need them.
+
 EXIT_OK, EXIT_STALE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_TEXTFILE = Path("(default)")
-APPLY_LOCK_WAIT = policy.Settings().hook_budget + 10  # longer than a hook run takes by default
 APPLY_BUDGET = 600.0  # apply's --budget by default
 
 
@@ -127,6 +130,8 @@ def _check_options(p: argparse.ArgumentParser) -> None:
 
 
 def _apply_options(p: argparse.ArgumentParser) -> None:
+    from restart import policy, report
+
     _common_options(p, json_help=f"after the run, print the {report.APPLY_SCHEMA} JSON document (what became of each "
                                  "unit, what is still pending) instead of text")
     how = p.add_mutually_exclusive_group()
@@ -156,6 +161,8 @@ def _policy_options(p: argparse.ArgumentParser) -> None:
 
 
 def _hook_options(p: argparse.ArgumentParser) -> None:
+    from restart import policy
+
     _roots_options(p)
     p.add_argument("--trigger", choices=transaction.TRIGGERS, default="manual",
                    help="who runs it: apt, dpkg, unattended-upgrades or manual (default)")
@@ -316,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nrestartctl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (OSError, ValueError, policy.PolicyError) as e:
+    except Exception as e:
+        from restart.policy import PolicyError
+
+        if not isinstance(e, OSError | ValueError | PolicyError):
+            raise
         if args.command == "check" or getattr(args, "format", None) == "nagios":
             from restart import formats
             code, out = formats.nagios_unknown(str(e))
@@ -370,7 +381,7 @@ def _nagios(roots: Roots, packages: list[str] | None, **thresholds: Any) -> int:
     """Nagios plugin: one line and perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 
     ``thresholds`` are ``formats.nagios``'s; the ones not given keep its defaults."""
-    from restart import formats, state, unitstate
+    from restart import formats, plan, policy, state, unitstate
 
     findings = find(roots, only_packages=packages)
     actions = plan.make_plan(findings.groups, policy.for_host(roots.etc, roots.data))
@@ -404,15 +415,20 @@ def _scan_or_plan(roots: Roots, args: argparse.Namespace) -> int:
     ahead: dict[str, Any] = {}
 
     def meanwhile() -> None:
-        """What the output needs that no finding changes, read while the forked scanner still scans."""
+        """What the output needs that no finding changes, read (and its modules imported) while the forked
+        scanner still scans."""
+        with Importing():  # imported now, not after the scan
+            from restart import policy, report  # noqa: F401
+            if fmt in ("json", "openmetrics"):
+                from restart import formats  # noqa: F401
         if args.command == "plan":
             ahead["policy"] = policy.for_host(roots.etc, roots.data)
         if fmt in ("json", "openmetrics") or args.command == "plan":
             ahead["machine"] = _machine(roots)
-        if fmt in ("json", "openmetrics"):
-            from restart import formats  # noqa: F401 - imported now, not after the scan
 
     findings = find(roots, only_packages=args.packages, everything=args.all, meanwhile=meanwhile)
+    from restart import plan, policy, report
+
     actions = plan.make_plan(findings.groups, ahead["policy"]) if args.command == "plan" else None
     if "machine" in ahead:
         reasons, kernel = _reboot_reasons(roots, actions or [], ahead["machine"])
@@ -468,11 +484,11 @@ def _apply(roots: Roots, args: argparse.Namespace) -> int:
     import time
 
     with Importing():
-        from restart import apply, runs
+        from restart import apply, policy, report, runs
 
     mode = "auto" if args.yes else "list" if args.dry_run else args.mode
     log = apply.Log(sys.stdout, sys.stderr, quiet=args.json)
-    wait = min(args.budget, APPLY_LOCK_WAIT)
+    wait = min(args.budget, policy.Settings().hook_budget + 10)  # longer than a hook run takes by default
 
     def waiting(holder: str) -> None:
         print(f"restartctl: waiting (at most {wait:g} s) for the run that holds the lock: {holder}",
@@ -499,7 +515,7 @@ def _json_indent() -> int | None:
 def _status(roots: Roots, args: argparse.Namespace) -> int:
     """Exit 0 when nothing is pending and no reboot is needed, 1 when something is (or a run waits for
     unattended-upgrades), 2 for an unusable record."""
-    from restart import runs, state, unitstate
+    from restart import plan, runs, state, unitstate
 
     said: list[str] = []  # why read_json found the record unusable (and set it aside)
     trouble = state.problem(roots.state, state.PENDING)
@@ -536,7 +552,7 @@ def _status(roots: Roots, args: argparse.Namespace) -> int:
 
 
 def _policy(roots: Roots, args: argparse.Namespace) -> int:
-    from restart import admintext
+    from restart import admintext, policy
 
     paths = policy.files(roots.etc, roots.data)
     loaded = policy.load(paths)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from restart import fsutil, grammars, interpreters, observation, packages, processes, procfs, transaction, units
+from restart import fsutil, grammars, interpreters, observation, packages, processes, procfs, transaction
 from restart.roots import Roots
+
+if TYPE_CHECKING:  # imported by find once the processes are scanned (the forked scanner does not need it)
+    from restart import units
 
 
 class Findings(NamedTuple):
@@ -93,6 +96,8 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
                           users=users, facts=observation.facts, meanwhile=meanwhile)
     if interpreted:
         scan = _with_interpreted(scan, ctx, selection)
+    from restart import units
+
     try:
         init_d = set(os.listdir(roots.etc / "init.d"))
     except OSError:
