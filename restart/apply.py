@@ -393,7 +393,8 @@ class Ahead:
     def _read(self) -> reboot.Machine:
         from restart import formats, reboot  # noqa: F401 - formats: imported here too, for publish()
 
-        return reboot.machine(proc=self.roots.proc, root=self.roots.root, admindir=self.roots.admindir)
+        return reboot.machine(proc=self.roots.proc, root=self.roots.root, admindir=self.roots.admindir,
+                              run=self.roots.run)
 
     def result(self) -> reboot.Machine | None:
         return self.task.result() if self.task is not None else None
@@ -409,7 +410,7 @@ def publish(roots: Roots, left: list[plan.Action], findings: Findings, log: Log,
     found: list[reboot.RebootReason] = []
     try:
         found, _ = reboot.for_host(left, proc=roots.proc, root=roots.root, admindir=roots.admindir,
-                                   known=known.result() if known is not None else None)
+                                   known=known.result() if known is not None else None, run=roots.run)
         if found:
             written = reboot.write_reboot_required(roots.run, found)
             if written.added or written.flag_created:

@@ -367,14 +367,14 @@ def _reboot_reasons(roots: Roots, actions: list[plan.Action], known: Any = None)
     from restart import reboot
 
     reasons, kernel = reboot.for_host(actions, proc=roots.proc, root=roots.root, admindir=roots.admindir,
-                                      known=known)
+                                      known=known, run=roots.run)
     return reasons + reboot.flagged(roots.run, known=reasons), kernel
 
 
 def _machine(roots: Roots) -> Any:
     from restart import reboot
 
-    return reboot.machine(proc=roots.proc, root=roots.root, admindir=roots.admindir)
+    return reboot.machine(proc=roots.proc, root=roots.root, admindir=roots.admindir, run=roots.run)
 
 
 def _nagios(roots: Roots, packages: list[str] | None, **thresholds: Any) -> int:

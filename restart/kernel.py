@@ -4,10 +4,16 @@ No subprocess: the running kernel comes from ``/proc``, the installed ones from 
 file and ``/boot``, versions are ordered by python-apt's ``apt_pkg.version_compare`` (imported
 lazily; without python3-apt the kernel state is ``unknown``, never a guess).  :mod:`restart.reboot`
 turns the answer into a reboot reason.
+
+The answer is kept in the run directory (``CACHE``, gone at boot as the running kernel is) with every
+fact it came from; a later run that finds those facts unchanged (the usual case: most transactions
+touch no kernel) takes it without python-apt's import and parse of the whole status file, 4-5 ms of
+every hook run on a host with a kernel package.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable
@@ -15,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
+from restart import fsutil
 from restart.packages import unpack_time
 
 
@@ -33,6 +40,9 @@ _ABI_RE = re.compile(r"\d+\.\d+(?:\.\d+)?-\d+-(?P<flavour>[a-z0-9][a-z0-9-]*)")
 _BUILD_RE = re.compile(r"\) #\d+\S* (?P<rest>.*)$")
 _DEBIAN_RE = re.compile(r"\bDebian (?P<version>[0-9][^\s()]*)")
 _INSTALLED_STATES = frozenset({"installed", "triggers-pending", "triggers-awaited"})
+_STANZA = b"Package: linux-image-"
+CACHE = "kernel-state.json"  # in the run directory (see the module's doc)
+CACHE_MAX = 1 << 18  # bytes of it read at most (a kernel's stanza is ~1 KB; anything longer is not ours)
 
 
 class KernelStatus(NamedTuple):
@@ -89,12 +99,54 @@ def flavour(release: str) -> str | None:
     return m["flavour"] if m else None
 
 
-def _names_a_kernel(admindir: Path) -> bool:
-    """Whether the dpkg status file has a ``linux-image-*`` stanza at all (a container's, a VM's with
-    its kernel from outside often has none): one search of its bytes, no parser."""
-    with open(admindir / "status", "rb") as f:
-        data = f.read()
-    return data.startswith(b"Package: linux-image-") or b"\nPackage: linux-image-" in data
+def _kernel_stanzas(data: bytes) -> bytes:
+    """The dpkg status file's ``linux-image-*`` stanzas as they stand, found by search, no parser (a
+    container's, a VM's with its kernel from outside often has none): what the answer depends on."""
+    found = []
+    at = 0 if data.startswith(_STANZA) else data.find(b"\n" + _STANZA)
+    while at != -1:
+        begin = at + 1 if data[at:at + 1] == b"\n" else at
+        end = data.find(b"\n\n", begin)
+        found.append(data[begin:] if end == -1 else data[begin:end])
+        at = -1 if end == -1 else data.find(b"\n" + _STANZA, end)
+    return b"\n\n".join(found)
+
+
+def _facts(running: str, version_text: str, stanzas: bytes, boot: dict[str, _Kernel], admindir: Path) -> list[object]:
+    """Everything an answer is made from, as JSON data: the running kernel, the kernel stanzas, /boot's
+    kernels and when dpkg unpacked each kernel package (an answer says since when a reboot is due)."""
+    names = sorted(set(re.findall(rb"^Package: (\S+)", stanzas, re.MULTILINE)))
+    return [running, version_text, stanzas.decode("utf-8", "surrogateescape"),
+            sorted([k.release, k.since] for k in boot.values()),
+            [[n.decode("utf-8", "surrogateescape"), unpack_time(admindir, n.decode("utf-8", "surrogateescape"))]
+             for n in names]]
+
+
+def _recalled(cache: Path, facts: list[object]) -> KernelStatus | None:
+    """The answer kept for exactly these ``facts``; None when there is none, it was made from other
+    facts, or anyone but root could have written it (never trusted then)."""
+    try:
+        kept = json.loads(fsutil.read_trusted(cache / CACHE, CACHE_MAX))
+        if not (isinstance(kept, dict) and kept.get("facts") == json.loads(json.dumps(facts))):
+            return None
+        state, running, *named, since, detail = kept["status"]  # the fields of KernelStatus, in order
+        if not (isinstance(running, str) and isinstance(detail, str) and len(named) == 5
+                and all(v is None or isinstance(v, str) for v in named)
+                and (since is None or type(since) in (int, float))):
+            return None
+        return KernelStatus._make([KernelState(state), running, *named, since, detail])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _remember(cache: Path, facts: list[object], status: KernelStatus) -> None:
+    """Keep ``status`` for the next run (in root's own run directory only; nothing if it cannot)."""
+    try:
+        data = json.dumps({"facts": facts, "status": [status.state.value, *status[1:]]}).encode()
+        if len(data) <= CACHE_MAX:
+            fsutil.write_atomic(cache / CACHE, data)
+    except (OSError, ValueError):
+        pass
 
 
 def _installed_kernels(admindir: Path) -> dict[str, _Kernel]:
@@ -132,12 +184,13 @@ def _boot_kernels(boot: Path) -> dict[str, _Kernel]:
 
 
 def kernel_status(proc: Path = Path("/proc"), admindir: Path = Path("/var/lib/dpkg"),
-                  boot: Path = Path("/boot")) -> KernelStatus:
+                  boot: Path = Path("/boot"), cache: Path | None = None) -> KernelStatus:
     """Is a reboot needed for the kernel?  Compares the running kernel with the installed ones.
 
     The newest kernel is looked for among those of the running flavour (``amd64``, ``cloud-amd64``,
     ``rt-amd64``; all kernels when none shares it), ordered by package version when every candidate
     has one, else by release.  A kernel that grub would not pick by default is not a reason.
+    ``cache``: the run directory, where the answer is kept for the next run (see the module's doc).
     """
     try:
         running = (proc / "sys" / "kernel" / "osrelease").read_text(encoding="utf-8", errors="replace").strip()
@@ -149,19 +202,31 @@ def kernel_status(proc: Path = Path("/proc"), admindir: Path = Path("/var/lib/dp
                              detail=f"no installed kernel image package (linux-image-*) or /boot/vmlinuz-*: "
                                     f"the running kernel {running} is not managed by this system's dpkg")
     try:
-        listed = _names_a_kernel(admindir)
+        with open(admindir / "status", "rb") as f:
+            stanzas = _kernel_stanzas(f.read())
         kernels = _boot_kernels(boot)
-        if not listed and not kernels:  # python-apt (6 ms to import) is not needed to say so
+        if not stanzas and not kernels:  # python-apt (6 ms to import) is not needed to say so
             return unmanaged
+        facts = _facts(running, version_text, stanzas, kernels, admindir) if cache is not None else None
+        if cache is not None and facts is not None and (known := _recalled(cache, facts)) is not None:
+            return known
         compare = _version_compare()
         if compare is None:
             return KernelStatus(UNKNOWN, running=running, running_build=build,
                                 detail="python3-apt is not installed: kernel versions cannot be compared")
-        packaged = _installed_kernels(admindir) if listed else {}
+        packaged = _installed_kernels(admindir) if stanzas else {}
     except (OSError, SystemError) as e:  # apt_pkg reports an unreadable status file as SystemError
         return KernelStatus(UNKNOWN, running=running, running_build=build,
                             detail=f"cannot read the dpkg status file: {e}")
-    kernels.update(packaged)
+    status = _judge(running, build, {**kernels, **packaged}, packaged, compare, unmanaged)
+    if cache is not None and facts is not None:
+        _remember(cache, facts, status)
+    return status
+
+
+def _judge(running: str, build: str | None, kernels: dict[str, _Kernel], packaged: dict[str, _Kernel],
+           compare: Callable[[str, str], int], unmanaged: KernelStatus) -> KernelStatus:
+    """The answer from the kernels installed (``kernels``: /boot's and dpkg's, ``packaged``: dpkg's)."""
     own = packaged.get(running)
     installed_build = own.version if own else None
     if not kernels:

@@ -128,18 +128,19 @@ def microcode_status(proc: Path = Path("/proc"), firmware: Path = Path("/lib/fir
 Machine = tuple[KernelStatus, RebootReason | None]  # the kernel's state, and the microcode's reason if any
 
 
-def machine(*, proc: Path, root: Path, admindir: Path) -> Machine:
+def machine(*, proc: Path, root: Path, admindir: Path, run: Path | None = None) -> Machine:
     """What of the host only a reboot changes, whatever is restarted: the kernel and the CPU microcode
-    (an acting run reads it while its restarts run)."""
-    return (kernel_status(proc, admindir, root / "boot"),
+    (an acting run reads it while its restarts run).  ``run``: /run, where restartctl's run directory
+    keeps the kernel's state for the next run (:func:`restart.kernel.kernel_status`)."""
+    return (kernel_status(proc, admindir, root / "boot", cache=run / "restartctl" if run is not None else None),
             microcode_status(proc, root / "lib" / "firmware", admindir, root / "sys"))
 
 
 def for_host(actions: Iterable[Action], *, proc: Path, root: Path, admindir: Path,
-             known: Machine | None = None) -> tuple[list[RebootReason], KernelStatus]:
+             known: Machine | None = None, run: Path | None = None) -> tuple[list[RebootReason], KernelStatus]:
     """Every reason this host needs a reboot but others' flag (see :func:`flagged`), and the kernel's
     state; ``known``: :func:`machine`'s answer, read earlier in this run."""
-    kernel, microcode = known or machine(proc=proc, root=root, admindir=admindir)
+    kernel, microcode = known or machine(proc=proc, root=root, admindir=admindir, run=run)
     return reasons(actions, kernel, admindir=admindir, microcode=microcode), kernel
 
 
