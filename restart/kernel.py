@@ -115,11 +115,10 @@ def _kernel_stanzas(data: bytes) -> bytes:
 def _facts(running: str, version_text: str, stanzas: bytes, boot: dict[str, _Kernel], admindir: Path) -> list[object]:
     """Everything an answer is made from, as JSON data: the running kernel, the kernel stanzas, /boot's
     kernels and when dpkg unpacked each kernel package (an answer says since when a reboot is due)."""
-    names = sorted(set(re.findall(rb"^Package: (\S+)", stanzas, re.MULTILINE)))
-    return [running, version_text, stanzas.decode("utf-8", "surrogateescape"),
-            sorted([k.release, k.since] for k in boot.values()),
-            [[n.decode("utf-8", "surrogateescape"), unpack_time(admindir, n.decode("utf-8", "surrogateescape"))]
-             for n in names]]
+    text = stanzas.decode("utf-8", "surrogateescape")
+    names = sorted(set(re.findall(r"^Package: (\S+)", text, re.MULTILINE)))
+    return [running, version_text, text, sorted([k.release, k.since] for k in boot.values()),
+            [[name, unpack_time(admindir, name)] for name in names]]
 
 
 def _recalled(cache: Path, facts: list[object]) -> KernelStatus | None:
@@ -127,7 +126,7 @@ def _recalled(cache: Path, facts: list[object]) -> KernelStatus | None:
     facts, or anyone but root could have written it (never trusted then)."""
     try:
         kept = json.loads(fsutil.read_trusted(cache / CACHE, CACHE_MAX))
-        if not (isinstance(kept, dict) and kept.get("facts") == json.loads(json.dumps(facts))):
+        if not (isinstance(kept, dict) and kept.get("facts") == facts):  # (facts: lists, str, float, None)
             return None
         state, running, *named, since, detail = kept["status"]  # the fields of KernelStatus, in order
         if not (isinstance(running, str) and isinstance(detail, str) and len(named) == 5
@@ -207,9 +206,11 @@ def kernel_status(proc: Path = Path("/proc"), admindir: Path = Path("/var/lib/dp
         kernels = _boot_kernels(boot)
         if not stanzas and not kernels:  # python-apt (6 ms to import) is not needed to say so
             return unmanaged
-        facts = _facts(running, version_text, stanzas, kernels, admindir) if cache is not None else None
-        if cache is not None and facts is not None and (known := _recalled(cache, facts)) is not None:
-            return known
+        facts = None
+        if cache is not None:
+            facts = _facts(running, version_text, stanzas, kernels, admindir)
+            if (known := _recalled(cache, facts)) is not None:
+                return known
         compare = _version_compare()
         if compare is None:
             return KernelStatus(UNKNOWN, running=running, running_build=build,
