@@ -499,7 +499,9 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
         elif deadline is not None:
             candidates.sort(key=lambda p: (_owned_by_a_user(procfd, p), p))
         if len(candidates) >= (PARALLEL_MIN if parallel_min is None else parallel_min) and _two_cores_free():
-            return _on_two_cores(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock, facts, meanwhile)
+            shared = _on_two_cores(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock, facts, meanwhile)
+            if shared is not None:
+                return shared
         result = _left(_scan_these(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock), len(candidates))
     finally:
         os.close(procfd)
@@ -582,8 +584,9 @@ def _threads() -> int:
 def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
                   on_error: Callable[[int, Exception], None] | None, deadline: float | None,
                   clock: Callable[[], float], cpu_clock: Callable[[], float],
-                  facts: Callable[[], Iterable[type]], meanwhile: Callable[[], object] | None) -> ScanResult:
-    """Scan ``candidates`` here and in a forked child, sharing them as the two go, then merge.
+                  facts: Callable[[], Iterable[type]], meanwhile: Callable[[], object] | None) -> ScanResult | None:
+    """Scan ``candidates`` here and in a forked child, sharing them as the two go, then merge; None when
+    no child could be forked (the caller scans them all itself).
 
     Each takes the next share of ``SHARE`` candidates whenever it is done with its last (:func:`_shares`),
     in the order of a one-process scan (under a deadline, system accounts first), so the two end
@@ -616,10 +619,7 @@ def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
     except OSError:
         for end in (queue, read_end, write_end):
             os.close(end)
-        result = _left(_scan_these(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock), len(candidates))
-        if meanwhile is not None:
-            meanwhile()
-        return result
+        return None
     if child == 0:  # pragma: no cover - the child leaves by os._exit, never returns
         _child(read_end, write_end, _shares(queue, candidates, size), scanner, procfd, deadline, clock,
                cpu_clock, me)

@@ -397,6 +397,20 @@ def test_a_watchdog_during_the_wait_still_kills_and_reaps_the_child(host: Path, 
     assert len(forks) == 1 and set(children()).isdisjoint(forks)
 
 
+def test_a_fork_that_fails_leaves_the_scan_to_this_process(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No child (the process table is full): this process scans them all, as a one-process scan does,
+    does the caller's work once, and keeps no pipe open."""
+    def fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    serial = scan(host, EVERYTHING, parallel_min=SERIAL)
+    monkeypatch.setattr(os, "fork", fork)
+    called: list[int] = []
+    fds = os.listdir("/proc/self/fd")
+    assert scan(host, EVERYTHING, parallel_min=2, meanwhile=lambda: called.append(1)) == serial
+    assert called == [1] and os.listdir("/proc/self/fd") == fds
+
+
 @pytest.fixture
 def no_fork(monkeypatch: pytest.MonkeyPatch) -> None:
     def fork() -> int:
