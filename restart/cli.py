@@ -264,28 +264,29 @@ def _package_managers_hook(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _plain_apply(argv: Sequence[str]) -> Any:
-    """What argparse makes of exactly ``apply --yes`` (the command scripts and the restart benchmark
-    run), read without it: importing argparse and building apply's parser were ~4 ms before the first
-    restart.  None for any other command line (argparse's, with its checks and messages)."""
-    if list(argv) != ["apply", "--yes"]:
+_LISTING = {"packages": None, "all": False, "format": None, "textfile": None, "refresh": False}
+# The exact command lines read without argparse (see _plain), with what argparse makes of each besides
+# the root options: ``apply --yes`` (the command scripts and the restart benchmark run; argparse was ~4 ms
+# before the first restart) and ``scan``/``plan`` [``--json``] (what monitoring and the scan benchmark
+# run; ~3 ms of each).
+_PLAIN: dict[tuple[str, ...], dict[str, Any]] = {
+    ("apply", "--yes"): {"command": "apply", "json": False, "packages": None, "yes": True, "dry_run": False,
+                         "mode": None, "budget": APPLY_BUDGET},
+    **{(command, *flag): {"command": command, "json": bool(flag), **_LISTING}
+       for command in ("scan", "plan") for flag in ((), ("--json",))},
+}
+
+
+def _plain(argv: Sequence[str]) -> Any:
+    """What argparse makes of one of the few exact command lines of ``_PLAIN``, read without it (its
+    import and the command's parser cost milliseconds of runs that are timed).  None for any other
+    command line (argparse's, with its checks and messages)."""
+    fields = _PLAIN.get(tuple(argv))
+    if fields is None:
         return None
     from types import SimpleNamespace
 
-    return SimpleNamespace(**ROOT_DEFAULTS, command="apply", json=False, packages=None, yes=True, dry_run=False,
-                           mode=None, budget=APPLY_BUDGET)
-
-
-def _plain_listing(argv: Sequence[str]) -> Any:
-    """What argparse makes of exactly ``scan``, ``plan``, ``scan --json`` or ``plan --json`` (what monitoring
-    and the scan benchmark run), read without it: importing argparse and building the command's parser
-    were ~3 ms of each.  None for any other command line (argparse's, with its checks and messages)."""
-    if len(argv) not in (1, 2) or argv[0] not in ("scan", "plan") or argv[1:] not in ([], ["--json"]):
-        return None
-    from types import SimpleNamespace
-
-    return SimpleNamespace(**ROOT_DEFAULTS, command=argv[0], json=len(argv) == 2, packages=None, all=False,
-                           format=None, textfile=None, refresh=False)
+    return SimpleNamespace(**ROOT_DEFAULTS, **fields)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return hook.run(Roots(**{name: default for name, default in ROOT_DEFAULTS.items() if default is not None}),
                         trigger, after=None, budget=None)
-    args = _plain_apply(argv) or _plain_listing(argv) or _parser(argv).parse_args(argv)
+    args = _plain(argv) or _parser(argv).parse_args(argv)
     roots = _roots(args)
     if args.command == "hook":
         from restart import hook  # only this command needs it

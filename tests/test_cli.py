@@ -192,15 +192,15 @@ def test_plain_listings_are_read_as_argparse_reads_them(argv: list[str], monkeyp
     from restart import cli
 
     parsed = vars(cli._parser(argv).parse_args(argv))
-    assert vars(cli._plain_listing(argv)) == parsed
+    assert vars(cli._plain(argv)) == parsed
     monkeypatch.setattr(cli, "_parser", lambda argv: pytest.fail(f"argparse asked for {argv}"))
     monkeypatch.setattr(cli, "_usable", lambda roots, args: None)
     monkeypatch.setattr(cli, "_scan_or_plan", lambda roots, args: 0 if vars(args) == parsed else 3)
     assert cli.main(list(argv)) == 0
     for other in ([*argv, "--all"], [*argv, "--json=1"], [argv[0], "--format", "json"], ["scan", "--json", "--json"],
                   ["status", "--json"], [argv[0], "--packages", "x"]):
-        assert cli._plain_listing(other) is None, other
-    code = f"import sys; from restart import cli; cli._plain_listing({argv!r}); print('argparse' in sys.modules)"
+        assert cli._plain(other) is None, other
+    code = f"import sys; from restart import cli; cli._plain({argv!r}); print('argparse' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(REPO)}, cwd="/").stdout
     assert out.split() == ["False"]

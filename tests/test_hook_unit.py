@@ -728,8 +728,8 @@ def test_apply_yes_is_read_without_argparse_as_argparse_reads_it(monkeypatch: py
     parsed = vars(cli._parser(["apply", "--yes"]).parse_args(["apply", "--yes"]))
     assert seen == [parsed]
     for other in (["apply"], ["apply", "--yes", "--json"], ["apply", "--dry-run"], ["apply", "--yes=1"]):
-        assert cli._plain_apply(other) is None, other
-    code = "import sys; from restart import cli; cli._plain_apply(['apply', '--yes']); print('argparse' in sys.modules)"
+        assert cli._plain(other) is None, other
+    code = "import sys; from restart import cli; cli._plain(['apply', '--yes']); print('argparse' in sys.modules)"
     out = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(Path(__file__).parent.parent)}, cwd="/").stdout
     assert out.split() == ["False"]
