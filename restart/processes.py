@@ -208,8 +208,12 @@ class _Scanner:
         self.views = views.Views(proc)
         self.keeps = self.views.room.keeps
         # maps lines, by key ("perms offset dev inode path"), judged for a process of a mount
-        # namespace: fresh, or stale (the finding); the same for every process there, so judged once
-        self.judged: dict[views.View, tuple[set[bytes], dict[bytes, StaleFile]]] = {}
+        # namespace: fresh (or settled, once a process there maps it), or stale (the finding, by its
+        # number in ``files``); the same for every process there, so judged once
+        self.judged: dict[views.View, tuple[set[bytes], dict[bytes, int]]] = {}
+        # the distinct stale files of those verdicts (a library's pieces share one), and their numbers
+        self.files: list[StaleFile] = []
+        self.numbers: dict[StaleFile, int] = {}
         self.devices: dict[bytes, int] = {}
         self.candidates: dict[bytes, _Candidate | None] = {}
         self.fd_candidates: dict[str, _Candidate | None] = {}  # the same, by an fd link's text
@@ -226,44 +230,51 @@ class _Scanner:
         what the processes mapping a file share, and all a verdict depends on).  Most keys were
         settled earlier in the scan, for every process or for those of this mount namespace (on
         overlayfs and btrfs, where the device in ``maps`` is not stat's, every fresh file), or found
-        stale there: a block of lines whose keys all were costs one regular-expression pass and a
-        few set operations, and no executable pass (the perms are in the key).  The other lines are
-        judged in the order the process maps them, each (device, inode) once per process, before its
-        path is decoded or kept.
+        stale there: a block of lines whose keys all were costs one regular-expression pass (its keys
+        are also its count of lines for the budget) and a look-up of each key, no set of its own when
+        all are fresh, and no executable pass (the perms are in the key).  A settled key met in a mount
+        namespace is known fresh there from then on, so the next process there takes the first test.
+        The stale files are added once each, not once per key (a library's pieces share one).  The
+        other lines are judged in the order the process maps them, each (device, inode) once per
+        process, before its path is decoded or kept.
         """
         settled, hinted_keys = self.settled, self.hinted
         hinted = False
         found: dict[str, StaleFile] = {}
         view: views.View | None = None
         fresh: set[bytes] = set()
-        stale: dict[bytes, StaleFile] = {}
+        stale: dict[bytes, int] = {}
         seen: dict[tuple[bytes, bytes], tuple[bool, bytes, Verdict | bool | None]] = {}
-        hits: set[bytes] = set()  # keys of this process's lines found stale in its mount namespace
-        for text in procfs.read_lines(dfd, "maps", budget):
-            keys = set(_KEYS.findall(text))
+        hits: set[int] = set()  # the stale files of this process's lines found stale in its mount namespace
+        for text, keys in procfs.read_lines(dfd, "maps", budget, _KEYS.findall):
             hinted = hinted or not hinted_keys.isdisjoint(keys)
-            rest = keys - settled
-            if not rest:
+            if settled.issuperset(keys):
                 continue  # every line known fresh everywhere (a host without stacked filesystems)
             if view is None:
                 view = self.views.of(dfd)
                 fresh, stale = self.judged.setdefault(view, (set(), {}))
-            rest -= fresh
-            if not rest:
+            if fresh.issuperset(keys):
                 continue  # every line known fresh here: most processes, whole
+            rest = set(keys)
+            rest -= fresh
+            if not settled.isdisjoint(rest):  # known here from now on: the next process takes the test above
+                learned = rest & settled
+                rest -= learned
+                fresh.update(key for key in learned if self.keeps(key))
             known = rest & stale.keys()
             if known:
-                hits |= known
+                hits.update(map(stale.__getitem__, known))
                 rest -= known
-                if not rest:
-                    continue
+            if not rest:
+                continue
             for line in text.split(b"\n"):  # in the order the process maps them
                 key = line[line.find(b" ") + 1:]
                 if key in rest:
                     rest.discard(key)
                     hinted = self._judge_line(dfd, view, line, key, seen, found) or hinted
-        for key in hits:
-            _add(found, stale[key])
+        files = self.files
+        for number in hits:
+            _add(found, files[number])
         return hinted, found, view
 
     def _judge_line(self, dfd: int, view: views.View, line: bytes, key: bytes,
@@ -315,7 +326,10 @@ class _Scanner:
         else:
             fresh, stale = self.judged.setdefault(view, (set(), {}))
             if outcome:
-                stale[key] = StaleFile(CODE if executable else DATA, *outcome)
+                item = StaleFile(CODE if executable else DATA, *outcome)
+                stale[key] = number = self.numbers.setdefault(item, len(self.files))
+                if number == len(self.files):
+                    self.files.append(item)
             else:
                 fresh.add(key)
         if hint:

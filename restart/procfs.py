@@ -53,15 +53,17 @@ class Budget:
     of its ``maps`` included, so a loaded host does not cut a big process short) and the scan's
     deadline (on its clock).
 
-    The clocks are system calls: they are looked at after every ``CLOCK_BYTES`` or ``CLOCK_LINES``
-    read, not per read() (most processes are read whole before a first look).
+    The clocks are looked at after every ``CLOCK_BYTES`` or ``CLOCK_LINES`` read, not per read():
+    most processes are read whole before a first look, and never look at all.  So the CPU time is
+    counted from the first look: the work before it, like the work after the last, is one interval's
+    (milliseconds), and a process that never reaches one costs no clock read (a system call).
     """
 
     __slots__ = ("bytes", "clock", "cpu", "cpu_until", "lines", "since", "until")
 
     def __init__(self, until: float, clock: Callable[[], float], cpu: Callable[[], float]) -> None:
         self.until, self.clock, self.cpu, self.bytes, self.lines, self.since = until, clock, cpu, 0, 0, 0
-        self.cpu_until = cpu() + PROCESS_SECONDS
+        self.cpu_until: float | None = None  # set at the first look
 
     def spend(self, nbytes: int, lines: int) -> None:
         self.bytes += nbytes
@@ -74,7 +76,10 @@ class Budget:
         if self.since < CLOCK_BYTES:
             return
         self.since = 0
-        if self.cpu() > self.cpu_until:
+        cpu = self.cpu()
+        if self.cpu_until is None:
+            self.cpu_until = cpu + PROCESS_SECONDS
+        elif cpu > self.cpu_until:
             raise OverBudget(f"reading it took more than {PROCESS_SECONDS:g} s")
         if self.clock() > self.until:
             raise OverBudget("the time for this run ran out while it was read")
@@ -108,13 +113,19 @@ def read_proc(dfd: int, name: str) -> bytes:
         os.close(fd)
 
 
-def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[bytes]:
+def read_lines(dfd: int, name: str, budget: Budget,
+               split: Callable[[bytes], list[bytes]]) -> Iterator[tuple[bytes, list[bytes]]]:
     """The whole lines of a /proc file, as blocks of text of about ``BATCH_BYTES`` (lines joined
-    by newlines; the last one's may be missing at the end of the file), never the whole text at once.
+    by newlines; the last one's may be missing at the end of the file), never the whole text at
+    once; each with its items as ``split`` finds them (in ``maps``: a key per mapping).
 
-    The budget is spent as the bytes arrive, so a process whose ``maps`` the kernel writes
-    slowly, or endlessly, is given up on while it is read.  A line longer than
-    ``LINE_MAX`` is dropped, and only its first ``LINE_MAX`` bytes are ever held.
+    The budget's bytes are spent as they arrive, so a process whose ``maps`` the kernel writes
+    slowly, or endlessly, is given up on while it is read.  Its lines are the items ``split`` finds
+    in a block, counted as it is handed over, not in a pass of their own: so a block is handed over
+    early as soon as the lines read and not counted yet could take the budget past
+    ``PROCESS_LINES`` (a line takes a byte at least); what ``split`` does not find costs its bytes
+    only.  A line longer than ``LINE_MAX`` is dropped, and only its first ``LINE_MAX`` bytes are
+    ever held.
     """
     try:
         fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
@@ -133,7 +144,7 @@ def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[bytes]:
                 raise translate(e) from e
             if not chunk:
                 break
-            budget.spend(len(chunk), chunk.count(b"\n"))
+            budget.spend(len(chunk), 0)
             first = chunk.find(b"\n")
             if dropping:
                 if first < 0:
@@ -155,25 +166,28 @@ def read_lines(dfd: int, name: str, budget: Budget) -> Iterator[bytes]:
                     chunk, run, dropping = chunk[:last + 1], 0, True
             chunks.append(chunk)
             size += len(chunk)
-            if size >= BATCH_BYTES:
+            if size >= BATCH_BYTES or budget.lines + size > PROCESS_LINES:
                 text = b"".join(chunks)
                 if run:  # (never so in /proc: a seq_file's read() ends at the end of a line)
                     text, chunks, size = text[:-run], [text[-run:]], run
                 else:
                     chunks, size = [], 0
-                yield _whole_lines(text, long)
+                yield _block(text, long, budget, split)
                 long = False
         if chunks:  # (when dropping, only whole lines are left in them)
-            yield _whole_lines(b"".join(chunks), long)
+            yield _block(b"".join(chunks), long, budget, split)
     finally:
         os.close(fd)
 
 
-def _whole_lines(text: bytes, long: bool) -> bytes:
-    """``text`` without its lines longer than ``LINE_MAX`` (when ``long`` says there is one)."""
-    if not long:
-        return text
-    return b"\n".join(line for line in text.split(b"\n") if len(line) <= LINE_MAX)
+def _block(text: bytes, long: bool, budget: Budget, split: Callable[[bytes], list[bytes]]) -> tuple[bytes, list[bytes]]:
+    """A block as :func:`read_lines` hands it over: without its lines longer than ``LINE_MAX`` (when
+    ``long`` says there is one), with its items, spent as its lines."""
+    if long:
+        text = b"\n".join(line for line in text.split(b"\n") if len(line) <= LINE_MAX)
+    items = split(text)
+    budget.spend(0, len(items))
+    return text, items
 
 
 def readlink(dfd: int, name: str) -> str:

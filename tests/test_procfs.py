@@ -8,6 +8,7 @@ a parent that exited), since a kernel will not build those on demand.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -125,10 +126,56 @@ def test_read_lines_hands_over_every_whole_line_in_blocks_and_drops_only_overlon
             (tmp_path / "maps").write_bytes(b"\n".join(lines) + (b"\n" if rnd.random() < 0.5 else b""))
             size = rnd.choice([1, 3, 7, 33, 51, 52, 100, 1000])
             monkeypatch.setattr(os, "read", lambda fd, n, size=size: real_read(fd, size))
-            blocks = list(procfs.read_lines(dfd, "maps", budget))
+            handed = list(procfs.read_lines(dfd, "maps", budget, bytes.splitlines))
             monkeypatch.setattr(os, "read", real_read)
+            assert all(items == block.splitlines() for block, items in handed)
+            blocks = [block for block, _ in handed]
             got = [line for block in blocks for line in block.split(b"\n")]
             assert [line for line in got if line] == [line for line in lines if line and len(line) <= 50], (size, lines)
             assert all(len(line) <= 50 for line in got) and all(len(block) <= 64 + 1000 + 51 for block in blocks)
     finally:
         os.close(dfd)
+
+
+def test_the_lines_budget_cuts_a_read_as_the_lines_arrive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: a block's lines are counted where the keys are found (no pass of their own), but a process
+    over PROCESS_LINES must still be given up on as the lines arrive, not a block later: a block is
+    handed over early once the lines read and not counted yet could pass the budget."""
+    monkeypatch.setattr(procfs, "PROCESS_LINES", 1000)
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: real_read(fd, 100))
+    keys = re.compile(rb" (.*)").findall
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        (tmp_path / "maps").write_bytes(b"a b\n" * 900)
+        budget = procfs.Budget(float("inf"), lambda: 0.0, lambda: 0.0)
+        assert sum(len(items) for _, items in procfs.read_lines(dfd, "maps", budget, keys)) == 900
+        assert (budget.lines, budget.bytes) == (900, 3600)
+        (tmp_path / "maps").write_bytes(b"a b\n" * 100_000)
+        budget = procfs.Budget(float("inf"), lambda: 0.0, lambda: 0.0)
+        with pytest.raises(procfs.OverBudget, match="more than 1000 mappings"):
+            for _ in procfs.read_lines(dfd, "maps", budget, keys):
+                pass
+        assert budget.bytes <= 4 * 1000 + 2 * 100  # the 1,001st line and at most one read() more
+    finally:
+        os.close(dfd)
+
+
+def test_the_cpu_clock_is_read_past_an_interval_and_counts_from_the_first_look() -> None:
+    """Why: the CPU clock is a system call; most processes are read whole within one interval and
+    need no look at all, but a process read longer is still cut PROCESS_SECONDS after the first."""
+    looks: list[float] = []
+    times = iter([100.0, 100.0 + procfs.PROCESS_SECONDS, 100.5 + procfs.PROCESS_SECONDS])
+
+    def cpu() -> float:
+        looks.append(next(times))
+        return looks[-1]
+
+    budget = procfs.Budget(float("inf"), lambda: 0.0, cpu)
+    budget.spend(procfs.CLOCK_BYTES - 1000, 10)
+    assert looks == []
+    budget.spend(1000, 0)  # the first look: counted from here
+    budget.spend(procfs.CLOCK_BYTES, 0)  # PROCESS_SECONDS later: not more
+    assert len(looks) == 2
+    with pytest.raises(procfs.OverBudget, match="took more than"):
+        budget.spend(0, procfs.CLOCK_LINES)

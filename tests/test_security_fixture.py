@@ -228,8 +228,9 @@ def after_reading(name: str, pid_dir: Path, action: Callable[[], None]) -> Itera
             action()
         return data
 
-    def spy_lines(dfd: int, what: str, budget: restart.procfs.Budget) -> Iterator[bytes]:
-        yield from real_lines(dfd, what, budget)
+    def spy_lines(dfd: int, what: str, budget: restart.procfs.Budget,
+                  split: Callable[[bytes], list[bytes]]) -> Iterator[tuple[bytes, list[bytes]]]:
+        yield from real_lines(dfd, what, budget, split)
         if what == name and os.fstat(dfd).st_ino == target:
             action()
 
