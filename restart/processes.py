@@ -196,6 +196,16 @@ class _Candidate(NamedTuple):
     literal: str | None  # the full text, when it carried the hint (a file may be named so)
 
 
+class _Known(NamedTuple):
+    """A block of ``maps`` lines whose every key was known, with its answers: a block of the same keys
+    (another of a pool of workers: only the addresses differ) takes them without a look-up of its keys."""
+
+    keys: list[bytes]
+    hinted: bool                # one of them lies where interpreters live
+    view: views.View | None     # the mount namespace whose verdicts they took; None: settled everywhere
+    hits: frozenset[int]        # the stale files among them, by number
+
+
 class _Scanner:
     """Scan state shared across processes: our own identity, decoded paths, stat caches."""
 
@@ -221,6 +231,7 @@ class _Scanner:
         # remembered here or in ``judged`` whose path lies where interpreters live (stage 2b wants those)
         self.settled: set[bytes] = set()
         self.hinted: set[bytes] = set()
+        self.last = _Known([], False, None, frozenset())  # the last block of maps lines found known whole
 
     def _maps(self, dfd: int, budget: procfs.Budget) -> tuple[bool, dict[str, StaleFile], views.View | None]:
         """The stale mappings of one process, read as a stream; and whether one of its mapped paths
@@ -234,6 +245,8 @@ class _Scanner:
         are also its count of lines for the budget) and a look-up of each key, no set of its own when
         all are fresh, and no executable pass (the perms are in the key).  A settled key met in a mount
         namespace is known fresh there from then on, so the next process there takes the first test.
+        A block with the keys of the last block known whole (the next of a pool of workers: only the
+        addresses differ) takes its answers, in the mount namespace they came from, without a look-up.
         The stale files are added once each, not once per key (a library's pieces share one).  The
         other lines are judged in the order the process maps them, each (device, inode) once per
         process, before its path is decoded or kept.
@@ -242,18 +255,27 @@ class _Scanner:
         hinted = False
         found: dict[str, StaleFile] = {}
         view: views.View | None = None
-        fresh: set[bytes] = set()
-        stale: dict[bytes, int] = {}
         seen: dict[tuple[bytes, bytes], tuple[bool, bytes, Verdict | bool | None]] = {}
         hits: set[int] = set()  # the stale files of this process's lines found stale in its mount namespace
         for text, keys in procfs.read_lines(dfd, "maps", budget, _KEYS.findall):
-            hinted = hinted or not hinted_keys.isdisjoint(keys)
+            last = self.last
+            if keys == last.keys:  # the lines of the last block known whole (a pool of workers): its answers
+                if last.view is not None and view is None:
+                    view = self.views.of(dfd)
+                if last.view is None or last.view is view:
+                    hinted = hinted or last.hinted
+                    hits |= last.hits
+                    continue
+            ours = not hinted_keys.isdisjoint(keys)
+            hinted = hinted or ours
             if settled.issuperset(keys):
+                self.last = _Known(keys, ours, None, frozenset())
                 continue  # every line known fresh everywhere (a host without stacked filesystems)
             if view is None:
                 view = self.views.of(dfd)
-                fresh, stale = self.judged.setdefault(view, (set(), {}))
+            fresh, stale = self._verdicts(view)
             if fresh.issuperset(keys):
+                self.last = _Known(keys, ours, view, frozenset())
                 continue  # every line known fresh here: most processes, whole
             rest = set(keys)
             rest -= fresh
@@ -262,20 +284,27 @@ class _Scanner:
                 rest -= learned
                 fresh.update(key for key in learned if self.keeps(key))
             known = rest & stale.keys()
-            if known:
-                hits.update(map(stale.__getitem__, known))
-                rest -= known
+            files = frozenset(map(stale.__getitem__, known))
+            hits |= files
+            rest -= known
             if not rest:
+                self.last = _Known(keys, ours, view, files)
                 continue
             for line in text.split(b"\n"):  # in the order the process maps them
                 key = line[line.find(b" ") + 1:]
                 if key in rest:
                     rest.discard(key)
                     hinted = self._judge_line(dfd, view, line, key, seen, found) or hinted
-        files = self.files
         for number in hits:
-            _add(found, files[number])
+            _add(found, self.files[number])
         return hinted, found, view
+
+    def _verdicts(self, view: views.View) -> tuple[set[bytes], dict[bytes, int]]:
+        """The keys known fresh in ``view``'s mount namespace, and those stale there (their files' numbers)."""
+        verdicts = self.judged.get(view)
+        if verdicts is None:
+            verdicts = self.judged[view] = (set(), {})
+        return verdicts
 
     def _judge_line(self, dfd: int, view: views.View, line: bytes, key: bytes,
                     seen: dict[tuple[bytes, bytes], tuple[bool, bytes, Verdict | bool | None]],
@@ -324,7 +353,7 @@ class _Scanner:
         if outcome is True:
             self.settled.add(key)
         else:
-            fresh, stale = self.judged.setdefault(view, (set(), {}))
+            fresh, stale = self._verdicts(view)
             if outcome:
                 item = StaleFile(CODE if executable else DATA, *outcome)
                 stale[key] = number = self.numbers.setdefault(item, len(self.files))

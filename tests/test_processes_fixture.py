@@ -295,6 +295,22 @@ def test_a_process_over_a_budget_is_named_unscanned_never_clean(tmp_path: Path, 
     assert [p.pid for p in scan(proc, EVERYTHING).processes] == [10, 20, 30]
 
 
+def test_a_pool_of_workers_takes_the_first_ones_answers_only_in_its_own_mount_namespace(
+        tmp_path: Path, root: Path) -> None:
+    """Why: the workers of a pool map the same lines at other addresses, so a block of lines all known
+    takes the answers of the last such block without a look-up of its keys; but a verdict on a file
+    seen through a mount namespace holds there only: in another, the same lines may be stale."""
+    other = rootfs(tmp_path / "other", {LIB: b"v3"})  # another inode at the same path there
+    lines = [map_line(LIB, ino(root, LIB), dev="ab:cd", start=0x10000 * (i + 1)) for i in range(20)]
+    mnts = {10: "mnt:[5]", 11: "mnt:[5]", 12: "mnt:[6]", 13: "mnt:[5]", 14: "mnt:[6]", 15: "mnt:[6]"}
+    procs = [FakeProcess(pid, b"".join(lines[n:n + 2]) + map_line(LIB, ino(root, LIB), "r--p", dev="ab:cd"),
+                         root=root if mnt == "mnt:[5]" else other, mnt=mnt)
+             for n, (pid, mnt) in enumerate(mnts.items())]
+    found = scan(build(tmp_path / "proc", procs), EVERYTHING).processes
+    assert [(p.pid, [(s.kind, s.path, s.evidence) for s in p.stale]) for p in found] == [
+        (pid, [(CODE, LIB, "replaced")]) for pid in (12, 14, 15)]
+
+
 def test_an_overlong_maps_line_is_dropped_without_being_held(tmp_path: Path, root: Path) -> None:
     """Why: no package file has a path longer than PATH_MAX; such a line (a user's file 16,000
     directories deep) is skipped, and the line after it is still read whole."""
