@@ -86,6 +86,7 @@ _STRENGTH = {EXE: 3, CODE: 2, DATA: 1, FD: 0}
 # The key of each line of a maps text: all of it past the first space, the one after the address
 # range (a line without a space holds no file, and has no key).
 _KEYS = re.compile(rb" (.*)")
+FOLDS_MAX = 1024  # distinct sets of stale files whose findings a scan keeps (a few MB at most)
 FD_BATCH = 64  # open files listed between two spendings of the budget
 OVER_BUDGET_SHOWN = 20  # processes over a budget named in text and metrics (JSON lists them all)
 # A scan of this many processes or more is shared with a forked child (two cores): below it, the
@@ -224,6 +225,7 @@ class _Scanner:
         # the distinct stale files of those verdicts (a library's pieces share one), and their numbers
         self.files: list[StaleFile] = []
         self.numbers: dict[StaleFile, int] = {}
+        self.folds: dict[frozenset[int], dict[str, StaleFile]] = {}  # see _fold
         self.devices: dict[bytes, int] = {}
         self.candidates: dict[bytes, _Candidate | None] = {}
         self.fd_candidates: dict[str, _Candidate | None] = {}  # the same, by an fd link's text
@@ -247,16 +249,17 @@ class _Scanner:
         namespace is known fresh there from then on, so the next process there takes the first test.
         A block with the keys of the last block known whole (the next of a pool of workers: only the
         addresses differ) takes its answers, in the mount namespace they came from, without a look-up.
-        The stale files are added once each, not once per key (a library's pieces share one).  The
-        other lines are judged in the order the process maps them, each (device, inode) once per
-        process, before its path is decoded or kept.
+        Its stale files count once each, not once per key (a library's pieces share one), their
+        findings worked out once per distinct set of them (:meth:`_fold`).  The other lines are
+        judged in the order the process maps them, each (device, inode) once per process, before its
+        path is decoded or kept.
         """
         settled, hinted_keys = self.settled, self.hinted
         hinted = False
         found: dict[str, StaleFile] = {}
         view: views.View | None = None
         seen: dict[tuple[bytes, bytes], tuple[bool, bytes, Verdict | bool | None]] = {}
-        hits: set[int] = set()  # the stale files of this process's lines found stale in its mount namespace
+        hits: frozenset[int] = frozenset()  # the stale files of its lines found stale in its mount namespace
         for text, keys in procfs.read_lines(dfd, "maps", budget, _KEYS.findall):
             last = self.last
             if keys == last.keys:  # the lines of the last block known whole (a pool of workers): its answers
@@ -264,7 +267,7 @@ class _Scanner:
                     view = self.views.of(dfd)
                 if last.view is None or last.view is view:
                     hinted = hinted or last.hinted
-                    hits |= last.hits
+                    hits = hits | last.hits if hits else last.hits
                     continue
             ours = not hinted_keys.isdisjoint(keys)
             hinted = hinted or ours
@@ -285,7 +288,7 @@ class _Scanner:
                 fresh.update(key for key in learned if self.keeps(key))
             known = rest & stale.keys()
             files = frozenset(map(stale.__getitem__, known))
-            hits |= files
+            hits = hits | files if hits else files
             rest -= known
             if not rest:
                 self.last = _Known(keys, ours, view, files)
@@ -295,9 +298,27 @@ class _Scanner:
                 if key in rest:
                     rest.discard(key)
                     hinted = self._judge_line(dfd, view, line, key, seen, found) or hinted
-        for number in hits:
-            _add(found, self.files[number])
+        if hits:
+            fold = self._fold(hits)
+            if found:  # lines judged in this process: weighed against them, path by path
+                for item in fold.values():
+                    _add(found, item)
+            else:
+                found = fold.copy()
         return hinted, found, view
+
+    def _fold(self, hits: frozenset[int]) -> dict[str, StaleFile]:
+        """The findings of a set of stale files (by number): one per path, the strongest (:func:`_add`).
+        Worked out once per distinct set (the processes of a program map the same stale libraries),
+        up to ``FOLDS_MAX`` sets kept."""
+        fold = self.folds.get(hits)
+        if fold is None:
+            fold = {}
+            for number in hits:
+                _add(fold, self.files[number])
+            if len(self.folds) < FOLDS_MAX:
+                self.folds[hits] = fold
+        return fold
 
     def _verdicts(self, view: views.View) -> tuple[set[bytes], dict[bytes, int]]:
         """The keys known fresh in ``view``'s mount namespace, and those stale there (their files' numbers)."""

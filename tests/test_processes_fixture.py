@@ -311,6 +311,28 @@ def test_a_pool_of_workers_takes_the_first_ones_answers_only_in_its_own_mount_na
         (pid, [(CODE, LIB, "replaced")]) for pid in (12, 14, 15)]
 
 
+@pytest.mark.parametrize("kept", [processes.FOLDS_MAX, 0])
+def test_processes_with_the_same_stale_files_get_findings_of_their_own(tmp_path: Path, root: Path, kept: int,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: the findings of a set of stale files are worked out once and shared by the processes that
+    map that set; each process's own facts (which of them is its executable; what it has judged
+    itself) must still change its own findings only."""
+    monkeypatch.setattr(processes, "FOLDS_MAX", kept)
+    daemon = "/usr/sbin/daemon"
+    exe, data = map_line(daemon, ino(root, daemon) + 1), map_line(LIB, ino(root, LIB) + 1, "r--p", start=0x7F0000002000)
+    maps = exe + data + map_line(LIB, ino(root, LIB) + 1, start=0x7F0000004000)
+    code = map_line(LIB, ino(root, LIB) + 1, start=0x7F0000008000).replace(b" 00000000 ", b" 00001000 ")
+    procs = [FakeProcess(10, maps, root=root), FakeProcess(11, maps, root=root, exe="/usr/bin/other"),
+             FakeProcess(12, maps.replace(b"7f000000", b"7f000100"), root=root),
+             FakeProcess(13, exe + data + code, root=root, exe="/usr/bin/other"),  # its code piece judged here
+             FakeProcess(14, maps, root=root, exe="/usr/bin/other")]
+    result = scan(build(tmp_path / "proc", procs), EVERYTHING)
+    found = {p.pid: [(s.kind, s.path) for s in p.stale] for p in result.processes}
+    assert found == {10: [(EXE, daemon), (CODE, LIB)], 11: [(CODE, LIB), (CODE, daemon)],
+                     12: [(EXE, daemon), (CODE, LIB)], 13: [(CODE, LIB), (CODE, daemon)],
+                     14: [(CODE, LIB), (CODE, daemon)]}
+
+
 def test_an_overlong_maps_line_is_dropped_without_being_held(tmp_path: Path, root: Path) -> None:
     """Why: no package file has a path longer than PATH_MAX; such a line (a user's file 16,000
     directories deep) is skipped, and the line after it is still read whole."""
