@@ -11,7 +11,8 @@ differ only in their address range, so each distinct rest of a line ("perms offs
 inode path", its key: all a verdict depends on) is judged once per scan (once per mount
 namespace where it must be: :mod:`views`); a process whose every line is already known
 costs its reads and, per block of lines, one regular-expression pass for the keys and a
-few set operations (reading within a budget is :mod:`procfs`'s).  Open files are judged
+look-up of each, or none when they are those of the last block known whole (reading within
+a budget is :mod:`procfs`'s).  Open files are judged
 only when they are regular files not found in place, and only a process whose ``maps``
 shows an interpreter's directory is handed to stage 2b.  Only processes with a stale file
 (or handed to 2b) get their status, cgroup and exe read.
