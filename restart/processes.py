@@ -87,7 +87,7 @@ _STRENGTH = {EXE: 3, CODE: 2, DATA: 1, FD: 0}
 # The key of each line of a maps text: all of it past the first space, the one after the address
 # range (a line without a space holds no file, and has no key).
 _KEYS = re.compile(rb" (.*)")
-FOLDS_MAX = 1024  # distinct sets of stale files whose findings a scan keeps (a few MB at most)
+FOLDS_KEPT = 1 << 16  # stale files a scan keeps in folds (see _Scanner._fold), over all the sets: a few MB
 FD_BATCH = 64  # open files listed between two spendings of the budget
 OVER_BUDGET_SHOWN = 20  # processes over a budget named in text and metrics (JSON lists them all)
 # A scan of this many processes or more is shared with a forked child (two cores): below it, the
@@ -227,6 +227,7 @@ class _Scanner:
         self.files: list[StaleFile] = []
         self.numbers: dict[StaleFile, int] = {}
         self.folds: dict[frozenset[int], dict[str, StaleFile]] = {}  # see _fold
+        self.fold_room = FOLDS_KEPT
         self.devices: dict[bytes, int] = {}
         self.candidates: dict[bytes, _Candidate | None] = {}
         self.fd_candidates: dict[str, _Candidate | None] = {}  # the same, by an fd link's text
@@ -311,13 +312,14 @@ class _Scanner:
     def _fold(self, hits: frozenset[int]) -> dict[str, StaleFile]:
         """The findings of a set of stale files (by number): one per path, the strongest (:func:`_add`).
         Worked out once per distinct set (the processes of a program map the same stale libraries),
-        up to ``FOLDS_MAX`` sets kept."""
+        kept while the sets kept hold ``FOLDS_KEPT`` files in all (a user may map many sets)."""
         fold = self.folds.get(hits)
         if fold is None:
             fold = {}
             for number in hits:
                 _add(fold, self.files[number])
-            if len(self.folds) < FOLDS_MAX:
+            if len(hits) <= self.fold_room:
+                self.fold_room -= len(hits)
                 self.folds[hits] = fold
         return fold
 

@@ -311,13 +311,13 @@ def test_a_pool_of_workers_takes_the_first_ones_answers_only_in_its_own_mount_na
         (pid, [(CODE, LIB, "replaced")]) for pid in (12, 14, 15)]
 
 
-@pytest.mark.parametrize("kept", [processes.FOLDS_MAX, 0])
+@pytest.mark.parametrize("kept", [processes.FOLDS_KEPT, 3, 0])
 def test_processes_with_the_same_stale_files_get_findings_of_their_own(tmp_path: Path, root: Path, kept: int,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Why: the findings of a set of stale files are worked out once and shared by the processes that
     map that set; each process's own facts (which of them is its executable; what it has judged
     itself) must still change its own findings only."""
-    monkeypatch.setattr(processes, "FOLDS_MAX", kept)
+    monkeypatch.setattr(processes, "FOLDS_KEPT", kept)  # all, the first set only, none
     daemon = "/usr/sbin/daemon"
     exe, data = map_line(daemon, ino(root, daemon) + 1), map_line(LIB, ino(root, LIB) + 1, "r--p", start=0x7F0000002000)
     maps = exe + data + map_line(LIB, ino(root, LIB) + 1, start=0x7F0000004000)
@@ -326,7 +326,15 @@ def test_processes_with_the_same_stale_files_get_findings_of_their_own(tmp_path:
              FakeProcess(12, maps.replace(b"7f000000", b"7f000100"), root=root),
              FakeProcess(13, exe + data + code, root=root, exe="/usr/bin/other"),  # its code piece judged here
              FakeProcess(14, maps, root=root, exe="/usr/bin/other")]
-    result = scan(build(tmp_path / "proc", procs), EVERYTHING)
+    proc = build(tmp_path / "proc", procs)
+    scanner = processes._Scanner(proc, EVERYTHING, True)
+    procfd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        result = processes._scan_these(scanner, procfd, [10, 11, 12, 13, 14], None, None, time.monotonic,
+                                       time.thread_time)
+    finally:
+        os.close(procfd)
+    assert sum(map(len, scanner.folds)) == min(kept, 5)  # the files of the sets kept: never more than FOLDS_KEPT
     found = {p.pid: [(s.kind, s.path) for s in p.stale] for p in result.processes}
     assert found == {10: [(EXE, daemon), (CODE, LIB)], 11: [(CODE, LIB), (CODE, daemon)],
                      12: [(EXE, daemon), (CODE, LIB)], 13: [(CODE, LIB), (CODE, daemon)],
