@@ -742,20 +742,28 @@ def _plain(value: object, seen: dict[int, int], files: dict[StaleFile, int]) -> 
     if value is None or (isinstance(value, str | int | float) and not isinstance(value, StrEnum)):
         return value
     if isinstance(value, list):
-        return [_plain(v, seen, files) for v in value]
+        return _plains(value, seen, files)
     if isinstance(value, StrEnum) or (isinstance(value, tuple) and hasattr(value, "_fields")):
         ref = seen.get(id(value))
         if ref is not None:
             return {"r": ref}
         plain: dict[str, object] = ({"e": _name(type(value)), "v": value.value} if isinstance(value, StrEnum)
-                                    else {"n": _name(type(value)), "v": [_plain(v, seen, files) for v in value]})
+                                    else {"n": _name(type(value)), "v": _plains(value, seen, files)})
         seen[id(value)] = len(seen)  # after its parts: the reader completes them first
         return plain
     if type(value) is tuple and value and all(type(v) is StaleFile for v in value):
         return {"s": [files.setdefault(v, len(files)) for v in value]}
     if isinstance(value, tuple | frozenset):
-        return {"t" if isinstance(value, tuple) else "f": [_plain(v, seen, files) for v in value]}
+        return {"t" if isinstance(value, tuple) else "f": _plains(value, seen, files)}
     raise TypeError(f"not result data: {type(value).__name__}")
+
+
+_AS_THEY_ARE = frozenset({str, int, float, bool, type(None)})  # what _plain returns as it is, by exact type
+
+
+def _plains(values: Iterable[object], seen: dict[int, int], files: dict[StaleFile, int]) -> list[object]:
+    """:func:`_plain` of each of ``values``, without a call for a value JSON carries as it is (most are)."""
+    return [v if type(v) in _AS_THEY_ARE else _plain(v, seen, files) for v in values]
 
 
 def _name(cls: type) -> str:
@@ -833,26 +841,30 @@ class _Answer:
         self.parts.append(result)
 
     def _rebuild(self, obj: dict[str, object]) -> object:
-        keys, name, values, files, done = obj.keys(), obj.get("n", obj.get("e")), obj.get("v"), self.files, self.done
-        if keys == {"s"} and isinstance(numbers := obj["s"], list) and all(
-                type(n) is int and 0 <= n < len(files) for n in numbers):
-            return tuple(files[n] for n in numbers)
-        if keys == {"F"} and isinstance(f := obj["F"], list) and len(f) == 4 and all(type(v) is str for v in f):
-            files.append(StaleFile(FileKind(f[0]), f[1], Confidence(f[2]), Evidence(f[3])))
-            return files[-1]
-        if keys == {"t"} and isinstance(obj["t"], list):
-            return tuple(obj["t"])
-        if keys == {"f"} and isinstance(obj["f"], list):
-            return frozenset(obj["f"])
-        if keys == {"r"} and isinstance(obj["r"], int) and 0 <= obj["r"] < len(done):
-            return done[obj["r"]]
-        if keys == {"n", "v"} and isinstance(name, str) and name in self.tuples and isinstance(values, list):
-            done.append(self.tuples[name](*values))
-        elif keys == {"e", "v"} and isinstance(name, str) and name in self.enums and isinstance(values, str):
-            done.append(self.enums[name](values))
-        else:
-            raise ValueError("not result data")
-        return done[-1]
+        files, done = self.files, self.done
+        if len(obj) == 1:
+            [(key, value)] = obj.items()
+            if key == "s" and type(value) is list and set(map(type, value)) <= {int} and (
+                    not value or (min(value) >= 0 and max(value) < len(files))):
+                return tuple([files[n] for n in value])
+            if key == "r" and type(value) is int and 0 <= value < len(done):
+                return done[value]
+            if key == "t" and type(value) is list:
+                return tuple(value)
+            if key == "F" and type(value) is list and len(value) == 4 and all(type(v) is str for v in value):
+                files.append(StaleFile(FileKind(value[0]), value[1], Confidence(value[2]), Evidence(value[3])))
+                return files[-1]
+            if key == "f" and type(value) is list:
+                return frozenset(value)
+        elif len(obj) == 2 and "v" in obj:
+            values = obj["v"]
+            if type(name := obj.get("n")) is str and name in self.tuples and type(values) is list:
+                done.append(self.tuples[name](*values))
+                return done[-1]
+            if type(name := obj.get("e")) is str and name in self.enums and type(values) is str:
+                done.append(self.enums[name](values))
+                return done[-1]
+        raise ValueError("not result data")
 
 
 def _reap(child: int) -> None:

@@ -290,8 +290,15 @@ def _truncated(write_end: int) -> None:
     os.write(write_end, (_empty() + processes.ANSWER_END)[:-3])
 
 
+def _naming_files(numbers: list[int]) -> list[object]:
+    """A line whose one process names the stale files ``numbers`` of a table of one."""
+    return [processes.ANSWER, [{"F": ["exe", "/x", "certain", "replaced"]}], {
+        "n": "restart.processes.ScanResult", "v": [[{"n": "restart.processes.ProcessInfo", "v": [
+            100, 1, 0, "x", None, "", None, {"s": numbers}]}], 1, 0, 0]}, []]
+
+
 @pytest.mark.parametrize("what", ["dies", "exits", "hangs", "garbage", "truncated", "no end", "after the end",
-                                  "foreign", "other shape", "not a result", "no such file"])
+                                  "foreign", "other shape", "not a result", "no such file", "a negative file number"])
 def test_a_child_without_a_result_leaves_what_it_took_unscanned(host: Path, tmp_path: Path, forks: list[int],
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             capfd: pytest.CaptureFixture[str], what: str) -> None:
@@ -309,9 +316,8 @@ def test_a_child_without_a_result_leaves_what_it_took_unscanned(host: Path, tmp_
         "other shape": lambda w: _write(w, _empty().replace(processes.ANSWER.encode(), b"x") + processes.ANSWER_END),
         "not a result": lambda w: _send(w, [processes.ANSWER, [], {"n": "restart.processes.StaleFile",
                                                                    "v": ["exe", "/x", "certain", "replaced"]}, []]),
-        "no such file": lambda w: _send(w, [processes.ANSWER, [{"F": ["exe", "/x", "certain", "replaced"]}], {
-            "n": "restart.processes.ScanResult", "v": [[{"n": "restart.processes.ProcessInfo", "v": [
-                100, 1, 0, "x", None, "", None, {"s": [0, 1]}]}], 1, 0, 0]}, []]),
+        "no such file": lambda w: _send(w, _naming_files([0, 1])),
+        "a negative file number": lambda w: _send(w, _naming_files([-1])),  # (Python would take the last)
     }
     _child_does(monkeypatch, acts[what])
     monkeypatch.setattr(processes, "CHILD_GRACE", 0.5)
