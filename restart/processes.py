@@ -96,12 +96,16 @@ PARALLEL_MIN = 150
 # The two share the candidates as they go: each takes the next SHARE processes (a 2-byte number read from
 # a pipe that holds every share's) whenever it is done with the last, so the one the other core's load
 # slows down takes fewer; at most SHARES_MAX numbers (one page: any pipe holds them, written before the fork).
+# The last shares are smaller (a quarter of what is left: _bounds), so that the two end within a process
+# or two of each other rather than a share.
 SHARE = 8
 SHARES_MAX = 2048
 CHILD_GRACE = 2.0  # seconds the child's answer may come after the deadline (its last process, the pipe)
 CHILD_WAIT = 60.0  # without a deadline: seconds it may come after the parent's last share
 ANSWER = "restartctl-scan/3"  # the first item of each line of the child's answer
-PIECE = 16  # processes found or observed the child sends at once (fewer lines cost less; the last is waited for)
+# Processes found or observed the child sends at once (fewer lines cost less), or any it has after a share
+# of the smaller last ones (the parent waits for what comes after its own last share).
+PIECE = 16
 ANSWER_END = json.dumps([ANSWER]).encode() + b"\n"  # its last line: it answered for every share it took
 # The most of the child's answer the parent reads, its lines together; a child that sends more counts as one
 # that did not answer (what it took unscanned).  The real state's half answers in 50-93 KB (500 processes, 51
@@ -471,7 +475,8 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
          deadline: float | None = None, clock: Callable[[], float] = time.monotonic,
          cpu_clock: Callable[[], float] = time.thread_time, users: bool = True,
          parallel_min: int | None = None, facts: Callable[[], Iterable[type]] = tuple,
-         meanwhile: Callable[[], object] | None = None) -> ScanResult:
+         meanwhile: Callable[[], object] | None = None,
+         then: Callable[[ScanResult], object] | None = None) -> ScanResult:
     """Scan every process under ``proc`` (or just ``pids``) for stale files.
 
     ``observe`` sees each process that maps a path starting with one of ``observe_hints``
@@ -490,7 +495,9 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
     ``parallel_min``: from this many processes on, the scan is shared with a forked child (None:
     ``PARALLEL_MIN``).  ``meanwhile``: the caller's work that does not depend on the scan, called
     once: in a scan on two cores by this process while the child scans (before it takes its
-    share), else after the scan.
+    share), else after the scan.  ``then``: the caller's work on the result, called once with it: in
+    a scan on two cores whose child answered, while the child exits (freeing its pages takes it
+    0.5-1 ms, which reaping it waits for), else after the scan.
     """
     scanner = _Scanner(proc, selection, check_fds, observe, observe_hints)
     procfd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -503,7 +510,8 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
         elif deadline is not None:
             candidates.sort(key=lambda p: (_owned_by_a_user(procfd, p), p))
         if len(candidates) >= (PARALLEL_MIN if parallel_min is None else parallel_min) and _two_cores_free():
-            shared = _on_two_cores(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock, facts, meanwhile)
+            shared = _on_two_cores(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock, facts, meanwhile,
+                                   then)
             if shared is not None:
                 return shared
         result = _left(_scan_these(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock), len(candidates))
@@ -511,6 +519,8 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
         os.close(procfd)
     if meanwhile is not None:
         meanwhile()
+    if then is not None:
+        then(result)
     return result
 
 
@@ -588,7 +598,8 @@ def _threads() -> int:
 def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
                   on_error: Callable[[int, Exception], None] | None, deadline: float | None,
                   clock: Callable[[], float], cpu_clock: Callable[[], float],
-                  facts: Callable[[], Iterable[type]], meanwhile: Callable[[], object] | None) -> ScanResult | None:
+                  facts: Callable[[], Iterable[type]], meanwhile: Callable[[], object] | None,
+                  then: Callable[[ScanResult], object] | None = None) -> ScanResult | None:
     """Scan ``candidates`` here and in a forked child, sharing them as the two go, then merge; None when
     no child could be forked (the caller scans them all itself).
 
@@ -606,10 +617,11 @@ def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
     clean, the shares it did answer for included; not scanned again here: whatever held the child up, a
     process whose ``maps`` does not come, would hold this one up too).  The child is killed and reaped
     whatever happens here, a watchdog's exception included.  The results are merged in the order of
-    the one-process scan, counters summed.
+    the one-process scan, counters summed, and handed to the caller's ``then`` while a child that
+    answered exits (after the reaping, if it did not).
     """
-    size = max(SHARE, -(-len(candidates) // SHARES_MAX))
-    numbers = b"".join(n.to_bytes(2, "little") for n in range(-(-len(candidates) // size)))
+    bounds = _bounds(len(candidates))
+    numbers = b"".join(n.to_bytes(2, "little") for n in range(len(bounds) - 1))
     queue, queue_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         queued = os.write(queue_end, numbers) == len(numbers)  # (it fits: never a partial write)
@@ -627,7 +639,7 @@ def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
             os.close(end)
         return None
     if child == 0:  # pragma: no cover - the child leaves by os._exit, never returns
-        _child(read_end, write_end, _shares(queue, candidates, size), scanner, procfd, deadline, clock,
+        _child(read_end, write_end, _shares(queue, candidates, bounds), scanner, procfd, deadline, clock,
                cpu_clock, me)
     os.close(write_end)
     theirs: tuple[list[ScanResult], list[tuple[int, str]]] | None = None
@@ -637,17 +649,29 @@ def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
             meanwhile()
 
         def taken() -> Iterator[int]:
-            for share in _shares(queue, candidates, size):
+            for share in _shares(queue, candidates, bounds):
                 answer.read()  # what the child has sent so far, rebuilt while it scans on
                 yield from share
 
         mine = _scan_these(scanner, procfd, taken(), on_error, deadline, clock, cpu_clock)
         wait = (max(0.0, deadline - clock()) + CHILD_GRACE) if deadline is not None else CHILD_WAIT
         theirs = answer.result(time.monotonic() + wait)
+        result = _joined(mine, theirs, candidates, on_error)
+        if theirs is not None and then is not None:
+            then(result)  # while the child, done, exits on the other core
+            then = None
     finally:
         os.close(queue)
         os.close(read_end)
         _reap(child)
+    if then is not None:
+        then(result)
+    return result
+
+
+def _joined(mine: ScanResult, theirs: tuple[list[ScanResult], list[tuple[int, str]]] | None, candidates: list[int],
+            on_error: Callable[[int, Exception], None] | None) -> ScanResult:
+    """This process's result and the child's answer (None: none) as one; the child's errors to ``on_error``."""
     if theirs is None or sum(part.scanned for part in theirs[0]) > len(candidates) - mine.scanned:
         return _left(mine, len(candidates))
     parts, errors = theirs
@@ -672,13 +696,24 @@ def _merged(parts: Sequence[ScanResult], order: Mapping[int, int] | None = None)
         over_budget=tuple(ordered((u for part in parts for u in part.over_budget), lambda u: u.pid)))
 
 
-def _shares(queue: int, candidates: list[int], size: int) -> Iterator[list[int]]:
+def _bounds(count: int) -> list[int]:
+    """Where each share of ``count`` candidates begins, then their end: ``SHARE`` candidates a share (more
+    where ``SHARES_MAX`` shares would not hold them all, with room for the tail's), and of the last
+    ``4 * SHARE``, a quarter of what is left (rounded up)."""
+    size = max(SHARE, -(-count // (SHARES_MAX - 64)))  # (a tail takes fewer than 64 shares: 4/3 ** 64 > 2**22)
+    bounds = [0]
+    while (left := count - bounds[-1]) > 0:
+        bounds.append(bounds[-1] + min(size, (left + 3) // 4))
+    return bounds
+
+
+def _shares(queue: int, candidates: list[int], bounds: list[int]) -> Iterator[list[int]]:
     """The candidates of each share this process takes from the queue, until it is empty: a share's
     number is read whole (both processes read 2 bytes at a time, the pipe serialises the reads, and
     every number was written before the fork)."""
     while len(number := os.read(queue, 2)) == 2:
-        first = int.from_bytes(number, "little") * size
-        yield candidates[first:first + size]
+        n = int.from_bytes(number, "little")
+        yield candidates[bounds[n]:bounds[n + 1]]
 
 
 class ChildError(Exception):
@@ -704,7 +739,8 @@ def _child(read_end: int, write_end: int, shares: Iterator[list[int]], scanner: 
 
         for share in shares:
             done.append(result := _scan_these(scanner, procfd, share, failed, deadline, clock, cpu_clock, parent))
-            if sum(len(r.processes) + len(r.observed) for r in done) >= PIECE:
+            found = sum(len(r.processes) + len(r.observed) for r in done)
+            if found >= PIECE or (found and len(share) < SHARE):
                 _write_all(write_end, _encode(_merged(done), errors, files))
                 done = []
                 errors.clear()

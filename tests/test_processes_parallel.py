@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from itertools import islice
+from itertools import islice, pairwise
 from pathlib import Path
 
 import pytest
@@ -135,10 +135,10 @@ def _slow(monkeypatch: pytest.MonkeyPatch, who: str) -> None:
     wait a little after taking each share (they take turns)."""
     parent, real = os.getpid(), processes._shares
 
-    def shares(queue: int, candidates: list[int], size: int) -> Iterator[list[int]]:
+    def shares(queue: int, candidates: list[int], bounds: list[int]) -> Iterator[list[int]]:
         if who == "child" and os.getpid() != parent:
             time.sleep(1.5)
-        for share in real(queue, candidates, size):
+        for share in real(queue, candidates, bounds):
             if who == "both":
                 time.sleep(0.005)
             yield share
@@ -543,3 +543,35 @@ def test_an_orphaned_child_stops_scanning(host: Path) -> None:
         os.close(procfd)
     assert alive.scanned == len(candidates) and alive.processes
     assert (gone.scanned, gone.unscanned, gone.processes) == (0, 0, [])  # none begun (the caller counts the rest)
+
+
+@pytest.mark.parametrize("count", [1, 7, 44, 1004, 100_000, 4_194_304])
+def test_the_shares_cover_every_candidate_once_and_the_last_ones_are_smaller(count: int) -> None:
+    bounds = processes._bounds(count)
+    sizes = [end - start for start, end in pairwise(bounds)]
+    assert bounds[0] == 0 and bounds[-1] == count and all(size >= 1 for size in sizes)
+    assert len(sizes) <= processes.SHARES_MAX  # the queue holds them all
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[-1] == 1 and (count < 4 * processes.SHARE or sizes[0] >= processes.SHARE)
+
+
+def test_the_callers_work_on_the_result_is_done_while_the_child_exits(host: Path, forks: list[int],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``then`` gets the merged result once: while a child that answered still exists (its exit, freeing its
+    pages, is not waited for first), after the reaping when it did not answer, after a one-process scan."""
+    seen: list[tuple[ScanResult, bool]] = []
+
+    def then(result: ScanResult) -> None:
+        seen.append((result, bool(forks) and forks[-1] in children()))
+
+    before = ScanResult([], 0, 0, 0)
+    serial = scan(host, EVERYTHING, parallel_min=SERIAL, meanwhile=lambda: seen.append((before, False)), then=then)
+    assert [r for r, _ in seen] == [before, serial]  # (after meanwhile)
+    seen.clear()
+    assert scan(host, EVERYTHING, parallel_min=2, then=then) == serial
+    assert seen == [(serial, True)] and set(children()).isdisjoint(forks)
+    seen.clear()
+    _child_does(monkeypatch, _hang)
+    monkeypatch.setattr(processes, "CHILD_WAIT", 0.3)
+    result = scan(host, EVERYTHING, parallel_min=2, meanwhile=late, then=then)
+    assert seen == [(result, False)] and result.unscanned == TAKEN and set(children()).isdisjoint(forks)
