@@ -603,22 +603,22 @@ def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
     """Scan ``candidates`` here and in a forked child, sharing them as the two go, then merge; None when
     no child could be forked (the caller scans them all itself).
 
-    Each takes the next share of ``SHARE`` candidates whenever it is done with its last (:func:`_shares`),
-    in the order of a one-process scan (under a deadline, system accounts first), so the two end
-    together whatever slows one down (the other core's load, the child's copied pages), and this
-    process first does the caller's ``meanwhile``.  The child starts with this process's scanner and
-    its caches, scans each share exactly as :func:`_scan_these` does, sends that share's result at once
-    over a pipe only the two hold, as JSON data (:func:`_encode`), then an end, and leaves with
-    ``os._exit``.  This process rebuilds what has come before it takes each share (:class:`_Answer`), so
-    little is left to read once both are done.  The answer is awaited until the deadline plus
-    ``CHILD_GRACE`` (without a deadline, ``CHILD_WAIT`` past the end of this process's shares) and read
-    to ``ANSWER_MAX`` bytes; a child that does not end its answer by then, sends more, dies or sends
-    anything but results is killed, and every process this one did not scan counts as unscanned (never
-    clean, the shares it did answer for included; not scanned again here: whatever held the child up, a
-    process whose ``maps`` does not come, would hold this one up too).  The child is killed and reaped
-    whatever happens here, a watchdog's exception included.  The results are merged in the order of
-    the one-process scan, counters summed, and handed to the caller's ``then`` while a child that
-    answered exits (after the reaping, if it did not).
+    Each takes the next share of ``SHARE`` candidates whenever it is done with its last
+    (:func:`_shares`), in the order of a one-process scan (under a deadline, system accounts first), so
+    the two end together whatever slows one down (the other core's load, the child's copied pages), and
+    this process first does the caller's ``meanwhile``.  The child starts with this process's scanner
+    and its caches, scans each share exactly as :func:`_scan_these` does, sends the results as it goes
+    (a line every ``PIECE`` processes found or observed) over a pipe only the two hold, as JSON data
+    (:func:`_encode`), then an end, and leaves with ``os._exit``.  This process rebuilds what has come
+    before it takes each share (:class:`_Answer`), so little is left to read once both are done.  The
+    answer is awaited until the deadline plus ``CHILD_GRACE`` (without a deadline, ``CHILD_WAIT`` past
+    the end of this process's shares) and read to ``ANSWER_MAX`` bytes; a child that does not end its
+    answer by then, sends more, dies or sends anything but results is killed, and every process this one
+    did not scan counts as unscanned (never clean, the shares it did answer for included; not scanned
+    again here: whatever held the child up, a process whose ``maps`` does not come, would hold this one
+    up too).  The child is killed and reaped whatever happens here, a watchdog's exception included.
+    The results are merged in the order of the one-process scan, counters summed, and handed to the
+    caller's ``then`` while a child that answered exits (after the reaping, if it did not).
     """
     bounds = _bounds(len(candidates))
     numbers = b"".join(n.to_bytes(2, "little") for n in range(len(bounds) - 1))
@@ -754,14 +754,15 @@ def _child(read_end: int, write_end: int, shares: Iterator[list[int]], scanner: 
 
 
 def _write_all(end: int, data: bytes) -> None:
+    """All of ``data`` to the pipe ``end`` (a write to a pipe may take part of it)."""
     view = memoryview(data)
     while view:
         view = view[os.write(end, view):]
 
 
 def _encode(result: ScanResult, errors: list[tuple[int, str]], files: dict[StaleFile, int]) -> bytes:
-    """One share's answer, a line: ``[ANSWER, the stale files not sent before, the result, the errors]``
-    (see :func:`_plain`); ``files``, those sent so far, numbered."""
+    """A line of the child's answer, the result of the shares since the last: ``[ANSWER, the stale files
+    not sent before, the result, the errors]`` (see :func:`_plain`); ``files``, those sent so far, numbered."""
     sent = len(files)
     plain = _plain(result, {}, files)
     table = [{"F": list(f)} for f in islice(files, sent, None)]  # before the result: the reader completes them first
@@ -807,7 +808,8 @@ def _name(cls: type) -> str:
 
 
 class _Answer:
-    """The child's answer, read and rebuilt as it comes: a line per share it scanned, then the end.
+    """The child's answer, read and rebuilt as it comes: a line for the shares it scanned since the last,
+    then the end.
 
     Rebuilt from JSON data: the only classes its objects can name are this module's result types and
     enums and ``classes`` (what the observer returns), each called with the values given (a
