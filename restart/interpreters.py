@@ -154,6 +154,9 @@ class Context:
         self._closures: dict[str, frozenset[str]] = {}
         self._dependents: dict[frozenset[str], frozenset[str]] = {}
         self._owners: dict[tuple[str, frozenset[str]], str | None] = {}
+        self._genuine: dict[Interpreter, bool] = {}
+        self._proofs: dict[tuple[tuple[StaleFile, ...], str | None, str | None],
+                           tuple[dict[str, StaleFile], frozenset[str]]] = {}
 
     def owns(self, package: str, path: str) -> bool:
         """Does ``package``'s list name ``path`` (canonical), in any merged-/usr spelling?"""
@@ -172,12 +175,33 @@ class Context:
         return {d.path: d.by for d in self.db.diversions}
 
     def genuine(self, interpreter: Interpreter) -> bool:
-        """Is the executable the expected package's own file (not diverted, not someone else's)?"""
-        exe = self.db.canonical(interpreter.exe)
-        by = self._diverted.get(exe)
-        if by is not None and by != interpreter.package:
-            return False  # the file at that path is the diverter's (or the administrator's)
-        return self.owns(interpreter.package, exe)
+        """Is the executable the expected package's own file (not diverted, not someone else's)?  Asked once
+        per interpreter (a host runs many processes of the same one)."""
+        if interpreter not in self._genuine:
+            exe = self.db.canonical(interpreter.exe)
+            by = self._diverted.get(exe)
+            # Diverted: the file at that path is the diverter's (or the administrator's).
+            self._genuine[interpreter] = by in (None, interpreter.package) and self.owns(interpreter.package, exe)
+        return self._genuine[interpreter]
+
+    def proof(self, stale: tuple[StaleFile, ...], pattern: re.Pattern[str] | None,
+              script: str | None) -> tuple[dict[str, StaleFile], frozenset[str]]:
+        """What a process's own ``stale`` files prove (see :func:`findings`): findings on its ``script``
+        (canonical) and modules on the search path ``pattern``, and those modules' canonical paths.  The
+        same for every process of an interpreter that maps the same files: worked out once."""
+        key = (stale, None if pattern is None else pattern.pattern, script)
+        if key not in self._proofs:
+            out: dict[str, StaleFile] = {}
+            proven: set[str] = set()
+            for s in stale:
+                path = self.db.canonical(s.path)
+                if s.kind == FD and path == script:
+                    out[s.path] = StaleFile(SCRIPT, s.path, s.confidence, s.evidence)
+                elif s.kind in (CODE, DATA, FD) and pattern is not None and pattern.match(path):
+                    out[s.path] = StaleFile(MODULE, s.path, s.confidence, s.evidence)
+                    proven.add(path)
+            self._proofs[key] = out, frozenset(proven)
+        return self._proofs[key]
 
     # -- what changed, and when
 
@@ -422,17 +446,9 @@ def findings(obs: Observation, ctx: Context, stale: Sequence[StaleFile] = ()) ->
     ``stale`` is what the scan found for the process (mappings, open files): those on the
     script or on the search path prove use and become ``script``/``module`` findings.
     """
-    out: dict[str, StaleFile] = {}
-    pattern = search_path(obs.interpreter)
-    script = ctx.db.canonical(obs.path) if obs.path else None
-    proven: set[str] = set()
-    for s in stale:
-        path = ctx.db.canonical(s.path)
-        if s.kind == FD and path == script:
-            out[s.path] = StaleFile(SCRIPT, s.path, s.confidence, s.evidence)
-        elif s.kind in (CODE, DATA, FD) and pattern is not None and pattern.match(path):
-            out[s.path] = StaleFile(MODULE, s.path, s.confidence, s.evidence)
-            proven.add(path)
+    proved, proven = ctx.proof(tuple(stale), search_path(obs.interpreter),
+                               ctx.db.canonical(obs.path) if obs.path else None)
+    out = dict(proved)
     if obs.path is not None and obs.path not in out:
         if obs.held in (REPLACED, UNLINKED):
             out[obs.path] = StaleFile(SCRIPT, obs.path, CERTAIN, Evidence(obs.held))

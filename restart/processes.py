@@ -23,11 +23,11 @@ per process and independent, and one CPython process uses one core.  So, with tw
 and no other thread alive (forking a threaded process can leave a lock held forever in the child),
 it forks once, and the two take the processes in shares of ``SHARE`` from a queue as they go (so
 the two end together, whatever load slows one core): the child with its own copy of the scanner,
-sending its result back as JSON data over a pipe only the two hold and leaving with ``os._exit``;
-the parent, after the caller's work that needs no finding, then merges in the order of the
-one-process scan (the same findings).  A child that does not answer in time, dies or sends
-anything but a result is killed and reaped, and what it took counts as unscanned, never clean
-(see :func:`_on_two_cores`; docs/security.md P9).
+sending its results back as it goes, as JSON data over a pipe only the two hold, and leaving with
+``os._exit``; the parent, after the caller's work that needs no finding, rebuilds them between its
+own shares and merges in the order of the one-process scan (the same findings).  A child that does
+not end its answer in time, dies or sends anything but results is killed and reaped, and what it
+took counts as unscanned, never clean (see :func:`_on_two_cores`; docs/security.md P9).
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ import select
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
+from itertools import islice
 from pathlib import Path
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple, NoReturn, TypeVar
 
 from restart import procfs, views
 from restart.packages import canonical, fs_decode
@@ -97,18 +98,25 @@ PARALLEL_MIN = 150
 # The two share the candidates as they go: each takes the next SHARE processes (a 2-byte number read from
 # a pipe that holds every share's) whenever it is done with the last, so the one the other core's load
 # slows down takes fewer; at most SHARES_MAX numbers (one page: any pipe holds them, written before the fork).
+# The last shares are smaller (a quarter of what is left: _bounds), so that the two end within a process
+# or two of each other rather than a share.
 SHARE = 8
 SHARES_MAX = 2048
 CHILD_GRACE = 2.0  # seconds the child's answer may come after the deadline (its last process, the pipe)
 CHILD_WAIT = 60.0  # without a deadline: seconds it may come after the parent's last share
-ANSWER = "restartctl-scan/2"  # the first item of the child's answer
-# The most of the child's answer the parent reads; a child that sends more counts as one that did not
-# answer (what it took unscanned).  The real state's half answers in 50-93 KB (500 processes, 51 of them
-# stale, 101 observed): this is 170 times that, a half of ~90,000 processes in those proportions, and
+ANSWER = "restartctl-scan/3"  # the first item of each line of the child's answer
+# Processes found or observed the child sends at once (fewer lines cost less), or any it has after a share
+# of the smaller last ones (the parent waits for what comes after its own last share).
+PIECE = 16
+ANSWER_END = json.dumps([ANSWER]).encode() + b"\n"  # its last line: it answered for every share it took
+# The most of the child's answer the parent reads, its lines together; a child that sends more counts as one
+# that did not answer (what it took unscanned).  The real state's half answers in 50-93 KB (500 processes, 51
+# of them stale, 101 observed): this is 170 times that, a half of ~90,000 processes in those proportions, and
 # the text held at once stays within the 50 MB peak RSS a scan may take (docs/security.md P9).
 ANSWER_MAX = 16 << 20
 
 
+_T = TypeVar("_T")
 # Called for every process with its /proc directory handle, its PID and its executable.
 Observer = Callable[[int, int, str | None], object | None]
 
@@ -534,7 +542,8 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
          deadline: float | None = None, clock: Callable[[], float] = time.monotonic,
          cpu_clock: Callable[[], float] = time.thread_time, users: bool = True,
          parallel_min: int | None = None, facts: Callable[[], Iterable[type]] = tuple,
-         meanwhile: Callable[[], object] | None = None) -> ScanResult:
+         meanwhile: Callable[[], object] | None = None,
+         then: Callable[[ScanResult], object] | None = None) -> ScanResult:
     """Scan every process under ``proc`` (or just ``pids``) for stale files.
 
     ``observe`` sees each process that maps a path starting with one of ``observe_hints``
@@ -553,7 +562,9 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
     ``parallel_min``: from this many processes on, the scan is shared with a forked child (None:
     ``PARALLEL_MIN``).  ``meanwhile``: the caller's work that does not depend on the scan, called
     once: in a scan on two cores by this process while the child scans (before it takes its
-    share), else after the scan.
+    share), else after the scan.  ``then``: the caller's work on the result, called once with it: in
+    a scan on two cores whose child answered, while the child exits (freeing its pages takes it
+    0.5-1 ms, which reaping it waits for), else after the scan.
     """
     scanner = _Scanner(proc, selection, check_fds, observe, observe_hints)
     procfd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -566,7 +577,8 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
         elif deadline is not None:
             candidates.sort(key=lambda p: (_owned_by_a_user(procfd, p), p))
         if len(candidates) >= (PARALLEL_MIN if parallel_min is None else parallel_min) and _two_cores_free():
-            shared = _on_two_cores(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock, facts, meanwhile)
+            shared = _on_two_cores(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock, facts, meanwhile,
+                                   then)
             if shared is not None:
                 return shared
         result = _left(_scan_these(scanner, procfd, candidates, on_error, deadline, clock, cpu_clock), len(candidates))
@@ -574,6 +586,8 @@ def scan(proc: Path, selection: Selection, *, check_fds: bool = True,
         os.close(procfd)
     if meanwhile is not None:
         meanwhile()
+    if then is not None:
+        then(result)
     return result
 
 
@@ -651,26 +665,30 @@ def _threads() -> int:
 def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
                   on_error: Callable[[int, Exception], None] | None, deadline: float | None,
                   clock: Callable[[], float], cpu_clock: Callable[[], float],
-                  facts: Callable[[], Iterable[type]], meanwhile: Callable[[], object] | None) -> ScanResult | None:
+                  facts: Callable[[], Iterable[type]], meanwhile: Callable[[], object] | None,
+                  then: Callable[[ScanResult], object] | None = None) -> ScanResult | None:
     """Scan ``candidates`` here and in a forked child, sharing them as the two go, then merge; None when
     no child could be forked (the caller scans them all itself).
 
-    Each takes the next share of ``SHARE`` candidates whenever it is done with its last (:func:`_shares`),
-    in the order of a one-process scan (under a deadline, system accounts first), so the two end
-    together whatever slows one down (the other core's load, the child's copied pages), and this
-    process first does the caller's ``meanwhile``.  The child starts with this process's scanner and
-    its caches, scans its shares exactly as :func:`_scan_these` does, sends the result over a pipe
-    only the two hold, as JSON data (:func:`_plain`), and leaves with ``os._exit``.  Its answer is
-    awaited until the deadline plus ``CHILD_GRACE`` (without a deadline, ``CHILD_WAIT`` past the end
-    of this process's shares) and read to ``ANSWER_MAX`` bytes; a child that does not answer by then,
-    sends more, dies or sends anything but a result is killed, and every process this one did not
-    scan counts as unscanned (never clean; not scanned again here: whatever held the child up, a
-    process whose ``maps`` does not come, would hold this one up too).  The child is killed and
-    reaped whatever happens here, a watchdog's exception included.  The results are merged in the
-    order of the one-process scan, counters summed.
+    Each takes the next share of ``SHARE`` candidates whenever it is done with its last
+    (:func:`_shares`), in the order of a one-process scan (under a deadline, system accounts first), so
+    the two end together whatever slows one down (the other core's load, the child's copied pages), and
+    this process first does the caller's ``meanwhile``.  The child starts with this process's scanner
+    and its caches, scans each share exactly as :func:`_scan_these` does, sends the results as it goes
+    (a line every ``PIECE`` processes found or observed) over a pipe only the two hold, as JSON data
+    (:func:`_encode`), then an end, and leaves with ``os._exit``.  This process rebuilds what has come
+    before it takes each share (:class:`_Answer`), so little is left to read once both are done.  The
+    answer is awaited until the deadline plus ``CHILD_GRACE`` (without a deadline, ``CHILD_WAIT`` past
+    the end of this process's shares) and read to ``ANSWER_MAX`` bytes; a child that does not end its
+    answer by then, sends more, dies or sends anything but results is killed, and every process this one
+    did not scan counts as unscanned (never clean, the shares it did answer for included; not scanned
+    again here: whatever held the child up, a process whose ``maps`` does not come, would hold this one
+    up too).  The child is killed and reaped whatever happens here, a watchdog's exception included.
+    The results are merged in the order of the one-process scan, counters summed, and handed to the
+    caller's ``then`` while a child that answered exits (after the reaping, if it did not).
     """
-    size = max(SHARE, -(-len(candidates) // SHARES_MAX))
-    numbers = b"".join(n.to_bytes(2, "little") for n in range(-(-len(candidates) // size)))
+    bounds = _bounds(len(candidates))
+    numbers = b"".join(n.to_bytes(2, "little") for n in range(len(bounds) - 1))
     queue, queue_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         queued = os.write(queue_end, numbers) == len(numbers)  # (it fits: never a partial write)
@@ -688,171 +706,270 @@ def _on_two_cores(scanner: _Scanner, procfd: int, candidates: list[int],
             os.close(end)
         return None
     if child == 0:  # pragma: no cover - the child leaves by os._exit, never returns
-        _child(read_end, write_end, _shares(queue, candidates, size), scanner, procfd, deadline, clock,
+        _child(read_end, write_end, _shares(queue, candidates, bounds), scanner, procfd, deadline, clock,
                cpu_clock, me)
     os.close(write_end)
-    theirs: tuple[ScanResult, list[tuple[int, str]]] | None = None
+    theirs: tuple[list[ScanResult], list[tuple[int, str]]] | None = None
     try:
+        answer = _Answer(read_end, tuple(facts()))  # (the classes' modules imported now, not after the scan)
         if meanwhile is not None:
             meanwhile()
-        mine = _scan_these(scanner, procfd, _shares(queue, candidates, size), on_error, deadline, clock, cpu_clock)
+
+        def taken() -> Iterator[int]:
+            for share in _shares(queue, candidates, bounds):
+                answer.read()  # what the child has sent so far, rebuilt while it scans on
+                yield from share
+
+        mine = _scan_these(scanner, procfd, taken(), on_error, deadline, clock, cpu_clock)
         wait = (max(0.0, deadline - clock()) + CHILD_GRACE) if deadline is not None else CHILD_WAIT
-        theirs = _answer(read_end, time.monotonic() + wait, facts)
+        theirs = answer.result(time.monotonic() + wait)
+        result = _joined(mine, theirs, candidates, on_error)
+        if theirs is not None and then is not None:
+            then(result)  # while the child, done, exits on the other core
+            then = None
     finally:
         os.close(queue)
         os.close(read_end)
         _reap(child)
-    left = len(candidates) - mine.scanned
-    if theirs is None or not (isinstance(theirs[0].scanned, int) and 0 <= theirs[0].scanned <= left):
+    if then is not None:
+        then(result)
+    return result
+
+
+def _joined(mine: ScanResult, theirs: tuple[list[ScanResult], list[tuple[int, str]]] | None, candidates: list[int],
+            on_error: Callable[[int, Exception], None] | None) -> ScanResult:
+    """This process's result and the child's answer (None: none) as one; the child's errors to ``on_error``."""
+    if theirs is None or sum(part.scanned for part in theirs[0]) > len(candidates) - mine.scanned:
         return _left(mine, len(candidates))
-    result, errors = theirs
+    parts, errors = theirs
     if on_error is not None:
         for pid, text in errors:
             on_error(pid, ChildError(text))
     order = {pid: n for n, pid in enumerate(candidates)}
-    return _left(ScanResult(
-        processes=sorted(mine.processes + result.processes, key=lambda p: order[p.pid]),
-        scanned=mine.scanned + result.scanned, vanished=mine.vanished + result.vanished,
-        denied=mine.denied + result.denied, errors=mine.errors + result.errors,
-        observed=tuple(sorted(mine.observed + result.observed, key=lambda o: order[o[0].pid])),
-        unscanned=mine.unscanned + result.unscanned,
-        over_budget=tuple(sorted(mine.over_budget + result.over_budget, key=lambda u: order[u.pid]))),
-        len(candidates))
+    return _left(_merged((mine, *parts), order), len(candidates))
 
 
-def _shares(queue: int, candidates: list[int], size: int) -> Iterator[int]:
+def _merged(parts: Sequence[ScanResult], order: Mapping[int, int] | None = None) -> ScanResult:
+    """The results of ``parts`` as one, counters summed, in ``order`` of their PIDs (None: as they come)."""
+    def ordered(items: Iterable[_T], pid: Callable[[_T], int]) -> list[_T]:
+        return list(items) if order is None else sorted(items, key=lambda item: order[pid(item)])
+
+    return ScanResult(
+        processes=ordered((p for part in parts for p in part.processes), lambda p: p.pid),
+        scanned=sum(p.scanned for p in parts), vanished=sum(p.vanished for p in parts),
+        denied=sum(p.denied for p in parts), errors=sum(p.errors for p in parts),
+        observed=tuple(ordered((o for part in parts for o in part.observed), lambda o: o[0].pid)),
+        unscanned=sum(p.unscanned for p in parts),
+        over_budget=tuple(ordered((u for part in parts for u in part.over_budget), lambda u: u.pid)))
+
+
+def _bounds(count: int) -> list[int]:
+    """Where each share of ``count`` candidates begins, then their end: ``SHARE`` candidates a share (more
+    where ``SHARES_MAX`` shares would not hold them all, with room for the tail's), and of the last
+    ``4 * SHARE``, a quarter of what is left (rounded up)."""
+    size = max(SHARE, -(-count // (SHARES_MAX - 64)))  # (a tail takes fewer than 64 shares: 4/3 ** 64 > 2**22)
+    bounds = [0]
+    while (left := count - bounds[-1]) > 0:
+        bounds.append(bounds[-1] + min(size, (left + 3) // 4))
+    return bounds
+
+
+def _shares(queue: int, candidates: list[int], bounds: list[int]) -> Iterator[list[int]]:
     """The candidates of each share this process takes from the queue, until it is empty: a share's
     number is read whole (both processes read 2 bytes at a time, the pipe serialises the reads, and
     every number was written before the fork)."""
     while len(number := os.read(queue, 2)) == 2:
-        first = int.from_bytes(number, "little") * size
-        yield from candidates[first:first + size]
+        n = int.from_bytes(number, "little")
+        yield candidates[bounds[n]:bounds[n + 1]]
 
 
 class ChildError(Exception):
     """An error the forked child met on one process, as its text (the child's exception stays there)."""
 
 
-def _child(read_end: int, write_end: int, shares: Iterator[int], scanner: _Scanner, procfd: int,
+def _child(read_end: int, write_end: int, shares: Iterator[list[int]], scanner: _Scanner, procfd: int,
            deadline: float | None, clock: Callable[[], float], cpu_clock: Callable[[], float],
            parent: int) -> NoReturn:
-    """The forked child: scan its ``shares`` (while ``parent`` lives), write the result, leave.  Never returns
-    into the caller's code: no exception escapes, no ``atexit`` handler runs, no buffered output of
-    the parent is written."""
+    """The forked child: scan its ``shares`` (while ``parent`` lives), writing each one's result as it is
+    done, then the end, and leave.  Never returns into the caller's code: no exception escapes, no
+    ``atexit`` handler runs, no buffered output of the parent is written."""
     status = 1
     try:
         os.close(read_end)
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the child at once; the parent reaps it
-        errors: list[tuple[int, str]] = []
-        result = _scan_these(scanner, procfd, shares, lambda pid, e: errors.append((pid, f"{type(e).__name__}: {e}")),
-                             deadline, clock, cpu_clock, parent)
-        data = memoryview(_encode(result, errors))
-        while data:
-            data = data[os.write(write_end, data):]
+        files: dict[StaleFile, int] = {}
+        errors: list[tuple[int, str]] = []  # those of the shares not sent yet
+        done: list[ScanResult] = []
+
+        def failed(pid: int, e: Exception) -> None:
+            errors.append((pid, f"{type(e).__name__}: {e}"))
+
+        for share in shares:
+            done.append(result := _scan_these(scanner, procfd, share, failed, deadline, clock, cpu_clock, parent))
+            found = sum(len(r.processes) + len(r.observed) for r in done)
+            if found >= PIECE or (found and len(share) < SHARE):
+                _write_all(write_end, _encode(_merged(done), errors, files))
+                done = []
+                errors.clear()
+            if result.scanned < len(share):
+                break  # the deadline came, or the parent is gone: take no further share
+        _write_all(write_end, _encode(_merged(done), errors, files) + ANSWER_END)
         os.close(write_end)  # the end of the answer now, not when the exit has freed every page
         status = 0
     finally:
         os._exit(status)
 
 
-def _encode(result: ScanResult, errors: list[tuple[int, str]]) -> bytes:
-    """The child's answer: ``[ANSWER, the distinct stale files, the result, the errors]`` (see :func:`_plain`)."""
-    files: dict[StaleFile, int] = {}
+def _write_all(end: int, data: bytes) -> None:
+    """All of ``data`` to the pipe ``end`` (a write to a pipe may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(end, view):]
+
+
+def _encode(result: ScanResult, errors: list[tuple[int, str]], files: dict[StaleFile, int]) -> bytes:
+    """A line of the child's answer, the result of the shares since the last: ``[ANSWER, the stale files
+    not sent before, the result, the errors]`` (see :func:`_plain`); ``files``, those sent so far, numbered."""
+    sent = len(files)
     plain = _plain(result, {}, files)
-    table = [{"F": list(f)} for f in files]  # before the result: the reader completes them first
-    return json.dumps([ANSWER, table, plain, errors], check_circular=False).encode()
+    table = [{"F": list(f)} for f in islice(files, sent, None)]  # before the result: the reader completes them first
+    return json.dumps([ANSWER, table, plain, errors], check_circular=False).encode() + b"\n"
 
 
 def _plain(value: object, seen: dict[int, int], files: dict[StaleFile, int]) -> object:
     """``value`` as data JSON carries: each NamedTuple and enum member as an object naming its class,
     tuples and frozensets as objects too; an object met before (a process's description by its
     observation) as a reference to it, numbered as the reader completes them.  A process's stale files
-    (most are libraries many processes map) as numbers in ``files``, the distinct ones, sent once
+    (most are libraries many processes map) as numbers in ``files``, the distinct ones, each sent once
     (:func:`_encode`): 1,300 objects fewer to write and rebuild for the real state's half.  JSON writes
     a string that is not UTF-8, its surrogate escapes, as ``\\udcXX``: every byte comes back."""
     if value is None or (isinstance(value, str | int | float) and not isinstance(value, StrEnum)):
         return value
     if isinstance(value, list):
-        return [_plain(v, seen, files) for v in value]
+        return _plains(value, seen, files)
     if isinstance(value, StrEnum) or (isinstance(value, tuple) and hasattr(value, "_fields")):
         ref = seen.get(id(value))
         if ref is not None:
             return {"r": ref}
         plain: dict[str, object] = ({"e": _name(type(value)), "v": value.value} if isinstance(value, StrEnum)
-                                    else {"n": _name(type(value)), "v": [_plain(v, seen, files) for v in value]})
+                                    else {"n": _name(type(value)), "v": _plains(value, seen, files)})
         seen[id(value)] = len(seen)  # after its parts: the reader completes them first
         return plain
     if type(value) is tuple and value and all(type(v) is StaleFile for v in value):
         return {"s": [files.setdefault(v, len(files)) for v in value]}
     if isinstance(value, tuple | frozenset):
-        return {"t" if isinstance(value, tuple) else "f": [_plain(v, seen, files) for v in value]}
+        return {"t" if isinstance(value, tuple) else "f": _plains(value, seen, files)}
     raise TypeError(f"not result data: {type(value).__name__}")
+
+
+_AS_THEY_ARE = frozenset({str, int, float, bool, type(None)})  # what _plain returns as it is, by exact type
+
+
+def _plains(values: Iterable[object], seen: dict[int, int], files: dict[StaleFile, int]) -> list[object]:
+    """:func:`_plain` of each of ``values``, without a call for a value JSON carries as it is (most are)."""
+    return [v if type(v) in _AS_THEY_ARE else _plain(v, seen, files) for v in values]
 
 
 def _name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _answer(read_end: int, until: float,
-            facts: Callable[[], Iterable[type]]) -> tuple[ScanResult, list[tuple[int, str]]] | None:
-    """The child's result, read until it closes its end, waiting until ``until`` (``time.monotonic``)
-    at most; None if it does not come in time, is cut short, is longer than ``ANSWER_MAX`` bytes or
-    is not a result.
+class _Answer:
+    """The child's answer, read and rebuilt as it comes: a line for the shares it scanned since the last,
+    then the end.
 
     Rebuilt from JSON data: the only classes its objects can name are this module's result types and
-    enums and those of ``facts()`` (what the observer returns), each called with the values given
-    (a NamedTuple's fields, an enum's value): nothing else is looked up, imported or run.  The
-    stream comes from our own forked child over a pipe only the two hold; the strings in it are
-    data processes chose (paths, names, command lines), never code."""
-    chunks = []
-    size = 0
-    poller = select.poll()
-    poller.register(read_end, select.POLLIN)
-    while True:
-        left = until - time.monotonic()
-        if left <= 0 or not poller.poll(math.ceil(left * 1000)):
-            return None
-        chunk = os.read(read_end, 1 << 20)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > ANSWER_MAX:
-            return None  # more than any result: read no further
-        chunks.append(chunk)
-    tuples = {_name(c): c for c in (ScanResult, ProcessInfo, StaleFile, Unscanned, *facts())}
-    enums = {_name(c): c for c in (FileKind, Confidence, Evidence)}
+    enums and ``classes`` (what the observer returns), each called with the values given (a
+    NamedTuple's fields, an enum's value): nothing else is looked up, imported or run.  The stream
+    comes from our own forked child over a pipe only the two hold; the strings in it are data
+    processes chose (paths, names, command lines), never code.  Anything but results, more than
+    ``ANSWER_MAX`` bytes, or no end (the child died after some shares) is no answer at all."""
 
-    done: list[object] = []  # the objects completed so far, which a reference names by number
-    files: list[StaleFile] = []  # the distinct stale files, which a process's names by number
+    def __init__(self, read_end: int, classes: tuple[type, ...]) -> None:
+        self.read_end = read_end
+        self.poller = select.poll()
+        self.poller.register(read_end, select.POLLIN)
+        self.tuples = {_name(c): c for c in (ScanResult, ProcessInfo, StaleFile, Unscanned, *classes)}
+        self.enums = {_name(c): c for c in (FileKind, Confidence, Evidence)}
+        self.decoder = json.JSONDecoder(object_hook=self._rebuild)  # one for every line (json.loads makes one a call)
+        self.files: list[StaleFile] = []  # the distinct stale files so far, which a process's name by number
+        self.done: list[object] = []  # the objects of this line completed so far, which a reference names
+        self.parts: list[ScanResult] = []
+        self.errors: list[tuple[int, str]] = []
+        self.rest = b""  # the start of a line still coming
+        self.size = 0
+        self.ended: bool | None = None  # True: the end came after results only; False: no answer
 
-    def rebuild(obj: dict[str, object]) -> object:
-        keys, name, values = obj.keys(), obj.get("n", obj.get("e")), obj.get("v")
-        if keys == {"s"} and isinstance(numbers := obj["s"], list) and all(
-                type(n) is int and 0 <= n < len(files) for n in numbers):
-            return tuple(files[n] for n in numbers)
-        if keys == {"F"} and isinstance(f := obj["F"], list) and len(f) == 4 and all(type(v) is str for v in f):
-            files.append(StaleFile(FileKind(f[0]), f[1], Confidence(f[2]), Evidence(f[3])))
-            return files[-1]
-        if keys == {"t"} and isinstance(obj["t"], list):
-            return tuple(obj["t"])
-        if keys == {"f"} and isinstance(obj["f"], list):
-            return frozenset(obj["f"])
-        if keys == {"r"} and isinstance(obj["r"], int) and 0 <= obj["r"] < len(done):
-            return done[obj["r"]]
-        if keys == {"n", "v"} and isinstance(name, str) and name in tuples and isinstance(values, list):
-            done.append(tuples[name](*values))
-        elif keys == {"e", "v"} and isinstance(name, str) and name in enums and isinstance(values, str):
-            done.append(enums[name](values))
-        else:
-            raise ValueError("not result data")
-        return done[-1]
+    def read(self) -> None:
+        """Rebuild what has come so far, without waiting."""
+        while self.ended is None and self.poller.poll(0):
+            self._take()
 
-    try:
-        tag, _, result, errors = json.loads(b"".join(chunks), object_hook=rebuild)
-        errors = [(int(pid), str(text)) for pid, text in errors]
-    except (ValueError, TypeError, RecursionError):  # a truncated or foreign stream: no answer
-        return None
-    return (result, errors) if tag == ANSWER and isinstance(result, ScanResult) else None
+    def result(self, until: float) -> tuple[list[ScanResult], list[tuple[int, str]]] | None:
+        """The results of the child's shares and its errors, waiting for its end until ``until``
+        (``time.monotonic``) at most; None if it does not come in time or is no answer."""
+        while self.ended is None:
+            left = until - time.monotonic()
+            if left <= 0 or not self.poller.poll(math.ceil(left * 1000)):
+                return None
+            self._take()
+        return (self.parts, self.errors) if self.ended else None
+
+    def _take(self) -> None:
+        chunk = os.read(self.read_end, 1 << 20)
+        self.size += len(chunk)
+        if not chunk or self.size > ANSWER_MAX:
+            self.ended = False  # cut short, or more than any result: read no further
+            return
+        *lines, self.rest = (self.rest + chunk).split(b"\n")
+        for line in lines:
+            if self.ended is not None:
+                self.ended = False  # anything after the end
+                return
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        self.done = []
+        try:
+            piece = self.decoder.decode(line.decode())
+            if piece == [ANSWER]:
+                self.ended = True
+                return
+            tag, _, result, errors = piece
+            if tag != ANSWER or not isinstance(result, ScanResult) or not (
+                    type(result.scanned) is int and result.scanned >= 0):
+                raise ValueError("not a result")
+            self.errors += [(int(pid), str(text)) for pid, text in errors]
+        except (ValueError, TypeError, RecursionError):  # a foreign stream: no answer
+            self.ended = False
+            return
+        self.parts.append(result)
+
+    def _rebuild(self, obj: dict[str, object]) -> object:
+        files, done = self.files, self.done
+        if len(obj) == 1:
+            [(key, value)] = obj.items()
+            if key == "s" and type(value) is list and set(map(type, value)) <= {int} and (
+                    not value or (min(value) >= 0 and max(value) < len(files))):
+                return tuple([files[n] for n in value])
+            if key == "r" and type(value) is int and 0 <= value < len(done):
+                return done[value]
+            if key == "t" and type(value) is list:
+                return tuple(value)
+            if key == "F" and type(value) is list and len(value) == 4 and all(type(v) is str for v in value):
+                files.append(StaleFile(FileKind(value[0]), value[1], Confidence(value[2]), Evidence(value[3])))
+                return files[-1]
+            if key == "f" and type(value) is list:
+                return frozenset(value)
+        elif len(obj) == 2 and "v" in obj:
+            values = obj["v"]
+            if type(name := obj.get("n")) is str and name in self.tuples and type(values) is list:
+                done.append(self.tuples[name](*values))
+                return done[-1]
+            if type(name := obj.get("e")) is str and name in self.enums and type(values) is str:
+                done.append(self.enums[name](values))
+                return done[-1]
+        raise ValueError("not result data")
 
 
 def _reap(child: int) -> None:

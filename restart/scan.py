@@ -75,7 +75,7 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     apart, never acted on.  ``db``: the dpkg database as an earlier find of this run read it
     (a check after a restart: half its time was reading the database again).  ``meanwhile``: the
     caller's work that needs no finding, done while a scan on two cores waits for its forked child
-    (see :func:`processes.scan`).
+    (see :func:`processes.scan`); stages 2b and 3 are done while that child exits.
     """
     db = db or packages.DpkgDatabase(roots.admindir, roots.root)
     in_scope = None
@@ -91,21 +91,26 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
                                unchanged=same, history=rundir)
     observe = ((lambda dfd, pid, exe: observation.observe(dfd, pid, exe, ctx.host, wants=ctx.wants_imports))
                if interpreted else None)
-    scan = processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe,
-                          observe_hints=grammars.MAPPED_HINTS, deadline=deadline, pids=pids,
-                          users=users, facts=observation.facts, meanwhile=meanwhile)
-    if interpreted:
-        scan = _with_interpreted(scan, ctx, selection)
-    from restart import units
+    found: list[Findings] = []
 
-    try:
-        init_d = set(os.listdir(roots.etc / "init.d"))
-    except OSError:
-        init_d = set()
-    def started(pid: int) -> float | None:
-        ticks = procfs.stat_field(roots.proc, pid, procfs.STARTTIME)
-        return None if ticks is None else ctx.host.wall(ticks)
+    def then(scan: processes.ScanResult) -> None:
+        """Stages 2b and 3 on the scan's result (while a forked scanner exits: processes.scan's ``then``)."""
+        if interpreted:
+            scan = _with_interpreted(scan, ctx, selection)
+        from restart import units
 
-    affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d,
-                               unchanged=same, started=started)
-    return Findings(scan, affected, units.group(affected))
+        try:
+            init_d = set(os.listdir(roots.etc / "init.d"))
+        except OSError:
+            init_d = set()
+        def started(pid: int) -> float | None:
+            ticks = procfs.stat_field(roots.proc, pid, procfs.STARTTIME)
+            return None if ticks is None else ctx.host.wall(ticks)
+
+        affected = units.attribute(scan, db, in_scope=in_scope, systemd=roots.systemd_booted(), init_d=init_d,
+                                   unchanged=same, started=started)
+        found.append(Findings(scan, affected, units.group(affected)))
+
+    processes.scan(roots.proc, selection, check_fds=check_fds, observe=observe, observe_hints=grammars.MAPPED_HINTS,
+                   deadline=deadline, pids=pids, users=users, facts=observation.facts, meanwhile=meanwhile, then=then)
+    return found[0]

@@ -258,18 +258,24 @@ def attribute(scan: ScanResult, db: DpkgDatabase, *, in_scope: dict[str, str] | 
     (epoch) since then, which cannot have loaded another version.
     """
     unchanged = unchanged or {}
-    paths = {db.canonical(f.path) for p in scan.processes for f in p.stale}
-    owners = {p: in_scope[p] for p in paths if p in in_scope} if in_scope is not None else db.owners(paths)
+    # Each distinct stale file once (most are libraries many processes map): its canonical path, its owner;
+    # each distinct cgroup (and PID namespace) once: its unit.
+    paths = {f: db.canonical(f.path) for f in dict.fromkeys(f for p in scan.processes for f in p.stale)}
+    canonical = set(paths.values())
+    owners = {p: in_scope[p] for p in canonical if p in in_scope} if in_scope is not None else db.owners(canonical)
+    owned_as = {f: OwnedFile(f, owners[c]) for f, c in paths.items() if c in owners}
     guesses: dict[str | None, str | None] = {}
+    units: dict[tuple[str, str | None], Unit] = {}
     result = []
     for proc in scan.processes:
-        mine = [(f, c) for f in proc.stale if (c := db.canonical(f.path)) in owners]
-        start = started(proc.pid) if any(c in unchanged for _, c in mine) else None
-        alike = {c for _, c in mine if c in unchanged and start is not None and start >= unchanged[c]}
-        owned = tuple(OwnedFile(f, owners[c]) for f, c in mine if c not in alike)
-        same = tuple(OwnedFile(f, owners[c]) for f, c in mine if c in alike)
-        unowned = tuple(f for f in proc.stale if db.canonical(f.path) not in owners)
-        unit = resolve(cgroup_path(proc.cgroup), pid_namespace=proc.pid_namespace)
+        mine = [owned_as[f] for f in proc.stale if f in owned_as]
+        start = started(proc.pid) if unchanged and any(paths[o.stale] in unchanged for o in mine) else None
+        alike = {c for o in mine if (c := paths[o.stale]) in unchanged and start is not None and start >= unchanged[c]}
+        owned = tuple(o for o in mine if paths[o.stale] not in alike) if alike else tuple(mine)
+        same = tuple(o for o in mine if paths[o.stale] in alike) if alike else ()
+        unowned = tuple(f for f in proc.stale if f not in owned_as)
+        where = (proc.cgroup, proc.pid_namespace)
+        unit = units.get(where) or units.setdefault(where, resolve(cgroup_path(where[0]), pid_namespace=where[1]))
         if unit.kind == USER_MANAGER and not _is_manager(proc, unit.uid):
             # Not the manager but a helper it forked, like "(sd-pam)", or a process of hers she
             # moved into her manager's own cgroup (AttachProcessesToUnit): part of user@UID.service,

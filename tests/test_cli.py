@@ -41,15 +41,24 @@ def test_json_is_one_line_for_a_program_and_indented_at_a_terminal(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Why: indented, CPython writes JSON with its pure-Python encoder: on a real upgrade (100 stale
     processes, 60,000 values) that took 15-20 ms of ``scan --json``, against 3 ms on one line, for
-    every program that reads it.  The same document either way."""
+    every program that reads it.  The same document either way; on one line, byte for byte what
+    ``json.dumps`` writes (restartctl writes each distinct stale file's object once: processes that
+    map the same files, one with none of its own but an unowned one, names that are not ASCII)."""
     host = Host(tmp_path, systemd=True)
     host.add(100, cgroup="0::/system.slice/demod.service\n", name="demod")
-    _, piped = host.run(capsys, "plan", "--json")
-    assert piped.count("\n") == 1 and piped.endswith("}\n")
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    _, shown = host.run(capsys, "plan", "--json")
-    assert shown.startswith('{\n  "schema": "restartctl/1",\n')
-    assert json.loads(shown) == json.loads(piped)
+    host.add(101, cgroup="0::/system.slice/demod.service\n", name="d\u00e9mod\x1b")
+    host.add(102, maps=map_line(LIB, 1) + map_line("/memfd:jit (deleted)", 2, "rwxp"), name="x")
+    host.add(103, maps=map_line("/memfd:jit (deleted)", 2, "rwxp") + map_line("/opt/y.so (deleted)", 3), name="y")
+    for argv in (["plan", "--json"], ["scan", "--json", "--all"]):
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+        _, piped = host.run(capsys, *argv)
+        assert piped.count("\n") == 1 and piped.endswith("}\n")
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+        _, shown = host.run(capsys, *argv)
+        assert shown.startswith('{\n  "schema": "restartctl/1",\n')
+        assert piped == json.dumps(json.loads(shown)) + "\n"
+        assert len(json.loads(piped)["processes"]) == 3
+    assert [len(p["stale"]) for p in json.loads(piped)["unowned"]] == [1, 2]
 
 
 def test_without_systemd_the_init_script_is_guessed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

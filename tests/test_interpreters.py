@@ -970,3 +970,22 @@ def test_a_module_listed_under_an_unmerged_spelling_is_still_a_module(admin: Pat
     ctx = context(admin)
     assert ctx.modules(PY, "python3-oldspell") == ("/usr/lib/python3/dist-packages/oldspell.py",)
     assert ctx.modules(PY, "libbar1") == ()
+
+
+def test_processes_judged_together_get_what_each_gets_alone(admin: Path) -> None:
+    """One context judges every process of a scan and works out once what is the same for many (what the
+    same stale files prove, whether an interpreter is genuine): never one process's answer for another's,
+    whatever differs (the interpreter, its search path, the script, the stale files)."""
+    unpack(admin, "python3-app-mod", AFTER)
+    unpack(admin, "libapp-mod-perl:amd64", AFTER)
+    shared = (StaleFile(FD, "/usr/bin/app", CERTAIN, Evidence.UNLINKED),
+              StaleFile(CODE, SOFILE, CERTAIN, Evidence.REPLACED),
+              StaleFile(DATA, "/usr/lib/python3/dist-packages/unused.py", LIKELY, Evidence.DELETED_HINT))
+    fake = Interpreter("python", "/usr/bin/python3.12", "python3.12-minimal", "3.12")
+    cases = [(obs(pid=1), shared), (obs(PERL, pid=2), shared), (obs(path="/usr/bin/other", pid=3), shared),
+             (obs(pid=4), shared[1:]), (obs(fake, ctime=AFTER, pid=5), shared), (obs(pid=6), shared),
+             (obs(PERL, pid=7), ())]
+    together = I.judge([o for o, _ in cases], context(admin), {o.pid: stale for o, stale in cases})
+    alone = {o.pid: I.judge([o], context(admin), {o.pid: stale}).get(o.pid) for o, stale in cases}
+    assert {pid: together.get(pid) for pid in alone} == alone
+    assert alone[5] is None and len({found for found in alone.values() if found}) == 4  # 1 as 6, 3 as 4

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from itertools import islice
+from itertools import islice, pairwise
 from pathlib import Path
 
 import pytest
@@ -135,23 +135,26 @@ def _slow(monkeypatch: pytest.MonkeyPatch, who: str) -> None:
     wait a little after taking each share (they take turns)."""
     parent, real = os.getpid(), processes._shares
 
-    def shares(queue: int, candidates: list[int], size: int) -> Iterator[int]:
+    def shares(queue: int, candidates: list[int], bounds: list[int]) -> Iterator[list[int]]:
         if who == "child" and os.getpid() != parent:
             time.sleep(1.5)
-        for n, pid in enumerate(real(queue, candidates, size)):
-            if n % size == 0 and who == "both":
+        for share in real(queue, candidates, bounds):
+            if who == "both":
                 time.sleep(0.005)
-            yield pid
+            yield share
 
     monkeypatch.setattr(processes, "_shares", shares)
 
 
-@pytest.mark.parametrize(("deadline", "who"), [(None, "child"), ("far", "parent"), (None, "both"), ("far", "both")])
+@pytest.mark.parametrize(("deadline", "who", "piece"), [(None, "child", 16), ("far", "parent", 16), (None, "both", 16),
+                                                   ("far", "both", 16), (None, "child", 1), ("far", "both", 1)])
 def test_two_cores_give_the_one_process_result(host: Path, forks: list[int], deadline: str | None, who: str,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                               piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whoever scans what: the child all (the parent is busy with its ``meanwhile``), the parent all (the
-    child is slow), or both in turn."""
+    child is slow), or both in turn; the child's answer in a few lines, or in a line per process found
+    (the stale files each sent once, named by later lines)."""
     monkeypatch.setattr(procfs, "PROCESS_LINES", 2000)
+    monkeypatch.setattr(processes, "PIECE", piece)
     until = None if deadline is None else time.monotonic() + 600
     if who != "child":
         _slow(monkeypatch, "child" if who == "parent" else who)
@@ -225,16 +228,18 @@ TAKEN = 16  # candidates the child of _child_does takes (two shares) before it d
 _TOOK: list[int] = []  # the pipe on which the child says it has taken its shares (see late)
 
 
-def _takes_first(shares: Iterator[int]) -> None:
-    """In the child: take the first two shares, then tell the parent waiting in :func:`late`."""
-    assert len(list(islice(shares, TAKEN))) == TAKEN
+def _takes_first(shares: Iterator[list[int]]) -> list[int]:
+    """In the child: take the first two shares, then tell the parent waiting in :func:`late`; their PIDs."""
+    taken = [pid for share in islice(shares, 2) for pid in share]
+    assert len(taken) == TAKEN
     os.write(_TOOK[1], b".")
+    return taken
 
 
 def _child_does(monkeypatch: pytest.MonkeyPatch, act: Callable[[int], None]) -> None:
     """Replace what the forked child does: it takes the first two shares (the parent waits in its
     ``meanwhile``: :func:`late`), then ``act(write_end)``, then it leaves as the real one does."""
-    def child(read_end: int, write_end: int, shares: Iterator[int], *_: object) -> None:
+    def child(read_end: int, write_end: int, shares: Iterator[list[int]], *_: object) -> None:
         try:
             _takes_first(shares)
             act(write_end)
@@ -272,15 +277,28 @@ def _write(write_end: int, data: bytes) -> None:
 
 
 def _send(write_end: int, answer: object) -> None:
-    _write(write_end, json.dumps(answer).encode())
+    """``answer`` as a line of the child's, then the end: all a good answer has but its content."""
+    _write(write_end, json.dumps(answer).encode() + b"\n" + processes.ANSWER_END)
+
+
+def _empty() -> bytes:
+    """A line of the child's for shares it scanned and found nothing in."""
+    return processes._encode(ScanResult([], 1, 0, 0), [], {})
 
 
 def _truncated(write_end: int) -> None:
-    os.write(write_end, processes._encode(ScanResult([], 1, 0, 0), [])[:-3])
+    os.write(write_end, (_empty() + processes.ANSWER_END)[:-3])
 
 
-@pytest.mark.parametrize("what", ["dies", "exits", "hangs", "garbage", "truncated", "foreign", "other shape",
-                                  "not a result", "no such file"])
+def _naming_files(numbers: list[int]) -> list[object]:
+    """A line whose one process names the stale files ``numbers`` of a table of one."""
+    return [processes.ANSWER, [{"F": ["exe", "/x", "certain", "replaced"]}], {
+        "n": "restart.processes.ScanResult", "v": [[{"n": "restart.processes.ProcessInfo", "v": [
+            100, 1, 0, "x", None, "", None, {"s": numbers}]}], 1, 0, 0]}, []]
+
+
+@pytest.mark.parametrize("what", ["dies", "exits", "hangs", "garbage", "truncated", "no end", "after the end",
+                                  "foreign", "other shape", "not a result", "no such file", "a negative file number"])
 def test_a_child_without_a_result_leaves_what_it_took_unscanned(host: Path, tmp_path: Path, forks: list[int],
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             capfd: pytest.CaptureFixture[str], what: str) -> None:
@@ -291,15 +309,15 @@ def test_a_child_without_a_result_leaves_what_it_took_unscanned(host: Path, tmp_
         "hangs": _hang,
         "garbage": _garbage,
         "truncated": _truncated,
+        "no end": lambda w: _write(w, _empty()),  # answered for a share, then died
+        "after the end": lambda w: _write(w, _empty() + processes.ANSWER_END + _empty()),
         # a class no result is made of, called with its "fields": it would make the directory
         "foreign": lambda w: _send(w, [processes.ANSWER, [], {"n": "posix.mkdir", "v": [str(ran)]}, []]),
-        "other shape": lambda w: _write(w, processes._encode(ScanResult([], 1, 0, 0), []).replace(
-            processes.ANSWER.encode(), b"x")),
+        "other shape": lambda w: _write(w, _empty().replace(processes.ANSWER.encode(), b"x") + processes.ANSWER_END),
         "not a result": lambda w: _send(w, [processes.ANSWER, [], {"n": "restart.processes.StaleFile",
                                                                    "v": ["exe", "/x", "certain", "replaced"]}, []]),
-        "no such file": lambda w: _send(w, [processes.ANSWER, [{"F": ["exe", "/x", "certain", "replaced"]}], {
-            "n": "restart.processes.ScanResult", "v": [[{"n": "restart.processes.ProcessInfo", "v": [
-                100, 1, 0, "x", None, "", None, {"s": [0, 1]}]}], 1, 0, 0]}, []]),
+        "no such file": lambda w: _send(w, _naming_files([0, 1])),
+        "a negative file number": lambda w: _send(w, _naming_files([-1])),  # (Python would take the last)
     }
     _child_does(monkeypatch, acts[what])
     monkeypatch.setattr(processes, "CHILD_GRACE", 0.5)
@@ -316,11 +334,36 @@ def test_a_child_without_a_result_leaves_what_it_took_unscanned(host: Path, tmp_
     assert (out, err) == ("", "")
 
 
+def test_the_childs_lines_are_read_while_the_parent_scans(host: Path, forks: list[int],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the child has sent is rebuilt before the parent takes each share, not all after its last: here
+    the child's first share's line is in the pipe before the parent takes one (it waits in ``late``)."""
+    parent, real_write, real_result = os.getpid(), processes._write_all, processes._Answer.result
+    monkeypatch.setattr(processes, "PIECE", 0)  # each share's result sent as soon as it is scanned
+    read_before: list[int] = []
+
+    def write_all(end: int, data: bytes) -> None:
+        real_write(end, data)
+        if os.getpid() != parent and not read_before:
+            read_before.append(0)  # (the child's own copy: once)
+            os.write(_TOOK[1], b".")
+            time.sleep(0.2)  # the parent takes a share meanwhile
+
+    def result(self: processes._Answer, until: float) -> object:
+        read_before.append(len(self.parts))
+        return real_result(self, until)
+
+    monkeypatch.setattr(processes, "_write_all", write_all)
+    monkeypatch.setattr(processes._Answer, "result", result)
+    assert scan(host, EVERYTHING, parallel_min=2, meanwhile=late) == scan(host, EVERYTHING, parallel_min=SERIAL)
+    assert len(forks) == 1 and read_before[0] >= 1
+
+
 def test_an_answer_longer_than_the_cap_is_no_answer(host: Path, forks: list[int],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Read no further than ``ANSWER_MAX``: a child that sends more (here a valid result after 2 MiB of
     JSON whitespace) leaves its half unscanned, is killed in its write and reaped."""
-    answer = processes._encode(ScanResult([], TAKEN, 0, 0), [])
+    answer = processes._encode(ScanResult([], TAKEN, 0, 0), [], {}) + processes.ANSWER_END
 
     def padded(write_end: int) -> None:
         data = memoryview(b" " * (2 << 20) + answer)
@@ -340,17 +383,22 @@ def test_a_child_whose_scan_raises_leaves_quietly(host: Path, tmp_path: Path, fo
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 capfd: pytest.CaptureFixture[str]) -> None:
     """The real child: whatever goes wrong in it ends it (os._exit), never returns into the caller's code
-    (here: pytest's, which would go on running tests in the child) and prints nothing."""
+    (here: pytest's, which would go on running tests in the child) and prints nothing.  What it answered
+    for before (its first share's result, sent) counts for nothing: an answer without its end is none."""
     parent = os.getpid()
     real = processes._scan_these
+    shares: list[object] = []
 
     def scan_these(*args: object) -> ScanResult:
         if os.getpid() != parent:
-            _takes_first(args[2])  # type: ignore[arg-type]
-            raise RuntimeError("in the child")
+            shares.append(args[2])
+            if len(shares) == 2:
+                os.write(_TOOK[1], b".")
+                raise RuntimeError("in the child")
         return real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(processes, "_scan_these", scan_these)
+    monkeypatch.setattr(processes, "PIECE", 0)  # each share's result sent as soon as it is scanned
     escaped = tmp_path / "escaped"
     try:
         result = scan(host, EVERYTHING, parallel_min=2, meanwhile=late)
@@ -495,3 +543,35 @@ def test_an_orphaned_child_stops_scanning(host: Path) -> None:
         os.close(procfd)
     assert alive.scanned == len(candidates) and alive.processes
     assert (gone.scanned, gone.unscanned, gone.processes) == (0, 0, [])  # none begun (the caller counts the rest)
+
+
+@pytest.mark.parametrize("count", [1, 7, 44, 1004, 100_000, 4_194_304])
+def test_the_shares_cover_every_candidate_once_and_the_last_ones_are_smaller(count: int) -> None:
+    bounds = processes._bounds(count)
+    sizes = [end - start for start, end in pairwise(bounds)]
+    assert bounds[0] == 0 and bounds[-1] == count and all(size >= 1 for size in sizes)
+    assert len(sizes) <= processes.SHARES_MAX  # the queue holds them all
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[-1] == 1 and (count < 4 * processes.SHARE or sizes[0] >= processes.SHARE)
+
+
+def test_the_callers_work_on_the_result_is_done_while_the_child_exits(host: Path, forks: list[int],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``then`` gets the merged result once: while a child that answered still exists (its exit, freeing its
+    pages, is not waited for first), after the reaping when it did not answer, after a one-process scan."""
+    seen: list[tuple[ScanResult, bool]] = []
+
+    def then(result: ScanResult) -> None:
+        seen.append((result, bool(forks) and forks[-1] in children()))
+
+    before = ScanResult([], 0, 0, 0)
+    serial = scan(host, EVERYTHING, parallel_min=SERIAL, meanwhile=lambda: seen.append((before, False)), then=then)
+    assert [r for r, _ in seen] == [before, serial]  # (after meanwhile)
+    seen.clear()
+    assert scan(host, EVERYTHING, parallel_min=2, then=then) == serial
+    assert seen == [(serial, True)] and set(children()).isdisjoint(forks)
+    seen.clear()
+    _child_does(monkeypatch, _hang)
+    monkeypatch.setattr(processes, "CHILD_WAIT", 0.3)
+    result = scan(host, EVERYTHING, parallel_min=2, meanwhile=late, then=then)
+    assert seen == [(result, False)] and result.unscanned == TAKEN and set(children()).isdisjoint(forks)
