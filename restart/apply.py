@@ -127,7 +127,8 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     if not usable:
         mode = "list"
     # The scan may take half the time left; restarts and their checks need the rest.
-    db = packages.DpkgDatabase(roots.admindir, roots.root)  # read once: the checks after restarts use it too
+    # read once: the checks after restarts use it too
+    db = packages.DpkgDatabase(roots.admindir, roots.root, cache=roots.run / "restartctl")
     findings = find(roots, only_packages=scope, old_files=old_files, db=db,
                     deadline=time.monotonic() + max(0.0, deadline - time.monotonic()) / 2)
     findings = without(findings, transaction_pids(roots.proc, roots.admindir, os.getpid()))

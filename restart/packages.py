@@ -12,19 +12,26 @@ Paths are compared in their canonical merged-/usr form: the database may say
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
+from restart import fsutil
+
 # Top-level directories that a merged-/usr system turns into symlinks into /usr.
 _USR_ALIAS_CANDIDATES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libo32")
 LOCAL_DIVERSION = ":"
 BY_NAME = 32  # packages looked up by name (a stat each) before the listing of dpkg's info directory is read
 CANONICAL_KEPT = 1 << 16  # canonical spellings a database remembers (paths are any process's choice)
+LISTING = "dpkg-lists.json"  # in the run directory: info's .list files and their mtimes (see DpkgDatabase._kept)
+LISTING_MAX = 8 << 20  # bytes of it read at most (~40 bytes a package)
+LISTING_QUIET = 2.0  # seconds info must have been unchanged for its listing to be kept
 
 
 def fs_decode(raw: bytes) -> str:
@@ -130,12 +137,20 @@ def parse_diversions(text: bytes, aliases: frozenset[str]) -> list[Diversion]:
     return out
 
 
+def _plain_name(name: str) -> bool:
+    """Whether ``name`` can be a ``.list`` file's name in ``info`` without its suffix (a kept listing's)."""
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name
+
+
 class DpkgDatabase:
     """Read-only view of one dpkg admin directory (``/var/lib/dpkg``) for one root."""
 
-    def __init__(self, admindir: Path, root: Path = Path("/")) -> None:
+    def __init__(self, admindir: Path, root: Path = Path("/"), cache: Path | None = None) -> None:
         self.admindir = admindir
         self.root = root
+        self.cache = cache  # the run directory, where the listing of info is kept (see _kept)
+        self._info_key: list[int] | None = None  # info's device, inode and mtime when _kept looked
+        self._info_quiet = False  # whether info had not changed for LISTING_QUIET seconds then
         self._list_cache: dict[str, bytes] = {}
         self._package_lists: dict[str, bytes] = {}
         self._canonical: dict[str, str] = {}  # the stages ask for the same stale paths' again and again
@@ -169,10 +184,38 @@ class DpkgDatabase:
         return {d.moved_to: d for d in self.diversions}
 
     @cached_property
+    def _kept(self) -> dict[str, float | None] | None:
+        """Each ``.list``'s package name and mtime as the run directory keeps them for ``info`` as it is
+        now (its device, inode and mtime: dpkg replaces a ``.list`` by a rename, which changes the
+        directory's mtime); None when none is kept for it, or it is not to be trusted."""
+        try:
+            st = os.stat(self.admindir / "info")
+        except OSError:
+            return None
+        self._info_key = [st.st_dev, st.st_ino, st.st_mtime_ns]
+        self._info_quiet = time.time() - st.st_mtime >= LISTING_QUIET
+        if self.cache is None:
+            return None
+        try:
+            kept = json.loads(fsutil.read_trusted(self.cache / LISTING, LISTING_MAX))
+            names, times = kept["lists"]
+            if not (kept["info"] == self._info_key and isinstance(names, list) and isinstance(times, list)
+                    and len(names) == len(times) and all(type(n) is str and _plain_name(n) for n in names)
+                    and all(t is None or type(t) is float for t in times)):
+                return None
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        return dict(zip(names, times, strict=True))
+
+    @cached_property
     def _lists(self) -> list[tuple[str, str]]:
-        """Every installed package's name and ``.list`` file.  By ``os.listdir`` (names only, no
-        ``DirEntry`` per file: 2.4 ms against 3.3 ms for a database of 3,200 files in the hook's bench)."""
+        """Every installed package's name and ``.list`` file: as the run directory keeps them (see
+        :attr:`_kept`), or by ``os.listdir`` (names only, no ``DirEntry`` per file: 2.4 ms against
+        3.3 ms for a database of 3,200 files in the hook's bench)."""
         info = str(self.admindir / "info")
+        kept = self._kept
+        if kept is not None:
+            return [(name, f"{info}/{name}.list") for name in kept]
         try:
             names = os.listdir(info)
         except OSError:
@@ -181,15 +224,41 @@ class DpkgDatabase:
 
     @cached_property
     def _list_times(self) -> dict[str, float | None]:
-        """Each ``.list``'s mtime (None when it cannot be read): stat()ed once for the owner search
-        and the unpack times both."""
+        """Each ``.list``'s mtime (None when it cannot be read), for the owner search and the unpack
+        times both: as the run directory keeps them, or stat()ed (relative to ``info``, 0.7-0.9 ms
+        instead of 0.9-2.5 ms by full path for 889 lists) and kept there for the next run, once
+        ``info`` has not changed for ``LISTING_QUIET`` seconds (a change within the same tick of the
+        file system's clock would leave its mtime as it was)."""
+        kept = self._kept
+        if kept is not None:
+            return {path: kept[name] for name, path in self._lists}
         times: dict[str, float | None] = {}
-        for _, path in self._lists:
-            try:
-                times[path] = os.stat(path).st_mtime
-            except OSError:
-                times[path] = None
+        try:
+            info = os.open(self.admindir / "info", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return {path: None for _, path in self._lists}
+        try:
+            for name, path in self._lists:
+                try:
+                    times[path] = os.stat(f"{name}.list", dir_fd=info).st_mtime
+                except OSError:
+                    times[path] = None
+        finally:
+            os.close(info)
+        if self.cache is not None and self._info_key is not None and self._info_quiet:
+            self._keep_listing(self.cache, [name for name, _ in self._lists], list(times.values()))
         return times
+
+    def _keep_listing(self, cache: Path, names: list[str], times: list[float | None]) -> None:
+        """Keep the listing and its times in the run directory ``cache`` (made if need be: root's own;
+        nothing if it cannot be)."""
+        data = json.dumps({"info": self._info_key, "lists": [names, times]}).encode()
+        if len(data) > LISTING_MAX:
+            return
+        with suppress(OSError):
+            if not os.path.lexists(cache) and os.geteuid() == 0:
+                os.mkdir(cache, 0o755)
+            fsutil.write_atomic(cache / LISTING, data)
 
     def _newest_first(self) -> list[tuple[str, str]]:
         return sorted(self._lists, key=lambda item: self._list_times[item[1]] or 0.0, reverse=True)

@@ -77,7 +77,7 @@ def find(roots: Roots, *, only_packages: Iterable[str] | None, everything: bool 
     caller's work that needs no finding, done while a scan on two cores waits for its forked child
     (see :func:`processes.scan`); stages 2b and 3 are done while that child exits.
     """
-    db = db or packages.DpkgDatabase(roots.admindir, roots.root)
+    db = db or packages.DpkgDatabase(roots.admindir, roots.root, cache=roots.run / "restartctl")
     in_scope = None
     if only_packages is not None:
         names = sorted({n for found in db.resolve_names(only_packages).values() for n in found})

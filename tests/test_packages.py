@@ -273,3 +273,93 @@ def test_one_layer_for_lists_and_unpack_times_of_multi_arch_packages(merged_root
     assert db.unpack_times() == {"libc6": 1_700_000_009, "app": 1_700_000_001}
     assert set(list_paths(db.package_list("libc6:i386"), db.aliases)) == {
         "/usr/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/i386-linux-gnu/libc.so.6"}  # every architecture
+
+
+def _listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The directories os.listdir is asked for from now on."""
+    listed: list[str] = []
+    real = os.listdir
+
+    def listdir(path: str) -> list[str]:
+        listed.append(str(path))
+        return real(path)
+    monkeypatch.setattr(os, "listdir", listdir)
+    return listed
+
+
+def test_the_listing_of_info_is_kept_while_info_is_unchanged(merged_root: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: a scan by hand (and apply's) listed dpkg's info directory and stat()ed its 889 lists in each of
+    its two processes, 3.4-4 ms each, on every run.  dpkg replaces a ``.list`` by a rename, so info's mtime
+    says whether any changed; the listing is kept for it, once info has been quiet for LISTING_QUIET seconds."""
+    from restart.packages import LISTING
+
+    admin = write_db(tmp_path / "admin", {"app": ["/usr/bin/app"], "libc6:amd64": ["/lib/x86_64-linux-gnu/libc.so.6"]})
+    info, run = admin / "info", tmp_path / "run"
+    run.mkdir(mode=0o755)
+    os.utime(info, (1_700_000_100, 1_700_000_100))
+    expected = {"app": 1_700_000_000, "libc6": 1_700_000_001}
+    assert DpkgDatabase(admin, merged_root, cache=run).unpack_times() == expected
+    assert (run / LISTING).is_file()
+    listed = _listings(monkeypatch)
+    kept = DpkgDatabase(admin, merged_root, cache=run)
+    assert kept.unpack_times() == expected
+    assert kept.owners(["/usr/bin/app"]) == {"/usr/bin/app": "app"}
+    assert listed == []
+    # dpkg's way: a new list by a rename (info changes), then another package, then a removal
+    (info / "app.list.new").write_text("/.\n/usr/bin/app\n/usr/bin/app2\n")
+    os.utime(info / "app.list.new", (1_700_000_050, 1_700_000_050))
+    os.replace(info / "app.list.new", info / "app.list")
+    fresh = DpkgDatabase(admin, merged_root, cache=run)
+    assert fresh.unpack_times() == {**expected, "app": 1_700_000_050}
+    assert fresh.owners(["/usr/bin/app2"]) == {"/usr/bin/app2": "app"}
+    assert listed == [str(info)]
+    (info / "new.list").write_text("/.\n/usr/bin/new\n")
+    assert "new" in DpkgDatabase(admin, merged_root, cache=run).unpack_times()
+    (info / "new.list").unlink()
+    assert "new" not in DpkgDatabase(admin, merged_root, cache=run).unpack_times()
+    # changed within LISTING_QUIET seconds (the file system's clock ticks coarsely): not kept
+    (run / LISTING).unlink()
+    DpkgDatabase(admin, merged_root, cache=run).unpack_times()
+    assert not (run / LISTING).exists()
+
+
+@pytest.mark.parametrize("forgery", ["writable-dir", "symlink", "garbage", "types", "name", "other-info"])
+def test_a_kept_listing_is_never_trusted_unless_root_alone_wrote_it_for_this_info(
+        merged_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forgery: str) -> None:
+    """Why: the kept listing says which files are dpkg's lists (read for the owner of a stale file) and
+    when each package was unpacked (which interpreters' modules changed): a forged one would name
+    another file, or hide an upgrade."""
+    import json
+
+    from restart.packages import LISTING
+
+    admin = write_db(tmp_path / "admin", {"app": ["/usr/bin/app"]})
+    info, run = admin / "info", tmp_path / "run"
+    run.mkdir(mode=0o755)
+    os.utime(info, (1_700_000_100, 1_700_000_100))
+    DpkgDatabase(admin, merged_root, cache=run).unpack_times()
+    kept = json.loads((run / LISTING).read_text())
+    assert kept["lists"] == [["app"], [1_700_000_000.0]]
+    forged = {"info": kept["info"], "lists": [["app"], [1_900_000_000.0]]}  # hides nothing but says "later"
+    if forgery == "writable-dir":
+        run.chmod(0o777)
+    elif forgery == "symlink":
+        (tmp_path / "elsewhere.json").write_text(json.dumps(forged))
+        (run / LISTING).unlink()
+        (run / LISTING).symlink_to(tmp_path / "elsewhere.json")
+    elif forgery == "garbage":
+        (run / LISTING).write_text("{not json")
+    elif forgery == "types":
+        (run / LISTING).write_text(json.dumps({"info": kept["info"], "lists": [["app"], ["1900000000"]]}))
+    elif forgery == "name":
+        (run / LISTING).write_text(json.dumps({"info": kept["info"], "lists": [["../../etc/shadow"], [1.0]]}))
+    else:
+        (run / LISTING).write_text(json.dumps({**forged, "info": [*kept["info"][:2], kept["info"][2] + 1]}))
+    if forgery not in ("symlink", "garbage", "types", "name", "other-info"):
+        (run / LISTING).write_text(json.dumps(forged))
+    listed = _listings(monkeypatch)
+    db = DpkgDatabase(admin, merged_root, cache=run)
+    assert db.unpack_times() == {"app": 1_700_000_000}
+    assert db.owners(["/usr/bin/app"]) == {"/usr/bin/app": "app"}
+    assert listed == [str(info)]
