@@ -97,6 +97,18 @@ def test_files_of_canonicalises_and_matches_arch_qualified_names(merged_root: Pa
     assert db.resolve_names(["libc6", "nope"]) == {"libc6": ["libc6:amd64", "libc6:i386"], "nope": []}
 
 
+def _listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The directories os.listdir is asked for from now on."""
+    listed: list[str] = []
+    real = os.listdir
+
+    def listdir(path: str) -> list[str]:
+        listed.append(str(path))
+        return real(path)
+    monkeypatch.setattr(os, "listdir", listdir)
+    return listed
+
+
 def test_a_few_names_are_looked_up_without_listing_the_database(merged_root: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Why: the hook's transaction names a few packages; listing dpkg's info directory (3,200 files) and
@@ -108,13 +120,7 @@ def test_a_few_names_are_looked_up_without_listing_the_database(merged_root: Pat
         "libc6:amd64": ["/lib/x86_64-linux-gnu/libc.so.6"], "libc6:i386": ["/lib/i386-linux-gnu/libc.so.6"],
         "tool": ["/usr/bin/tool"], **{f"p{i}": [f"/usr/bin/p{i}"] for i in range(40)}})
     (admin / "info" / "tool.md5sums").write_text(f"{'0' * 32}  usr/bin/tool\n")
-    listed: list[str] = []
-    real = os.listdir
-
-    def listdir(path: str) -> list[str]:
-        listed.append(str(path))
-        return real(path)
-    monkeypatch.setattr(os, "listdir", listdir)
+    listed = _listings(monkeypatch)
     db = DpkgDatabase(admin, merged_root)
     assert db.resolve_names(["tool", "tool:amd64", "libc6:i386", "libc6:arm64"]) == {
         "tool": ["tool"], "tool:amd64": [], "libc6:i386": ["libc6:i386"], "libc6:arm64": []}
@@ -273,18 +279,6 @@ def test_one_layer_for_lists_and_unpack_times_of_multi_arch_packages(merged_root
     assert db.unpack_times() == {"libc6": 1_700_000_009, "app": 1_700_000_001}
     assert set(list_paths(db.package_list("libc6:i386"), db.aliases)) == {
         "/usr/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/i386-linux-gnu/libc.so.6"}  # every architecture
-
-
-def _listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The directories os.listdir is asked for from now on."""
-    listed: list[str] = []
-    real = os.listdir
-
-    def listdir(path: str) -> list[str]:
-        listed.append(str(path))
-        return real(path)
-    monkeypatch.setattr(os, "listdir", listdir)
-    return listed
 
 
 def test_the_listing_of_info_is_kept_while_info_is_unchanged(merged_root: Path, tmp_path: Path,
