@@ -299,6 +299,19 @@ def test_pid1s_answers_on_its_bus_are_read_strictly() -> None:
         unitstate._reply(_bus_message(2, 5, "v", b"\x01s\x00\x00" + struct.pack("<I", 2) + b"\xff\xfe\x00"))
 
 
+def test_every_property_asked_of_pid1_is_read_by_a_check() -> None:
+    """Why: each is a Get PID 1 answers for every unit of a wave, and only once all its jobs have ended
+    (while it still sends their changes it writes and does not read): a property no check reads (Type
+    and Result were asked from the start, never read) is time at the end of every wave."""
+    import restart
+
+    package = Path(restart.__file__).parent
+    sources = "".join(f.read_text() for f in sorted(package.glob("*.py")) if f.name != "unitstate.py")
+    own = (package / "unitstate.py").read_text().split("SHOW_PROPS = ", 1)[1]  # after the table itself
+    unread = [p for p in unitstate.BUS_PROPS if f'"{p}"' not in sources + own and f"'{p}'" not in sources + own]
+    assert unread == []
+
+
 def test_a_bus_that_stops_answering_is_a_timeout_not_a_second_wait(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """PID 1 takes the connection, then says nothing (stopped, overloaded): the question ends at its
