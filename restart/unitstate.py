@@ -13,16 +13,16 @@ import _socket  # not socket: its enums cost 2.5 ms of every run before the firs
 import os
 import stat
 import struct
-import subprocess
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from restart import runner as _runner
 from restart.plan import Status
 from restart.procfs import ProcessGone, lineage, read_proc
-from restart.runner import FAILURES, Meanwhile, Runner, run
+from restart.runner import Meanwhile, Runner, run
 from restart.units import (
     SYSTEM,
     USER,
@@ -77,7 +77,7 @@ def unit_states(groups: list[UnitGroup], timeout: float, runner: Runner = run) -
         try:
             return bus_states(names, timeout)
         except TimeoutError:  # PID 1 did not answer in time: systemctl would wait as long again
-            raise subprocess.TimeoutExpired(["systemd's bus", "Get", *names], timeout) from None
+            raise _runner.TimeoutExpired(["systemd's bus", "Get", *names], timeout) from None
         except (OSError, ValueError, IndexError, struct.error):
             pass  # systemctl says what went wrong, if anything
     parts = [names[i:i + SHOW_CHUNK] for i in range(0, len(names), SHOW_CHUNK)]
@@ -645,7 +645,7 @@ def active_state(kind: str, name: str, uid: int | None, timeout: float = 5) -> s
         return "unknown"
     try:
         state = unit_state(group, timeout)
-    except (OSError, subprocess.TimeoutExpired):
+    except (OSError, _runner.TimeoutExpired):
         return "unknown"
     return state.get("ActiveState") or "unknown"
 
@@ -655,7 +655,7 @@ def status_excerpt(group: UnitGroup, timeout: float = 5, runner: Runner = run) -
     try:
         result = runner([PROGRAMS["systemctl"], *_manager(group), "status", "--no-pager", "--lines=8", "--",
                          group.name or ""], timeout)
-    except subprocess.TimeoutExpired:
+    except _runner.TimeoutExpired:
         return "(systemctl status did not answer)"
     except OSError as e:
         return f"(could not run systemctl status: {e})"
@@ -678,7 +678,7 @@ def last_failures(record: dict[str, Any] | None, timeout: float = 5) -> list[dic
             continue
         try:
             now = unit_state(group, timeout)
-        except (OSError, subprocess.TimeoutExpired):
+        except (OSError, _runner.TimeoutExpired):
             now = {}
         if now.get("ActiveState") == "active" and now.get("NRestarts", "0") == "0":
             continue  # someone fixed it since
@@ -720,7 +720,7 @@ def policy_rc_d_forbids(name: str, timeout: float, runner: Runner = run) -> bool
     script = name.removesuffix(".service")
     try:
         return runner([POLICY_RC_D, script, "restart"], timeout).returncode == 101
-    except FAILURES:
+    except _runner.FAILURES:
         return True  # it could not say yes: do nothing rather than something forbidden
 
 
@@ -748,7 +748,7 @@ def daemon_not_running(script: str, timeout: float, run_dir: Path, runner: Runne
     """
     try:
         code = runner([PROGRAMS["invoke-rc.d"], script, "status"], timeout).returncode
-    except subprocess.TimeoutExpired:
+    except _runner.TimeoutExpired:
         return "its init script did not say in time whether it runs"
     except OSError as e:
         return f"could not ask its init script whether it runs: {e}"
