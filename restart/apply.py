@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from restart import Importing, packages, plan, policy, report, state, units
-from restart.ask import choose_mode, chooser, interactive
 from restart.plan import Status
 from restart.roots import Roots
 from restart.runs import transaction_pids
@@ -117,13 +116,16 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     hook's) is asked only when a restart is due (it is a ``systemctl`` call): then only listed.
     """
     pol, usable = host_policy(roots, log, read_policy)
-    mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
-    if mode == "ask" and assume_yes:
-        log.info("apt was told to assume yes (-y): restarting without asking (mode auto)")
-        mode = "auto"
-    if mode == "ask" and not interactive():
-        log.info("mode ask needs a terminal and there is none: only listing (mode list)")
-        mode = "list"
+    if mode is None or mode == "ask":  # ask's module only for a run that may ask (0.2 ms of apply --yes)
+        from restart.ask import choose_mode, interactive
+
+        mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
+        if mode == "ask" and assume_yes:
+            log.info("apt was told to assume yes (-y): restarting without asking (mode auto)")
+            mode = "auto"
+        if mode == "ask" and not interactive():
+            log.info("mode ask needs a terminal and there is none: only listing (mode list)")
+            mode = "list"
     if not usable:
         mode = "list"
     # The scan may take half the time left; restarts and their checks need the rest.
@@ -162,11 +164,15 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
                 skips = execute.would_skip(actions, pol.settings, proc=roots.proc)
             lines = report.hook_lines(actions, failed=failed, skips=skips, earlier=earlier)
         else:
+            choose = None
+            if mode == "ask":
+                from restart.ask import chooser
+
+                choose = chooser(answers or sys.stdin, sys.stdout, deadline=deadline,
+                                 default_yes=pol.settings.ask_default == "yes")
             interrupted = _carry_out(roots, trigger, log, actions, pol.settings, outcomes, failed=failed,
                                      deadline=deadline, earlier=earlier, quiet=quiet, db=db, first=ahead.start,
-                                     choose=chooser(answers or sys.stdin, sys.stdout, deadline=deadline,
-                                                    default_yes=pol.settings.ask_default == "yes")
-                                     if mode == "ask" else None)
+                                     choose=choose)
             lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True, earlier=earlier)
             if interrupted:
                 lines.append(report.cut_short_line(actions, outcomes, interrupted))

@@ -125,3 +125,12 @@ def test_the_boot_id_is_read_without_a_codec_of_its_own() -> None:
             "from restart import state; print(bool(state.boot_id(Path('/proc'))), 'encodings.ascii' in sys.modules)")
     out = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True, check=False)
     assert out.stdout.split() == ["True", "False"], out.stdout + out.stderr
+
+
+def test_an_apply_that_cannot_ask_loads_no_ask_module() -> None:
+    """Why (issue 14): ``apply --yes`` (and a run given its mode) never asks; importing the question's module
+    was 0.2 ms before its first restart.  A run whose mode may be ask still loads it (test_apply's ask tests)."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r}); "
+            "import restart.cli, restart.apply, restart.execute; print('restart.ask' in sys.modules)")
+    out = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.split() == ["False"], out.stdout + out.stderr
