@@ -60,13 +60,14 @@ def usable_dir(path: Path, *, create: bool) -> bool:
     return fsutil.trusted_dir(path)
 
 
-def write_json(directory: Path, name: str, doc: dict[str, Any]) -> None:
+def write_json(directory: Path, name: str, doc: dict[str, Any], *, indent: int | None = 1) -> None:
     """Replace ``directory/name`` atomically and durably (:func:`fsutil.write_atomic`), creating the
-    directory if need be; refuses a directory that is not safely ours.  An error names the file."""
+    directory if need be; refuses a directory that is not safely ours.  An error names the file.
+    ``indent`` None: one line, by json's C encoder (an indented text is written by its Python one)."""
     if not usable_dir(directory, create=True):
         raise OSError(f"{directory}: not a root-owned directory writable only by root")
     try:
-        fsutil.write_atomic(directory / name, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        fsutil.write_atomic(directory / name, (json.dumps(doc, indent=indent, sort_keys=True) + "\n").encode())
     except OSError as e:
         raise OSError(f"cannot write {directory / name}: {e.strerror or e}") from e
 
@@ -257,9 +258,11 @@ ACTIONS = "actions.json"  # what the run in progress is doing: each action befor
 
 
 def save_actions(directory: Path, boot: str, *, pid: int, trigger: str, entries: list[dict[str, Any]]) -> None:
-    """The run's actions so far; the one in progress has ``status`` "started" (an intent)."""
+    """The run's actions so far; the one in progress has ``status`` "started" (an intent).  One line: the
+    next run reads it, no one else, and a wave's intent is written between the canary's check and the
+    wave's restart (30 units indented: 0.3 ms, against 0.07 ms)."""
     write_json(directory, ACTIONS, {"schema": STATE_SCHEMA, "boot_id": boot, "pid": pid, "trigger": trigger,
-                                    "time": int(time.time()), "units": entries})
+                                    "time": int(time.time()), "units": entries}, indent=None)
 
 
 def interrupted(directory: Path, boot: str, *,

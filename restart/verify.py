@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -221,8 +221,12 @@ class Verifier:
             finish(o._replace(detail=f"{o.detail}, up for {watch:g} s") if watch > 0 else o)
 
 
-    def _guests(self, g: UnitGroup, members: Iterable[Affected], state: dict[str, str]) -> list[Affected]:
-        """Users' processes among ``members`` of system unit ``g`` (see :func:`guests`); they are told."""
+    def _guests(self, g: UnitGroup, members: Collection[Affected], state: dict[str, str]) -> list[Affected]:
+        """Users' processes among ``members`` of system unit ``g`` (see :func:`guests`); they are told.
+        Without a process of a user among them there is none, and the main process's owner is not looked
+        up (a wave's 29 units before their restart, and again after it)."""
+        if all(m.process.uid < FIRST_USER_UID for m in members):
+            return []
         main = int(state["MainPID"]) if state.get("MainPID", "").isdigit() else 0
         try:
             main_uid = os.stat(self.proc / str(main)).st_uid if main > 0 else -1
