@@ -386,14 +386,21 @@ UNFINISHED = frozenset({"half-installed", "unpacked", "half-configured", "trigge
 def _settled(data: bytes) -> bool:
     """Whether every record of dpkg's file says on its ``Status:`` line, as dpkg writes it, that dpkg finished
     with it (flag ``ok``, a state not in UNFINISHED): every such line found in one pass, where a search per
-    word took five (0.9 against 1.7 ms for the status file of the bench's 891 packages, before every first
-    restart).  A record without that line (a field spelled otherwise, a line first in the file) leaves
-    fewer lines than records, counted by the blank lines that end them: then no, and the words decide."""
-    lines = data.split(b"\nStatus: ")[1:]
-    records = data.count(b"\n\n") + (not data.endswith(b"\n\n") and bool(data.strip()))
-    if len(lines) != records:
+    word took five (the status file of the bench's 891 packages: 1.6-1.9 against 2.3-2.5 ms, read included,
+    before every first restart).  A record without that line (a field spelled otherwise, a line first in the
+    file) leaves fewer lines than records, counted by the blank lines that end them: then no, and the words
+    decide."""
+    values = set()
+    lines = 0
+    at = data.find(b"\nStatus: ")
+    while at >= 0:
+        end = data.find(b"\n", at + 9)
+        values.add(data[at + 9:end if end >= 0 else len(data)])
+        lines += 1
+        at = data.find(b"\nStatus: ", end) if end >= 0 else -1
+    if lines != data.count(b"\n\n") + (not data.endswith(b"\n\n") and bool(data.strip())):
         return False
-    for value in {line.partition(b"\n")[0] for line in lines}:
+    for value in values:
         words = value.split()
         if len(words) != 3 or words[1] != b"ok" or words[2].decode("ascii", "replace") in UNFINISHED:
             return False
