@@ -80,17 +80,21 @@ def _syslog(line: str) -> None:
     syslog.syslog(syslog.LOG_WARNING, line)
 
 
+_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'  # unrolled: "[^"\\]*" between escapes, not an alternation per character
+_NOT_BRACKET = r"[^\[\]{}]+"
+
+
 def _nesting(text: str) -> int:
-    """The deepest nesting of arrays and objects in a JSON text (brackets in strings do not count)."""
+    """The deepest nesting of arrays and objects in a JSON text (brackets in strings do not count).
+    The strings, then all but the brackets, are cut out by the regular expressions' own loops; only the
+    brackets are counted here (a Python step per string and bracket: 0.23 against 0.15 ms for the record of
+    30 units, read three times in an apply, once before its first restart)."""
     depth = deepest = 0
-    # a string's pattern unrolled ("[^"\\]*" between escapes, not one alternation per character): the
-    # same matches in half the time (0.6 -> 0.4 ms for the record of 30 units; read 4 times in an apply)
-    for m in re.finditer(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', text):
-        c = m[0]
+    for c in re.sub(_NOT_BRACKET, "", re.sub(_STRING, "", text)):
         if c in "[{":
             depth += 1
             deepest = max(deepest, depth)
-        elif c in "]}":
+        else:
             depth -= 1
     return deepest
 
