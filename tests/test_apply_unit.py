@@ -155,3 +155,39 @@ def test_what_the_checks_need_is_prepared_beside_the_first_restart_and_an_error_
     ahead.start()
     ahead.start()  # (each restart tells it: once)
     assert ahead.result() is not None and seen == [True]
+
+
+def test_the_intro_is_said_as_the_first_restart_is_under_way_and_before_anything_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why (issue 14): the intro's lines (to the terminal and the system log) were 0.1-0.4 ms before the
+    canary's restart was asked for; said once it is under way, they still come before every outcome, and
+    in ask mode before the question (test_apply's ask tests)."""
+    def run(argv: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        if argv[1] == "restart":
+            raise apply.Timeout  # the watchdog, while systemctl restart runs
+        return subprocess.CompletedProcess(argv, 0, "ActiveState=active\nMainPID=5\n", "")
+    monkeypatch.setattr(execute, "run", run)
+    monkeypatch.setattr(unitstate, "POLICY_RC_D", str(tmp_path / "no-policy-rc.d"))
+    roots = Roots(proc=tmp_path / "proc", run=tmp_path / "run", state=tmp_path / "state", root=tmp_path)
+    for d in (roots.proc, roots.run, roots.state):
+        d.mkdir(mode=0o755)
+    lib = StaleFile(FileKind.CODE, "/usr/lib/libdemo.so.1", Confidence.CERTAIN, Evidence.REPLACED)
+    member = Affected(ProcessInfo(10, 1, 0, "d", "/usr/sbin/d", "", None, ()), Unit(SYSTEM, "a.service"),
+                      (OwnedFile(lib, "libdemo1"),), ())
+    actions = [Action(group([member])[0], Act.RESTART, ("systemctl", "restart", "--", "a.service"), "")]
+    out = io.StringIO()
+    log = apply.Log(out, io.StringIO(), quiet=False)
+    said_at: dict[str, str] = {}
+    real_save = state.save_actions
+
+    def save_actions(*args: object, **kwargs: object) -> None:
+        said_at["intent"] = out.getvalue()
+        real_save(*args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(state, "save_actions", save_actions)
+    why = apply._carry_out(roots, "manual", log, actions, Settings(), [], failed=[], choose=None,
+                           deadline=time.monotonic() + 60, earlier=set(), quiet=False,
+                           db=packages.DpkgDatabase(tmp_path / "dpkg", tmp_path),
+                           first=lambda: said_at.setdefault("under way", out.getvalue()))
+    intro = out.getvalue().splitlines()[0]
+    assert why == "out of time" and "replaced files" in intro, out.getvalue()
+    assert said_at["intent"] == "" and said_at["under way"].splitlines() == [intro]
