@@ -17,10 +17,8 @@ from restart.roots import Roots
 from restart.units import SYSTEM, USER, Affected, OwnedFile, Unit, UnitKind, group
 
 
-def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attempt(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Why (issue 14): a run the hook's watchdog ends in the middle of a restart must still say which
-    units it never got to (they stay pending), and the one it was restarting is on record for the next run."""
+def cut_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...]) -> tuple[Roots, list[Action]]:
+    """A host without systemd whose first ``systemctl restart`` the hook's watchdog ends; restarts of ``names``."""
     def run(argv: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
         if argv[1] == "restart":
             raise apply.Timeout  # the watchdog, while systemctl restart runs
@@ -34,9 +32,16 @@ def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attem
     (roots.proc / "sys" / "kernel" / "random" / "boot_id").write_text("7d3e4c3a-0000-4000-8000-000000000001\n")
     lib = StaleFile(FileKind.CODE, "/usr/lib/libdemo.so.1", Confidence.CERTAIN, Evidence.REPLACED)
     stale = (OwnedFile(lib, "libdemo1"),)
-    actions = [Action(group([Affected(ProcessInfo(10 + i, 1, 0, "d", "/usr/sbin/d", "", None, ()), Unit(SYSTEM, n),
-                                      stale, ())])[0], Act.RESTART, ("systemctl", "restart", "--", n), "")
-               for i, n in enumerate(("a.service", "b.service"))]
+    return roots, [Action(group([Affected(ProcessInfo(10 + i, 1, 0, "d", "/usr/sbin/d", "", None, ()), Unit(SYSTEM, n),
+                                          stale, ())])[0], Act.RESTART, ("systemctl", "restart", "--", n), "")
+                   for i, n in enumerate(names)]
+
+
+def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attempt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why (issue 14): a run the hook's watchdog ends in the middle of a restart must still say which
+    units it never got to (they stay pending), and the one it was restarting is on record for the next run."""
+    roots, actions = cut_short(tmp_path, monkeypatch, ("a.service", "b.service"))
     outcomes: list[verify.Outcome] = []
     log = apply.Log(io.StringIO(), io.StringIO(), quiet=True)
     begun: list[int] = []  # told as the first restart begins (the reboot state is read meanwhile): once
@@ -162,19 +167,7 @@ def test_the_intro_is_said_as_the_first_restart_is_under_way_and_before_anything
     """Why (issue 14): the intro's lines (to the terminal and the system log) were 0.1-0.4 ms before the
     canary's restart was asked for; said once it is under way, they still come before every outcome, and
     in ask mode before the question (test_apply's ask tests)."""
-    def run(argv: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        if argv[1] == "restart":
-            raise apply.Timeout  # the watchdog, while systemctl restart runs
-        return subprocess.CompletedProcess(argv, 0, "ActiveState=active\nMainPID=5\n", "")
-    monkeypatch.setattr(execute, "run", run)
-    monkeypatch.setattr(unitstate, "POLICY_RC_D", str(tmp_path / "no-policy-rc.d"))
-    roots = Roots(proc=tmp_path / "proc", run=tmp_path / "run", state=tmp_path / "state", root=tmp_path)
-    for d in (roots.proc, roots.run, roots.state):
-        d.mkdir(mode=0o755)
-    lib = StaleFile(FileKind.CODE, "/usr/lib/libdemo.so.1", Confidence.CERTAIN, Evidence.REPLACED)
-    member = Affected(ProcessInfo(10, 1, 0, "d", "/usr/sbin/d", "", None, ()), Unit(SYSTEM, "a.service"),
-                      (OwnedFile(lib, "libdemo1"),), ())
-    actions = [Action(group([member])[0], Act.RESTART, ("systemctl", "restart", "--", "a.service"), "")]
+    roots, actions = cut_short(tmp_path, monkeypatch, ("a.service",))
     out = io.StringIO()
     log = apply.Log(out, io.StringIO(), quiet=False)
     said_at: dict[str, str] = {}
