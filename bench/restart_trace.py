@@ -71,6 +71,31 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
         return code
 
 
+def jobs_seen(unitstate: Any) -> None:
+    """Lines for what PID 1 says of a call's restart jobs: its first and last job's end, and when the
+    properties of the first and the last unit are all read (PID 1 answers them only once it has nothing
+    else to send on the connection: in a wave, after its last job)."""
+    watch = unitstate._JobWatch
+    ended, news = watch._ended, watch.news
+
+    def on_ended(self: Any, name: str, result: str) -> None:
+        if len(self.results) in (0, len(self.names) - 1):
+            note(f"  job {len(self.results) + 1} of {len(self.names)} ended: {name} ({result})")
+        ended(self, name, result)
+
+    def on_news(self: Any, message: bytes) -> bool:
+        said: bool = news(self, message)
+        told = self.__dict__.setdefault("told_units", set())
+        for name in self.ready:
+            if name not in told:
+                told.add(name)
+                if len(told) in (1, len(self.names)):
+                    note(f"  properties of {len(told)} of {len(self.names)} read: {name}"
+                         f" ({len(self.results)} jobs ended by then)")
+        return said
+    watch._ended, watch.news = on_ended, on_news
+
+
 def main() -> int:
     # As /usr/sbin/restartctl (bin/restartctl) runs: python3 -IS, restartctl's code from here only.
     sys.path.append("/usr/lib/python3/dist-packages")
@@ -102,6 +127,7 @@ def main() -> int:
     traced(execute, "bus_restart", "restart jobs on systemd's bus", lambda verb, names, *a: f"{len(names)} units")
     traced(apply, "_carry_out")
     traced(unitstate, "_connect")
+    jobs_seen(unitstate)
     code = cli.main(["apply", "--yes"])
     note(f"exit {code}")
     sys.stdout.flush()

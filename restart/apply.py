@@ -15,10 +15,10 @@ import sys
 import syslog
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from restart import Importing, packages, plan, policy, report, state, units
-from restart.ask import choose_mode, chooser, interactive
 from restart.plan import Status
 from restart.roots import Roots
 from restart.runs import transaction_pids
@@ -117,13 +117,16 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
     hook's) is asked only when a restart is due (it is a ``systemctl`` call): then only listed.
     """
     pol, usable = host_policy(roots, log, read_policy)
-    mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
-    if mode == "ask" and assume_yes:
-        log.info("apt was told to assume yes (-y): restarting without asking (mode auto)")
-        mode = "auto"
-    if mode == "ask" and not interactive():
-        log.info("mode ask needs a terminal and there is none: only listing (mode list)")
-        mode = "list"
+    if mode is None or mode == "ask":  # ask's module only for a run that may ask (0.2 ms of apply --yes)
+        from restart.ask import choose_mode, interactive
+
+        mode = mode or choose_mode(pol.settings, trigger, interactive=interactive())
+        if mode == "ask" and assume_yes:
+            log.info("apt was told to assume yes (-y): restarting without asking (mode auto)")
+            mode = "auto"
+        if mode == "ask" and not interactive():
+            log.info("mode ask needs a terminal and there is none: only listing (mode list)")
+            mode = "list"
     if not usable:
         mode = "list"
     # The scan may take half the time left; restarts and their checks need the rest.
@@ -146,7 +149,10 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         log.info("the system is shutting down: restarting nothing (mode list)")
         mode = "list"
     recovered = recover(roots, log, findings)
-    ahead = Ahead(roots)
+    # The checks after the restarts look their packages' files up (find's only_packages): the database's
+    # indexes for that are built while the first restart runs, not after it (0.4 ms before the wave's).
+    ahead = Ahead(roots, lambda: db.files_of(sorted({p for a in actions if a.action in plan.EXECUTABLE
+                                                      for p in a.group.packages})))
     outcomes: list[verify.Outcome] = []
     interrupted = ""  # "interrupted" (Ctrl-C, hang-up) or "out of time" (the hook's watchdog)
     fresh_names = {p.partition(":")[0] for p in fresh or ()}
@@ -163,11 +169,15 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
                 skips = execute.would_skip(actions, pol.settings, proc=roots.proc)
             lines = report.hook_lines(actions, failed=failed, skips=skips, earlier=earlier)
         else:
+            choose = None
+            if mode == "ask":
+                from restart.ask import chooser
+
+                choose = chooser(answers or sys.stdin, sys.stdout, deadline=deadline,
+                                 default_yes=pol.settings.ask_default == "yes")
             interrupted = _carry_out(roots, trigger, log, actions, pol.settings, outcomes, failed=failed,
                                      deadline=deadline, earlier=earlier, quiet=quiet, db=db, first=ahead.start,
-                                     choose=chooser(answers or sys.stdin, sys.stdout, deadline=deadline,
-                                                    default_yes=pol.settings.ask_default == "yes")
-                                     if mode == "ask" else None)
+                                     choose=choose)
             lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True, earlier=earlier)
             if interrupted:
                 lines.append(report.cut_short_line(actions, outcomes, interrupted))
@@ -241,9 +251,21 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
     the scan read it, for the checks after the restarts; ``first`` is told as each restart is under way
     (PID 1 starting its units: see :func:`restart.unitstate.bus_restart`).
     """
-    for line in report.intro_lines(actions, failed=failed, asking=choose is not None, earlier=earlier,
-                                   seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes"):
-        log.info(line, show=not quiet)
+    intro = report.intro_lines(actions, failed=failed, asking=choose is not None, earlier=earlier,
+                               seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes")
+
+    def introduce() -> None:
+        """The intro, once: before the question (ask), else as the first restart is under way or before
+        anything else is said, whichever comes first (its lines, to the system log too, were 0.1-0.4 ms
+        before the canary's restart)."""
+        while intro:
+            log.info(intro.pop(0), show=not quiet)
+    if choose is not None:
+        introduce()
+
+    def under_way() -> None:
+        introduce()
+        first()
 
     def still_stale(checks: list[tuple[units.UnitGroup, list[int] | None]], until: float) -> list[verify.Recheck]:
         # pids None: a guessed unit (no systemd): only root's and system accounts' processes can be it.
@@ -260,6 +282,7 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
 
 
     def progress(outcome: verify.Outcome) -> None:
+        introduce()
         outcomes.append(outcome)
         record.outcome(outcome)
         log.info(report.outcome_line(outcome), show=not quiet or outcome.status == Status.FAILED)
@@ -267,12 +290,18 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
     with Importing():
         from restart import execute
 
+    def note(line: str) -> None:
+        introduce()
+        log.info(line, show=False)
+
     try:
-        execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
-                      still_stale=still_stale, choose=choose, report=progress,
-                      cgroupfs=roots.root / "sys" / "fs" / "cgroup", log=lambda line: log.info(line, show=False),
-                      intend=record.intend, earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)),
-                      begun=first)
+        try:
+            execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
+                          still_stale=still_stale, choose=choose, report=progress,
+                          cgroupfs=roots.root / "sys" / "fs" / "cgroup", log=note, intend=record.intend,
+                          earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)), begun=under_way)
+        finally:
+            introduce()  # (nothing was restarted or said: still before the report)
     except KeyboardInterrupt:
         log.info("")  # after the ^C the terminal echoed
         return "interrupted"
@@ -379,10 +408,11 @@ def hold_unconfigured(actions: list[plan.Action], unfinished: dict[str, str]) ->
 class Ahead:
     """What :func:`publish` needs that no restart changes (:func:`restart.reboot.machine`), read in a
     thread of its own once the first restart begins: the run only waits for systemd then, and a
-    run with nothing restarted reads it at the end, as before."""
+    run with nothing restarted reads it at the end, as before.  ``prepare``: what the checks after the
+    restarts need that no restart changes, done first in that thread (an error in it is left for them)."""
 
-    def __init__(self, roots: Roots) -> None:
-        self.roots = roots
+    def __init__(self, roots: Roots, prepare: Callable[[], object] = lambda: None) -> None:
+        self.roots, self.prepare = roots, prepare
         self.task: Meanwhile[reboot.Machine] | None = None
 
     def start(self) -> None:
@@ -392,6 +422,8 @@ class Ahead:
             self.task = Meanwhile(self._read)
 
     def _read(self) -> reboot.Machine:
+        with suppress(OSError):
+            self.prepare()
         from restart import formats, reboot  # noqa: F401 - formats: imported here too, for publish()
 
         return reboot.machine(proc=self.roots.proc, root=self.roots.root, admindir=self.roots.admindir,

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+from restart import runner as _runner
 from restart.plan import EXECUTABLE, RESTARTS, Action, phase
 from restart.policy import Act, Settings
-from restart.runner import FAILURES, Meanwhile, Runner, run
+from restart.runner import Meanwhile, Runner, run
 from restart.units import INIT, SYSTEM, USER, USER_MANAGER, UnitGroup, valid_unit_name
 from restart.unitstate import (
     JOB_METHODS,
@@ -264,7 +264,7 @@ class Executor(Verifier):
         timeout = min(self.settings.timeout, self.remaining(), *([MANAGER_PROBE] if g.kind == USER else []))
         try:
             state = unit_state(g, timeout, self.runner)
-        except subprocess.TimeoutExpired:
+        except _runner.TimeoutExpired:
             if g.kind == USER:
                 self.silent.add(g.uid)
                 return f"the service manager of user {g.uid} does not answer", {}
@@ -294,7 +294,7 @@ class Executor(Verifier):
         try:
             self.runner([PROGRAMS["systemctl"], "--user", "-M", f"{uid}@", "show", "-p", "Version"],
                         min(MANAGER_PROBE, self.remaining()))
-        except subprocess.TimeoutExpired:
+        except _runner.TimeoutExpired:
             self.silent.add(uid)
             return False
         except OSError:
@@ -338,7 +338,7 @@ class Executor(Verifier):
             under_way()  # (it could not be told later: the program runs until the restart is done)
             try:
                 result = self.runner(resolved(action.argv), timeout)
-            except subprocess.TimeoutExpired:
+            except _runner.TimeoutExpired:
                 return Outcome(action, FAILED, f"no answer within {timeout:.0f} s\n{self._excerpt(g)}")
             except OSError as e:
                 return Outcome(action, FAILED, f"could not run {action.argv[0]}: {e}")
@@ -378,8 +378,8 @@ class Executor(Verifier):
                 found = known.result() if known is not None else found
                 if any(a.group.name not in found.states for a in ready):
                     found = survey([a.group for a in ready], timeout, self.runner)
-            except FAILURES as e:
-                why = "systemctl show did not answer in time" if isinstance(e, subprocess.TimeoutExpired) else \
+            except _runner.FAILURES as e:
+                why = "systemctl show did not answer in time" if isinstance(e, _runner.TimeoutExpired) else \
                     f"could not run systemctl show: {e}"
                 for a in ready:
                     finish(Outcome(a, SKIPPED, why))
@@ -421,7 +421,7 @@ class Executor(Verifier):
             try:
                 result = self.runner(argv, timeout)
                 said = "" if result.returncode == 0 else f"exit status {result.returncode}: {result.stderr.strip()}"
-            except subprocess.TimeoutExpired:
+            except _runner.TimeoutExpired:
                 said = f"systemctl did not answer within {timeout:.0f} s"
             except OSError as e:
                 for a, _ in go:

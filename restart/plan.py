@@ -9,10 +9,9 @@ after ``--``.
 from __future__ import annotations
 
 from enum import StrEnum
-from fnmatch import fnmatchcase
 from typing import NamedTuple
 
-from restart.policy import Act, Policy, Rule, Settings, scope_of
+from restart.policy import Act, Policy, Rule, Settings, glob_matches, scope_of
 from restart.units import (
     CONTAINER,
     INIT,
@@ -69,7 +68,7 @@ def _ignored_program(group: UnitGroup, globs: tuple[str, ...]) -> str | None:
     """The ``ignore_exe`` glob when every stale process of the group runs a program it matches."""
     if not globs or not group.members:
         return None
-    found = [next((g for g in globs if m.process.exe and fnmatchcase(m.process.exe, g)), None)
+    found = [next((g for g in globs if m.process.exe and glob_matches(m.process.exe, g)), None)
              for m in group.members]
     return found[0] if all(found) else None
 
@@ -179,8 +178,8 @@ def phase(action: Action, settings: Settings) -> tuple[int, int]:
     """Run order, and the executor's phases: the policy's first globs, PID 1, system services, user
     managers and units, its last globs."""
     name = action.group.name or ""
-    band = (0 if any(fnmatchcase(name, g) for g in settings.restart_first) else
-            2 if any(fnmatchcase(name, g) for g in settings.restart_last) else 1)
+    band = (0 if any(glob_matches(name, g) for g in settings.restart_first) else
+            2 if any(glob_matches(name, g) for g in settings.restart_last) else 1)
     kind = {INIT: 0, SYSTEM: 1, USER_MANAGER: 2, USER: 3}.get(action.group.kind, 4)
     return band, kind
 

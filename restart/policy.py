@@ -107,9 +107,24 @@ class Rule(NamedTuple):
 
 
 def glob_matches(name: str, glob: str) -> bool:
-    """``fnmatchcase``, without compiling a pattern for a glob that has no wildcard (most of the vendor
-    rules' unit names: 65 patterns compiled, 5 ms of every run before its first restart)."""
-    return fnmatchcase(name, glob) if "*" in glob or "?" in glob or "[" in glob else name == glob
+    """``fnmatchcase``, without compiling a pattern for a glob it can be told without: one with no wildcard
+    (most of the vendor rules' unit names: 65 patterns compiled, 5 ms of every run before its first
+    restart), or with ``*`` its only one (``systemd-*``, ``*@*.service``: the vendor rules' 17 were 1 ms
+    more), whose pieces are found in order, the first at the start and the last at the end."""
+    if "?" in glob or "[" in glob:
+        return fnmatchcase(name, glob)
+    if "*" not in glob:
+        return name == glob
+    first, *middle, last = glob.split("*")
+    if len(name) < len(first) + len(last) or not name.startswith(first) or not name.endswith(last):
+        return False
+    at, end = len(first), len(name) - len(last)
+    for piece in middle:
+        at = name.find(piece, at, end)
+        if at < 0:
+            return False
+        at += len(piece)
+    return True
 
 
 class Policy(NamedTuple):

@@ -11,14 +11,16 @@ hold in one function.
 from __future__ import annotations
 
 import os
-import selectors
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from restart.procfs import CLEAN_ENV
+
+if TYPE_CHECKING:
+    import subprocess
+    from subprocess import TimeoutExpired as TimeoutExpired  # (named here: see __getattr__)
 
 OUTPUT_LIMIT = 1 << 20  # bytes kept of a program's stdout, and of its stderr
 
@@ -26,7 +28,20 @@ OUTPUT_LIMIT = 1 << 20  # bytes kept of a program's stdout, and of its stderr
 # How the executor runs a program: argv and timeout in, what it did out; raises OSError when it cannot
 # be run and subprocess.TimeoutExpired when it did not end in time (tests pass their own).
 Runner = Callable[[list[str], float], "subprocess.CompletedProcess[str]"]
-FAILURES = (OSError, subprocess.TimeoutExpired)  # what a Runner raises: every one becomes an outcome
+FAILURES: tuple[type[BaseException], ...]  # what a Runner raises, (OSError, TimeoutExpired): each becomes an outcome
+
+
+def __getattr__(name: str) -> Any:
+    """``TimeoutExpired`` and ``FAILURES``, with :mod:`subprocess` imported only once one is looked up (by
+    an ``except`` clause, as an exception is matched against it) or a program is run: with ``locale`` and
+    ``selectors`` it was 1.5 ms of every apply before its first restart, which PID 1's socket asks for
+    without a program.  The executor's modules name them as this module's attributes, never import them."""
+    if name not in ("TimeoutExpired", "FAILURES"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import subprocess
+
+    globals().update(TimeoutExpired=subprocess.TimeoutExpired, FAILURES=(OSError, subprocess.TimeoutExpired))
+    return globals()[name]
 
 
 def run(argv: list[str], timeout: float, *, env: dict[str, str] | None = None,
@@ -34,6 +49,8 @@ def run(argv: list[str], timeout: float, *, env: dict[str, str] | None = None,
     """One program, by absolute path, clean environment, no stdin, bounded in time and in what is kept
     of its output (``OUTPUT_LIMIT`` per stream).  ``quiet``: its output goes to /dev/null (a program
     run as a user, whose pipes that user could take over and fill)."""
+    import subprocess
+
     timeout = max(timeout, 0.1)
     deadline = time.monotonic() + timeout
     sink = subprocess.DEVNULL if quiet else subprocess.PIPE
@@ -50,6 +67,9 @@ def run(argv: list[str], timeout: float, *, env: dict[str, str] | None = None,
 
 def _bounded_output(p: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
     """Both pipes read to their end by ``deadline``; past ``OUTPUT_LIMIT`` a stream is read and dropped."""
+    import selectors
+    import subprocess
+
     assert p.stdout is not None and p.stderr is not None  # noqa: S101 - run() made both pipes
     kept: dict[int, bytearray] = {p.stdout.fileno(): bytearray(), p.stderr.fileno(): bytearray()}
     with selectors.DefaultSelector() as sel:

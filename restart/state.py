@@ -43,7 +43,9 @@ _FIELDS: dict[str, Callable[[Any], bool]] = {
 
 def boot_id(proc: Path) -> str:
     try:
-        return (proc / "sys" / "kernel" / "random" / "boot_id").read_text(encoding="ascii").strip()
+        # bytes decoded as ASCII, not a text file of that encoding: its codec is imported only for that
+        # (0.2 ms of every apply before its first restart)
+        return (proc / "sys" / "kernel" / "random" / "boot_id").read_bytes().decode("ascii").strip()
     except OSError:
         return ""
 
@@ -58,13 +60,14 @@ def usable_dir(path: Path, *, create: bool) -> bool:
     return fsutil.trusted_dir(path)
 
 
-def write_json(directory: Path, name: str, doc: dict[str, Any]) -> None:
+def write_json(directory: Path, name: str, doc: dict[str, Any], *, indent: int | None = 1) -> None:
     """Replace ``directory/name`` atomically and durably (:func:`fsutil.write_atomic`), creating the
-    directory if need be; refuses a directory that is not safely ours.  An error names the file."""
+    directory if need be; refuses a directory that is not safely ours.  An error names the file.
+    ``indent`` None: one line, by json's C encoder (an indented text is written by its Python one)."""
     if not usable_dir(directory, create=True):
         raise OSError(f"{directory}: not a root-owned directory writable only by root")
     try:
-        fsutil.write_atomic(directory / name, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        fsutil.write_atomic(directory / name, (json.dumps(doc, indent=indent, sort_keys=True) + "\n").encode())
     except OSError as e:
         raise OSError(f"cannot write {directory / name}: {e.strerror or e}") from e
 
@@ -77,17 +80,21 @@ def _syslog(line: str) -> None:
     syslog.syslog(syslog.LOG_WARNING, line)
 
 
+_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'  # unrolled: "[^"\\]*" between escapes, not an alternation per character
+_NOT_BRACKET = r"[^\[\]{}]+"
+
+
 def _nesting(text: str) -> int:
-    """The deepest nesting of arrays and objects in a JSON text (brackets in strings do not count)."""
+    """The deepest nesting of arrays and objects in a JSON text (brackets in strings do not count).
+    The strings, then all but the brackets, are cut out by the regular expressions' own loops; only the
+    brackets are counted here (a Python step per string and bracket: 0.23 against 0.15 ms for the record of
+    30 units, read three times in an apply, once before its first restart)."""
     depth = deepest = 0
-    # a string's pattern unrolled ("[^"\\]*" between escapes, not one alternation per character): the
-    # same matches in half the time (0.6 -> 0.4 ms for the record of 30 units; read 4 times in an apply)
-    for m in re.finditer(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', text):
-        c = m[0]
+    for c in re.sub(_NOT_BRACKET, "", re.sub(_STRING, "", text)):
         if c in "[{":
             depth += 1
             deepest = max(deepest, depth)
-        elif c in "]}":
+        else:
             depth -= 1
     return deepest
 
@@ -255,9 +262,11 @@ ACTIONS = "actions.json"  # what the run in progress is doing: each action befor
 
 
 def save_actions(directory: Path, boot: str, *, pid: int, trigger: str, entries: list[dict[str, Any]]) -> None:
-    """The run's actions so far; the one in progress has ``status`` "started" (an intent)."""
+    """The run's actions so far; the one in progress has ``status`` "started" (an intent).  One line: the
+    next run reads it, no one else, and a wave's intent is written between the canary's check and the
+    wave's restart (30 units indented: 0.3 ms, against 0.07 ms)."""
     write_json(directory, ACTIONS, {"schema": STATE_SCHEMA, "boot_id": boot, "pid": pid, "trigger": trigger,
-                                    "time": int(time.time()), "units": entries})
+                                    "time": int(time.time()), "units": entries}, indent=None)
 
 
 def interrupted(directory: Path, boot: str, *,

@@ -13,16 +13,16 @@ import _socket  # not socket: its enums cost 2.5 ms of every run before the firs
 import os
 import stat
 import struct
-import subprocess
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from restart import runner as _runner
 from restart.plan import Status
-from restart.procfs import lineage
-from restart.runner import FAILURES, Meanwhile, Runner, run
+from restart.procfs import ProcessGone, lineage, read_proc
+from restart.runner import Meanwhile, Runner, run
 from restart.units import (
     SYSTEM,
     USER,
@@ -40,8 +40,10 @@ PROGRAMS = {"systemctl": "/usr/bin/systemctl", "invoke-rc.d": "/usr/sbin/invoke-
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 _UNIT, _SERVICE = "org.freedesktop.systemd1.Unit", "org.freedesktop.systemd1.Service"
 # What is asked of a unit (and on PID 1's bus, of which interface): systemctl show -p and the bus ask the same.
+# Only what the checks before and after a restart read: each is a Get PID 1 answers for every unit of a
+# wave, once all its jobs have ended (Type and Result, asked but never read, were a quarter of them).
 BUS_PROPS = {"ActiveState": _UNIT, "SubState": _UNIT, "MainPID": _SERVICE, "RefuseManualStop": _UNIT,
-             "Type": _SERVICE, "Result": _SERVICE, "ControlGroup": _SERVICE, "NRestarts": _SERVICE}
+             "ControlGroup": _SERVICE, "NRestarts": _SERVICE}
 SHOW_PROPS = ",".join(BUS_PROPS)
 
 
@@ -75,7 +77,7 @@ def unit_states(groups: list[UnitGroup], timeout: float, runner: Runner = run) -
         try:
             return bus_states(names, timeout)
         except TimeoutError:  # PID 1 did not answer in time: systemctl would wait as long again
-            raise subprocess.TimeoutExpired(["systemd's bus", "Get", *names], timeout) from None
+            raise _runner.TimeoutExpired(["systemd's bus", "Get", *names], timeout) from None
         except (OSError, ValueError, IndexError, struct.error):
             pass  # systemctl says what went wrong, if anything
     parts = [names[i:i + SHOW_CHUNK] for i in range(0, len(names), SHOW_CHUNK)]
@@ -643,7 +645,7 @@ def active_state(kind: str, name: str, uid: int | None, timeout: float = 5) -> s
         return "unknown"
     try:
         state = unit_state(group, timeout)
-    except (OSError, subprocess.TimeoutExpired):
+    except (OSError, _runner.TimeoutExpired):
         return "unknown"
     return state.get("ActiveState") or "unknown"
 
@@ -653,7 +655,7 @@ def status_excerpt(group: UnitGroup, timeout: float = 5, runner: Runner = run) -
     try:
         result = runner([PROGRAMS["systemctl"], *_manager(group), "status", "--no-pager", "--lines=8", "--",
                          group.name or ""], timeout)
-    except subprocess.TimeoutExpired:
+    except _runner.TimeoutExpired:
         return "(systemctl status did not answer)"
     except OSError as e:
         return f"(could not run systemctl status: {e})"
@@ -676,7 +678,7 @@ def last_failures(record: dict[str, Any] | None, timeout: float = 5) -> list[dic
             continue
         try:
             now = unit_state(group, timeout)
-        except (OSError, subprocess.TimeoutExpired):
+        except (OSError, _runner.TimeoutExpired):
             now = {}
         if now.get("ActiveState") == "active" and now.get("NRestarts", "0") == "0":
             continue  # someone fixed it since
@@ -718,7 +720,7 @@ def policy_rc_d_forbids(name: str, timeout: float, runner: Runner = run) -> bool
     script = name.removesuffix(".service")
     try:
         return runner([POLICY_RC_D, script, "restart"], timeout).returncode == 101
-    except FAILURES:
+    except _runner.FAILURES:
         return True  # it could not say yes: do nothing rather than something forbidden
 
 
@@ -746,7 +748,7 @@ def daemon_not_running(script: str, timeout: float, run_dir: Path, runner: Runne
     """
     try:
         code = runner([PROGRAMS["invoke-rc.d"], script, "status"], timeout).returncode
-    except subprocess.TimeoutExpired:
+    except _runner.TimeoutExpired:
         return "its init script did not say in time whether it runs"
     except OSError as e:
         return f"could not ask its init script whether it runs: {e}"
@@ -768,14 +770,28 @@ def daemon_not_running(script: str, timeout: float, run_dir: Path, runner: Runne
     return f"not running (no live process in {run_dir / script}.pid); never started by restartctl"
 
 
-def _no_cgroups_below(top: Path) -> bool:
-    """Whether cgroup v2's ``cgroup.stat`` of ``top`` says it has no cgroups below it (False when it
-    cannot say: cgroup v1, or the cgroup is gone)."""
+def _no_cgroups_below(top: int) -> bool:
+    """Whether cgroup v2's ``cgroup.stat`` of the cgroup open at ``top`` says it has no cgroups below it
+    (False when it cannot say: cgroup v1, or the cgroup is gone)."""
     try:
-        stat_lines = (top / "cgroup.stat").read_text().splitlines()
-    except OSError:
+        return b"nr_descendants 0" in read_proc(top, "cgroup.stat").splitlines()
+    except (OSError, ProcessGone):
         return False
-    return "nr_descendants 0" in stat_lines
+
+
+def _cgroup_dir(top: Path) -> int | None:
+    """The directory ``top`` opened, when it is a cgroup's (it has a ``cgroup.procs`` file); else None."""
+    try:
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if stat.S_ISREG(os.stat("cgroup.procs", dir_fd=fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def unit_pids(cgroupfs: Path, control_group: str) -> list[int] | None:
@@ -784,19 +800,25 @@ def unit_pids(cgroupfs: Path, control_group: str) -> list[int] | None:
     ``control_group`` is systemd's own ``ControlGroup`` property.  The first layout that
     has it wins: cgroup v2, the unified half of a hybrid setup, then v1's name=systemd.
     None when none has it (no systemd, or the unit is gone): the caller looks everywhere.
+    A leaf's files are read relative to its directory, opened once, to their end (``cgroup.procs`` is a
+    seq_file, as /proc's are): through a path for each (pathlib's), the check of a wave's 29 units spent
+    1.0-1.4 ms here instead of 0.6 ms.
     """
     parts = control_group.strip("/").split("/")
     if not control_group.startswith("/") or any(p in ("", ".", "..") for p in parts):
         return None
     for top in (cgroupfs.joinpath(*parts), cgroupfs.joinpath("unified", *parts), cgroupfs.joinpath("systemd", *parts)):
-        if not (top / "cgroup.procs").is_file():
+        fd = _cgroup_dir(top)
+        if fd is None:
             continue
+        try:
+            if _no_cgroups_below(fd):  # cgroup v2 says so: no walk of the 30 files of a leaf
+                return [int(n) for n in read_proc(fd, "cgroup.procs").split()]
+        except (OSError, ProcessGone, ValueError):
+            pass  # removed meanwhile: the walk says what is left
+        finally:
+            os.close(fd)
         pids: list[int] = []
-        if _no_cgroups_below(top):  # cgroup v2 says so: no walk of the 30 files of a leaf
-            try:
-                return [int(n) for n in (top / "cgroup.procs").read_text().split()]
-            except (OSError, ValueError):
-                pass  # removed meanwhile: the walk says what is left
         for directory, _, files in os.walk(top):
             if "cgroup.procs" in files:
                 try:

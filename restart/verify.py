@@ -10,16 +10,16 @@ not the service's: they are told, never a reason to fail it.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from restart import runner as _runner
 from restart.plan import Action, Status
 from restart.policy import Settings
 from restart.processes import FIRST_USER_UID
-from restart.runner import FAILURES, Runner
+from restart.runner import Runner
 from restart.units import INIT, SYSTEM, USER, USER_MANAGER, Affected, UnitGroup
 from restart.unitstate import status_excerpt, unit_pids, unit_states
 
@@ -154,10 +154,10 @@ class Verifier:
             try:
                 if missing := [a.group for name, (a, _) in waiting.items() if name not in now]:
                     now.update(unit_states(missing, max(limit - time.monotonic(), 1), self.runner))
-            except FAILURES as e:
+            except _runner.FAILURES as e:
                 for a, _ in waiting.values():
                     finish(Outcome(a, FAILED, "not verified: systemctl show did not answer after the restart"
-                                   if isinstance(e, subprocess.TimeoutExpired) else f"not verified: {e}"))
+                                   if isinstance(e, _runner.TimeoutExpired) else f"not verified: {e}"))
                 return up
             for name, (a, before) in list(waiting.items()):
                 state = now.get(name or "", {})
@@ -203,7 +203,7 @@ class Verifier:
             try:
                 now = unit_states([o.action.group for o, _ in watched.values()],
                                   min(self.settings.timeout, max(self.remaining(), 1)), self.runner)
-            except FAILURES:
+            except _runner.FAILURES:
                 for o, _ in watched.values():
                     finish(o._replace(status=FAILED, detail="systemctl show did not answer after the restart"))
                 return
@@ -221,8 +221,12 @@ class Verifier:
             finish(o._replace(detail=f"{o.detail}, up for {watch:g} s") if watch > 0 else o)
 
 
-    def _guests(self, g: UnitGroup, members: Iterable[Affected], state: dict[str, str]) -> list[Affected]:
-        """Users' processes among ``members`` of system unit ``g`` (see :func:`guests`); they are told."""
+    def _guests(self, g: UnitGroup, members: Collection[Affected], state: dict[str, str]) -> list[Affected]:
+        """Users' processes among ``members`` of system unit ``g`` (see :func:`guests`); they are told.
+        Without a process of a user among them there is none, and the main process's owner is not looked
+        up (a wave's 29 units before their restart, and again after it)."""
+        if all(m.process.uid < FIRST_USER_UID for m in members):
+            return []
         main = int(state["MainPID"]) if state.get("MainPID", "").isdigit() else 0
         try:
             main_uid = os.stat(self.proc / str(main)).st_uid if main > 0 else -1

@@ -17,10 +17,8 @@ from restart.roots import Roots
 from restart.units import SYSTEM, USER, Affected, OwnedFile, Unit, UnitKind, group
 
 
-def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attempt(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Why (issue 14): a run the hook's watchdog ends in the middle of a restart must still say which
-    units it never got to (they stay pending), and the one it was restarting is on record for the next run."""
+def cut_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...]) -> tuple[Roots, list[Action]]:
+    """A host without systemd whose first ``systemctl restart`` the hook's watchdog ends; restarts of ``names``."""
     def run(argv: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
         if argv[1] == "restart":
             raise apply.Timeout  # the watchdog, while systemctl restart runs
@@ -34,9 +32,16 @@ def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attem
     (roots.proc / "sys" / "kernel" / "random" / "boot_id").write_text("7d3e4c3a-0000-4000-8000-000000000001\n")
     lib = StaleFile(FileKind.CODE, "/usr/lib/libdemo.so.1", Confidence.CERTAIN, Evidence.REPLACED)
     stale = (OwnedFile(lib, "libdemo1"),)
-    actions = [Action(group([Affected(ProcessInfo(10 + i, 1, 0, "d", "/usr/sbin/d", "", None, ()), Unit(SYSTEM, n),
-                                      stale, ())])[0], Act.RESTART, ("systemctl", "restart", "--", n), "")
-               for i, n in enumerate(("a.service", "b.service"))]
+    return roots, [Action(group([Affected(ProcessInfo(10 + i, 1, 0, "d", "/usr/sbin/d", "", None, ()), Unit(SYSTEM, n),
+                                          stale, ())])[0], Act.RESTART, ("systemctl", "restart", "--", n), "")
+                   for i, n in enumerate(names)]
+
+
+def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attempt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why (issue 14): a run the hook's watchdog ends in the middle of a restart must still say which
+    units it never got to (they stay pending), and the one it was restarting is on record for the next run."""
+    roots, actions = cut_short(tmp_path, monkeypatch, ("a.service", "b.service"))
     outcomes: list[verify.Outcome] = []
     log = apply.Log(io.StringIO(), io.StringIO(), quiet=True)
     begun: list[int] = []  # told as the first restart begins (the reboot state is read meanwhile): once
@@ -116,3 +121,69 @@ def test_pid1s_socket_is_connected_ahead_only_for_restarts_asked_of_it_without_a
     assert not apply.connect_ahead(booted, "list", restart) and not apply.connect_ahead(booted, "ask", restart)
     assert not apply.connect_ahead(Roots(run=tmp_path / "none"), "auto", restart)
     assert not apply.connect_ahead(booted, "auto", [action(SYSTEM, Act.NOTIFY), action(USER, Act.RESTART, 1000)])
+
+
+def test_the_boot_id_is_read_without_a_codec_of_its_own() -> None:
+    """Why (issue 14): read as an ASCII text file, the boot id imported that codec, 0.2 ms of every apply
+    before its first restart (it is read before the first intent is recorded); bytes decode it without."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r}); from pathlib import Path; "
+            "from restart import state; print(bool(state.boot_id(Path('/proc'))), 'encodings.ascii' in sys.modules)")
+    out = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.split() == ["True", "False"], out.stdout + out.stderr
+
+
+def test_an_apply_that_cannot_ask_loads_no_ask_module() -> None:
+    """Why (issue 14): ``apply --yes`` (and a run given its mode) never asks; importing the question's module
+    was 0.2 ms before its first restart.  A run whose mode may be ask still loads it (test_apply's ask tests)."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r}); "
+            "import restart.cli, restart.apply, restart.execute; print('restart.ask' in sys.modules)")
+    out = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.split() == ["False"], out.stdout + out.stderr
+
+
+def test_what_the_checks_need_is_prepared_beside_the_first_restart_and_an_error_left_to_them(tmp_path: Path) -> None:
+    """Why (issue 14): the checks after the restarts look their packages' files up in the dpkg database;
+    its indexes for that were built after the canary's restart, 0.4 ms before the wave's.  They are
+    built in the thread that reads the reboot state once the first restart is under way; an error there
+    is the checks' to meet (they read the same files), never the run's end."""
+    import threading
+
+    seen: list[bool] = []
+
+    def prepare() -> None:
+        seen.append(threading.current_thread() is not threading.main_thread())
+        raise OSError("an unreadable list")
+    roots = Roots(proc=tmp_path / "proc", run=tmp_path / "run", state=tmp_path / "state", root=tmp_path,
+                  admindir=tmp_path / "dpkg")
+    ahead = apply.Ahead(roots, prepare)
+    assert seen == []  # nothing before the first restart
+    ahead.start()
+    ahead.start()  # (each restart tells it: once)
+    assert ahead.result() is not None and seen == [True]
+
+
+def test_the_intro_is_said_as_the_first_restart_is_under_way_and_before_anything_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why (issue 14): the intro's lines (to the terminal and the system log) were 0.1-0.4 ms before the
+    canary's restart was asked for; said once it is under way, they still come before every outcome, and
+    in ask mode before the question (test_apply's ask tests)."""
+    roots, actions = cut_short(tmp_path, monkeypatch, ("a.service",))
+    out = io.StringIO()
+    log = apply.Log(out, io.StringIO(), quiet=False)
+    said_at: dict[str, str] = {}
+    real_save = state.save_actions
+
+    def save_actions(*args: object, **kwargs: object) -> None:
+        said_at["intent"] = out.getvalue()
+        real_save(*args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(state, "save_actions", save_actions)
+
+    def under_way() -> None:
+        said_at.setdefault("under way", out.getvalue())
+    why = apply._carry_out(roots, "manual", log, actions, Settings(), [], failed=[], choose=None,
+                           deadline=time.monotonic() + 60, earlier=set(), quiet=False,
+                           db=packages.DpkgDatabase(tmp_path / "dpkg", tmp_path),
+                           first=under_way)
+    intro = out.getvalue().splitlines()[0]
+    assert why == "out of time" and "replaced files" in intro, out.getvalue()
+    assert said_at["intent"] == "" and said_at["under way"].splitlines() == [intro]

@@ -165,6 +165,28 @@ def test_a_good_state_file_with_extra_fields_is_read(tmp_path: Path) -> None:
     assert state.pending_packages(d, "b", log=pytest.fail) == {"libc6"}
 
 
+def test_a_state_files_nesting_is_measured_as_a_scan_of_its_tokens_would(tmp_path: Path) -> None:
+    """Why (issue 14, F3b): the nesting check before parsing cuts the strings out by regular expressions (0.4 ms
+    of a Python step per token was spent three times an apply); it must measure what a left-to-right scan of
+    strings and brackets measures, on any text: escapes, unterminated strings, brackets in strings."""
+    import random
+    import re
+
+    def scanned(text: str) -> int:
+        depth = deepest = 0
+        for m in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text):
+            depth += m[0] in "[{"
+            depth -= m[0] in "]}"
+            deepest = max(deepest, depth)
+        return deepest
+    rng = random.Random(14)  # noqa: S311 - test texts, not secrets
+    for _ in range(3000):
+        text = "".join(rng.choice('[]{}"\\ab\n') for _ in range(rng.randrange(40)))
+        assert state._nesting(text) == scanned(text), text
+    record = json.dumps({"units": [{"argv": ["a[", "]}"], "x": [[["\"["]]]}]})
+    assert state._nesting(record) == scanned(record) == 6
+
+
 def test_status_and_the_hook_survive_a_bad_state_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Why: the journal was never consumed while pending.json raised in every hook run."""
     run, st = tmp_path / "run", tmp_path / "state"

@@ -357,3 +357,25 @@ def test_a_kept_listing_is_never_trusted_unless_root_alone_wrote_it_for_this_inf
     assert db.unpack_times() == {"app": 1_700_000_000}
     assert db.owners(["/usr/bin/app"]) == {"/usr/bin/app": "app"}
     assert listed == [str(info)]
+
+
+def test_unconfigured_finds_a_record_whose_status_line_is_spelled_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: a settled status file is told by its ``Status:`` lines in one pass (issue 14: 0.9 against 1.7 ms
+    before every first restart); a record whose line that pass does not see (a field name spelled as dpkg
+    also reads it, a line first in the file) must still be found, never taken as settled."""
+    import sys
+
+    from restart.packages import unconfigured
+
+    ok = "Package: demod\nStatus: install ok installed\nArchitecture: amd64\n\n"
+    for odd in ("Package: lib1\nstatus: install ok half-configured\nArchitecture: all\n\n",
+                "Status: install ok unpacked\nPackage: lib1\nArchitecture: all\n\n",
+                "Package: lib1\nStatus:\tinstall ok unpacked\nArchitecture: all\n\n"):
+        (tmp_path / "status").write_text(ok + odd + ok.replace("demod", "other"))
+        assert unconfigured(tmp_path, ["lib1"]) == {"lib1": odd.split("ok ")[1].split("\n")[0]}, odd
+    # Settled, though a description's line ends in a state word: not parsed (the words alone would have it parsed).
+    held = ok.replace("demod", "other").replace("install ok", "hold ok")
+    (tmp_path / "status").write_text(ok + held.replace("\n\n", "\nDescription: x\n left unpacked\n\n"))
+    monkeypatch.setitem(sys.modules, "apt_pkg", None)  # importing it fails
+    assert unconfigured(tmp_path, ["demod", "other"]) == {}
