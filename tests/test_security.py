@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -580,10 +581,39 @@ def restartctl(c: Container, *args: str) -> Run:
     return Run(r.returncode, r.stdout, r.stderr, audit)
 
 
+# What a scan may write (security.md E7): its own caches of what dpkg and the kernel say, in its run directory,
+# by fsutil's writer (a temporary file made, its mode set, renamed into place), and that directory.
+CACHES = ("kernel-state.json", "dpkg-lists.json")
+_CACHE_TMP = re.compile(r"'\.(" + "|".join(map(re.escape, CACHES)) + r")\.\d+\.[0-9a-f]{8}\.tmp'")
+
+
+def not_caches(events: list[list[str]]) -> list[list[str]]:
+    """``events`` without the writes of a scan's caches (the mode set right after a cache's temporary
+    file is made is its own)."""
+    left: list[list[str]] = []
+    cache_tmp = None
+    for event, arg in events:
+        tmp = _CACHE_TMP.fullmatch(arg) if event == "write" else None
+        if tmp is not None:
+            cache_tmp = tmp.group(1)
+            continue
+        if event == "os.chmod" and cache_tmp is not None and re.fullmatch(r"\(\d+, 420, -1\)", arg):
+            continue
+        if event == "os.rename" and cache_tmp is not None and re.fullmatch(
+                rf"\('\.{re.escape(cache_tmp)}\.\d+\.[0-9a-f]{{8}}\.tmp', '{re.escape(cache_tmp)}', \d+, \d+\)", arg):
+            cache_tmp = None
+            continue
+        if (event, arg) == ("os.mkdir", "('/run/restartctl', 493, -1)"):
+            continue
+        cache_tmp = None
+        left.append([event, arg])
+    return left
+
+
 def assert_quiet(run: Run) -> None:
-    """restartctl started no process (but the scan's own fork: security.md P9), wrote no file, changed no
-    file system state, imported only ours."""
-    assert run.audit["events"] == []
+    """restartctl started no process (but the scan's own fork: security.md P9), wrote no file but its caches
+    (E7), changed no other file system state, imported only ours."""
+    assert not_caches(run.audit["events"]) == []
     roots = tuple(r.rstrip("/") + "/" for r in (*run.audit["stdlib"], str(REPO / "restart")))
     foreign = {n: f for n, f in run.audit["modules"].items() if f and n != "__main__" and not f.startswith(roots)}
     assert foreign == {}
@@ -595,9 +625,12 @@ def canaries(c: Container) -> list[str]:
 
 
 def snapshot(c: Container) -> list[str]:
-    """What exists in /etc, /var/lib and /run (type, size, mtime, path), minus the harness's own churn."""
+    """What exists in /etc, /var/lib and /run (type, size, mtime, path), minus the harness's own churn and a
+    scan's caches (E7: the run directory and the caches in it)."""
     out = c.check(["find", "/etc", "/var/lib", "/run", "-xdev", "-printf", "%y %s %T@ %p\\0"])
-    return sorted(e for e in out.split("\0") if e and not e.endswith(" /run/systemd/inaccessible"))
+    mine = ("/run/restartctl", *(f"/run/restartctl/{name}" for name in CACHES))
+    return sorted(e for e in out.split("\0") if e and not e.endswith(" /run/systemd/inaccessible")
+                  and e.split(" ", 3)[-1] not in mine)
 
 
 def assert_terminal_safe(text: str) -> None:
