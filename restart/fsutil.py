@@ -18,6 +18,7 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 
 def untrusted(st: os.stat_result) -> str | None:
@@ -118,3 +119,27 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         write_at(dfd, path.name, data, mode=mode)
     finally:
         os.close(dfd)
+
+
+def read_kept(path: Path, limit: int) -> Any:
+    """What a run kept at ``path`` for the next (JSON), read by :func:`read_trusted` to ``limit`` bytes;
+    None when it is missing, untrusted, cut short or not JSON: the caller works it out afresh."""
+    import json  # (imported by every run that gets here; not by what imports this module only to write)
+
+    try:
+        return json.loads(read_trusted(path, limit))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def keep(path: Path, doc: object, *, limit: int | None = None, mode: int = 0o644) -> None:
+    """Keep ``doc`` (JSON) at ``path`` for the next run, by :func:`write_atomic`, when it takes at most
+    ``limit`` bytes; nothing when it cannot be (no trusted directory, data JSON cannot carry)."""
+    import json
+
+    try:
+        data = json.dumps(doc).encode()
+        if limit is None or len(data) <= limit:
+            write_atomic(path, data, mode=mode)
+    except (OSError, TypeError, ValueError, RecursionError):
+        pass

@@ -13,7 +13,6 @@ every hook run on a host with a kernel package.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
@@ -124,28 +123,23 @@ def _facts(running: str, version_text: str, stanzas: bytes, boot: dict[str, _Ker
 def _recalled(cache: Path, facts: list[object]) -> KernelStatus | None:
     """The answer kept for exactly these ``facts``; None when there is none, it was made from other
     facts, or anyone but root could have written it (never trusted then)."""
+    kept = fsutil.read_kept(cache / CACHE, CACHE_MAX)
+    if not (isinstance(kept, dict) and kept.get("facts") == facts):  # (facts: lists, str, float, None)
+        return None
     try:
-        kept = json.loads(fsutil.read_trusted(cache / CACHE, CACHE_MAX))
-        if not (isinstance(kept, dict) and kept.get("facts") == facts):  # (facts: lists, str, float, None)
-            return None
         state, running, *named, since, detail = kept["status"]  # the fields of KernelStatus, in order
         if not (isinstance(running, str) and isinstance(detail, str) and len(named) == 5
                 and all(v is None or isinstance(v, str) for v in named)
                 and (since is None or type(since) in (int, float))):
             return None
         return KernelStatus._make([KernelState(state), running, *named, since, detail])
-    except (OSError, ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError):
         return None
 
 
 def _remember(cache: Path, facts: list[object], status: KernelStatus) -> None:
     """Keep ``status`` for the next run (in root's own run directory only; nothing if it cannot)."""
-    try:
-        data = json.dumps({"facts": facts, "status": [status.state.value, *status[1:]]}).encode()
-        if len(data) <= CACHE_MAX:
-            fsutil.write_atomic(cache / CACHE, data)
-    except (OSError, ValueError):
-        pass
+    fsutil.keep(cache / CACHE, {"facts": facts, "status": [status.state.value, *status[1:]]}, limit=CACHE_MAX)
 
 
 def _installed_kernels(admindir: Path) -> dict[str, _Kernel]:

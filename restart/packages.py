@@ -12,7 +12,6 @@ Paths are compared in their canonical merged-/usr form: the database may say
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import time
@@ -137,6 +136,15 @@ def parse_diversions(text: bytes, aliases: frozenset[str]) -> list[Diversion]:
     return out
 
 
+def _keep_listing(cache: Path, doc: dict[str, object]) -> None:
+    """Keep the listing and its times in the run directory ``cache`` (made if need be: root's own;
+    nothing if it cannot be)."""
+    with suppress(OSError):
+        if not os.path.lexists(cache) and os.geteuid() == 0:
+            os.mkdir(cache, 0o755)
+    fsutil.keep(cache / LISTING, doc, limit=LISTING_MAX)
+
+
 def _plain_name(name: str) -> bool:
     """Whether ``name`` can be a ``.list`` file's name in ``info`` without its suffix (a kept listing's)."""
     return name not in ("", ".", "..") and "/" not in name and "\0" not in name
@@ -149,8 +157,6 @@ class DpkgDatabase:
         self.admindir = admindir
         self.root = root
         self.cache = cache  # the run directory, where the listing of info is kept (see _kept)
-        self._info_key: list[int] | None = None  # info's device, inode and mtime when _kept looked
-        self._info_quiet = False  # whether info had not changed for LISTING_QUIET seconds then
         self._list_cache: dict[str, bytes] = {}
         self._package_lists: dict[str, bytes] = {}
         self._canonical: dict[str, str] = {}  # the stages ask for the same stale paths' again and again
@@ -184,26 +190,30 @@ class DpkgDatabase:
         return {d.moved_to: d for d in self.diversions}
 
     @cached_property
-    def _kept(self) -> dict[str, float | None] | None:
-        """Each ``.list``'s package name and mtime as the run directory keeps them for ``info`` as it is
-        now (its device, inode and mtime: dpkg replaces a ``.list`` by a rename, which changes the
-        directory's mtime); None when none is kept for it, or it is not to be trusted."""
+    def _info(self) -> tuple[list[int], bool] | None:
+        """``info``'s device, inode and mtime (dpkg replaces a ``.list`` by a rename, which changes the
+        directory's mtime), and whether it had been unchanged for ``LISTING_QUIET`` seconds, when first
+        looked at: before its listing is read (see :attr:`_lists`).  None when it cannot be looked at."""
         try:
             st = os.stat(self.admindir / "info")
         except OSError:
             return None
-        self._info_key = [st.st_dev, st.st_ino, st.st_mtime_ns]
-        self._info_quiet = time.time() - st.st_mtime >= LISTING_QUIET
-        if self.cache is None:
+        return [st.st_dev, st.st_ino, st.st_mtime_ns], time.time() - st.st_mtime >= LISTING_QUIET
+
+    @cached_property
+    def _kept(self) -> dict[str, float | None] | None:
+        """Each ``.list``'s package name and mtime as the run directory keeps them for ``info`` as it is
+        now (:attr:`_info`); None when none is kept for it, or it is not to be trusted."""
+        if self._info is None or self.cache is None:
             return None
+        kept = fsutil.read_kept(self.cache / LISTING, LISTING_MAX)
         try:
-            kept = json.loads(fsutil.read_trusted(self.cache / LISTING, LISTING_MAX))
             names, times = kept["lists"]
-            if not (kept["info"] == self._info_key and isinstance(names, list) and isinstance(times, list)
+            if not (kept["info"] == self._info[0] and isinstance(names, list) and isinstance(times, list)
                     and len(names) == len(times) and all(type(n) is str and _plain_name(n) for n in names)
                     and all(t is None or type(t) is float for t in times)):
                 return None
-        except (OSError, ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError):
             return None
         return dict(zip(names, times, strict=True))
 
@@ -245,20 +255,10 @@ class DpkgDatabase:
                     times[path] = None
         finally:
             os.close(info)
-        if self.cache is not None and self._info_key is not None and self._info_quiet:
-            self._keep_listing(self.cache, [name for name, _ in self._lists], list(times.values()))
+        if self.cache is not None and self._info is not None and self._info[1]:
+            _keep_listing(self.cache, {"info": self._info[0], "lists": [[name for name, _ in self._lists],
+                                                                          list(times.values())]})
         return times
-
-    def _keep_listing(self, cache: Path, names: list[str], times: list[float | None]) -> None:
-        """Keep the listing and its times in the run directory ``cache`` (made if need be: root's own;
-        nothing if it cannot be)."""
-        data = json.dumps({"info": self._info_key, "lists": [names, times]}).encode()
-        if len(data) > LISTING_MAX:
-            return
-        with suppress(OSError):
-            if not os.path.lexists(cache) and os.geteuid() == 0:
-                os.mkdir(cache, 0o755)
-            fsutil.write_atomic(cache / LISTING, data)
 
     def _newest_first(self) -> list[tuple[str, str]]:
         return sorted(self._lists, key=lambda item: self._list_times[item[1]] or 0.0, reverse=True)

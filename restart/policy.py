@@ -12,7 +12,6 @@ root restarts.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -375,23 +374,15 @@ def _cached(cache: Path | None) -> dict[str, Any]:
     """The documents a previous run parsed, by their exact text; none when there is no trusted cache."""
     if cache is None:
         return {}
-    try:
-        raw = json.loads(fsutil.read_trusted(cache, 64 * MAX_BYTES))
-    except (OSError, ValueError, RecursionError):  # missing, untrusted, cut short by the limit, not JSON
-        return {}
+    raw = fsutil.read_kept(cache, 64 * MAX_BYTES)
     docs = raw.get("docs") if isinstance(raw, dict) and raw.get("key") == _CACHE_KEY else None
     return docs if isinstance(docs, dict) else {}
 
 
 def _keep(cache: Path, docs: dict[str, Any]) -> None:
     """Keep this run's documents for the next (root only, mode 0600, in a directory only root can write)."""
-    if os.geteuid() != 0:
-        return
-    try:
-        data = json.dumps({"key": _CACHE_KEY, "docs": docs}).encode()
-        fsutil.write_atomic(cache, data, mode=0o600)
-    except (OSError, TypeError, ValueError, RecursionError):  # no state directory yet, read-only, a TOML date
-        pass
+    if os.geteuid() == 0:  # (nothing when there is no state directory yet, or a TOML date is in a document)
+        fsutil.keep(cache, {"key": _CACHE_KEY, "docs": docs}, mode=0o600)
 
 
 def load(paths: Sequence[Path], cache: Path | None = None) -> Policy:
