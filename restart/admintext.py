@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
 
+from restart import TYPE_CHECKING
 from restart.plan import Status, make_plan
 from restart.policy import Act, Policy, Rule
 from restart.report import command, reboot_reason_lines, title
@@ -19,6 +19,8 @@ from restart.text import printable
 from restart.units import INIT, SYSTEM, USER, USER_MANAGER, UnitGroup, resolve, valid_unit_name
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from restart.reboot import RebootReason
 
 

@@ -16,9 +16,8 @@ import syslog
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING, NamedTuple, TextIO
 
-from restart import Importing, packages, plan, policy, report, state, units
+from restart import TYPE_CHECKING, Importing, NamedTuple, packages, plan, policy, report, state, units
 from restart.plan import Status
 from restart.roots import Roots
 from restart.runs import transaction_pids
@@ -26,6 +25,8 @@ from restart.scan import Findings, find
 from restart.text import clean, printable
 
 if TYPE_CHECKING:  # the executor and verification (systemctl, notifications) are imported when a restart is due
+    from typing import TextIO
+
     from restart import reboot, verify
     from restart.runner import Meanwhile
 

@@ -15,11 +15,13 @@ import select
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
 
-from restart import policy, report
+from restart import TYPE_CHECKING, policy, report
 from restart.plan import Action
 from restart.text import printable
+
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 def interactive() -> bool:

@@ -9,15 +9,15 @@ with Importing():
     import sys
     from collections.abc import Callable, Sequence
     from pathlib import Path
-    from typing import TYPE_CHECKING, Any, NoReturn
 
-    from restart import __version__, transaction
+    from restart import TYPE_CHECKING, __version__, transaction
     from restart.roots import Roots
     from restart.scan import find
     from restart.text import printable, tolerant_streams
 
 if TYPE_CHECKING:  # argparse is imported when a command line is parsed: never by the apt hook's (see main)
     import argparse
+    from typing import Any, NoReturn
 
     from restart import plan
 # plan, policy and report (with units) are imported where a command needs them: a scan's while its forked

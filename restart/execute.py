@@ -15,8 +15,8 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NamedTuple
 
+from restart import NamedTuple
 from restart import runner as _runner
 from restart.plan import EXECUTABLE, RESTARTS, Action, phase
 from restart.policy import Act, Settings

@@ -27,9 +27,8 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from restart import fsutil
+from restart import TYPE_CHECKING, fsutil
 from restart.kernel import KernelStatus
 from restart.plan import Action, Status
 from restart.policy import ACTIONS, Act
@@ -37,6 +36,9 @@ from restart.processes import OVER_BUDGET_SHOWN, ScanResult
 from restart.reboot import RebootReason, required_since, unpacked_at
 from restart.text import clean, printable
 from restart.units import CONTAINER, INIT, NONE, SESSION, SYSTEM, USER, USER_MANAGER, UnitGroup
+
+if TYPE_CHECKING:
+    from typing import Any
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS_NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")

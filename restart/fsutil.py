@@ -18,7 +18,11 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import Any
+
+from restart import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def untrusted(st: os.stat_result) -> str | None:

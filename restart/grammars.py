@@ -13,7 +13,8 @@ import functools
 import posixpath
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
+
+from restart import NamedTuple
 
 PYTHON, PERL, RUBY, NODE, SHELL, JAVA = "python", "perl", "ruby", "node", "shell", "java"
 INFER_MODULES = frozenset({PYTHON, PERL, RUBY, NODE})  # families whose modules are not held open

@@ -19,9 +19,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
 
-from restart import fsutil, packages, policy, state, transaction, units
+from restart import TYPE_CHECKING, fsutil, packages, policy, state, transaction, units
 from restart.apply import Log, Progress, Timeout, act
 from restart.procfs import CLEAN_ENV, ProcessGone, lineage, parse_status, read_proc
 from restart.roots import Roots
@@ -29,6 +28,7 @@ from restart.runs import LOCK, Process, process_start, run_lock
 
 if TYPE_CHECKING:
     import subprocess
+    from typing import TextIO
 
 AFTER_UU_MAX_WAIT = 6 * 3600.0
 DEFERRED_UNIT = "restartctl-after-unattended-upgrades.service"

@@ -37,7 +37,8 @@ import posixpath
 import re
 import stat
 from collections.abc import Callable
-from typing import NamedTuple
+
+from restart import NamedTuple
 
 MAX_BYTES = 1 << 20   # per file
 MAX_FILES = 16        # per process: the script, -c code and local modules beside it

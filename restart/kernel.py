@@ -18,9 +18,8 @@ import re
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import NamedTuple
 
-from restart import fsutil
+from restart import NamedTuple, fsutil
 from restart.packages import unpack_time
 
 

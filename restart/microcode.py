@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import NamedTuple
+
+from restart import NamedTuple
 
 MICROCODE_PACKAGES = {"GenuineIntel": "intel-microcode", "AuthenticAMD": "amd64-microcode"}
 

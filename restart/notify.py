@@ -19,8 +19,8 @@ import struct
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
+from restart import NamedTuple
 from restart.procfs import CLEAN_ENV, TTY_NR, stat_field
 from restart.runner import run
 from restart.text import printable

@@ -16,8 +16,8 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
+from restart import TYPE_CHECKING, NamedTuple
 from restart.grammars import NODE, PERL, PYTHON, RUBY, Interpreter, Script, interpreter_of, module_files, script_of
 from restart.packages import fs_decode, fs_encode
 from restart.processes import Evidence

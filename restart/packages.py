@@ -19,9 +19,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
 
-from restart import fsutil
+from restart import NamedTuple, fsutil
 
 # Top-level directories that a merged-/usr system turns into symlinks into /usr.
 _USR_ALIAS_CANDIDATES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libo32")

@@ -9,8 +9,8 @@ after ``--``.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import NamedTuple
 
+from restart import NamedTuple
 from restart.policy import Act, Policy, Rule, Settings, glob_matches, scope_of
 from restart.units import (
     CONTAINER,

@@ -21,11 +21,13 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, NamedTuple
 
-from restart import fsutil
+from restart import TYPE_CHECKING, NamedTuple, fsutil
 from restart.processes import Evidence, FileKind
 from restart.units import SYSTEM, UNIT_TYPES, USER
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Act(StrEnum):

@@ -45,10 +45,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from itertools import islice
 from pathlib import Path
-from typing import NamedTuple, NoReturn, TypeVar
 
-from restart import procfs, views
+from restart import TYPE_CHECKING, NamedTuple, TypeVar, procfs, views
 from restart.packages import canonical, fs_decode
+
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 class FileKind(StrEnum):

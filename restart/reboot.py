@@ -45,9 +45,8 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import NamedTuple
 
-from restart import fsutil
+from restart import NamedTuple, fsutil
 from restart.kernel import KernelStatus, kernel_status
 from restart.microcode import (
     MICROCODE_PACKAGES,

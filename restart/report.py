@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING, Any
 
+from restart import TYPE_CHECKING
 from restart.plan import EXECUTABLE, Action, Status
 from restart.policy import Act
 from restart.processes import OVER_BUDGET_SHOWN, ScanResult, StaleFile
@@ -29,6 +29,8 @@ from restart.units import (
 )
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from restart.reboot import RebootReason
     from restart.verify import Outcome  # only for annotations: keeps subprocess off the scan path
 

@@ -8,7 +8,8 @@ defaults.  Nothing else in the package hard-codes ``/proc``, ``/var/lib/dpkg``,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+
+from restart import NamedTuple
 
 _CHECKOUT_DATA = Path(__file__).resolve().parent.parent / "data"
 _INSTALLED_DATA = Path("/usr/share/restartctl")

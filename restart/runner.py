@@ -14,13 +14,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from restart import TYPE_CHECKING, Generic, TypeVar
 from restart.procfs import CLEAN_ENV
 
 if TYPE_CHECKING:
     import subprocess
     from subprocess import TimeoutExpired as TimeoutExpired  # (named here: see __getattr__)
+    from typing import Any
 
 OUTPUT_LIMIT = 1 << 20  # bytes kept of a program's stdout, and of its stderr
 

@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
-from typing import NamedTuple
 
-from restart import state
+from restart import NamedTuple, state
 from restart.procfs import STARTTIME, lineage, stat_field
 from restart.roots import Roots
 from restart.text import printable

@@ -9,9 +9,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
-from restart import fsutil, grammars, interpreters, observation, packages, processes, procfs, transaction
+from restart import (
+    TYPE_CHECKING,
+    NamedTuple,
+    fsutil,
+    grammars,
+    interpreters,
+    observation,
+    packages,
+    processes,
+    procfs,
+    transaction,
+)
 from restart.roots import Roots
 
 if TYPE_CHECKING:  # imported by find once the processes are scanned (the forked scanner does not need it)

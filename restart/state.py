@@ -17,11 +17,13 @@ import syslog
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
 
-from restart import fsutil
+from restart import TYPE_CHECKING, fsutil
 from restart.plan import Status
 from restart.procfs import STARTTIME, stat_field
+
+if TYPE_CHECKING:
+    from typing import Any
 
 STATE_SCHEMA = "restartctl-state/1"
 PENDING = "pending.json"

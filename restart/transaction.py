@@ -24,10 +24,13 @@ from collections.abc import Iterable
 from contextlib import suppress
 from itertools import pairwise
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
 
+from restart import TYPE_CHECKING, NamedTuple
 from restart.fsutil import trusted_dir
 from restart.packages import DpkgDatabase, list_paths, parse_md5sums
+
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 TRIGGERS = ("apt", "dpkg", "unattended-upgrades", "manual")  # who runs `restartctl hook`
 JOURNAL = "journal"

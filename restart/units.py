@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import NamedTuple
 
+from restart import NamedTuple
 from restart.packages import DpkgDatabase
 from restart.processes import FIRST_USER_UID, ProcessInfo, ScanResult, StaleFile
 

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
 
+from restart import TYPE_CHECKING, NamedTuple
 from restart import runner as _runner
 from restart.plan import Status
 from restart.procfs import ProcessGone, lineage, read_proc
@@ -35,6 +35,7 @@ from restart.units import (
 
 if TYPE_CHECKING:  # threading is imported only when a connection is made ahead (prepare)
     from threading import Thread
+    from typing import Any
 
 PROGRAMS = {"systemctl": "/usr/bin/systemctl", "invoke-rc.d": "/usr/sbin/invoke-rc.d"}
 POLICY_RC_D = "/usr/sbin/policy-rc.d"

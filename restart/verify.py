@@ -13,8 +13,8 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
-from typing import NamedTuple
 
+from restart import NamedTuple
 from restart import runner as _runner
 from restart.plan import Action, Status
 from restart.policy import Settings

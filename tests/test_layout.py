@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 ORDER = (
@@ -30,6 +32,8 @@ ORDER = (
     # ask: mode ask's question), and the entry points
     "runs", "ask", "apply", "hook", "cli", "__main__",
 )
+# What the package itself defines (restart/__init__.py), not modules of it
+PACKAGE_NAMES = ("__version__", "Importing", "TYPE_CHECKING", "NamedTuple", "Generic", "TypeVar")
 
 
 def imported(path: Path) -> set[str]:
@@ -37,7 +41,7 @@ def imported(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module == "restart":
-            found |= {a.name for a in node.names if a.name not in ("__version__", "NamedTuple", "Importing")}
+            found |= {a.name for a in node.names if a.name not in PACKAGE_NAMES}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("restart."):
             found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
@@ -73,3 +77,67 @@ def test_test_modules_share_helpers_through_tests_support_only() -> None:
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             offenders += [f"{path.name}: {n}" for n in names if n.startswith("tests.test_")]
     assert not offenders, offenders
+
+
+def test_typing_is_imported_only_for_the_type_checker() -> None:
+    """Why (issue 14): typing's import and its NamedTuple classes (each field's string annotation compiled
+    into a ForwardRef) were 6-7 ms of every run, ``apply``'s before its first restart and the apt hook's.
+    Every module names typing under ``if TYPE_CHECKING:`` only (the package's NamedTuple, Generic and
+    TypeVar stand in at run time), and no module of the standard library a run imports brings it back."""
+    outside = []
+    for path in sorted((REPO / "restart").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        checked = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+                   for statement in block.body for n in ast.walk(statement)}
+        outside += [f"{path.name}:{node.lineno}" for node in ast.walk(tree) if id(node) not in checked and (
+            (isinstance(node, ast.ImportFrom) and node.module == "typing")
+            or (isinstance(node, ast.Import) and any(a.name == "typing" for a in node.names)))]
+    assert outside == []
+    modules = sorted(f"restart.{p.stem}" for p in (REPO / "restart").glob("*.py") if p.stem != "__main__")
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r})\nimport contextlib, io, {', '.join(modules)}\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "    restart.cli.main(['--version'])\n"
+            "print('typing' in sys.modules)")
+    out = subprocess.run(["/usr/bin/python3", "-IS", "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.split() == ["False"], out.stdout + out.stderr
+
+
+def test_the_run_time_named_tuples_are_typing_s() -> None:
+    """The package's NamedTuple (at run time) makes the class typing's does: the same fields, defaults,
+    docstring, methods and class attributes, the same ``repr``, equality and ``_replace`` (only not typing's
+    ``__orig_bases__``, which nothing reads)."""
+    import typing
+
+    import restart
+
+    def point(base: Any) -> Any:
+        class Point(base):  # type: ignore[misc]
+            """A point."""
+
+            x: int
+            y: list[str] | None = None
+            z: int = 3
+            ORIGIN = "o"
+
+            def moved(self) -> int:
+                return self.x + self.z
+
+            @property
+            def far(self) -> bool:
+                return self.x > 10
+
+            @classmethod
+            def made(cls, x: int) -> Any:
+                return cls(x)
+        return Point
+
+    typings, ours = point(typing.NamedTuple), point(restart.NamedTuple)
+    for cls in (typings, ours):
+        p = cls.made(12)._replace(y=["a"])
+        assert (repr(p), p.moved(), p.far, p == (12, ["a"], 3), cls.ORIGIN) == \
+            ("Point(x=12, y=['a'], z=3)", 15, True, True, "o")
+    same = ("_fields", "_field_defaults", "__doc__", "__qualname__", "__module__", "__bases__")
+    assert [getattr(ours, a) for a in same] == [getattr(typings, a) for a in same]
+    assert ours is not typings and type(ours) is type(typings) is type
+    assert set(dir(typings)) - set(dir(ours)) == {"__orig_bases__"} and set(dir(ours)) <= set(dir(typings))
