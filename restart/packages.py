@@ -560,7 +560,7 @@ class PackageGraph(NamedTuple):
 
 
 _NOT_INSTALLED = ("not-installed", "config-files")
-_NAME = re.compile(r"(?:^|[,|])\s*([a-z0-9][a-z0-9+.-]*)")  # each alternative's name
+_NAME = r"(?:^|[,|])\s*([a-z0-9][a-z0-9+.-]*)"  # each alternative's name (compiled by re on first use)
 
 
 def dependency_graph(admindir: Path) -> PackageGraph:

@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 TRIGGERS = ("apt", "dpkg", "unattended-upgrades", "manual")  # who runs `restartctl hook`
 JOURNAL = "journal"
 LISTS = "lists"
-_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9-]+){0,2}")
-_SET_ASIDE = re.compile(r"\d+\.\d+")  # the suffix of what the hook's mv --backup set aside: .old.<epoch>.<pid>
+# Patterns as text: re compiles (and caches) them on first use, not at every import (a run without the
+# hook's journal uses neither before its first restart).
+_PACKAGE = r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9-]+){0,2}"
+_SET_ASIDE = r"\d+\.\d+"  # the suffix of what the hook's mv --backup set aside: .old.<epoch>.<pid>
 EVENTS = ("install", "upgrade", "downgrade", "configure", "remove", "purge", "error")
 
 
@@ -65,7 +67,7 @@ def package_name(text: str) -> str | None:
     Earlier versions of the pre-install hook appended the architecture to a name apt's
     protocol 3 already qualified (Multi-Arch: same), ``name:arch:arch``: read as ``name:arch``.
     """
-    if not _PACKAGE.fullmatch(text):
+    if not re.fullmatch(_PACKAGE, text):
         return None
     name, *arch = text.split(":")
     if len(arch) == 2 and arch[0] != arch[1]:
@@ -195,7 +197,7 @@ def kept_copy(filename: str, kind: str) -> tuple[str, bool] | None:
         return None
     if not rest:
         return name, False
-    return (name, True) if rest.startswith(".old.") and _SET_ASIDE.fullmatch(rest[5:]) else None
+    return (name, True) if rest.startswith(".old.") and re.fullmatch(_SET_ASIDE, rest[5:]) else None
 
 
 def old_files(run: Path, packages: frozenset[str], aliases: frozenset[str]) -> dict[str, str]:
@@ -325,6 +327,6 @@ def first_events(run: Path) -> dict[str, tuple[int, str]]:
     first: dict[str, tuple[int, str]] = {}
     for raw in data[:data.rfind(b"\n") + 1].split(b"\n"):
         fields = raw.decode("ascii", "replace").split(" ")
-        if len(fields) == 4 and fields[0].isdigit() and fields[2] in EVENTS and _PACKAGE.fullmatch(fields[3]):
+        if len(fields) == 4 and fields[0].isdigit() and fields[2] in EVENTS and re.fullmatch(_PACKAGE, fields[3]):
             first.setdefault(fields[3].partition(":")[0], (int(fields[0]), fields[2]))
     return first
