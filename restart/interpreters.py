@@ -78,7 +78,6 @@ lists of the few packages that matter, never all of them.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import os
 import posixpath
@@ -237,6 +236,8 @@ class Context:
         """Packages (without architecture) unpacked after ``start`` (plus the tolerance)."""
         if self.last_change <= start + self.tolerance:
             return []  # dpkg has not run since: nothing to look up
+        import bisect  # only here: most runs look at no interpreted program
+
         times, names = self._unpacked
         return names[bisect.bisect_right(times, start + self.tolerance):]
 
