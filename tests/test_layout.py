@@ -81,7 +81,7 @@ def test_test_modules_share_helpers_through_tests_support_only() -> None:
 
 def test_typing_is_imported_only_for_the_type_checker() -> None:
     """Why (issue 14): typing's import and its NamedTuple classes (each field's string annotation compiled
-    into a ForwardRef) were 6-7 ms of every run, ``apply``'s before its first restart and the apt hook's.
+    into a ForwardRef) were ~5 ms of every run, ``apply``'s before its first restart and the apt hook's.
     Every module names typing under ``if TYPE_CHECKING:`` only (the package's NamedTuple, Generic and
     TypeVar stand in at run time), and no module of the standard library a run imports brings it back.
     Nor ``glob`` and ``bisect`` (0.4 ms), which only a look at interpreted programs (and a bare package
@@ -108,7 +108,8 @@ def test_typing_is_imported_only_for_the_type_checker() -> None:
 def test_the_run_time_named_tuples_are_typing_s() -> None:
     """The package's NamedTuple (at run time) makes the class typing's does: the same fields, defaults,
     docstring, methods and class attributes, the same ``repr``, equality and ``_replace`` (only not typing's
-    ``__orig_bases__``, which nothing reads)."""
+    ``__orig_bases__`` and its annotations as ForwardRefs, which nothing reads)."""
+    import inspect
     import typing
 
     import restart
@@ -142,4 +143,6 @@ def test_the_run_time_named_tuples_are_typing_s() -> None:
     same = ("_fields", "_field_defaults", "__doc__", "__qualname__", "__module__", "__bases__")
     assert [getattr(ours, a) for a in same] == [getattr(typings, a) for a in same]
     assert ours is not typings and type(ours) is type(typings) is type
+    assert [(p.name, p.default) for p in inspect.signature(ours).parameters.values()] == \
+        [(p.name, p.default) for p in inspect.signature(typings).parameters.values()]
     assert set(dir(typings)) - set(dir(ours)) == {"__orig_bases__"} and set(dir(ours)) <= set(dir(typings))
