@@ -171,6 +171,30 @@ def test_owner_lookup_reads_newest_lists_first_and_stops(merged_root: Path, tmp_
     assert len(db._list_cache) == 1  # the newest list answered; no other was read
 
 
+def test_owners_break_ties_in_the_listing_order_and_a_list_gone_meanwhile_counts_as_oldest(
+        merged_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: the lists' times are stat()ed in one pass over the listing (issue 14: 0.2-0.3 ms of every scan
+    after an upgrade); the owner of a file in two lists must stay the one it always was: the newer list's,
+    between equal times the one listed first, and a list that vanished after the listing (dpkg removing a
+    package meanwhile) is the oldest, read as empty, and every other list keeps its time."""
+    shared = "/usr/lib/x86_64-linux-gnu/libshared.so.1"
+    lists = {name: [shared, f"/usr/lib/{name}.so"] for name in ("a", "b", "c", "d")}
+    admin = write_db(tmp_path / "admin", lists, ages={"a": 5, "b": 5, "c": 5, "d": 1})
+    first = next(n[:-5] for n in os.listdir(admin / "info") if n[:-5] in ("a", "b", "c"))
+    assert DpkgDatabase(admin, merged_root).owners([shared]) == {shared: first}
+    os.utime(admin / "info" / "d.list", (1_700_000_009, 1_700_000_009))
+    db = DpkgDatabase(admin, merged_root)
+    assert db.owners([shared]) == {shared: "d"}
+    # d vanishes between the listing and the stat() of the lists: the rest keep their times and order
+    db = DpkgDatabase(admin, merged_root)
+    assert db.installed_packages() == ["a", "b", "c", "d"]
+    (admin / "info" / "d.list").unlink()
+    assert db.unpack_times() == {"a": 1_700_000_005, "b": 1_700_000_005, "c": 1_700_000_005}
+    assert db.owners([shared]) == {shared: first}
+    assert list(db._list_cache) == [first]  # the vanished list came last: it was not read before the answer
+    assert db.owners(["/usr/lib/d.so"]) == {}
+
+
 def test_non_utf8_paths_survive(merged_root: Path, tmp_path: Path) -> None:
     admin = tmp_path / "admin"
     (admin / "info").mkdir(parents=True)

@@ -604,9 +604,9 @@ def test_a_transaction_reads_only_its_own_packages_lists(tmp_path: Path, capsys:
     read: list[str] = []
     real_read, real_package = DpkgDatabase._read_list, DpkgDatabase.package_list
 
-    def spy_read(self: DpkgDatabase, name: str, path: str) -> bytes:
+    def spy_read(self: DpkgDatabase, name: str) -> bytes:
         read.append(name)
-        return real_read(self, name, path)
+        return real_read(self, name)
 
     def spy_package(self: DpkgDatabase, package: str) -> bytes:
         read.append(package)
