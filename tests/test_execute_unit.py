@@ -211,8 +211,9 @@ def test_a_unit_whose_check_failed_is_not_restarted_again_for_the_same_processes
     from restart import report, state
     state.save_pending(tmp_path, "boot", trigger="apt", packages=frozenset({"libc6"}),
                        units=report.run_units([action], [outcome]))
-    assert state.failed_checks(tmp_path, "boot") == {(SYSTEM, "leaky.service", None): frozenset({60})}
-    assert state.failed_checks(tmp_path, "another boot") == {}
+    record = state.read_json(tmp_path, state.PENDING)
+    assert state.failed_checks(record, "boot") == {(SYSTEM, "leaky.service", None): frozenset({60})}
+    assert state.failed_checks(record, "another boot") == {}
 
 
 def test_notification_bodies_are_markup_escaped() -> None:
