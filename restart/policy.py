@@ -97,11 +97,11 @@ class Rule(NamedTuple):
     def matches(self, unit: str, scope: str, packages: Iterable[str]) -> bool:
         if self.scope != "any" and self.scope != scope:
             return False
-        if self.units and not any(glob_matches(unit, g) for g in self.units):
+        if self.units and not any_matches(unit, self.units):
             return False
         if self.packages:
             names = [p.partition(":")[0] for p in packages]
-            return any(glob_matches(n, g) for n in names for g in self.packages)
+            return any(any_matches(n, self.packages) for n in names)
         return True
 
 
@@ -124,6 +124,23 @@ def glob_matches(name: str, glob: str) -> bool:
             return False
         at += len(piece)
     return True
+
+
+# A rule's globs -> those without a wildcard (names: one set lookup for all of them) and the others.
+_PLAIN: dict[tuple[str, ...], tuple[frozenset[str], tuple[str, ...]]] = {}
+
+
+def any_matches(name: str, globs: tuple[str, ...]) -> bool:
+    """Whether one of ``globs`` matches ``name`` (:func:`glob_matches`): the plain names among them are
+    looked up in a set, split from the rest once per tuple (the vendor rules' 65 unit globs, 48 of them
+    names, were 1,950 calls for 30 stale units, 0.3 ms before the first restart)."""
+    try:
+        plain, wild = _PLAIN[globs]
+    except KeyError:
+        plain = frozenset(g for g in globs if "*" not in g and "?" not in g and "[" not in g)
+        wild = tuple(g for g in globs if g not in plain)
+        _PLAIN[globs] = plain, wild
+    return name in plain or any(glob_matches(name, g) for g in wild)
 
 
 class Policy(NamedTuple):

@@ -271,3 +271,17 @@ def test_a_glob_matches_exactly_what_fnmatchcase_matches() -> None:
         assert glob_matches(name, glob) == fnmatchcase(name, glob), (name, glob)
     assert glob_matches("systemd-logind.service", "systemd-*") and not glob_matches("dbus.service", "systemd-*")
     assert glob_matches("getty@tty1.service", "*@*.service") and not glob_matches("a@.socket", "*@*.service")
+
+
+def test_a_rules_globs_match_as_fnmatch_says_with_its_plain_names_looked_up_at_once() -> None:
+    """Why: a rule's names without a wildcard are found in a set (issue 14): a glob with one, or with a
+    bracket (``[d].service`` is not that name), must still match as fnmatch says."""
+    from fnmatch import fnmatchcase
+
+    from restart.policy import any_matches
+
+    globs = ("a.service", "b*.service", "c?.service", "[d].service", "e[!x]@*.service")
+    for name in ("a.service", "a.servicex", "bb.service", "b.service", "c1.service", "c.service", "d.service",
+                 "[d].service", "ey@1.service", "ex@1.service", "b*.service"):
+        assert any_matches(name, globs) == any(fnmatchcase(name, g) for g in globs), name
+    assert not any_matches("a.service", ())
