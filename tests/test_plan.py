@@ -285,3 +285,16 @@ def test_a_rules_globs_match_as_fnmatch_says_with_its_plain_names_looked_up_at_o
                  "[d].service", "ey@1.service", "ex@1.service", "b*.service"):
         assert any_matches(name, globs) == any(fnmatchcase(name, g) for g in globs), name
     assert not any_matches("a.service", ())
+
+
+def test_a_rule_header_is_told_as_its_pattern_would_tell_it() -> None:
+    """Why (issue 14): a rule's source line is found without compiling a pattern in every run; what
+    counts as a ``[[rule]]`` header (and what does not) stays what the pattern said."""
+    import re
+
+    from restart.policy import rule_header
+
+    pattern = re.compile(r"\s*\[\[\s*rule\s*\]\]")
+    for line in ("[[rule]]", "  [[ rule ]]  # x", "\t[[\u00a0rule\t]]", "[[rules]]", "[[rule]", "[rule]]", "[ [rule]]",
+                 "# [[rule]]", "[[ruler]]", "[[]]", "", "[[rule ]]x", "[[settings]]", "[[rule", "rule]]"):
+        assert rule_header(line) == bool(pattern.match(line)), line
