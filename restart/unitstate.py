@@ -345,7 +345,9 @@ def prepare(timeout: float) -> None:
     except (OSError, struct.error):
         return
     bus.kept = time.monotonic()
-    _ahead[:] = [bus]
+    earlier, _ahead[:] = list(_ahead), [bus]
+    for unused in earlier:
+        unused.close()
 
 
 def release() -> None:

@@ -547,6 +547,17 @@ def test_pid1s_socket_can_be_connected_ahead_of_the_first_question(tmp_path: Pat
             assert pid1.connections == connections
         finally:
             pid1.close()
+    # Made ahead again: the one made before is closed, not left open until the interpreter collects it.
+    path.unlink()
+    pid1 = FakePid1(path, units={"a.service": {"ActiveState": "active", "MainPID": "42"}})
+    try:
+        unitstate.prepare(5)
+        first = unitstate._ahead[0]
+        unitstate.prepare(5)
+        assert first.sock.fileno() == -1 and unitstate._ahead[0] is not first
+        assert unitstate.bus_states(["a.service"], 2)["a.service"]["MainPID"] == "42"
+    finally:
+        pid1.close()
 
 
 def test_properties_of_units_loaded_to_be_asked_about_are_still_read_on_the_bus(
