@@ -148,10 +148,10 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
             and shutting_down():
         log.info("the system is shutting down: restarting nothing (mode list)")
         mode = "list"
-    recovered = recover(roots, log, findings)
+    boot = state.boot_id(roots.proc)
+    recovered = recover(roots, log, findings, boot)
     # The last run's record, read once (under the run's lock no one else writes it): for the units whose
     # check failed in it, and for what this run's record keeps of it.
-    boot = state.boot_id(roots.proc)
     record = state.read_json(roots.state, state.PENDING)
     # The checks after the restarts look their packages' files up (find's only_packages): the database's
     # indexes for that are built while the first restart runs, not after it (0.4 ms before the wave's).
@@ -363,13 +363,13 @@ class ActionLog:
         state.save_actions(self.directory, self.boot, pid=os.getpid(), trigger=self.trigger, entries=self.entries)
 
 
-def recover(roots: Roots, log: Log, findings: Findings) -> list[dict[str, object]]:
+def recover(roots: Roots, log: Log, findings: Findings, boot: str) -> list[dict[str, object]]:
     """Report, once, what a run that never finished (killed, out of time) restarted or was restarting.
 
     Each such unit is checked again: still on replaced files (it is among this run's
     findings, which this run then handles), or active again.  Returns their records.
     """
-    pid, entries = state.interrupted(roots.state, state.boot_id(roots.proc), log=log.error)
+    pid, entries = state.interrupted(roots.state, boot, log=log.error)
     stale = {(g.kind, g.name, g.uid) for g in findings.groups}
     records: list[dict[str, object]] = []
     for e in entries:
