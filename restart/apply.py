@@ -27,7 +27,7 @@ from restart.text import clean, printable
 if TYPE_CHECKING:  # the executor and verification (systemctl, notifications) are imported when a restart is due
     from typing import TextIO
 
-    from restart import reboot, verify
+    from restart import execute, reboot, verify
     from restart.runner import Meanwhile
 
 
@@ -149,7 +149,11 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
             and shutting_down():
         log.info("the system is shutting down: restarting nothing (mode list)")
         mode = "list"
-    recovered = recover(roots, log, findings)
+    boot = state.boot_id(roots.proc)
+    recovered = recover(roots, log, findings, boot)
+    # The last run's record, read once (under the run's lock no one else writes it): for the units whose
+    # check failed in it, and for what this run's record keeps of it.
+    record = state.read_json(roots.state, state.PENDING)
     # The checks after the restarts look their packages' files up (find's only_packages): the database's
     # indexes for that are built while the first restart runs, not after it (0.4 ms before the wave's).
     ahead = Ahead(roots, lambda: db.files_of(sorted({p for a in actions if a.action in plan.EXECUTABLE
@@ -178,7 +182,7 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
                                  default_yes=pol.settings.ask_default == "yes")
             interrupted = _carry_out(roots, trigger, log, actions, pol.settings, outcomes, failed=failed,
                                      deadline=deadline, earlier=earlier, quiet=quiet, db=db, first=ahead.start,
-                                     choose=choose)
+                                     choose=choose, boot=boot, again=state.failed_checks(record, boot))
             lines = report.applied_lines(actions, outcomes, failed=failed, progress_shown=True, earlier=earlier)
             if interrupted:
                 lines.append(report.cut_short_line(actions, outcomes, interrupted))
@@ -186,16 +190,15 @@ def act(roots: Roots, trigger: str, log: Log, *, scope: list[str] | None, old_fi
         still = frozenset(p for a in actions if id(a) not in done for p in a.group.packages)
         # Not all looked at: the next run looks again at every package changed since the last complete run.
         missed = [report.unscanned_note(findings.scan)] if findings.scan.unscanned else []
-        boot = state.boot_id(roots.proc)
         units_now = state.with_processes(recovered + report.run_units(actions, outcomes), roots.proc)
-        still, recorded = state.merge_pending(state.read_json(roots.state, state.PENDING), boot, scope=scope,
-                                              complete=not missed, packages=still, units=units_now)
+        still, recorded = state.merge_pending(record, boot, scope=scope, complete=not missed, packages=still,
+                                              units=units_now)
         unsaved: OSError | None = None
         try:
             state.save_pending(roots.state, boot, trigger=trigger, packages=still, units=recorded,
                                journal=progress.journal if progress else None,
                                started=progress.started if progress and not missed else None,
-                               incomplete=missed if progress or missed else None)
+                               incomplete=missed if progress or missed else None, previous=record)
             state.clear_actions(roots.state)  # they are in the record now
         except OSError as e:  # a full /var/lib: still shown, then the error (and the journal is read again)
             unsaved = e
@@ -242,15 +245,17 @@ class Interrupts:
 def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action], settings: policy.Settings,
                outcomes: list[verify.Outcome], *, failed: list[str], deadline: float,
                choose: Callable[[list[plan.Action]], list[bool | None]] | None, earlier: set[int],
-               quiet: bool, db: packages.DpkgDatabase, first: Callable[[], None] = lambda: None) -> str:
+               quiet: bool, db: packages.DpkgDatabase, boot: str, again: execute.Earlier,
+               first: Callable[[], None] = lambda: None) -> str:
     """Restart as planned, one progress line as each unit is done; returns what cut it short, if anything:
     "interrupted" (Ctrl-C, a hang-up) or "out of time" (the hook's watchdog; the time left to record
     what was done is the watchdog's grace).
 
     ``outcomes`` fills as the restarts finish, so that an interrupted run still records them; each
     action is also on record before it is taken (:class:`ActionLog`).  ``db``: the dpkg database as
-    the scan read it, for the checks after the restarts; ``first`` is told as each restart is under way
-    (PID 1 starting its units: see :func:`restart.unitstate.bus_restart`).
+    the scan read it, for the checks after the restarts; ``boot``: this boot's id; ``again``: the units
+    whose check failed in its last run (:func:`restart.state.failed_checks`); ``first`` is told as each
+    restart is under way (PID 1 starting its units: see :func:`restart.unitstate.bus_restart`).
     """
     intro = report.intro_lines(actions, failed=failed, asking=choose is not None, earlier=earlier,
                                seconds=deadline - time.monotonic(), default_yes=settings.ask_default == "yes")
@@ -279,7 +284,7 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
         return [_left(find(roots, only_packages=list(g.packages), pids=pids, deadline=until,
                            users=pids is not None, db=db), g) for g, pids in checks]
 
-    record = ActionLog(roots, trigger, log)
+    record = ActionLog(roots, trigger, log, boot)
 
 
     def progress(outcome: verify.Outcome) -> None:
@@ -300,7 +305,7 @@ def _carry_out(roots: Roots, trigger: str, log: Log, actions: list[plan.Action],
             execute.apply(actions, settings, proc=roots.proc, run_dir=roots.run, deadline=deadline,
                           still_stale=still_stale, choose=choose, report=progress,
                           cgroupfs=roots.root / "sys" / "fs" / "cgroup", log=note, intend=record.intend,
-                          earlier=state.failed_checks(roots.state, state.boot_id(roots.proc)), begun=under_way)
+                          earlier=again, begun=under_way)
         finally:
             introduce()  # (nothing was restarted or said: still before the report)
     except KeyboardInterrupt:
@@ -324,8 +329,8 @@ class ActionLog:
     """Each action on record in the state before it is taken (an intent) and after (its outcome),
     so that a run killed at any point leaves what it did, or was doing, for the next run."""
 
-    def __init__(self, roots: Roots, trigger: str, log: Log) -> None:
-        self.directory, self.boot, self.trigger, self.log = roots.state, state.boot_id(roots.proc), trigger, log
+    def __init__(self, roots: Roots, trigger: str, log: Log, boot: str) -> None:
+        self.directory, self.boot, self.trigger, self.log = roots.state, boot, trigger, log
         self.entries: list[dict[str, object]] = []
         self.index: dict[int, int] = {}
 
@@ -359,13 +364,13 @@ class ActionLog:
         state.save_actions(self.directory, self.boot, pid=os.getpid(), trigger=self.trigger, entries=self.entries)
 
 
-def recover(roots: Roots, log: Log, findings: Findings) -> list[dict[str, object]]:
+def recover(roots: Roots, log: Log, findings: Findings, boot: str) -> list[dict[str, object]]:
     """Report, once, what a run that never finished (killed, out of time) restarted or was restarting.
 
     Each such unit is checked again: still on replaced files (it is among this run's
     findings, which this run then handles), or active again.  Returns their records.
     """
-    pid, entries = state.interrupted(roots.state, state.boot_id(roots.proc), log=log.error)
+    pid, entries = state.interrupted(roots.state, boot, log=log.error)
     stale = {(g.kind, g.name, g.uid) for g in findings.groups}
     records: list[dict[str, object]] = []
     for e in entries:

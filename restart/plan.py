@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from restart import NamedTuple
-from restart.policy import Act, Policy, Rule, Settings, glob_matches, scope_of
+from restart.policy import Act, Policy, Rule, Settings, any_matches, glob_matches, scope_of
 from restart.units import (
     CONTAINER,
     INIT,
@@ -178,8 +178,7 @@ def phase(action: Action, settings: Settings) -> tuple[int, int]:
     """Run order, and the executor's phases: the policy's first globs, PID 1, system services, user
     managers and units, its last globs."""
     name = action.group.name or ""
-    band = (0 if any(glob_matches(name, g) for g in settings.restart_first) else
-            2 if any(glob_matches(name, g) for g in settings.restart_last) else 1)
+    band = 0 if any_matches(name, settings.restart_first) else 2 if any_matches(name, settings.restart_last) else 1
     kind = {INIT: 0, SYSTEM: 1, USER_MANAGER: 2, USER: 3}.get(action.group.kind, 4)
     return band, kind
 

@@ -92,8 +92,9 @@ def translate(e: OSError) -> Exception:
     return e
 
 
-def read_proc(dfd: int, name: str) -> bytes:
-    """Read one /proc file relative to the process directory, mapping errors once.
+def read_proc(dfd: int | None, name: str) -> bytes:
+    """Read one /proc file relative to the process directory, mapping errors once (``dfd`` None:
+    ``name`` is its whole path).
 
     To the end: a /proc seq_file hands out about a page per read() whatever the buffer
     size, so a short read is no sign of the end.
@@ -215,10 +216,12 @@ def stat_fields(data: bytes) -> list[bytes]:
 
 
 def stat_field(proc: Path, pid: int, index: int) -> int | None:
-    """One numeric field of ``/proc/PID/stat`` (see :func:`stat_fields`); None when it cannot be read."""
+    """One numeric field of ``/proc/PID/stat`` (see :func:`stat_fields`); None when it cannot be read.
+    Read by its path as a string, not pathlib's ``read_bytes``: 4 against 9 us a process, 2 against 6 for
+    one that exited (each unit of an apply's record, its stale processes, after their restart)."""
     try:
-        return int(stat_fields((proc / str(pid) / "stat").read_bytes())[index])
-    except (OSError, IndexError, ValueError):
+        return int(stat_fields(read_proc(None, f"{proc}/{pid}/stat"))[index])
+    except (OSError, ProcessGone, IndexError, ValueError):
         return None
 
 

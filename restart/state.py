@@ -210,9 +210,9 @@ def last_complete(record: dict[str, Any] | None) -> tuple[float | None, list[str
     return record.get("complete"), list(record.get("incomplete", []))
 
 
-def failed_checks(directory: Path, boot: str) -> dict[tuple[str, str | None, int | None], frozenset[int]]:
-    """Units whose check after a restart found processes still stale, in the last run of this boot."""
-    doc = read_json(directory, PENDING)
+def failed_checks(doc: dict[str, Any] | None, boot: str) -> dict[tuple[str, str | None, int | None], frozenset[int]]:
+    """Units whose check after a restart found processes still stale, in the last run of this boot
+    (``doc``: its record, as :func:`read_json` read it)."""
     if doc is None or doc.get("boot_id") != boot or not boot or not isinstance(doc.get("units"), list):
         return {}
     found = {}
@@ -225,18 +225,20 @@ def failed_checks(directory: Path, boot: str) -> dict[tuple[str, str | None, int
 
 def save_pending(directory: Path, boot: str, *, trigger: str, packages: frozenset[str],
                  units: list[dict[str, Any]], journal: tuple[int, int] | None = None,
-                 started: float | None = None, incomplete: list[str] | None = None) -> None:
+                 started: float | None = None, incomplete: list[str] | None = None,
+                 previous: dict[str, Any] | None = None) -> None:
     """One record of the run: its findings, and (for a run that read the journal) how far it read,
     in the same atomic write, so that the cursor never moves without the findings or back.
 
     ``started`` is when a run that missed nothing began; ``incomplete`` says what a run missed
     (the next run then looks at every package changed since the last complete one).  A run
-    that did not read the journal (``apply``) carries both over from the record it replaces.
+    that did not read the journal (``apply``) carries both over from the record it replaces,
+    ``previous`` (as :func:`read_json` read it, under the run's lock: an apply read it once, not three
+    times, 0.3 ms each for 30 units, two of them after its last restart).
     """
     doc: dict[str, Any] = {
         "schema": STATE_SCHEMA, "boot_id": boot, "time": int(time.time()), "trigger": trigger,
         "packages": sorted(packages), "units": units}
-    previous = read_json(directory, PENDING)
     if previous is not None and previous.get("boot_id") == boot:
         carried = ("journal", "complete", "incomplete") if journal is None else ("complete",)
         doc.update({k: previous[k] for k in carried if k in previous})

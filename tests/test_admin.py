@@ -62,6 +62,20 @@ def test_a_scoped_run_merges_into_the_pending_record(tmp_path: Path) -> None:
     assert sorted(u["unit"] for u in doc["units"]) == ["demod.service", "other.service"]
 
 
+def test_an_apply_keeps_what_only_a_hook_run_records(tmp_path: Path) -> None:
+    """Why: an apply reads the last record once, before its restarts, and replaces it at the end: how far
+    the hook runs read the journal, when the last complete one began and what the runs since missed
+    must come through (else the next hook run reads the whole journal again, or forgets a gap)."""
+    _, roots = fixture_host(tmp_path)
+    state.save_pending(roots.state, BOOT, trigger="apt", packages=frozenset(), units=[], journal=(5, 38),
+                       started=1000.0, incomplete=["the journal lost events"])
+    act(roots, None, deadline=time.monotonic() + 60)
+    doc = record(roots)
+    assert doc["trigger"] == "manual" and [u["unit"] for u in doc["units"]] == ["demod.service"]
+    assert (doc["journal"], doc["complete"], doc["incomplete"]) == \
+        ({"inode": 5, "offset": 38}, 1000.0, ["the journal lost events"])
+
+
 def test_a_scoped_run_settles_what_it_looked_at(tmp_path: Path) -> None:
     _, roots = fixture_host(tmp_path)
     earlier_record(roots)

@@ -56,7 +56,9 @@ def test_a_run_cut_short_by_the_watchdog_records_and_names_what_it_did_not_attem
     monkeypatch.setattr(apply, "Importing", Importing)
     why = apply._carry_out(roots, "apt", log, actions, Settings(), outcomes, failed=[], choose=None,
                            deadline=time.monotonic() + 60, earlier=set(), quiet=True,
-                           db=packages.DpkgDatabase(tmp_path / "dpkg", tmp_path), first=lambda: begun.append(1))
+                           db=packages.DpkgDatabase(tmp_path / "dpkg", tmp_path),
+                           boot=state.boot_id(roots.proc), again={},
+                           first=lambda: begun.append(1))
     assert why == "out of time" and outcomes == [] and begun == [1] and importing == [True, False]
     assert report.cut_short_line(actions, outcomes, why) == \
         "out of time: 2 units not handled stay pending: a.service, b.service"
@@ -183,6 +185,7 @@ def test_the_intro_is_said_as_the_first_restart_is_under_way_and_before_anything
     why = apply._carry_out(roots, "manual", log, actions, Settings(), [], failed=[], choose=None,
                            deadline=time.monotonic() + 60, earlier=set(), quiet=False,
                            db=packages.DpkgDatabase(tmp_path / "dpkg", tmp_path),
+                           boot=state.boot_id(roots.proc), again={},
                            first=under_way)
     intro = out.getvalue().splitlines()[0]
     assert why == "out of time" and "replaced files" in intro, out.getvalue()

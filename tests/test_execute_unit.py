@@ -96,12 +96,15 @@ def test_own_ancestry_is_never_restarted(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("layout", ["", "unified", "systemd"])  # cgroup v2, hybrid, v1's name=systemd
-def test_a_units_processes_come_from_its_cgroup_and_the_cgroups_below(tmp_path: Path, layout: str) -> None:
+def test_a_units_processes_come_from_its_cgroup_and_the_cgroups_below(tmp_path: Path, layout: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     top = tmp_path.joinpath(*filter(None, [layout, "system.slice", "demo.service"]))
     (top / "worker").mkdir(parents=True)
     (top / "cgroup.procs").write_text("10\n11\n")
     (top / "worker" / "cgroup.procs").write_text("12\n")
     (tmp_path.joinpath(*filter(None, [layout, "system.slice"])) / "cgroup.procs").write_text("99\n")
+    # (issue 14: a unit's directory in each layout is a string, not three pathlib joins for each unit)
+    monkeypatch.setattr(Path, "joinpath", lambda *a: pytest.fail("a pathlib join"))
     assert sorted(unitstate.unit_pids(tmp_path, "/system.slice/demo.service") or []) == [10, 11, 12]
     if layout != "systemd":  # cgroup v2 counts the cgroups below: a leaf's processes are read without a walk
         (top / "cgroup.stat").write_text("nr_descendants 1\nnr_dying_descendants 0\n")
@@ -211,8 +214,9 @@ def test_a_unit_whose_check_failed_is_not_restarted_again_for_the_same_processes
     from restart import report, state
     state.save_pending(tmp_path, "boot", trigger="apt", packages=frozenset({"libc6"}),
                        units=report.run_units([action], [outcome]))
-    assert state.failed_checks(tmp_path, "boot") == {(SYSTEM, "leaky.service", None): frozenset({60})}
-    assert state.failed_checks(tmp_path, "another boot") == {}
+    record = state.read_json(tmp_path, state.PENDING)
+    assert state.failed_checks(record, "boot") == {(SYSTEM, "leaky.service", None): frozenset({60})}
+    assert state.failed_checks(record, "another boot") == {}
 
 
 def test_notification_bodies_are_markup_escaped() -> None:
@@ -508,36 +512,53 @@ def test_one_connection_to_pid1_carries_a_check_then_restarts(tmp_path: Path, mo
 def test_pid1s_socket_can_be_connected_ahead_of_the_first_question(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Why (issue 14): the canary's check connected to PID 1's socket first (about 2 ms) on the way to its
-    restart; ``prepare`` connects in a thread while the run works on, and the check uses that connection.
-    A socket that cannot be used leaves nothing behind: the check connects (and falls back) itself."""
+    restart; ``prepare`` connects and sends the handshake while the run works on, and the check reads PID
+    1's answer and uses that connection.  No thread: starting one and getting the interpreter back cost
+    the run 0.3-2.1 ms before the canary.  A socket that cannot be used leaves nothing behind: the check
+    connects (and falls back) itself; nor is one made longer than ``KEEP_SECONDS`` ago used."""
     from tests.support.fakebus import FakePid1
 
     path = tmp_path / "private"
     monkeypatch.setattr(unitstate, "SYSTEMD_BUS", str(path))
     unitstate.prepare(1)  # no socket yet: nothing kept
-    time.sleep(0.1)
-    assert unitstate._kept == []
+    assert unitstate._ahead == [] and unitstate._kept == []
     pid1 = FakePid1(path, units={"a.service": {"ActiveState": "active", "MainPID": "42"}})
     try:
+        threads = threading.active_count()
         unitstate.prepare(5)
+        assert threading.active_count() == threads and len(unitstate._ahead) == 1
         deadline = time.monotonic() + 5
-        while not unitstate._kept and time.monotonic() < deadline:
+        while not pid1.connections and time.monotonic() < deadline:
             time.sleep(0.01)
         assert pid1.connections == 1 and pid1.calls == []  # connected, nothing asked yet
         assert unitstate.bus_states(["a.service"], 5)["a.service"]["MainPID"] == "42"
-        assert pid1.connections == 1
+        assert pid1.connections == 1 and unitstate._ahead == []
     finally:
         pid1.close()
-    # A question while the connection is still being made (PID 1 slow to answer its handshake) waits
-    # for it instead of making a second one (which this stand-in, one connection at a time, would
-    # serve only once the first is closed: never in time).
+    # A question while PID 1 is slow to answer the handshake waits for that answer instead of making a
+    # second connection (which this stand-in, one connection at a time, would serve only once the first
+    # is closed: never in time).
+    for keep, connections in ((5.0, 1), (0.0, 2)):
+        monkeypatch.setattr(unitstate, "KEEP_SECONDS", keep)
+        path.unlink()
+        pid1 = FakePid1(path, units={"a.service": {"ActiveState": "active", "MainPID": "42"}})
+        pid1.auth_delay = 0.3
+        try:
+            unitstate.prepare(5)
+            time.sleep(0.01)
+            assert unitstate.bus_states(["a.service"], 2)["a.service"]["MainPID"] == "42"
+            assert pid1.connections == connections
+        finally:
+            pid1.close()
+    # Made ahead again: the one made before is closed, not left open until the interpreter collects it.
     path.unlink()
     pid1 = FakePid1(path, units={"a.service": {"ActiveState": "active", "MainPID": "42"}})
-    pid1.auth_delay = 0.3
     try:
         unitstate.prepare(5)
+        first = unitstate._ahead[0]
+        unitstate.prepare(5)
+        assert first.sock.fileno() == -1 and unitstate._ahead[0] is not first
         assert unitstate.bus_states(["a.service"], 2)["a.service"]["MainPID"] == "42"
-        assert pid1.connections == 1
     finally:
         pid1.close()
 

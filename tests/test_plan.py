@@ -271,3 +271,30 @@ def test_a_glob_matches_exactly_what_fnmatchcase_matches() -> None:
         assert glob_matches(name, glob) == fnmatchcase(name, glob), (name, glob)
     assert glob_matches("systemd-logind.service", "systemd-*") and not glob_matches("dbus.service", "systemd-*")
     assert glob_matches("getty@tty1.service", "*@*.service") and not glob_matches("a@.socket", "*@*.service")
+
+
+def test_a_rules_globs_match_as_fnmatch_says_with_its_plain_names_looked_up_at_once() -> None:
+    """Why: a rule's names without a wildcard are found in a set (issue 14): a glob with one, or with a
+    bracket (``[d].service`` is not that name), must still match as fnmatch says."""
+    from fnmatch import fnmatchcase
+
+    from restart.policy import any_matches
+
+    globs = ("a.service", "b*.service", "c?.service", "[d].service", "e[!x]@*.service")
+    for name in ("a.service", "a.servicex", "bb.service", "b.service", "c1.service", "c.service", "d.service",
+                 "[d].service", "ey@1.service", "ex@1.service", "b*.service"):
+        assert any_matches(name, globs) == any(fnmatchcase(name, g) for g in globs), name
+    assert not any_matches("a.service", ())
+
+
+def test_a_rule_header_is_told_as_its_pattern_would_tell_it() -> None:
+    """Why (issue 14): a rule's source line is found without compiling a pattern in every run; what
+    counts as a ``[[rule]]`` header (and what does not) stays what the pattern said."""
+    import re
+
+    from restart.policy import rule_header
+
+    pattern = re.compile(r"\s*\[\[\s*rule\s*\]\]")
+    for line in ("[[rule]]", "  [[ rule ]]  # x", "\t[[\u00a0rule\t]]", "[[rules]]", "[[rule]", "[rule]]", "[ [rule]]",
+                 "# [[rule]]", "[[ruler]]", "[[]]", "", "[[rule ]]x", "[[settings]]", "[[rule", "rule]]"):
+        assert rule_header(line) == bool(pattern.match(line)), line

@@ -179,3 +179,15 @@ def test_the_cpu_clock_is_read_past_an_interval_and_counts_from_the_first_look()
     assert len(looks) == 2
     with pytest.raises(procfs.OverBudget, match="took more than"):
         budget.spend(0, procfs.CLOCK_LINES)
+
+
+def test_a_stat_field_is_read_by_its_path_without_pathlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why (issue 14): pathlib's joins and buffered read made each look 9 us (6 for a process that exited),
+    and an apply looks at every stale process of its record after the restarts; the same answer, by path."""
+    fake = tmp_path / "proc" / "42"
+    fake.mkdir(parents=True)
+    (fake / "stat").write_bytes(stat_text(b"a) b"))
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} read through pathlib"))
+    assert procfs.stat_field(tmp_path / "proc", 42, procfs.STARTTIME) == 123456
+    assert procfs.stat_field(Path("/proc"), os.getpid(), procfs.PPID) == os.getppid()
+    assert procfs.stat_field(tmp_path / "proc", 43, procfs.PPID) is None

@@ -10,6 +10,7 @@ wrapped in ``noise`` signals that say nothing of it, as PID 1 sends them.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -87,6 +88,8 @@ class FakePid1:
     def close(self) -> None:
         unitstate.release()  # (a connection restartctl kept for its next question holds the one thread)
         self.stop.set()
+        with contextlib.suppress(OSError):  # wakes an accept() already waiting (closing alone does not)
+            self.server.shutdown(socket.SHUT_RDWR)
         self.server.close()
         self.thread.join(5)
 
@@ -97,7 +100,7 @@ class FakePid1:
             except OSError:
                 return
             self.connections += 1
-            with conn:
+            with conn, contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a client that went away
                 self._talk(conn)
 
     def _talk(self, conn: socket.socket) -> None:
