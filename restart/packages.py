@@ -209,9 +209,10 @@ class DpkgDatabase:
         return [st.st_dev, st.st_ino, st.st_mtime_ns], time.time() - st.st_mtime >= LISTING_QUIET
 
     @cached_property
-    def _kept(self) -> dict[str, float | None] | None:
-        """Each ``.list``'s package name and mtime as the run directory keeps them for ``info`` as it is
-        now (:attr:`_info`); None when none is kept for it, or it is not to be trusted."""
+    def _kept(self) -> tuple[list[str], list[float | None]] | None:
+        """The ``.list`` files' package names and their mtimes, in one order, as the run directory keeps
+        them for ``info`` as it is now (:attr:`_info`); None when none is kept for it, or it is not to be
+        trusted (a name twice included)."""
         if self._info is None or self.cache is None:
             return None
         kept = fsutil.read_kept(self.cache / LISTING, LISTING_MAX)
@@ -219,11 +220,11 @@ class DpkgDatabase:
             names, times = kept["lists"]
             if not (kept["info"] == self._info[0] and isinstance(names, list) and isinstance(times, list)
                     and len(names) == len(times) and all(type(n) is str and _plain_name(n) for n in names)
-                    and all(t is None or type(t) is float for t in times)):
+                    and len(set(names)) == len(names) and all(t is None or type(t) is float for t in times)):
                 return None
         except (ValueError, TypeError, KeyError):
             return None
-        return dict(zip(names, times, strict=True))
+        return names, times
 
     @cached_property
     def _info_dir(self) -> str:
@@ -250,7 +251,7 @@ class DpkgDatabase:
         lists read (the 891 pairs of name and path were 0.2 ms of every scan after an upgrade)."""
         kept = self._kept
         if kept is not None:
-            return list(kept)
+            return kept[0]
         return [file[:-5] for file in self._listed]
 
     @cached_property
@@ -263,7 +264,7 @@ class DpkgDatabase:
         mtime as it was)."""
         kept = self._kept
         if kept is not None:
-            return list(kept.values())
+            return kept[1]
         files = self._listed
         try:
             info = os.open(self._info_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

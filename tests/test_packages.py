@@ -342,7 +342,7 @@ def test_the_listing_of_info_is_kept_while_info_is_unchanged(merged_root: Path, 
     assert not (run / LISTING).exists()
 
 
-@pytest.mark.parametrize("forgery", ["writable-dir", "symlink", "garbage", "types", "name", "other-info"])
+@pytest.mark.parametrize("forgery", ["writable-dir", "symlink", "garbage", "types", "name", "twice", "other-info"])
 def test_a_kept_listing_is_never_trusted_unless_root_alone_wrote_it_for_this_info(
         merged_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forgery: str) -> None:
     """Why: the kept listing says which files are dpkg's lists (read for the owner of a stale file) and
@@ -372,9 +372,11 @@ def test_a_kept_listing_is_never_trusted_unless_root_alone_wrote_it_for_this_inf
         (run / LISTING).write_text(json.dumps({"info": kept["info"], "lists": [["app"], ["1900000000"]]}))
     elif forgery == "name":
         (run / LISTING).write_text(json.dumps({"info": kept["info"], "lists": [["../../etc/shadow"], [1.0]]}))
+    elif forgery == "twice":  # a name listed twice: which of its times would hold?
+        (run / LISTING).write_text(json.dumps({"info": kept["info"], "lists": [["app", "app"], [1.0, 1.9e9]]}))
     else:
         (run / LISTING).write_text(json.dumps({**forged, "info": [*kept["info"][:2], kept["info"][2] + 1]}))
-    if forgery not in ("symlink", "garbage", "types", "name", "other-info"):
+    if forgery not in ("symlink", "garbage", "types", "name", "twice", "other-info"):
         (run / LISTING).write_text(json.dumps(forged))
     listed = _listings(monkeypatch)
     db = DpkgDatabase(admin, merged_root, cache=run)
